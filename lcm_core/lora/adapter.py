@@ -1,0 +1,116 @@
+"""In-memory LoRA adapter: one :class:`LoraModule` per target module.
+
+Low-rank update of a weight W (Hu et al. 2021, Eq. 3; kohya's alpha convention):
+
+    ΔW = scale · up @ down,          scale = alpha / rank  (alpha None ⇒ scale 1)
+
+Linear: ``down`` (r, in), ``up`` (out, r).
+Conv:   ``down`` (r, in, kh, kw), ``up`` (out, r, 1, 1)   (LoCon, incl. 3×3).
+Tucker (LyCORIS ``lora_mid``): ``down`` (r, in, 1, 1), ``mid`` (r, r, kh, kw), ``up`` (out, r, 1, 1).
+
+Module keys are canonical and format independent: ``<component>.<module path>``
+where component is ``unet``, ``text_encoder`` or ``text_encoder_2`` and the module
+path is the diffusers / transformers ``named_modules()`` name, e.g.
+``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`` or
+``text_encoder.text_model.encoder.layers.0.self_attn.q_proj``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+@dataclass
+class LoraModule:
+    down: torch.Tensor
+    up: torch.Tensor
+    alpha: float | None = None
+    mid: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.alpha is None else float(self.alpha) / self.rank
+
+    @property
+    def is_conv(self) -> bool:
+        return self.down.dim() == 4
+
+    @property
+    def in_features(self) -> int:
+        return int(self.down.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.up.shape[0])
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """Shape of the base weight this module updates."""
+        if not self.is_conv:
+            return (self.out_features, self.in_features)
+        kernel = self.mid.shape[2:] if self.mid is not None else self.down.shape[2:]
+        return (self.out_features, self.in_features, *kernel)
+
+    def num_parameters(self) -> int:
+        n = self.down.numel() + self.up.numel()
+        return n + (self.mid.numel() if self.mid is not None else 0)
+
+    def delta_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dense ΔW = scale · up ∘ [mid] ∘ down, shaped like the base weight."""
+        up = self.up.to(dtype).reshape(self.up.shape[0], self.up.shape[1])
+        if self.mid is None:
+            down = self.down.to(dtype).reshape(self.rank, -1)
+            delta = up @ down
+        else:
+            down = self.down.to(dtype).reshape(self.rank, -1)
+            delta = torch.einsum("oa,abhw,bi->oihw", up, self.mid.to(dtype), down)
+        return (delta * self.scale).reshape(self.weight_shape)
+
+    def to(self, dtype: torch.dtype) -> "LoraModule":
+        return LoraModule(
+            down=self.down.to(dtype),
+            up=self.up.to(dtype),
+            alpha=self.alpha,
+            mid=None if self.mid is None else self.mid.to(dtype),
+        )
+
+
+@dataclass
+class LoraAdapter:
+    """A set of LoRA modules plus file metadata.
+
+    ``source_format``: ``kohya`` | ``diffusers`` | ``peft`` | ``comfy`` (how it was read).
+    ``architecture``: ``sd1`` | ``sd2`` | ``sdxl`` | ``ssd1b`` | ``None`` (unknown).
+    ``metadata``: the safetensors ``__metadata__`` (str → str), kept through conversions.
+    """
+
+    modules: dict[str, LoraModule] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    source_format: str | None = None
+    architecture: str | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def components(self) -> set[str]:
+        return {key.split(".", 1)[0] for key in self.modules}
+
+    def ranks(self) -> set[int]:
+        return {m.rank for m in self.modules.values()}
+
+    def num_parameters(self) -> int:
+        return sum(m.num_parameters() for m in self.modules.values())
+
+    def dtypes(self) -> set[torch.dtype]:
+        return {m.down.dtype for m in self.modules.values()} | {m.up.dtype for m in self.modules.values()}
