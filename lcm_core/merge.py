@@ -1,0 +1,212 @@
+"""Weighted merge of N LoRA adapters: τ' = Σ λ_i τ_i (LCM-LoRA paper, arXiv 2311.05556, §3.3:
+τ'_LCM = λ1 τ' + λ2 τ_LCM, "style LoRA + LCM-LoRA" without further training).
+
+Methods (per module key, over the adapters that contain it; weights may be negative):
+
+* ``concat`` — exact: ``up = [λ_1 s_1 up_1, …]``, ``down = [down_1; …]``, rank Σ r_i
+  (peft ``add_weighted_adapter(combination_type="cat")``; s_i = alpha_i / r_i folded in).
+* ``svd`` — best rank-r approximation (Eckart–Young) of the exact sum, computed from the
+  stacked factors (QR + SVD of a small core, :mod:`.merge_svd`), never the dense ΔW
+  (kohya ``networks/svd_merge_lora.py`` / peft ``combination_type="svd"`` form ΔW densely).
+  ``rank`` (default: the largest input rank at that module) and/or ``energy`` (keep the
+  smallest r with Σ_{j≤r} σ_j² ≥ energy · Σ σ_j²).
+
+The output adapter has ``alpha=None`` (scale 1; every alpha/rank folded into the factors) and
+records the recipe as JSON in ``metadata["lcm_lora.merge_recipe"]``. Baking adapters into base
+weights instead is :mod:`.fuse`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ArchitectureMismatchError, ConfigError
+from .lora.adapter import LoraAdapter, LoraModule
+from .merge_factors import factors_to_module, product_frobenius_norm, stack_weighted
+from .merge_svd import svd_rerank
+
+METHODS = ("concat", "svd")
+RECIPE_METADATA_KEY = "lcm_lora.merge_recipe"
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass
+class MergeReport:
+    """What a merge did and how far the result is from the exact weighted sum.
+
+    ``per_module[key]`` = ‖ΔW_merged − Σ λ_i ΔW_i‖_F / ‖Σ λ_i ΔW_i‖_F (0 when both are 0),
+    computed from factors. For float32/float64 outputs it is the error of the merge itself
+    (concat: 0; svd: √(Σ discarded σ²) / √(Σ σ²)), with the final float32 rounding (~1e-7)
+    not resolved; for float16/bfloat16 outputs it is the exact error of the stored factors,
+    rounding included. ``total_relative_error`` = √(Σ err²) / √(Σ ‖ΔW‖²) over all modules.
+    """
+
+    method: str
+    rank: int | None
+    energy: float | None
+    names: list[str]
+    weights: list[float]
+    output_dtype: str
+    per_module: dict[str, float] = field(default_factory=dict)
+    per_module_rank: dict[str, int] = field(default_factory=dict)
+    partial_modules: list[str] = field(default_factory=list)  # keys missing from some adapters
+    total_relative_error: float = 0.0
+    seconds: float = 0.0
+    _abs_error_sq: float = 0.0
+    _norm_sq: float = 0.0
+
+    def summary(self) -> dict:
+        """JSON-serialisable summary (for ``lcm-lora merge --json`` and node output)."""
+        ranks = list(self.per_module_rank.values())
+        worst = sorted(self.per_module.items(), key=lambda kv: kv[1], reverse=True)[:5]
+        return {
+            "method": self.method,
+            "rank": self.rank,
+            "energy": self.energy,
+            "inputs": [{"name": n, "weight": w} for n, w in zip(self.names, self.weights)],
+            "output_dtype": self.output_dtype,
+            "modules": len(self.per_module),
+            "partial_modules": len(self.partial_modules),
+            "output_rank_min": min(ranks) if ranks else None,
+            "output_rank_max": max(ranks) if ranks else None,
+            "total_relative_error": self.total_relative_error,
+            "max_module_relative_error": worst[0][1] if worst else 0.0,
+            "worst_modules": [{"module": k, "relative_error": v} for k, v in worst],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _validate(adapters, weights, method, rank, energy, names):
+    if method not in METHODS:
+        raise ConfigError("merge", f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if not adapters:
+        raise ConfigError("merge", "no adapters to merge")
+    if len(weights) != len(adapters):
+        raise ConfigError("merge", f"{len(adapters)} adapters but {len(weights)} weights")
+    for name, w in zip(names, weights):
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(float(w)):
+            raise ConfigError(name, f"merge weight must be a finite number, got {w!r}")
+    if method == "concat" and (rank is not None or energy is not None):
+        raise ConfigError("merge", "rank/energy apply to method 'svd' only ('concat' is exact, rank Σ r_i)")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ConfigError("merge", f"rank must be a positive integer, got {rank!r}")
+    if energy is not None and not (isinstance(energy, (int, float)) and 0.0 < float(energy) <= 1.0):
+        raise ConfigError("merge", f"energy must be in (0, 1], got {energy!r}")
+    for name, adapter in zip(names, adapters):
+        if not isinstance(adapter, LoraAdapter):
+            raise ConfigError(name, f"expected a LoraAdapter, got {type(adapter).__name__}")
+    if all(len(a) == 0 for a in adapters):
+        raise ConfigError("merge", "the adapters contain no LoRA modules")
+
+
+def _check_architectures(adapters, names) -> str | None:
+    known = [(n, a.architecture) for n, a in zip(names, adapters) if a.architecture not in (None, "unknown")]
+    for n, arch in known[1:]:
+        if arch != known[0][1]:
+            raise ArchitectureMismatchError(
+                n, expected=known[0][1], found=arch, detail=f"{known[0][0]} is {known[0][1]}, {n} is {arch}"
+            )
+    return known[0][1] if known else None
+
+
+def _output_dtype(adapters, dtype):
+    if dtype is not None:
+        return dtype
+    out = None
+    for a in adapters:
+        for d in a.dtypes():
+            out = d if out is None else torch.promote_types(out, d)
+    return out or torch.float32
+
+
+def merge_adapters(
+    adapters: list[LoraAdapter],
+    weights: list[float],
+    method: str = "concat",
+    rank: int | None = None,
+    energy: float | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+    names: list[str] | None = None,
+) -> tuple[LoraAdapter, MergeReport]:
+    """Merge ``adapters`` with ``weights`` (λ_i, may be negative) into one adapter.
+
+    ``dtype``: output tensor dtype (default: the promoted input dtype); all arithmetic is
+    float32 (float64 for the SVD core). ``names`` label the inputs in errors and the recipe
+    (default ``adapter 1``, ``adapter 2``, …). Raises :class:`ConfigError` for bad arguments,
+    :class:`ArchitectureMismatchError` when two known architectures differ, and
+    :class:`AdapterFileError` when one module key updates differently shaped weights.
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    names = list(names) if names is not None else [f"adapter {i + 1}" for i in range(len(adapters))]
+    if len(names) != len(adapters):
+        raise ConfigError("merge", f"{len(adapters)} adapters but {len(names)} names")
+    weights = list(weights)
+    _validate(adapters, weights, method, rank, energy, names)
+    architecture = _check_architectures(adapters, names)
+    out_dtype = _output_dtype(adapters, dtype)
+    check_stored = out_dtype in _LOW_PRECISION
+
+    keys: dict[str, None] = {}
+    for a in adapters:
+        keys.update(dict.fromkeys(a.modules))
+    report = MergeReport(
+        method=method, rank=rank, energy=None if energy is None else float(energy), names=names,
+        weights=[float(w) for w in weights], output_dtype=str(out_dtype).replace("torch.", ""),
+    )
+    merged: dict[str, LoraModule] = {}
+    for key in tqdm(keys, desc=f"merge ({method})", unit="module", disable=not progress):
+        contributions = [(n, float(w), a.modules[key]) for n, w, a in zip(names, weights, adapters) if key in a.modules]
+        if len(contributions) < len(adapters):
+            report.partial_modules.append(key)
+        stacked = stack_weighted(key, contributions)
+        if method == "concat":
+            up, down, err_sq, norm_sq = stacked.U, stacked.D, 0.0, None
+        else:
+            target = rank if rank is not None or energy is not None else max(m.rank for _, _, m in contributions)
+            res = svd_rerank(stacked.U, stacked.D, rank=target, energy=energy)
+            up, down, err_sq, norm_sq = res.up, res.down, res.error_sq, res.norm_sq
+        module = factors_to_module(up, down, stacked.weight_shape, out_dtype)
+        if check_stored:  # rounding to fp16/bf16 matters: measure the stored factors exactly
+            u_st = module.up.reshape(module.up.shape[0], -1).to(torch.float32)
+            d_st = module.down.reshape(module.rank, -1).to(torch.float32)
+            err_sq = product_frobenius_norm(torch.cat([u_st, -stacked.U], 1), torch.cat([d_st, stacked.D], 0)) ** 2
+        if norm_sq is None and err_sq > 0.0:
+            norm_sq = product_frobenius_norm(stacked.U, stacked.D) ** 2
+        norm_sq = norm_sq or 0.0
+        merged[key] = module
+        report.per_module_rank[key] = module.rank
+        report.per_module[key] = math.sqrt(err_sq / norm_sq) if norm_sq > 0.0 else (0.0 if err_sq == 0.0 else math.inf)
+        report._abs_error_sq += err_sq
+        report._norm_sq += norm_sq
+    if report._norm_sq > 0.0:
+        report.total_relative_error = math.sqrt(report._abs_error_sq / report._norm_sq)
+    else:
+        report.total_relative_error = 0.0 if report._abs_error_sq == 0.0 else math.inf
+    report.seconds = time.perf_counter() - start
+
+    recipe = {
+        "method": method,
+        "rank": rank,
+        "energy": report.energy,
+        "inputs": [
+            {"name": n, "weight": float(w), "architecture": a.architecture, "modules": len(a),
+             "ranks": sorted(a.ranks())}
+            for n, w, a in zip(names, weights, adapters)
+        ],
+        "output_dtype": report.output_dtype,
+        "total_relative_error": report.total_relative_error,
+    }
+    out = LoraAdapter(
+        modules=merged,
+        metadata={RECIPE_METADATA_KEY: json.dumps(recipe)},
+        source_format=None,
+        architecture=architecture,
+    )
+    return out, report

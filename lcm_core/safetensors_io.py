@@ -1,0 +1,256 @@
+"""Safe safetensors reading and atomic writing.
+
+The safetensors layout (https://github.com/huggingface/safetensors, "Format"):
+8-byte little-endian unsigned header length ``N``, ``N`` bytes of UTF-8 JSON, then the
+tensor data. The JSON object maps tensor names to ``{"dtype", "shape", "data_offsets"}``
+(offsets relative to the start of the data section) plus an optional
+``"__metadata__"`` str→str map.
+
+We validate all of this ourselves *before* handing the file to the safetensors
+library, so that every malformed input — truncated, wrong header length, invalid JSON,
+duplicate keys, dtype/shape lies, offsets out of range or overlapping, declared sizes
+far beyond the file (memory bombs) — gives one clear :class:`AdapterFileError` naming
+the file and the problem, in time linear in the header size and without allocating
+anything the file does not really contain. Only then are tensors loaded (through
+``safetensors.safe_open``, memory-mapped).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+
+from .atomic_write import atomic_file
+from .errors import AdapterFileError
+
+# Bytes per element of every dtype the safetensors format defines (safetensors `Dtype`).
+DTYPE_SIZES: dict[str, int] = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+_TORCH_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+    "F64": torch.float64, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+    "F8_E5M2": getattr(torch, "float8_e5m2", None), "U16": getattr(torch, "uint16", None),
+    "U32": getattr(torch, "uint32", None), "U64": getattr(torch, "uint64", None),
+}
+# The safetensors library refuses headers above 100 MB; a LoRA header is a few hundred KB.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_RANK = 8  # dimensions per tensor; LoRA tensors have at most 4
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One header entry: dtype name, shape, absolute byte range ``[start, end)`` in the file."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    header_length: int
+    file_size: int
+
+
+def _fail(path, problem: str) -> AdapterFileError:
+    return AdapterFileError(path, problem)
+
+
+def _pairs_no_duplicates(path):
+    """``object_pairs_hook`` that rejects duplicate JSON keys (``json`` keeps the last silently)."""
+
+    def hook(pairs):
+        out = {}
+        for k, v in pairs:
+            if k in out:
+                raise _fail(path, f"not a valid safetensors file: duplicate key {k!r} in the header")
+            out[k] = v
+        return out
+
+    return hook
+
+
+def _check_path(path: Path) -> int:
+    if not path.exists():
+        raise _fail(path, "file not found")
+    if path.is_dir():
+        raise _fail(path, "is a directory, expected a .safetensors file")
+    if not path.is_file():
+        raise _fail(path, "not a regular file")
+    size = path.stat().st_size
+    if size == 0:
+        raise _fail(path, "empty file (0 bytes), not a safetensors file")
+    return size
+
+
+def read_header(path: str | os.PathLike, *, max_bytes: int | None = None) -> SafetensorsHeader:
+    """Read and fully validate the header of a safetensors file; loads no tensor data.
+
+    ``max_bytes`` (optional) caps the file size accepted. Raises :class:`AdapterFileError`.
+    """
+    path = Path(path)
+    size = _check_path(path)
+    if max_bytes is not None and size > max_bytes:
+        raise _fail(path, f"file is {size} bytes, above the limit of {max_bytes} bytes")
+    if size < 8:
+        raise _fail(path, f"not a safetensors file: only {size} bytes, the 8-byte header length is missing")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n == 0:
+            raise _fail(path, "not a safetensors file: header length is 0")
+        if n > MAX_HEADER_BYTES:
+            raise _fail(path, f"not a safetensors file: declared header length {n} bytes exceeds the "
+                              f"{MAX_HEADER_BYTES}-byte limit (corrupt or not safetensors)")
+        if 8 + n > size:
+            raise _fail(path, f"truncated or not a safetensors file: header length {n} bytes but the file "
+                              f"has only {size - 8} bytes after the length field")
+        raw = f.read(n)
+    if len(raw) != n:
+        raise _fail(path, "truncated: file changed while reading the header")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail(path, f"not a safetensors file: header is not UTF-8 ({e.reason} at byte {e.start})") from None
+    if not text.lstrip().startswith("{"):
+        raise _fail(path, "not a safetensors file: header is not a JSON object")
+    try:
+        header = json.loads(text, object_pairs_hook=_pairs_no_duplicates(path))
+    except AdapterFileError:
+        raise
+    except (json.JSONDecodeError, RecursionError) as e:
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else "nesting too deep"
+        raise _fail(path, f"not a safetensors file: invalid header JSON ({msg})") from None
+    if not isinstance(header, dict):
+        raise _fail(path, "not a safetensors file: header is not a JSON object")
+    return _validate_header(path, header, n, size)
+
+
+def _validate_header(path: Path, header: dict, n: int, size: int) -> SafetensorsHeader:
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise _fail(path, "invalid safetensors header: __metadata__ must map strings to strings")
+    data_start = 8 + n
+    data_size = size - data_start
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        where = f"tensor {name!r}"
+        if not isinstance(entry, dict):
+            raise _fail(path, f"invalid safetensors header: {where} entry is not an object")
+        if set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise _fail(path, f"invalid safetensors header: {where} must have exactly dtype, shape, "
+                              f"data_offsets (has {sorted(entry)})")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+            raise _fail(path, f"invalid safetensors header: {where} has unknown dtype {dtype!r}")
+        if (not isinstance(shape, list) or len(shape) > MAX_RANK
+                or not all(type(d) is int and d >= 0 for d in shape)):
+            raise _fail(path, f"invalid safetensors header: {where} has a bad shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+            raise _fail(path, f"invalid safetensors header: {where} has bad data_offsets {offsets!r}")
+        begin, end = offsets
+        expected = math.prod(shape) * DTYPE_SIZES[dtype]
+        if end - begin != expected:
+            raise _fail(path, f"invalid safetensors header: {where} declares {dtype} {tuple(shape)} = "
+                              f"{expected} bytes but its data range holds {end - begin} bytes (dtype or shape lie)")
+        if end > data_size:
+            raise _fail(path, f"truncated or corrupt: {where} data ends at byte {end} of the data section but "
+                              f"the file holds only {data_size} data bytes")
+        tensors[name] = TensorInfo(dtype, tuple(shape), data_start + begin, data_start + end)
+    # Ranges must tile the data section exactly: sorted, contiguous, no overlap, no hole, no tail.
+    cursor = data_start
+    for name, info in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].end)):
+        if info.start < cursor:
+            raise _fail(path, f"invalid safetensors header: tensor {name!r} overlaps the previous tensor's bytes")
+        if info.start > cursor:
+            raise _fail(path, f"invalid safetensors header: gap of {info.start - cursor} bytes before tensor {name!r}")
+        cursor = info.end
+    if cursor != size:
+        raise _fail(path, f"invalid safetensors file: {size - cursor} bytes after the last tensor "
+                          f"(header does not describe the whole file)")
+    return SafetensorsHeader(tensors=tensors, metadata=dict(metadata), header_length=n, file_size=size)
+
+
+def read_shapes(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape, from the validated header only (for architecture detection)."""
+    return {k: v.shape for k, v in read_header(path, max_bytes=max_bytes).tensors.items()}
+
+
+def read_safetensors(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int | None = None,
+    keys: Iterable[str] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Validate the header, then load tensors (all or ``keys``) and ``__metadata__``.
+
+    Returns ``(tensors, metadata)``; tensors keep their file dtype. Raises
+    :class:`AdapterFileError` for every malformed input.
+    """
+    header = read_header(path, max_bytes=max_bytes)
+    for name, info in header.tensors.items():
+        if _TORCH_DTYPES.get(info.dtype) is None:
+            raise _fail(path, f"tensor {name!r} has dtype {info.dtype}, which this torch build cannot load")
+    wanted = list(header.tensors) if keys is None else list(keys)
+    missing = [k for k in wanted if k not in header.tensors]
+    if missing:
+        raise _fail(path, f"tensor {missing[0]!r} not in file")
+    from safetensors import SafetensorError, safe_open
+
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            for k in wanted:
+                tensors[k] = f.get_tensor(k)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:  # raced modification, I/O error
+        raise _fail(path, f"cannot read tensors: {e}") from None
+    return tensors, header.metadata
+
+
+def write_safetensors(
+    path: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Atomically write ``tensors`` (+ str→str ``metadata``) as a safetensors file."""
+    from safetensors.torch import save_file
+
+    meta = {}
+    for k, v in (metadata or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"safetensors metadata must map str to str, got {k!r}: {type(v).__name__}")
+        meta[k] = v
+    # save_file rejects non-contiguous tensors and tensors sharing storage: give it owned copies.
+    seen: set[int] = set()
+    clean: dict[str, torch.Tensor] = {}
+    for k, t in tensors.items():
+        t = t.detach().cpu()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if not t.is_contiguous() or (ptr is not None and ptr in seen):
+            t = t.contiguous().clone()
+        if ptr is not None:
+            seen.add(t.untyped_storage().data_ptr())
+        clean[k] = t
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        save_file(clean, os.fspath(tmp), metadata=meta or None)

@@ -1,0 +1,126 @@
+"""LCM Adapter Merge node: τ' = Σ λ_i τ_i over N adapters (LCM-LoRA paper §3.3, arXiv 2311.05556).
+
+The paper's recipe combines a style LoRA and LCM-LoRA as ``λ1 τ_style + λ2 τ_LCM`` with
+λ1 = 0.8, λ2 = 1.0 (the defaults of slots 1 and 2). Methods:
+
+* ``concat``: exact low-rank merge (``lcm_core.merge.merge_adapters``, rank Σ r_i);
+* ``svd``: best rank-``rank`` approximation of the exact sum (same function), with its
+  relative Frobenius error reported;
+* ``fuse``: θ' = θ + Σ λ_i ΔW_i — every adapter is registered as a ComfyUI patch with
+  strength λ_i, so ComfyUI adds the dense updates into the weights when it loads the model
+  (under its own memory management; ``lcm_core.fuse`` would need private copies of the base
+  weights). The adapter output is then the exact concat merge.
+
+Slots 3-8 are optional ("None" = empty); the web extension shows them one at a time.
+"""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..lcm_core.errors import ConfigError
+from . import comfy_bridge as bridge
+
+MAX_ADAPTERS = 8
+NONE = "None"
+METHODS = ("concat", "svd", "fuse")
+AdapterType = io.Custom(bridge.ADAPTER_TYPE)
+
+
+def _slot_inputs() -> list:
+    names = bridge.lora_names()
+    inputs = []
+    for i in range(1, MAX_ADAPTERS + 1):
+        required = i <= 2
+        role = {1: " (slot 1: usually the style LoRA)", 2: " (slot 2: usually the LCM-LoRA)"}.get(i, "")
+        inputs.append(io.Combo.Input(
+            f"adapter_{i}", options=names if required else [NONE] + names, optional=not required,
+            default=None if required else NONE,
+            tooltip=f"Adapter {i} from the loras folder{role}." + ("" if required else " 'None' leaves the slot empty."),
+        ))
+        inputs.append(io.Float.Input(
+            f"weight_{i}", default={1: 0.8}.get(i, 1.0), min=-10.0, max=10.0, step=0.01, optional=not required,
+            tooltip=f"λ{i}: weight of adapter {i} in Σ λ_i ΔW_i (paper: 0.8 for the style LoRA, 1.0 for LCM-LoRA).",
+        ))
+    return inputs
+
+
+class LCMAdapterMerge(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LCMAdapterMerge",
+            display_name="LCM Adapter Merge",
+            category=bridge.CATEGORY,
+            description="Merge a style LoRA with LCM-LoRA (or any N adapters) as Σ λ_i ΔW_i, apply the result "
+                        "to MODEL/CLIP and output the merged adapter; the merge error is shown on the node.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model the merged adapter is applied to."),
+                io.Clip.Input("clip", optional=True, tooltip="Optional CLIP model to apply the text-encoder part to."),
+                io.Combo.Input("method", options=list(METHODS), default="concat",
+                               tooltip="concat: exact (rank = sum of ranks). svd: re-compressed to 'rank' (approximate; "
+                                       "error reported). fuse: each adapter added into the weights at its weight (exact)."),
+                io.Int.Input("rank", default=64, min=1, max=4096,
+                             tooltip="Output rank for method 'svd' (ignored by concat and fuse)."),
+                io.Boolean.Input("patch_sampling", default=True, display_name="patch sampling to LCM",
+                                 tooltip="Switch the model to LCM sampling, as the LCM-LoRA Loader does."),
+                *_slot_inputs(),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL", tooltip="The model with the merged adapter applied."),
+                io.Clip.Output(display_name="CLIP", tooltip="The CLIP model with the merged adapter applied."),
+                AdapterType.Output(display_name="merged adapter", tooltip="The merged adapter (e.g. for LCM Adapter Save)."),
+                io.String.Output(display_name="report", tooltip="The merge report (method, ranks, relative error)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, method="concat", rank=64, patch_sampling=True, clip=None, **slots) -> io.NodeOutput:
+        from ..lcm_core.merge import merge_adapters
+
+        if method not in METHODS:
+            raise ConfigError("LCM Adapter Merge", f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        arch = bridge.model_architecture(model)
+        names, adapters, weights = [], [], []
+        for i in range(1, MAX_ADAPTERS + 1):
+            name = slots.get(f"adapter_{i}")
+            if name in (None, "", NONE):
+                continue
+            adapter = bridge.load_adapter(name)
+            bridge.check_adapter_architecture(name, adapter, arch)
+            names.append(name)
+            adapters.append(adapter)
+            weights.append(float(slots.get(f"weight_{i}", 1.0)))
+        if len(adapters) < 1:
+            raise ConfigError("LCM Adapter Merge", "no adapters selected")
+
+        merged, report = merge_adapters(
+            adapters, weights, method="svd" if method == "svd" else "concat",
+            rank=int(rank) if method == "svd" else None, dtype=torch.float32, progress=False, names=names,
+        )
+        merged.architecture = merged.architecture or arch
+        if method == "fuse":
+            new_model, new_clip = model, clip
+            for name, adapter, weight in zip(names, adapters, weights):
+                patches = bridge.adapter_patches(name, adapter, arch, model=new_model, clip=new_clip)
+                new_model, new_clip = bridge.apply_patches(patches, new_model, new_clip, weight, weight)
+        else:
+            patches = bridge.adapter_patches("merged adapter", merged, arch, model=model, clip=clip)
+            new_model, new_clip = bridge.apply_patches(patches, model, clip, 1.0, 1.0)
+        if patch_sampling:
+            new_model = bridge.patch_lcm_sampling(new_model)
+
+        summary = report.summary()
+        summary["method"] = method
+        text = _report_text(method, names, weights, summary)
+        return io.NodeOutput(new_model, new_clip, merged, text, ui={"text": [text], "lcm_merge": [summary]})
+
+
+def _report_text(method: str, names, weights, summary: dict) -> str:
+    terms = " + ".join(f"{w:g}·{n}" for n, w in zip(names, weights))
+    lo, hi = summary.get("output_rank_min"), summary.get("output_rank_max")
+    rank = f"rank {lo}" if lo == hi else f"rank {lo}-{hi}"
+    err = summary.get("total_relative_error", 0.0)
+    exact = " (exact)" if method in ("concat", "fuse") else ""
+    return (f"{method}: {terms}\n{summary.get('modules', 0)} modules, {rank}, "
+            f"relative error {err:.3g}{exact}")

@@ -1,0 +1,202 @@
+"""The thin layer between ``lcm_core`` and ComfyUI's model objects, shared by the nodes.
+
+Patching decision: an adapter (any format ``lcm_core`` reads) is converted to a kohya
+state dict and handed to ComfyUI's own ``comfy.lora.load_lora`` with the key maps
+``comfy.lora.model_lora_keys_unet`` / ``model_lora_keys_clip`` — the exact path
+``LoraLoader`` (``comfy.sd.load_lora_for_models``) takes. The patches are registered
+with ``ModelPatcher.add_patches`` on clones, so they stack with every other LoRA loader,
+and ComfyUI applies them at load time under its memory management (lowvram, offload);
+no weights are copied here. A module that ComfyUI's maps do not know is an error
+(naming the adapter and the first unknown modules), never a silently dropped key.
+
+"Patch sampling to LCM" installs ComfyUI's own LCM model sampling — the class
+``ModelSamplingDiscrete(sampling="lcm")`` builds (``ModelSamplingDiscreteDistilled`` +
+``LCM`` from ``comfy_extras.nodes_model_advanced``) — so a model from our loader samples
+exactly like ``LoraLoader → ModelSamplingDiscrete(lcm)``. Its boundary condition applies
+c_skip to the unscaled input where diffusers uses the VP-scaled one; the gap is the
+closed form ``lcm_core.boundary.comfyui_minus_diffusers`` (< 1e-7·|x| at every LCM
+timestep ≥ 19).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+
+import comfy.lora
+import folder_paths
+
+from ..lcm_core.errors import AdapterFileError, ArchitectureMismatchError, ConfigError
+from ..lcm_core.lora import LoraAdapter
+
+log = logging.getLogger("lcm_lora")
+
+CATEGORY = "LCM-LoRA"
+ADAPTER_TYPE = "LCM_ADAPTER"
+
+# ComfyUI model config class name -> lcm_core architecture name.
+_MODEL_CLASS_ARCH = {
+    "SD15": "sd1",
+    "SD15_instructpix2pix": "sd1",
+    "SD20": "sd2",
+    "SD21UnclipL": "sd2",
+    "SD21UnclipH": "sd2",
+    "SDXL": "sdxl",
+    "SDXL_instructpix2pix": "sdxl",
+    "SSD1B": "ssd1b",
+}
+ARCH_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "ssd1b": "SSD-1B"}
+
+
+# -- files ---------------------------------------------------------------------------------
+def lora_names() -> list[str]:
+    """Every file in ComfyUI's ``loras`` folders (the list LoraLoader shows)."""
+    return folder_paths.get_filename_list("loras")
+
+
+def lora_path(name: str) -> str:
+    """Full path of a ``loras`` entry; a peft ``adapter_model.*`` resolves to its folder."""
+    path = folder_paths.get_full_path("loras", name)
+    if path is None:
+        raise AdapterFileError(name, "not found in ComfyUI's loras folder(s) " + ", ".join(folder_paths.get_folder_paths("loras")))
+    folder = os.path.dirname(path)
+    if os.path.basename(path).startswith("adapter_model.") and os.path.isfile(os.path.join(folder, "adapter_config.json")):
+        return folder
+    return path
+
+
+class _AdapterCache:
+    """A few recently read adapters, keyed by path + size + mtime (like LoraLoader's one-file cache)."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stamp(path: str):
+        paths = [path]
+        if os.path.isdir(path):
+            paths = sorted(os.path.join(path, f) for f in os.listdir(path))
+        out = []
+        for p in paths:
+            st = os.stat(p)
+            out.append((p, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def get(self, path: str) -> LoraAdapter:
+        from ..lcm_core.lora import read_adapter
+
+        key = (os.path.realpath(path), self._stamp(path))
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        adapter = read_adapter(path)
+        with self._lock:
+            self._items[key] = adapter
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return adapter
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+ADAPTERS = _AdapterCache()
+
+
+def load_adapter(name: str) -> LoraAdapter:
+    """Read a ``loras`` entry with ``lcm_core`` (kohya / diffusers / peft / comfy), cached."""
+    return ADAPTERS.get(lora_path(name))
+
+
+# -- architectures -----------------------------------------------------------------------
+def model_architecture(model) -> str:
+    """lcm_core architecture of a ComfyUI MODEL (from the model config ComfyUI detected)."""
+    cls = type(model.model.model_config).__name__
+    arch = _MODEL_CLASS_ARCH.get(cls)
+    if arch is None:
+        raise ConfigError(
+            f"model ({cls})",
+            "LCM-LoRA supports SD 1.x, SD 2.x, SDXL and SSD-1B checkpoints; ComfyUI detected this model as " + cls,
+        )
+    return arch
+
+
+def check_adapter_architecture(name: str, adapter: LoraAdapter, model_arch: str) -> None:
+    """Clear node error when the adapter was made for another base model."""
+    found = adapter.architecture
+    if found in (None, "unknown") or found == model_arch:
+        return
+    raise ArchitectureMismatchError(
+        name, expected=model_arch, found=found,
+        detail=f"adapter {name} is {ARCH_NAMES.get(found, found)} ({found}), "
+               f"the model is {ARCH_NAMES.get(model_arch, model_arch)} ({model_arch})",
+    )
+
+
+# -- patches --------------------------------------------------------------------------------
+def _component_filter(state_dict: dict, keep_unet: bool, keep_text: bool) -> dict:
+    def keep(key: str) -> bool:
+        return keep_unet if key.startswith("lora_unet_") else keep_text
+
+    return {k: v for k, v in state_dict.items() if keep(k)}
+
+
+def adapter_patches(name: str, adapter: LoraAdapter, arch: str, model=None, clip=None) -> dict:
+    """ComfyUI patch dict for ``adapter`` on ``model`` / ``clip`` (either may be None).
+
+    Only the components that will be patched are converted, so nothing is "not loaded".
+    """
+    from ..lcm_core.lora import adapter_to_state_dict
+
+    state_dict = adapter_to_state_dict(adapter, "kohya", arch)
+    state_dict = _component_filter(state_dict, model is not None, clip is not None)
+    key_map: dict = {}
+    if model is not None:
+        key_map = comfy.lora.model_lora_keys_unet(model.model, key_map)
+    if clip is not None:
+        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+    modules = sorted({k.split(".", 1)[0] for k in state_dict})
+    unknown = [m for m in modules if m not in key_map]
+    if unknown:
+        raise AdapterFileError(
+            name,
+            f"{len(unknown)} of {len(modules)} LoRA modules have no counterpart in this "
+            f"{ARCH_NAMES.get(arch, arch)} model (e.g. {', '.join(unknown[:3])})",
+        )
+    return comfy.lora.load_lora(state_dict, key_map, log_missing=True)
+
+
+def apply_patches(patches: dict, model, clip, strength_model: float, strength_clip: float):
+    """Clone and ``add_patches`` (as ``comfy.sd.load_lora_for_models``); None / zero strength = untouched."""
+    new_model, new_clip = model, clip
+    if model is not None and strength_model != 0:
+        new_model = model.clone()
+        new_model.add_patches(patches, strength_model)
+    if clip is not None and strength_clip != 0:
+        new_clip = clip.clone()
+        new_clip.add_patches(patches, strength_clip)
+    return new_model, new_clip
+
+
+def patch_lcm_sampling(model):
+    """Clone of ``model`` with ComfyUI's LCM model sampling (= ``ModelSamplingDiscrete`` "lcm")."""
+    from comfy_extras.nodes_model_advanced import LCM, ModelSamplingDiscreteDistilled
+
+    class ModelSamplingLCM(ModelSamplingDiscreteDistilled, LCM):
+        pass
+
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", ModelSamplingLCM(model.model.model_config, zsnr=False))
+    return patched
+
+
+def describe(adapter: LoraAdapter) -> str:
+    ranks = sorted(adapter.ranks())
+    rank = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}" if ranks else "-"
+    return (f"{ARCH_NAMES.get(adapter.architecture, adapter.architecture or 'unknown')}, "
+            f"{len(adapter)} modules, rank {rank}, {adapter.source_format or '?'} format")

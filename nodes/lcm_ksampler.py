@@ -1,0 +1,62 @@
+"""LCM KSampler node: LCM Scheduler + LCM Sampler + SamplerCustom in one node.
+
+Same noise (``comfy.sample.prepare_noise``, as KSampler), same sampling path
+(``comfy.sample.sample_custom``, as SamplerCustom) and the same progress bar / previews /
+Cancel (``latent_preview.prepare_callback`` → ComfyUI's progress hook, which raises on
+interrupt) as ComfyUI's own sampler nodes.
+"""
+from __future__ import annotations
+
+import comfy.sample
+import comfy.utils
+import latent_preview
+from comfy_api.latest import io
+
+from . import comfy_bridge as bridge
+from .lcm_sampler import build_sampler, mode_inputs
+from .lcm_scheduler import scheduler_sigmas
+
+
+class LCMKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LCMKSampler",
+            display_name="LCM KSampler",
+            category=bridge.CATEGORY,
+            description="All-in-one LCM / TCD sampler with LCM timesteps: 4 steps at cfg 1.0 by default.",
+            inputs=[
+                io.Model.Input("model", tooltip="An LCM-patched model (LCM-LoRA Loader or LCM Adapter Merge)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the initial noise and of the noise re-injected between steps."),
+                io.Int.Input("steps", default=4, min=1, max=50,
+                             tooltip="Sampling steps on the LCM timestep grid (LCM-LoRA: 2-8)."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale. LCM-LoRA wants 1.0-2.0; 1.0 skips the negative "
+                                       "prompt and halves the work."),
+                *mode_inputs(),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="img2img / hires-pass strength (diffusers' strength): 1.0 = from pure noise."),
+                io.Conditioning.Input("positive", tooltip="Conditioning to follow."),
+                io.Conditioning.Input("negative", tooltip="Conditioning to avoid (only used when cfg > 1)."),
+                io.Latent.Input("latent_image", tooltip="The latent to denoise (empty latent for txt2img)."),
+            ],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The denoised latent.")],
+        )
+
+    @classmethod
+    def execute(cls, model, seed, steps, cfg, mode, gamma, eta, denoise, positive, negative, latent_image) -> io.NodeOutput:
+        sigmas = scheduler_sigmas(steps, 50, denoise)
+        out = latent_image.copy()
+        if len(sigmas) <= 1:  # denoise 0: nothing to do
+            return io.NodeOutput(out)
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+        samples = comfy.sample.sample_custom(
+            model, noise, cfg, build_sampler(mode, gamma, eta), sigmas, positive, negative, latent,
+            noise_mask=latent_image.get("noise_mask"), callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+        )
+        out["samples"] = samples
+        return io.NodeOutput(out)

@@ -1,0 +1,178 @@
+"""Helper run *inside ComfyUI's own Python* (``COMFYUI_PYTHON``) by the in-ComfyUI tests.
+
+It never imports the project; it asks ComfyUI itself what a model looks like, so
+the fixtures it makes are in exactly the layout ComfyUI reads.
+
+Sub-commands (all print one JSON line on stdout):
+
+``checkpoint``  write an architecture-exact, random-weight single-file checkpoint
+                (original LDM/SGM key layout: ``model.diffusion_model.*``,
+                ``cond_stage_model.*`` / ``conditioner.embedders.*``,
+                ``first_stage_model.*``), as ComfyUI's ``CheckpointSave`` would
+                write it (``BaseModel.state_dict_for_saving``). The architecture
+                comes from a diffusers UNet's parameter shapes (made by the
+                project venv from ``lcm_core.model_configs``) passed through
+                ComfyUI's own ``model_config_from_diffusers_unet``; the written
+                file is re-detected with ``model_config_from_unet`` and the run
+                fails unless ComfyUI recognises the expected architecture.
+                Weights are streamed to disk (fp16, N(0, 1/fan_in)) so memory
+                stays small; norms are 1, biases 0.
+``keymap``      print every LoRA key ComfyUI's ``model_lora_keys_unet`` /
+                ``model_lora_keys_clip`` accept for that architecture (the maps
+                ``LoraLoader`` uses), built on the meta device.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import struct
+import sys
+import time
+
+EXPECTED_CLASS = {"sd1": "SD15", "sd2": "SD21", "sdxl": "SDXL", "ssd1b": "SSD1B"}
+
+
+def _import_comfy(comfy_path: str):
+    sys.path.insert(0, comfy_path)
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    sys.argv = [sys.argv[0], "--cpu"]
+    import torch  # noqa: F401
+    import comfy.model_detection  # noqa: F401
+    import comfy.lora  # noqa: F401
+    import comfy.supported_models  # noqa: F401
+
+
+def _meta_from_shapes(path: str):
+    import torch
+
+    with open(path) as f:
+        shapes = json.load(f)
+    return {k: torch.empty(tuple(v), device="meta") for k, v in shapes.items()}
+
+
+def _model_config(arch: str, shapes_path: str):
+    import comfy.model_detection as md
+
+    mc = md.model_config_from_diffusers_unet(_meta_from_shapes(shapes_path))
+    if mc is None or type(mc).__name__ != EXPECTED_CLASS[arch]:
+        raise SystemExit(f"ComfyUI did not recognise the {arch} UNet shapes (got {type(mc).__name__ if mc else None})")
+    return mc
+
+
+def _meta_models(arch: str, shapes_path: str):
+    import torch
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    mc = _model_config(arch, shapes_path)
+    mc.set_inference_dtype(torch.float16, None)
+    model = mc.get_model({}, device="meta")
+    clip = mc.clip_target().clip(device="meta", dtype=torch.float16)
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    with torch.device("meta"):
+        vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    return mc, model, clip, vae
+
+
+def _init_std(name: str, shape) -> float:
+    """0 for biases, 1 for norm scales (handled by the caller), 1/sqrt(fan_in) for weights."""
+    fan_in = 1
+    for s in shape[1:]:
+        fan_in *= int(s)
+    return 1.0 / math.sqrt(max(fan_in, 1))
+
+
+def cmd_checkpoint(a) -> dict:
+    import numpy as np
+    import torch
+    import comfy.model_detection as md
+
+    torch.set_num_threads(1)
+    mc, model, clip, vae = _meta_models(a.arch, a.shapes)
+    sd = model.state_dict_for_saving(clip.state_dict(), vae.state_dict())
+    names = sorted(sd)
+    # ComfyUI must detect the architecture from the key layout we are about to write.
+    unet = {k: sd[k] for k in names if k.startswith("model.diffusion_model.")}
+    detected = md.model_config_from_unet(unet, "model.diffusion_model.")
+    if detected is None or type(detected).__name__ != EXPECTED_CLASS[a.arch]:
+        raise SystemExit(f"layout not detected as {EXPECTED_CLASS[a.arch]}: {detected}")
+
+    header, offset = {}, 0
+    for k in names:
+        n = int(np.prod(sd[k].shape)) if len(sd[k].shape) else 1
+        header[k] = {"dtype": "F16", "shape": list(sd[k].shape), "data_offsets": [offset, offset + 2 * n]}
+        offset += 2 * n
+    header["__metadata__"] = {"format": "pt", "lcm_lora_test_fixture": f"random {a.arch} checkpoint, seed {a.seed}"}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+
+    gen = torch.Generator().manual_seed(a.seed)
+    pool = torch.randn(1 << 24, generator=gen).numpy()
+    pools: dict[float, np.ndarray] = {}
+    tmp = a.out + ".partial"
+    t0 = time.time()
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for k in names:
+            shape = sd[k].shape
+            n = int(np.prod(shape)) if len(shape) else 1
+            leaf = k.rsplit(".", 1)[-1]
+            if leaf == "bias" or len(shape) == 0:
+                f.write(np.zeros(n, dtype=np.float16).tobytes())
+                continue
+            if len(shape) == 1:  # norm scales
+                f.write(np.ones(n, dtype=np.float16).tobytes())
+                continue
+            std = round(_init_std(k, shape), 6)
+            if std not in pools:
+                pools[std] = (pool * std).astype(np.float16)
+            p = pools[std]
+            start = int.from_bytes(hashlib.sha1(k.encode()).digest()[:4], "little") % p.size
+            written = 0
+            while written < n:
+                chunk = p[start:start + (n - written)]
+                f.write(chunk.tobytes())
+                written += chunk.size
+                start = 0
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, a.out)
+    return {"out": a.out, "model_class": type(detected).__name__, "tensors": len(names),
+            "parameters": sum(int(np.prod(sd[k].shape)) for k in names), "bytes": os.path.getsize(a.out),
+            "seconds": round(time.time() - t0, 1)}
+
+
+def cmd_keymap(a) -> dict:
+    import comfy.lora
+
+    mc, model, clip, _ = _meta_models(a.arch, a.shapes)
+    unet_keys = comfy.lora.model_lora_keys_unet(model, {})
+    clip_keys = comfy.lora.model_lora_keys_clip(clip, {})
+    out = {"model_class": type(mc).__name__, "unet": sorted(unet_keys), "clip": sorted(clip_keys)}
+    with open(a.out, "w") as f:
+        json.dump(out, f)
+    return {"out": a.out, "model_class": out["model_class"], "unet": len(unet_keys), "clip": len(clip_keys)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("command", choices=["checkpoint", "keymap"])
+    p.add_argument("--comfyui", required=True, help="ComfyUI checkout")
+    p.add_argument("--arch", required=True, choices=sorted(EXPECTED_CLASS))
+    p.add_argument("--shapes", required=True, help="JSON {diffusers UNet key: shape}")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    _import_comfy(a.comfyui)
+    result = cmd_checkpoint(a) if a.command == "checkpoint" else cmd_keymap(a)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,477 @@
+"""Trainer configuration: schema, defaults, loading (YAML/TOML/dict), ``key=value`` overrides, validation.
+
+Defaults follow the LCM-LoRA reference, diffusers ``examples/consistency_distillation/
+train_lcm_distill_lora_sd_wds.py`` / ``train_lcm_distill_lora_sdxl.py`` (argparse defaults, and the
+README's recommended command line) and the LCM paper (Luo et al. 2023, §4.2, Algorithm 1):
+
+* ``lcd.num_ddim_timesteps = 50`` (skip k = 1000 // 50 = 20): ``--num_ddim_timesteps`` default 50.
+* ``lcd.w_min/w_max = 3, 15``: ``--w_min`` default 3.0 in the SDXL LoRA script, 5.0 in the SD one
+  (``configs/sd15.yaml`` uses 5), ``--w_max`` 15.0 in both. ω multiplies (cond − uncond) in
+  ``x0 = cond + ω (cond − uncond)``, i.e. the paper's ``(1+ω)Ψ(c) − ωΨ(∅)`` (the argparse help
+  text there says the opposite; the code is what counts).
+* ``lcd.loss = huber``, ``huber_c = 0.001``: the README runs ``--loss_type="huber"`` (the argparse
+  default is "l2"); ``--huber_c`` default 0.001.
+* ``lcd.timestep_scaling = 10``: ``--timestep_scaling_factor`` default 10.0.
+* ``lcd.target = stopgrad``: the LoRA scripts use the online student under ``no_grad`` as target
+  ("we do not use a separate target network for LCM-LoRA distillation"); ``ema`` is the paper's
+  θ⁻ ← μθ⁻ + (1 − μ)θ with μ = ``ema_decay`` (0.95 in ``train_lcm_distill_sd_wds.py``).
+* ``lora.rank = alpha = 64``; targets: the released LCM-LoRA UNet modules (``lcm_core.targets``).
+* ``optim``: AdamW, lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0 (README passes
+  ``--adam_weight_decay=0.0``; argparse default 1e-2), grad-norm clip 1.0, constant LR.
+  (The reference's ``--lr_warmup_steps 500`` has no effect with its "constant" scheduler.)
+
+Schema (section.key: default): see :class:`TrainConfig` and the dataclasses below, or
+``docs`` in ``configs/*.yaml``. Paths written in a config file are relative to that file's
+folder; paths given as overrides are relative to the current directory.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..lcm_core.errors import ConfigError
+
+ARCHS = ("auto", "sd1", "sd2", "sdxl", "ssd1b")
+
+
+def _f(default, *, choices=None, path=False, minimum=None, maximum=None, kind=None, doc=""):
+    """A schema field: default value plus validation metadata."""
+    meta = dict(choices=choices, path=path, minimum=minimum, maximum=maximum, kind=kind, doc=doc)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TeacherSection:
+    path: str | None = _f(None, path=True, kind="str?", doc="single-file checkpoint (.safetensors/.ckpt) or diffusers folder")
+    arch: str = _f("auto", choices=ARCHS, kind="str", doc="base architecture; auto = detect")
+    vae: str | None = _f(None, path=True, kind="str?", doc="optional separate VAE (diffusers folder or single file)")
+    tokenizer: str | None = _f(None, path=True, kind="str?", doc="CLIP tokenizer folder (vocab.json+merges.txt) for single-file teachers")
+    tokenizer_2: str | None = _f(None, path=True, kind="str?", doc="second tokenizer folder (SDXL/SSD-1B); default: same files as tokenizer, pad '!'")
+    prediction_type: str = _f("auto", choices=("auto", "epsilon", "v_prediction"), kind="str")
+
+
+@dataclass
+class DataSection:
+    path: str | None = _f(None, path=True, kind="str?", doc="image folder (captions in .txt files, metadata.jsonl or metadata.csv)")
+    prompts: str | None = _f(None, path=True, kind="str?", doc="prompts-only mode: .txt (one per line), .jsonl or .csv of prompts")
+    captions: str = _f("auto", choices=("auto", "txt", "jsonl", "csv"), kind="str")
+    caption_column: str = _f("text", kind="str", doc="caption field in metadata.jsonl/csv")
+    image_column: str = _f("file_name", kind="str", doc="image file field in metadata.jsonl/csv")
+    resolution: int = _f(512, minimum=8, kind="int", doc="training area is resolution x resolution pixels")
+    buckets: bool = _f(True, kind="bool", doc="aspect-ratio buckets of ~resolution^2 pixels")
+    bucket_step: int = _f(64, minimum=1, kind="int", doc="bucket sides are multiples of this (pixels)")
+    max_aspect: float = _f(2.0, minimum=1.0, kind="float")
+    crop: str = _f("center", choices=("center", "random"), kind="str", doc="random crops are off when latents are cached")
+    random_flip: bool = _f(False, kind="bool")
+    caption_dropout: float = _f(0.0, minimum=0.0, maximum=1.0, kind="float", doc="proportion_empty_prompts of the reference")
+    cache_latents: bool = _f(False, kind="bool", doc="encode every image once; epochs reuse the cached VAE posterior")
+    cache_text: bool = _f(False, kind="bool", doc="encode every caption once")
+    cache_dir: str | None = _f(None, path=True, kind="str?", doc="default <output>/cache")
+
+
+@dataclass
+class PromptsOnlySection:
+    samples_per_prompt: int = _f(4, minimum=1, kind="int")
+    steps: int = _f(50, minimum=1, kind="int", doc="teacher DDIM steps (on the 1000-step schedule)")
+    guidance_scale: float = _f(7.5, minimum=0.0, kind="float", doc="classifier-free guidance (Imagen convention)")
+    batch_size: int = _f(4, minimum=1, kind="int")
+    seed: int = _f(0, kind="int")
+    dir: str | None = _f(None, path=True, kind="str?", doc="sample cache; default <output>/teacher_samples")
+
+
+@dataclass
+class LcdSection:
+    num_ddim_timesteps: int = _f(50, minimum=1, maximum=1000, kind="int")
+    w_min: float = _f(3.0, minimum=0.0, kind="float")
+    w_max: float = _f(15.0, minimum=0.0, kind="float")
+    loss: str = _f("huber", choices=("huber", "l2"), kind="str")
+    huber_c: float = _f(0.001, minimum=0.0, kind="float")
+    timestep_scaling: float = _f(10.0, minimum=0.0, kind="float")
+    target: str = _f("stopgrad", choices=("stopgrad", "ema"), kind="str")
+    ema_decay: float = _f(0.95, minimum=0.0, maximum=1.0, kind="float")
+    uncond: str = _f("auto", choices=("auto", "empty_prompt", "zeros"), kind="str", doc="auto: zeros for SDXL-type, '' otherwise")
+
+
+@dataclass
+class LoraSection:
+    rank: int = _f(64, minimum=1, kind="int")
+    alpha: float | None = _f(None, minimum=0.0, kind="float?", doc="default = rank (scale 1)")
+    dropout: float = _f(0.0, minimum=0.0, maximum=1.0, kind="float")
+    targets: list | None = _f(None, kind="strlist?", doc="module name suffixes; default lcm_core.targets.LCM_LORA_UNET_TARGETS")
+
+
+@dataclass
+class OptimSection:
+    optimizer: str = _f("adamw", choices=("adamw", "adamw8bit"), kind="str")
+    learning_rate: float = _f(1e-4, minimum=0.0, kind="float")
+    weight_decay: float = _f(0.0, minimum=0.0, kind="float")
+    beta1: float = _f(0.9, minimum=0.0, maximum=1.0, kind="float")
+    beta2: float = _f(0.999, minimum=0.0, maximum=1.0, kind="float")
+    eps: float = _f(1e-8, minimum=0.0, kind="float")
+    max_grad_norm: float = _f(1.0, minimum=0.0, kind="float", doc="0 disables clipping")
+    lr_scheduler: str = _f(
+        "constant",
+        choices=("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"),
+        kind="str",
+    )
+    lr_warmup_steps: int = _f(0, minimum=0, kind="int")
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = _f(1000, minimum=1, kind="int", doc="optimizer steps")
+    batch_size: int = _f(12, minimum=1, kind="int", doc="global batch per optimizer micro-step (split across processes)")
+    gradient_accumulation: int = _f(1, minimum=1, kind="int")
+    mixed_precision: str = _f("no", choices=("no", "fp16", "bf16"), kind="str")
+    cast_base_weights: bool = _f(True, kind="bool", doc="store frozen UNet/text weights in the mixed-precision dtype")
+    gradient_checkpointing: bool = _f(False, kind="bool")
+    allow_tf32: bool = _f(True, kind="bool")
+    seed: int = _f(0, kind="int")
+    device: str = _f("auto", kind="str", doc="auto | cpu | cuda | cuda:N | mps")
+    num_workers: int = _f(0, minimum=0, kind="int", doc="image decoding worker threads")
+
+
+@dataclass
+class CheckpointSection:
+    every: int = _f(200, minimum=0, kind="int", doc="0 = only at the end / on SIGTERM")
+    keep: int = _f(3, minimum=1, kind="int")
+
+
+@dataclass
+class ValidationSection:
+    every: int = _f(200, minimum=0, kind="int", doc="0 disables")
+    prompts: list = _f(["a photo of a cat", "a watercolor painting of a lighthouse"], kind="strlist")
+    steps: list = _f([1, 2, 4], kind="intlist")
+    seed: int = _f(0, kind="int")
+    resolution: int | None = _f(None, minimum=8, kind="int?", doc="default data.resolution")
+
+
+@dataclass
+class LoggingSection:
+    backend: str = _f("csv", choices=("csv", "tensorboard", "none"), kind="str")
+    every: int = _f(1, minimum=1, kind="int", doc="metric rows every N steps (events.jsonl too)")
+    progress: bool = _f(True, kind="bool", doc="tqdm bar")
+
+
+@dataclass
+class OutputSection:
+    format: str = _f("kohya", choices=("kohya", "diffusers", "peft"), kind="str")
+    name: str = _f("lcm_lora.safetensors", kind="str", doc="file (kohya/diffusers) or folder (peft) name in the output folder")
+    dtype: str = _f("fp16", choices=("fp16", "bf16", "fp32"), kind="str")
+
+
+@dataclass
+class TrainConfig:
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    data: DataSection = field(default_factory=DataSection)
+    prompts_only: PromptsOnlySection = field(default_factory=PromptsOnlySection)
+    lcd: LcdSection = field(default_factory=LcdSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    source: str = field(default="<config>", compare=False, repr=False)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source", None)
+        return d
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name != "source"}
+_SECTION_CLASSES = {
+    "teacher": TeacherSection,
+    "data": DataSection,
+    "prompts_only": PromptsOnlySection,
+    "lcd": LcdSection,
+    "lora": LoraSection,
+    "optim": OptimSection,
+    "train": TrainSection,
+    "checkpoint": CheckpointSection,
+    "validation": ValidationSection,
+    "logging": LoggingSection,
+    "output": OutputSection,
+}
+# ``teacher=PATH`` is ``teacher.path=PATH`` (likewise data, prompts).
+SHORTHANDS = {"teacher": "teacher.path", "data": "data.path", "prompts": "data.prompts"}
+# Sections that do not change the training trajectory (left out of the resume check / config hash).
+_NON_TRAJECTORY = {"checkpoint", "validation", "logging", "output"}
+_NON_TRAJECTORY_KEYS = {"train.max_steps", "train.device", "train.num_workers", "data.cache_dir", "prompts_only.dir"}
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in _SECTION_CLASSES.items() for f in dataclasses.fields(cls)]
+
+
+def _field_meta(dotted: str):
+    section, name = dotted.split(".", 1)
+    for f in dataclasses.fields(_SECTION_CLASSES[section]):
+        if f.name == name:
+            return f.metadata
+    raise KeyError(dotted)
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, _all_keys() + list(SHORTHANDS), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value: Any, kind: str, key: str, source: str):
+    """Convert ``value`` to the field's kind or raise ConfigError naming source and key."""
+    optional = kind.endswith("?")
+    base = kind.rstrip("?")
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~") and optional):
+        if optional:
+            return None
+        raise ConfigError(source, f"key '{key}' must not be empty")
+
+    def bad(expected):
+        return ConfigError(source, f"key '{key}' must be {expected}, got {value!r}")
+
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.strip().lower() in ("true", "yes", "on", "1")
+        raise bad("true or false")
+    if base == "int":
+        if isinstance(value, bool):
+            raise bad("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise bad("an integer")
+    if base == "float":
+        if isinstance(value, bool):
+            raise bad("a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise bad("a number")
+    if base == "str":
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad("a string")
+    if base in ("strlist", "intlist"):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if base == "intlist" or "," in value else [value]
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        item_kind = "str" if base == "strlist" else "int"
+        return [_coerce(v, item_kind, key, source) for v in value]
+    raise AssertionError(kind)
+
+
+def _set(cfg: TrainConfig, dotted: str, value: Any, source: str, base_dir: Path | None) -> None:
+    section, name = dotted.split(".", 1)
+    meta = _field_meta(dotted)
+    value = _coerce(value, meta["kind"], dotted, source)
+    if meta["path"] and value is not None and base_dir is not None:
+        value = os.fspath(Path(base_dir, os.path.expanduser(value))) if not os.path.isabs(os.path.expanduser(value)) else os.path.expanduser(value)
+    setattr(getattr(cfg, section), name, value)
+
+
+def _apply_mapping(cfg: TrainConfig, data: Mapping, source: str, base_dir: Path | None) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, f"the top level must be a mapping of sections, got {type(data).__name__}")
+    for section, body in data.items():
+        if section in SHORTHANDS and not isinstance(body, Mapping):
+            _set(cfg, SHORTHANDS[section], body, source, base_dir)
+            continue
+        if section not in _SECTION_CLASSES:
+            raise ConfigError(source, f"unknown section '{section}'{_suggest(str(section))}")
+        if body is None:
+            continue
+        if not isinstance(body, Mapping):
+            raise ConfigError(source, f"section '{section}' must be a mapping, got {body!r}")
+        for name, value in body.items():
+            dotted = f"{section}.{name}"
+            try:
+                _field_meta(dotted)
+            except KeyError:
+                raise ConfigError(source, f"unknown key '{dotted}'{_suggest(dotted)}") from None
+            _set(cfg, dotted, value, source, base_dir)
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Parse a YAML (.yaml/.yml) or TOML (.toml) file into a dict; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, "config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # yaml.YAMLError / tomllib.TOMLDecodeError carry line numbers
+        raise ConfigError(path, f"cannot parse: {e}") from None
+    return data or {}
+
+
+def resolve_override_key(key: str, source: str = "override") -> str:
+    """``teacher`` → ``teacher.path``; ``max_steps`` → ``train.max_steps`` when unique; else dotted."""
+    key = key.strip()
+    if key in SHORTHANDS:
+        return SHORTHANDS[key]
+    if "." in key:
+        try:
+            _field_meta(key)
+            return key
+        except KeyError:
+            raise ConfigError(source, f"unknown key '{key}'{_suggest(key)}") from None
+    matches = [k for k in _all_keys() if k.split(".", 1)[1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(source, f"key '{key}' is ambiguous: use one of {', '.join(matches)}")
+    raise ConfigError(source, f"unknown key '{key}'{_suggest(key)}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key=value``. Strings and paths are kept verbatim; other values are parsed as YAML
+    (numbers, booleans, ``[1, 2, 4]``) and then type-checked like file values."""
+    if "=" not in text:
+        raise ConfigError("override", f"expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    dotted = resolve_override_key(key, source=f"override {text!r}")
+    kind = _field_meta(dotted)["kind"].rstrip("?")
+    if kind == "str":
+        return dotted, (raw if raw.strip() else None)
+    try:
+        import yaml
+
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except Exception:
+        value = raw
+    return dotted, value
+
+
+def load_config(
+    source: "TrainConfig | Mapping | str | os.PathLike",
+    overrides: Iterable[str] = (),
+) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from a file, a dict or a config, then apply ``key=value`` overrides."""
+    if isinstance(source, TrainConfig):
+        cfg = copy.deepcopy(source)
+    elif isinstance(source, Mapping):
+        cfg = TrainConfig(source="<dict>")
+        _apply_mapping(cfg, source, "<dict>", None)
+    else:
+        path = Path(source)
+        cfg = TrainConfig(source=os.fspath(path))
+        _apply_mapping(cfg, read_config_file(path), os.fspath(path), path.resolve().parent)
+    for text in overrides:
+        dotted, value = parse_override(text)
+        _set(cfg, dotted, value, f"override {text!r}", Path.cwd())
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Range / choice / cross-field checks; every error names the config source and the key."""
+    src = cfg.source
+    for section, cls in _SECTION_CLASSES.items():
+        body = getattr(cfg, section)
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            value = getattr(body, f.name)
+            meta = f.metadata
+            value = _coerce(value, meta["kind"], key, src)
+            setattr(body, f.name, value)
+            if value is None:
+                continue
+            if meta["choices"] and value not in meta["choices"]:
+                raise ConfigError(src, f"key '{key}' must be one of {', '.join(meta['choices'])}, got {value!r}")
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                if isinstance(item, (int, float)) and not isinstance(item, bool):
+                    if meta["minimum"] is not None and item < meta["minimum"]:
+                        raise ConfigError(src, f"key '{key}' must be >= {meta['minimum']}, got {item}")
+                    if meta["maximum"] is not None and item > meta["maximum"]:
+                        raise ConfigError(src, f"key '{key}' must be <= {meta['maximum']}, got {item}")
+    if cfg.lcd.w_min > cfg.lcd.w_max:
+        raise ConfigError(src, f"key 'lcd.w_min' ({cfg.lcd.w_min}) must not exceed 'lcd.w_max' ({cfg.lcd.w_max})")
+    if any(s < 1 for s in cfg.validation.steps):
+        raise ConfigError(src, f"key 'validation.steps' must hold positive step counts, got {cfg.validation.steps}")
+    if cfg.data.path and cfg.data.prompts:
+        raise ConfigError(src, "keys 'data.path' and 'data.prompts' are exclusive: give an image folder or a prompt list")
+    if cfg.data.bucket_step % 8 and cfg.data.resolution >= 64:
+        raise ConfigError(src, f"key 'data.bucket_step' must be a multiple of 8 (VAE downsampling), got {cfg.data.bucket_step}")
+    if cfg.output.format == "peft" and cfg.output.name.endswith(".safetensors"):
+        cfg.output.name = cfg.output.name[: -len(".safetensors")]
+    if cfg.optim.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError(src, "key 'optim.optimizer' is adamw8bit but bitsandbytes is not installed (pip install bitsandbytes)") from None
+    if cfg.logging.backend == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError(src, "key 'logging.backend' is tensorboard but the tensorboard package is not installed") from None
+
+
+def require_inputs(cfg: TrainConfig) -> None:
+    """Checks needed before a run starts (not for partial configs such as the shipped templates)."""
+    if not cfg.teacher.path:
+        raise ConfigError(cfg.source, "key 'teacher.path' is not set (give teacher=PATH)")
+    if not os.path.exists(cfg.teacher.path):
+        raise ConfigError(cfg.source, f"key 'teacher.path': {cfg.teacher.path} does not exist")
+    if not cfg.data.path and not cfg.data.prompts:
+        raise ConfigError(cfg.source, "neither 'data.path' (image folder) nor 'data.prompts' (prompt list) is set")
+    for key in ("data.path", "data.prompts", "teacher.vae", "teacher.tokenizer", "teacher.tokenizer_2"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and not os.path.exists(value):
+            raise ConfigError(cfg.source, f"key '{key}': {value} does not exist")
+
+
+def trajectory_dict(cfg: TrainConfig) -> dict:
+    """The part of the config that determines the training trajectory (resume must match it)."""
+    d = cfg.to_dict()
+    for s in _NON_TRAJECTORY:
+        d.pop(s, None)
+    for key in _NON_TRAJECTORY_KEYS:
+        section, name = key.split(".")
+        d.get(section, {}).pop(name, None)
+    return d
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """sha256 (first 16 hex digits) of the trajectory-determining config, recorded in the adapter metadata."""
+    blob = json.dumps(trajectory_dict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """YAML text of the full config (written as ``config.yaml`` in the output folder)."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
