@@ -46,7 +46,7 @@ def teacher_unet_config(resolution: int = 16, block_out_channels=(32, 64, 64), l
 class TeacherSettings:
     """Everything that determines the trained teacher (recorded in the saved weights' metadata)."""
 
-    steps: int = 8000
+    steps: int = 4000
     batch_size: int = 64
     learning_rate: float = 1e-3
     text_encoder_lr: float = 2e-4

@@ -156,6 +156,8 @@ def detect_adapter_architecture(adapter, hints: Iterable[str] | None = None) -> 
     else:
         shapes = {k: tuple(m.weight_shape) for k, m in adapter.modules.items()}
         hint_list = list(hints) if hints is not None else hints_from_metadata(adapter.metadata)
+        if hints is None and getattr(adapter, "architecture", None):
+            hint_list.append(adapter.architecture)
     return detect_from_shapes(shapes, hint_list, "adapter")
 
 

@@ -83,12 +83,13 @@ class DiscreteSchedule:
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
         self.betas = betas.float()
         self.alphas_cumprod = alphas_cumprod.float()
-        self._set_sigmas(sigmas.float())
+        # log taken before the float32 cast, as ModelSamplingDiscrete.set_sigmas does
+        self._set_sigmas(sigmas.float(), sigmas.log().float())
 
     # -- table -----------------------------------------------------------------------
-    def _set_sigmas(self, sigmas: torch.Tensor) -> None:
+    def _set_sigmas(self, sigmas: torch.Tensor, log_sigmas: torch.Tensor | None = None) -> None:
         self.sigmas = sigmas
-        self.log_sigmas = sigmas.log()
+        self.log_sigmas = sigmas.log() if log_sigmas is None else log_sigmas
 
     @property
     def sigma_min(self) -> torch.Tensor:

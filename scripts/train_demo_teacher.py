@@ -4,7 +4,7 @@ Reproduces the shipped file (``demo/assets/README.md`` has the exact command it 
 
     python scripts/train_demo_teacher.py --device cuda --out demo/assets/digits_teacher.safetensors
 
-Runs on a CPU too (``--device cpu``), the default 8000 steps take about an hour on one CPU core; the demo
+Runs on a CPU too (``--device cpu``), the default 4000 steps take 30-60 minutes on one CPU core; the demo
 itself only retrains a teacher when asked (``lcm-lora demo --retrain-teacher``), with a
 CPU-sized step count. ``--eval N`` prints class accuracy / FD of DDIM samples afterwards.
 """

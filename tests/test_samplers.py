@@ -190,6 +190,14 @@ def test_tcd_deterministic_cases_ignore_noise():
     assert torch.allclose(a, b, atol=1e-6)  # eta = 0 is the deterministic path for any gamma
 
 
+def test_tcd_uses_full_schedule_behind_a_distilled_view():
+    sigmas = timesteps_to_sigmas(tcd_timesteps(4), SCHED)
+    x = _initial((1, 4, 8, 8), sigmas[0], 1.0)
+    run = lambda sched: sample_tcd(EpsDenoiser(fake_eps, SCHED), x, sigmas, extra_args={"seed": 2}, disable=True,
+                                   schedule=sched)
+    assert torch.equal(run(SCHED.distilled(50)), run(None))
+
+
 def test_tcd_clean_final_returns_denoised():
     sigmas = timesteps_to_sigmas(tcd_timesteps(2), SCHED)
     x = _initial((1, 4, 8, 8), sigmas[0], 1.0)

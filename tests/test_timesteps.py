@@ -129,3 +129,20 @@ def test_empty_schedule_gives_empty_sigmas():
     assert timesteps_to_sigmas([]).numel() == 0
     with pytest.raises(ConfigError, match="descending"):
         timesteps_to_sigmas([259, 499])
+
+
+def test_random_arguments_match_diffusers():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=150, deadline=None, derandomize=True)
+    @hypothesis.given(n=st.integers(1, 60), original=st.integers(1, 1000), strength=st.floats(0.0, 1.0),
+                      explicit=st.booleans())
+    def check(n, original, strength, explicit):
+        kwargs = dict(num_inference_steps=n, original_inference_steps=original, strength=strength)
+        assert _ours(lcm_timesteps, **kwargs) == _ref(diffusers.LCMScheduler, **kwargs), kwargs
+        if not explicit:
+            kwargs["original_inference_steps"] = None
+        assert _ours(tcd_timesteps, **kwargs) == _ref(diffusers.TCDScheduler, **kwargs), kwargs
+
+    check()

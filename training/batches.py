@@ -20,7 +20,7 @@ from .teacher import Teacher, build_cond
 
 
 class TrainingData:
-    def __init__(self, records: list[Record], teacher: Teacher, data_cfg, cache_dir: Path, device, seed: int):
+    def __init__(self, records: list[Record], teacher: Teacher, data_cfg, cache_dir: Path, device, seed: int, num_workers: int = 0):
         self.records = records
         self.teacher = teacher
         self.cfg = data_cfg
@@ -35,7 +35,7 @@ class TrainingData:
             self.bucket_of = [square if r.image else (r.width, r.height) for r in records]
         self.latent_cache = LatentCache(cache_dir, teacher.identity) if data_cfg.cache_latents else None
         self.text_cache = TextCache(cache_dir, teacher.identity) if data_cfg.cache_text else None
-        self._pool = ThreadPoolExecutor(num_workers) if (num_workers := int(getattr(data_cfg, "num_workers", 0) or 0)) else None
+        self._pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
 
     # ------------------------------------------------------------------ caches
     def prepare(self, rank: int = 0, world: int = 1, barrier=lambda: None, progress_factory=None) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..lcm_core.boundary import boundary_scalings
+from ..lcm_core.boundary import consistency_output
 from .ddim_solver import DDIMSolver
 
 Model = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -103,12 +103,9 @@ class LcdLoss:
         self.timestep_scaling = timestep_scaling
 
     def consistency(self, raw: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``f(x, t) = c_skip(t) x + c_out(t) x̂0(raw)`` in float32 (Eq. 4; ref. l. 1265-1272, 1301)."""
-        c_skip, c_out = boundary_scalings(t, timestep_scaling=self.timestep_scaling)
-        shape = (t.shape[0],) + (1,) * (x.ndim - 1)
-        c_skip, c_out = c_skip.to(x.device).reshape(shape), c_out.to(x.device).reshape(shape)
+        """``f(x, t) = c_skip(t) x + c_out(t) x̂0(raw)`` in float32 (Eq. 4 via ``lcm_core.boundary``; ref. l. 1265-1272, 1301)."""
         x0 = self.solver.predicted_x0(raw.float(), t, x, self.prediction_type)
-        return c_skip * x + c_out * x0
+        return consistency_output(x, x0, t, timestep_scaling=self.timestep_scaling)
 
     @torch.no_grad()
     def teacher_step(self, teacher: Model, noisy, start_t, index, w, cond, uncond, autocast=nullcontext) -> torch.Tensor:
@@ -145,11 +142,13 @@ class LcdLoss:
         start_t, end_t = self.solver.start_and_target_timesteps(rnd.index)
         noisy = self.solver.add_noise(latents, rnd.noise, start_t)
 
+        # The teacher pass runs first: with a shared UNet it toggles the LoRA layers off and on,
+        # which must not happen between the student's forward and backward.
+        x_prev = self.teacher_step(teacher, noisy, start_t, rnd.index, rnd.w, cond, uncond, autocast)
+
         with autocast():
             student_raw = student(noisy, start_t, cond)
         model_pred = self.consistency(student_raw, noisy, start_t)
-
-        x_prev = self.teacher_step(teacher, noisy, start_t, rnd.index, rnd.w, cond, uncond, autocast)
 
         with torch.no_grad():
             with autocast():

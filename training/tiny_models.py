@@ -263,3 +263,56 @@ def write_model_index(folder: str | os.PathLike, variant: str = "sd") -> None:
             "requires_safety_checker": False,
         }
     Path(folder, "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
+_COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
+           "white": (240, 240, 240), "black": (15, 15, 15)}
+_SHAPES = ("circle", "square", "cross", "ring")
+
+
+def write_tiny_dataset(folder: str | os.PathLike, n: int = 32, size: int = 16, channels: int = 3, seed: int = 0,
+                       captions: str = "txt") -> Path:
+    """Write ``n`` synthetic images (a coloured shape on a dark or light background) with captions
+    like "a red circle"; ``captions``: ``txt`` (one .txt per image) or ``jsonl`` (``metadata.jsonl``)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    rows = []
+    for i in range(n):
+        color_name = list(_COLORS)[rng.integers(len(_COLORS))]
+        shape = _SHAPES[rng.integers(len(_SHAPES))]
+        cx, cy = rng.uniform(size * 0.3, size * 0.7, 2)
+        r = rng.uniform(size * 0.18, size * 0.3)
+        if shape == "circle":
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+        elif shape == "ring":
+            d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
+            mask = (d <= r) & (d >= r * 0.55)
+        elif shape == "square":
+            mask = (abs(xx - cx) <= r * 0.85) & (abs(yy - cy) <= r * 0.85)
+        else:
+            mask = ((abs(xx - cx) <= r * 0.3) & (abs(yy - cy) <= r)) | ((abs(yy - cy) <= r * 0.3) & (abs(xx - cx) <= r))
+        background = 235 if color_name == "black" else 25
+        image = np.full((size, size, 3), background, dtype=np.float64)
+        image[mask] = _COLORS[color_name]
+        image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+        if channels == 1:
+            pil = Image.fromarray(image).convert("L")
+        elif channels == 4:
+            pil = Image.fromarray(image).convert("RGBA")
+        else:
+            pil = Image.fromarray(image)
+        name = f"img_{i:04d}.png"
+        pil.save(folder / name)
+        caption = f"a {color_name} {shape}"
+        if captions == "jsonl":
+            rows.append(json.dumps({"file_name": name, "text": caption}))
+        else:
+            (folder / f"img_{i:04d}.txt").write_text(caption + "\n", encoding="utf-8")
+    if captions == "jsonl":
+        (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder

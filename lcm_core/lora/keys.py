@@ -114,7 +114,7 @@ def is_ldm_unet_path(path: str) -> bool:
 
 
 def canonical_to_kohya(key: str, arch: str | None = None, *, unet_names: str = "native",
-                       layout: UnetLayout | None = None) -> str:
+                       layout: UnetLayout | None = None, dual_text_encoders: bool | None = None) -> str:
     """Kohya module name (no ``.lora_down.weight`` suffix).
 
     ``unet_names``: ``"native"`` (sd-scripts: LDM names for SDXL/SSD-1B, diffusers names
@@ -133,7 +133,8 @@ def canonical_to_kohya(key: str, arch: str | None = None, *, unet_names: str = "
             path = ldm
         return KOHYA_UNET + path.replace(".", "_")
     if comp == "text_encoder":
-        prefix = KOHYA_TE1 if arch in SDXL_FAMILY else KOHYA_TE
+        dual = dual_text_encoders if dual_text_encoders is not None else arch in SDXL_FAMILY
+        prefix = KOHYA_TE1 if dual else KOHYA_TE
     else:
         prefix = KOHYA_TE2
     return prefix + path.replace(".", "_")

@@ -17,6 +17,9 @@ Sub-commands (all print one JSON line on stdout):
                 fails unless ComfyUI recognises the expected architecture.
                 Weights are streamed to disk (fp16, N(0, 1/fan_in)) so memory
                 stays small; norms are 1, biases 0.
+``comfy-lora``  rewrite a kohya LoRA in ComfyUI's generic layout (``diffusion_model.<LDM
+                path>.lora_up/down.weight``, ``text_encoders.<clip key>.…``, as ComfyUI's
+                ``LoraSave`` writes), mapping names with ComfyUI's own key maps.
 ``keymap``      print every LoRA key ComfyUI's ``model_lora_keys_unet`` /
                 ``model_lora_keys_clip`` accept for that architecture (the maps
                 ``LoraLoader`` uses), built on the meta device.
@@ -160,17 +163,40 @@ def cmd_keymap(a) -> dict:
     return {"out": a.out, "model_class": out["model_class"], "unet": len(unet_keys), "clip": len(clip_keys)}
 
 
+def cmd_comfy_lora(a) -> dict:
+    import comfy.lora
+    import comfy.utils
+
+    mc, model, clip, _ = _meta_models(a.arch, a.shapes)
+    key_map = comfy.lora.model_lora_keys_unet(model, {})
+    key_map = comfy.lora.model_lora_keys_clip(clip, key_map)
+    src = comfy.utils.load_torch_file(a.kohya, safe_load=True)
+    out = {}
+    for key, tensor in src.items():
+        module, suffix = key.split(".", 1)
+        target = key_map[module]
+        if not isinstance(target, str) or not target.endswith(".weight"):
+            raise SystemExit(f"unexpected key map entry for {module}: {target}")
+        base = target[: -len(".weight")]
+        if not base.startswith("diffusion_model."):
+            base = "text_encoders." + base
+        out[f"{base}.{suffix}"] = tensor
+    comfy.utils.save_torch_file(out, a.out)
+    return {"out": a.out, "tensors": len(out)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["checkpoint", "keymap"])
+    p.add_argument("command", choices=["checkpoint", "keymap", "comfy-lora"])
     p.add_argument("--comfyui", required=True, help="ComfyUI checkout")
     p.add_argument("--arch", required=True, choices=sorted(EXPECTED_CLASS))
     p.add_argument("--shapes", required=True, help="JSON {diffusers UNet key: shape}")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kohya", help="comfy-lora: the kohya file to rewrite")
     a = p.parse_args()
     _import_comfy(a.comfyui)
-    result = cmd_checkpoint(a) if a.command == "checkpoint" else cmd_keymap(a)
+    result = {"checkpoint": cmd_checkpoint, "keymap": cmd_keymap, "comfy-lora": cmd_comfy_lora}[a.command](a)
     print(json.dumps(result), flush=True)
 
 

@@ -1,0 +1,179 @@
+"""Write the demo's report: ``report.md`` and ``report.html`` from the same blocks, plus ``results.json``.
+
+The report is assembled as a list of blocks (heading, paragraph, table, image, list) and rendered
+twice, so the Markdown and HTML versions never disagree.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from .teacher_samplers import SAMPLER_LABELS
+
+
+class Doc:
+    """A minimal document: blocks rendered to Markdown and to standalone HTML."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.blocks: list[tuple] = []
+
+    def h(self, text: str, level: int = 2):
+        self.blocks.append(("h", level, text))
+
+    def p(self, text: str):
+        self.blocks.append(("p", text))
+
+    def bullets(self, items):
+        self.blocks.append(("ul", list(items)))
+
+    def table(self, header, rows):
+        self.blocks.append(("table", list(header), [list(r) for r in rows]))
+
+    def img(self, src: str, alt: str):
+        self.blocks.append(("img", src, alt))
+
+    def code(self, text: str):
+        self.blocks.append(("code", text))
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for b in self.blocks:
+            kind = b[0]
+            if kind == "h":
+                out += ["#" * b[1] + " " + b[2], ""]
+            elif kind == "p":
+                out += [b[1], ""]
+            elif kind == "ul":
+                out += [f"- {item}" for item in b[1]] + [""]
+            elif kind == "table":
+                out.append("| " + " | ".join(b[1]) + " |")
+                out.append("|" + "|".join("---" for _ in b[1]) + "|")
+                out += ["| " + " | ".join(str(c) for c in row) + " |" for row in b[2]]
+                out.append("")
+            elif kind == "img":
+                out += [f"![{b[2]}]({b[1]})", ""]
+            elif kind == "code":
+                out += ["```", b[1], "```", ""]
+        return "\n".join(out)
+
+    def html(self) -> str:
+        e = html.escape
+        body = [f"<h1>{e(self.title)}</h1>"]
+        for b in self.blocks:
+            kind = b[0]
+            if kind == "h":
+                body.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
+            elif kind == "p":
+                body.append(f"<p>{_inline(b[1])}</p>")
+            elif kind == "ul":
+                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
+            elif kind == "table":
+                head = "".join(f"<th>{_inline(c)}</th>" for c in b[1])
+                rows = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            elif kind == "img":
+                body.append(f'<figure><img src="{e(b[1])}" alt="{e(b[2])}"><figcaption>{e(b[2])}</figcaption></figure>')
+            elif kind == "code":
+                body.append(f"<pre><code>{e(b[1])}</code></pre>")
+        style = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;line-height:1.45}"
+                 "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;"
+                 "text-align:right}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}"
+                 "figcaption{color:#555;font-size:0.85em}code,pre{background:#f6f6f6}")
+        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(self.title)}</title>"
+                f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def _inline(text: str) -> str:
+    """Escape, then render `code` and **bold** spans."""
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
+
+
+def _f(v, nd=2):
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def _row_label(r) -> str:
+    who = "LCM-LoRA" if r["model"] == "lcm_lora" else "teacher"
+    return f"{who} {SAMPLER_LABELS.get(r['sampler'], r['sampler'])}"
+
+
+def build_report(results: dict) -> Doc:
+    """The report document for a ``results.json`` dict (see ``run.py`` for its fields)."""
+    cfg, cal = results["config"], results["calibration"]
+    doc = Doc("LCM-LoRA demo: teacher → LCM-LoRA → steps-vs-quality")
+    doc.p(f"Preset **{cfg['preset']}**; {results['environment']['summary']}. Total time "
+          f"{results['timings'].get('total', 0):.0f} s. Every configuration is sampled from the same "
+          f"{cfg['n_samples']} prompts (balanced over the 10 digits) and the same initial noise.")
+
+    doc.h("Claims")
+    for c in results["claims"].values():
+        doc.bullets([f"**{'PASS' if c['passed'] else 'FAIL'}** — {c['statement']}: {c['detail']}"])
+
+    doc.h("Quality vs steps")
+    header = ["model / sampler", "steps", "UNet evals", "class accuracy", "FD ↓", "pixel FD ↓", "ms / image", "seconds"]
+    rows = sorted(results["rows"], key=lambda r: (r["model"] != "teacher", r["sampler"], r["steps"]))
+    doc.table(header, [[_row_label(r), r["steps"], r["nfe"], _f(r["accuracy"], 3), _f(r["fd"], 1), _f(r["fd_pixel"], 2),
+                        _f(r["ms_per_image"], 1), _f(r["seconds"], 1)] for r in rows])
+    doc.p(f"Real vs real (FD of {cal['real_vs_real_n']} real training images against the {cal['reference_n']} held-out "
+          f"reference images): FD **{cal['fd_real_vs_real']:.1f}**, pixel FD {cal['fd_pixel_real_vs_real']:.2f} — the "
+          f"floor a perfect generator would reach with this many samples. Teacher guidance scale {cfg['guidance_scale']}; "
+          f"the LCM-LoRA runs without CFG (one UNet evaluation per step).")
+    for name, alt in results.get("figures", {}).get("quality", []):
+        doc.img(name, alt)
+
+    doc.h("Samples")
+    for name, alt in results.get("figures", {}).get("grids", []):
+        doc.img(name, alt)
+
+    st = results.get("style")
+    if st:
+        doc.h("Style LoRA merged with the LCM-LoRA")
+        doc.p(f"Style LoRA: rank {st['settings']['rank']}, {st['settings']['steps']} steps of the ordinary diffusion "
+              f"loss on the training digits rendered **{st['settings']['style']}**. Merged as τ' = λ1·τ_style + λ2·τ_LCM "
+              f"with λ1 = {st['lambda1']}, λ2 = {st['lambda2']}. Style score = mean probability of \"styled\" under "
+              f"a style classifier (real plain images {cal['style_score_real_plain']:.2f}, real styled "
+              f"{cal['style_score_real_styled']:.2f}).")
+        doc.table(["configuration", "steps", "UNet evals", "style score", "class accuracy", "FD ↓", "merge error"],
+                  [[r["label"], r["steps"], r["nfe"], _f(r["style_score"], 3), _f(r["accuracy"], 3), _f(r["fd"], 1),
+                    "–" if r.get("merge_relative_error") is None else f"{r['merge_relative_error']:.2e}"]
+                   for r in st["rows"]])
+        for name, alt in results.get("figures", {}).get("style", []):
+            doc.img(name, alt)
+
+    doc.h("Setup")
+    t, lt = results["teacher"], results["lcm_lora"]
+    doc.bullets([
+        f"Data: scikit-learn digits (1797 real 8×8 scans, shipped inside the scikit-learn wheel), bilinearly upsampled "
+        f"to {cfg['resolution']}×{cfg['resolution']}; stratified split: {cal['train_n']} train (generators), "
+        f"{cal['classifier_train_n']} classifier, {cal['reference_n']} reference.",
+        f"Teacher: {t['description']} ({t['source']}).",
+        f"LCM-LoRA: `lcm-lora train` with {lt['config_file']} and overrides `{' '.join(lt['overrides'])}`; "
+        f"{lt['seconds']:.0f} s.",
+        f"Digit classifier (small CNN, trained on the classifier split only): held-out accuracy "
+        f"{cal['digit_accuracy_heldout']:.3f}; FD is computed in its 64-d penultimate features (not FID).",
+    ])
+    doc.p("Timings are wall-clock on this machine's CPU threads and include Python overhead; on a shared machine "
+          "they are pessimistic. FD has a sample-size bias (compare rows with each other and with the real-vs-real "
+          "floor, not with FID values elsewhere).")
+    return doc
+
+
+def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
+    """Write ``results.json``, ``report.md`` and ``report.html`` into ``out_dir`` (atomic, overwriting)."""
+    from ..lcm_core.atomic_write import atomic_file
+
+    out_dir = Path(out_dir)
+    doc = build_report(results)
+    paths = {}
+    for name, text in (("results.json", json.dumps(results, indent=1, sort_keys=False)),
+                       ("report.md", doc.markdown()), ("report.html", doc.html())):
+        with atomic_file(out_dir / name, overwrite=True) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        paths[name] = out_dir / name
+    return paths

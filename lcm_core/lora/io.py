@@ -1,0 +1,373 @@
+"""Read any supported LoRA format into a :class:`LoraAdapter`; write one in any format.
+
+Formats: ``kohya`` (sd-scripts), ``diffusers`` (``save_lora_weights``), ``peft``
+(adapter folder), ``comfy`` (ComfyUI ``diffusion_model.`` / ``text_encoders.`` keys). Reading
+auto-detects the format, checks every module (pairs, ranks, shapes, NaN/Inf; see
+:mod:`.validate`) and the base architecture (:mod:`lcm_core.architecture`). Writing is
+atomic and never overwrites unless asked; tensors keep their dtype; round trips between
+formats reproduce every tensor and alpha exactly.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from .. import architecture as _architecture  # module import: lcm_core.architecture imports this package
+from ..atomic_write import atomic_dir
+from ..errors import AdapterFileError, ArchitectureMismatchError, ConfigError
+from ..model_configs import ARCHITECTURES
+from ..safetensors_io import read_safetensors, write_safetensors
+from . import comfy_format, diffusers_format, kohya, peft_format
+from .adapter import COMPONENTS, LoraAdapter, LoraModule
+from .key_parsing import ALPHA, BARE, COMFY, DIFFUSERS, DOWN, KOHYA, MID, PEFT, UP, family_of, split_role
+from .keys import KOHYA_TE1, KOHYA_TE2, KOHYA_UNET, decode_underscored, is_ldm_unet_path
+from .metadata import alpha_none_keys, build_metadata
+from .module_table import architecture_modules
+from .unet_names import UnetLayout
+from .validate import alpha_from_tensor, check_against_architecture, check_finite, check_module
+
+FORMATS = ("kohya", "diffusers", "peft", "comfy")
+DIFFUSERS_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors",)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _uses_ldm_names(family: str, names) -> bool:
+    if family == COMFY:
+        return any(n.startswith(comfy_format.UNET_PREFIX) for n in names)
+    if family == KOHYA:
+        return any(n.startswith(KOHYA_UNET) and is_ldm_unet_path(decode_underscored(n[len(KOHYA_UNET):]))
+                   for n in names)
+    return False
+
+
+def _mapper(family: str, component: str | None):
+    if family == KOHYA:
+        return lambda n, arch, layout: kohya.module_to_canonical(n, arch, layout)
+    if family == COMFY:
+        return lambda n, arch, layout: comfy_format.module_to_canonical(n, arch, layout)
+    if family == DIFFUSERS:
+        return lambda n, arch, layout: diffusers_format.module_to_canonical(n)
+    if family == PEFT:
+        return lambda n, arch, layout: diffusers_format.bare_to_canonical(n[len(peft_format.PEFT_PREFIX):], component)
+    return lambda n, arch, layout: diffusers_format.bare_to_canonical(n, component)
+
+
+def _weight_shape(groups: dict, name: str) -> tuple[int, ...] | None:
+    g = groups[name]
+    if DOWN not in g or UP not in g:
+        return None
+    down, up = g[DOWN][1], g[UP][1]
+    if down.dim() == 2:
+        return (up.shape[0], down.shape[1])
+    kernel = g[MID][1].shape[2:] if MID in g else down.shape[2:]
+    return (up.shape[0], down.shape[1], *kernel)
+
+
+def _pick_layout(groups, family, mapper, arch_hints: list[str]):
+    """Choose the UNet block layout that explains LDM-style names (SDXL vs SD1/SD2 vs SSD-1B)."""
+    order = [a for a in arch_hints if a in ARCHITECTURES] + [a for a in ("sdxl", "ssd1b", "sd1", "sd2")]
+    best, best_score = None, (-1, -1)
+    for arch in dict.fromkeys(order):
+        layout = UnetLayout.for_arch(arch)
+        table = architecture_modules(arch)
+        mapped = fits = 0
+        for name in groups:
+            key = mapper(name, arch, layout)
+            if key is None:
+                continue
+            mapped += 1
+            shape = _weight_shape(groups, name)
+            if key in table and shape is not None:
+                fits += int(_shape_fits(shape, table[key].shape))
+        score = (mapped, fits)
+        if score > best_score:
+            best, best_score = (arch, layout), score
+    return best
+
+
+def _shape_fits(got, want) -> bool:
+    strip = lambda s: tuple(s[:2]) if len(s) == 4 and tuple(s[2:]) == (1, 1) else tuple(s)  # noqa: E731
+    return tuple(got) == tuple(want) or strip(got) == strip(want)
+
+
+def adapter_from_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    source: str | os.PathLike = "<state dict>",
+    metadata: Mapping[str, str] | None = None,
+    *,
+    expected_arch: str | None = None,
+    component: str | None = None,
+    unet_config: dict | None = None,
+    peft_configs: Mapping[str, dict] | None = None,
+    check_values: bool = True,
+) -> LoraAdapter:
+    """Build a :class:`LoraAdapter` from a LoRA state dict in any supported format.
+
+    ``component`` names the model of component-less keys (peft ``base_model.model.…`` or
+    bare module paths); ``unet_config`` (diffusers UNet kwargs) describes a non-standard UNet
+    for LDM-named keys; ``peft_configs`` (component → LoraConfig dict) gives peft alphas.
+    ``expected_arch`` raises :class:`ArchitectureMismatchError` on a different architecture.
+    Raises :class:`AdapterFileError` naming the offending key for every inconsistency.
+    """
+    metadata = dict(metadata or {})
+    if component is not None and component not in COMPONENTS:
+        raise ConfigError(source, f"unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
+    if not state_dict:
+        raise AdapterFileError(source, "contains no tensors (empty adapter)")
+    groups: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
+    for key, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise AdapterFileError(source, f"{key}: not a tensor")
+        name, role = split_role(source, key)
+        groups.setdefault(name, {})[role] = (key, tensor)
+
+    families: dict[str, str] = {}
+    for name in groups:
+        families.setdefault(family_of(name), name)
+    if len(families) > 1:
+        desc = " and ".join(f"{f} (e.g. {n})" for f, n in list(families.items())[:2])
+        raise AdapterFileError(source, f"mixed LoRA key formats: {desc}")
+    family = next(iter(families))
+    mapper = _mapper(family, component)
+
+    hints = _architecture.hints_from_metadata(metadata)
+    if family == KOHYA and any(n.startswith((KOHYA_TE1, KOHYA_TE2)) for n in groups):
+        hints.append("sdxl_family")
+    if expected_arch:
+        hints.insert(0, expected_arch)
+    arch_for_names = expected_arch if expected_arch in ARCHITECTURES else None
+    layout = UnetLayout.from_config(unet_config) if unet_config is not None else None
+    if layout is None and _uses_ldm_names(family, groups):
+        picked = _pick_layout(groups, family, mapper, hints)
+        if picked is not None:
+            arch_for_names, layout = picked
+    if layout is None and arch_for_names is not None:
+        layout = UnetLayout.for_arch(arch_for_names)
+
+    modules: dict[str, LoraModule] = {}
+    names: dict[str, str] = {}
+    for name, g in groups.items():
+        key = mapper(name, arch_for_names, layout)
+        if key is None:
+            raise AdapterFileError(source, f"{name}: does not name a known UNet or text-encoder module")
+        if key in modules:
+            raise AdapterFileError(source, f"duplicate module: {names[key]} and {name} both address {key}")
+        down = g.get(DOWN, (None, None))[1]
+        up = g.get(UP, (None, None))[1]
+        mid = g.get(MID, (None, None))[1]
+        alpha = alpha_from_tensor(source, name, g[ALPHA][1]) if ALPHA in g else None
+        check_module(source, name, down, up, mid, alpha)
+        modules[key] = LoraModule(down=down, up=up, alpha=alpha, mid=mid)
+        names[key] = name
+
+    # peft / diffusers alphas from LoraConfig kwargs (adapter_config.json or lora_adapter_metadata).
+    configs = dict(peft_configs or {})
+    if family in (DIFFUSERS, PEFT, BARE) and not configs:
+        configs = diffusers_format.configs_from_metadata(source, metadata)
+    if configs:
+        for key, m in modules.items():
+            comp, path = key.split(".", 1)
+            cfg = configs.get(comp)
+            if cfg is not None and ALPHA not in groups[names[key]]:
+                m.alpha = peft_format.alpha_from_config(source, cfg, path, m.rank)
+                check_module(source, names[key], m.down, m.up, m.mid, m.alpha)
+    for key in alpha_none_keys(metadata, modules):
+        m = modules.get(key)
+        if m is not None and m.alpha is not None and m.alpha == m.rank:
+            m.alpha = None
+
+    if check_values:
+        check_finite(source, dict(state_dict))
+
+    adapter = LoraAdapter(modules=modules, metadata=metadata,
+                          source_format="peft" if family == BARE else family)
+    det = _architecture.detect_adapter_architecture(adapter, hints=hints)
+    if expected_arch not in (None, "auto", "unknown"):
+        if det.known and det.arch != expected_arch:
+            raise ArchitectureMismatchError(source, expected_arch, det.arch, det.evidence[0] if det.evidence else "")
+        check_against_architecture(source, adapter, expected_arch, names)
+        adapter.architecture = expected_arch
+    else:
+        adapter.architecture = det.arch if det.known else None
+    return adapter
+
+
+def _read_peft_folder(folder: Path, source, component, **kw) -> LoraAdapter:
+    cfg = peft_format.read_config(source, folder / peft_format.CONFIG_NAME)
+    tensors, metadata = read_safetensors(folder / peft_format.WEIGHTS_NAME, max_bytes=kw.pop("max_bytes", None))
+    comp = component or metadata.pop("lcm_lora.component", None)
+    metadata.pop("lcm_lora.component", None)
+    if comp is None and folder.name in COMPONENTS:
+        comp = folder.name
+    if comp is None and tensors:  # infer from the module paths (text_model.… → text encoder)
+        first = split_role(source, next(iter(tensors)))[0]
+        if first.startswith(peft_format.PEFT_PREFIX):
+            first = first[len(peft_format.PEFT_PREFIX):]
+        comp = diffusers_format.bare_to_canonical(first).split(".", 1)[0]
+    adapter = adapter_from_state_dict(tensors, source, metadata, component=comp,
+                                      peft_configs={comp: cfg}, **kw)
+    adapter.source_format = "peft"
+    return adapter
+
+
+def read_adapter(
+    path: str | os.PathLike,
+    *,
+    expected_arch: str | None = None,
+    component: str | None = None,
+    unet_config: dict | None = None,
+    max_bytes: int | None = None,
+    check_values: bool = True,
+) -> LoraAdapter:
+    """Read a LoRA file (kohya / diffusers / comfy ``.safetensors``) or folder (peft adapter
+    folder, per-component peft sub-folders, or a diffusers output folder with
+    ``pytorch_lora_weights.safetensors``). See :func:`adapter_from_state_dict`."""
+    p = Path(path)
+    kw = dict(expected_arch=expected_arch, unet_config=unet_config, check_values=check_values)
+    if p.is_dir():
+        if (p / peft_format.CONFIG_NAME).is_file() and (p / peft_format.WEIGHTS_NAME).is_file():
+            return _read_peft_folder(p, p, component, max_bytes=max_bytes, **kw)
+        subs = [c for c in COMPONENTS if (p / c / peft_format.CONFIG_NAME).is_file()
+                and (p / c / peft_format.WEIGHTS_NAME).is_file()]
+        if subs:
+            merged: dict[str, LoraModule] = {}
+            metadata: dict[str, str] = {}
+            kw_no_arch = dict(kw, expected_arch=None)
+            for c in subs:
+                part = _read_peft_folder(p / c, p / c, c, max_bytes=max_bytes, **kw_no_arch)
+                merged.update(part.modules)
+                metadata.update(part.metadata)
+            adapter = LoraAdapter(modules=merged, metadata=metadata, source_format="peft")
+            return _finish_arch(adapter, p, expected_arch)
+        for name in DIFFUSERS_WEIGHT_NAMES:
+            if (p / name).is_file():
+                return read_adapter(p / name, component=component, max_bytes=max_bytes, **kw)
+        raise AdapterFileError(p, "is a directory, not a LoRA file (no adapter_config.json + "
+                                  "adapter_model.safetensors, no pytorch_lora_weights.safetensors)")
+    tensors, metadata = read_safetensors(p, max_bytes=max_bytes)
+    return adapter_from_state_dict(tensors, p, metadata, component=component, **kw)
+
+
+def _finish_arch(adapter: LoraAdapter, source, expected_arch) -> LoraAdapter:
+    det = _architecture.detect_adapter_architecture(adapter)
+    if expected_arch not in (None, "auto", "unknown"):
+        if det.known and det.arch != expected_arch:
+            raise ArchitectureMismatchError(source, expected_arch, det.arch, det.evidence[0] if det.evidence else "")
+        check_against_architecture(source, adapter, expected_arch)
+        adapter.architecture = expected_arch
+    else:
+        adapter.architecture = det.arch if det.known else None
+    return adapter
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _resolve_arch(adapter: LoraAdapter, arch: str | None) -> str | None:
+    if arch in ARCHITECTURES:
+        return arch
+    if adapter.architecture in ARCHITECTURES:
+        return adapter.architecture
+    det = _architecture.detect_adapter_architecture(adapter)
+    return det.arch if det.known else None
+
+
+def adapter_to_state_dict(
+    adapter: LoraAdapter,
+    format: str = "kohya",
+    arch: str | None = None,
+    *,
+    unet_names: str = "native",
+    unet_config: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """Tensors of ``adapter`` in ``format`` (``kohya`` | ``diffusers`` | ``comfy`` | ``peft``).
+
+    ``peft`` gives ``base_model.model.…`` keys and needs a single-component adapter.
+    ``unet_names`` (kohya only): ``native`` | ``diffusers`` | ``ldm`` (see
+    :func:`.keys.canonical_to_kohya`). Raises ValueError when a module cannot be expressed.
+    """
+    arch = _resolve_arch(adapter, arch)
+    layout = UnetLayout.from_config(unet_config) if unet_config is not None else None
+    if format == "kohya":
+        return kohya.to_state_dict(adapter, arch, unet_names=unet_names, layout=layout)
+    if format == "comfy":
+        return comfy_format.to_state_dict(adapter, arch, layout=layout)
+    if format == "diffusers":
+        return diffusers_format.to_state_dict(adapter)
+    if format == "peft":
+        comps = adapter.components()
+        if len(comps) != 1:
+            raise ValueError(f"peft state dicts hold one component, adapter has {sorted(comps)}")
+        out = {}
+        for key, m in adapter.modules.items():
+            if m.mid is not None:
+                raise ValueError(f"{key}: peft cannot hold a lora_mid (Tucker) module")
+            path = key.split(".", 1)[1]
+            out[f"{peft_format.PEFT_PREFIX}{path}.lora_A.weight"] = m.down
+            out[f"{peft_format.PEFT_PREFIX}{path}.lora_B.weight"] = m.up
+        return out
+    raise ValueError(f"unknown LoRA format {format!r}; expected one of {', '.join(FORMATS)}")
+
+
+def _check_writable(adapter: LoraAdapter, path) -> None:
+    if not adapter.modules:
+        raise ConfigError(path, "adapter has no modules; nothing to write")
+    for key, m in adapter.modules.items():
+        check_module(path, key, m.down, m.up, m.mid, m.alpha)
+    check_finite(path, {f"{k}.{r}": t for k, m in adapter.modules.items()
+                        for r, t in (("down", m.down), ("up", m.up), ("mid", m.mid)) if t is not None})
+
+
+def write_adapter(
+    adapter: LoraAdapter,
+    path: str | os.PathLike,
+    format: str = "kohya",
+    overwrite: bool = False,
+    extra_metadata: Mapping[str, str] | None = None,
+    *,
+    arch: str | None = None,
+    unet_names: str = "native",
+    unet_config: dict | None = None,
+) -> None:
+    """Write ``adapter`` atomically (``peft``: a folder; others: one ``.safetensors`` file).
+
+    ``arch`` overrides the adapter's architecture for naming and metadata. Metadata: the
+    adapter's own plus ours (:mod:`.metadata`) plus ``extra_metadata`` (str → str).
+    """
+    if format not in FORMATS:
+        raise ConfigError(path, f"unknown LoRA format {format!r}; expected one of {', '.join(FORMATS)}")
+    _check_writable(adapter, path)
+    arch = _resolve_arch(adapter, arch)
+    md = build_metadata(adapter, format, arch, extra_metadata)
+    try:
+        if format == "peft":
+            _write_peft(adapter, Path(path), md, overwrite)
+            return
+        tensors = adapter_to_state_dict(adapter, format, arch, unet_names=unet_names, unet_config=unet_config)
+        if format == "diffusers":
+            md.update(diffusers_format.adapter_metadata(adapter))
+    except ValueError as e:
+        raise ConfigError(path, f"cannot write {format} format: {e}") from None
+    write_safetensors(path, tensors, md, overwrite=overwrite)
+
+
+def _write_peft(adapter: LoraAdapter, path: Path, md: dict[str, str], overwrite: bool) -> None:
+    import json
+
+    comps = [c for c in COMPONENTS if c in adapter.components()]
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        for comp in comps:
+            folder = tmp if len(comps) == 1 else tmp / comp
+            folder.mkdir(exist_ok=True)
+            mods = {k.split(".", 1)[1]: m for k, m in adapter.modules.items() if k.startswith(comp + ".")}
+            part = LoraAdapter(modules={f"{comp}.{p}": m for p, m in mods.items()})
+            tensors = adapter_to_state_dict(part, "peft")
+            cfg = peft_format.folder_config(comp, mods)
+            (folder / peft_format.CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+            write_safetensors(folder / peft_format.WEIGHTS_NAME, tensors, dict(md, **{"lcm_lora.component": comp}),
+                              overwrite=True)

@@ -1,0 +1,132 @@
+"""Session fixtures of the in-ComfyUI tests: one headless ComfyUI server for the whole run.
+
+Without ``COMFYUI_PATH`` / ``COMFYUI_PYTHON`` every test here is skipped with a reason that
+names both variables. The server's temporary base directory gets, at test time:
+
+* ``models/checkpoints/v1-5-pruned-emaonly-fp16.safetensors`` — an architecture-exact,
+  random-weight SD1.5 single-file checkpoint (≈2.1 GB fp16, written by ComfyUI's python);
+* ``models/loras/…`` — random adapters (see :mod:`lora_fixtures`) in kohya, diffusers, peft
+  and ComfyUI layouts, an SDXL one and a corrupt one.
+
+Set ``LCM_LORA_TEST_CACHE=/some/dir`` to keep the generated checkpoints between runs
+(they are re-made when the generator script changes).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import comfy_harness as H
+import lora_fixtures as F
+
+SD15_CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
+SDXL_CKPT = "sd_xl_base_1.0.safetensors"
+LCM_SD15 = "lcm-lora-sdv1-5.safetensors"
+LCM_SDXL = "lcm-lora-sdxl.safetensors"
+STYLE_SD15 = "style-lora-sd15.safetensors"
+CORRUPT = "corrupt-lora.safetensors"
+FORMAT_FILES = {
+    "kohya": LCM_SD15,
+    "diffusers": "formats/lcm-diffusers.safetensors",
+    "peft": "formats/lcm-peft/adapter_model.safetensors",
+    "comfy": "formats/lcm-comfy.safetensors",
+}
+
+# Which modules the random adapters touch (every LCM-LoRA target type appears in LCM_PREFIXES).
+LCM_PREFIXES = ("down_blocks.1.", "up_blocks.0.upsamplers.")
+STYLE_PREFIXES = ("down_blocks.0.attentions.", "down_blocks.1.attentions.0.", "up_blocks.3.attentions.2.")
+SDXL_PREFIXES = ("down_blocks.2.attentions.0.transformer_blocks.0.", "mid_block.attentions.0.transformer_blocks.0.")
+
+
+def _env():
+    env = H.comfy_env()
+    if isinstance(env, str):
+        pytest.skip(env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def comfy_env():
+    return _env()
+
+
+def _cache_dir(tmp_path_factory) -> Path:
+    cache = os.environ.get("LCM_LORA_TEST_CACHE")
+    if cache:
+        path = Path(cache)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("comfy-fixtures")
+
+
+def _script_hash() -> str:
+    return hashlib.sha1((H.SCRIPTS / "comfy_side.py").read_bytes()).hexdigest()[:10]
+
+
+def cached_checkpoint(comfy_env, tmp_path_factory, arch: str) -> Path:
+    comfy_path, python = comfy_env
+    cache = _cache_dir(tmp_path_factory)
+    out = cache / f"random-{arch}-{_script_hash()}.safetensors"
+    if not out.exists():
+        work = tmp_path_factory.mktemp(f"gen-{arch}")
+        H.make_checkpoint(comfy_path, python, arch, out, work)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(comfy_env, tmp_path_factory) -> Path:
+    return cached_checkpoint(comfy_env, tmp_path_factory, "sd1")
+
+
+@pytest.fixture(scope="session")
+def sd15_loras(comfy_env, tmp_path_factory) -> dict:
+    """Random adapters (LCM: UNet only, style: UNet + text encoder) as :class:`lora_fixtures.RandomLora`."""
+    shapes = F.module_shapes("sd1")
+    lcm = F.random_lora("sd1", F.select_modules(shapes, LCM_PREFIXES), shapes, rank=4, seed=1)
+    style = F.random_lora("sd1", F.select_modules(shapes, STYLE_PREFIXES, te_layers=(0, 11)), shapes, rank=8, seed=2)
+    xl_shapes = F.module_shapes("sdxl")
+    sdxl = F.random_lora("sdxl", F.select_modules(xl_shapes, SDXL_PREFIXES, te_layers=(0,), te_components=("text_encoder_2",)),
+                         xl_shapes, rank=4, seed=3)
+    return {"lcm": lcm, "style": style, "sdxl": sdxl}
+
+
+def write_lora_files(loras_dir: Path, loras: dict, comfy_env, workdir: Path) -> None:
+    comfy_path, python = comfy_env
+    (loras_dir / "formats").mkdir(parents=True, exist_ok=True)
+    F.write_kohya(loras["lcm"], loras_dir / LCM_SD15)
+    F.write_kohya(loras["style"], loras_dir / STYLE_SD15)
+    F.write_kohya(loras["sdxl"], loras_dir / LCM_SDXL)
+    dif = F.write_diffusers(loras["lcm"], workdir / "diffusers")
+    shutil.copy(dif, loras_dir / FORMAT_FILES["diffusers"])
+    F.write_peft(loras["lcm"], loras_dir / "formats" / "lcm-peft")
+    shapes = H.diffusers_unet_shapes("sd1", workdir / "sd1_unet_shapes.json")
+    H.run_comfy_side(comfy_path, python, "comfy-lora", "--arch", "sd1", "--shapes", str(shapes),
+                     "--kohya", str(loras_dir / LCM_SD15), "--out", str(loras_dir / FORMAT_FILES["comfy"]))
+    good = (loras_dir / STYLE_SD15).read_bytes()
+    (loras_dir / CORRUPT).write_bytes(good[: len(good) // 2])  # header promises bytes that are missing
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_env, sd15_checkpoint, sd15_loras, tmp_path_factory):
+    """The running server (``comfy_harness.ComfyServer``), shared by every in-ComfyUI test."""
+    comfy_path, python = comfy_env
+    server = H.ComfyServer(comfy_path, python, base_dir=tmp_path_factory.mktemp("comfy-base"))
+    server.prepare()
+    os.symlink(sd15_checkpoint, server.checkpoints / SD15_CKPT)
+    write_lora_files(server.loras, sd15_loras, comfy_env, tmp_path_factory.mktemp("lora-work"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        print(f"\nComfyUI server log: {server.log_path}")
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy) -> dict:
+    return comfy.object_info()
+

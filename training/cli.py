@@ -1,0 +1,93 @@
+"""``lcm-lora train`` — the command-line front end of :func:`lcm_lora.training.trainer.train`.
+
+    lcm-lora train --config FILE [--output DIR] [--resume [CKPT]] [--nproc N] [--no-progress] [key=value ...]
+
+``key=value`` overrides any config key: dotted (``lcd.w_min=3``), a unique leaf name
+(``max_steps=300``) or a shorthand (``teacher=PATH``, ``data=FOLDER``, ``prompts=FILE``).
+Multi-GPU: launch this command with ``torchrun --nproc_per_node N -m lcm_lora.training ...`` or
+``accelerate launch``; ``--nproc N`` starts N local processes itself (CPU: gloo).
+
+Exit status: 0 finished, 2 bad input (``error: <file>: <problem>``), 3 diverged (non-finite
+loss; last good checkpoint kept), 130 interrupted by SIGINT/SIGTERM (checkpoint saved).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``train`` sub-command on an ``argparse`` subparsers object."""
+    parser = subparsers.add_parser(
+        "train",
+        help="distil an LCM-LoRA from a teacher checkpoint (headless trainer)",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run_train)
+    return parser
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML or TOML config (see configs/*.yaml)")
+    parser.add_argument("--output", default=None, help="run folder (default: runs/<config name>)")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                        help="continue from the newest checkpoint in the run folder, or from CKPT")
+    parser.add_argument("--nproc", type=int, default=1, help="start N local processes (DDP; gloo on CPU)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (events.jsonl is still written)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def _run_one(config, output, resume, overrides, progress) -> int:
+    from ..lcm_core.errors import LcmLoraError
+    from .trainer import NonFiniteLossError, train
+
+    try:
+        result = train(config, output, resume=resume, overrides=overrides, progress=progress)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except LcmLoraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if result.status == "interrupted":
+        print(f"interrupted at step {result.final_step}; checkpoint {result.checkpoint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if result.adapter_path is not None:
+        print(f"wrote {result.adapter_path} (step {result.final_step})")
+    return EXIT_OK
+
+
+def _spawned(config, output, resume, overrides, progress) -> None:
+    code = _run_one(config, output, resume, overrides, progress and int(os.environ.get("RANK", "0")) == 0)
+    if code not in (EXIT_OK, EXIT_INTERRUPTED):
+        raise SystemExit(code)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run the ``train`` sub-command; returns the exit status."""
+    output = args.output or os.fspath(Path("runs") / Path(args.config).stem)
+    progress = not args.no_progress
+    if args.nproc > 1:
+        from .distributed import spawn_local
+
+        try:
+            spawn_local(args.nproc, _spawned, (args.config, output, args.resume, list(args.overrides), progress))
+        except Exception as e:  # a child failed; it printed its own error
+            print(f"error: a training process failed: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        return EXIT_OK
+    return _run_one(args.config, output, args.resume, list(args.overrides), progress)
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry: ``python -m lcm_lora.training --config ...`` (same flags as ``lcm-lora train``)."""
+    parser = argparse.ArgumentParser(prog="lcm-lora train", description=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(parser)
+    return run_train(parser.parse_args(argv))

@@ -1,0 +1,130 @@
+"""Multi-process training on torch.distributed (DDP): launched by ``torchrun``, ``accelerate launch``
+or :func:`spawn_local`; one process per GPU (NCCL) or several CPU processes (gloo).
+
+Each process draws the same global batch and its randomness, works on its rows
+(``rank * B/W .. (rank+1) * B/W``), and DDP averages the LoRA gradients, so W processes with
+B/W rows each take the same steps as one process with B rows (up to float summation order).
+The frozen base weights are identical on every rank (same files, same seed), so DDP's initial
+parameter broadcast is skipped where torch supports it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """All-reduce mean of a tensor over processes (identity for one process)."""
+        if not self.enabled:
+            return value
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value / self.world
+
+    def any(self, flag: bool) -> bool:
+        """True on every process if ``flag`` is true on any (e.g. a stop request seen by one rank)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def shutdown(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    return device
+
+
+def init_distributed(device_name: str = "auto") -> DistContext:
+    """Join the process group described by the launcher's environment (RANK, WORLD_SIZE, ...)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    device = pick_device(device_name, local_rank)
+    if world <= 1:
+        return DistContext(device=device)
+    owns = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        owns = True
+    return DistContext(rank=rank, world=world, local_rank=local_rank, device=device, owns_group=owns)
+
+
+def wrap_ddp(module: torch.nn.Module, ctx: DistContext):
+    """DDP over the trainable (LoRA) parameters; identity for one process."""
+    if not ctx.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    kwargs = dict(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, broadcast_buffers=False)
+    try:
+        return DDP(module, init_sync=False, **kwargs)
+    except TypeError:  # older torch without init_sync
+        return DDP(module, **kwargs)
+
+
+def no_sync(module, sync: bool):
+    """DDP's ``no_sync`` on gradient-accumulation micro-steps that do not end an optimizer step."""
+    if sync or not hasattr(module, "no_sync"):
+        return nullcontext()
+    return module.no_sync()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn_entry(local_rank: int, world: int, port: int, fn, args) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world)
+    )
+    fn(*args)
+
+
+def spawn_local(nprocs: int, fn, args: tuple = (), start_method: str = "spawn") -> None:
+    """Run ``fn(*args)`` in ``nprocs`` local processes forming one process group (CPU or one GPU each)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_spawn_entry, args=(nprocs, _free_port(), fn, args), nprocs=nprocs, join=True, start_method=start_method)

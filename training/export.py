@@ -1,0 +1,70 @@
+"""The trained LoRA as an :class:`~lcm_core.lora.LoraAdapter`, written by ``lcm_core.lora.write_adapter``.
+
+peft stores ``<module>.lora_A.weight`` (down) and ``<module>.lora_B.weight`` (up) and scales by
+``lora_alpha / r``; that is the adapter model's ``alpha / rank`` (kohya convention), so the
+tensors map one to one. Canonical keys are ``unet.<module path>``. The same mapping is what the
+reference's ``get_module_kohya_state_dict`` does by string replacement.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..lcm_core.lora import LoraAdapter, LoraModule
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# kohya / modelspec names of the base model (for tools that read kohya metadata).
+_KOHYA_BASE = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "ssd1b": "sdxl_base_v1-0"}
+_MODELSPEC = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2/lora",
+              "sdxl": "stable-diffusion-xl-v1-base/lora", "ssd1b": "stable-diffusion-xl-v1-base/lora"}
+
+
+def peft_state_to_adapter(state: dict[str, torch.Tensor], alpha: float, arch: str | None, dtype: torch.dtype) -> LoraAdapter:
+    downs, ups = {}, {}
+    for key, tensor in state.items():
+        if key.endswith(".lora_A.weight"):
+            downs[key[: -len(".lora_A.weight")]] = tensor
+        elif key.endswith(".lora_B.weight"):
+            ups[key[: -len(".lora_B.weight")]] = tensor
+    if set(downs) != set(ups):
+        raise ValueError(f"unpaired LoRA tensors: {sorted(set(downs) ^ set(ups))[:5]}")
+    modules = {
+        f"unet.{path}": LoraModule(down=downs[path].detach().to("cpu", dtype).contiguous(),
+                                   up=ups[path].detach().to("cpu", dtype).contiguous(), alpha=float(alpha))
+        for path in sorted(downs)
+    }
+    known = arch if arch in _KOHYA_BASE else None
+    return LoraAdapter(modules=modules, architecture=known)
+
+
+def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_hash: str, cfg) -> dict[str, str]:
+    meta = {
+        "lcm_lora.base_architecture": arch,
+        "lcm_lora.rank": str(rank),
+        "lcm_lora.alpha": str(alpha),
+        "lcm_lora.steps": str(steps),
+        "lcm_lora.config_hash": config_hash,
+        "lcm_lora.teacher": os.path.basename(os.path.normpath(cfg.teacher.path or "")),
+        "lcm_lora.num_ddim_timesteps": str(cfg.lcd.num_ddim_timesteps),
+        "lcm_lora.w_range": f"{cfg.lcd.w_min},{cfg.lcd.w_max}",
+        "lcm_lora.loss": cfg.lcd.loss if cfg.lcd.loss == "l2" else f"huber(c={cfg.lcd.huber_c})",
+        "lcm_lora.target": cfg.lcd.target,
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(alpha),
+        "ss_steps": str(steps),
+        "ss_training_comment": "LCM-LoRA (latent consistency distillation), lcm_lora.training",
+    }
+    if arch in _KOHYA_BASE:
+        meta["ss_base_model_version"] = _KOHYA_BASE[arch]
+        meta["modelspec.architecture"] = _MODELSPEC[arch]
+    return meta
+
+
+def export_adapter(adapter: LoraAdapter, path: Path, fmt: str, metadata: dict[str, str], overwrite: bool = True) -> Path:
+    from ..lcm_core.lora import write_adapter
+
+    write_adapter(adapter, path, format=fmt, overwrite=overwrite, extra_metadata=metadata)
+    return Path(path)

@@ -1,0 +1,313 @@
+// LCM-LoRA front-end extension (ComfyUI web extension, loaded from /extensions/<pack>/lcm_lora.js).
+//
+// * Warns in the graph (a badge on the sampler node + a toast) when an LCM-patched model —
+//   LCM-LoRA Loader / LCM Adapter Merge with "patch sampling to LCM" on, or
+//   ModelSamplingDiscrete(sampling=lcm) — feeds a sampler with cfg > 2, steps > 8 or a
+//   sampler that is not LCM/TCD. LCM-LoRA is distilled for 2-8 steps at cfg 1-2 with the
+//   LCM sampler (Luo et al. 2023, arXiv 2311.05556).
+// * LCM Adapter Merge: adapter slots 3-8 appear on demand (one empty slot after the last
+//   used one) and the merge report is drawn on the node after it runs.
+// * LCM Adapter Save: refreshes every LoRA list after a save.
+// window.LCMLoRA exposes the checks for tests and curious users.
+import { app } from "../../scripts/app.js";
+
+const EXT_NAME = "lcm_lora.ui";
+const MAX_CFG = 2;
+const MAX_STEPS = 8;
+const MERGE = "LCMAdapterMerge";
+const MAX_SLOTS = 8;
+const LCM_SAMPLER_NAMES = ["lcm", "tcd"];
+
+// -- graph helpers -----------------------------------------------------------------------------
+function getLink(graph, id) {
+  if (id == null) return null;
+  if (graph.links instanceof Map) return graph.links.get(id) ?? null;
+  return graph.links?.[id] ?? null;
+}
+
+function inputOrigin(graph, node, name) {
+  const input = node.inputs?.find((i) => i.name === name);
+  const link = input ? getLink(graph, input.link) : null;
+  return link ? graph.getNodeById(link.origin_id) : null;
+}
+
+function widgetValue(node, name) {
+  const w = node.widgets?.find((x) => x.name === name);
+  if (!w) return undefined;
+  const input = node.inputs?.find((i) => i.name === name);
+  if (input && input.link != null) return undefined; // driven by a link: value unknown here
+  return w.value;
+}
+
+// Does the MODEL arriving at `node`'s input `name` come from an LCM-patched model?
+function lcmSource(graph, node, name = "model", seen = new Set()) {
+  const origin = inputOrigin(graph, node, name);
+  if (!origin || seen.has(origin.id)) return null;
+  seen.add(origin.id);
+  if (origin.mode === 2 || origin.mode === 4) return null; // muted / bypassed
+  const type = origin.type ?? origin.comfyClass;
+  if (type === "LCMLoraLoader" || type === MERGE) {
+    return widgetValue(origin, "patch_sampling") === false ? lcmSource(graph, origin, "model", seen) : origin;
+  }
+  if (type === "ModelSamplingDiscrete") {
+    return widgetValue(origin, "sampling") === "lcm" ? origin : null;
+  }
+  if (origin.inputs?.some((i) => i.name === "model" && i.type === "MODEL")) {
+    return lcmSource(graph, origin, "model", seen);
+  }
+  return null;
+}
+
+function isLcmSamplerName(name) {
+  return typeof name === "string" && LCM_SAMPLER_NAMES.some((s) => name.toLowerCase().includes(s));
+}
+
+// Settings of a sampler-like node: {modelNode, modelInput, cfg, steps, samplerName, samplerIsLcm}
+function samplerSettings(graph, node) {
+  const type = node.type ?? node.comfyClass;
+  if (type === "KSampler" || type === "KSamplerAdvanced") {
+    const name = widgetValue(node, "sampler_name");
+    return { model: [node, "model"], cfg: widgetValue(node, "cfg"), steps: widgetValue(node, "steps"),
+             samplerName: name, samplerIsLcm: name === undefined ? true : isLcmSamplerName(name) };
+  }
+  if (type === "LCMKSampler") {
+    return { model: [node, "model"], cfg: widgetValue(node, "cfg"), steps: widgetValue(node, "steps"),
+             samplerName: widgetValue(node, "mode"), samplerIsLcm: true };
+  }
+  if (type === "SamplerCustom" || type === "SamplerCustomAdvanced") {
+    let model = [node, "model"];
+    let cfg = widgetValue(node, "cfg");
+    if (type === "SamplerCustomAdvanced") {
+      const guider = inputOrigin(graph, node, "guider");
+      if (!guider) return null;
+      model = [guider, "model"];
+      const gtype = guider.type ?? guider.comfyClass;
+      cfg = gtype === "BasicGuider" ? 1 : widgetValue(guider, "cfg");
+    }
+    const sampler = inputOrigin(graph, node, "sampler");
+    let samplerName;
+    let samplerIsLcm = true;
+    if (sampler) {
+      const stype = sampler.type ?? sampler.comfyClass;
+      if (stype === "LCMSampler") samplerName = widgetValue(sampler, "mode") ?? "lcm";
+      else if (stype === "KSamplerSelect") samplerName = widgetValue(sampler, "sampler_name");
+      else samplerName = stype;
+      samplerIsLcm = stype === "LCMSampler" || isLcmSamplerName(samplerName);
+    }
+    const sigmas = inputOrigin(graph, node, "sigmas");
+    const steps = sigmas ? widgetValue(sigmas, "steps") : undefined;
+    return { model, cfg, steps, samplerName, samplerIsLcm };
+  }
+  return null;
+}
+
+function checkGraph(graph = app.graph) {
+  const warnings = [];
+  if (!graph?._nodes) return warnings;
+  for (const node of graph._nodes) {
+    if (node.mode === 2 || node.mode === 4) continue;
+    const s = samplerSettings(graph, node);
+    if (!s) continue;
+    const source = lcmSource(graph, s.model[0], s.model[1]);
+    if (!source) continue;
+    const problems = [];
+    if (typeof s.cfg === "number" && s.cfg > MAX_CFG) problems.push(`cfg ${s.cfg} > ${MAX_CFG}`);
+    if (typeof s.steps === "number" && s.steps > MAX_STEPS) problems.push(`steps ${s.steps} > ${MAX_STEPS}`);
+    if (!s.samplerIsLcm) problems.push(`sampler '${s.samplerName}' is not an LCM sampler`);
+    if (problems.length) {
+      warnings.push({ nodeId: node.id, nodeType: node.type, sourceId: source.id, problems,
+                      message: `${node.title || node.type} (#${node.id}) samples an LCM-patched model (#${source.id}) with ` +
+                               problems.join(", ") + ": LCM-LoRA wants 2-8 steps, cfg 1-2 and the lcm sampler." });
+    }
+  }
+  return warnings;
+}
+
+// -- warnings: badge + toast ---------------------------------------------------------------------
+let lastSignature = "";
+const shownToasts = new Set();
+
+function toast(detail) {
+  const t = app.extensionManager?.toast;
+  if (t?.add) t.add({ severity: "warn", summary: "LCM-LoRA", detail, life: 8000 });
+  else console.warn("[LCM-LoRA]", detail);
+}
+
+function refreshWarnings() {
+  const graph = app.graph;
+  if (!graph?._nodes) return [];
+  const warnings = checkGraph(graph);
+  const byNode = new Map(warnings.map((w) => [w.nodeId, w]));
+  let changed = false;
+  for (const node of graph._nodes) {
+    const w = byNode.get(node.id) ?? null;
+    const before = node.__lcmWarning?.message ?? null;
+    if ((w?.message ?? null) !== before) {
+      node.__lcmWarning = w;
+      changed = true;
+    }
+  }
+  const signature = warnings.map((w) => w.message).join("\n");
+  if (signature !== lastSignature) {
+    for (const w of warnings) {
+      if (!shownToasts.has(w.message)) {
+        shownToasts.add(w.message);
+        toast(w.message);
+      }
+    }
+    lastSignature = signature;
+  }
+  if (changed) graph.setDirtyCanvas?.(true, true);
+  return warnings;
+}
+
+function drawBadge(node, ctx) {
+  const w = node.__lcmWarning;
+  if (!w || node.flags?.collapsed) return;
+  const text = "⚠ LCM: " + w.problems.join(", ");
+  ctx.save();
+  ctx.font = "bold 12px sans-serif";
+  const width = ctx.measureText(text).width + 12;
+  const titleHeight = globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+  const x = 0;
+  const y = -titleHeight - 22;
+  ctx.fillStyle = "#c77800";
+  ctx.beginPath();
+  if (ctx.roundRect) ctx.roundRect(x, y, width, 18, 5);
+  else ctx.rect(x, y, width, 18);
+  ctx.fill();
+  ctx.fillStyle = "#fff";
+  ctx.textBaseline = "middle";
+  ctx.fillText(text, x + 6, y + 9);
+  ctx.restore();
+}
+
+// -- merge node: slots on demand, report ----------------------------------------------------------
+function slotWidgets(node, i) {
+  return ["adapter_", "weight_"].map((p) => node.widgets?.find((w) => w.name === p + i)).filter(Boolean);
+}
+
+function setWidgetVisible(widget, visible) {
+  if (visible) {
+    if (widget.__lcmHidden) {
+      widget.hidden = false;
+      widget.computeSize = widget.__lcmOrigComputeSize;
+      delete widget.__lcmHidden;
+    }
+  } else if (!widget.__lcmHidden) {
+    widget.__lcmOrigComputeSize = widget.computeSize;
+    widget.__lcmHidden = true;
+    widget.hidden = true;
+    widget.computeSize = () => [0, -4];
+  }
+}
+
+function visibleSlots(node) {
+  let last = 2;
+  for (let i = 3; i <= MAX_SLOTS; i++) {
+    const a = node.widgets?.find((w) => w.name === "adapter_" + i);
+    if (a && a.value && a.value !== "None") last = i;
+  }
+  return Math.min(MAX_SLOTS, last + 1);
+}
+
+function updateMergeSlots(node) {
+  const shown = visibleSlots(node);
+  let changed = false;
+  for (let i = 3; i <= MAX_SLOTS; i++) {
+    for (const w of slotWidgets(node, i)) {
+      const was = !w.__lcmHidden;
+      setWidgetVisible(w, i <= shown);
+      if (was !== i <= shown) changed = true;
+    }
+  }
+  if (changed) {
+    const size = node.computeSize();
+    node.setSize([Math.max(node.size[0], size[0]), size[1] + (node.__lcmReportLines?.length ?? 0) * 15]);
+    node.setDirtyCanvas?.(true, true);
+  }
+  return shown;
+}
+
+function drawReport(node, ctx) {
+  const lines = node.__lcmReportLines;
+  if (!lines?.length || node.flags?.collapsed) return;
+  ctx.save();
+  ctx.font = "12px monospace";
+  ctx.fillStyle = "#9fd39f";
+  let y = node.size[1] - lines.length * 15 + 4;
+  for (const line of lines) {
+    ctx.fillText(line, 8, y + 8);
+    y += 15;
+  }
+  ctx.restore();
+}
+
+// -- registration ---------------------------------------------------------------------------------
+const extension = {
+  name: EXT_NAME,
+  async setup() {
+    setInterval(refreshWarnings, 1000);
+  },
+  async nodeCreated(node) {
+    const origDraw = node.onDrawForeground;
+    node.onDrawForeground = function (ctx) {
+      const r = origDraw?.apply(this, arguments);
+      drawBadge(this, ctx);
+      if ((this.type ?? this.comfyClass) === MERGE) drawReport(this, ctx);
+      return r;
+    };
+    const type = node.type ?? node.comfyClass;
+    if (type === MERGE) {
+      for (let i = 3; i <= MAX_SLOTS; i++) {
+        const a = node.widgets?.find((w) => w.name === "adapter_" + i);
+        if (!a) continue;
+        const cb = a.callback;
+        a.callback = function () {
+          const r = cb?.apply(this, arguments);
+          updateMergeSlots(node);
+          return r;
+        };
+      }
+      const origConfigure = node.onConfigure;
+      node.onConfigure = function () {
+        const r = origConfigure?.apply(this, arguments);
+        updateMergeSlots(this);
+        return r;
+      };
+      updateMergeSlots(node);
+      const origExecuted = node.onExecuted;
+      node.onExecuted = function (message) {
+        const r = origExecuted?.apply(this, arguments);
+        const text = message?.text?.[0];
+        if (typeof text === "string") {
+          this.__lcmReportLines = text.split("\n");
+          const size = this.computeSize();
+          this.setSize([Math.max(this.size[0], size[0]), size[1] + this.__lcmReportLines.length * 15]);
+          this.setDirtyCanvas?.(true, true);
+        }
+        return r;
+      };
+    }
+    if (type === "LCMAdapterSave") {
+      const origExecuted = node.onExecuted;
+      node.onExecuted = function (message) {
+        const r = origExecuted?.apply(this, arguments);
+        if (message?.lcm_saved?.length) {
+          app.refreshComboInNodes?.();
+          toast(`saved ${message.lcm_saved[0]} to the loras folder`);
+        }
+        return r;
+      };
+    }
+  },
+};
+
+globalThis.LCMLoRA = { checkGraph, refreshWarnings, updateMergeSlots, visibleSlots, MAX_CFG, MAX_STEPS };
+
+// The pack may be registered twice when its folder name differs from the project name
+// (ComfyUI serves both WEB_DIRECTORY and pyproject's [tool.comfy] web); register once.
+if (!globalThis.__lcmLoraExtensionRegistered) {
+  globalThis.__lcmLoraExtensionRegistered = true;
+  app.registerExtension(extension);
+}
