@@ -102,27 +102,21 @@ def predict(model: SmallCnn, images: torch.Tensor, batch_size: int = 512) -> tup
 
 def save_classifier(model: SmallCnn, path: str | Path) -> None:
     """safetensors file with the class count and resolution in its metadata (atomic)."""
-    from safetensors.torch import save_file
+    from ..lcm_core.safetensors_io import write_safetensors
 
-    from ..lcm_core.atomic_write import atomic_file
-
-    with atomic_file(path, overwrite=True) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"num_classes": str(model.num_classes), "resolution": str(model.resolution)})
+    write_safetensors(path, model.state_dict(), {"num_classes": str(model.num_classes), "resolution": str(model.resolution)},
+                      overwrite=True)
 
 
 def load_classifier(path: str | Path) -> SmallCnn:
-    """Inverse of :func:`save_classifier` (safetensors only)."""
-    from safetensors import safe_open
-
+    """Inverse of :func:`save_classifier` (validated safetensors only)."""
     from ..lcm_core.errors import LcmLoraError
+    from ..lcm_core.safetensors_io import read_safetensors
 
+    state, meta = read_safetensors(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
         model = SmallCnn(num_classes=int(meta["num_classes"]), resolution=int(meta["resolution"]))
         model.load_state_dict(state)
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
+    except (KeyError, ValueError, RuntimeError) as e:
         raise LcmLoraError(path, f"not a demo classifier file ({e})") from e
     return model.eval()

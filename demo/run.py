@@ -158,32 +158,50 @@ def export_training_data(cache_dir: Path, cfg: DemoConfig) -> Path:
     return folder
 
 
-def lcm_overrides(cfg: DemoConfig, teacher_folder: Path, data_folder: Path, out: Path) -> list[str]:
+def lcm_overrides(cfg: DemoConfig, teacher_folder: Path, data_folder: Path) -> list[str]:
+    """``key=value`` overrides on top of ``cfg.lcm_config``: inputs, then the demo's LCD settings, then the preset's.
+
+    ``validation.every=0`` / ``checkpoint.every=0`` only skip side outputs (the demo evaluates the result itself).
+    """
     return [f"teacher.path={teacher_folder}", f"data.path={data_folder}", f"data.resolution={cfg.resolution}",
-            f"train.seed={cfg.seed}", *DEMO_LCD_OVERRIDES, *cfg.lcm_overrides]
+            f"train.seed={cfg.seed}", "validation.every=0", "checkpoint.every=0",
+            *DEMO_LCD_OVERRIDES, *cfg.lcm_overrides]
 
 
 def distil_lcm_lora(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data_folder: Path, progress: bool):
-    """Run the project's trainer (same code path as ``lcm-lora train CONFIG key=value …``); cached."""
+    """Run the project's trainer (``training.train``, the code behind ``lcm-lora train CONFIG key=value …``)
+    with the preset's config and overrides; cached by config text + overrides + teacher."""
+    import shutil
+
     from ..lcm_core.lora import read_adapter
     from ..training import train
 
     config_file = (REPO_ROOT / cfg.lcm_config).resolve()
-    static = lcm_overrides(cfg, teacher_folder, data_folder, Path("."))
-    key = _key(config_file.read_text(encoding="utf-8"), static, CACHE_VERSION)
+    overrides = lcm_overrides(cfg, teacher_folder, data_folder)
+    key = _key(config_file.read_text(encoding="utf-8"), overrides, CACHE_VERSION)
     out = cache_dir / f"lcm-{key}"
     result = out / "lcm_lora.safetensors"
-    seconds = None
-    if not result.is_file():
-        overrides = static + [f"output.dir={out}", "output.name=lcm_lora.safetensors", f"logging.progress={progress}"]
+    seconds, cached = None, result.is_file()
+    if not cached:
+        work = cache_dir / f".lcm-{key}.partial"
+        if work.exists():  # an interrupted earlier run: start over (the demo run is short)
+            shutil.rmtree(work)
         t0 = time.perf_counter()
-        train(config_file, overrides)
+        res = train(config_file, work, overrides=overrides + ["output.name=lcm_lora.safetensors"], progress=progress)
         seconds = time.perf_counter() - t0
-        (out / "demo_timing.json").write_text(json.dumps({"seconds": seconds}), encoding="utf-8")
+        if res.status != "finished" or res.adapter_path is None:
+            from ..lcm_core.errors import LcmLoraError
+
+            raise LcmLoraError(work, f"LCM-LoRA distillation did not finish (status {res.status})")
+        (work / "demo_timing.json").write_text(json.dumps({"seconds": seconds, "final_step": res.final_step}), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
     elif (out / "demo_timing.json").is_file():
         seconds = json.loads((out / "demo_timing.json").read_text())["seconds"]
-    info = {"config_file": cfg.lcm_config, "overrides": [o for o in static if not o.startswith(("teacher.", "data.path"))],
-            "path": str(result), "seconds": seconds or 0.0, "cached": seconds is None}
+    shown = [o for o in overrides if not o.startswith(("teacher.path=", "data.path=", "data.cache_dir="))]
+    info = {"config_file": cfg.lcm_config, "overrides": shown, "path": str(result), "seconds": seconds or 0.0,
+            "cached": cached}
     return read_adapter(result), info
 
 

@@ -29,10 +29,9 @@ def pack_teacher(folder: str | os.PathLike, path: str | os.PathLike, reproduce: 
                  dtype: torch.dtype = torch.float16, overwrite: bool = True) -> Path:
     """Pack a trained teacher folder into one safetensors file (atomic write)."""
     from diffusers import UNet2DConditionModel
-    from safetensors.torch import save_file
     from transformers import CLIPTextModel
 
-    from ..lcm_core.atomic_write import atomic_file
+    from ..lcm_core.safetensors_io import write_safetensors
 
     folder, path = Path(folder), Path(path)
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")
@@ -53,8 +52,7 @@ def pack_teacher(folder: str | os.PathLike, path: str | os.PathLike, reproduce: 
     for name in ("demo_teacher.json", "lcm_lora_tiny.json"):
         if (folder / name).is_file():
             meta[name] = (folder / name).read_text(encoding="utf-8")
-    with atomic_file(path, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_safetensors(path, tensors, meta, overwrite=overwrite)
     return path
 
 
@@ -68,21 +66,15 @@ def asset_fingerprint(path: str | os.PathLike) -> str:
 
 
 def read_teacher_asset(path: str | os.PathLike = DEFAULT_ASSET) -> tuple[dict, dict]:
-    """``(tensors, metadata)`` of a packed teacher, validated (safetensors only)."""
-    from safetensors import safe_open
-
+    """``(tensors, metadata)`` of a packed teacher, validated (``lcm_core.safetensors_io``)."""
     from ..lcm_core.errors import LcmLoraError
+    from ..lcm_core.safetensors_io import read_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise LcmLoraError(path, "demo teacher weights not found (reinstall the package, or train one with "
                                  "scripts/train_demo_teacher.py)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for corrupt headers
-        raise LcmLoraError(path, f"unreadable safetensors file ({e})") from e
+    tensors, meta = read_safetensors(path)
     if meta.get("format") != FORMAT:
         raise LcmLoraError(path, f"not a packed demo teacher (format {meta.get('format')!r}, expected {FORMAT!r})")
     return tensors, meta

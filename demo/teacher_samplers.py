@@ -31,15 +31,17 @@ def make_scheduler(name: str, scheduler_config: dict):
     """A fresh diffusers scheduler for ``name`` from the teacher's ``scheduler_config``."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-    cfg = dict(scheduler_config)
-    cfg.update(timestep_spacing="trailing", prediction_type="epsilon")
+    # Explicit keyword overrides: a config's "_use_default_values" entries are otherwise replaced
+    # by the target class's defaults (diffusers ConfigMixin.from_config), e.g. "leading" spacing.
+    cfg = {k: v for k, v in scheduler_config.items() if k != "_use_default_values"}
+    common = dict(timestep_spacing="trailing", prediction_type="epsilon")
     if name == "ddim":
-        return DDIMScheduler.from_config(cfg, set_alpha_to_one=True, clip_sample=False)
+        return DDIMScheduler.from_config(cfg, set_alpha_to_one=True, clip_sample=False, **common)
     if name == "euler":
-        return EulerDiscreteScheduler.from_config(cfg)
+        return EulerDiscreteScheduler.from_config(cfg, **common)
     if name == "dpmpp_2m":
         return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2,
-                                                       final_sigmas_type="zero")
+                                                       final_sigmas_type="zero", **common)
     raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 
-def teacher_unet_config(resolution: int = 16, block_out_channels=(32, 64, 64), layers_per_block: int = 1,
+def teacher_unet_config(resolution: int = 16, block_out_channels=(16, 32, 64), layers_per_block: int = 1,
                         cross_attention_dim: int | None = None) -> dict:
     """``UNet2DConditionModel`` kwargs: SD 1.5's block layout scaled down (3 levels; cross-attention
     at 8×8 and 4×4, a plain ResNet level at full resolution, as SD's deepest level is plain)."""
@@ -46,17 +46,17 @@ def teacher_unet_config(resolution: int = 16, block_out_channels=(32, 64, 64), l
 class TeacherSettings:
     """Everything that determines the trained teacher (recorded in the saved weights' metadata)."""
 
-    steps: int = 4000
+    steps: int = 3000
     batch_size: int = 64
     learning_rate: float = 1e-3
     text_encoder_lr: float = 2e-4
-    warmup_steps: int = 300
+    warmup_steps: int = 200
     weight_decay: float = 1e-4
     snr_gamma: float | None = 5.0
     cond_dropout: float = 0.1
     ema_decay: float = 0.999
     resolution: int = 16
-    block_out_channels: list = field(default_factory=lambda: [32, 64, 64])
+    block_out_channels: list = field(default_factory=lambda: [16, 32, 64])
     layers_per_block: int = 1
     split_seed: int = 0
     seed: int = 0
@@ -75,7 +75,8 @@ def _snapshot(target: Path, laid_out: Path, unet, text_encoder, ema, params, s: 
         shutil.copytree(laid_out / part, target / part, dirs_exist_ok=True)
     unet.save_pretrained(target / "unet")
     text_encoder.save_pretrained(target / "text_encoder")
-    (target / "demo_teacher.json").write_text(json.dumps({**json.loads(s.to_json()), "snapshot_step": step}), encoding="utf-8")
+    info = {**json.loads(s.to_json()), "stopped_after": step}
+    (target / "demo_teacher.json").write_text(json.dumps(info, sort_keys=True), encoding="utf-8")
     ema.restore(params)
 
 
@@ -85,7 +86,8 @@ def _encode(text_encoder, ids: torch.Tensor) -> torch.Tensor:
 
 def train_teacher(folder: str | os.PathLike, settings: TeacherSettings | None = None, device: str = "cpu",
                   progress: bool = True, overwrite: bool = False, log_every: int = 500,
-                  snapshot_every: int = 0, snapshot_dir: str | os.PathLike | None = None) -> Path:
+                  snapshot_every: int = 0, snapshot_dir: str | os.PathLike | None = None,
+                  stop_after: int | None = None) -> Path:
     """Train a teacher on the ``train`` split and write it as a diffusers folder (D's tiny format).
 
     The folder is first laid out by ``training.tiny_models.build_tiny_teacher`` (tokenizer,
@@ -94,6 +96,8 @@ def train_teacher(folder: str | os.PathLike, settings: TeacherSettings | None = 
     Writes atomically (a temporary folder renamed at the end). ``snapshot_every`` > 0 also
     writes the EMA weights so far to ``snapshot_dir/unet`` and ``snapshot_dir/text_encoder``
     (plus the tokenizer/scheduler) every that many steps, for looking at a long run early.
+    ``stop_after`` ends the run early (the LR schedule still spans ``settings.steps``) and saves
+    the EMA weights at that step — the same weights a snapshot at that step holds.
     """
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import EMAModel, compute_snr
@@ -137,7 +141,8 @@ def train_teacher(folder: str | os.PathLike, settings: TeacherSettings | None = 
         g = torch.Generator(device=device).manual_seed(s.seed)
         acs = noise_scheduler.alphas_cumprod.to(device)
         running = None
-        bar = tqdm(range(s.steps), desc="teacher", disable=not progress)
+        last = min(s.steps, stop_after or s.steps)
+        bar = tqdm(range(last), desc="teacher", disable=not progress)
         for step in bar:
             idx = torch.randint(0, len(x_train), (s.batch_size,), device=device, generator=g)
             x0 = x_train[idx]
@@ -173,5 +178,8 @@ def train_teacher(folder: str | os.PathLike, settings: TeacherSettings | None = 
         text_encoder.to("cpu").eval()
         unet.save_pretrained(tmp / "unet")
         text_encoder.save_pretrained(tmp / "text_encoder")
-        (tmp / "demo_teacher.json").write_text(s.to_json(), encoding="utf-8")
+        info = json.loads(s.to_json())
+        if last < s.steps:
+            info["stopped_after"] = last
+        (tmp / "demo_teacher.json").write_text(json.dumps(info, sort_keys=True), encoding="utf-8")
     return folder

@@ -111,7 +111,7 @@ def detect_from_shapes(shapes: Mapping[str, tuple[int, ...]], hints: Iterable[st
             evidence.append(f"not {a}: {bad[0]} ({bad[1]})")
     if not consistent:
         return Detection(UNKNOWN, ["no supported architecture has all modules with these shapes", *evidence])
-    chosen = _choose(shapes, tables, consistent, set(_hint_archs(hints)), evidence)
+    chosen = _choose(shapes, tables, consistent, [h for h in hints if _hint_archs([h])], evidence)
     return Detection(chosen, evidence, tuple(consistent))
 
 
@@ -132,14 +132,15 @@ def _choose(shapes, tables, consistent, hinted, evidence) -> str:
         evidence.insert(0, f"covers every module of the kinds it uses only in {complete[0]} ({detail})")
         return complete[0]
     group = complete or pool
-    if hinted:
-        narrowed = [a for a in group if a in hinted]
+    for hint in hinted:  # most specific first (our own metadata, then sd-scripts', then key prefixes)
+        narrowed = [a for a in group if a in _hint_archs([hint])]
         if len(narrowed) == 1:
-            evidence.insert(0, f"consistent with {', '.join(group)}; metadata/key prefixes say {narrowed[0]}")
+            evidence.insert(0, f"consistent with {', '.join(group)}; {hint!r} (metadata/key prefix) says {narrowed[0]}")
             return narrowed[0]
-        if set(narrowed) == _SDXL_FAMILY:
-            evidence.insert(0, "SDXL-family metadata/prefixes; modules shared by sdxl and ssd1b, reported as sdxl")
-            return "sdxl"
+    if any(set(group) & _hint_archs([h]) == _SDXL_FAMILY for h in hinted):
+        evidence.insert(0, f"consistent with {', '.join(group)}; SDXL-family metadata/key prefixes; "
+                           "modules shared by sdxl and ssd1b, reported as sdxl")
+        return "sdxl"
     evidence.insert(0, f"ambiguous: consistent with {', '.join(group)} (coverage: {detail})")
     return UNKNOWN
 
@@ -161,13 +162,14 @@ def detect_adapter_architecture(adapter, hints: Iterable[str] | None = None) -> 
     return detect_from_shapes(shapes, hint_list, "adapter")
 
 
-def checkpoint_shapes_to_canonical(shapes: Mapping[str, tuple], arch: str) -> tuple[dict[str, tuple], list[str]]:
+def checkpoint_shapes_to_canonical(shapes: Mapping[str, tuple], arch: str,
+                                   origin: dict[str, str] | None = None) -> tuple[dict[str, tuple], list[str]]:
     """Map checkpoint weight keys (LDM single-file, ComfyUI, or diffusers UNet/text-encoder keys)
     to canonical keys using ``arch``'s block layout.
 
     Returns ``(canonical key → shape`` for modules of ``arch``, UNet Linear/Conv weight keys
     that have no counterpart in ``arch``)``. Norms (1-D), embeddings and OpenCLIP's fused
-    ``in_proj_weight`` are ignored.
+    ``in_proj_weight`` are ignored. ``origin`` (optional) receives canonical key → checkpoint key.
     """
     from .lora.keys import _te_path, ldm_to_canonical
     from .lora.unet_names import UnetLayout
@@ -194,6 +196,8 @@ def checkpoint_shapes_to_canonical(shapes: Mapping[str, tuple], arch: str) -> tu
         is_unet_weight = "diffusion_model." in key or (canon or "").startswith("unet.")
         if canon is not None and canon in table:
             out[canon] = shape
+            if origin is not None:
+                origin[canon] = key
         elif is_unet_weight and len(shape) in (2, 4):
             unmapped.append(key)
     return out, unmapped
@@ -213,7 +217,8 @@ def detect_checkpoint_architecture(shapes: Mapping[str, tuple]) -> Detection:
     consistent: list[str] = []
     per_arch: dict[str, dict] = {}
     for a in ARCHITECTURES:
-        mapped, unmapped = checkpoint_shapes_to_canonical(shapes, a)
+        origin: dict[str, str] = {}
+        mapped, unmapped = checkpoint_shapes_to_canonical(shapes, a, origin)
         table = architecture_modules(a)
         if unmapped:
             evidence.append(f"not {a}: {unmapped[0]} has no counterpart")
@@ -223,7 +228,7 @@ def detect_checkpoint_architecture(shapes: Mapping[str, tuple]) -> Detection:
             continue
         bad = _mismatch(mapped, table, strict=False)
         if bad is not None:
-            evidence.append(f"not {a}: {bad[0]} ({bad[1]})")
+            evidence.append(f"not {a}: {origin.get(bad[0], bad[0])} ({bad[1]})")
             continue
         unet_missing = [k for k in table if k.startswith("unet.") and k not in mapped]
         has_unet = any(k.startswith("unet.") for k in mapped)
@@ -240,7 +245,7 @@ def detect_checkpoint_architecture(shapes: Mapping[str, tuple]) -> Detection:
         return Detection(a, evidence, tuple(consistent))
     tables = {a: architecture_modules(a) for a in consistent}
     # Same canonical keys under every consistent arch only if the layouts agree; pick by coverage.
-    best = _choose(per_arch[consistent[0]], tables, consistent, set(), evidence)
+    best = _choose(per_arch[consistent[0]], tables, consistent, [], evidence)
     return Detection(best, evidence, tuple(consistent))
 
 

@@ -1,5 +1,5 @@
-"""Bake LoRA adapters into base weights: θ' = θ + Σ_i λ_i ΔW_i (LCM-LoRA paper, arXiv 2311.05556,
-§3.3 — the "acceleration vector" added to a base or fine-tuned SD model).
+"""Bake LoRA adapters into base weights: θ' = θ + Σ_i λ_i ΔW_i (LCM-LoRA report, arXiv 2311.05556:
+the LCM-LoRA "acceleration vector" added to a base or fine-tuned SD model).
 
 Same result as peft ``LoraModel.merge_and_unload`` (W += scaling · B @ A per adapter) and
 ComfyUI's LoRA patching at strength λ: ΔW = (alpha / rank) · up ∘ [mid] ∘ down

@@ -1,5 +1,6 @@
-"""Weighted merge of N LoRA adapters: τ' = Σ λ_i τ_i (LCM-LoRA paper, arXiv 2311.05556, §3.3:
-τ'_LCM = λ1 τ' + λ2 τ_LCM, "style LoRA + LCM-LoRA" without further training).
+"""Weighted merge of N LoRA adapters: τ' = Σ λ_i τ_i (LCM-LoRA report, arXiv 2311.05556,
+"LCM-LoRA as universal acceleration module": τ'_LCM = λ1 τ' + λ2 τ_LCM, a style LoRA plus the
+LCM-LoRA combined without further training).
 
 Methods (per module key, over the adapters that contain it; weights may be negative):
 
@@ -56,8 +57,8 @@ class MergeReport:
     partial_modules: list[str] = field(default_factory=list)  # keys missing from some adapters
     total_relative_error: float = 0.0
     seconds: float = 0.0
-    _abs_error_sq: float = 0.0
-    _norm_sq: float = 0.0
+    _abs_error_sq: float = field(default=0.0, repr=False)
+    _norm_sq: float = field(default=0.0, repr=False)
 
     def summary(self) -> dict:
         """JSON-serialisable summary (for ``lcm-lora merge --json`` and node output)."""

@@ -75,6 +75,16 @@ class LCMAdapterMerge(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, adapter_1=None, adapter_2=None, adapter_3=None, adapter_4=None, adapter_5=None,
+                        adapter_6=None, adapter_7=None, adapter_8=None):
+        names = [adapter_1, adapter_2, adapter_3, adapter_4, adapter_5, adapter_6, adapter_7, adapter_8]
+        for i, name in enumerate(names, start=1):
+            ok = bridge.check_lora_name(name, allow_none=i > 2)
+            if ok is not True:
+                return f"adapter_{i}: {ok}"
+        return True
+
+    @classmethod
     def execute(cls, model, method="concat", rank=64, patch_sampling=True, clip=None, **slots) -> io.NodeOutput:
         from ..lcm_core.merge import merge_adapters
 

@@ -55,6 +55,15 @@ def lora_names() -> list[str]:
     return folder_paths.get_filename_list("loras")
 
 
+def check_lora_name(name, allow_none: bool = False):
+    """``validate_inputs`` helper: True, or the reason ComfyUI shows before running the prompt."""
+    if allow_none and name in (None, "None"):
+        return True
+    if name not in lora_names():
+        return f"{name!r} is not in ComfyUI's loras folder(s)"
+    return True
+
+
 def lora_path(name: str) -> str:
     """Full path of a ``loras`` entry; a peft ``adapter_model.*`` resolves to its folder."""
     path = folder_paths.get_full_path("loras", name)

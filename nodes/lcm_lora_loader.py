@@ -45,6 +45,10 @@ class LCMLoraLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lora_name):
+        return bridge.check_lora_name(lora_name)
+
+    @classmethod
     def execute(cls, model, lora_name, strength_model=1.0, strength_clip=1.0, patch_sampling=True, clip=None) -> io.NodeOutput:
         arch = bridge.model_architecture(model)
         adapter = bridge.load_adapter(lora_name)

@@ -9,6 +9,7 @@ LCM-LoRA was distilled with; other values snap to that grid.
 """
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
 from ..lcm_core.schedule import DiscreteSchedule
@@ -17,6 +18,9 @@ from . import comfy_bridge as bridge
 
 
 def scheduler_sigmas(steps: int, original_steps: int = 50, denoise: float = 1.0):
+    """LCM SIGMAS; denoise 0 gives no steps (an empty SIGMAS, as ComfyUI's BasicScheduler)."""
+    if float(denoise) <= 0.0:
+        return torch.zeros(0, dtype=torch.float32)
     return lcm_sigmas(int(steps), int(original_steps), float(denoise), schedule=DiscreteSchedule(convention="comfyui"))
 
 

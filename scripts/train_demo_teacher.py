@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--warmup", type=int, default=d.warmup_steps)
     p.add_argument("--snapshot-every", type=int, default=0, help="write EMA snapshots to <out>.snapshot/ every N steps")
+    p.add_argument("--stop-after", type=int, default=None, help="stop at this step (LR schedule still spans --steps)")
     p.add_argument("--eval", type=int, default=0, metavar="N", help="evaluate N DDIM samples per step count afterwards")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
         folder = a.folder or Path(tmp) / "teacher"
         start = time.time()
         train_teacher(folder, s, device=a.device, progress=not a.no_progress, overwrite=True,
-                      snapshot_every=a.snapshot_every, snapshot_dir=a.out.with_suffix(".snapshot"))
+                      snapshot_every=a.snapshot_every, snapshot_dir=a.out.with_suffix(".snapshot"), stop_after=a.stop_after)
         print(f"trained in {time.time() - start:.0f}s on {a.device}", flush=True)
         a.out.parent.mkdir(parents=True, exist_ok=True)
         pack_teacher(folder, a.out, reproduce=cmd)

@@ -108,5 +108,5 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     match = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n```", readme, re.S)
     assert match, "README must mark its test command with <!-- test-command -->"
-    test_command = match.group(1).strip().splitlines()[-1].split("&&")[-1].strip()
-    assert test_command in ci.splitlines(), f"{test_command!r} not run by .ci/run"
+    test_command = match.group(1).strip()
+    assert test_command in ci.splitlines(), f"{test_command!r} is not run verbatim by .ci/run"

@@ -336,7 +336,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
 
 
 def resolve_override_key(key: str, source: str = "override") -> str:
-    """``teacher`` → ``teacher.path``; ``max_steps`` → ``train.max_steps`` when unique; else dotted."""
+    """``teacher`` → ``teacher.path``; a bare name → its unique section (``train`` wins ties); else dotted."""
     key = key.strip()
     if key in SHORTHANDS:
         return SHORTHANDS[key]
@@ -347,6 +347,8 @@ def resolve_override_key(key: str, source: str = "override") -> str:
         except KeyError:
             raise ConfigError(source, f"unknown key '{key}'{_suggest(key)}") from None
     matches = [k for k in _all_keys() if k.split(".", 1)[1] == key]
+    if len(matches) > 1 and f"train.{key}" in matches:
+        return f"train.{key}"  # the main section wins: seed → train.seed, batch_size → train.batch_size
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:

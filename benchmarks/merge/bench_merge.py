@@ -11,7 +11,8 @@ float32) are merged as λ1·style + λ2·LCM (0.8 / 1.0) to the same target rank
   (conv flattened to (out, in·kh·kw)), ``torch.linalg.svd(ΔW, full_matrices=False)``, truncate
   (kohya/peft default to ``full_matrices=True``, which is slower still: ``--full-matrices``).
 
-Prints both times, the speed-up and both total relative Frobenius errors
+Prints both times (wall and process CPU — CPU time is less sensitive to other load on a
+shared machine), the speed-ups and both total relative Frobenius errors
 ‖ΔW_r − ΔW‖_F / ‖ΔW‖_F (they must agree to ~1e-5: both are the Eckart–Young optimum).
 
     nice python benchmarks/merge/bench_merge.py            # full SDXL (the dense way takes minutes)
@@ -121,17 +122,18 @@ def main(argv=None):
           f"(fp32), weights {weights}, merged rank {args.rank}, torch threads {args.threads}, "
           f"torch {torch.__version__}, {platform.processor() or platform.machine()}", flush=True)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     merged, report = merge_adapters([style, lcm], weights, method="svd", rank=args.rank, progress=False)
-    t_ours = time.perf_counter() - t0
-    print(f"ours  (stacked-factor QR + core SVD): {t_ours:9.2f} s   total relative error {report.total_relative_error:.7f}",
-          flush=True)
+    t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
+    print(f"ours  (stacked-factor QR + core SVD): wall {t_ours:9.2f} s  cpu {c_ours:9.2f} s   "
+          f"total relative error {report.total_relative_error:.7f}", flush=True)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     dense, dense_err = dense_svd_merge([style, lcm], weights, args.rank, args.full_matrices)
-    t_dense = time.perf_counter() - t0
+    t_dense, c_dense = time.perf_counter() - t0, time.process_time() - c0
     fm = "True" if args.full_matrices else "False"
-    print(f"dense (ΔW + torch.linalg.svd, full_matrices={fm}): {t_dense:9.2f} s   total relative error {dense_err:.7f}")
+    print(f"dense (ΔW + torch.linalg.svd, full_matrices={fm}): wall {t_dense:9.2f} s  cpu {c_dense:9.2f} s   "
+          f"total relative error {dense_err:.7f}")
 
     # same approximation, not just the same error: compare reconstructions on a few modules
     worst = 0.0
@@ -140,14 +142,15 @@ def main(argv=None):
         ref = up @ down
         ours = merged.modules[key].delta_weight().reshape(ref.shape)
         worst = max(worst, float((ours - ref).norm() / ref.norm()))
-    ratio = t_dense / t_ours
+    ratio, cpu_ratio = t_dense / t_ours, c_dense / c_ours
     diff = abs(report.total_relative_error - dense_err)
-    print(f"speed-up {ratio:.1f}x   |error difference| {diff:.2e}   "
+    print(f"speed-up wall {ratio:.1f}x, cpu {cpu_ratio:.1f}x   |error difference| {diff:.2e}   "
           f"max ‖ours − dense‖/‖dense‖ on sampled modules {worst:.2e}")
     if args.json:
         print(json.dumps({
             "modules": len(shapes), "rank": args.rank, "input_rank": args.input_rank, "threads": args.threads,
             "seconds_ours": t_ours, "seconds_dense": t_dense, "speedup": ratio,
+            "cpu_seconds_ours": c_ours, "cpu_seconds_dense": c_dense, "cpu_speedup": cpu_ratio,
             "error_ours": report.total_relative_error, "error_dense": dense_err, "error_difference": diff,
             "reconstruction_difference": worst, "full_matrices": args.full_matrices,
         }))

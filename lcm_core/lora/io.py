@@ -25,7 +25,7 @@ from .adapter import COMPONENTS, LoraAdapter, LoraModule
 from .key_parsing import ALPHA, BARE, COMFY, DIFFUSERS, DOWN, KOHYA, MID, PEFT, UP, family_of, split_role
 from .keys import KOHYA_TE1, KOHYA_TE2, KOHYA_UNET, decode_underscored, is_ldm_unet_path
 from .metadata import alpha_none_keys, build_metadata
-from .module_table import architecture_modules
+from .module_table import architecture_modules, known_kinds, module_kind
 from .unet_names import UnetLayout
 from .validate import alpha_from_tensor, check_against_architecture, check_finite, check_module
 
@@ -105,13 +105,16 @@ def adapter_from_state_dict(
     unet_config: dict | None = None,
     peft_configs: Mapping[str, dict] | None = None,
     check_values: bool = True,
+    require_known_arch: bool = False,
 ) -> LoraAdapter:
     """Build a :class:`LoraAdapter` from a LoRA state dict in any supported format.
 
     ``component`` names the model of component-less keys (peft ``base_model.model.…`` or
     bare module paths); ``unet_config`` (diffusers UNet kwargs) describes a non-standard UNet
     for LDM-named keys; ``peft_configs`` (component → LoraConfig dict) gives peft alphas.
-    ``expected_arch`` raises :class:`ArchitectureMismatchError` on a different architecture.
+    ``expected_arch`` raises :class:`ArchitectureMismatchError` on a different architecture;
+    ``require_known_arch`` raises :class:`AdapterFileError` (with the detection evidence) when
+    no supported architecture fits (e.g. keys of two architectures mixed in one file).
     Raises :class:`AdapterFileError` naming the offending key for every inconsistency.
     """
     metadata = dict(metadata or {})
@@ -153,7 +156,7 @@ def adapter_from_state_dict(
     names: dict[str, str] = {}
     for name, g in groups.items():
         key = mapper(name, arch_for_names, layout)
-        if key is None:
+        if key is None or module_kind(key) not in known_kinds():
             raise AdapterFileError(source, f"{name}: does not name a known UNet or text-encoder module")
         if key in modules:
             raise AdapterFileError(source, f"duplicate module: {names[key]} and {name} both address {key}")
@@ -187,13 +190,19 @@ def adapter_from_state_dict(
     adapter = LoraAdapter(modules=modules, metadata=metadata,
                           source_format="peft" if family == BARE else family)
     det = _architecture.detect_adapter_architecture(adapter, hints=hints)
+    return _apply_detection(adapter, det, source, expected_arch, require_known_arch, names)
+
+
+def _apply_detection(adapter, det, source, expected_arch, require_known_arch, names=None) -> LoraAdapter:
     if expected_arch not in (None, "auto", "unknown"):
         if det.known and det.arch != expected_arch:
             raise ArchitectureMismatchError(source, expected_arch, det.arch, det.evidence[0] if det.evidence else "")
         check_against_architecture(source, adapter, expected_arch, names)
         adapter.architecture = expected_arch
-    else:
-        adapter.architecture = det.arch if det.known else None
+        return adapter
+    if require_known_arch and not det.known:
+        raise AdapterFileError(source, "cannot determine the base architecture: " + "; ".join(det.evidence[:3]))
+    adapter.architecture = det.arch if det.known else None
     return adapter
 
 
@@ -223,12 +232,14 @@ def read_adapter(
     unet_config: dict | None = None,
     max_bytes: int | None = None,
     check_values: bool = True,
+    require_known_arch: bool = False,
 ) -> LoraAdapter:
     """Read a LoRA file (kohya / diffusers / comfy ``.safetensors``) or folder (peft adapter
     folder, per-component peft sub-folders, or a diffusers output folder with
     ``pytorch_lora_weights.safetensors``). See :func:`adapter_from_state_dict`."""
     p = Path(path)
-    kw = dict(expected_arch=expected_arch, unet_config=unet_config, check_values=check_values)
+    kw = dict(expected_arch=expected_arch, unet_config=unet_config, check_values=check_values,
+              require_known_arch=require_known_arch)
     if p.is_dir():
         if (p / peft_format.CONFIG_NAME).is_file() and (p / peft_format.WEIGHTS_NAME).is_file():
             return _read_peft_folder(p, p, component, max_bytes=max_bytes, **kw)
@@ -237,13 +248,14 @@ def read_adapter(
         if subs:
             merged: dict[str, LoraModule] = {}
             metadata: dict[str, str] = {}
-            kw_no_arch = dict(kw, expected_arch=None)
+            kw_no_arch = dict(kw, expected_arch=None, require_known_arch=False)
             for c in subs:
                 part = _read_peft_folder(p / c, p / c, c, max_bytes=max_bytes, **kw_no_arch)
                 merged.update(part.modules)
                 metadata.update(part.metadata)
             adapter = LoraAdapter(modules=merged, metadata=metadata, source_format="peft")
-            return _finish_arch(adapter, p, expected_arch)
+            det = _architecture.detect_adapter_architecture(adapter)
+            return _apply_detection(adapter, det, p, expected_arch, require_known_arch)
         for name in DIFFUSERS_WEIGHT_NAMES:
             if (p / name).is_file():
                 return read_adapter(p / name, component=component, max_bytes=max_bytes, **kw)
@@ -251,18 +263,6 @@ def read_adapter(
                                   "adapter_model.safetensors, no pytorch_lora_weights.safetensors)")
     tensors, metadata = read_safetensors(p, max_bytes=max_bytes)
     return adapter_from_state_dict(tensors, p, metadata, component=component, **kw)
-
-
-def _finish_arch(adapter: LoraAdapter, source, expected_arch) -> LoraAdapter:
-    det = _architecture.detect_adapter_architecture(adapter)
-    if expected_arch not in (None, "auto", "unknown"):
-        if det.known and det.arch != expected_arch:
-            raise ArchitectureMismatchError(source, expected_arch, det.arch, det.evidence[0] if det.evidence else "")
-        check_against_architecture(source, adapter, expected_arch)
-        adapter.architecture = expected_arch
-    else:
-        adapter.architecture = det.arch if det.known else None
-    return adapter
 
 
 # --------------------------------------------------------------------------- writing

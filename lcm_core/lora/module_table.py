@@ -159,3 +159,16 @@ def architecture_modules(arch: str) -> dict[str, ModuleSpec]:
 
 def architecture_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     return {k: v.shape for k, v in _arch_table(arch).items()}
+
+
+def module_kind(key: str) -> str:
+    """Key with every numeric index replaced by ``#`` (``…layers.#.mlp.fc1``)."""
+    import re
+
+    return re.sub(r"\.\d+(?=\.|$)", ".#", key)
+
+
+@lru_cache(maxsize=None)
+def known_kinds() -> frozenset[str]:
+    """Module kinds of every supported architecture (any block count / depth)."""
+    return frozenset(module_kind(k) for a in model_configs.ARCHITECTURES for k in _arch_table(a))

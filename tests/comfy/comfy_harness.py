@@ -12,7 +12,7 @@ and ``user/``. Helpers:
   front end's ``graphToPrompt``);
 * :class:`WebSocket` — a read-only stdlib websocket client for ComfyUI's ``/ws`` progress
   messages (RFC 6455 framing; the project adds no websocket dependency for one test);
-* :func:`make_checkpoint` / :func:`comfy_keymap` — run ``scripts/comfy_side.py`` in
+* :func:`make_checkpoint` / :func:`comfy_facts` — run ``scripts/comfy_side.py`` in
   ComfyUI's Python.
 """
 from __future__ import annotations
@@ -66,6 +66,8 @@ def diffusers_unet_shapes(arch: str, out: Path) -> Path:
     """``{diffusers UNet key: shape}`` of the full-size ``arch`` UNet (meta device, no memory)."""
     from lcm_lora.lcm_core.model_configs import build_unet
 
+    if out.exists():
+        return out
     unet = build_unet(arch)
     out.write_text(json.dumps({k: list(v.shape) for k, v in unet.state_dict().items()}))
     return out
@@ -85,10 +87,14 @@ def make_checkpoint(comfy_path: Path, python: Path, arch: str, out: Path, workdi
                           "--seed", str(seed))
 
 
-def comfy_keymap(comfy_path: Path, python: Path, arch: str, workdir: Path) -> dict:
-    shapes = diffusers_unet_shapes(arch, workdir / f"{arch}_unet_shapes.json")
-    out = workdir / f"{arch}_keymap.json"
-    run_comfy_side(comfy_path, python, "keymap", "--arch", arch, "--shapes", str(shapes), "--out", str(out))
+def comfy_facts(comfy_path: Path, python: Path, archs: list[str], sigma_cases: list[tuple], repo: Path,
+                workdir: Path) -> dict:
+    """One ComfyUI-python run: LoRA key maps per arch and LCM Scheduler sigmas (see comfy_side.py)."""
+    shapes = [str(diffusers_unet_shapes(a, workdir / f"{a}_unet_shapes.json")) for a in archs]
+    out = workdir / "facts.json"
+    cases = ";".join(",".join(str(v) for v in c) for c in sigma_cases)
+    run_comfy_side(comfy_path, python, "facts", "--arch", ",".join(archs), "--shapes", ",".join(shapes),
+                   "--repo", str(repo), "--cases", cases, "--out", str(out))
     return json.loads(out.read_text())
 
 
@@ -100,6 +106,12 @@ class RunResult:
     history: dict = field(default_factory=dict)
     error: dict | None = None  # execution_error payload, or the /prompt 400 body
     log: str = ""
+    messages: list = field(default_factory=list)  # websocket messages of this prompt, in order
+
+    def progress(self, node: str) -> list[tuple[int, int]]:
+        """(value, max) of every ``progress`` message the node sent."""
+        return [(m["data"]["value"], m["data"]["max"]) for m in self.messages
+                if m.get("type") == "progress" and m["data"].get("node") == node]
 
     @property
     def outputs(self) -> dict:
@@ -188,7 +200,8 @@ class ComfyServer:
             self._log.close()
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """False once the server process we started has exited (a server started elsewhere counts as alive)."""
+        return self.proc is None or self.proc.poll() is None
 
     # logs
     def log_size(self) -> int:
@@ -251,13 +264,34 @@ class ComfyServer:
             time.sleep(0.25)
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout}s:\n{self.log_tail()}")
 
-    def run(self, prompt: dict, timeout: float = 600) -> RunResult:
-        """Queue ``prompt``, wait for it, return status, outputs, error and the log it produced."""
+    def run(self, prompt: dict, timeout: float = 600, on_message=None) -> RunResult:
+        """Queue ``prompt`` and wait for it, watching the websocket; return status, outputs, error,
+        the log it produced and its websocket messages. ``on_message(msg)`` sees each message."""
         offset = self.log_size()
-        code, body = self.submit(prompt)
-        if code != 200:
-            return RunResult("", "rejected", error=body, log=self.log_since(offset))
-        pid = body["prompt_id"]
+        ws = self.websocket()
+        messages = []
+        try:
+            code, body = self.submit(prompt)
+            if code != 200:
+                return RunResult("", "rejected", error=body, log=self.log_since(offset))
+            pid = body["prompt_id"]
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                try:
+                    msg = ws.recv()
+                except socket.timeout:
+                    if not self.alive():
+                        raise RuntimeError(f"ComfyUI died while running {pid}:\n{self.log_tail()}")
+                    continue
+                if msg is None or msg.get("data", {}).get("prompt_id") != pid:
+                    continue
+                messages.append(msg)
+                if on_message is not None:
+                    on_message(msg)
+                if msg["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                    break
+        finally:
+            ws.close()
         entry = self.wait(pid, timeout)
         time.sleep(0.1)  # let the last log lines land
         status, error = "success", None
@@ -268,7 +302,7 @@ class ComfyServer:
                 status, error = "interrupted", data
         if entry.get("status", {}).get("status_str") == "error" and status == "success":
             status = "error"
-        return RunResult(pid, status, entry, error, self.log_since(offset))
+        return RunResult(pid, status, entry, error, self.log_since(offset), messages)
 
     def websocket(self) -> "WebSocket":
         return WebSocket("127.0.0.1", self.port, f"/ws?clientId={self.client_id}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import comfy_harness as H
+import graphs as G
 import lora_fixtures as F
 
 SD15_CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
@@ -67,19 +68,35 @@ def _script_hash() -> str:
     return hashlib.sha1((H.SCRIPTS / "comfy_side.py").read_bytes()).hexdigest()[:10]
 
 
-def cached_checkpoint(comfy_env, tmp_path_factory, arch: str) -> Path:
+def cached_checkpoint(comfy_env, tmp_path_factory, arch: str, workdir: Path) -> Path:
     comfy_path, python = comfy_env
     cache = _cache_dir(tmp_path_factory)
     out = cache / f"random-{arch}-{_script_hash()}.safetensors"
     if not out.exists():
-        work = tmp_path_factory.mktemp(f"gen-{arch}")
-        H.make_checkpoint(comfy_path, python, arch, out, work)
+        H.make_checkpoint(comfy_path, python, arch, out, workdir)
     return out
 
 
+ARCHS = ("sd1", "sd2", "sdxl", "ssd1b")
+SIGMA_CASES = [(1, 50, 1.0), (2, 50, 1.0), (4, 50, 1.0), (8, 50, 1.0), (6, 50, 0.5), (3, 50, 0.3), (4, 50, 0.0)]
+
+
 @pytest.fixture(scope="session")
-def sd15_checkpoint(comfy_env, tmp_path_factory) -> Path:
-    return cached_checkpoint(comfy_env, tmp_path_factory, "sd1")
+def workdir(tmp_path_factory) -> Path:
+    """Scratch space shared by the session (diffusers UNet shape tables are made once here)."""
+    return tmp_path_factory.mktemp("comfy-work")
+
+
+@pytest.fixture(scope="session")
+def comfy_facts(comfy_env, workdir) -> dict:
+    """ComfyUI's LoRA key maps for every architecture and the LCM Scheduler's sigmas, from ComfyUI's python."""
+    comfy_path, python = comfy_env
+    return H.comfy_facts(comfy_path, python, list(ARCHS), SIGMA_CASES, H.REPO, workdir)
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(comfy_env, tmp_path_factory, workdir) -> Path:
+    return cached_checkpoint(comfy_env, tmp_path_factory, "sd1", workdir)
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +117,7 @@ def write_lora_files(loras_dir: Path, loras: dict, comfy_env, workdir: Path) -> 
     F.write_kohya(loras["lcm"], loras_dir / LCM_SD15)
     F.write_kohya(loras["style"], loras_dir / STYLE_SD15)
     F.write_kohya(loras["sdxl"], loras_dir / LCM_SDXL)
-    dif = F.write_diffusers(loras["lcm"], workdir / "diffusers")
+    dif = F.write_diffusers(loras["lcm"], workdir / "diffusers-lora")
     shutil.copy(dif, loras_dir / FORMAT_FILES["diffusers"])
     F.write_peft(loras["lcm"], loras_dir / "formats" / "lcm-peft")
     shapes = H.diffusers_unet_shapes("sd1", workdir / "sd1_unet_shapes.json")
@@ -111,13 +128,13 @@ def write_lora_files(loras_dir: Path, loras: dict, comfy_env, workdir: Path) -> 
 
 
 @pytest.fixture(scope="session")
-def comfy(comfy_env, sd15_checkpoint, sd15_loras, tmp_path_factory):
+def comfy(comfy_env, sd15_checkpoint, sd15_loras, tmp_path_factory, workdir):
     """The running server (``comfy_harness.ComfyServer``), shared by every in-ComfyUI test."""
     comfy_path, python = comfy_env
     server = H.ComfyServer(comfy_path, python, base_dir=tmp_path_factory.mktemp("comfy-base"))
     server.prepare()
     os.symlink(sd15_checkpoint, server.checkpoints / SD15_CKPT)
-    write_lora_files(server.loras, sd15_loras, comfy_env, tmp_path_factory.mktemp("lora-work"))
+    write_lora_files(server.loras, sd15_loras, comfy_env, workdir)
     server.start()
     try:
         yield server
@@ -130,3 +147,68 @@ def comfy(comfy_env, sd15_checkpoint, sd15_loras, tmp_path_factory):
 def object_info(comfy) -> dict:
     return comfy.object_info()
 
+
+
+class Probes:
+    """Named 64×64 sampling runs (see ``graphs.probe``), each run at most once per session."""
+
+    def __init__(self, server):
+        self.server = server
+        self.results = {}
+
+    def graph(self, name: str) -> dict:
+        g = G.base(SD15_CKPT)
+        if name == "base":  # no adapter, ComfyUI's LCM sampling and sampler
+            g["ms"] = G.model_sampling_lcm(("ckpt", 0))
+            return G.probe(g, ("ms", 0), name, sampler="lcm")
+        if name == "lora_builtin":  # the ComfyUI reference: LoraLoader → ModelSamplingDiscrete(lcm) → lcm
+            g["lora"] = G.lora_loader(LCM_SD15)
+            g["ms"] = G.model_sampling_lcm(("lora", 0))
+            return G.probe(g, ("ms", 0), name, sampler="lcm", steps=2)
+        if name == "lora_ours":  # LCM-LoRA Loader → LCM Sampler, same seed and sigmas
+            g["lcm"] = G.lcm_loader(LCM_SD15)
+            return G.probe(g, ("lcm", 0), name, sampler="ours", steps=2)
+        if name == "merge":  # LCM Adapter Merge (concat) 0.8·style + 1.0·LCM
+            g["merge"] = merge_node(("ckpt", 0))
+            return G.probe(g, ("merge", 0), name, sampler="lcm")
+        if name == "chained":  # two stock LoraLoaders at the same strengths
+            g["style"] = G.lora_loader(STYLE_SD15, strength_model=0.8, strength_clip=0.8)
+            g["lcm"] = G.lora_loader(LCM_SD15, model=("style", 0), clip=("style", 1))
+            g["ms"] = G.model_sampling_lcm(("lcm", 0))
+            return G.probe(g, ("ms", 0), name, sampler="lcm")
+        raise KeyError(name)
+
+    def run(self, name: str, graph: dict | None = None):
+        if name not in self.results:
+            result = self.server.run(graph if graph is not None else self.graph(name))
+            assert result.status == "success", f"probe {name}: {result.message()}\n{result.log[-3000:]}"
+            self.results[name] = (result, G.saved_latent(self.server.output, result))
+        return self.results[name]
+
+    def latent(self, name: str, graph: dict | None = None):
+        return self.run(name, graph)[1]
+
+
+def merge_node(model, clip=None, method="concat", weights=(0.8, 1.0), adapters=(STYLE_SD15, LCM_SD15), rank=64):
+    inputs = {"model": list(model), "method": method, "rank": rank, "patch_sampling": True}
+    if clip is not None:
+        inputs["clip"] = list(clip)
+    for i, (a, w) in enumerate(zip(adapters, weights), start=1):
+        inputs[f"adapter_{i}"] = a
+        inputs[f"weight_{i}"] = w
+    return {"class_type": "LCMAdapterMerge", "inputs": inputs}
+
+
+@pytest.fixture(scope="session")
+def probes(comfy) -> Probes:
+    return Probes(comfy)
+
+
+def cheap_prompt(tag: str) -> dict:
+    """Decode an empty 64×64 latent: proves the server still executes prompts (keeps the checkpoint cached)."""
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CKPT}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["latent", 0], "vae": ["ckpt", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": f"alive_{tag}"}},
+    }

@@ -17,6 +17,7 @@ is exact in binary, and formats without alpha fold it into ``up`` (also exact).
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ class RandomLora:
         return (self.alpha / self.rank) * (up @ down)
 
 
+@functools.lru_cache(maxsize=None)
 def module_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     """Canonical key -> weight shape of every Linear / Conv2d of the full-size model (meta device)."""
     from lcm_lora.lcm_core.model_configs import build_text_encoders, build_unet

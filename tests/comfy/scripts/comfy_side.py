@@ -20,6 +20,11 @@ Sub-commands (all print one JSON line on stdout):
 ``comfy-lora``  rewrite a kohya LoRA in ComfyUI's generic layout (``diffusion_model.<LDM
                 path>.lora_up/down.weight``, ``text_encoders.<clip key>.…``, as ComfyUI's
                 ``LoraSave`` writes), mapping names with ComfyUI's own key maps.
+``sigmas``      import the pack the way ComfyUI does and run the LCM Scheduler node for each
+                ``--cases`` (steps,original,denoise;…); map its sigmas back to timesteps with
+                ComfyUI's LCM model sampling (``ModelSamplingDiscrete`` "lcm") and with the
+                plain discrete one.
+``facts``       ``keymap`` and ``sigmas`` in one process (one ComfyUI import): ``{"keymaps", "sigmas"}``.
 ``keymap``      print every LoRA key ComfyUI's ``model_lora_keys_unet`` /
                 ``model_lora_keys_clip`` accept for that architecture (the maps
                 ``LoraLoader`` uses), built on the meta device.
@@ -35,7 +40,7 @@ import struct
 import sys
 import time
 
-EXPECTED_CLASS = {"sd1": "SD15", "sd2": "SD21", "sdxl": "SDXL", "ssd1b": "SSD1B"}
+EXPECTED_CLASS = {"sd1": "SD15", "sd2": "SD20", "sdxl": "SDXL", "ssd1b": "SSD1B"}
 
 
 def _import_comfy(comfy_path: str):
@@ -152,15 +157,27 @@ def cmd_checkpoint(a) -> dict:
 
 
 def cmd_keymap(a) -> dict:
+    """``--arch``/``--shapes`` may be comma-separated lists; writes {arch: {...}} to ``--out``."""
     import comfy.lora
 
-    mc, model, clip, _ = _meta_models(a.arch, a.shapes)
-    unet_keys = comfy.lora.model_lora_keys_unet(model, {})
-    clip_keys = comfy.lora.model_lora_keys_clip(clip, {})
-    out = {"model_class": type(mc).__name__, "unet": sorted(unet_keys), "clip": sorted(clip_keys)}
+    result = {}
+    for arch, shapes in zip(a.arch.split(","), a.shapes.split(",")):
+        mc, model, clip, _ = _meta_models(arch, shapes)
+        sd = {**{k: tuple(v.shape) for k, v in model.state_dict().items()},
+              **{k: tuple(v.shape) for k, v in clip.state_dict().items()}}
+
+        def entry(target):
+            key = target if isinstance(target, str) else target[0]
+            return [key, list(sd.get(key, ()))]
+
+        unet_keys = comfy.lora.model_lora_keys_unet(model, {})
+        clip_keys = comfy.lora.model_lora_keys_clip(clip, {})
+        result[arch] = {"model_class": type(mc).__name__,
+                        "unet": {k: entry(v) for k, v in unet_keys.items()},
+                        "clip": {k: entry(v) for k, v in clip_keys.items()}}
     with open(a.out, "w") as f:
-        json.dump(out, f)
-    return {"out": a.out, "model_class": out["model_class"], "unet": len(unet_keys), "clip": len(clip_keys)}
+        json.dump(result, f)
+    return {"out": a.out, **{arch: {"unet": len(r["unet"]), "clip": len(r["clip"])} for arch, r in result.items()}}
 
 
 def cmd_comfy_lora(a) -> dict:
@@ -185,18 +202,89 @@ def cmd_comfy_lora(a) -> dict:
     return {"out": a.out, "tensors": len(out)}
 
 
+def _import_pack(repo: str):
+    import importlib.util
+
+    import folder_paths  # noqa: F401  (the pack imports its nodes only inside ComfyUI)
+
+    spec = importlib.util.spec_from_file_location("comfyui_lcm_lora", os.path.join(repo, "__init__.py"),
+                                                  submodule_search_locations=[repo])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_lcm_lora"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def cmd_sigmas(a) -> dict:
+    import torch
+    import comfy.model_sampling
+    from comfy_extras.nodes_model_advanced import LCM, ModelSamplingDiscreteDistilled
+
+    pack = _import_pack(a.repo)
+    scheduler = pack.nodes.lcm_scheduler.LCMScheduler
+    mc = _model_config("sd1", a.shapes)
+
+    class LcmSampling(ModelSamplingDiscreteDistilled, LCM):
+        pass
+
+    class EpsSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+        pass
+
+    lcm_ms, eps_ms = LcmSampling(mc), EpsSampling(mc)
+    out = []
+    for case in a.cases.split(";"):
+        steps, original, denoise = case.split(",")
+        sig = scheduler.execute(int(steps), int(original), float(denoise)).args[0]
+        pos = sig[:-1] if len(sig) else sig
+        out.append({"case": [int(steps), int(original), float(denoise)], "sigmas": sig.tolist(),
+                    "lcm_timesteps": lcm_ms.timestep(pos).tolist() if len(pos) else [],
+                    "eps_timesteps": eps_ms.timestep(pos).tolist() if len(pos) else [],
+                    "eps_table": [float(eps_ms.sigma(torch.tensor(float(t)))) for t in eps_ms.timestep(pos).tolist()]
+                    if len(pos) else []})
+    with open(a.out, "w") as f:
+        json.dump(out, f)
+    return {"out": a.out, "cases": len(out)}
+
+
+def cmd_facts(a) -> dict:
+    import tempfile
+
+    out = a.out
+    with tempfile.TemporaryDirectory() as tmp:
+        a.out = os.path.join(tmp, "keymaps.json")
+        cmd_keymap(a)
+        keymaps = json.load(open(a.out))
+        a.out = os.path.join(tmp, "sigmas.json")
+        first_arch, first_shapes = a.arch.split(",")[0], a.shapes.split(",")[0]
+        if first_arch != "sd1":
+            raise SystemExit("facts: the first --arch must be sd1 (the sigmas use its model sampling)")
+        arch, shapes = a.arch, a.shapes
+        a.arch, a.shapes = first_arch, first_shapes
+        cmd_sigmas(a)
+        a.arch, a.shapes = arch, shapes
+        sigmas = json.load(open(a.out))
+    with open(out, "w") as f:
+        json.dump({"keymaps": keymaps, "sigmas": sigmas}, f)
+    return {"out": out}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["checkpoint", "keymap", "comfy-lora"])
+    p.add_argument("command", choices=["checkpoint", "keymap", "comfy-lora", "sigmas", "facts"])
     p.add_argument("--comfyui", required=True, help="ComfyUI checkout")
-    p.add_argument("--arch", required=True, choices=sorted(EXPECTED_CLASS))
+    p.add_argument("--arch", required=True, help="sd1 | sd2 | sdxl | ssd1b (keymap: comma-separated list)")
     p.add_argument("--shapes", required=True, help="JSON {diffusers UNet key: shape}")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kohya", help="comfy-lora: the kohya file to rewrite")
+    p.add_argument("--repo", help="sigmas: the pack's folder")
+    p.add_argument("--cases", help="sigmas: steps,original_steps,denoise;...")
     a = p.parse_args()
+    for arch in a.arch.split(","):
+        if arch not in EXPECTED_CLASS:
+            p.error(f"unknown --arch {arch}")
     _import_comfy(a.comfyui)
-    result = {"checkpoint": cmd_checkpoint, "keymap": cmd_keymap, "comfy-lora": cmd_comfy_lora}[a.command](a)
+    result = {"checkpoint": cmd_checkpoint, "keymap": cmd_keymap, "comfy-lora": cmd_comfy_lora, "sigmas": cmd_sigmas, "facts": cmd_facts}[a.command](a)
     print(json.dumps(result), flush=True)
 
 

@@ -1,0 +1,94 @@
+"""Bake adapters into a single-file checkpoint (original SD key layout, what ComfyUI loads):
+θ' = θ_pre + Σ_i λ_i ΔW_i (LCM-LoRA paper §3.3), written atomically as a new ``.safetensors``.
+
+Canonical module keys are located in the checkpoint with :func:`lora.keys.canonical_to_ldm_weight`
+(fused OpenCLIP q/k/v rows and the transposed ``text_projection`` included); the arithmetic is
+:func:`fuse.fuse_into_weights`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .architecture import detect_adapter_architecture, detect_checkpoint_architecture, require_architecture
+from .errors import AdapterFileError
+from .fuse import fuse_into_weights
+from .lora.adapter import LoraAdapter
+from .lora.keys import canonical_to_ldm_weight
+from .safetensors_io import read_safetensors, read_shapes, write_safetensors
+
+FUSED_METADATA_KEY = "lcm_lora.fused_adapters"
+
+
+def checkpoint_architecture(path: str | os.PathLike) -> str:
+    """Architecture of a single-file checkpoint, from its header only; error if unknown."""
+    if Path(path).is_dir():
+        raise AdapterFileError(path, "is a directory; fuse needs a single-file .safetensors checkpoint")
+    detection = detect_checkpoint_architecture(read_shapes(path))
+    if not detection.known:
+        raise AdapterFileError(path, "cannot tell the base architecture: " + "; ".join(detection.evidence[:3]))
+    return detection.arch
+
+
+def fuse_checkpoint(
+    checkpoint: str | os.PathLike,
+    adapters: list[LoraAdapter],
+    strengths: list[float],
+    names: list[str],
+    output: str | os.PathLike,
+    overwrite: bool = False,
+    progress: bool = True,
+    arch: str | None = None,
+) -> dict:
+    """Write ``output`` = ``checkpoint`` with every adapter baked in; returns a summary dict.
+
+    Every adapter must match the checkpoint's architecture (:class:`ArchitectureMismatchError`
+    names both) and every adapter module must exist in the checkpoint (else
+    :class:`AdapterFileError` listing them): nothing is silently dropped. ``arch`` skips
+    detection (for partial or unusual checkpoints).
+    """
+    if Path(checkpoint).is_dir():
+        raise AdapterFileError(checkpoint, "is a directory; fuse needs a single-file .safetensors checkpoint")
+    arch = arch or checkpoint_architecture(checkpoint)
+    for name, adapter in zip(names, adapters):
+        found = adapter.architecture or detect_adapter_architecture(adapter).arch
+        require_architecture(found, arch, name)
+
+    tensors, metadata = read_safetensors(checkpoint)
+    refs, views, missing = {}, {}, []
+    for key in dict.fromkeys(k for a in adapters for k in a.modules):
+        ref = canonical_to_ldm_weight(key, arch, style="checkpoint")
+        if ref is None or ref.key not in tensors:
+            missing.append(key)
+            continue
+        weight = tensors[ref.key]
+        if ref.rows is not None:
+            weight = weight[ref.rows[0]: ref.rows[1]]
+        views[key] = weight.t() if ref.transposed else weight
+        refs[key] = ref
+    if missing:
+        raise AdapterFileError(
+            checkpoint, f"{len(missing)} adapter module(s) have no weight in this {arch} checkpoint, e.g. {', '.join(missing[:3])}"
+        )
+
+    fused = fuse_into_weights(views, adapters, strengths, names=names, strict=True, progress=progress)
+    changed = 0
+    for key, new in fused.items():
+        if new is views[key]:
+            continue
+        ref = refs[key]
+        value = new.t() if ref.transposed else new
+        if ref.rows is None:
+            tensors[ref.key] = value.contiguous()
+        else:
+            whole = tensors[ref.key].clone()
+            whole[ref.rows[0]: ref.rows[1]] = value
+            tensors[ref.key] = whole
+        changed += 1
+
+    recipe = [{"adapter": str(n), "strength": float(s)} for n, s in zip(names, strengths)]
+    metadata = dict(metadata)
+    metadata[FUSED_METADATA_KEY] = json.dumps(recipe)
+    write_safetensors(output, tensors, metadata, overwrite=overwrite)
+    return {"architecture": arch, "fused_weights": changed, "output": str(output), "recipe": recipe}

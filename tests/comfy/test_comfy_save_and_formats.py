@@ -1,0 +1,114 @@
+"""LCM Adapter Save, and the LCM-LoRA Loader on every adapter format.
+
+* Formats: the same random adapter written by kohya naming, by diffusers'
+  ``save_lora_weights``, as a peft folder (``peft.LoraConfig``) and in ComfyUI's own layout is
+  loaded by the LCM-LoRA Loader (patches included) and re-saved as kohya fp32: all four files
+  are identical and their ΔW equals the fixture's (alpha/rank)·up·down.
+* Save: a merged adapter lands in the loras folder (kohya keys, metadata), shows up in the
+  stock LoraLoader's list, is never overwritten unless asked, and the stock LoraLoader applying
+  it reproduces the merge node's own MODEL output.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import graphs as G
+import lora_fixtures as F
+from conftest import FORMAT_FILES, SD15_CKPT, merge_node
+
+pytestmark = pytest.mark.comfyui
+
+
+def kohya_delta(sd: dict, name: str) -> torch.Tensor:
+    down, up = sd[f"{name}.lora_down.weight"].double(), sd[f"{name}.lora_up.weight"].double()
+    rank = down.shape[0]
+    alpha = float(sd[f"{name}.alpha"]) if f"{name}.alpha" in sd else rank
+    return (alpha / rank) * (up.reshape(up.shape[0], -1) @ down.reshape(rank, -1))
+
+
+def test_every_format_loads_to_the_same_adapter(comfy, sd15_loras):
+    tag = uuid.uuid4().hex[:8]
+    g = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CKPT}}}
+    for fmt, name in FORMAT_FILES.items():
+        g[f"load_{fmt}"] = G.lcm_loader(name, clip=("ckpt", 1))
+        g[f"save_{fmt}"] = {"class_type": "LCMAdapterSave", "inputs": {
+            "adapter": [f"load_{fmt}", 2], "filename": f"roundtrip_{tag}/{fmt}", "dtype": "fp32", "overwrite": False}}
+    result = comfy.run(g)
+    assert result.status == "success", result.message()
+    assert "lora key not loaded" not in result.log and "NOT LOADED" not in result.log
+    saved = {fmt: load_file(str(comfy.loras / f"roundtrip_{tag}" / f"{fmt}.safetensors")) for fmt in FORMAT_FILES}
+    reference = saved["kohya"]
+    for fmt, sd in saved.items():
+        assert sorted(sd) == sorted(reference), fmt
+        for k in reference:
+            assert torch.equal(sd[k], reference[k]), f"{fmt}: {k}"
+    lora = sd15_loras["lcm"]
+    assert len({k.split(".")[0] for k in reference}) == len(lora.down)
+    for key in lora.down:
+        name = F.kohya_name(key, "sd1")
+        torch.testing.assert_close(kohya_delta(reference, name), lora.delta(key), rtol=1e-6, atol=1e-9)
+
+
+def save_prompt(filename: str, dtype: str, overwrite: bool) -> dict:
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CKPT}},
+        "merge": merge_node(("ckpt", 0)),
+        "save": {"class_type": "LCMAdapterSave", "inputs": {"adapter": ["merge", 2], "filename": filename,
+                                                            "dtype": dtype, "overwrite": overwrite}},
+    }
+
+
+def test_save_never_overwrites_unless_asked_and_lists_the_file(comfy, probes):
+    name = f"saved/merged_{uuid.uuid4().hex[:8]}"
+    path = comfy.loras / f"{name}.safetensors"
+    first = comfy.run(save_prompt(name, "fp32", False))
+    assert first.status == "success", first.message()
+    assert first.outputs["save"]["lcm_saved"] == [f"{name}.safetensors"]
+    assert path.is_file()
+    with safe_open(str(path), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert keys and all(k.startswith("lora_unet_") or k.startswith("lora_te_") for k in keys)
+    assert any(k.endswith(".lora_down.weight") for k in keys)
+    assert meta.get("lcm_lora.saved_by") and "lcm_lora.merge_recipe" in meta
+    before = path.read_bytes()
+
+    # it is in every LoRA list now
+    stock = comfy.object_info("LoraLoader")["LoraLoader"]["input"]["required"]["lora_name"][0]
+    assert f"{name}.safetensors" in stock
+
+    # same name again, overwrite off: a clear error, the file is untouched, no temp files left
+    again = comfy.run(save_prompt(name, "fp16", False))
+    assert again.status == "error" and again.error["node_type"] == "LCMAdapterSave"
+    assert "already exists" in again.error["exception_message"] and name in again.error["exception_message"]
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+
+    # overwrite on: replaced (now fp16)
+    forced = comfy.run(save_prompt(name, "fp16", True))
+    assert forced.status == "success", forced.message()
+    assert path.read_bytes() != before
+    assert next(iter(load_file(str(path)).values())).dtype == torch.float16
+
+    # and it stays out of everything but the loras folder
+    bad = comfy.run(save_prompt("../escape", "fp16", False))
+    assert bad.status == "error" and "inside the loras folder" in bad.error["exception_message"]
+
+
+def test_saved_merge_loaded_by_stock_lora_loader_reproduces_the_merge(comfy, probes):
+    name = f"saved/merge_fp32_{uuid.uuid4().hex[:8]}"
+    saved = comfy.run(save_prompt(name, "fp32", False))
+    assert saved.status == "success", saved.message()
+    g = G.base(SD15_CKPT)
+    g["lora"] = G.lora_loader(f"{name}.safetensors")
+    g["ms"] = G.model_sampling_lcm(("lora", 0))
+    G.probe(g, ("ms", 0), "saved_merge", sampler="lcm")
+    result, latent = probes.run("saved_merge", g)
+    assert "lora key not loaded" not in result.log
+    merged = probes.latent("merge")
+    assert G.rel_diff(latent, merged) < 1e-6
+    assert G.rel_diff(latent, probes.latent("base")) > 1e-3

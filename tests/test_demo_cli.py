@@ -1,0 +1,46 @@
+"""`lcm-lora demo` argument handling (the full run is exercised by tests/test_demo_claims.py, slow)."""
+import argparse
+
+import pytest
+
+from lcm_lora.demo.cli import add_demo_parser, run_demo
+from lcm_lora.demo.run import PRESETS
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="lcm-lora")
+    add_demo_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_parser_defaults_and_options():
+    a = _parse(["demo"])
+    assert a.func is run_demo and a.out == "demo_out" and not a.fast and a.cache_dir is None
+    a = _parse(["demo", "--out", "x", "--fast", "--cache-dir", "c", "--samples", "50", "--threads", "2", "--quiet"])
+    assert (a.out, a.fast, a.cache_dir, a.samples, a.threads, a.quiet) == ("x", True, "c", 50, 2, True)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--samples", "5"], "--samples: need at least 20"),
+    (["--threads", "0"], "--threads: must be >= 1"),
+])
+def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, capsys, argv, message):
+    args = _parse(["demo", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), *argv])
+    assert run_demo(args) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_through_the_project_cli(tmp_path, capsys):
+    from lcm_lora.cli.main import main
+
+    assert main(["demo", "--out", str(tmp_path / "o"), "--samples", "3"]) == 2
+    assert "--samples" in capsys.readouterr().err
+
+
+def test_presets_fit_their_promises():
+    full, fast = PRESETS["full"], PRESETS["fast"]
+    assert full.teacher_steps == (1, 2, 4, 8, 16, 32) and full.lcm_steps == (1, 2, 4, 8)
+    assert set(full.samplers) == {"ddim", "euler", "dpmpp_2m"}
+    assert (full.lambda1, full.lambda2) == (0.8, 1.0)
+    assert fast.n_samples < full.n_samples and 4 in fast.teacher_steps and 4 in fast.lcm_steps

@@ -1,0 +1,63 @@
+"""The demo's stages wired to the real trainer and merge code, on a tiny random teacher (seconds)."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from lcm_lora.demo import run as R
+from lcm_lora.demo.evaluate import load_teacher
+from lcm_lora.demo.style_lora import StyleLoraSettings
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    from lcm_lora.training.tiny_models import build_tiny_teacher
+
+    return build_tiny_teacher(tmp_path_factory.mktemp("t") / "teacher", image_channels=1, image_size=16, with_vae=False)
+
+
+def test_exported_data_is_the_train_split(tmp_path):
+    from PIL import Image
+
+    from lcm_lora.demo.dataset import load_digit_images, split_indices, to_uint8
+
+    cfg = R.DemoConfig()
+    folder = R.export_training_data(tmp_path, cfg)
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    images, labels = load_digit_images(16)
+    split = split_indices(labels, seed=0)
+    assert len(rows) == len(split.train)
+    for k in (0, len(rows) // 2, len(rows) - 1):
+        png = torch.from_numpy(__import__("numpy").asarray(Image.open(folder / rows[k]["file_name"])))
+        assert torch.equal(png, torch.from_numpy(to_uint8(images[split.train[k]:split.train[k] + 1])[0]))
+        assert rows[k]["text"] == f"a handwritten digit {int(labels[split.train[k]])}"
+
+
+def test_trainer_style_lora_merge_and_cache(tmp_path, tiny_teacher):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(R.DemoConfig(), lcm_overrides=("train.max_steps=2", "train.batch_size=4"),
+                              style=StyleLoraSettings(steps=2, batch_size=4))
+    data = R.export_training_data(tmp_path, cfg)
+    lcm, info = R.distil_lcm_lora(tmp_path, cfg, tiny_teacher, data, progress=False)
+    assert not info["cached"] and "train.max_steps=2" in info["overrides"]
+    again, info2 = R.distil_lcm_lora(tmp_path, cfg, tiny_teacher, data, progress=False)
+    assert info2["cached"] and set(again.modules) == set(lcm.modules)  # second run reuses the adapter
+
+    teacher = load_teacher(tiny_teacher)
+    style, cached = R.train_or_load_style(tmp_path, cfg, teacher, "tiny", progress=False)
+    assert not cached and set(style.modules) == set(lcm.modules)  # same target modules as the LCM-LoRA
+    assert R.train_or_load_style(tmp_path, cfg, teacher, "tiny", progress=False)[1]
+
+    # fusing λ1·style + λ2·lcm equals fusing their concat merge (θ + Σ λ ΔW, checked on every weight)
+    from lcm_lora.lcm_core.merge import merge_adapters
+
+    merged, report = merge_adapters([style, lcm], [0.8, 1.0], method="concat", progress=False)
+    a = R._unet_with(teacher.unet, [(style, 0.8), (lcm, 1.0)]).state_dict()
+    b = R._unet_with(teacher.unet, [(merged, 1.0)]).state_dict()
+    base = teacher.unet.state_dict()
+    for k in base:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
+    key = next(iter(style.modules))[len("unet."):] + ".weight"
+    delta = 0.8 * style.modules["unet." + key[:-7]].delta_weight() + 1.0 * lcm.modules["unet." + key[:-7]].delta_weight()
+    torch.testing.assert_close(a[key] - base[key], delta.reshape(base[key].shape), atol=1e-5, rtol=1e-4)

@@ -1,0 +1,101 @@
+"""Report writing and claim checking on a synthetic results dict (no models involved)."""
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from lcm_lora.demo.report import build_report, write_report
+from lcm_lora.demo.run import check_claims
+
+
+def _row(model, sampler, steps, fd, acc, nfe=None):
+    return {"model": model, "sampler": sampler, "steps": steps, "nfe": nfe or steps, "fd": fd, "fd_pixel": fd / 10,
+            "accuracy": acc, "ms_per_image": 1.0 * steps, "seconds": 0.1 * steps, "n": 100, "style_score": 0.1, "ink": 0.3}
+
+
+def _style_row(label, sampler, steps, score):
+    r = _row(label, sampler, steps, 50.0, 0.9)
+    r.update(label=label, style_score=score)
+    return r
+
+
+def _results(lcm4_fd=30.0, lcm4_acc=0.95, merged_score=0.8):
+    rows = [_row("teacher", "ddim", s, fd, 0.95, 2 * s) for s, fd in ((2, 90.0), (4, 50.0), (8, 35.0))]
+    rows += [_row("teacher", "dpmpp_2m", 8, 32.0, 0.96, 16)]
+    rows += [_row("lcm_lora", "lcm", 2, 33.0, 0.95), _row("lcm_lora", "lcm", 4, lcm4_fd, lcm4_acc)]
+    style_rows = [
+        _style_row("teacher + style λ1=0.8, DDIM (reference)", "ddim", 25, 0.85),
+        _style_row("teacher + style λ1=0.8, DDIM", "ddim", 4, 0.6),
+        _style_row("merged (concat) λ1=0.8, λ2=1, LCM", "lcm", 4, merged_score),
+    ]
+    return {
+        "config": {"preset": "fast", "n_samples": 100, "guidance_scale": 3.0, "resolution": 16},
+        "environment": {"summary": "CPU, 1 thread"},
+        "timings": {"total": 12.0},
+        "calibration": {"real_vs_real_n": 100, "reference_n": 449, "fd_real_vs_real": 20.0, "fd_pixel_real_vs_real": 1.0,
+                        "style_score_real_plain": 0.02, "style_score_real_styled": 0.97, "train_n": 898,
+                        "classifier_train_n": 450, "digit_accuracy_heldout": 0.97},
+        "rows": rows,
+        "style": {"settings": {"rank": 8, "steps": 10, "style": "bold"}, "lambda1": 0.8, "lambda2": 1.0, "rows": style_rows},
+        "teacher": {"description": "tiny", "source": "shipped"},
+        "lcm_lora": {"config_file": "configs/tiny_cpu.yaml", "overrides": ["train.max_steps=10"], "seconds": 3.0},
+        "figures": {"quality": [("fd_vs_steps.png", "FD vs steps")], "grids": [], "style": []},
+    }
+
+
+def test_claims_follow_their_definitions():
+    res = _results()
+    claims = check_claims(res["rows"], res["style"])
+    assert claims["lcm4_beats_ddim4"]["passed"]  # 30 <= 0.8 * 50, accuracy equal
+    assert claims["style_merge_keeps_style"]["passed"]  # |0.8-0.85| < |0.6-0.85|
+    assert claims["goal_lcm4_vs_dpm8"]["passed"]  # 30 <= 32
+    assert claims["goal_lcm2_vs_ddim8"]["passed"]  # 33 < 35
+    slow2 = _results()
+    slow2["rows"] = [r if (r["model"], r["steps"]) != ("lcm_lora", 2) else {**r, "fd": 36.0} for r in slow2["rows"]]
+    assert not check_claims(slow2["rows"], {})["goal_lcm2_vs_ddim8"]["passed"]
+    bad = _results(lcm4_fd=45.0, lcm4_acc=0.93, merged_score=0.5)
+    c = check_claims(bad["rows"], bad["style"])
+    assert not c["lcm4_beats_ddim4"]["passed"] and not c["style_merge_keeps_style"]["passed"]
+    assert not check_claims(_results(lcm4_fd=30.0, lcm4_acc=0.93)["rows"], {})["lcm4_beats_ddim4"]["passed"]  # > 1 point lower
+
+
+class _Checker(HTMLParser):
+    VOID = {"meta", "img", "br", "hr", "link"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.tables, self.imgs = [], 0, []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables += 1
+        if tag == "img":
+            self.imgs.append(dict(attrs)["src"])
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+
+
+def test_report_files_agree(tmp_path):
+    res = _results()
+    res["claims"] = check_claims(res["rows"], res["style"])
+    paths = write_report(res, tmp_path)
+    md = paths["report.md"].read_text(encoding="utf-8")
+    assert "| teacher DDIM | 4 | 8 | 0.950 | 50.0 |" in md
+    assert "| LCM-LoRA LCM | 4 | 4 | 0.950 | 30.0 |" in md
+    assert "**PASS**" in md and "![FD vs steps](fd_vs_steps.png)" in md
+    checker = _Checker()
+    checker.feed(paths["report.html"].read_text(encoding="utf-8"))
+    assert checker.stack == [] and checker.tables == 2 and checker.imgs == ["fd_vs_steps.png"]
+    assert json.loads(paths["results.json"].read_text())["rows"] == res["rows"]
+    write_report(res, tmp_path)  # a second run overwrites its own report
+
+
+def test_markdown_escapes_nothing_it_should_not():
+    doc = build_report({**_results(), "claims": {}})
+    assert doc.markdown().startswith("# LCM-LoRA demo")
+    with pytest.raises(KeyError):
+        build_report({"config": {}})

@@ -1,0 +1,236 @@
+"""The training loop on a tiny SD-like teacher (CPU): resume exactness, SIGTERM, NaN, checkpoints,
+events, validation, loss decrease, and that the adapter loads in diffusers and lcm_core."""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from lcm_lora.lcm_core.errors import ConfigError, OutputExistsError
+from lcm_lora.training import checkpoint as ckpt
+from lcm_lora.training.run_log import read_events
+from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
+from lcm_lora.training.trainer import NonFiniteLossError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny_cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny")
+    teacher = build_tiny_teacher(root / "teacher", block_out_channels=(16, 32))
+    data = write_tiny_dataset(root / "data", n=12, size=20)  # 20 px: resized + cropped to 16
+    return root, teacher, data
+
+
+def _overrides(assets, **extra):
+    root, teacher, data = assets
+    base = {
+        "teacher": teacher, "data": data, "max_steps": 6, "batch_size": 4, "lora.rank": 4, "lora.alpha": 4,
+        "validation.every": 0, "checkpoint.every": 0, "logging.progress": "false",
+        "data.cache_latents": "false", "data.cache_text": "false", "data.crop": "random", "data.random_flip": "true",
+        "data.cache_dir": root / "cache",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_resume_reproduces_the_uninterrupted_run(assets, tmp_path):
+    full = train(TINY, tmp_path / "full", overrides=_overrides(assets), progress=False)
+    assert full.status == "finished" and full.final_step == 6 and len(full.losses) == 6
+
+    def interrupt(step, loss):
+        if step == 3:
+            signal.raise_signal(signal.SIGTERM)  # handled by the trainer: checkpoint, clean return
+
+    part = train(TINY, tmp_path / "split", overrides=_overrides(assets), progress=False, on_step=interrupt)
+    assert part.status == "interrupted" and part.final_step == 3 and part.adapter_path is None
+    assert part.checkpoint.name == "step-00000003" and (part.checkpoint / "trainer_state.json").is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+    rest = train(TINY, tmp_path / "split", resume=True, overrides=_overrides(assets), progress=False)
+    assert rest.start_step == 3 and rest.final_step == 6
+    assert part.losses + rest.losses == full.losses  # bitwise: same data order, noise, optimizer state
+
+    a = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "full")[-1][1]).tensors
+    b = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "split")[-1][1]).tensors
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    events = read_events(tmp_path / "split")
+    ends = [e for e in events if e["event"] == "end"]
+    assert [e["status"] for e in ends] == ["interrupted", "finished"]
+    steps = [e for e in events if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
+    assert all({"loss", "lr", "it_s", "eta_s", "max_steps"} <= e.keys() for e in steps)
+    assert (tmp_path / "split" / "lcm_lora.safetensors").is_file() and (tmp_path / "split" / "metrics.csv").is_file()
+
+
+def test_new_run_refuses_a_folder_with_checkpoints(assets, tmp_path):
+    out = tmp_path / "run"
+    train(TINY, out, overrides=_overrides(assets, max_steps=1), progress=False)
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train(TINY, out, overrides=_overrides(assets, max_steps=1), progress=False)
+    with pytest.raises(ConfigError, match="different configuration"):
+        train(TINY, out, resume=True, overrides=_overrides(assets, max_steps=2, **{"lcd.w_min": 4}), progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeypatch):
+    from lcm_lora.training import lcd_step
+
+    original = lcd_step.LcdLoss.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(lcd_step.LcdLoss, "__call__", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match="step 4") as e:
+        train(TINY, out, overrides=_overrides(assets, **{"checkpoint.every": 2}), progress=False)
+    assert "step-00000002" in str(e.value)
+    kept = ckpt.list_checkpoints(out)
+    assert [s for s, _ in kept] == [2]
+    state = ckpt.load_checkpoint(kept[0][1])
+    assert all(torch.isfinite(t).all() for t in state.tensors.values())
+    assert not (out / "lcm_lora.safetensors").exists()
+    assert read_events(out)[-1]["status"] == "diverged"
+
+
+def test_checkpoints_keep_last_k_and_ignore_partial_saves(assets, tmp_path, monkeypatch):
+    out = tmp_path / "keep"
+    train(TINY, out, overrides=_overrides(assets, **{"checkpoint.every": 1, "checkpoint.keep": 2}), progress=False)
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [5, 6]
+    # A save killed half-way leaves only a hidden temp folder; an incomplete step folder is not a checkpoint.
+    calls = {"n": 0}
+    real_save = torch.save
+
+    def dying_save(*args, **kwargs):
+        calls["n"] += 1
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(ckpt.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(out, 7, {"x": torch.zeros(1)}, {}, {}, keep=2)
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    (ckpt.checkpoints_dir(out) / "step-00000009").mkdir()  # no trainer_state.json
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [5, 6]
+    assert ckpt.resolve_resume(out, True).name == "step-00000006"
+    assert not any(p.name.startswith(".step-00000007") for p in ckpt.checkpoints_dir(out).iterdir())
+
+
+def test_validation_grid_and_event(assets, tmp_path):
+    out = tmp_path / "val"
+    train(TINY, out, overrides=_overrides(assets, max_steps=2, **{"validation.every": 2}), progress=False)
+    events = [e for e in read_events(out) if e["event"] == "validation"]
+    assert len(events) == 1 and events[0]["steps"] == [1, 2, 4]
+    from PIL import Image
+
+    with Image.open(events[0]["images"][0]) as im:
+        assert im.size == (2 * 16, 3 * 16)  # columns: 2 prompts, rows: 1/2/4 steps
+
+
+def _student(teacher_dir, tensors, rank):
+    """Teacher UNet + LoRA with the trained tensors (peft names), as the trainer holds it."""
+    from lcm_lora.training.student import add_lora
+    from lcm_lora.training.teacher import load_teacher_folder
+
+    teacher = load_teacher_folder(Path(teacher_dir))
+    named = add_lora(teacher.unet, rank, rank, 0.0, None)
+    with torch.no_grad():
+        for name, p in named:
+            p.copy_(tensors[name])
+    return teacher
+
+
+def test_adapter_loads_in_diffusers_and_lcm_core(assets, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from lcm_lora.lcm_core.fuse import fuse_into_module
+    from lcm_lora.lcm_core.lora import read_adapter
+
+    _, teacher_dir, _ = assets
+    out = tmp_path / "export"
+    result = train(TINY, out, overrides=_overrides(assets, max_steps=3, **{"optim.learning_rate": 0.01}), progress=False)
+    tensors = ckpt.load_checkpoint(result.checkpoint).tensors
+    student = _student(teacher_dir, tensors, 4).unet.eval()
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    t = torch.tensor([999, 259])
+    ehs = torch.randn(2, 16, 32, generator=gen)
+    with torch.no_grad():
+        ours = student(x, t, encoder_hidden_states=ehs).sample
+        pipe = StableDiffusionPipeline.from_pretrained(teacher_dir, local_files_only=True)
+        base = pipe.unet(x, t, encoder_hidden_states=ehs).sample
+        pipe.load_lora_weights(result.adapter_path)  # kohya file → diffusers' own conversion
+        theirs = pipe.unet(x, t, encoder_hidden_states=ehs).sample
+    assert (ours - base).abs().max() > 1e-3  # the LoRA is not a no-op
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
+
+    adapter = read_adapter(result.adapter_path)
+    assert adapter.source_format == "kohya" and adapter.ranks() == {4}
+    assert adapter.metadata["lcm_lora.steps"] == "3" and adapter.metadata["lcm_lora.rank"] == "4"
+    assert len(adapter.metadata["lcm_lora.config_hash"]) == 16
+    fused = StableDiffusionPipeline.from_pretrained(teacher_dir, local_files_only=True).unet.eval()
+    assert len(fuse_into_module(fused, adapter, strict=True)) == len(adapter)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, t, encoder_hidden_states=ehs).sample, ours, rtol=1e-4, atol=1e-5)
+
+
+def test_loss_decreases_on_a_fixed_evaluation_batch(assets, tmp_path):
+    """LCD loss on a held-out fixed draw (same latents, t, ε, ω) before and after training."""
+    from lcm_lora.training.ddim_solver import DDIMSolver
+    from lcm_lora.training.lcd_step import LcdLoss, sample_lcd_randomness
+    from lcm_lora.training.student import adapters_disabled
+    from lcm_lora.training.teacher import build_cond, unet_forward
+
+    _, teacher_dir, _ = assets
+    out = tmp_path / "decrease"
+    over = _overrides(assets, max_steps=40, batch_size=8, **{"optim.learning_rate": 3e-3, "lcd.w_min": 1, "lcd.w_max": 3})
+    result = train(TINY, out, overrides=over, progress=False)
+    trained = ckpt.load_checkpoint(result.checkpoint).tensors
+    initial = {k: (torch.zeros_like(v) if "lora_B" in k else v) for k, v in trained.items()}  # B = 0: student = teacher
+
+    def eval_loss(tensors):
+        teacher = _student(teacher_dir, tensors, 4)
+        unet = teacher.unet.eval()
+        solver = DDIMSolver(teacher.alphas_cumprod, 50)
+        lcd = LcdLoss(solver, "epsilon", "huber", 0.001)
+        gen = torch.Generator().manual_seed(123)
+        latents = torch.randn(32, 4, 8, 8, generator=gen) * 0.8
+        cond = build_cond(teacher.encode_text(["a red circle", "a blue square"] * 16))
+        uncond = build_cond({k: v.expand(32, *v.shape[1:]) for k, v in teacher.uncond_text("auto").items()})
+        rnd = sample_lcd_randomness(latents.shape, 50, 1.0, 3.0, gen)
+
+        def model(x, t, c):
+            return unet_forward(unet, x, t, c)
+
+        def teacher_fn(x, t, c):
+            with adapters_disabled(unet):
+                return unet_forward(unet, x, t, c)
+
+        with torch.no_grad():
+            return float(lcd(model, teacher_fn, model, latents, cond, uncond, rnd))
+
+    before, after = eval_loss(initial), eval_loss(trained)
+    assert after < 0.9 * before, (before, after)
+    first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
+    assert last < first, (first, last)
+
+
+def test_config_error_names_file_and_key_through_the_cli(tmp_path, capsys):
+    from lcm_lora.training.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batch_sise: 4\n")
+    assert main(["--config", str(bad), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(bad) in err and "train.batch_sise" in err
+    assert main(["--config", str(TINY), "--output", str(tmp_path / "o"), "teacher=" + str(tmp_path / "nope"), "data=x"]) == 2
+    assert "teacher.path" in capsys.readouterr().err
