@@ -46,7 +46,7 @@ def teacher_unet_config(resolution: int = 16, block_out_channels=(16, 32, 64), l
 class TeacherSettings:
     """Everything that determines the trained teacher (recorded in the saved weights' metadata)."""
 
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 64
     learning_rate: float = 1e-3
     text_encoder_lr: float = 2e-4
@@ -85,7 +85,7 @@ def _encode(text_encoder, ids: torch.Tensor) -> torch.Tensor:
 
 
 def train_teacher(folder: str | os.PathLike, settings: TeacherSettings | None = None, device: str = "cpu",
-                  progress: bool = True, overwrite: bool = False, log_every: int = 500,
+                  progress: bool = True, overwrite: bool = False, log_every: int = 100,
                   snapshot_every: int = 0, snapshot_dir: str | os.PathLike | None = None,
                   stop_after: int | None = None) -> Path:
     """Train a teacher on the ``train`` split and write it as a diffusers folder (D's tiny format).

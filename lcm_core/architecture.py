@@ -249,32 +249,75 @@ def detect_checkpoint_architecture(shapes: Mapping[str, tuple]) -> Detection:
     return Detection(best, evidence, tuple(consistent))
 
 
+def _allowed(found) -> tuple[str, ...]:
+    """Architectures ``found`` (arch string, :class:`Detection` or None) may still be.
+
+    A known architecture allows itself; an unknown detection allows its candidates
+    (every architecture whose modules and shapes it fits, e.g. ``('sdxl', 'ssd1b')`` for a
+    partial SDXL-family adapter); an unknown without candidates allows anything (``()``).
+    """
+    if isinstance(found, Detection):
+        return (found.arch,) if found.known else tuple(found.candidates)
+    return () if found in (None, UNKNOWN) else (found,)
+
+
+def describe_architectures(archs) -> str:
+    """``('sdxl', 'ssd1b')`` → ``"sdxl or ssd1b"`` (for error messages)."""
+    return " or ".join(archs) if archs else UNKNOWN
+
+
 def require_architecture(found, expected: str | None, source, *, allow_unknown: bool = True) -> None:
     """Raise :class:`ArchitectureMismatchError` naming both when ``found`` ≠ ``expected``.
 
     ``found`` is an arch string or a :class:`Detection`; ``expected`` None/"auto"/"unknown"
-    accepts anything. An unknown ``found`` passes unless ``allow_unknown=False``.
+    accepts anything. An unknown ``found`` whose candidate set is non-empty and excludes
+    ``expected`` is a mismatch ("expected sd1, found sdxl or ssd1b"); an unknown ``found``
+    that could still be ``expected`` (or has no candidates) passes unless ``allow_unknown=False``.
     """
     if expected in (None, "auto", UNKNOWN):
         return
     det = found if isinstance(found, Detection) else Detection(found or UNKNOWN)
     if det.arch == expected:
         return
-    if det.arch == UNKNOWN and allow_unknown:
-        return
     detail = det.evidence[0] if det.evidence else ""
+    allowed = _allowed(det)
+    if det.arch == UNKNOWN:
+        if allowed and expected not in allowed:
+            raise ArchitectureMismatchError(source, expected, describe_architectures(allowed), detail)
+        if allow_unknown:
+            return
     raise ArchitectureMismatchError(source, expected, det.arch, detail)
 
 
-def require_same_architecture(items: Mapping[str, str | Detection | None]) -> str | None:
-    """All known architectures in ``{source: arch}`` must agree; returns the common one (or None)."""
-    first: tuple[str, str] | None = None
-    for source, found in items.items():
-        arch = found.arch if isinstance(found, Detection) else (found or UNKNOWN)
-        if arch == UNKNOWN:
+def require_same_architecture(items) -> str | None:
+    """All inputs must be able to share one architecture; returns it when it is determined.
+
+    ``items``: ``{source: arch | Detection | None}`` or an iterable of ``(source, found)``
+    pairs (sources may repeat). Known architectures must agree; unknown detections narrow
+    the common set to their candidates (an ``sd1`` adapter and a partial SDXL-family one,
+    candidates ``sdxl``/``ssd1b``, cannot be combined). Raises
+    :class:`ArchitectureMismatchError` naming both sides; returns the single architecture
+    all inputs allow, or None while that is still ambiguous (or nothing is known).
+    """
+    pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+    common: set[str] | None = None
+    seen: list[tuple[str, tuple[str, ...]]] = []  # (source, allowed) of inputs that constrain
+    for source, found in pairs:
+        allowed = _allowed(found)
+        if not allowed:
             continue
-        if first is None:
-            first = (source, arch)
-        elif arch != first[1]:
-            raise ArchitectureMismatchError(source, first[1], arch, f"{first[0]} is {first[1]}, {source} is {arch}")
-    return None if first is None else first[1]
+        if common is not None and not common & set(allowed):
+            here = describe_architectures(allowed)
+            clash = next(((s, a) for s, a in seen if not set(a) & set(allowed)), None)
+            if clash is not None:
+                other = describe_architectures(clash[1])
+                detail = f"{clash[0]} is {other}, {source} is {here}"
+            else:
+                other = describe_architectures([a for a in ARCHITECTURES if a in common])
+                detail = f"{', '.join(s for s, _ in seen)} together allow only {other}, {source} is {here}"
+            raise ArchitectureMismatchError(source, other, here, detail)
+        common = set(allowed) if common is None else common & set(allowed)
+        seen.append((str(source), allowed))
+    if common is not None and len(common) == 1:
+        return next(iter(common))
+    return None

@@ -74,19 +74,20 @@ def match_adapter_keys(
 
 
 def _delta_for(theta: torch.Tensor, module: LoraModule, source: str, key: str, wkey: str) -> torch.Tensor:
-    delta = module.delta_weight(torch.float32).to(theta.device)
-    if delta.shape != theta.shape:
-        same_matrix = delta.numel() == theta.numel() and all(
+    # Compare shapes before forming the dense ΔW: a hostile adapter (rank 1, 10⁶×10⁶) must not
+    # make us allocate terabytes before the mismatch is noticed.
+    shape = torch.Size(module.weight_shape)
+    if shape != theta.shape:
+        same_matrix = shape.numel() == theta.numel() and all(
             tuple(s[:2]) == tuple(theta.shape[:2]) and all(d == 1 for d in s[2:])
-            for s in (delta.shape, theta.shape)
+            for s in (shape, theta.shape)
         )
         if not same_matrix:  # only Linear ↔ Conv 1×1 (trailing 1×1 dims) may be reshaped
             raise AdapterFileError(
-                source, f"module {key}: LoRA update has shape {tuple(delta.shape)} but weight "
+                source, f"module {key}: LoRA update has shape {tuple(shape)} but weight "
                 f"{wkey!r} has shape {tuple(theta.shape)} (wrong base model?)"
             )
-        delta = delta.reshape(theta.shape)
-    return delta
+    return module.delta_weight(torch.float32).to(theta.device).reshape(theta.shape)
 
 
 def _fused(theta, contributions, key, wkey) -> torch.Tensor:

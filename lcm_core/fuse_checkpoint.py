@@ -52,25 +52,30 @@ def fuse_checkpoint(
         raise AdapterFileError(checkpoint, "is a directory; fuse needs a single-file .safetensors checkpoint")
     arch = arch or checkpoint_architecture(checkpoint)
     for name, adapter in zip(names, adapters):
-        found = adapter.architecture or detect_adapter_architecture(adapter).arch
+        # unknown adapters still carry candidates (e.g. sdxl or ssd1b): those must include ``arch``
+        found = adapter.architecture or detect_adapter_architecture(adapter)
         require_architecture(found, arch, name)
 
     tensors, metadata = read_safetensors(checkpoint)
-    refs, views, missing = {}, {}, []
-    for key in dict.fromkeys(k for a in adapters for k in a.modules):
-        ref = canonical_to_ldm_weight(key, arch, style="checkpoint")
-        if ref is None or ref.key not in tensors:
-            missing.append(key)
-            continue
-        weight = tensors[ref.key]
-        if ref.rows is not None:
-            weight = weight[ref.rows[0]: ref.rows[1]]
-        views[key] = weight.t() if ref.transposed else weight
-        refs[key] = ref
-    if missing:
-        raise AdapterFileError(
-            checkpoint, f"{len(missing)} adapter module(s) have no weight in this {arch} checkpoint, e.g. {', '.join(missing[:3])}"
-        )
+    refs, views = {}, {}
+    for name, adapter in zip(names, adapters):
+        missing = []
+        for key in adapter.modules:
+            ref = refs.get(key) or canonical_to_ldm_weight(key, arch, style="checkpoint")
+            if ref is None or ref.key not in tensors:
+                missing.append(key)
+                continue
+            if key not in views:
+                weight = tensors[ref.key]
+                if ref.rows is not None:
+                    weight = weight[ref.rows[0]: ref.rows[1]]
+                views[key] = weight.t() if ref.transposed else weight
+                refs[key] = ref
+        if missing:  # name the adapter (several may be fused) and the checkpoint
+            raise AdapterFileError(
+                name, f"{len(missing)} module(s) have no weight in the {arch} checkpoint {checkpoint} "
+                      f"(adapter for another base model, or a pruned checkpoint?), e.g. {', '.join(missing[:3])}"
+            )
 
     fused = fuse_into_weights(views, adapters, strengths, names=names, strict=True, progress=progress)
     changed = 0

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ArchitectureMismatchError, ConfigError
+from .errors import ConfigError
 from .lora.adapter import LoraAdapter, LoraModule
 from .merge_factors import factors_to_module, product_frobenius_norm, stack_weighted
 from .merge_svd import svd_rerank
@@ -105,13 +105,13 @@ def _validate(adapters, weights, method, rank, energy, names):
 
 
 def _check_architectures(adapters, names) -> str | None:
-    known = [(n, a.architecture) for n, a in zip(names, adapters) if a.architecture not in (None, "unknown")]
-    for n, arch in known[1:]:
-        if arch != known[0][1]:
-            raise ArchitectureMismatchError(
-                n, expected=known[0][1], found=arch, detail=f"{known[0][0]} is {known[0][1]}, {n} is {arch}"
-            )
-    return known[0][1] if known else None
+    """All adapters must fit one architecture (``adapter.architecture``, else the detection's
+    candidate set: a partial SDXL-family adapter cannot be merged with an SD1 one)."""
+    from .architecture import detect_adapter_architecture, require_same_architecture
+
+    found = [(n, a.architecture if a.architecture not in (None, "unknown") else detect_adapter_architecture(a))
+             for n, a in zip(names, adapters)]
+    return require_same_architecture(found)
 
 
 def _output_dtype(adapters, dtype):
@@ -139,7 +139,7 @@ def merge_adapters(
     ``dtype``: output tensor dtype (default: the promoted input dtype); all arithmetic is
     float32 (float64 for the SVD core). ``names`` label the inputs in errors and the recipe
     (default ``adapter 1``, ``adapter 2``, …). Raises :class:`ConfigError` for bad arguments,
-    :class:`ArchitectureMismatchError` when two known architectures differ, and
+    :class:`ArchitectureMismatchError` when the adapters cannot share one architecture (known or candidate sets), and
     :class:`AdapterFileError` when one module key updates differently shaped weights.
     """
     from tqdm.auto import tqdm

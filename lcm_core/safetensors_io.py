@@ -135,8 +135,9 @@ def read_header(path: str | os.PathLike, *, max_bytes: int | None = None) -> Saf
         header = json.loads(text, object_pairs_hook=_pairs_no_duplicates(path))
     except AdapterFileError:
         raise
-    except (json.JSONDecodeError, RecursionError) as e:
-        msg = e.msg if isinstance(e, json.JSONDecodeError) else "nesting too deep"
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, or an integer literal over Python's digit limit
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else "nesting too deep" if isinstance(e, RecursionError) \
+            else str(e).split(";")[0]
         raise _fail(path, f"not a safetensors file: invalid header JSON ({msg})") from None
     if not isinstance(header, dict):
         raise _fail(path, "not a safetensors file: header is not a JSON object")

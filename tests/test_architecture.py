@@ -159,3 +159,98 @@ def test_require_architecture_names_both():
     with pytest.raises(ArchitectureMismatchError) as info:
         require_same_architecture({"a.safetensors": "sd1", "b.safetensors": "sdxl"})
     assert "sd1" in str(info.value) and "sdxl" in str(info.value) and "b.safetensors" in str(info.value)
+
+
+# --------------------------------------------------------------------------- architecture families
+# A partial adapter can be "unknown" between members of one family yet clearly not another
+# architecture: its candidate set (every architecture whose real model has all its modules with
+# these shapes, read off diffusers above) must be honoured by the checks.
+
+
+def _partial_sdxl():
+    """One SDXL cross-attention projection (640×2048): exists in SDXL and SSD-1B only."""
+    return select("sdxl", lambda k: k == "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k")
+
+
+def test_partial_sdxl_family_adapter_is_unknown_within_the_family():
+    part = _partial_sdxl()
+    assert len(part) == 1
+    det = detect_adapter_architecture(part)
+    # candidates = the architectures whose real model holds this module with this shape
+    reference = tuple(a for a in ARCHS if real_shapes(a).get(next(iter(part))) == next(iter(part.values())))
+    assert det.arch == "unknown" and det.candidates == reference == ("sdxl", "ssd1b")
+
+
+@pytest.mark.parametrize("expected", ["sd1", "sd2"])
+def test_family_candidates_exclude_other_architectures(expected):
+    det = detect_adapter_architecture(_partial_sdxl())
+    with pytest.raises(ArchitectureMismatchError) as info:
+        require_architecture(det, expected, "xl.safetensors")
+    msg = str(info.value)
+    assert msg.startswith("xl.safetensors: ") and f"expected {expected}, found sdxl or ssd1b" in msg
+    assert info.value.expected == expected and info.value.found == "sdxl or ssd1b"
+
+
+@pytest.mark.parametrize("expected", ["sdxl", "ssd1b"])
+def test_family_candidates_accept_family_members(expected):
+    det = detect_adapter_architecture(_partial_sdxl())
+    require_architecture(det, expected, "xl.safetensors")  # may be either: not a mismatch
+    with pytest.raises(ArchitectureMismatchError):  # ... but it is not *known* to be it
+        require_architecture(det, expected, "xl.safetensors", allow_unknown=False)
+
+
+def test_unknown_without_candidates_still_passes_by_default():
+    det = Detection("unknown", ["nothing fits"], ())
+    require_architecture(det, "sd1", "x")
+    require_architecture(None, "sd1", "x")
+
+
+def test_same_architecture_with_family_candidates():
+    xl = detect_adapter_architecture(_partial_sdxl())
+    sd1 = detect_adapter_architecture(select("sd1", lambda k: k.endswith("attn2.to_k")))
+    assert sd1.arch == "sd1"
+    with pytest.raises(ArchitectureMismatchError) as info:
+        require_same_architecture([("sd1.safetensors", sd1), ("xl.safetensors", xl)])
+    msg = str(info.value)
+    assert msg.startswith("xl.safetensors: ") and "expected sd1, found sdxl or ssd1b" in msg \
+        and "sd1.safetensors is sd1" in msg
+    # the order does not matter: the second input is the one named as the clash
+    with pytest.raises(ArchitectureMismatchError) as info:
+        require_same_architecture([("xl.safetensors", xl), ("sd1.safetensors", sd1)])
+    assert "expected sdxl or ssd1b, found sd1" in str(info.value)
+    # within the family: a known member narrows the unknown one; two unknowns stay ambiguous
+    assert require_same_architecture([("a", xl), ("b", "ssd1b")]) == "ssd1b"
+    assert require_same_architecture([("a", xl), ("b", xl), ("c", None)]) is None
+    # three pairwise-compatible candidate sets with an empty common set are still refused
+    with pytest.raises(ArchitectureMismatchError) as info:
+        require_same_architecture([("a", Detection("unknown", [], ("sd1", "sd2"))),
+                                   ("b", Detection("unknown", [], ("sd2", "sdxl"))),
+                                   ("c", Detection("unknown", [], ("sd1", "sdxl")))])
+    assert str(info.value).startswith("c: ") and "a, b together allow only sd2" in str(info.value)
+
+
+def test_merge_and_fuse_use_the_candidates_of_unknown_adapters(tmp_path):
+    from safetensors.torch import save_file
+
+    from lcm_lora.lcm_core.fuse_checkpoint import fuse_checkpoint
+    from lcm_lora.lcm_core.merge import merge_adapters
+
+    def adapter(shapes, arch=None):
+        return LoraAdapter({k: LoraModule(torch.ones(1, s[1]), torch.ones(s[0], 1)) for k, s in shapes.items()},
+                           architecture=arch)
+
+    xl = adapter(_partial_sdxl())
+    sd1 = adapter(select("sd1", lambda k: k.endswith("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")), "sd1")
+    with pytest.raises(ArchitectureMismatchError) as info:
+        merge_adapters([sd1, xl], [0.8, 1.0], names=["sd1.safetensors", "xl.safetensors"], progress=False)
+    assert "xl.safetensors" in str(info.value) and "sd1" in str(info.value) and "sdxl or ssd1b" in str(info.value)
+    merged, _ = merge_adapters([xl, xl], [1.0, 1.0], progress=False)
+    assert merged.architecture is None  # sdxl or ssd1b: still undecided
+    ckpt = tmp_path / "sd1.safetensors"
+    save_file({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(320, 768)},
+              ckpt)
+    with pytest.raises(ArchitectureMismatchError) as info:
+        fuse_checkpoint(ckpt, [xl], [1.0], ["xl.safetensors"], tmp_path / "out.safetensors", arch="sd1",
+                        progress=False)
+    assert "expected sd1, found sdxl or ssd1b" in str(info.value)
+    assert not (tmp_path / "out.safetensors").exists()

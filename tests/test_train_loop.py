@@ -2,7 +2,6 @@
 events, validation, loss decrease, and that the adapter loads in diffusers and lcm_core."""
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -234,3 +233,47 @@ def test_config_error_names_file_and_key_through_the_cli(tmp_path, capsys):
     assert err.startswith("error: ") and str(bad) in err and "train.batch_sise" in err
     assert main(["--config", str(TINY), "--output", str(tmp_path / "o"), "teacher=" + str(tmp_path / "nope"), "data=x"]) == 2
     assert "teacher.path" in capsys.readouterr().err
+
+
+def test_ema_target_bf16_autocast_checkpointing_and_accumulation(assets, tmp_path):
+    """The paper's EMA target θ⁻, bf16 autocast with fp32 LoRA weights, gradient checkpointing, accumulation."""
+    out = tmp_path / "ema"
+    over = _overrides(assets, max_steps=3, **{"lcd.target": "ema", "lcd.ema_decay": 0.5, "train.mixed_precision": "bf16",
+                                               "train.gradient_checkpointing": "true", "train.gradient_accumulation": 2,
+                                               "optim.learning_rate": 0.01})
+    result = train(TINY, out, overrides=over, progress=False)
+    assert result.status == "finished" and all(torch.isfinite(torch.tensor(result.losses)))
+    tensors = ckpt.load_checkpoint(result.checkpoint).tensors
+    online = {k: v for k, v in tensors.items() if not k.startswith("ema.")}
+    assert online and all(v.dtype == torch.float32 for v in online.values())
+    # θ⁻ after 3 updates with μ = 0.5 lags the online weights but has moved away from the zero init of B
+    b_keys = [k for k in online if "lora_B" in k]
+    ema_b = torch.cat([tensors["ema." + k].flatten() for k in b_keys])
+    online_b = torch.cat([online[k].flatten() for k in b_keys])
+    assert 0 < float(ema_b.abs().max()) and not torch.allclose(ema_b, online_b)
+
+
+def test_adapter_switch_gives_the_teacher_and_restores_the_student(assets):
+    from diffusers import UNet2DConditionModel
+
+    from lcm_lora.training.student import AdapterSwitch, add_lora
+
+    _, teacher_dir, _ = assets
+    base = UNet2DConditionModel.from_pretrained(teacher_dir, subfolder="unet").eval()
+    unet = UNet2DConditionModel.from_pretrained(teacher_dir, subfolder="unet").eval()
+    named = add_lora(unet, 4, 4, 0.0, None)
+    with torch.no_grad():
+        for _, p in named:
+            p.normal_(0, 0.1)
+    switch = AdapterSwitch(unet)
+    assert switch.fast and switch.layers
+    gen = torch.Generator().manual_seed(0)
+    x, t, ehs = torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([999, 19]), torch.randn(2, 16, 32, generator=gen)
+    with torch.no_grad():
+        student = unet(x, t, encoder_hidden_states=ehs).sample
+        with switch.disabled():
+            teacher = unet(x, t, encoder_hidden_states=ehs).sample
+        again = unet(x, t, encoder_hidden_states=ehs).sample
+        reference = base(x, t, encoder_hidden_states=ehs).sample
+    assert torch.equal(teacher, reference) and torch.equal(again, student) and not torch.allclose(student, reference)
+    assert all(p.requires_grad for _, p in named)

@@ -15,10 +15,8 @@ import torch
 
 
 def default_targets() -> list[str]:
-    try:  # TEMP-SHIM until lcm_core.targets lands
-        from ..lcm_core.targets import LCM_LORA_UNET_TARGETS
-    except ImportError:  # TEMP-SHIM
-        LCM_LORA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]  # TEMP-SHIM
+    """The released LCM-LoRA's UNet targets (the reference scripts' ``lora_target_modules`` default)."""
+    from ..lcm_core.targets import LCM_LORA_UNET_TARGETS
 
     return list(LCM_LORA_UNET_TARGETS)
 
@@ -42,9 +40,45 @@ def add_lora(unet, rank: int, alpha: float | None, dropout: float, targets: list
     return named
 
 
+class AdapterSwitch:
+    """Turns every LoRA layer of a UNet off and on (the teacher pass) — fast.
+
+    diffusers' ``disable_adapters()``/``enable_adapters()`` walk all ``named_modules()`` and
+    toggle ``requires_grad`` of every LoRA tensor on each call (≈10 % of a tiny-model step).
+    The LoRA layers are collected once here and only peft's per-layer switch
+    (``BaseTunerLayer._disable_adapters``, read by its ``disable_adapters`` property in every
+    LoRA ``forward``) is flipped; ``requires_grad`` is left alone, which is harmless because the
+    teacher pass runs under ``no_grad``. Falls back to the public API if peft lacks the attribute.
+    """
+
+    def __init__(self, unet):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self.unet = unet
+        self.layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+        self.fast = bool(self.layers) and all(hasattr(m, "_disable_adapters") for m in self.layers)
+
+    @contextmanager
+    def disabled(self):
+        if not self.fast:
+            self.unet.disable_adapters()
+            try:
+                yield self.unet
+            finally:
+                self.unet.enable_adapters()
+            return
+        for layer in self.layers:
+            layer._disable_adapters = True
+        try:
+            yield self.unet
+        finally:
+            for layer in self.layers:
+                layer._disable_adapters = False
+
+
 @contextmanager
 def adapters_disabled(unet):
-    """The teacher: the same UNet with every LoRA layer bypassed."""
+    """The teacher: the same UNet with every LoRA layer bypassed (public diffusers API)."""
     unet.disable_adapters()
     try:
         yield unet

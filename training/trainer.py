@@ -22,7 +22,6 @@ import math
 import os
 import signal
 import threading
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from .distributed import DistContext, init_distributed, no_sync, wrap_ddp
 from .ema import LoraEma
 from .lcd_step import LcdLoss, sample_lcd_randomness
 from .run_log import RunLog
-from .student import adapters_disabled, add_lora, lora_state_dict
+from .student import AdapterSwitch, add_lora, lora_state_dict
 from .teacher import Teacher, load_teacher, unet_forward
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -117,15 +116,19 @@ def _records(cfg: TrainConfig, teacher: Teacher, output_dir: Path, device, autoc
                                    ctx.rank, ctx.world, ctx.barrier, progress_factory)
 
 
-def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]):
+def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch.device):
+    """AdamW over the LoRA tensors only (the reference passes all UNet parameters; frozen ones have no grad).
+
+    torch's fused CUDA kernel / multi-tensor ("foreach") path, or bitsandbytes' 8-bit AdamW."""
     o = cfg.optim
+    kwargs = dict(lr=o.learning_rate, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, eps=o.eps)
     if o.optimizer == "adamw8bit":
         import bitsandbytes as bnb
 
-        cls = bnb.optim.AdamW8bit
-    else:
-        cls = torch.optim.AdamW
-    return cls(params, lr=o.learning_rate, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, eps=o.eps)
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    if device.type == "cuda":
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    return torch.optim.AdamW(params, foreach=True, **kwargs)
 
 
 def train(
@@ -148,190 +151,234 @@ def train(
         ctx.shutdown()
 
 
+class TrainingSession:
+    """Everything one run holds. :meth:`setup` loads models and data (and a checkpoint);
+    :meth:`step` is one optimizer step; :meth:`save` writes a checkpoint. ``train()`` drives it;
+    ``benchmarks/trainer`` times :meth:`step` directly."""
+
+    def __init__(self, cfg: TrainConfig, output_dir: Path, ctx: DistContext, progress: bool = True):
+        self.cfg, self.output_dir, self.ctx = cfg, Path(output_dir), ctx
+        self.device = ctx.device
+        self.show_progress = progress and cfg.logging.progress and ctx.is_main
+        mp = cfg.train.mixed_precision
+        self.weight_dtype = _DTYPES.get(mp, torch.float32)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=self.weight_dtype)) if mp in _DTYPES else nullcontext
+        self.step_count = 0
+        self.config_hash = config_hash(cfg)
+
+    def progress_factory(self, total, desc):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, disable=not self.show_progress, dynamic_ncols=True)
+
+    # ---------------------------------------------------------------- setup
+    def setup(self, resume_path: Path | None = None) -> "TrainingSession":
+        cfg, device, ctx = self.cfg, self.device, self.ctx
+        if cfg.train.batch_size % ctx.world:
+            raise ConfigError(cfg.source, f"key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by the number of processes ({ctx.world})")
+        if cfg.data.random_flip and cfg.data.cache_latents:
+            raise ConfigError(cfg.source, "keys 'data.random_flip' and 'data.cache_latents' cannot be combined (cached latents are unflipped)")
+        if device.type == "cuda" and cfg.train.allow_tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        torch.manual_seed(cfg.train.seed)  # LoRA init (peft: Kaiming-uniform A, zero B) is identical on every rank
+        self.teacher = teacher = load_teacher(cfg.teacher)
+        self.unet = unet = teacher.unet
+        base_dtype = self.weight_dtype if cfg.train.cast_base_weights else torch.float32
+        unet.to(device, dtype=base_dtype)
+        for enc in teacher.text_encoders:
+            enc.to(device, dtype=base_dtype)
+        if teacher.vae is not None:
+            teacher.vae.to(device, dtype=torch.float32)  # fp32 VAE, as the reference ("to avoid NaN losses")
+        self.named_params = add_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
+        self.params = [p for _, p in self.named_params]
+        self.adapters = AdapterSwitch(unet)
+        if cfg.train.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+
+        self.solver = DDIMSolver(teacher.alphas_cumprod, cfg.lcd.num_ddim_timesteps).to(device)
+        self.lcd = LcdLoss(self.solver, teacher.prediction_type, cfg.lcd.loss, cfg.lcd.huber_c, cfg.lcd.timestep_scaling)
+        self.optimizer = _optimizer(cfg, self.params, device)
+        from diffusers.optimization import get_scheduler
+
+        self.lr_scheduler = get_scheduler(cfg.optim.lr_scheduler, optimizer=self.optimizer,
+                                          num_warmup_steps=cfg.optim.lr_warmup_steps, num_training_steps=cfg.train.max_steps)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=(cfg.train.mixed_precision == "fp16"))
+        self.ema = LoraEma(self.named_params, cfg.lcd.ema_decay) if cfg.lcd.target == "ema" else None
+
+        records = _records(cfg, teacher, self.output_dir, device, self.autocast, ctx, self.progress_factory)
+        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.output_dir / "cache"
+        self.data = TrainingData(records, teacher, cfg.data, cache_dir, device, cfg.train.seed, num_workers=cfg.train.num_workers)
+        self.data.prepare(ctx.rank, ctx.world, ctx.barrier, self.progress_factory)
+        self.plan = BatchPlan([self.data.bucket_of[i] for i in range(len(records))], cfg.train.batch_size, cfg.train.seed)
+        if resume_path is not None:
+            self._restore(resume_path)
+        self.model = wrap_ddp(unet, ctx)
+        world = ctx.world
+        self.rows = slice(ctx.rank * cfg.train.batch_size // world, (ctx.rank + 1) * cfg.train.batch_size // world)
+        return self
+
+    def _restore(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path)
+        if state.state.get("trajectory") != _jsonable(trajectory_dict(self.cfg)):
+            raise ConfigError(path, "the checkpoint was trained with a different configuration "
+                              "(teacher, data, lcd, lora, optim or train settings differ); resume with the same config")
+        with torch.no_grad():
+            for name, p in self.named_params:
+                p.copy_(state.tensors[name])
+        if self.ema is not None:
+            self.ema.load_state_dict(state.tensors)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.lr_scheduler.load_state_dict(state.state["lr_scheduler"])
+        if state.state.get("scaler"):
+            self.scaler.load_state_dict(state.state["scaler"])
+        self.plan.load_state_dict(state.state["data"])
+        ckpt.restore_rng_states(state.rng, state.state["rng"])
+        self.step_count = state.step
+
+    # ---------------------------------------------------------------- models as callables
+    def _student(self, x, t, cond):
+        return unet_forward(self.model, x, t, cond)
+
+    def _teacher(self, x, t, cond):
+        with self.adapters.disabled():
+            return unet_forward(self.unet, x, t, cond)
+
+    def _target(self, x, t, cond):
+        if self.ema is None:  # stop-gradient online network, as the LoRA reference scripts
+            return unet_forward(self.unet, x, t, cond)
+        return self.ema.call(self.unet, x, t, encoder_hidden_states=cond["encoder_hidden_states"],
+                             added_cond_kwargs=cond.get("added_cond_kwargs")).sample
+
+    # ---------------------------------------------------------------- one optimizer step
+    def step(self) -> float:
+        """Run one optimizer step (all accumulation micro-steps); return the process-averaged loss.
+
+        A non-finite loss leaves the weights, optimizer and step counter untouched.
+        """
+        cfg, step = self.cfg, self.step_count
+        accum = cfg.train.gradient_accumulation
+        total = 0.0
+        for micro in range(accum):
+            global_items = self.plan.next()
+            gen = torch.Generator().manual_seed(step_seed(cfg.train.seed, step, micro))
+            latents, cond, time_ids = self.data.build(global_items, self.rows, f"{cfg.train.seed}-{step}-{micro}", gen)
+            uncond = self.data.uncond(cfg.lcd.uncond, latents.shape[0], time_ids)
+            global_shape = (len(global_items), *latents.shape[1:])
+            rnd = sample_lcd_randomness(global_shape, cfg.lcd.num_ddim_timesteps, cfg.lcd.w_min, cfg.lcd.w_max, gen).select(self.rows)
+            with no_sync(self.model, micro == accum - 1):
+                loss = self.lcd(self._student, self._teacher, self._target, latents, cond, uncond, rnd, self.autocast)
+                self.scaler.scale(loss / accum).backward()
+            total += float(loss.detach()) / accum
+        reduce_device = self.device if self.device.type == "cuda" else "cpu"
+        loss_value = float(self.ctx.mean(torch.tensor([total], device=reduce_device)).item())
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss_value
+        if cfg.optim.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        self.step_count += 1
+        return loss_value
+
+    # ---------------------------------------------------------------- checkpoints / export
+    def save(self) -> Path | None:
+        """Checkpoint the current step (main process writes; all processes wait)."""
+        path = None
+        if self.ctx.is_main:
+            tensors = {name: p.detach().float() for name, p in self.named_params}
+            if self.ema is not None:
+                tensors.update(self.ema.state_dict())
+            trainer_state = dict(
+                data=self.plan.state_dict(), lr_scheduler=self.lr_scheduler.state_dict(),
+                scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                config_hash=self.config_hash, trajectory=_jsonable(trajectory_dict(self.cfg)), config=_jsonable(self.cfg.to_dict()),
+            )
+            path = ckpt.save_checkpoint(self.output_dir, self.step_count, tensors, self.optimizer.state_dict(), trainer_state,
+                                        self.cfg.checkpoint.keep)
+        self.ctx.barrier()
+        return path
+
+    def export(self) -> Path:
+        return _export(self.unet, self.teacher, self.cfg, self.step_count, self.config_hash, self.output_dir)
+
+
 def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, ctx: DistContext) -> TrainResult:
-    device = ctx.device
-    if cfg.train.batch_size % ctx.world:
-        raise ConfigError(cfg.source, f"key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by the number of processes ({ctx.world})")
     resume_path = ckpt.resolve_resume(output_dir, resume)
     _prepare_output(output_dir, cfg, resume_path is not None or bool(resume), ctx.is_main)
     ctx.barrier()
-    if device.type == "cuda" and cfg.train.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    session = TrainingSession(cfg, output_dir, ctx, progress).setup(resume_path)
+    start_step = session.step_count
+    log = RunLog(output_dir, cfg.logging.backend, enabled=ctx.is_main, progress=session.show_progress,
+                 max_steps=cfg.train.max_steps, start_step=start_step)
+    log.event("start", status="running", start_step=start_step, max_steps=cfg.train.max_steps, config_hash=session.config_hash,
+              pid=os.getpid(), world_size=ctx.world, device=str(ctx.device),
+              resumed_from=None if resume_path is None else os.fspath(resume_path))
 
-    mp = cfg.train.mixed_precision
-    weight_dtype = _DTYPES.get(mp, torch.float32)
-    autocast = (lambda: torch.autocast(device.type, dtype=weight_dtype)) if mp in _DTYPES else nullcontext
+    saved_step = {"step": None if resume_path is None else session.step_count}
 
-    # ---------------------------------------------------------------- models
-    torch.manual_seed(cfg.train.seed)  # LoRA init (peft: Kaiming-uniform A, zero B) is identical on every rank
-    teacher = load_teacher(cfg.teacher)
-    unet = teacher.unet
-    base_dtype = weight_dtype if cfg.train.cast_base_weights else torch.float32
-    unet.to(device, dtype=base_dtype)
-    for enc in teacher.text_encoders:
-        enc.to(device, dtype=base_dtype)
-    if teacher.vae is not None:
-        teacher.vae.to(device, dtype=torch.float32)  # fp32 VAE, as the reference ("to avoid NaN losses")
-    named_params = add_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
-    params = [p for _, p in named_params]
-    if cfg.train.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-
-    solver = DDIMSolver(teacher.alphas_cumprod, cfg.lcd.num_ddim_timesteps).to(device)
-    lcd = LcdLoss(solver, teacher.prediction_type, cfg.lcd.loss, cfg.lcd.huber_c, cfg.lcd.timestep_scaling)
-    optimizer = _optimizer(cfg, params)
-    from diffusers.optimization import get_scheduler
-
-    lr_scheduler = get_scheduler(cfg.optim.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.optim.lr_warmup_steps,
-                                 num_training_steps=cfg.train.max_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=(mp == "fp16"))
-    ema = LoraEma(named_params, cfg.lcd.ema_decay) if cfg.lcd.target == "ema" else None
-
-    # ---------------------------------------------------------------- data
-    from tqdm.auto import tqdm
-
-    show = progress and cfg.logging.progress and ctx.is_main
-
-    def progress_factory(total, desc):
-        return tqdm(total=total, desc=desc, disable=not show, dynamic_ncols=True)
-
-    records = _records(cfg, teacher, output_dir, device, autocast, ctx, progress_factory)
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else output_dir / "cache"
-    data = TrainingData(records, teacher, cfg.data, cache_dir, device, cfg.train.seed, num_workers=cfg.train.num_workers)
-    if cfg.data.random_flip and cfg.data.cache_latents:
-        raise ConfigError(cfg.source, "keys 'data.random_flip' and 'data.cache_latents' cannot be combined (cached latents are unflipped)")
-    data.prepare(ctx.rank, ctx.world, ctx.barrier, progress_factory)
-    plan = BatchPlan([data.bucket_of[i] for i in range(len(records))], cfg.train.batch_size, cfg.train.seed)
-
-    # ---------------------------------------------------------------- resume
-    step = 0
-    thash = config_hash(cfg)
-    if resume_path is not None:
-        state = ckpt.load_checkpoint(resume_path)
-        if state.state.get("trajectory") != _jsonable(trajectory_dict(cfg)):
-            raise ConfigError(resume_path, "the checkpoint was trained with a different configuration "
-                              "(teacher, data, lcd, lora, optim or train settings differ); resume with the same config")
-        with torch.no_grad():
-            for name, p in named_params:
-                p.copy_(state.tensors[name])
-        if ema is not None:
-            ema.load_state_dict(state.tensors)
-        optimizer.load_state_dict(state.optimizer)
-        lr_scheduler.load_state_dict(state.state["lr_scheduler"])
-        if state.state.get("scaler"):
-            scaler.load_state_dict(state.state["scaler"])
-        plan.load_state_dict(state.state["data"])
-        ckpt.restore_rng_states(state.rng, state.state["rng"])
-        step = state.step
-    start_step = step
-
-    model = wrap_ddp(unet, ctx)
-    rows = slice(ctx.rank * cfg.train.batch_size // ctx.world, (ctx.rank + 1) * cfg.train.batch_size // ctx.world)
-
-    def student(x, t, cond):
-        return unet_forward(model, x, t, cond)
-
-    def teacher_fn(x, t, cond):
-        with adapters_disabled(unet):
-            return unet_forward(unet, x, t, cond)
-
-    def target_fn(x, t, cond):
-        if ema is None:  # stop-gradient online network, as the LoRA reference scripts
-            return unet_forward(unet, x, t, cond)
-        return ema.call(unet, x, t, encoder_hidden_states=cond["encoder_hidden_states"],
-                        added_cond_kwargs=cond.get("added_cond_kwargs")).sample
-
-    log = RunLog(output_dir, cfg.logging.backend, enabled=ctx.is_main, progress=show, max_steps=cfg.train.max_steps, start_step=step)
-    log.event("start", status="running", start_step=step, max_steps=cfg.train.max_steps, config_hash=thash, pid=os.getpid(),
-              world_size=ctx.world, device=str(device), resumed_from=None if resume_path is None else os.fspath(resume_path))
-
-    def save(step_now: int) -> Path | None:
-        path = None
-        if ctx.is_main:
-            tensors = {name: p.detach().float() for name, p in named_params}
-            if ema is not None:
-                tensors.update(ema.state_dict())
-            trainer_state = dict(
-                data=plan.state_dict(), lr_scheduler=lr_scheduler.state_dict(),
-                scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                config_hash=thash, trajectory=_jsonable(trajectory_dict(cfg)), config=_jsonable(cfg.to_dict()),
-            )
-            path = ckpt.save_checkpoint(output_dir, step_now, tensors, optimizer.state_dict(), trainer_state, cfg.checkpoint.keep)
-            log.event("checkpoint", step=step_now, path=os.fspath(path))
-        ctx.barrier()
+    def save() -> Path | None:
+        path = session.save()
+        saved_step["step"] = session.step_count
+        if path is not None:
+            log.event("checkpoint", step=session.step_count, path=os.fspath(path))
         return path
 
     stop = _StopFlag().install()
     losses: list[float] = []
     status = "finished"
     last_ckpt = resume_path
-    accum = cfg.train.gradient_accumulation
     try:
-        while step < cfg.train.max_steps:
-            total = 0.0
-            for micro in range(accum):
-                global_items = plan.next()
-                gen = torch.Generator().manual_seed(step_seed(cfg.train.seed, step, micro))
-                latents, cond, time_ids = data.build(global_items, rows, f"{cfg.train.seed}-{step}-{micro}", gen)
-                uncond = data.uncond(cfg.lcd.uncond, latents.shape[0], time_ids)
-                global_shape = (len(global_items), *latents.shape[1:])
-                rnd = sample_lcd_randomness(global_shape, cfg.lcd.num_ddim_timesteps, cfg.lcd.w_min, cfg.lcd.w_max, gen).select(rows)
-                with no_sync(model, micro == accum - 1):
-                    loss = lcd(student, teacher_fn, target_fn, latents, cond, uncond, rnd, autocast)
-                    scaler.scale(loss / accum).backward()
-                total += float(loss.detach()) / accum
-            loss_value = float(ctx.mean(torch.tensor([total], device=device if device.type == "cuda" else "cpu")).item())
+        while session.step_count < cfg.train.max_steps:
+            loss_value = session.step()
+            step = session.step_count
             if not math.isfinite(loss_value):
                 status = "diverged"
-                optimizer.zero_grad(set_to_none=True)
                 message = (f"non-finite loss ({loss_value}) at step {step + 1}; stopped without updating. "
                            f"Last good checkpoint: {last_ckpt or 'none'}. Try a lower optim.learning_rate or mixed_precision: bf16/no.")
                 log.event("end", step=step, status=status, adapter=None, message=message,
                           checkpoint=None if last_ckpt is None else os.fspath(last_ckpt))
+                log.close()
                 raise NonFiniteLossError(output_dir, message)
-            if cfg.optim.max_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update()
-            step += 1
             losses.append(loss_value)
-            log.step(step, loss_value, lr_scheduler.get_last_lr()[0], log_row=(step % cfg.logging.every == 0))
+            log.step(step, loss_value, session.lr_scheduler.get_last_lr()[0], log_row=(step % cfg.logging.every == 0))
             if on_step is not None:
                 on_step(step, loss_value)
-
             if ctx.is_main and cfg.validation.every and step % cfg.validation.every == 0:
-                images = _validate(teacher, unet, cfg, step, output_dir, device, autocast, solver, log)
+                images = _validate(session.teacher, session.unet, cfg, step, output_dir, ctx.device, session.autocast,
+                                   session.solver, log)
                 if images:
                     log.event("validation", step=step, images=images, steps=cfg.validation.steps)
             stop_now = ctx.any(stop.requested)
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.max_steps:
-                last_ckpt = save(step)
+                last_ckpt = save()
             if stop_now:
                 status = "interrupted"
-                if last_ckpt is None or ckpt.list_checkpoints(output_dir)[-1][0] != step:
-                    last_ckpt = save(step)
+                if saved_step["step"] != step:
+                    last_ckpt = save()
                 break
     finally:
         stop.restore()
 
     adapter_path = None
     if status == "finished":
-        last_ckpt = save(step)
+        last_ckpt = save()
         if ctx.is_main:
-            adapter_path = _export(unet, teacher, cfg, step, thash, output_dir)
-    log.event("end", step=step, status=status, adapter=None if adapter_path is None else os.fspath(adapter_path),
+            adapter_path = session.export()
+    log.event("end", step=session.step_count, status=status, adapter=None if adapter_path is None else os.fspath(adapter_path),
               checkpoint=None if last_ckpt is None else os.fspath(last_ckpt),
               message="finished" if status == "finished" else f"stopped by signal {stop.signal}; resume with --resume")
     log.close()
-    return TrainResult(adapter_path=adapter_path, final_step=step, losses=losses, status=status, output_dir=output_dir,
-                       checkpoint=last_ckpt, start_step=start_step)
+    return TrainResult(adapter_path=adapter_path, final_step=session.step_count, losses=losses, status=status,
+                       output_dir=output_dir, checkpoint=last_ckpt, start_step=start_step)
 
 
 def _validate(teacher, unet, cfg, step, output_dir, device, autocast, solver, log) -> list[str]:

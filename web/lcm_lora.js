@@ -187,19 +187,25 @@ function slotWidgets(node, i) {
   return ["adapter_", "weight_"].map((p) => node.widgets?.find((w) => w.name === p + i)).filter(Boolean);
 }
 
+const HIDDEN_SIZE = () => [0, -4];
+
+// Returns true when the widget's state had to change. Checks the live state (the front end may
+// rebuild widget objects while it configures a node), not a remembered flag.
 function setWidgetVisible(widget, visible) {
-  if (visible) {
-    if (widget.__lcmHidden) {
-      widget.hidden = false;
-      widget.computeSize = widget.__lcmOrigComputeSize;
-      delete widget.__lcmHidden;
-    }
-  } else if (!widget.__lcmHidden) {
-    widget.__lcmOrigComputeSize = widget.computeSize;
-    widget.__lcmHidden = true;
-    widget.hidden = true;
-    widget.computeSize = () => [0, -4];
+  const isHidden = widget.hidden === true && widget.computeSize === HIDDEN_SIZE;
+  if (visible && (widget.hidden || widget.computeSize === HIDDEN_SIZE)) {
+    widget.hidden = false;
+    if (widget.computeSize === HIDDEN_SIZE) widget.computeSize = widget.__lcmOrigComputeSize;
+    delete widget.__lcmOrigComputeSize;
+    return true;
   }
+  if (!visible && !isHidden) {
+    if (widget.computeSize !== HIDDEN_SIZE) widget.__lcmOrigComputeSize = widget.computeSize;
+    widget.hidden = true;
+    widget.computeSize = HIDDEN_SIZE;
+    return true;
+  }
+  return false;
 }
 
 function visibleSlots(node) {
@@ -211,14 +217,29 @@ function visibleSlots(node) {
   return Math.min(MAX_SLOTS, last + 1);
 }
 
+// Chain our slot update onto an adapter combo's callback (once per widget object: the front end
+// may rebuild widgets while it configures a node, so this is re-checked on every update).
+function watchAdapterWidgets(node) {
+  for (let i = 3; i <= MAX_SLOTS; i++) {
+    const a = node.widgets?.find((w) => w.name === "adapter_" + i);
+    if (!a || a.__lcmWatched) continue;
+    const cb = a.callback;
+    a.callback = function () {
+      const r = cb?.apply(this, arguments);
+      updateMergeSlots(node);
+      return r;
+    };
+    a.__lcmWatched = true;
+  }
+}
+
 function updateMergeSlots(node) {
+  watchAdapterWidgets(node);
   const shown = visibleSlots(node);
   let changed = false;
   for (let i = 3; i <= MAX_SLOTS; i++) {
     for (const w of slotWidgets(node, i)) {
-      const was = !w.__lcmHidden;
-      setWidgetVisible(w, i <= shown);
-      if (was !== i <= shown) changed = true;
+      if (setWidgetVisible(w, i <= shown)) changed = true;
     }
   }
   if (changed) {
@@ -247,7 +268,21 @@ function drawReport(node, ctx) {
 const extension = {
   name: EXT_NAME,
   async setup() {
-    setInterval(refreshWarnings, 1000);
+    setInterval(() => {
+      refreshWarnings();
+      for (const node of app.graph?._nodes ?? []) {
+        if ((node.type ?? node.comfyClass) === MERGE) updateMergeSlots(node);
+      }
+    }, 1000);
+  },
+  // a node restored from a saved workflow: its widget values are in place now
+  loadedGraphNode(node) {
+    if ((node.type ?? node.comfyClass) === MERGE) updateMergeSlots(node);
+  },
+  afterConfigureGraph() {
+    for (const node of app.graph?._nodes ?? []) {
+      if ((node.type ?? node.comfyClass) === MERGE) updateMergeSlots(node);
+    }
   },
   async nodeCreated(node) {
     const origDraw = node.onDrawForeground;
@@ -259,23 +294,18 @@ const extension = {
     };
     const type = node.type ?? node.comfyClass;
     if (type === MERGE) {
-      for (let i = 3; i <= MAX_SLOTS; i++) {
-        const a = node.widgets?.find((w) => w.name === "adapter_" + i);
-        if (!a) continue;
-        const cb = a.callback;
-        a.callback = function () {
-          const r = cb?.apply(this, arguments);
-          updateMergeSlots(node);
-          return r;
-        };
-      }
       const origConfigure = node.onConfigure;
       node.onConfigure = function () {
         const r = origConfigure?.apply(this, arguments);
-        updateMergeSlots(this);
+        setTimeout(() => updateMergeSlots(this), 0); // after the front end has restored the values
         return r;
       };
-      updateMergeSlots(node);
+      const origBackground = node.onDrawBackground;
+      node.onDrawBackground = function () {
+        updateMergeSlots(this); // before the widgets are drawn
+        return origBackground?.apply(this, arguments);
+      };
+      setTimeout(() => updateMergeSlots(node), 0);
       const origExecuted = node.onExecuted;
       node.onExecuted = function (message) {
         const r = origExecuted?.apply(this, arguments);

@@ -85,6 +85,9 @@ def configs_from_metadata(source, metadata: dict[str, str]) -> dict[str, dict]:
         packed = json.loads(raw)
     except json.JSONDecodeError as e:
         raise AdapterFileError(source, f"metadata {METADATA_KEY} is not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # over-long integer literal, nesting too deep
+        raise AdapterFileError(source, f"metadata {METADATA_KEY} is not valid JSON "
+                                       f"({'nested too deeply' if isinstance(e, RecursionError) else e})") from None
     if not isinstance(packed, dict):
         raise AdapterFileError(source, f"metadata {METADATA_KEY} is not a JSON object")
     out: dict[str, dict] = {}

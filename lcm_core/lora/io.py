@@ -127,7 +127,11 @@ def adapter_from_state_dict(
         if not isinstance(tensor, torch.Tensor):
             raise AdapterFileError(source, f"{key}: not a tensor")
         name, role = split_role(source, key)
-        groups.setdefault(name, {})[role] = (key, tensor)
+        group = groups.setdefault(name, {})
+        if role in group:  # e.g. `x.lora_A.weight` and `x.lora.down.weight`: which one is meant?
+            raise AdapterFileError(source, f"{group[role][0]} and {key} are both the {role} weight of {name} "
+                                           "(duplicate key in two spellings)")
+        group[role] = (key, tensor)
 
     families: dict[str, str] = {}
     for name in groups:

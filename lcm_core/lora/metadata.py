@@ -70,6 +70,8 @@ def alpha_none_keys(metadata: Mapping[str, str], keys) -> set[str]:
         return set(keys)
     try:
         listed = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, over-long integer, nested too deeply
+        return set()
+    if not isinstance(listed, list):
         return set()
     return {k for k in listed if isinstance(k, str)}

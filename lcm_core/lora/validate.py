@@ -74,6 +74,8 @@ def alpha_from_tensor(source, name: str, t: torch.Tensor) -> float:
 def check_finite(source, tensors: dict[str, torch.Tensor]) -> None:
     """Reject NaN / ±Inf anywhere (names the first offending tensor key)."""
     for key, t in tensors.items():
+        if t.is_floating_point() and t.element_size() == 1:  # float8: isfinite is not implemented
+            t = t.to(torch.float16)  # exact (every e4m3/e5m2 value, NaN and Inf included, is a float16)
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
             raise AdapterFileError(source, f"{key}: contains {kind} values")

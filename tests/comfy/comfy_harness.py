@@ -164,7 +164,9 @@ class ComfyServer:
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
 
-    def start(self, timeout: float = 240) -> "ComfyServer":
+    def start(self, timeout: float = 240, wait: bool = True) -> "ComfyServer":
+        """Launch the server; with ``wait=False`` return at once and call :meth:`wait_ready` later
+        (models may be put into place while it boots: ComfyUI lists folders on demand)."""
         self.prepare()
         self.port = free_port()
         cmd = [str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
@@ -173,6 +175,9 @@ class ComfyServer:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=str(self.comfy_path), stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)
+        return self.wait_ready(timeout) if wait else self
+
+    def wait_ready(self, timeout: float = 240) -> "ComfyServer":
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

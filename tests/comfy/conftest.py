@@ -111,8 +111,7 @@ def sd15_loras(comfy_env, tmp_path_factory) -> dict:
     return {"lcm": lcm, "style": style, "sdxl": sdxl}
 
 
-def write_lora_files(loras_dir: Path, loras: dict, comfy_env, workdir: Path) -> None:
-    comfy_path, python = comfy_env
+def write_lora_files(loras_dir: Path, loras: dict, keymap: dict, workdir: Path) -> None:
     (loras_dir / "formats").mkdir(parents=True, exist_ok=True)
     F.write_kohya(loras["lcm"], loras_dir / LCM_SD15)
     F.write_kohya(loras["style"], loras_dir / STYLE_SD15)
@@ -120,22 +119,29 @@ def write_lora_files(loras_dir: Path, loras: dict, comfy_env, workdir: Path) -> 
     dif = F.write_diffusers(loras["lcm"], workdir / "diffusers-lora")
     shutil.copy(dif, loras_dir / FORMAT_FILES["diffusers"])
     F.write_peft(loras["lcm"], loras_dir / "formats" / "lcm-peft")
-    shapes = H.diffusers_unet_shapes("sd1", workdir / "sd1_unet_shapes.json")
-    H.run_comfy_side(comfy_path, python, "comfy-lora", "--arch", "sd1", "--shapes", str(shapes),
-                     "--kohya", str(loras_dir / LCM_SD15), "--out", str(loras_dir / FORMAT_FILES["comfy"]))
+    F.write_comfy(loras["lcm"], loras_dir / FORMAT_FILES["comfy"], keymap)
     good = (loras_dir / STYLE_SD15).read_bytes()
     (loras_dir / CORRUPT).write_bytes(good[: len(good) // 2])  # header promises bytes that are missing
 
 
 @pytest.fixture(scope="session")
-def comfy(comfy_env, sd15_checkpoint, sd15_loras, tmp_path_factory, workdir):
-    """The running server (``comfy_harness.ComfyServer``), shared by every in-ComfyUI test."""
+def comfy(request, comfy_env, tmp_path_factory, workdir):
+    """The running server (``comfy_harness.ComfyServer``), shared by every in-ComfyUI test.
+
+    It boots while the checkpoint and adapters are made (ComfyUI lists model folders on demand).
+    """
     comfy_path, python = comfy_env
     server = H.ComfyServer(comfy_path, python, base_dir=tmp_path_factory.mktemp("comfy-base"))
-    server.prepare()
-    os.symlink(sd15_checkpoint, server.checkpoints / SD15_CKPT)
-    write_lora_files(server.loras, sd15_loras, comfy_env, workdir)
-    server.start()
+    server.start(wait=False)
+    try:
+        checkpoint = request.getfixturevalue("sd15_checkpoint")
+        os.symlink(checkpoint, server.checkpoints / SD15_CKPT)
+        facts = request.getfixturevalue("comfy_facts")
+        write_lora_files(server.loras, request.getfixturevalue("sd15_loras"), facts["keymaps"]["sd1"], workdir)
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
     try:
         yield server
     finally:

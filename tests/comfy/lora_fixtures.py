@@ -9,8 +9,9 @@ files are written the way each ecosystem writes them:
 * diffusers (``StableDiffusion[XL]Pipeline.save_lora_weights`` itself);
 * peft (a folder with ``adapter_model.safetensors`` — ``base_model.model.<path>.lora_A/B.weight`` —
   and the ``adapter_config.json`` written by ``peft.LoraConfig.save_pretrained``);
-* ComfyUI's own LoRA layout (``diffusion_model.<LDM path>.lora_up/down.weight``, as its
-  ``LoraSave`` node writes) is made in ComfyUI's python by ``scripts/comfy_side.py``.
+* ComfyUI's own LoRA layout (``diffusion_model.<LDM path>.lora_up/down.weight`` and
+  ``text_encoders.<clip key>.…``, as its ``LoraSave`` node writes), with names taken from
+  ComfyUI's own LoRA key maps (computed in ComfyUI's python by ``scripts/comfy_side.py``).
 
 Every format encodes the same ΔW = (alpha/rank)·up·down: alpha is rank/2 so the scale 0.5
 is exact in binary, and formats without alpha fold it into ``up`` (also exact).
@@ -39,11 +40,6 @@ class RandomLora:
     alpha: float
     down: dict[str, torch.Tensor]  # canonical key -> (r, in[, kh, kw])
     up: dict[str, torch.Tensor]  # canonical key -> (out, r[, 1, 1])
-
-    def delta(self, key: str) -> torch.Tensor:
-        up = self.up[key].reshape(self.up[key].shape[0], -1).double()
-        down = self.down[key].reshape(self.rank, -1).double()
-        return (self.alpha / self.rank) * (up @ down)
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,3 +164,19 @@ def write_peft(lora: RandomLora, folder: Path, component: str = "unet") -> Path:
     save_file(sd, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     json.loads((folder / "adapter_config.json").read_text())  # written by peft
     return folder / "adapter_model.safetensors"
+
+
+def write_comfy(lora: RandomLora, path: Path, keymap: dict) -> Path:
+    """ComfyUI layout; ``keymap`` = ComfyUI's ``{kohya name: [model weight key, shape]}`` for unet and clip."""
+    sd = {}
+    for key in lora.down:
+        name = kohya_name(key, lora.arch)
+        table = keymap["unet"] if name.startswith("lora_unet_") else keymap["clip"]
+        target = table[name][0][: -len(".weight")]
+        if not target.startswith("diffusion_model."):
+            target = "text_encoders." + target
+        sd[f"{target}.lora_down.weight"] = lora.down[key].contiguous()
+        sd[f"{target}.lora_up.weight"] = lora.up[key].contiguous()
+        sd[f"{target}.alpha"] = torch.tensor(float(lora.alpha))
+    save_file(sd, str(path))
+    return path

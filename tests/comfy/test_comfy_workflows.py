@@ -16,7 +16,8 @@ import comfy_harness as H
 pytestmark = pytest.mark.comfyui
 
 EXAMPLES = {p.stem: p for p in sorted((H.REPO / "example_workflows").glob("*.json"))}
-SD15_EXAMPLES = [n for n in EXAMPLES if "sdxl" not in n]
+# a, d, e share checkpoint, loader and prompts: run them back to back so ComfyUI's cache keeps those.
+SD15_EXAMPLES = sorted((n for n in EXAMPLES if "sdxl" not in n), key=lambda n: ("merge" in n, n))
 SDXL_EXAMPLES = [n for n in EXAMPLES if "sdxl" in n]
 
 

@@ -17,9 +17,6 @@ Sub-commands (all print one JSON line on stdout):
                 fails unless ComfyUI recognises the expected architecture.
                 Weights are streamed to disk (fp16, N(0, 1/fan_in)) so memory
                 stays small; norms are 1, biases 0.
-``comfy-lora``  rewrite a kohya LoRA in ComfyUI's generic layout (``diffusion_model.<LDM
-                path>.lora_up/down.weight``, ``text_encoders.<clip key>.…``, as ComfyUI's
-                ``LoraSave`` writes), mapping names with ComfyUI's own key maps.
 ``sigmas``      import the pack the way ComfyUI does and run the LCM Scheduler node for each
                 ``--cases`` (steps,original,denoise;…); map its sigmas back to timesteps with
                 ComfyUI's LCM model sampling (``ModelSamplingDiscrete`` "lcm") and with the
@@ -180,28 +177,6 @@ def cmd_keymap(a) -> dict:
     return {"out": a.out, **{arch: {"unet": len(r["unet"]), "clip": len(r["clip"])} for arch, r in result.items()}}
 
 
-def cmd_comfy_lora(a) -> dict:
-    import comfy.lora
-    import comfy.utils
-
-    mc, model, clip, _ = _meta_models(a.arch, a.shapes)
-    key_map = comfy.lora.model_lora_keys_unet(model, {})
-    key_map = comfy.lora.model_lora_keys_clip(clip, key_map)
-    src = comfy.utils.load_torch_file(a.kohya, safe_load=True)
-    out = {}
-    for key, tensor in src.items():
-        module, suffix = key.split(".", 1)
-        target = key_map[module]
-        if not isinstance(target, str) or not target.endswith(".weight"):
-            raise SystemExit(f"unexpected key map entry for {module}: {target}")
-        base = target[: -len(".weight")]
-        if not base.startswith("diffusion_model."):
-            base = "text_encoders." + base
-        out[f"{base}.{suffix}"] = tensor
-    comfy.utils.save_torch_file(out, a.out)
-    return {"out": a.out, "tensors": len(out)}
-
-
 def _import_pack(repo: str):
     import importlib.util
 
@@ -270,13 +245,12 @@ def cmd_facts(a) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["checkpoint", "keymap", "comfy-lora", "sigmas", "facts"])
+    p.add_argument("command", choices=["checkpoint", "keymap", "sigmas", "facts"])
     p.add_argument("--comfyui", required=True, help="ComfyUI checkout")
     p.add_argument("--arch", required=True, help="sd1 | sd2 | sdxl | ssd1b (keymap: comma-separated list)")
     p.add_argument("--shapes", required=True, help="JSON {diffusers UNet key: shape}")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kohya", help="comfy-lora: the kohya file to rewrite")
     p.add_argument("--repo", help="sigmas: the pack's folder")
     p.add_argument("--cases", help="sigmas: steps,original_steps,denoise;...")
     a = p.parse_args()
@@ -284,7 +258,7 @@ def main() -> None:
         if arch not in EXPECTED_CLASS:
             p.error(f"unknown --arch {arch}")
     _import_comfy(a.comfyui)
-    result = {"checkpoint": cmd_checkpoint, "keymap": cmd_keymap, "comfy-lora": cmd_comfy_lora, "sigmas": cmd_sigmas, "facts": cmd_facts}[a.command](a)
+    result = {"checkpoint": cmd_checkpoint, "keymap": cmd_keymap, "sigmas": cmd_sigmas, "facts": cmd_facts}[a.command](a)
     print(json.dumps(result), flush=True)
 
 

@@ -1,0 +1,136 @@
+// Drive the real ComfyUI front end (served by a running ComfyUI with the pack loaded) in Debian's
+// headless chromium via playwright-core, and report what it sees as JSON.
+//
+//   node ui_check.mjs --url http://127.0.0.1:8188 --workflows ../../example_workflows \
+//        --out result.json --screenshot shot.png [--chromium /usr/bin/chromium]
+//
+// Checks (results go to --out; the pytest wrapper asserts on them):
+//  * the pack's extension is registered (window.LCMLoRA);
+//  * every example workflow loads and the front end's own graphToPrompt() gives its API prompt;
+//  * the examples raise no LCM warning; an LCM-patched model feeding a KSampler with cfg 7,
+//    20 steps and euler does (badge state on the node + toast in the DOM);
+//  * LCM Adapter Merge shows one empty adapter slot and gains the next one when it is filled.
+import { chromium } from "playwright-core";
+import fs from "node:fs";
+import path from "node:path";
+
+function arg(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+const url = arg("url");
+const workflowsDir = arg("workflows");
+const out = arg("out");
+const screenshot = arg("screenshot");
+const executablePath = arg("chromium", process.env.CHROMIUM || "/usr/bin/chromium");
+if (!url || !workflowsDir || !out) {
+  console.error("usage: node ui_check.mjs --url URL --workflows DIR --out FILE [--screenshot FILE]");
+  process.exit(2);
+}
+
+const result = { console_errors: [], page_errors: [], prompts: {}, example_warnings: {} };
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1600, height: 900 } });
+  page.on("console", (m) => {
+    if (m.type() === "error") result.console_errors.push(`${m.text()} @ ${m.location()?.url ?? ""}`);
+  });
+  page.on("pageerror", (e) => result.page_errors.push(String(e)));
+  // Only the local ComfyUI is reachable in tests: the front end's calls to outside services are cut.
+  const host = new URL(url).hostname;
+  await page.route("**/*", (route) =>
+    new URL(route.request().url()).hostname === host ? route.continue() : route.abort());
+  await page.goto(url, { waitUntil: "domcontentloaded", timeout: 120000 });
+  // ready = app up, our extension loaded, and the node definitions registered
+  await page.waitForFunction(() => {
+    const LiteGraph = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
+    return window.comfyAPI?.app?.app?.graph && globalThis.LCMLoRA &&
+      LiteGraph?.registered_node_types?.LCMAdapterMerge && LiteGraph.registered_node_types.KSampler;
+  }, null, { timeout: 120000 });
+  result.extension_registered = await page.evaluate(() => {
+    const app = window.comfyAPI.app.app;
+    const names = (app.extensions ?? []).map((e) => e.name);
+    return { lcm: typeof globalThis.LCMLoRA?.checkGraph === "function", names: names.filter((n) => n.startsWith("lcm")) };
+  });
+
+  // Every example: load, convert with the front end's own graphToPrompt, check warnings.
+  for (const file of fs.readdirSync(workflowsDir).filter((f) => f.endsWith(".json")).sort()) {
+    const wf = JSON.parse(fs.readFileSync(path.join(workflowsDir, file), "utf8"));
+    const r = await page.evaluate(async (wf) => {
+      const app = window.comfyAPI.app.app;
+      await app.loadGraphData(wf, true, false, null);
+      const p = await app.graphToPrompt();
+      return { output: p.output, warnings: globalThis.LCMLoRA.checkGraph().map((w) => w.message) };
+    }, wf);
+    result.prompts[file.replace(/\.json$/, "")] = r.output;
+    result.example_warnings[file.replace(/\.json$/, "")] = r.warnings;
+    await page.keyboard.press("Escape"); // close a "missing models" dialog, if any
+  }
+
+  // Merge node: slots on demand.
+  const mergeFile = fs.readdirSync(workflowsDir).find((f) => f.includes("merge"));
+  const wfMerge = JSON.parse(fs.readFileSync(path.join(workflowsDir, mergeFile), "utf8"));
+  result.merge_slots = await page.evaluate(async (wf) => {
+    const app = window.comfyAPI.app.app;
+    await app.loadGraphData(wf, true, false, null);
+    await new Promise((r) => setTimeout(r, 200));
+    const node = app.graph._nodes.find((n) => n.type === "LCMAdapterMerge");
+    const hidden = () => node.widgets.filter((w) => w.hidden).map((w) => w.name);
+    const before = { visible: globalThis.LCMLoRA.visibleSlots(node), hidden: hidden(), height: node.size[1] };
+    const a3 = node.widgets.find((w) => w.name === "adapter_3");
+    a3.value = a3.options.values.find((v) => v !== "None");
+    a3.callback?.(a3.value);
+    const after = { visible: globalThis.LCMLoRA.visibleSlots(node), hidden: hidden(), height: node.size[1] };
+    const prompt = (await app.graphToPrompt()).output;
+    const mergeInputs = prompt[String(node.id)].inputs;
+    return { before, after, adapter_3: mergeInputs.adapter_3 ?? null, chosen: a3.value };
+  }, wfMerge);
+
+  // An LCM-patched model feeding a stock KSampler with cfg 7, 20 steps, euler → warning.
+  const wfA = JSON.parse(fs.readFileSync(path.join(workflowsDir, fs.readdirSync(workflowsDir).find((f) => f.startsWith("a_"))), "utf8"));
+  result.warning_case = await page.evaluate(async (wf) => {
+    const app = window.comfyAPI.app.app;
+    const LiteGraph = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
+    await app.loadGraphData(wf, true, false, null);
+    const graph = app.graph;
+    const loader = graph._nodes.find((n) => n.type === "LCMLoraLoader");
+    const ks = LiteGraph.createNode("KSampler");
+    ks.pos = [1250, 640];
+    graph.add(ks);
+    loader.connect(0, ks, ks.inputs.findIndex((i) => i.name === "model"));
+    ks.widgets.find((w) => w.name === "cfg").value = 7;
+    ks.widgets.find((w) => w.name === "steps").value = 20;
+    ks.widgets.find((w) => w.name === "sampler_name").value = "euler";
+    const warnings = globalThis.LCMLoRA.refreshWarnings();
+    const mine = warnings.filter((w) => w.nodeId === ks.id);
+    app.canvas.ds.scale = 0.68;
+    app.canvas.ds.offset = [30, 60];
+    graph.setDirtyCanvas(true, true);
+    return { problems: mine.flatMap((w) => w.problems), badge: !!ks.__lcmWarning, ksId: ks.id };
+  }, wfA);
+  await page.waitForTimeout(1500);
+  result.toast_text = await page.evaluate(() =>
+    [...document.querySelectorAll(".p-toast-message")].map((e) => e.innerText).join("\n"));
+  if (screenshot) {
+    await page.screenshot({ path: screenshot, fullPage: false });
+    result.screenshot = screenshot;
+  }
+  result.warning_cleared = await page.evaluate((ksId) => {
+    const app = window.comfyAPI.app.app;
+    const ks = app.graph.getNodeById(ksId);
+    ks.widgets.find((w) => w.name === "cfg").value = 1.5;
+    ks.widgets.find((w) => w.name === "steps").value = 4;
+    ks.widgets.find((w) => w.name === "sampler_name").value = "lcm";
+    const left = globalThis.LCMLoRA.refreshWarnings().filter((w) => w.nodeId === ksId);
+    return left.length === 0 && !ks.__lcmWarning;
+  }, result.warning_case.ksId);
+} finally {
+  await browser.close();
+}
+fs.writeFileSync(out, JSON.stringify(result, null, 1));
+console.log(`wrote ${out}`);

@@ -1,0 +1,97 @@
+"""The web extension in a real browser: Debian's headless chromium, driven by playwright-core
+(``tests/browser``), against the real ComfyUI server and front end.
+
+Needs ``chromium`` (``apt-get install chromium``) and ``npm --prefix tests/browser ci``; skips
+loudly otherwise. Set ``LCM_LORA_SCREENSHOT=docs/web_extension.png`` to refresh the screenshot
+in ``docs/`` (by default it goes to a temporary folder).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import comfy_harness as H
+
+pytestmark = pytest.mark.comfyui
+
+BROWSER_DIR = H.REPO / "tests" / "browser"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def _browser_skip_reason() -> str | None:
+    if shutil.which("node") is None:
+        return "browser test needs node (apt-get install nodejs npm)"
+    if not Path(CHROMIUM).exists():
+        return f"browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM=...)"
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        return "browser test needs playwright-core: run `npm --prefix tests/browser ci`"
+    return None
+
+
+@pytest.fixture(scope="module")
+def ui(comfy, tmp_path_factory):
+    reason = _browser_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("browser")
+    out = work / "ui.json"
+    shot = Path(os.environ.get("LCM_LORA_SCREENSHOT", work / "web_extension.png"))
+    if not shot.is_absolute():
+        shot = H.REPO / shot
+    cmd = ["node", str(BROWSER_DIR / "ui_check.mjs"), "--url", comfy.url(""), "--workflows",
+           str(H.REPO / "example_workflows"), "--out", str(out), "--screenshot", str(shot), "--chromium", CHROMIUM]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(BROWSER_DIR))
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    data["_screenshot_path"] = str(shot)
+    return data
+
+
+def test_extension_loaded_without_errors(ui):
+    assert ui["extension_registered"]["lcm"]
+    assert ui["extension_registered"]["names"] == ["lcm_lora.ui"]
+    ours = [e for e in ui["page_errors"] + ui["console_errors"] if "lcm" in e.lower()]
+    assert not ours, ours
+
+
+def test_frontend_prompt_equals_harness_conversion(ui, object_info):
+    """The front end's own graphToPrompt is the reference for the API prompts the tests run."""
+    assert sorted(ui["prompts"]) == sorted(p.stem for p in (H.REPO / "example_workflows").glob("*.json"))
+    for name, front in ui["prompts"].items():
+        ours = H.ui_to_api(json.loads((H.REPO / "example_workflows" / f"{name}.json").read_text()), object_info)
+        assert sorted(front) == sorted(ours), name
+        assert all("UNKNOWN" not in json.dumps(n) for n in front.values()), "front end did not know a node"
+        for node_id, node in front.items():
+            assert node["class_type"] == ours[node_id]["class_type"]
+            assert node["inputs"] == ours[node_id]["inputs"], f"{name} node {node_id}"
+
+
+def test_examples_raise_no_warning(ui):
+    assert all(not w for w in ui["example_warnings"].values()), ui["example_warnings"]
+
+
+def test_warning_badge_and_toast_for_bad_sampler_settings(ui):
+    case = ui["warning_case"]
+    assert case["badge"]
+    assert any(p.startswith("cfg 7") for p in case["problems"])
+    assert any(p.startswith("steps 20") for p in case["problems"])
+    assert any("euler" in p for p in case["problems"])
+    assert "LCM-LoRA" in ui["toast_text"] and "cfg 7" in ui["toast_text"]
+    assert ui["warning_cleared"]
+    assert Path(ui["_screenshot_path"]).stat().st_size > 10_000
+
+
+def test_merge_node_gains_slots_on_demand(ui):
+    slots = ui["merge_slots"]
+    assert slots["before"]["visible"] == 3
+    assert {"adapter_4", "weight_4", "adapter_8", "weight_8"} <= set(slots["before"]["hidden"])
+    assert "adapter_3" not in slots["before"]["hidden"]
+    assert slots["after"]["visible"] == 4
+    assert "adapter_4" not in slots["after"]["hidden"] and "adapter_5" in slots["after"]["hidden"]
+    assert slots["after"]["height"] > slots["before"]["height"]
+    assert slots["adapter_3"] == slots["chosen"]

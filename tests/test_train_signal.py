@@ -1,0 +1,53 @@
+"""A real SIGTERM to a training subprocess (as the ComfyUI panel sends): checkpoint, clean exit, resumable."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+from lcm_lora.training import checkpoint as ckpt
+from lcm_lora.training.run_log import read_events
+from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
+    data = write_tiny_dataset(tmp_path / "data", n=8, size=16)
+    out = tmp_path / "run"
+    common = [sys.executable, "-m", "lcm_lora.training", "--config", str(TINY), "--output", str(out), "--no-progress",
+              f"teacher={teacher}", f"data={data}", "batch_size=2", "lora.rank=4", "validation.every=0", "checkpoint.every=0"]
+    args = common + ["max_steps=100000"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if sum(e["event"] == "step" for e in read_events(out)) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    events = read_events(out)
+    end = events[-1]
+    assert end["event"] == "end" and end["status"] == "interrupted"
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    saved = ckpt.list_checkpoints(out)
+    assert saved and saved[-1][0] == steps[-1] == end["step"]
+    state = json.loads((saved[-1][1] / "trainer_state.json").read_text())
+    assert state["step"] == steps[-1]
+    # resumable from the command line, with a new step budget
+    done = subprocess.run(common + [f"max_steps={steps[-1] + 1}", "--resume"], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "lcm_lora.safetensors").is_file()
