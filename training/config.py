@@ -424,8 +424,6 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(src, f"key 'validation.steps' must hold positive step counts, got {cfg.validation.steps}")
     if cfg.data.path and cfg.data.prompts:
         raise ConfigError(src, "keys 'data.path' and 'data.prompts' are exclusive: give an image folder or a prompt list")
-    if cfg.data.bucket_step % 8 and cfg.data.resolution >= 64:
-        raise ConfigError(src, f"key 'data.bucket_step' must be a multiple of 8 (VAE downsampling), got {cfg.data.bucket_step}")
     if cfg.output.format == "peft" and cfg.output.name.endswith(".safetensors"):
         cfg.output.name = cfg.output.name[: -len(".safetensors")]
     if cfg.optim.optimizer == "adamw8bit":

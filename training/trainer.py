@@ -211,6 +211,7 @@ class TrainingSession:
         records = _records(cfg, teacher, self.output_dir, device, self.autocast, ctx, self.progress_factory)
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.output_dir / "cache"
         self.data = TrainingData(records, teacher, cfg.data, cache_dir, device, cfg.train.seed, num_workers=cfg.train.num_workers)
+        self._check_sizes()
         self.data.prepare(ctx.rank, ctx.world, ctx.barrier, self.progress_factory)
         self.plan = BatchPlan([self.data.bucket_of[i] for i in range(len(records))], cfg.train.batch_size, cfg.train.seed)
         if resume_path is not None:
@@ -219,6 +220,15 @@ class TrainingSession:
         world = ctx.world
         self.rows = slice(ctx.rank * cfg.train.batch_size // world, (ctx.rank + 1) * cfg.train.batch_size // world)
         return self
+
+    def _check_sizes(self) -> None:
+        """Every bucket must be divisible by VAE × UNet downsampling (8 × 8 = 64 px for SD)."""
+        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        multiple = self.teacher.downsample * unet_factor
+        for w, h in sorted(set(self.data.bucket_of)):
+            if w % multiple or h % multiple:
+                raise ConfigError(self.cfg.source, f"keys 'data.resolution'/'data.bucket_step': a {w}x{h} px training size is not "
+                                  f"a multiple of {multiple} px (VAE x{self.teacher.downsample}, UNet x{unet_factor}) for this teacher")
 
     def _restore(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path)
