@@ -59,7 +59,7 @@ class DemoConfig:
     batch_size: int = 600
     seed: int = 0
     split_seed: int = 0
-    teacher_retrain_steps: int = 1500
+    teacher_retrain_steps: int | None = None  # None: TeacherSettings' default, i.e. the shipped teacher's recipe
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,7 +116,9 @@ def prepare_teacher(cache_dir: Path, cfg: DemoConfig, retrain: bool, progress: b
     if retrain:
         from .teacher_training import TeacherSettings, train_teacher
 
-        settings = TeacherSettings(steps=cfg.teacher_retrain_steps, resolution=cfg.resolution, split_seed=cfg.split_seed)
+        settings = TeacherSettings(resolution=cfg.resolution, split_seed=cfg.split_seed)
+        if cfg.teacher_retrain_steps:
+            settings.steps = cfg.teacher_retrain_steps
         folder = cache_dir / f"teacher-trained-{_key(settings.to_json(), CACHE_VERSION)}"
         source = "trained here"
         if not (folder / "unet").is_dir():

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .architecture import detect_adapter_architecture, detect_checkpoint_architecture, require_architecture
-from .errors import AdapterFileError
+from .errors import AdapterFileError, OutputExistsError
 from .fuse import fuse_into_weights
 from .lora.adapter import LoraAdapter
 from .lora.keys import canonical_to_ldm_weight
@@ -50,6 +50,8 @@ def fuse_checkpoint(
     """
     if Path(checkpoint).is_dir():
         raise AdapterFileError(checkpoint, "is a directory; fuse needs a single-file .safetensors checkpoint")
+    if not overwrite and Path(output).exists():  # before the work, not after (the write checks again)
+        raise OutputExistsError(output, "already exists; pass --force / overwrite=True to replace it")
     arch = arch or checkpoint_architecture(checkpoint)
     for name, adapter in zip(names, adapters):
         # unknown adapters still carry candidates (e.g. sdxl or ssd1b): those must include ``arch``

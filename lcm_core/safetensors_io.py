@@ -27,7 +27,7 @@ from typing import Iterable, Mapping
 import torch
 
 from .atomic_write import atomic_file
-from .errors import AdapterFileError
+from .errors import AdapterFileError, LcmLoraError
 
 # Bytes per element of every dtype the safetensors format defines (safetensors `Dtype`).
 DTYPE_SIZES: dict[str, int] = {
@@ -88,6 +88,35 @@ def _pairs_no_duplicates(path):
     return hook
 
 
+# Pickle-based PyTorch files (``torch.save``: a zip archive, or a bare pickle before torch 1.6).
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+
+
+def _pickle_kind(head: bytes) -> str | None:
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, the torch.save format"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle PROTO opcode
+        return f"a Python pickle (protocol {head[1]}), the legacy torch.save format"
+    return None
+
+
+def _not_safetensors(path: Path, head: bytes, problem: str) -> AdapterFileError:
+    """The file failed before its header parsed: say so, and call a pickle a pickle.
+
+    Pickle-based files are never loaded: unpickling can run arbitrary code (the reason the
+    safetensors format exists). Content is sniffed only after the safetensors reading failed,
+    so a valid safetensors file whose length bytes happen to look like a pickle is unaffected.
+    """
+    kind = _pickle_kind(head)
+    if kind is not None:
+        return _fail(path, f"not a safetensors file but a pickle-based PyTorch checkpoint ({kind}): refused, "
+                           "because unpickling can run arbitrary code; use the .safetensors version of this file")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        problem += (f"; {path.suffix} files are usually PyTorch pickles, which are never loaded (unpickling can "
+                    "run arbitrary code): use the .safetensors version")
+    return _fail(path, "not a safetensors file: " + problem)
+
+
 def _check_path(path: Path) -> int:
     if not path.exists():
         raise _fail(path, "file not found")
@@ -110,27 +139,31 @@ def read_header(path: str | os.PathLike, *, max_bytes: int | None = None) -> Saf
     size = _check_path(path)
     if max_bytes is not None and size > max_bytes:
         raise _fail(path, f"file is {size} bytes, above the limit of {max_bytes} bytes")
-    if size < 8:
-        raise _fail(path, f"not a safetensors file: only {size} bytes, the 8-byte header length is missing")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n == 0:
-            raise _fail(path, "not a safetensors file: header length is 0")
-        if n > MAX_HEADER_BYTES:
-            raise _fail(path, f"not a safetensors file: declared header length {n} bytes exceeds the "
-                              f"{MAX_HEADER_BYTES}-byte limit (corrupt or not safetensors)")
-        if 8 + n > size:
-            raise _fail(path, f"truncated or not a safetensors file: header length {n} bytes but the file "
-                              f"has only {size - 8} bytes after the length field")
-        raw = f.read(n)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if size < 8:
+                raise _not_safetensors(path, head, f"only {size} bytes, the 8-byte header length is missing")
+            (n,) = struct.unpack("<Q", head)
+            if n == 0:
+                raise _not_safetensors(path, head, "header length is 0")
+            if n > MAX_HEADER_BYTES:
+                raise _not_safetensors(path, head, f"declared header length {n} bytes exceeds the "
+                                                   f"{MAX_HEADER_BYTES}-byte limit (corrupt or not safetensors)")
+            if 8 + n > size:
+                raise _not_safetensors(path, head, f"truncated or not safetensors: header length {n} bytes but the "
+                                                   f"file has only {size - 8} bytes after the length field")
+            raw = f.read(n)
+    except OSError as e:  # permission denied, I/O error, file vanished
+        raise _fail(path, f"cannot read the file: {e.strerror or e}") from None
     if len(raw) != n:
         raise _fail(path, "truncated: file changed while reading the header")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _fail(path, f"not a safetensors file: header is not UTF-8 ({e.reason} at byte {e.start})") from None
+        raise _not_safetensors(path, head, f"header is not UTF-8 ({e.reason} at byte {e.start})") from None
     if not text.lstrip().startswith("{"):
-        raise _fail(path, "not a safetensors file: header is not a JSON object")
+        raise _not_safetensors(path, head, "header is not a JSON object")
     try:
         header = json.loads(text, object_pairs_hook=_pairs_no_duplicates(path))
     except AdapterFileError:
@@ -253,5 +286,10 @@ def write_safetensors(
         if ptr is not None:
             seen.add(t.untyped_storage().data_ptr())
         clean[k] = t
-    with atomic_file(path, overwrite=overwrite) as tmp:
-        save_file(clean, os.fspath(tmp), metadata=meta or None)
+    from safetensors import SafetensorError
+
+    try:
+        with atomic_file(path, overwrite=overwrite) as tmp:
+            save_file(clean, os.fspath(tmp), metadata=meta or None)
+    except (OSError, SafetensorError) as e:  # disk full, permission denied, I/O error: nothing left at `path`
+        raise LcmLoraError(path, f"cannot write: {getattr(e, 'strerror', None) or e}") from None

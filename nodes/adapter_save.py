@@ -73,5 +73,5 @@ class LCMAdapterSave(io.ComfyNode):
             )
         write_adapter(out, full, format="kohya", overwrite=bool(overwrite),
                       extra_metadata={"lcm_lora.saved_by": "comfyui-lcm-lora LCM Adapter Save", "lcm_lora.dtype": dtype})
-        text = f"saved {name} ({bridge.describe(out)})"
+        text = f"saved {name} ({bridge.describe(out, 'kohya')}, {dtype})"
         return io.NodeOutput(name, ui={"text": [text], "lcm_saved": [name]})

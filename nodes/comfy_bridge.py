@@ -102,7 +102,10 @@ class _AdapterCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        adapter = read_adapter(path)
+        # Structure is fully validated (header, byte ranges, pairs, ranks, shapes, architecture);
+        # the NaN/Inf scan of every value is left to `lcm-lora inspect`: LoraLoader does not scan
+        # either, and the scan would make a cold apply many times slower than LoraLoader's.
+        adapter = read_adapter(path, check_values=False)
         with self._lock:
             self._items[key] = adapter
             while len(self._items) > self.size:
@@ -135,16 +138,24 @@ def model_architecture(model) -> str:
     return arch
 
 
-def check_adapter_architecture(name: str, adapter: LoraAdapter, model_arch: str) -> None:
-    """Clear node error when the adapter was made for another base model."""
-    found = adapter.architecture
-    if found in (None, "unknown") or found == model_arch:
-        return
-    raise ArchitectureMismatchError(
+def _mismatch(name: str, found: str, model_arch: str) -> ArchitectureMismatchError:
+    return ArchitectureMismatchError(
         name, expected=model_arch, found=found,
         detail=f"adapter {name} is {ARCH_NAMES.get(found, found)} ({found}), "
                f"the model is {ARCH_NAMES.get(model_arch, model_arch)} ({model_arch})",
     )
+
+
+def check_adapter_architecture(name: str, adapter: LoraAdapter, model_arch: str) -> None:
+    """Clear node error when the adapter was made for another base model.
+
+    SSD-1B's modules are a subset of SDXL's, so an adapter that only looks like SDXL may still
+    fit an SSD-1B model: that case is decided by the module check in :func:`adapter_patches`.
+    """
+    found = adapter.architecture
+    if found in (None, "unknown") or found == model_arch or (found, model_arch) == ("sdxl", "ssd1b"):
+        return
+    raise _mismatch(name, found, model_arch)
 
 
 # -- patches --------------------------------------------------------------------------------
@@ -155,29 +166,79 @@ def _component_filter(state_dict: dict, keep_unet: bool, keep_text: bool) -> dic
     return {k: v for k, v in state_dict.items() if keep(k)}
 
 
-def adapter_patches(name: str, adapter: LoraAdapter, arch: str, model=None, clip=None) -> dict:
-    """ComfyUI patch dict for ``adapter`` on ``model`` / ``clip`` (either may be None).
+_KEY_MAPS: OrderedDict = OrderedDict()
+_KEY_MAPS_LOCK = threading.Lock()
+_PATCH_CACHE_ATTR = "_lcm_comfy_patch_cache"
 
-    Only the components that will be patched are converted, so nothing is "not loaded".
-    """
-    from ..lcm_core.lora import adapter_to_state_dict
 
-    state_dict = adapter_to_state_dict(adapter, "kohya", arch)
-    state_dict = _component_filter(state_dict, model is not None, clip is not None)
+def _model_signature(model) -> tuple | None:
+    """What ComfyUI's UNet LoRA key map depends on: the model class and its UNet config."""
+    if model is None:
+        return None
+    cfg = model.model.model_config
+    return (type(model.model).__name__, type(cfg).__name__, repr(sorted(cfg.unet_config.items(), key=lambda kv: kv[0])))
+
+
+def _clip_signature(clip) -> tuple | None:
+    if clip is None:
+        return None
+    return (type(clip.cond_stage_model).__name__,)
+
+
+def _key_map(model, clip) -> dict:
+    """``model_lora_keys_unet`` + ``model_lora_keys_clip`` (ComfyUI's LoraLoader maps), cached per model structure."""
+    sig = (_model_signature(model), _clip_signature(clip))
+    with _KEY_MAPS_LOCK:
+        if sig in _KEY_MAPS:
+            _KEY_MAPS.move_to_end(sig)
+            return _KEY_MAPS[sig]
     key_map: dict = {}
     if model is not None:
         key_map = comfy.lora.model_lora_keys_unet(model.model, key_map)
     if clip is not None:
         key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+    with _KEY_MAPS_LOCK:
+        _KEY_MAPS[sig] = key_map
+        while len(_KEY_MAPS) > 8:
+            _KEY_MAPS.popitem(last=False)
+    return key_map
+
+
+def adapter_patches(name: str, adapter: LoraAdapter, arch: str, model=None, clip=None) -> dict:
+    """ComfyUI patch dict for ``adapter`` on ``model`` / ``clip`` (either may be None).
+
+    Only the components that will be patched are converted, so nothing is "not loaded". The
+    result is remembered on the adapter object (per model structure): patches are immutable
+    views of the adapter's tensors, so re-applying a cached adapter costs only ``add_patches``.
+    """
+    from ..lcm_core.lora import adapter_to_state_dict
+
+    cache = adapter.__dict__.setdefault(_PATCH_CACHE_ATTR, {})
+    sig = (arch, _model_signature(model), _clip_signature(clip))
+    if sig in cache:
+        return cache[sig]
+    try:
+        state_dict = adapter_to_state_dict(adapter, "kohya", arch)
+    except ValueError as e:
+        raise AdapterFileError(name, f"cannot be applied to a {ARCH_NAMES.get(arch, arch)} model: {e}") from None
+    state_dict = _component_filter(state_dict, model is not None, clip is not None)
+    key_map = _key_map(model, clip)
     modules = sorted({k.split(".", 1)[0] for k in state_dict})
     unknown = [m for m in modules if m not in key_map]
     if unknown:
+        if adapter.architecture not in (None, "unknown", arch):
+            raise _mismatch(name, adapter.architecture, arch)
         raise AdapterFileError(
             name,
             f"{len(unknown)} of {len(modules)} LoRA modules have no counterpart in this "
             f"{ARCH_NAMES.get(arch, arch)} model (e.g. {', '.join(unknown[:3])})",
         )
-    return comfy.lora.load_lora(state_dict, key_map, log_missing=True)
+    # Only this adapter's modules: same patches as with the full map, without load_lora trying
+    # every weight-adapter type on the thousands of other model keys.
+    to_load = {m: key_map[m] for m in modules}
+    patches = comfy.lora.load_lora(state_dict, to_load, log_missing=True)
+    cache[sig] = patches
+    return patches
 
 
 def apply_patches(patches: dict, model, clip, strength_model: float, strength_clip: float):
@@ -204,8 +265,10 @@ def patch_lcm_sampling(model):
     return patched
 
 
-def describe(adapter: LoraAdapter) -> str:
+def describe(adapter: LoraAdapter, fmt: str | None = None) -> str:
+    """One line for the node's UI: architecture, modules, ranks, format."""
     ranks = sorted(adapter.ranks())
     rank = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}" if ranks else "-"
+    fmt = fmt or adapter.source_format or "in-memory"
     return (f"{ARCH_NAMES.get(adapter.architecture, adapter.architecture or 'unknown')}, "
-            f"{len(adapter)} modules, rank {rank}, {adapter.source_format or '?'} format")
+            f"{len(adapter)} modules, rank {rank}, {fmt} format")

@@ -332,28 +332,32 @@ def _empty(draw, base, sd, md):
     return which
 
 
+def bad_config_values(comp: str, rank: int) -> list[str]:
+    """``lora_adapter_metadata`` texts that no LoraConfig can come from (all must be refused)."""
+    return [
+        "{not json", "[1, 2, 3]", "42", '"text"', "[" * 5000 + "]" * 5000,
+        json.dumps({f"{comp}.r": rank + 1}),
+        json.dumps({f"{comp}.r": 0}),
+        json.dumps({f"{comp}.r": 2.5}),
+        json.dumps({f"{comp}.r": rank, f"{comp}.lora_alpha": "abc"}),
+        '{"%s.r": %d, "%s.lora_alpha": %s}' % (comp, rank, comp, "9" * 400),
+        '{"%s.r": %d, "%s.lora_alpha": %s}' % (comp, rank, comp, "9" * 5000),
+        '{"%s.r": Infinity}' % comp,
+        json.dumps({f"{comp}.r": rank, f"{comp}.lora_alpha": None}),
+        json.dumps({f"{comp}.r": rank, f"{comp}.alpha_pattern": [1, 2]}),
+        json.dumps({f"{comp}.r": rank, f"{comp}.alpha_pattern": {".*" * 12 + "Z": 3}}),
+        json.dumps({f"{comp}.r": rank, f"{comp}.rank_pattern": {"(a+)+$": 2}}),
+        json.dumps({f"{comp}.r": rank, f"{comp}.rank_pattern": {"[": 2}}),
+        json.dumps({f"{comp}.r": rank, f"{comp}.use_dora": True}),
+        json.dumps({f"{comp}.r": rank, f"{comp}.lora_alpha": float("nan")}),
+    ]
+
+
 def _bad_config_metadata(draw, base, sd, md):
     if base.fmt not in ("diffusers", "peft"):
         return None
     comp = next(iter(base.modules)).split(".", 1)[0]
-    pattern_bomb = {".*" * 12 + "Z": 3}
-    value = draw(st.sampled_from([
-        "{not json", "[1, 2, 3]", "42", '"text"', "[" * 5000 + "]" * 5000,
-        json.dumps({f"{comp}.r": base.rank + 1}),
-        json.dumps({f"{comp}.r": 0}),
-        json.dumps({f"{comp}.r": 2.5}),
-        json.dumps({f"{comp}.r": base.rank, f"{comp}.lora_alpha": "abc"}),
-        '{"%s.r": %d, "%s.lora_alpha": %s}' % (comp, base.rank, comp, "9" * 400),
-        '{"%s.r": Infinity}' % comp,
-        json.dumps({f"{comp}.r": base.rank, f"{comp}.lora_alpha": None}),
-        json.dumps({f"{comp}.r": base.rank, f"{comp}.alpha_pattern": [1, 2]}),
-        json.dumps({f"{comp}.r": base.rank, f"{comp}.alpha_pattern": pattern_bomb}),
-        json.dumps({f"{comp}.r": base.rank, f"{comp}.rank_pattern": {"(a+)+$": 2}}),
-        json.dumps({f"{comp}.r": base.rank, f"{comp}.rank_pattern": {"[": 2}}),
-        json.dumps({f"{comp}.r": base.rank, f"{comp}.use_dora": True}),
-        json.dumps({f"{comp}.r": base.rank, f"{comp}.lora_alpha": float("nan")}),
-    ]))
-    md["lora_adapter_metadata"] = value
+    md["lora_adapter_metadata"] = draw(st.sampled_from(bad_config_values(comp, base.rank)))
     return "bad LoraConfig metadata"
 
 
@@ -700,33 +704,38 @@ PEFT_CONFIG_DEFECTS = {
 }
 
 
-@st.composite
-def malformed_peft_folders(draw) -> Case:
-    """A peft adapter folder: bad ``adapter_config.json`` or a broken ``adapter_model.safetensors``."""
-    base = draw(bases(archs=("sd1",)))
+PEFT_WEIGHT_DEFECTS = ("weights_truncated", "weights_garbage", "weights_nan")
+PEFT_KINDS = tuple(sorted(PEFT_CONFIG_DEFECTS)) + PEFT_WEIGHT_DEFECTS
+
+
+def peft_folder_case(kind: str, base: Base, cut: float = 0.5, garbage: bytes = b"\x10" + b"\0" * 7 + b"{}") -> Case:
+    """A peft adapter folder with one defect: bad ``adapter_config.json`` or broken weights."""
     base = Base("sd1", "peft", {k: v for k, v in base.modules.items() if k.startswith("unet.")} or
                 {next(iter(SD1)): SD1[next(iter(SD1))]}, base.rank, None, base.dtype, base.seed)
     weights = to_bytes(base.state_dict())
-    if draw(st.booleans()):
-        kind = draw(st.sampled_from(sorted(PEFT_CONFIG_DEFECTS)))
+    cfg = json.dumps({"peft_type": "LORA", "r": base.rank, "lora_alpha": base.rank}).encode()
+    if kind in PEFT_CONFIG_DEFECTS:
         cfg = PEFT_CONFIG_DEFECTS[kind](base.rank)
         cfg = cfg.encode() if isinstance(cfg, str) else cfg
+    elif kind == "weights_truncated":
+        weights = weights[: int(cut * (len(weights) - 1))]
+    elif kind == "weights_garbage":
+        weights = garbage
     else:
-        kind = "weights_" + draw(st.sampled_from(["truncated", "garbage", "nan"]))
-        cfg = json.dumps({"peft_type": "LORA", "r": base.rank, "lora_alpha": base.rank}).encode()
-        if kind == "weights_truncated":
-            weights = weights[: draw(st.integers(0, len(weights) - 1))]
-        elif kind == "weights_garbage":
-            weights = draw(st.binary(min_size=8, max_size=64))
-        else:
-            sd = base.state_dict()
-            k = sorted(sd)[0]
-            t = sd[k].clone()
-            t.view(-1)[0] = float("nan")
-            sd[k] = t
-            weights = to_bytes(sd)
+        sd = base.state_dict()
+        k = sorted(sd)[0]
+        t = sd[k].clone()
+        t.view(-1)[0] = float("nan")
+        sd[k] = t
+        weights = to_bytes(sd)
     return Case(kind="peft_" + kind, data=None, strict=True,
                 files={"adapter_config.json": cfg, "adapter_model.safetensors": weights})
+
+
+@st.composite
+def malformed_peft_folders(draw) -> Case:
+    return peft_folder_case(draw(st.sampled_from(PEFT_KINDS)), draw(bases(archs=("sd1",))),
+                            cut=draw(st.floats(0, 0.999)), garbage=draw(st.binary(min_size=8, max_size=64)))
 
 
 # --------------------------------------------------------------------------- hand-made cases
@@ -795,7 +804,16 @@ def handmade_cases() -> list[Case]:
     cases.append(Case("other_architecture_sdxl_for_sd1", to_bytes(xl), expected_arch="sd1"))
     variant("mixed_architectures", lambda s: s.update(xl), expected_arch="sd1")
     diffusers = Base("sd1", "diffusers", dict(list(SD1.items())[:2]), 4, None, torch.float32, 5).state_dict()
-    cases.append(Case("bad_diffusers_config", to_bytes(diffusers, {"lora_adapter_metadata": "{broken"})))
-    cases.append(Case("regex_bomb_in_config", to_bytes(diffusers, {"lora_adapter_metadata": json.dumps(
-        {"unet.r": 4, "unet.alpha_pattern": {".*" * 12 + "Z": 3}})})))
+    for i, text in enumerate(bad_config_values("unet", 4)):
+        cases.append(Case(f"bad_diffusers_config_{i}", to_bytes(diffusers, {"lora_adapter_metadata": text}),
+                          note=text[:60]))
+    for i, text in enumerate(["5", "null", '{"a": 1}', "[" * 3000, "9" * 5000, '["unet.x", 3]', "all"]):
+        cases.append(Case(f"alpha_none_noise_{i}", to_bytes(diffusers, {"lcm_lora.alpha_none": text}), strict=False,
+                          note=text[:60]))
+    # 800 KB on disk, a 40 GB dense ΔW: the update shape must be checked before anything forms it
+    k0 = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    cases.append(Case("outsize_update_40GB_dense", to_bytes({k0 + ".lora_down.weight": torch.zeros(1, 100_000),
+                                                             k0 + ".lora_up.weight": torch.zeros(100_000, 1)}),
+                      expected_arch="sd1"))
+    cases += [peft_folder_case(kind, good) for kind in PEFT_KINDS]
     return cases

@@ -113,10 +113,15 @@ def bounded_address_space(headroom: int = ADDRESS_SPACE_HEADROOM):
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
+def names_first(msg: str, path: Path) -> bool:
+    """``<path>: problem`` (or ``<path>/<file inside the folder>: problem`` for peft folders)."""
+    return msg.startswith(f"{path}: ") or (path.is_dir() and msg.startswith(f"{path}{os.sep}") and ": " in msg)
+
+
 def assert_our_error(error: LcmLoraError, path: Path) -> None:
     msg = str(error)
     assert "\n" not in msg and "\r" not in msg, f"error message is not one line: {msg!r}"
-    assert msg.startswith(f"{path}"), f"error does not name the file first: {msg!r}"
+    assert names_first(msg, path), f"error does not name the file first: {msg!r}"
     assert error.problem and error.problem.strip(), msg
 
 
@@ -130,12 +135,15 @@ def library_accepts(path: Path) -> bool:
     return True
 
 
+WATCHDOG_FD: list[int] = []  # un-captured stderr (set by the `work` fixture)
+
+
 @contextlib.contextmanager
 def hang_watchdog(what: str, seconds: float = HANG_TIMEOUT_S):
     """A hang inside C code (regex engine, JSON scanner) cannot be interrupted in-process: after
-    ``seconds`` dump every thread's traceback and end the test process, a loud failure instead of
-    a CI job that never finishes."""
-    faulthandler.dump_traceback_later(seconds, exit=True)
+    ``seconds`` dump every thread's traceback to the real stderr and end the test process — a loud
+    failure instead of a CI job that never finishes."""
+    faulthandler.dump_traceback_later(seconds, exit=True, file=WATCHDOG_FD[0] if WATCHDOG_FD else sys.__stderr__)
     try:
         yield
     finally:
@@ -172,8 +180,14 @@ def check_library_case(path: Path, case: Case) -> None:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
+def work(tmp_path_factory, request) -> Path:
     d = tmp_path_factory.mktemp("fuzz")
+    try:  # pytest keeps a copy of the real stderr for its own faulthandler: dumps there are seen
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+
+        WATCHDOG_FD[:] = [request.config.stash[fault_handler_stderr_fd_key]]
+    except (ImportError, KeyError):
+        WATCHDOG_FD[:] = []
     # warm up lazy state (architecture tables, imports) so per-case bounds measure the case
     for arch, fmt in (("sd1", "kohya"), ("sd1", "diffusers"), ("sdxl", "kohya")):
         base = Base(arch, fmt, dict(SD1 if arch == "sd1" else SDXL), 2, None, torch.float32, 0)
@@ -303,7 +317,7 @@ def assert_cli_error(code: int, err: str, path: Path | None) -> str:
     errors = [l for l in lines if l.startswith("error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], f"expected one error line last: {err!r}"
     if path is not None:
-        assert errors[0].startswith(f"error: {path}: "), errors[0]
+        assert names_first(errors[0][len("error: "):], path), errors[0]
     return errors[0]
 
 

@@ -5,8 +5,8 @@
 2. The trainer loads it as a teacher (diffusers' single-file conversion with our in-code configs,
    ComfyUI's bundled CLIP tokenizer) and trains one step; the kohya adapter is written.
 3. In ComfyUI's python: ``load_checkpoint_guess_config`` + ``LoraLoader.load_lora`` (the stock
-   node): every adapter module must load ("lora key not loaded" is an error here), and the raw
-   UNet outputs with and without the LoRA are saved.
+   node) and our ``LCMLoraLoader`` node: every adapter module must load ("lora key not loaded" is
+   an error here); the raw UNet outputs without LoRA, with LoraLoader and with our node are saved.
 4. Our teacher UNet (from the single file) must reproduce ComfyUI's base output, and teacher +
    adapter (``lcm_core.fuse.fuse_into_module``) ComfyUI's LoRA output.
 """
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 COMFY_SIDE = r'''
 import json, logging, sys
-comfy_path, ckpt, lora_dir, lora_name, inputs, out = sys.argv[1:]
+comfy_path, ckpt, lora_dir, lora_name, inputs, out, repo = sys.argv[1:]
 sys.path.insert(0, comfy_path)
 import comfy.options
 comfy.options.enable_args_parsing()
@@ -57,7 +57,18 @@ base = unet_out(model)
 lora_model, _ = nodes.LoraLoader().load_lora(model, clip, lora_name, 1.0, 0.0)
 lora = unet_out(lora_model)
 patched = len(lora_model.patches)
-torch.save({"base": base, "lora": lora}, out)
+
+# our pack's loader node (imported as ComfyUI imports a custom node)
+import importlib.util, os
+spec = importlib.util.spec_from_file_location("comfyui_lcm_lora", os.path.join(repo, "__init__.py"), submodule_search_locations=[repo])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["comfyui_lcm_lora"] = pack
+spec.loader.exec_module(pack)
+from comfyui_lcm_lora.nodes.lcm_lora_loader import LCMLoraLoader
+node_out = LCMLoraLoader.execute(model, lora_name, 1.0, 0.0, False, clip=None)
+node_model = (getattr(node_out, "result", None) or node_out.args)[0]
+ours_node = unet_out(node_model)
+torch.save({"base": base, "lora": lora, "node": ours_node}, out)
 print(json.dumps({"patched": patched, "not_loaded": [m for m in messages if "lora key not loaded" in m or "NOT LOADED" in m],
                   "unet_dtype": str(model.model.diffusion_model.dtype) if hasattr(model.model.diffusion_model, "dtype") else "?"}))
 '''
@@ -109,7 +120,7 @@ def test_sd15_single_file_teacher_and_adapter_in_comfyui(tmp_path):
     script = tmp_path / "comfy_side_train.py"
     script.write_text(COMFY_SIDE)
     proc = subprocess.run([str(python), str(script), str(comfy_path), str(ckpt), str(loras), "trained.safetensors",
-                           str(tmp_path / "inputs.pt"), str(tmp_path / "comfy_out.pt")],
+                           str(tmp_path / "inputs.pt"), str(tmp_path / "comfy_out.pt"), str(ROOT)],
                           cwd=str(comfy_path), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     facts = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -128,3 +139,4 @@ def test_sd15_single_file_teacher_and_adapter_in_comfyui(tmp_path):
         ours_lora = unet(inputs["x"], inputs["t"], encoder_hidden_states=inputs["context"]).sample
     assert (comfy_out["lora"] - comfy_out["base"]).abs().max() > 1e-3  # the trained LoRA changes the output
     torch.testing.assert_close(ours_lora, comfy_out["lora"], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(comfy_out["node"], comfy_out["lora"], rtol=1e-4, atol=1e-4)  # our LCMLoraLoader node

@@ -137,3 +137,11 @@ def test_hash_ignores_logging_but_not_lcd():
     b = load_config({"logging": {"every": 50}, "checkpoint": {"keep": 9}, "train": {"max_steps": 5}})
     c = load_config({"lcd": {"huber_c": 0.01}})
     assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_printed_schema_is_a_valid_config_with_the_defaults():
+    import yaml
+
+    from lcm_lora.training.config import schema_text
+
+    assert load_config(yaml.safe_load(schema_text())).to_dict() == TrainConfig().to_dict()

@@ -130,6 +130,11 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bo
     return path
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer step a checkpoint folder was saved at."""
+    return int(json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))["step"])
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     from safetensors.torch import load_file
 

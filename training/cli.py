@@ -1,6 +1,7 @@
 """``lcm-lora train`` — the command-line front end of :func:`lcm_lora.training.trainer.train`.
 
     lcm-lora train --config FILE [--output DIR] [--resume [CKPT]] [--nproc N] [--no-progress] [key=value ...]
+    lcm-lora train --print-schema
 
 ``key=value`` overrides any config key: dotted (``lcd.w_min=3``), a unique leaf name
 (``max_steps=300``) or a shorthand (``teacher=PATH``, ``data=FOLDER``, ``prompts=FILE``).
@@ -34,7 +35,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML or TOML config (see configs/*.yaml)")
+    parser.add_argument("--config", help="YAML or TOML config (see configs/*.yaml and --print-schema)")
+    parser.add_argument("--print-schema", action="store_true", help="print every config key with its default and exit")
     parser.add_argument("--output", default=None, help="run folder (default: runs/<config name>)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                         help="continue from the newest checkpoint in the run folder, or from CKPT")
@@ -71,6 +73,14 @@ def _spawned(config, output, resume, overrides, progress) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run the ``train`` sub-command; returns the exit status."""
+    if getattr(args, "print_schema", False):
+        from .config import schema_text
+
+        print(schema_text(), end="")
+        return EXIT_OK
+    if not args.config:
+        print("error: --config is required (or --print-schema)", file=sys.stderr)
+        return EXIT_ERROR
     output = args.output or os.fspath(Path("runs") / Path(args.config).stem)
     progress = not args.no_progress
     if args.nproc > 1:

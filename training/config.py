@@ -90,14 +90,14 @@ class PromptsOnlySection:
 
 @dataclass
 class LcdSection:
-    num_ddim_timesteps: int = _f(50, minimum=1, maximum=1000, kind="int")
-    w_min: float = _f(3.0, minimum=0.0, kind="float")
-    w_max: float = _f(15.0, minimum=0.0, kind="float")
+    num_ddim_timesteps: int = _f(50, minimum=1, maximum=1000, kind="int", doc="DDIM solver grid; skip k = 1000 // N")
+    w_min: float = _f(3.0, minimum=0.0, kind="float", doc="guidance ω ~ U[w_min, w_max]; x0 = cond + ω (cond - uncond)")
+    w_max: float = _f(15.0, minimum=0.0, kind="float", doc="see w_min")
     loss: str = _f("huber", choices=("huber", "l2"), kind="str")
-    huber_c: float = _f(0.001, minimum=0.0, kind="float")
-    timestep_scaling: float = _f(10.0, minimum=0.0, kind="float")
-    target: str = _f("stopgrad", choices=("stopgrad", "ema"), kind="str")
-    ema_decay: float = _f(0.95, minimum=0.0, maximum=1.0, kind="float")
+    huber_c: float = _f(0.001, minimum=0.0, kind="float", doc="pseudo-Huber sqrt(d^2 + c^2) - c")
+    timestep_scaling: float = _f(10.0, minimum=0.0, kind="float", doc="boundary scalings c_skip/c_out use t * this")
+    target: str = _f("stopgrad", choices=("stopgrad", "ema"), kind="str", doc="θ⁻: online weights without grad (LoRA reference) or EMA (paper)")
+    ema_decay: float = _f(0.95, minimum=0.0, maximum=1.0, kind="float", doc="μ of the EMA target (target: ema)")
     uncond: str = _f("auto", choices=("auto", "empty_prompt", "zeros"), kind="str", doc="auto: zeros for SDXL-type, '' otherwise")
 
 
@@ -475,3 +475,25 @@ def dump_config(cfg: TrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def schema_text() -> str:
+    """The full schema as commented YAML: every key with its default, choices and meaning."""
+    import yaml
+
+    lines = ["# lcm-lora train: configuration schema and defaults (YAML; TOML takes the same sections)"]
+    for section, cls in _SECTION_CLASSES.items():
+        lines.append(f"{section}:")
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            notes = []
+            if f.metadata.get("choices"):
+                notes.append("one of " + ", ".join(map(str, f.metadata["choices"])))
+            if f.metadata.get("doc"):
+                notes.append(f.metadata["doc"])
+            comment = f"  # {'; '.join(notes)}" if notes else ""
+            lines.append(f"  {f.name}: {value}{comment}")
+    lines.append("# shorthands: teacher=PATH (teacher.path), data=FOLDER (data.path), prompts=FILE (data.prompts);")
+    lines.append("# a bare key (max_steps=300) resolves to its section; train wins ties (seed -> train.seed)")
+    return "\n".join(lines) + "\n"

@@ -3,12 +3,14 @@
 ``<output>/events.jsonl`` is the machine-readable progress feed (the ComfyUI panel tails it);
 one JSON object per line, flushed immediately:
 
+* ``{"event": "setup", "time", "status": "loading", "pid"}`` (before the teacher and data are loaded)
 * ``{"event": "start", "time", "max_steps", "start_step", "status": "running", "config_hash", "pid"}``
 * ``{"event": "step", "time", "step", "max_steps", "loss", "lr", "it_s", "eta_s"}``
 * ``{"event": "checkpoint", "time", "step", "path"}``
 * ``{"event": "validation", "time", "step", "images": [png paths], "steps": [1, 2, 4]}``
 * ``{"event": "end", "time", "step", "status": "finished" | "interrupted" | "diverged" | "error",
-  "adapter": path | null, "message": str}``
+  "adapter": path | null, "checkpoint": path | null, "message": str}`` — always the last line of a
+  run that ended in Python (a killed process writes none; its last event tells where it was)
 
 Only the main process writes. Metrics go to ``<output>/metrics.csv`` (step, loss, lr, it_s,
 elapsed_s) or TensorBoard (``<output>/tensorboard``) per ``logging.backend``.
@@ -45,10 +47,15 @@ class RunLog:
 
             self._tb = SummaryWriter(os.fspath(self.output_dir / "tensorboard"))
         self._bar = None
-        if enabled and progress:
+        self._progress = enabled and progress
+
+    def start_bar(self, start_step: int) -> None:
+        """Open the tqdm bar once the start step is known (after a resume)."""
+        self._last = (time.time(), start_step)
+        if self._progress and self._bar is None:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=max_steps, initial=start_step, desc="LCD", unit="step", dynamic_ncols=True)
+            self._bar = tqdm(total=self.max_steps, initial=start_step, desc="LCD", unit="step", dynamic_ncols=True)
 
     def event(self, kind: str, **fields) -> None:
         if self._events is None:

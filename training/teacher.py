@@ -167,32 +167,25 @@ def _file_identity(path: Path) -> str:
     return hashlib.sha1((os.fspath(path.resolve()) + "|" + "|".join(items)).encode()).hexdigest()[:16]
 
 
-def _detect_folder_arch(unet_config) -> str:
+def _detect_folder_arch(config) -> str:
     """Match a diffusers UNet config against the full-size configs of ``lcm_core.model_configs``."""
     from ..lcm_core.model_configs import ARCHITECTURES, unet_config
+
+    def norm(key, value, length):
+        if key == "transformer_layers_per_block" and value is None:
+            value = 1
+        if isinstance(value, (list, tuple)):
+            return [list(v) if isinstance(v, (list, tuple)) else v for v in value]
+        return [value] * length if key == "transformer_layers_per_block" else value
 
     keys = ("block_out_channels", "cross_attention_dim", "transformer_layers_per_block", "addition_embed_type", "in_channels")
     for arch in ARCHITECTURES:
         ref = unet_config(arch)
-        same = True
-        for k in keys:
-            a, b = ref.get(k), unet_config_get(unet_config, k)
-            if k == "transformer_layers_per_block" and a is None:
-                a = 1
-            if isinstance(a, (list, tuple)) and not isinstance(b, (list, tuple)):
-                b = [b] * len(a)
-            if isinstance(b, (list, tuple)) and not isinstance(a, (list, tuple)) and a is not None:
-                a = [a] * len(b)
-            if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
-                same = False
-                break
-        if same and arch in ("sdxl", "ssd1b"):
-            mid = unet_config_get(unet_config, "mid_block_type")
-            same = (mid == "UNetMidBlock2D") == (arch == "ssd1b")
-        if same and arch in ("sd1", "sd2"):
-            same = unet_config_get(unet_config, "cross_attention_dim") == ref["cross_attention_dim"]
-        if same:
-            return arch
+        n = len(ref["block_out_channels"])
+        if all(norm(k, ref.get(k), n) == norm(k, unet_config_get(config, k), n) for k in keys):
+            mid_plain = unet_config_get(config, "mid_block_type") == "UNetMidBlock2D"
+            if mid_plain == (ref.get("mid_block_type") == "UNetMidBlock2D"):
+                return arch
     return "custom"
 
 

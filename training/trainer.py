@@ -67,12 +67,18 @@ def step_seed(seed: int, step: int, micro: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+class _Cancelled(Exception):
+    """SIGTERM/SIGINT while loading the teacher or filling caches (nothing to checkpoint yet)."""
+
+
 class _StopFlag:
-    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint and returns at the next step boundary."""
+    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint and returns at the next step boundary.
+    While ``immediate`` is set (setup: loading, caching, teacher sampling) they raise instead."""
 
     def __init__(self):
         self.requested = False
         self.signal = None
+        self.immediate = False
         self._old = {}
 
     def install(self):
@@ -87,6 +93,9 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.requested = True
         self.signal = signum
+        if self.immediate:
+            self.immediate = False
+            raise _Cancelled(f"signal {signum}")
 
     def restore(self):
         for sig, old in self._old.items():
@@ -325,14 +334,40 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
     resume_path = ckpt.resolve_resume(output_dir, resume)
     _prepare_output(output_dir, cfg, resume_path is not None or bool(resume), ctx.is_main)
     ctx.barrier()
-    session = TrainingSession(cfg, output_dir, ctx, progress).setup(resume_path)
+    log = RunLog(output_dir, cfg.logging.backend, enabled=ctx.is_main, progress=progress and cfg.logging.progress,
+                 max_steps=cfg.train.max_steps)
+    log.event("setup", status="loading", pid=os.getpid())
+    session = None
+    stop = _StopFlag().install()
+    try:
+        stop.immediate = True
+        session = TrainingSession(cfg, output_dir, ctx, progress).setup(resume_path)
+        stop.immediate = False
+        return _loop(session, log, resume_path, on_step, stop)
+    except _Cancelled as e:
+        message = f"stopped by {e} while loading/caching; nothing to checkpoint yet (caches are kept)"
+        log.event("end", step=None, status="interrupted", adapter=None, checkpoint=None, message=message)
+        step = 0 if resume_path is None else ckpt.checkpoint_step(resume_path)
+        return TrainResult(adapter_path=None, final_step=step, status="interrupted", output_dir=output_dir,
+                           checkpoint=resume_path, start_step=step)
+    except NonFiniteLossError:
+        raise
+    except BaseException as e:  # noqa: BLE001 — recorded for the event stream, then re-raised
+        step = session.step_count if session is not None else None
+        log.event("end", step=step, status="error", adapter=None, checkpoint=None, message=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        stop.restore()
+        log.close()
+
+
+def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_step, stop: _StopFlag) -> TrainResult:
+    cfg, ctx, output_dir = session.cfg, session.ctx, session.output_dir
     start_step = session.step_count
-    log = RunLog(output_dir, cfg.logging.backend, enabled=ctx.is_main, progress=session.show_progress,
-                 max_steps=cfg.train.max_steps, start_step=start_step)
+    log.start_bar(start_step)
     log.event("start", status="running", start_step=start_step, max_steps=cfg.train.max_steps, config_hash=session.config_hash,
               pid=os.getpid(), world_size=ctx.world, device=str(ctx.device),
               resumed_from=None if resume_path is None else os.fspath(resume_path))
-
     saved_step = {"step": None if resume_path is None else session.step_count}
 
     def save() -> Path | None:
@@ -342,41 +377,36 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
             log.event("checkpoint", step=session.step_count, path=os.fspath(path))
         return path
 
-    stop = _StopFlag().install()
     losses: list[float] = []
     status = "finished"
     last_ckpt = resume_path
-    try:
-        while session.step_count < cfg.train.max_steps:
-            loss_value = session.step()
-            step = session.step_count
-            if not math.isfinite(loss_value):
-                status = "diverged"
-                message = (f"non-finite loss ({loss_value}) at step {step + 1}; stopped without updating. "
-                           f"Last good checkpoint: {last_ckpt or 'none'}. Try a lower optim.learning_rate or mixed_precision: bf16/no.")
-                log.event("end", step=step, status=status, adapter=None, message=message,
-                          checkpoint=None if last_ckpt is None else os.fspath(last_ckpt))
-                log.close()
-                raise NonFiniteLossError(output_dir, message)
-            losses.append(loss_value)
-            log.step(step, loss_value, session.lr_scheduler.get_last_lr()[0], log_row=(step % cfg.logging.every == 0))
-            if on_step is not None:
-                on_step(step, loss_value)
-            if ctx.is_main and cfg.validation.every and step % cfg.validation.every == 0:
-                images = _validate(session.teacher, session.unet, cfg, step, output_dir, ctx.device, session.autocast,
-                                   session.solver, log)
-                if images:
-                    log.event("validation", step=step, images=images, steps=cfg.validation.steps)
-            stop_now = ctx.any(stop.requested)
-            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.max_steps:
+    while session.step_count < cfg.train.max_steps:
+        loss_value = session.step()
+        step = session.step_count
+        if not math.isfinite(loss_value):
+            status = "diverged"
+            message = (f"non-finite loss ({loss_value}) at step {step + 1}; stopped without updating. "
+                       f"Last good checkpoint: {last_ckpt or 'none'}. Try a lower optim.learning_rate or mixed_precision: bf16/no.")
+            log.event("end", step=step, status=status, adapter=None, message=message,
+                      checkpoint=None if last_ckpt is None else os.fspath(last_ckpt))
+            raise NonFiniteLossError(output_dir, message)
+        losses.append(loss_value)
+        log.step(step, loss_value, session.lr_scheduler.get_last_lr()[0], log_row=(step % cfg.logging.every == 0))
+        if on_step is not None:
+            on_step(step, loss_value)
+        if ctx.is_main and cfg.validation.every and step % cfg.validation.every == 0:
+            images = _validate(session.teacher, session.unet, cfg, step, output_dir, ctx.device, session.autocast,
+                               session.solver, log)
+            if images:
+                log.event("validation", step=step, images=images, steps=cfg.validation.steps)
+        stop_now = ctx.any(stop.requested)
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.max_steps:
+            last_ckpt = save()
+        if stop_now:
+            status = "interrupted"
+            if saved_step["step"] != step:
                 last_ckpt = save()
-            if stop_now:
-                status = "interrupted"
-                if saved_step["step"] != step:
-                    last_ckpt = save()
-                break
-    finally:
-        stop.restore()
+            break
 
     adapter_path = None
     if status == "finished":
@@ -386,7 +416,6 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
     log.event("end", step=session.step_count, status=status, adapter=None if adapter_path is None else os.fspath(adapter_path),
               checkpoint=None if last_ckpt is None else os.fspath(last_ckpt),
               message="finished" if status == "finished" else f"stopped by signal {stop.signal}; resume with --resume")
-    log.close()
     return TrainResult(adapter_path=adapter_path, final_step=session.step_count, losses=losses, status=status,
                        output_dir=output_dir, checkpoint=last_ckpt, start_step=start_step)
 

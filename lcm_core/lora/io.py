@@ -17,7 +17,7 @@ import torch
 
 from .. import architecture as _architecture  # module import: lcm_core.architecture imports this package
 from ..atomic_write import atomic_dir
-from ..errors import AdapterFileError, ArchitectureMismatchError, ConfigError
+from ..errors import AdapterFileError, ArchitectureMismatchError, ConfigError, LcmLoraError
 from ..model_configs import ARCHITECTURES
 from ..safetensors_io import read_safetensors, write_safetensors
 from . import comfy_format, diffusers_format, kohya, peft_format
@@ -263,6 +263,10 @@ def read_adapter(
         for name in DIFFUSERS_WEIGHT_NAMES:
             if (p / name).is_file():
                 return read_adapter(p / name, component=component, max_bytes=max_bytes, **kw)
+        pickles = sorted(f.name for f in p.glob("*") if f.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        if pickles:  # e.g. an old peft / diffusers save: adapter_model.bin, pytorch_lora_weights.bin
+            raise AdapterFileError(p, f"holds only pickle-based weights ({', '.join(pickles[:3])}), which are never "
+                                      "loaded (unpickling can run arbitrary code): use the .safetensors version")
         raise AdapterFileError(p, "is a directory, not a LoRA file (no adapter_config.json + "
                                   "adapter_model.safetensors, no pytorch_lora_weights.safetensors)")
     tensors, metadata = read_safetensors(p, max_bytes=max_bytes)
@@ -361,6 +365,18 @@ def write_adapter(
 
 
 def _write_peft(adapter: LoraAdapter, path: Path, md: dict[str, str], overwrite: bool) -> None:
+    try:
+        _write_peft_folders(adapter, path, md, overwrite)
+    except OSError as e:  # disk full, permission denied: atomic_dir leaves nothing at `path`
+        raise LcmLoraError(path, f"cannot write: {e.strerror or e}") from None
+    except LcmLoraError as e:
+        if e.source is None or Path(e.source) == path:
+            raise
+        # a file inside atomic_dir's hidden temporary folder failed: name the output the user asked for
+        raise LcmLoraError(path, f"{e.problem} (writing {Path(e.source).name})") from None
+
+
+def _write_peft_folders(adapter: LoraAdapter, path: Path, md: dict[str, str], overwrite: bool) -> None:
     import json
 
     comps = [c for c in COMPONENTS if c in adapter.components()]

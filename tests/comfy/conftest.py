@@ -177,6 +177,13 @@ class Probes:
         if name == "merge":  # LCM Adapter Merge (concat) 0.8·style + 1.0·LCM
             g["merge"] = merge_node(("ckpt", 0))
             return G.probe(g, ("merge", 0), name, sampler="lcm")
+        if name == "fuse":  # LCM Adapter Merge, method fuse
+            g["merge"] = merge_node(("ckpt", 0), method="fuse")
+            return G.probe(g, ("merge", 0), name, sampler="lcm")
+        if name == "stacked":  # a stock LoraLoader, then the LCM-LoRA Loader on its MODEL
+            g["style"] = G.lora_loader(STYLE_SD15, strength_model=0.8, strength_clip=0.8)
+            g["lcm"] = G.lcm_loader(LCM_SD15, model=("style", 0))
+            return G.probe(g, ("lcm", 0), name, sampler="lcm")
         if name == "chained":  # two stock LoraLoaders at the same strengths
             g["style"] = G.lora_loader(STYLE_SD15, strength_model=0.8, strength_clip=0.8)
             g["lcm"] = G.lora_loader(LCM_SD15, model=("style", 0), clip=("style", 1))

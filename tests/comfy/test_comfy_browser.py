@@ -95,3 +95,9 @@ def test_merge_node_gains_slots_on_demand(ui):
     assert "adapter_4" not in slots["after"]["hidden"] and "adapter_5" in slots["after"]["hidden"]
     assert slots["after"]["height"] > slots["before"]["height"]
     assert slots["adapter_3"] == slots["chosen"]
+
+
+def test_merge_report_is_shown_on_the_node(ui):
+    report = ui["merge_slots"]["report"]
+    assert report["lines"] == ["concat: 0.8·style + 1·lcm", "33 modules, rank 12, relative error 0 (exact)"]
+    assert report["grew"]

@@ -3,7 +3,9 @@
 * LCM-LoRA Loader (patch sampling) + LCM Sampler + LCM Scheduler sigmas  ==
   LoraLoader + ModelSamplingDiscrete(lcm) + built-in ``lcm`` sampler, same seed and sigmas
   (2 steps, so the re-noising between steps is covered).
-* LCM Adapter Merge (concat, 0.8·style + 1.0·LCM)  ==  two chained LoraLoaders at 0.8 and 1.0.
+* LCM Adapter Merge (concat, 0.8·style + 1.0·LCM)  ==  two chained LoraLoaders at 0.8 and 1.0,
+  and so do the merge's ``fuse`` method and a stock LoraLoader followed by the LCM-LoRA Loader
+  (the loader's patches stack with other loaders').
 
 Each comparison also checks that the adapters change the result by far more than the
 tolerance, so an adapter that silently did nothing could not pass.
@@ -48,3 +50,15 @@ def test_merge_report_shows_zero_error_for_concat(probes):
     ui = result.outputs["merge"]
     assert ui["lcm_merge"][0]["total_relative_error"] == 0.0
     assert "concat" in ui["text"][0] and "relative error 0" in ui["text"][0]
+
+
+def test_lcm_loader_stacks_on_a_stock_lora_loader(probes):
+    # LoraLoader(style) → LCM-LoRA Loader(lcm) registers the same patches, in the same order,
+    # as LoraLoader(style) → LoraLoader(lcm) → ModelSamplingDiscrete(lcm).
+    assert G.rel_diff(probes.latent("stacked"), probes.latent("chained")) == 0.0
+
+
+def test_fuse_merge_equals_chained_lora_loaders(probes):
+    assert G.rel_diff(probes.latent("fuse"), probes.latent("chained")) == 0.0
+    result, _ = probes.run("fuse")
+    assert "fuse" in result.outputs["merge"]["text"][0]

@@ -63,10 +63,10 @@ def test_every_format_loads_to_the_same_adapter(comfy, sd15_loras):
         assert all(torch.equal(saved[fmt][k], saved["kohya"][k]) for k in saved["kohya"]), fmt
 
 
-def save_prompt(filename: str, dtype: str, overwrite: bool) -> dict:
+def save_prompt(filename: str, dtype: str, overwrite: bool, method: str = "concat", rank: int = 64) -> dict:
     return {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CKPT}},
-        "merge": merge_node(("ckpt", 0)),
+        "merge": merge_node(("ckpt", 0), method=method, rank=rank),
         "save": {"class_type": "LCMAdapterSave", "inputs": {"adapter": ["merge", 2], "filename": filename,
                                                             "dtype": dtype, "overwrite": overwrite}},
     }
@@ -121,3 +121,24 @@ def test_saved_merge_loaded_by_stock_lora_loader_reproduces_the_merge(comfy, pro
     merged = probes.latent("merge")
     assert G.rel_diff(latent, merged) < 1e-6
     assert G.rel_diff(latent, probes.latent("base")) > 1e-3
+
+
+def test_svd_merge_reports_its_error_and_saves_the_rank(comfy, sd15_loras):
+    name = f"saved/svd_{uuid.uuid4().hex[:8]}"
+    result = comfy.run(save_prompt(name, "fp32", False, method="svd", rank=4))
+    assert result.status == "success", result.message()
+    summary = result.outputs["merge"]["lcm_merge"][0]
+    assert 0.0 < summary["total_relative_error"] < 1.0
+    assert "svd" in result.outputs["merge"]["text"][0]
+    sd = load_file(str(comfy.loras / f"{name}.safetensors"))
+    ranks = {v.shape[0] for k, v in sd.items() if k.endswith(".lora_down.weight")}
+    assert ranks == {4}
+    # modules only one adapter touches keep their exact update when its rank already fits
+    lcm = sd15_loras["lcm"]
+    style_keys = set(sd15_loras["style"].down)
+    only_lcm = [k for k in lcm.down if k not in style_keys]
+    assert only_lcm
+    v = torch.randn(lcm.down[only_lcm[0]][0].numel(), 2, dtype=torch.float64)
+    got = kohya_projected(sd, F.kohya_name(only_lcm[0], "sd1"), v)
+    want = projected_delta(lcm.down[only_lcm[0]], lcm.up[only_lcm[0]], lcm.alpha, v)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
