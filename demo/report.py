@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 
 from .teacher_samplers import SAMPLER_LABELS
@@ -175,5 +176,6 @@ def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
                        ("report.md", doc.markdown()), ("report.html", doc.html())):
         with atomic_file(out_dir / name, overwrite=True) as tmp:
             tmp.write_text(text, encoding="utf-8")
+        os.chmod(out_dir / name, 0o644)  # atomic_file's temporary file is private (0600); a report is not
         paths[name] = out_dir / name
     return paths

@@ -44,7 +44,7 @@ class DemoConfig:
     samplers: tuple = ("ddim", "euler", "dpmpp_2m")
     teacher_steps: tuple = (1, 2, 4, 8, 16, 32)
     lcm_steps: tuple = (1, 2, 4, 8)
-    guidance_scale: float = 3.0
+    guidance_scale: float = 2.0  # teacher CFG scale g; the LCM-LoRA is distilled at ω = g − 1 (see lcm_overrides)
     lcm_config: str = "configs/tiny_cpu.yaml"
     lcm_overrides: tuple = ()
     style: StyleLoraSettings = field(default_factory=StyleLoraSettings)
@@ -65,7 +65,7 @@ class DemoConfig:
         return dataclasses.asdict(self)
 
 
-# LCD settings for the digit teacher, on top of configs/tiny_cpu.yaml (see BENCHMARKS.md for what was tried).
+# LCD settings for the digit teacher, on top of configs/tiny_cpu.yaml (what was tried: demo/README.md).
 DEMO_LCD_OVERRIDES = ()
 
 PRESETS = {
@@ -164,9 +164,13 @@ def lcm_overrides(cfg: DemoConfig, teacher_folder: Path, data_folder: Path) -> l
     """``key=value`` overrides on top of ``cfg.lcm_config``: inputs, then the demo's LCD settings, then the preset's.
 
     ``validation.every=0`` / ``checkpoint.every=0`` only skip side outputs (the demo evaluates the result itself).
+    The guidance ω of the distillation (LCM paper Eq. 9; the trainer's ``x0 = cond + ω(cond − uncond)``)
+    is fixed to the teacher baseline's CFG scale g = 1 + ω, so student and baselines aim at the same
+    distribution. (tiny_cpu's ω ∈ [3, 15] is the reference's range for SD, where g = 7.5 is usual.)
     """
+    w = cfg.guidance_scale - 1.0
     return [f"teacher.path={teacher_folder}", f"data.path={data_folder}", f"data.resolution={cfg.resolution}",
-            f"train.seed={cfg.seed}", "validation.every=0", "checkpoint.every=0",
+            f"train.seed={cfg.seed}", "validation.every=0", "checkpoint.every=0", f"lcd.w_min={w:g}", f"lcd.w_max={w:g}",
             *DEMO_LCD_OVERRIDES, *cfg.lcm_overrides]
 
 

@@ -53,6 +53,7 @@ def pack_teacher(folder: str | os.PathLike, path: str | os.PathLike, reproduce: 
         if (folder / name).is_file():
             meta[name] = (folder / name).read_text(encoding="utf-8")
     write_safetensors(path, tensors, meta, overwrite=overwrite)
+    os.chmod(path, 0o644)  # shipped as package data: world-readable
     return path
 
 

@@ -20,12 +20,14 @@ timestep ≥ 19).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections import OrderedDict
 
 import comfy.lora
 import folder_paths
+import torch
 
 from ..lcm_core.errors import AdapterFileError, ArchitectureMismatchError, ConfigError
 from ..lcm_core.lora import LoraAdapter
@@ -102,10 +104,11 @@ class _AdapterCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        # Structure is fully validated (header, byte ranges, pairs, ranks, shapes, architecture);
-        # the NaN/Inf scan of every value is left to `lcm-lora inspect`: LoraLoader does not scan
-        # either, and the scan would make a cold apply many times slower than LoraLoader's.
+        # lcm_core validates the structure (header, byte ranges, pairs, ranks, shapes, architecture);
+        # values are scanned here with a float32 sum per tensor (NaN/Inf make it non-finite), ~30×
+        # faster than an element-wise isfinite on fp16; suspects go to lcm_core's exact check.
         adapter = read_adapter(path, check_values=False)
+        check_values(path, adapter)
         with self._lock:
             self._items[key] = adapter
             while len(self._items) > self.size:
@@ -118,6 +121,25 @@ class _AdapterCache:
 
 
 ADAPTERS = _AdapterCache()
+
+
+def check_values(source, adapter: LoraAdapter) -> None:
+    """Reject NaN / ±Inf in any factor or alpha (``AdapterFileError`` naming the file and tensor)."""
+    from ..lcm_core.lora.validate import check_finite
+
+    suspects = {}
+    for key, m in adapter.modules.items():
+        if m.alpha is not None and not math.isfinite(float(m.alpha)):
+            raise AdapterFileError(source, f"{key}: alpha is {m.alpha}")
+        for role, t in (("lora_down", m.down), ("lora_up", m.up), ("lora_mid", m.mid)):
+            if t is None or not t.is_floating_point() or t.numel() == 0:
+                continue
+            if t.element_size() == 1:  # float8: no sum kernel; float16 holds every float8 value exactly
+                t = t.to(torch.float16)
+            if not bool(torch.isfinite(t.sum(dtype=torch.float32))):
+                suspects[f"{key}.{role}"] = t
+    if suspects:  # a huge but finite sum can overflow: the exact check decides
+        check_finite(source, suspects)
 
 
 def load_adapter(name: str) -> LoraAdapter:

@@ -63,7 +63,7 @@ CHECKPOINT_SD1 = {
     "text_encoder.text_model.encoder.layers.0.self_attn.q_proj":
         "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight",
 }
-FORMATS = {"sd1": ("kohya", "diffusers", "peft", "comfy"), "sdxl": ("kohya", "diffusers")}
+FORMATS = {"sd1": ("kohya", "diffusers", "peft", "comfy", "kohya_ldm"), "sdxl": ("kohya", "diffusers")}
 
 
 def kohya_name(key: str, arch: str) -> str:
@@ -79,13 +79,21 @@ def module_name(key: str, arch: str, fmt: str) -> str:
         return kohya_name(key, arch)
     if fmt == "comfy":
         return COMFY_SD1[key]
+    if fmt == "kohya_ldm":  # sd-scripts' LDM-named variant (as ComfyUI accepts): lora_unet_input_blocks_1_1_…
+        comfy = COMFY_SD1[key]
+        if comfy.startswith("diffusion_model."):
+            return "lora_unet_" + comfy[len("diffusion_model."):].replace(".", "_")
+        return kohya_name(key, arch)
     if fmt == "peft":
         return "base_model.model." + key.split(".", 1)[1]
     return key  # diffusers: unet.<path>, text_encoder.<path>
 
 
+KOHYA_LIKE = ("kohya", "comfy", "kohya_ldm")  # .lora_down/.lora_up/.alpha suffixes
+
+
 def role_suffixes(fmt: str) -> dict[str, str]:
-    if fmt in ("kohya", "comfy"):
+    if fmt in KOHYA_LIKE:
         return {"down": ".lora_down.weight", "up": ".lora_up.weight", "alpha": ".alpha", "mid": ".lora_mid.weight"}
     return {"down": ".lora_A.weight", "up": ".lora_B.weight"}
 
@@ -163,14 +171,14 @@ DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2
 
 
 @st.composite
-def bases(draw, archs=("sd1", "sdxl")) -> Base:
-    arch = draw(st.sampled_from(archs))
-    fmt = draw(st.sampled_from(FORMATS[arch]))
+def bases(draw, archs=("sd1", "sdxl"), formats=None) -> Base:
+    pairs = [(a, f) for a in archs for f in FORMATS[a] if formats is None or f in formats]
+    arch, fmt = draw(st.sampled_from(pairs))
     pool = POOLS[arch]
     if fmt == "peft":  # one component per peft state dict
         pool = {k: v for k, v in pool.items() if k.startswith("unet.")}
     keys = draw(st.lists(st.sampled_from(sorted(pool)), min_size=1, max_size=3, unique=True))
-    alpha = draw(st.one_of(st.none(), st.sampled_from([1.0, 2.0, 4.0, 0.5, 16.0]))) if fmt in ("kohya", "comfy") else None
+    alpha = draw(st.one_of(st.none(), st.sampled_from([1.0, 2.0, 4.0, 0.5, 16.0]))) if fmt in KOHYA_LIKE else None
     return Base(arch=arch, fmt=fmt, modules={k: pool[k] for k in keys}, rank=draw(st.integers(1, 4)), alpha=alpha,
                 dtype=draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float32,
                                             torch.float8_e4m3fn])),
@@ -228,7 +236,7 @@ def _missing_partner(draw, base, sd, md):
     for role in (["down", "up"] if drop == "both" else [drop]):
         del sd[keys[role]]
     if drop == "both":  # leave an orphan behind: an alpha (kohya/comfy) or a lone lora_up of another rank
-        if base.fmt in ("kohya", "comfy"):
+        if base.fmt in KOHYA_LIKE:
             sd[name + ".alpha"] = torch.tensor(1.0)
         else:
             sd[name + ".lora_B.weight"] = torch.zeros(3, 2)
@@ -267,9 +275,11 @@ def _bad_mid(draw, base, sd, md):
     return "bad lora_mid"
 
 
+FAMILY = {"kohya": "kohya", "kohya_ldm": "kohya", "comfy": "comfy", "diffusers": "diffusers", "peft": "peft"}
+
+
 def _mixed_formats(draw, base, sd, md):
-    others = [f for f in ("kohya", "diffusers", "peft", "comfy") if f != base.fmt and not (
-        (base.fmt, f) in {("kohya", "comfy"), ("comfy", "kohya")})]  # same suffixes, different prefixes
+    others = [f for f in ("kohya", "diffusers", "peft", "comfy") if FAMILY[f] != FAMILY[base.fmt]]
     fmt = draw(st.sampled_from(others))
     key = draw(st.sampled_from(sorted(k for k in SD1 if fmt != "peft" or k.startswith("unet."))))
     extra = Base("sd1", fmt, {key: SD1[key]}, 2, None, torch.float32, 1).state_dict()
@@ -282,7 +292,8 @@ def _mixed_formats(draw, base, sd, md):
 def _unknown_module(draw, base, sd, md):
     word = draw(st.sampled_from(["attn9", "to_z", "frobnicate", "lora", "weight", "proj_sideways"]))
     name = draw(st.sampled_from(sorted(base.names().values())))
-    bad = name.rsplit("_" if base.fmt == "kohya" else ".", 1)[0] + ("_" if base.fmt == "kohya" else ".") + word
+    sep = "_" if FAMILY[base.fmt] == "kohya" else "."
+    bad = name.rsplit(sep, 1)[0] + sep + word
     suf = role_suffixes(base.fmt)
     sd[bad + suf["down"]] = torch.zeros(2, 8)
     sd[bad + suf["up"]] = torch.zeros(8, 2)
@@ -306,14 +317,15 @@ def _unsupported(draw, base, sd, md):
 
 
 def _duplicate_module(draw, base, sd, md):
-    if base.fmt == "kohya" and base.arch == "sd1":
+    if base.fmt in ("kohya", "kohya_ldm") and base.arch == "sd1":
         unet = [k for k in base.modules if k in COMFY_SD1 and k.startswith("unet.")]
         if not unet:
             return None
         key = unet[0]
-        ldm = "lora_unet_" + COMFY_SD1[key][len("diffusion_model."):].replace(".", "_")
-        down, up = sd[kohya_name(key, "sd1") + ".lora_down.weight"], sd[kohya_name(key, "sd1") + ".lora_up.weight"]
-        sd[ldm + ".lora_down.weight"], sd[ldm + ".lora_up.weight"] = down.clone(), up.clone()
+        other = "kohya_ldm" if base.fmt == "kohya" else "kohya"
+        mine, twin = module_name(key, "sd1", base.fmt), module_name(key, "sd1", other)
+        down, up = sd[mine + ".lora_down.weight"], sd[mine + ".lora_up.weight"]
+        sd[twin + ".lora_down.weight"], sd[twin + ".lora_up.weight"] = down.clone(), up.clone()
         return "module in diffusers and LDM spelling"
     if base.fmt == "diffusers":
         key = draw(st.sampled_from(sorted(base.modules)))
@@ -368,7 +380,8 @@ def _other_arch(draw, base, sd, md):
     other = "sdxl" if base.arch == "sd1" else "sd1"
     key = ("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k" if other == "sdxl"
            else "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")
-    extra = Base(other, base.fmt, {key: POOLS[other][key]}, 2, None, torch.float32, 2).state_dict()
+    fmt = "kohya" if base.fmt == "kohya_ldm" else base.fmt  # (SDXL names are not in the SD1 LDM table here)
+    extra = Base(other, fmt, {key: POOLS[other][key]}, 2, None, torch.float32, 2).state_dict()
     mode = draw(st.sampled_from(["added", "only"]))
     if mode == "only":
         sd.clear()
@@ -403,6 +416,12 @@ def _out_of_range_block(draw, base, sd, md):
     return None
 
 
+# Defects that only exist in some key formats (the others get any format).
+DEFECT_FORMATS = {
+    "bad_config_metadata": ("diffusers", "peft"), "duplicate_module": ("kohya", "kohya_ldm", "diffusers"),
+    "other_arch": ("kohya", "kohya_ldm", "diffusers", "peft"), "out_of_range_block": ("kohya", "diffusers"),
+}
+
 LORA_DEFECTS = {
     "nan_inf": _nan_inf, "zero_rank": _zero_rank, "rank_mismatch": _rank_mismatch,
     "missing_partner": _missing_partner, "bad_dims": _bad_dims, "int_dtype": _int_dtype,
@@ -417,7 +436,7 @@ LORA_DEFECTS = {
 def malformed_loras(draw, kinds=tuple(LORA_DEFECTS)) -> Case:
     """Valid safetensors, invalid LoRA (strict)."""
     kind = draw(st.sampled_from(kinds))
-    base = draw(bases())
+    base = draw(bases(formats=DEFECT_FORMATS.get(kind)))
     sd, md = base.state_dict(), {}
     result = LORA_DEFECTS[kind](draw, base, sd, md)
     if result is None:  # defect not applicable to this base: fall back to one that always is
@@ -816,4 +835,33 @@ def handmade_cases() -> list[Case]:
                                                              k0 + ".lora_up.weight": torch.zeros(100_000, 1)}),
                       expected_arch="sd1"))
     cases += [peft_folder_case(kind, good) for kind in PEFT_KINDS]
+    cases += structural_matrix()
     return cases
+
+
+def structural_matrix() -> list[Case]:
+    """Every structural defect in every key format, deterministically (the random mix may miss a pair)."""
+    out = []
+    conv = "unet.down_blocks.0.resnets.0.conv1"
+    for fmt in FORMATS["sd1"]:
+        base = Base("sd1", fmt, {k: SD1[k] for k in (next(iter(SD1)), conv)}, 2, 2.0 if fmt in KOHYA_LIKE else None,
+                    torch.float16, 7)
+        for target in (next(iter(SD1)), conv):
+            name = module_name(target, "sd1", fmt)
+            suf = role_suffixes(fmt)
+            defects = {
+                **{f"{role}_{d}d": (lambda s, r=role, d=d: s.__setitem__(name + suf[r], torch.zeros((2,) * d)))
+                   for role in ("down", "up") for d in (0, 1, 3, 5)},
+                "zero_rank": lambda s: (s.__setitem__(name + suf["down"], s[name + suf["down"]][:0].clone()),
+                                        s.__setitem__(name + suf["up"], s[name + suf["up"]][:, :0].clone())),
+                "rank_mismatch": lambda s: s.__setitem__(name + suf["up"], torch.cat([s[name + suf["up"]]] * 2, 1)),
+                "no_down": lambda s: s.pop(name + suf["down"]),
+                "no_up": lambda s: s.pop(name + suf["up"]),
+                "int_down": lambda s: s.__setitem__(name + suf["down"], s[name + suf["down"]].to(torch.int16)),
+                "mid_2d": lambda s: s.__setitem__(name + ".lora_mid.weight", torch.zeros(2, 2)),
+            }
+            for label, change in defects.items():
+                sd = base.state_dict()
+                change(sd)
+                out.append(Case(f"matrix_{fmt}_{target.rsplit('.', 1)[-1]}_{label}", to_bytes(sd)))
+    return out

@@ -251,13 +251,13 @@ def _run_library(work: Path, strategy, n: int, name: str, must_cover=()) -> Coun
 
 
 def test_library_refuses_malformed_containers(work):
-    counts = _run_library(work, malformed_containers(), 400, "library_containers", CONTAINER_DEFECTS)
-    assert sum(counts.values()) >= 400 * min(SCALE, 1)
+    counts = _run_library(work, malformed_containers(), 300, "library_containers", CONTAINER_DEFECTS)
+    assert sum(counts.values()) >= 300 * min(SCALE, 1)
 
 
 def test_library_refuses_malformed_loras(work):
-    counts = _run_library(work, malformed_loras(), 400, "library_loras", LORA_DEFECTS)
-    assert sum(counts.values()) >= 400 * min(SCALE, 1)
+    counts = _run_library(work, malformed_loras(), 300, "library_loras", LORA_DEFECTS)
+    assert sum(counts.values()) >= 300 * min(SCALE, 1)
 
 
 def test_library_refuses_malformed_peft_folders(work):
@@ -393,7 +393,7 @@ def test_cli_refuses_malformed_files_in_process(work, cli_env):
     files, counts = Files(work / "cli"), Counter()
     files.folder.mkdir()
 
-    @fuzz_settings(300)
+    @fuzz_settings(200)
     @given(inp=cli_inputs())
     def run(inp) -> None:
         case, command, fmt = inp
@@ -435,8 +435,7 @@ def test_cli_real_processes_with_memory_limit(work, cli_env):
     d = work / "subprocess"
     d.mkdir()
     jobs = {}
-    for kind, command in (("memory_bomb_16GiB_tensor", "inspect"), ("memory_bomb_header_length", "merge"),
-                          ("other_architecture_sdxl_for_sd1", "fuse")):
+    for kind, command in (("memory_bomb_16GiB_tensor", "inspect"), ("other_architecture_sdxl_for_sd1", "fuse")):
         path = d / f"{kind}.safetensors"
         path.write_bytes(by_kind[kind].data)
         argv, _ = cli_argv(command, path, dict(cli_env, out=d / f"out-{kind}"), "kohya")

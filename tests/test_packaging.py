@@ -6,6 +6,7 @@ interpreter's `sys.modules` after importing the library and the CLI.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -16,7 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-NOT_PACKAGES = {"tests", "benchmarks", "scripts", "docs", "web", "configs", "example_workflows", ".ci"}
+NOT_PACKAGES = {"tests", "benchmarks", "scripts", "docs", "web", "configs", "example_workflows", ".ci", "build", "dist"}
+BUILD_IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "node_modules", "__pycache__",
+                                      ".pytest_cache", ".hypothesis", "demo_out", "out")
 
 
 def _package_dirs() -> set[str]:
@@ -38,9 +41,12 @@ def test_every_subpackage_is_listed_in_pyproject():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    # Build from a clean copy: setuptools' in-tree build/ folder would otherwise leak stale files.
+    source = tmp_path_factory.mktemp("source") / "repo"
+    shutil.copytree(ROOT, source, ignore=BUILD_IGNORE)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         check=True,
     )
     (path,) = out.glob("*.whl")

@@ -126,7 +126,7 @@ def detect_arch(state: dict[str, torch.Tensor], wanted: str, source) -> str:
     return found
 
 
-def load_teacher_single_file(path: Path, cfg) -> Teacher:
+def load_teacher_single_file(path: Path, cfg, dtype: torch.dtype = torch.float32) -> Teacher:
     """Convert a single-file checkpoint into a :class:`Teacher` (``cfg``: the config's teacher section)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
@@ -141,21 +141,25 @@ def load_teacher_single_file(path: Path, cfg) -> Teacher:
         skeleton = Path(tmp)
         _write_skeleton(skeleton, arch)
         try:
-            unet = UNet2DConditionModel.from_single_file(state, config=os.fspath(skeleton), subfolder="unet", local_files_only=True)
+            unet = UNet2DConditionModel.from_single_file(state, config=os.fspath(skeleton), subfolder="unet", local_files_only=True,
+                                                         torch_dtype=dtype)
             text_encoders = [
                 create_diffusers_clip_model_from_ldm(
-                    CLIPTextModel, state, subfolder="text_encoder", config=os.fspath(skeleton), local_files_only=True
+                    CLIPTextModel, state, subfolder="text_encoder", config=os.fspath(skeleton), local_files_only=True,
+                    torch_dtype=dtype,
                 )
             ]
             if arch in ("sdxl", "ssd1b"):
                 text_encoders.append(
                     create_diffusers_clip_model_from_ldm(
-                        CLIPTextModelWithProjection, state, subfolder="text_encoder_2", config=os.fspath(skeleton), local_files_only=True
+                        CLIPTextModelWithProjection, state, subfolder="text_encoder_2", config=os.fspath(skeleton),
+                        local_files_only=True, torch_dtype=dtype,
                     )
                 )
             vae = None
             if not cfg.vae:
-                vae = AutoencoderKL.from_single_file(state, config=os.fspath(skeleton), subfolder="vae", local_files_only=True)
+                vae = AutoencoderKL.from_single_file(state, config=os.fspath(skeleton), subfolder="vae", local_files_only=True,
+                                                     torch_dtype=torch.float32)
         except (ValueError, KeyError, RuntimeError) as e:
             raise TeacherError(path, f"cannot convert the {arch} checkpoint: {e}") from None
     del state

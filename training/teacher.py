@@ -200,8 +200,9 @@ def _check_arch(found: str, wanted: str, source) -> None:
         raise ArchitectureMismatchError(source, expected=wanted, found=found, detail="set teacher.arch: auto or the matching architecture")
 
 
-def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str = "auto") -> Teacher:
-    """Load a diffusers-format teacher folder (local files only)."""
+def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str = "auto", dtype: torch.dtype | None = None) -> Teacher:
+    """Load a diffusers-format teacher folder (local files only); the UNet is loaded directly in
+    ``dtype`` (no float32 copy of it is ever held), text encoders and VAE as stored."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -209,7 +210,7 @@ def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str =
         if not (folder / part).is_dir():
             raise TeacherError(folder, f"not a diffusers teacher folder: missing '{part}/'")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True, torch_dtype=dtype)
         scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
         text_encoders = [CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)]
         tokenizers = [CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)]
@@ -240,15 +241,17 @@ def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str =
     )
 
 
-def load_teacher(cfg) -> Teacher:
-    """Load the teacher named by ``cfg.teacher`` (a :class:`~.config.TeacherSection`), frozen, in eval mode."""
+def load_teacher(cfg, dtype: torch.dtype | None = None) -> Teacher:
+    """Load the teacher named by ``cfg.teacher`` (a :class:`~.config.TeacherSection`), frozen, in eval mode;
+    UNet and text encoders in ``dtype`` (default: float32)."""
     path = Path(cfg.path)
+    dtype = dtype or torch.float32
     if path.is_dir():
-        teacher = load_teacher_folder(path, cfg.arch, cfg.prediction_type)
+        teacher = load_teacher_folder(path, cfg.arch, cfg.prediction_type, dtype)
     elif path.is_file():
         from .single_file import load_teacher_single_file
 
-        teacher = load_teacher_single_file(path, cfg)
+        teacher = load_teacher_single_file(path, cfg, dtype)
     else:
         raise ConfigError(path, "teacher checkpoint not found")
     if cfg.vae:

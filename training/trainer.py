@@ -192,14 +192,17 @@ class TrainingSession:
             torch.backends.cudnn.allow_tf32 = True
 
         torch.manual_seed(cfg.train.seed)  # LoRA init (peft: Kaiming-uniform A, zero B) is identical on every rank
-        self.teacher = teacher = load_teacher(cfg.teacher)
-        self.unet = unet = teacher.unet
         base_dtype = self.weight_dtype if cfg.train.cast_base_weights else torch.float32
+        self.teacher = teacher = load_teacher(cfg.teacher, base_dtype)  # frozen weights loaded straight in base_dtype
+        self.unet = unet = teacher.unet
         unet.to(device, dtype=base_dtype)
         for enc in teacher.text_encoders:
             enc.to(device, dtype=base_dtype)
         if teacher.vae is not None:
-            teacher.vae.to(device, dtype=torch.float32)  # fp32 VAE, as the reference ("to avoid NaN losses")
+            # fp32 VAE for fp16/fp32 runs ("to avoid NaN losses", the reference; the SDXL VAE overflows in fp16),
+            # bf16 for bf16 runs (no overflow; the reference SD script casts its VAE to the weight dtype too)
+            vae_dtype = torch.bfloat16 if (cfg.train.mixed_precision == "bf16" and cfg.train.cast_base_weights) else torch.float32
+            teacher.vae.to(device, dtype=vae_dtype)
         self.named_params = add_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
         self.params = [p for _, p in self.named_params]
         self.adapters = AdapterSwitch(unet)

@@ -62,6 +62,8 @@ def _weight_shape(groups: dict, name: str) -> tuple[int, ...] | None:
     if DOWN not in g or UP not in g:
         return None
     down, up = g[DOWN][1], g[UP][1]
+    if down.dim() not in (2, 4) or up.dim() != down.dim() or (MID in g and g[MID][1].dim() != 4):
+        return None  # malformed: check_module names the problem later
     if down.dim() == 2:
         return (up.shape[0], down.shape[1])
     kernel = g[MID][1].shape[2:] if MID in g else down.shape[2:]
