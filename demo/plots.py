@@ -92,7 +92,7 @@ def save_image_grid(rows: list[tuple[str, object]], path: Path, per_row: int = 1
             pad[1:1 + h, k * (w + 2) + 1:k * (w + 2) + 1 + w] = im
         tiles.append(pad)
     mosaic = np.concatenate(tiles, axis=0)
-    fig, ax = plt.subplots(figsize=(per_row * 0.55 + 2.2, len(rows) * 0.55 + 0.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(per_row * 0.55 + 2.8, len(rows) * 0.55 + 0.8), dpi=110)
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     row_h = mosaic.shape[0] / len(rows)
     ax.set_yticks([row_h * (i + 0.5) for i in range(len(rows))], [label for label, _ in rows], fontsize=8)

@@ -120,6 +120,8 @@ def _output_dtype(adapters, dtype):
     out = None
     for a in adapters:
         for d in a.dtypes():
+            if d.is_floating_point and d.itemsize == 1:  # float8 has no promotion rules; float16 holds it exactly
+                d = torch.float16
             out = d if out is None else torch.promote_types(out, d)
     return out or torch.float32
 

@@ -207,23 +207,35 @@ def _clip_signature(clip) -> tuple | None:
     return (type(clip.cond_stage_model).__name__,)
 
 
-def _key_map(model, clip) -> dict:
-    """``model_lora_keys_unet`` + ``model_lora_keys_clip`` (ComfyUI's LoraLoader maps), cached per model structure."""
+def _key_map(model, clip) -> tuple[dict, dict]:
+    """``model_lora_keys_unet`` + ``model_lora_keys_clip`` (ComfyUI's LoraLoader maps) and the
+    shapes of the weights they point at, cached per model structure."""
     sig = (_model_signature(model), _clip_signature(clip))
     with _KEY_MAPS_LOCK:
         if sig in _KEY_MAPS:
             _KEY_MAPS.move_to_end(sig)
             return _KEY_MAPS[sig]
     key_map: dict = {}
+    shapes: dict = {}
     if model is not None:
         key_map = comfy.lora.model_lora_keys_unet(model.model, key_map)
+        shapes.update((k, tuple(v.shape)) for k, v in model.model.state_dict().items())
     if clip is not None:
         key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+        shapes.update((k, tuple(v.shape)) for k, v in clip.cond_stage_model.state_dict().items())
     with _KEY_MAPS_LOCK:
-        _KEY_MAPS[sig] = key_map
+        _KEY_MAPS[sig] = (key_map, shapes)
         while len(_KEY_MAPS) > 8:
             _KEY_MAPS.popitem(last=False)
-    return key_map
+    return key_map, shapes
+
+
+def _fits(update_shape: tuple, weight_shape: tuple) -> bool:
+    """A LoRA update fits a weight of the same shape; Linear (o, i) and 1×1 conv (o, i, 1, 1) are interchangeable."""
+    def squeeze(s):
+        return s[:2] if len(s) == 4 and s[2:] == (1, 1) else s
+
+    return squeeze(tuple(update_shape)) == squeeze(tuple(weight_shape))
 
 
 def adapter_patches(name: str, adapter: LoraAdapter, arch: str, model=None, clip=None) -> dict:
@@ -244,7 +256,7 @@ def adapter_patches(name: str, adapter: LoraAdapter, arch: str, model=None, clip
     except ValueError as e:
         raise AdapterFileError(name, f"cannot be applied to a {ARCH_NAMES.get(arch, arch)} model: {e}") from None
     state_dict = _component_filter(state_dict, model is not None, clip is not None)
-    key_map = _key_map(model, clip)
+    key_map, weight_shapes = _key_map(model, clip)
     modules = sorted({k.split(".", 1)[0] for k in state_dict})
     unknown = [m for m in modules if m not in key_map]
     if unknown:
@@ -255,12 +267,30 @@ def adapter_patches(name: str, adapter: LoraAdapter, arch: str, model=None, clip
             f"{len(unknown)} of {len(modules)} LoRA modules have no counterpart in this "
             f"{ARCH_NAMES.get(arch, arch)} model (e.g. {', '.join(unknown[:3])})",
         )
+    _check_shapes(name, adapter, arch, key_map, weight_shapes)
     # Only this adapter's modules: same patches as with the full map, without load_lora trying
     # every weight-adapter type on the thousands of other model keys.
     to_load = {m: key_map[m] for m in modules}
     patches = comfy.lora.load_lora(state_dict, to_load, log_missing=True)
     cache[sig] = patches
     return patches
+
+
+def _check_shapes(name: str, adapter: LoraAdapter, arch: str, key_map: dict, weight_shapes: dict) -> None:
+    """Every update must have the shape of the weight it patches (ComfyUI would only log and skip it)."""
+    from ..lcm_core.lora import canonical_to_kohya
+
+    bad = []
+    for key, module in adapter.modules.items():
+        target = key_map.get(canonical_to_kohya(key, arch))
+        if target is None:
+            continue  # a component that is not being patched
+        target = target if isinstance(target, str) else target[0]
+        shape = weight_shapes.get(target)
+        if shape is not None and not _fits(module.weight_shape, shape):
+            bad.append(f"{key}: update {tuple(module.weight_shape)} vs weight {shape}")
+    if bad:
+        raise AdapterFileError(name, f"{len(bad)} LoRA modules do not fit the model's weights (e.g. {bad[0]})")
 
 
 def apply_patches(patches: dict, model, clip, strength_model: float, strength_clip: float):

@@ -490,6 +490,12 @@ def _c_invalid_json(draw, raw, header, data):
         text = text[:pos] + draw(st.sampled_from(list('{}[]:,"\\x0'))) + text[pos:]
     else:
         text = text[:pos] + text[pos + 1:]
+    try:  # Python's json is the oracle: an edit that keeps the text valid JSON (a deleted space, a letter
+        json.loads(text)  # inserted into a string) is not this defect; cut the text instead
+    except ValueError:
+        pass
+    else:
+        op, text = "cut", _header_text(header)[:pos]
     return pack(text, data), f"JSON {op} at {pos}"
 
 
@@ -836,6 +842,9 @@ def handmade_cases() -> list[Case]:
                       expected_arch="sd1"))
     cases += [peft_folder_case(kind, good) for kind in PEFT_KINDS]
     cases += structural_matrix()
+    for dtype in (torch.float8_e4m3fn, torch.float8_e5m2, torch.bfloat16, torch.float64):  # valid, unusual dtypes
+        valid = Base("sd1", "kohya", dict(SD1), 2, 2.0, dtype, 9).state_dict()
+        cases.append(Case(f"valid_{str(dtype).replace('torch.', '')}", to_bytes(valid), strict=False))
     return cases
 
 

@@ -1,7 +1,6 @@
 """Teacher loading: architecture of diffusers folders, single-file errors (no hub, clear messages)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -96,11 +96,18 @@ def wrap_ddp(module: torch.nn.Module, ctx: DistContext):
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    kwargs = dict(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, broadcast_buffers=False)
-    try:
-        return DDP(module, init_sync=False, **kwargs)
-    except TypeError:  # older torch without init_sync
-        return DDP(module, **kwargs)
+    import inspect
+
+    accepted = inspect.signature(DDP.__init__).parameters
+    kwargs = dict(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, gradient_as_bucket_view=True)
+    if "init_sync" in accepted:  # identical frozen weights on every rank: no start-up broadcast of the UNet
+        kwargs["init_sync"] = False
+    # the UNet's buffers are constants: no per-forward buffer broadcast
+    if "forward_sync_buffers" in accepted:
+        kwargs["forward_sync_buffers"] = False
+    else:
+        kwargs["broadcast_buffers"] = False
+    return DDP(module, **kwargs)
 
 
 def no_sync(module, sync: bool):

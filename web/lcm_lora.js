@@ -306,9 +306,15 @@ const extension = {
         return origBackground?.apply(this, arguments);
       };
       setTimeout(() => updateMergeSlots(node), 0);
-      const origExecuted = node.onExecuted;
-      node.onExecuted = function (message) {
-        const r = origExecuted?.apply(this, arguments);
+    }
+  },
+  // "executed" messages reach node.onExecuted; hook the prototypes (the front end manages the
+  // instances' handlers itself).
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name === MERGE) {
+      const orig = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message) {
+        const r = orig?.apply(this, arguments);
         const text = message?.text?.[0];
         if (typeof text === "string") {
           this.__lcmReportLines = text.split("\n");
@@ -319,10 +325,10 @@ const extension = {
         return r;
       };
     }
-    if (type === "LCMAdapterSave") {
-      const origExecuted = node.onExecuted;
-      node.onExecuted = function (message) {
-        const r = origExecuted?.apply(this, arguments);
+    if (nodeData?.name === "LCMAdapterSave") {
+      const orig = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message) {
+        const r = orig?.apply(this, arguments);
         if (message?.lcm_saved?.length) {
           app.refreshComboInNodes?.();
           toast(`saved ${message.lcm_saved[0]} to the loras folder`);

@@ -85,6 +85,8 @@ def main() -> int:
         for k in ("cold", "warm"):
             print(f"  {k}: ours {ld['wall_s']['ours_' + k] * 1000:.0f} ms, LoraLoader {ld['wall_s']['stock_' + k] * 1000:.0f} ms"
                   f" -> ratio {ld['ratio_' + k]:.3f} (cpu-time ratio {ld['ratio_' + k + '_cpu']:.3f}; goal <= 1.0)")
+        print(f"  cold incl. ComfyUI patching the weights (load_models_gpu): ours {ld['wall_s']['ours_cold_patched']:.2f} s, "
+              f"LoraLoader {ld['wall_s']['stock_cold_patched']:.2f} s -> ratio {ld['ratio_cold_patched']:.3f}")
         print(f"  identical patches: {ld['identical_patches']}")
         so = res["sampler_overhead"]
         print(f"sampler code alone (trivial denoiser): ours {so['wall_s_per_step']['ours'] * 1e6:.0f} us/step, "

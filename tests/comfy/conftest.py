@@ -13,8 +13,8 @@ Set ``LCM_LORA_TEST_CACHE=/some/dir`` to keep the generated checkpoints between 
 """
 from __future__ import annotations
 
-import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -64,14 +64,16 @@ def _cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("comfy-fixtures")
 
 
-def _script_hash() -> str:
-    return hashlib.sha1((H.SCRIPTS / "comfy_side.py").read_bytes()).hexdigest()[:10]
+def _checkpoint_version() -> str:
+    """``CHECKPOINT_VERSION`` of scripts/comfy_side.py (cached checkpoints are keyed by it)."""
+    match = re.search(r"^CHECKPOINT_VERSION = (\d+)", (H.SCRIPTS / "comfy_side.py").read_text(), re.M)
+    return f"v{match.group(1)}"
 
 
 def cached_checkpoint(comfy_env, tmp_path_factory, arch: str, workdir: Path) -> Path:
     comfy_path, python = comfy_env
     cache = _cache_dir(tmp_path_factory)
-    out = cache / f"random-{arch}-{_script_hash()}.safetensors"
+    out = cache / f"random-{arch}-{_checkpoint_version()}.safetensors"
     if not out.exists():
         H.make_checkpoint(comfy_path, python, arch, out, workdir)
     return out

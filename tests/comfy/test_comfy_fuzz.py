@@ -44,7 +44,8 @@ def generated_cases(n: int) -> list[Case]:
 
     @settings(max_examples=n, deadline=None, database=None, derandomize=True, phases=(Phase.generate,),
               suppress_health_check=list(HealthCheck))
-    @given(case=st.one_of(malformed_containers(), malformed_loras()))
+    # the model is SD1.5: cases "bad for another architecture" (expected_arch sdxl) may be fine for it
+    @given(case=st.one_of(malformed_containers(), malformed_loras()).filter(lambda c: c.expected_arch in (None, "sd1")))
     def collect(case):
         out.append(case)
 

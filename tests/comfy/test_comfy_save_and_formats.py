@@ -141,4 +141,4 @@ def test_svd_merge_reports_its_error_and_saves_the_rank(comfy, sd15_loras):
     v = torch.randn(lcm.down[only_lcm[0]][0].numel(), 2, dtype=torch.float64)
     got = kohya_projected(sd, F.kohya_name(only_lcm[0], "sd1"), v)
     want = projected_delta(lcm.down[only_lcm[0]], lcm.up[only_lcm[0]], lcm.alpha, v)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+    assert float((got - want).norm() / want.norm()) < 1e-5  # exact up to float32 SVD rounding

@@ -37,6 +37,9 @@ import struct
 import sys
 import time
 
+# Bump when the checkpoint layout or the random weights change (cached checkpoints are re-made).
+CHECKPOINT_VERSION = 1
+
 EXPECTED_CLASS = {"sd1": "SD15", "sd2": "SD20", "sdxl": "SDXL", "ssd1b": "SSD1B"}
 
 
