@@ -19,7 +19,7 @@ timestep ≥ 19).
 """
 from __future__ import annotations
 
-import logging
+import functools
 import math
 import os
 import threading
@@ -32,7 +32,6 @@ import torch
 from ..lcm_core.errors import AdapterFileError, ArchitectureMismatchError, ConfigError
 from ..lcm_core.lora import LoraAdapter
 
-log = logging.getLogger("lcm_lora")
 
 CATEGORY = "LCM-LoRA"
 ADAPTER_TYPE = "LCM_ADAPTER"
@@ -105,8 +104,7 @@ class _AdapterCache:
                 self._items.move_to_end(key)
                 return self._items[key]
         # lcm_core validates the structure (header, byte ranges, pairs, ranks, shapes, architecture);
-        # values are scanned here with a float32 sum per tensor (NaN/Inf make it non-finite), ~30×
-        # faster than an element-wise isfinite on fp16; suspects go to lcm_core's exact check.
+        # the values are scanned by check_values (fast, exact).
         adapter = read_adapter(path, check_values=False)
         check_values(path, adapter)
         with self._lock:
@@ -123,23 +121,40 @@ class _AdapterCache:
 ADAPTERS = _AdapterCache()
 
 
+# float dtype -> (same-size integer view, exponent-all-ones pattern); NaN/±Inf are exactly the
+# values whose magnitude bits reach that pattern.
+_NONFINITE_BITS = {
+    torch.float16: (torch.int16, 0x7FFF, 0x7C00),
+    torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
+    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
+}
+
+
+def _has_nonfinite(t: torch.Tensor) -> bool:
+    if t.element_size() == 1:  # float8: every value (NaN, Inf included) is exactly a float16
+        t = t.to(torch.float16)
+    spec = _NONFINITE_BITS.get(t.dtype)
+    if spec is None:
+        return not bool(torch.isfinite(t).all())
+    itype, magnitude, exponent = spec
+    return int((t.contiguous().view(itype) & magnitude).max()) >= exponent
+
+
 def check_values(source, adapter: LoraAdapter) -> None:
-    """Reject NaN / ±Inf in any factor or alpha (``AdapterFileError`` naming the file and tensor)."""
+    """Reject NaN / ±Inf in any factor or alpha (``AdapterFileError`` naming the file and tensor).
+
+    An integer max over the bit patterns: exact, and far faster on CPU than an element-wise
+    ``isfinite`` on float16 (lcm_core's ``check_finite``, which then words the error).
+    """
     from ..lcm_core.lora.validate import check_finite
 
-    suspects = {}
     for key, m in adapter.modules.items():
         if m.alpha is not None and not math.isfinite(float(m.alpha)):
             raise AdapterFileError(source, f"{key}: alpha is {m.alpha}")
         for role, t in (("lora_down", m.down), ("lora_up", m.up), ("lora_mid", m.mid)):
-            if t is None or not t.is_floating_point() or t.numel() == 0:
-                continue
-            if t.element_size() == 1:  # float8: no sum kernel; float16 holds every float8 value exactly
-                t = t.to(torch.float16)
-            if not bool(torch.isfinite(t.sum(dtype=torch.float32))):
-                suspects[f"{key}.{role}"] = t
-    if suspects:  # a huge but finite sum can overflow: the exact check decides
-        check_finite(source, suspects)
+            if t is not None and t.is_floating_point() and t.numel() and _has_nonfinite(t):
+                check_finite(source, {f"{key}.{role}": t})
+                raise AdapterFileError(source, f"{key}.{role}: contains NaN or Inf values")
 
 
 def load_adapter(name: str) -> LoraAdapter:
@@ -305,15 +320,20 @@ def apply_patches(patches: dict, model, clip, strength_model: float, strength_cl
     return new_model, new_clip
 
 
-def patch_lcm_sampling(model):
-    """Clone of ``model`` with ComfyUI's LCM model sampling (= ``ModelSamplingDiscrete`` "lcm")."""
+@functools.lru_cache(maxsize=1)
+def _lcm_model_sampling_class():
     from comfy_extras.nodes_model_advanced import LCM, ModelSamplingDiscreteDistilled
 
     class ModelSamplingLCM(ModelSamplingDiscreteDistilled, LCM):
-        pass
+        """What ``ModelSamplingDiscrete(sampling="lcm")`` builds: 50-step distilled grid + LCM boundary."""
 
+    return ModelSamplingLCM
+
+
+def patch_lcm_sampling(model):
+    """Clone of ``model`` with ComfyUI's LCM model sampling (= ``ModelSamplingDiscrete`` "lcm")."""
     patched = model.clone()
-    patched.add_object_patch("model_sampling", ModelSamplingLCM(model.model.model_config, zsnr=False))
+    patched.add_object_patch("model_sampling", _lcm_model_sampling_class()(model.model.model_config, zsnr=False))
     return patched
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from lcm_lora.demo.run import PRESETS, find_row, run_demo_pipeline
 
-FD_MARGIN = 0.2
+FD_MARGIN = 0.1
 ACCURACY_DROP = 0.01
 
 pytestmark = pytest.mark.slow

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +30,7 @@ def test_exported_data_is_the_train_split(tmp_path):
     split = split_indices(labels, seed=0)
     assert len(rows) == len(split.train)
     for k in (0, len(rows) // 2, len(rows) - 1):
-        png = torch.from_numpy(__import__("numpy").asarray(Image.open(folder / rows[k]["file_name"])))
+        png = torch.from_numpy(np.array(Image.open(folder / rows[k]["file_name"])))
         assert torch.equal(png, torch.from_numpy(to_uint8(images[split.train[k]:split.train[k] + 1])[0]))
         assert rows[k]["text"] == f"a handwritten digit {int(labels[split.train[k]])}"
 

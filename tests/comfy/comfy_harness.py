@@ -286,7 +286,7 @@ class ComfyServer:
                     msg = ws.recv()
                 except socket.timeout:
                     if not self.alive():
-                        raise RuntimeError(f"ComfyUI died while running {pid}:\n{self.log_tail()}")
+                        raise RuntimeError(f"ComfyUI died while running {pid}:\n{self.log_tail()}") from None
                     continue
                 if msg is None or msg.get("data", {}).get("prompt_id") != pid:
                     continue
@@ -397,18 +397,24 @@ class WebSocket:
         if b" 101 " not in head.split(b"\r\n", 1)[0]:
             raise ConnectionError(f"websocket handshake failed: {head[:200]!r}")
 
-    def _read(self, n: int) -> bytes:
+    def _read(self, n: int, frame_started: bool = True) -> bytes:
+        """``n`` bytes; a timeout only escapes before a frame has started (no half-read frames)."""
         buf = b""
         while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except socket.timeout:
+                if frame_started or buf:
+                    continue
+                raise
             if not chunk:
                 raise ConnectionError("websocket closed")
             buf += chunk
         return buf
 
     def recv(self) -> dict | None:
-        """Next JSON message, or None for a binary (preview) frame."""
-        b0, b1 = self._read(2)
+        """Next JSON message, or None for a binary (preview) frame; ``socket.timeout`` if none came."""
+        b0, b1 = self._read(2, frame_started=False)
         opcode, length = b0 & 0x0F, b1 & 0x7F
         if length == 126:
             length = struct.unpack(">H", self._read(2))[0]

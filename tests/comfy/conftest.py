@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import comfy_harness as H
 import graphs as G
@@ -30,6 +31,7 @@ LCM_SD15 = "lcm-lora-sdv1-5.safetensors"
 LCM_SDXL = "lcm-lora-sdxl.safetensors"
 STYLE_SD15 = "style-lora-sd15.safetensors"
 CORRUPT = "corrupt-lora.safetensors"
+NAN_LORA = "nan-lora.safetensors"
 FORMAT_FILES = {
     "kohya": LCM_SD15,
     "diffusers": "formats/lcm-diffusers.safetensors",
@@ -122,6 +124,9 @@ def write_lora_files(loras_dir: Path, loras: dict, keymap: dict, workdir: Path) 
     shutil.copy(dif, loras_dir / FORMAT_FILES["diffusers"])
     F.write_peft(loras["lcm"], loras_dir / "formats" / "lcm-peft")
     F.write_comfy(loras["lcm"], loras_dir / FORMAT_FILES["comfy"], keymap)
+    nan = F.random_lora("sd1", sorted(loras["lcm"].down)[:3], F.module_shapes("sd1"), rank=4, seed=5, dtype=torch.float16)
+    nan.up[sorted(nan.up)[1]][0, 0] = float("nan")
+    F.write_kohya(nan, loras_dir / NAN_LORA)
     good = (loras_dir / STYLE_SD15).read_bytes()
     (loras_dir / CORRUPT).write_bytes(good[: len(good) // 2])  # header promises bytes that are missing
 

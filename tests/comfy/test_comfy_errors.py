@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from conftest import CORRUPT, LCM_SD15, LCM_SDXL, SD15_CKPT, STYLE_SD15, cheap_prompt, merge_node
+from conftest import CORRUPT, LCM_SD15, LCM_SDXL, NAN_LORA, SD15_CKPT, STYLE_SD15, cheap_prompt, merge_node
 
 pytestmark = pytest.mark.comfyui
 
@@ -57,6 +57,14 @@ def test_corrupt_adapter_is_a_clear_node_error(comfy):
     assert CORRUPT in msg, msg
     assert result.error["exception_type"].endswith("AdapterFileError"), result.error["exception_type"]
     assert "Traceback" not in msg
+    assert_alive(comfy)
+
+
+def test_nan_adapter_is_a_clear_node_error(comfy):
+    result = comfy.run(loader_only(NAN_LORA))
+    assert result.status == "error" and result.error["node_type"] == "LCMLoraLoader"
+    msg = result.error["exception_message"]
+    assert NAN_LORA in msg and "NaN" in msg, msg
     assert_alive(comfy)
 
 
