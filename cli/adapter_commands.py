@@ -73,6 +73,14 @@ def parse_weighted(spec: str) -> tuple[str, float]:
     return path, value
 
 
+def _check_output(output: str, force: bool) -> None:
+    """Refuse an existing output before doing any work (the atomic write checks again at the end)."""
+    from ..lcm_core.errors import OutputExistsError
+
+    if not force and os.path.lexists(output):
+        raise OutputExistsError(output, "already exists; pass --force to replace it")
+
+
 def _read(path: str):
     from ..lcm_core.lora import read_adapter
 
@@ -157,6 +165,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    _check_output(args.output, args.force)
     adapter = _read(args.file)
     _write(adapter, args.output, args.to, args.force)
     print(f"wrote {args.output} ({args.to}, {len(adapter)} modules)")
@@ -166,6 +175,7 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     from ..lcm_core.merge import merge_adapters
 
+    _check_output(args.output, args.force)
     specs = [parse_weighted(s) for s in args.inputs]
     if args.method == "concat" and (args.rank is not None or args.energy is not None):
         raise ConfigError("merge", "--rank/--energy only apply to --method svd")
@@ -194,6 +204,7 @@ def run_merge(args: argparse.Namespace) -> int:
 def run_fuse(args: argparse.Namespace) -> int:
     from ..lcm_core.fuse_checkpoint import fuse_checkpoint
 
+    _check_output(args.output, args.force)
     specs = [parse_weighted(s) for s in args.inputs]
     adapters = [_read(path) for path, _ in specs]
     result = fuse_checkpoint(args.checkpoint, adapters, [w for _, w in specs], [p for p, _ in specs],

@@ -113,8 +113,8 @@ def build_report(results: dict) -> Doc:
           f"{cfg['n_samples']} prompts (balanced over the 10 digits) and the same initial noise.")
 
     doc.h("Claims")
-    for c in results["claims"].values():
-        doc.bullets([f"**{'PASS' if c['passed'] else 'FAIL'}** — {c['statement']}: {c['detail']}"])
+    doc.bullets([f"**{'PASS' if c['passed'] else 'FAIL'}** — {c['statement']}: {c['detail']}"
+                 for c in results["claims"].values()])
 
     doc.h("Quality vs steps")
     header = ["model / sampler", "steps", "UNet evals", "class accuracy", "FD ↓", "pixel FD ↓", "ms / image", "seconds"]
@@ -139,8 +139,10 @@ def build_report(results: dict) -> Doc:
               f"loss on the training digits rendered **{st['settings']['style']}**. Merged as τ' = λ1·τ_style + λ2·τ_LCM "
               f"with λ1 = {st['lambda1']}, λ2 = {st['lambda2']}. Style score = mean probability of \"styled\" under "
               f"a style classifier (real plain images {cal['style_score_real_plain']:.2f}, real styled "
-              f"{cal['style_score_real_styled']:.2f}).")
-        doc.table(["configuration", "steps", "UNet evals", "style score", "class accuracy", "FD ↓", "merge error"],
+              f"{cal['style_score_real_styled']:.2f}). FD here is against the plain reference digits, so it grows "
+              f"with the style; it is shown to spot broken samples, not as a quality score.")
+        doc.table(["configuration", "steps", "UNet evals", "style score", "class accuracy", "FD vs plain digits",
+                   "merge error"],
                   [[r["label"], r["steps"], r["nfe"], _f(r["style_score"], 3), _f(r["accuracy"], 3), _f(r["fd"], 1),
                     "–" if r.get("merge_relative_error") is None else f"{r['merge_relative_error']:.2e}"]
                    for r in st["rows"]])

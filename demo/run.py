@@ -352,6 +352,12 @@ def check_claims(rows, style: dict, fd_margin: float = 0.1, acc_drop: float = 0.
             "detail": f"|{merged['style_score']:.3f} − {ref['style_score']:.3f}| = {d_m:.3f} vs "
                       f"|{ddim_s['style_score']:.3f} − {ref['style_score']:.3f}| = {d_d:.3f}",
             "passed": bool(d_m < d_d)}
+        claims["style_merge_retains_style"] = {
+            "statement": f"merged style+LCM adapter at {merged['steps']} steps carries at least the style of the style LoRA "
+                         f"with teacher DDIM {ref['steps']} steps (style score ≥ reference − 0.05, accuracy ≥ reference − 1 point)",
+            "detail": f"style {merged['style_score']:.3f} vs {ref['style_score']:.3f}; accuracy {merged['accuracy']:.3f} vs "
+                      f"{ref['accuracy']:.3f}",
+            "passed": bool(merged["style_score"] >= ref["style_score"] - 0.05 and merged["accuracy"] >= ref["accuracy"] - 0.01)}
     dpm8, ddim8, lcm2 = find_row(rows, "teacher", "dpmpp_2m", 8), find_row(rows, "teacher", "ddim", 8), find_row(rows, "lcm_lora", "lcm", 2)
     if lcm4 and dpm8:
         claims["goal_lcm4_vs_dpm8"] = {"statement": "goal: LCM-LoRA 4 steps ≤ teacher DPM++ 2M 8 steps on FD",
@@ -402,7 +408,8 @@ def write_figures(out_dir: Path, ev: dict, cal: dict, cfg: DemoConfig) -> dict:
 def environment() -> dict:
     threads = torch.get_num_threads()
     return {"torch": torch.__version__, "threads": threads, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "summary": f"CPU, {threads} torch threads, {os.cpu_count()} cores visible, torch {torch.__version__}"}
+            "summary": f"CPU, {threads} torch thread{'s' if threads != 1 else ''}, {os.cpu_count()} cores visible, "
+                       f"torch {torch.__version__}"}
 
 
 def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None, cache_dir: str | os.PathLike | None = None,

@@ -35,6 +35,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _publish_without_clobbering(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` only if ``path`` does not exist, atomically: ``link`` fails with
+    EEXIST instead of replacing, so a writer that appeared meanwhile is never overwritten.
+    Filesystems without hard links fall back to check-then-rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExistsError(path, "appeared while writing; not overwritten") from None
+    except OSError:
+        if path.exists():
+            raise OutputExistsError(path, "appeared while writing; not overwritten") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it to ``path``."""
@@ -47,9 +63,10 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        if not overwrite and path.exists():  # raced with another writer
-            raise OutputExistsError(path, "appeared while writing; not overwritten")
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _publish_without_clobbering(tmp, path)
         _fsync_dir(path.parent)
     finally:
         if tmp.exists():
