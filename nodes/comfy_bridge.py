@@ -20,14 +20,12 @@ timestep ≥ 19).
 from __future__ import annotations
 
 import functools
-import math
 import os
 import threading
 from collections import OrderedDict
 
 import comfy.lora
 import folder_paths
-import torch
 
 from ..lcm_core.errors import AdapterFileError, ArchitectureMismatchError, ConfigError
 from ..lcm_core.lora import LoraAdapter
@@ -103,10 +101,9 @@ class _AdapterCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        # lcm_core validates the structure (header, byte ranges, pairs, ranks, shapes, architecture);
-        # the values are scanned by check_values (fast, exact).
-        adapter = read_adapter(path, check_values=False)
-        check_values(path, adapter)
+        # lcm_core checks the structure (header, byte ranges, pairs, ranks, shapes, architecture)
+        # and every value (NaN/Inf: validate.has_nonfinite, exact, one pass over the data).
+        adapter = read_adapter(path)
         with self._lock:
             self._items[key] = adapter
             while len(self._items) > self.size:
@@ -119,42 +116,6 @@ class _AdapterCache:
 
 
 ADAPTERS = _AdapterCache()
-
-
-# float dtype -> (same-size integer view, exponent-all-ones pattern); NaN/±Inf are exactly the
-# values whose magnitude bits reach that pattern.
-_NONFINITE_BITS = {
-    torch.float16: (torch.int16, 0x7FFF, 0x7C00),
-    torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
-    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
-}
-
-
-def _has_nonfinite(t: torch.Tensor) -> bool:
-    if t.element_size() == 1:  # float8: every value (NaN, Inf included) is exactly a float16
-        t = t.to(torch.float16)
-    spec = _NONFINITE_BITS.get(t.dtype)
-    if spec is None:
-        return not bool(torch.isfinite(t).all())
-    itype, magnitude, exponent = spec
-    return int((t.contiguous().view(itype) & magnitude).max()) >= exponent
-
-
-def check_values(source, adapter: LoraAdapter) -> None:
-    """Reject NaN / ±Inf in any factor or alpha (``AdapterFileError`` naming the file and tensor).
-
-    An integer max over the bit patterns: exact, and far faster on CPU than an element-wise
-    ``isfinite`` on float16 (lcm_core's ``check_finite``, which then words the error).
-    """
-    from ..lcm_core.lora.validate import check_finite
-
-    for key, m in adapter.modules.items():
-        if m.alpha is not None and not math.isfinite(float(m.alpha)):
-            raise AdapterFileError(source, f"{key}: alpha is {m.alpha}")
-        for role, t in (("lora_down", m.down), ("lora_up", m.up), ("lora_mid", m.mid)):
-            if t is not None and t.is_floating_point() and t.numel() and _has_nonfinite(t):
-                check_finite(source, {f"{key}.{role}": t})
-                raise AdapterFileError(source, f"{key}.{role}: contains NaN or Inf values")
 
 
 def load_adapter(name: str) -> LoraAdapter:

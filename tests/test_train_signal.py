@@ -48,6 +48,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     state = json.loads((saved[-1][1] / "trainer_state.json").read_text())
     assert state["step"] == steps[-1]
     # resumable from the command line, with a new step budget
-    done = subprocess.run(common + [f"max_steps={steps[-1] + 1}", "--resume"], capture_output=True, text=True, env=env, timeout=240)
+    # "--resume" directly before key=value overrides (argparse would take the first as CKPT)
+    resume_args = common[:8] + ["--resume"] + common[8:] + [f"max_steps={steps[-1] + 1}"]
+    done = subprocess.run(resume_args, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "lcm_lora.safetensors").is_file()

@@ -82,17 +82,22 @@ def run_train(args: argparse.Namespace) -> int:
         print("error: --config is required (or --print-schema)", file=sys.stderr)
         return EXIT_ERROR
     output = args.output or os.fspath(Path("runs") / Path(args.config).stem)
+    overrides = list(args.overrides)
+    if isinstance(args.resume, str) and "=" in args.resume and not os.path.exists(args.resume):
+        # "--resume key=value ...": argparse took the first override as the optional CKPT
+        overrides.insert(0, args.resume)
+        args.resume = True
     progress = not args.no_progress
     if args.nproc > 1:
         from .distributed import spawn_local
 
         try:
-            spawn_local(args.nproc, _spawned, (args.config, output, args.resume, list(args.overrides), progress))
+            spawn_local(args.nproc, _spawned, (args.config, output, args.resume, overrides, progress))
         except Exception as e:  # a child failed; it printed its own error
             print(f"error: a training process failed: {e}", file=sys.stderr)
             return EXIT_ERROR
         return EXIT_OK
-    return _run_one(args.config, output, args.resume, list(args.overrides), progress)
+    return _run_one(args.config, output, args.resume, overrides, progress)
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..errors import AdapterFileError
@@ -71,12 +72,58 @@ def alpha_from_tensor(source, name: str, t: torch.Tensor) -> float:
     return float(t.reshape(()).item())
 
 
+# Bit-pattern limits per float dtype: (signed and unsigned integer view of the same width,
+# largest finite pattern with the sign bit clear, largest finite pattern with it set). NaN and
+# ±Inf are exactly the patterns above these (IEEE 754: exponent field all ones; bfloat16 is the
+# top half of binary32; OCP 8-bit floating point spec: E5M2 likewise, E4M3FN has no Inf and one
+# NaN per sign, S.1111.111).
+_NONFINITE_LIMITS = {
+    torch.float16: (np.int16, np.uint16, 0x7BFF, 0xFBFF),
+    torch.bfloat16: (np.int16, np.uint16, 0x7F7F, 0xFF7F),
+    torch.float32: (np.int32, np.uint32, 0x7F7FFFFF, 0xFF7FFFFF),
+    torch.float64: (np.int64, np.uint64, 0x7FEFFFFFFFFFFFFF, 0xFFEFFFFFFFFFFFFF),
+}
+for _name, _limits in (("float8_e4m3fn", (np.int8, np.uint8, 0x7E, 0xFE)), ("float8_e5m2", (np.int8, np.uint8, 0x7B, 0xFB))):
+    if hasattr(torch, _name):
+        _NONFINITE_LIMITS[getattr(torch, _name)] = _limits
+_TORCH_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def has_nonfinite(t: torch.Tensor) -> bool:
+    """True when a floating-point tensor holds a NaN or ±Inf; exact, no copy of the data.
+
+    A bit-pattern test on integer views of the tensor's memory: with the sign bit clear, NaN/Inf
+    are exactly the signed-integer values above the largest finite pattern; with it set, exactly
+    the unsigned values above the largest negative finite one — so two integer ``max``
+    reductions decide it, for float16, bfloat16, float32, float64 and float8 (E4M3FN, E5M2)
+    alike. numpy does the reductions: single-threaded SIMD, ~15 ms per 134 MB. Measured on the
+    2-core dev VM under load, torch's own reductions (``isfinite(t).all()``, ``aminmax``) spend
+    seconds on an adapter's ~800 tensors waiting for their worker threads; numpy never does.
+    Other float dtypes (and tensors off the CPU) fall back to ``torch.isfinite``.
+    ``tests/test_check_finite.py`` checks every float16/bfloat16/float8 bit pattern and sampled
+    float32/float64 ones against the IEEE-754 definition on the bits.
+    """
+    if not t.is_floating_point() or t.numel() == 0:
+        return False
+    limits = _NONFINITE_LIMITS.get(t.dtype)
+    if limits is None or t.device.type != "cpu":
+        if t.element_size() == 1:  # other float8 kinds: isfinite is not implemented; float32 holds them exactly
+            t = t.to(torch.float32)
+        return not bool(torch.isfinite(t).all())
+    signed, unsigned, positive_limit, negative_limit = limits
+    bits = t.detach().view(_TORCH_INT[t.element_size()]).numpy()
+    if bits.dtype != signed:  # pragma: no cover - the views above always match
+        bits = bits.view(signed)
+    return int(bits.max()) > positive_limit or int(bits.view(unsigned).max()) > negative_limit
+
+
 def check_finite(source, tensors: dict[str, torch.Tensor]) -> None:
-    """Reject NaN / ±Inf anywhere (names the first offending tensor key)."""
+    """Reject NaN / ±Inf anywhere (names the first offending tensor key). Uses :func:`has_nonfinite`
+    (exact, fast); only an offending tensor is looked at again, to say whether it holds NaN or Inf."""
     for key, t in tensors.items():
-        if t.is_floating_point() and t.element_size() == 1:  # float8: isfinite is not implemented
-            t = t.to(torch.float16)  # exact (every e4m3/e5m2 value, NaN and Inf included, is a float16)
-        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        if has_nonfinite(t):
+            if t.element_size() == 1:  # float8: isnan is not implemented; float32 holds every value exactly
+                t = t.to(torch.float32)
             kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
             raise AdapterFileError(source, f"{key}: contains {kind} values")
 
