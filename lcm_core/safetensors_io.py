@@ -20,6 +20,7 @@ import json
 import math
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -249,16 +250,53 @@ def read_safetensors(
     missing = [k for k in wanted if k not in header.tensors]
     if missing:
         raise _fail(path, f"tensor {missing[0]!r} not in file")
-    from safetensors import SafetensorError, safe_open
-
-    tensors: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
-            for k in wanted:
-                tensors[k] = f.get_tensor(k)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:  # raced modification, I/O error
-        raise _fail(path, f"cannot read tensors: {e}") from None
+        tensors = _read_owned(path, header, wanted)
+    except OSError as e:  # permission denied, I/O error, file vanished
+        raise _fail(path, f"cannot read tensors: {e.strerror or e}") from None
     return tensors, header.metadata
+
+
+def _read_owned(path, header: SafetensorsHeader, wanted: list[str]) -> dict[str, torch.Tensor]:
+    """Tensors in memory this process owns, read with plain ``read`` calls (no memory map).
+
+    ``safetensors.safe_open``/``load_file`` return tensors backed by a memory map of the file: if the
+    file is later truncated or rewritten in place (a LoRA re-saved while ComfyUI is running), touching
+    a cached tensor kills the whole process with SIGBUS (measured: ``os.truncate`` after
+    ``load_file`` → exit 135). Reading into our own buffer costs about what the first touch of the
+    mapped pages costs, and the header is already validated, so every range lies inside the file.
+    """
+    infos = {k: header.tensors[k] for k in wanted}
+    whole = len(infos) == len(header.tensors)
+    spans = [(min((i.start for i in infos.values()), default=0), max((i.end for i in infos.values()), default=0))] \
+        if whole else sorted({(i.start, i.end) for i in infos.values()})
+    buffers: list[tuple[int, torch.Tensor]] = []  # (file offset, bytes); torch.empty: no zero-fill pass
+    with open(path, "rb", buffering=0) as f:
+        for lo, hi in spans:
+            buf = torch.empty(hi - lo, dtype=torch.uint8)
+            f.seek(lo)
+            view, done = memoryview(buf.numpy()), 0
+            while done < len(view):
+                n = f.readinto(view[done:])
+                if not n:
+                    raise _fail(path, "truncated: the file changed while reading tensors")
+                done += n
+            buffers.append((lo, buf))
+    out: dict[str, torch.Tensor] = {}
+    for k, i in infos.items():
+        lo, buf = next((lo, b) for lo, b in buffers if lo <= i.start and i.end <= lo + b.numel())
+        raw = buf[i.start - lo:i.end - lo]
+        dtype = _TORCH_DTYPES[i.dtype]
+        size = torch.empty((), dtype=dtype).element_size()
+        if raw.numel() == 0:
+            out[k] = torch.empty(i.shape, dtype=dtype)
+            continue
+        if (i.start - lo) % size or sys.byteorder != "little":  # unaligned (or big-endian host): an aligned copy
+            raw = raw.clone()
+            if sys.byteorder != "little":
+                raw = raw.view(-1, size).flip(1).reshape(-1)
+        out[k] = raw.view(dtype).reshape(i.shape)
+    return out
 
 
 def write_safetensors(

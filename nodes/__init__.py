@@ -19,6 +19,11 @@ from .lcm_scheduler import LCMScheduler
 
 NODES = [LCMLoraLoader, LCMAdapterMerge, LCMAdapterSave, LCMSampler, LCMScheduler, LCMKSampler]
 
+# Trainer panel routes (/lcm_lora/train/...), only when ComfyUI's server exists (see trainer_routes).
+from .trainer_routes import register_with_comfyui  # noqa: E402
+
+register_with_comfyui()
+
 
 class LCMLoraExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:

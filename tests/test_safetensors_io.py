@@ -183,3 +183,71 @@ def test_max_bytes_and_header_only(tmp_path):
         read_safetensors(p, max_bytes=100)
     h = read_header(p)
     assert h.tensors["w"].nbytes == 4000 and h.file_size == p.stat().st_size
+
+
+# A child process: the safetensors library's memory-mapped tensors die with SIGBUS when the file is
+# truncated under them (the control); ours are read into owned memory and keep their values.
+_TRUNCATE_CHILD = r"""
+import os, sys, torch
+from safetensors.torch import load_file
+from lcm_lora.lcm_core.safetensors_io import read_safetensors
+path, how = sys.argv[1:]
+expected = {k: v.clone() for k, v in load_file(path).items()}
+tensors = read_safetensors(path)[0] if how == "ours" else load_file(path)
+os.truncate(path, 8)
+ok = all(torch.equal(tensors[k], v) for k, v in expected.items())
+print("same" if ok else "changed")
+"""
+
+
+@pytest.mark.parametrize("how", ["ours", "library"])
+def test_tensors_survive_the_file_being_truncated(tmp_path, how):
+    """A LoRA re-saved in place (``open(path, "wb")`` truncates) while ComfyUI holds the adapter in its
+    cache must not kill the server: ours keep their values; the library's mmap (control) dies."""
+    import subprocess
+    import sys
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(512, 1024, generator=g), "b": torch.randn(3, 5, generator=g).half(),
+               "c": torch.randn(7, generator=g).to(torch.bfloat16), "d": torch.randn(1024, 300, generator=g)}
+    path = tmp_path / "x.safetensors"
+    save_file(tensors, str(path))
+    run = subprocess.run([sys.executable, "-c", _TRUNCATE_CHILD, str(path), how], capture_output=True, text=True, timeout=120)
+    if how == "ours":
+        assert run.returncode == 0 and run.stdout.strip() == "same", run.stderr[-2000:]
+    else:
+        assert run.returncode != 0 or run.stdout.strip() != "same"  # SIGBUS (-7) on Linux
+
+
+def test_unaligned_and_subset_reads_equal_the_library(tmp_path):
+    """Tensors at offsets that are not a multiple of their element size (odd-sized int8/f16 before
+    f32/f64) and reads of a subset of keys equal the safetensors library's values."""
+    g = torch.Generator().manual_seed(1)
+    tensors = {"a_u8": torch.randint(0, 255, (3,), dtype=torch.uint8, generator=g),
+               "b_f32": torch.randn(5, 3, generator=g), "c_f16": torch.randn(3, generator=g).half(),
+               "d_f64": torch.randn(4, dtype=torch.float64, generator=g), "e_bf16": torch.randn(2, 3, generator=g).bfloat16(),
+               "f_empty": torch.zeros(0, 4)}
+    path = tmp_path / "mixed.safetensors"
+    save_file(tensors, str(path))
+    ref = load_file(str(path))
+    got, _ = read_safetensors(path)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]), k
+    sub, _ = read_safetensors(path, keys=["d_f64", "b_f32"])
+    assert sub.keys() == {"d_f64", "b_f32"} and torch.equal(sub["d_f64"], ref["d_f64"])
+
+
+def test_unaligned_offsets_written_by_hand(tmp_path):
+    """The format allows any offsets: an f32 tensor at byte 3 of the data section (the library
+    writes aligned files, so this one is made by hand; its values come from numpy on the raw bytes)."""
+    import numpy as np
+
+    u8 = bytes([1, 2, 3])
+    f32 = np.arange(6, dtype="<f4") * 0.5 - 1.0
+    header = {"a": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+              "b": {"dtype": "F32", "shape": [2, 3], "data_offsets": [3, 27]}}
+    path = raw_file(tmp_path / "unaligned.safetensors", header, u8 + f32.tobytes())
+    got, _ = read_safetensors(path)
+    assert got["a"].tolist() == [1, 2, 3]
+    assert torch.equal(got["b"], torch.from_numpy(f32.reshape(2, 3).copy()))

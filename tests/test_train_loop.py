@@ -302,3 +302,40 @@ def test_errors_are_recorded_in_the_event_stream(assets, tmp_path):
         train(TINY, tmp_path / "err", overrides=_overrides(assets, teacher=broken), progress=False)
     end = read_events(tmp_path / "err")[-1]
     assert end["event"] == "end" and end["status"] == "error" and "unet" in end["message"]
+
+
+def test_resume_may_lower_the_learning_rate(assets, tmp_path):
+    """After a divergence the fix is a lower rate: ``--resume optim.learning_rate=…`` continues the
+    same schedule scaled by new/old. Closed form: the first resumed AdamW step has the same gradient
+    and moments as the uninterrupted run's, so its update is exactly (new/old) times as large."""
+    sched = {"lr_scheduler": "cosine", "lr_warmup_steps": 2, "checkpoint.every": 1, "checkpoint.keep": 10}
+    full = train(TINY, tmp_path / "full", overrides=_overrides(assets, **sched), progress=False)
+
+    def interrupt(step, loss):
+        if step == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    train(TINY, tmp_path / "split", overrides=_overrides(assets, **sched), progress=False, on_step=interrupt)
+    with pytest.warns(ckpt.CheckpointWarning, match="optim.learning_rate 0.001 -> 0.0005"):
+        rest = train(TINY, tmp_path / "split", resume=True, progress=False,
+                     overrides=_overrides(assets, **sched, **{"optim.learning_rate": 5e-4}))
+    assert rest.start_step == 3 and rest.final_step == 6
+    assert rest.losses[0] == full.losses[3]  # same parameters at step 3, same batch
+
+    lr = {run: {e["step"]: e["lr"] for e in read_events(tmp_path / run) if e["event"] == "step"} for run in ("full", "split")}
+    for step in (4, 5, 6):
+        assert lr["split"][step] == pytest.approx(0.5 * lr["full"][step], rel=1e-12, abs=0)
+
+    def params(run, step):
+        return ckpt.load_checkpoint(tmp_path / run / "checkpoints" / f"step-{step:08d}").tensors
+
+    base, full4, split4 = params("full", 3), params("full", 4), params("split", 4)
+    names = [k for k in base if k in full4 and base[k].is_floating_point() and not torch.equal(full4[k], base[k])]
+    assert names
+    for k in names:  # differences of fp32 parameters: exact up to a few ulps of the parameter itself
+        ulp = torch.finfo(torch.float32).eps * float(base[k].abs().max())
+        torch.testing.assert_close(split4[k] - base[k], 0.5 * (full4[k] - base[k]), rtol=1e-4, atol=4 * ulp)
+
+    with pytest.raises(ConfigError, match="different configuration"):  # anything else must still match
+        train(TINY, tmp_path / "split", resume=True, progress=False,
+              overrides=_overrides(assets, **sched, **{"lora.rank": 8, "max_steps": 8}))

@@ -64,7 +64,17 @@ def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_has
 
 
 def export_adapter(adapter: LoraAdapter, path: Path, fmt: str, metadata: dict[str, str], overwrite: bool = True) -> Path:
+    """Write the final adapter atomically (``write_adapter``: temp file + fsync + rename, so a kill
+    leaves the old file or none, never a partial one). The trainer saves the final checkpoint
+    *before* exporting, so a failed export (disk full) loses nothing: the error says so."""
+    from ..lcm_core.errors import ConfigError, LcmLoraError
     from ..lcm_core.lora import write_adapter
 
-    write_adapter(adapter, path, format=fmt, overwrite=overwrite, extra_metadata=metadata)
+    try:
+        write_adapter(adapter, path, format=fmt, overwrite=overwrite, extra_metadata=metadata)
+    except ConfigError:
+        raise
+    except LcmLoraError as e:
+        raise LcmLoraError(e.source, f"{e.problem}; the final checkpoint is kept: run again with --resume to retry "
+                           "the export") from e
     return Path(path)

@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import threading
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,9 +245,12 @@ class TrainingSession:
 
     def _restore(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path)
-        if state.state.get("trajectory") != _jsonable(trajectory_dict(self.cfg)):
+        saved, now = state.state.get("trajectory") or {}, _jsonable(trajectory_dict(self.cfg))
+        changed = {k for k in RESUME_MAY_CHANGE if _get(saved, k) != _get(now, k)}
+        if _without(saved, RESUME_MAY_CHANGE) != _without(now, RESUME_MAY_CHANGE):
             raise ConfigError(path, "the checkpoint was trained with a different configuration "
-                              "(teacher, data, lcd, lora, optim or train settings differ); resume with the same config")
+                              "(teacher, data, lcd, lora, optim or train settings differ); resume with the same config "
+                              f"(only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume)")
         with torch.no_grad():
             for name, p in self.named_params:
                 p.copy_(state.tensors[name])
@@ -254,11 +258,29 @@ class TrainingSession:
             self.ema.load_state_dict(state.tensors)
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(state.state["lr_scheduler"])
+        if "optim.learning_rate" in changed:
+            self._rescale_learning_rate(float(_get(saved, "optim.learning_rate")), path)
+        if changed:
+            warnings.warn(f"resuming {path} with " + ", ".join(
+                f"{k} {_get(saved, k)} -> {_get(now, k)}" for k in sorted(changed)), ckpt.CheckpointWarning, stacklevel=2)
         if state.state.get("scaler"):
             self.scaler.load_state_dict(state.state["scaler"])
         self.plan.load_state_dict(state.state["data"])
         ckpt.restore_rng_states(state.rng, state.state["rng"])
         self.step_count = state.step
+
+    def _rescale_learning_rate(self, saved_lr: float, path: Path) -> None:
+        """Resume with a new peak learning rate (e.g. after a divergence): the restored schedule keeps
+        its position and shape, scaled by new/old — LambdaLR's lr = base_lr · λ(step)."""
+        new_lr = self.cfg.optim.learning_rate
+        if not saved_lr > 0:
+            raise ConfigError(path, f"cannot rescale the saved learning rate {saved_lr}")
+        ratio = new_lr / saved_lr
+        for group in self.optimizer.param_groups:
+            group["lr"] *= ratio
+            group["initial_lr"] = new_lr
+        self.lr_scheduler.base_lrs = [new_lr for _ in self.lr_scheduler.base_lrs]
+        self.lr_scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     # ---------------------------------------------------------------- models as callables
     def _student(self, x, t, cond):
@@ -389,7 +411,7 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
         if not math.isfinite(loss_value):
             status = "diverged"
             message = (f"non-finite loss ({loss_value}) at step {step + 1}; stopped without updating. "
-                       f"Last good checkpoint: {last_ckpt or 'none'}. Try a lower optim.learning_rate or mixed_precision: bf16/no.")
+                       f"Last good checkpoint: {last_ckpt or 'none'}. Resume from it with a lower rate: --resume optim.learning_rate=... (or mixed_precision: bf16/no in a new run).")
             log.event("end", step=step, status=status, adapter=None, message=message,
                       checkpoint=None if last_ckpt is None else os.fspath(last_ckpt))
             raise NonFiniteLossError(output_dir, message)
@@ -413,7 +435,8 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
 
     adapter_path = None
     if status == "finished":
-        last_ckpt = save()
+        if saved_step["step"] != session.step_count:  # resumed at max_steps (e.g. killed while exporting): already saved
+            last_ckpt = save()
         if ctx.is_main:
             adapter_path = session.export()
     log.event("end", step=session.step_count, status=status, adapter=None if adapter_path is None else os.fspath(adapter_path),
@@ -440,6 +463,25 @@ def _export(unet, teacher: Teacher, cfg: TrainConfig, step: int, thash: str, out
     adapter = peft_state_to_adapter(lora_state_dict(unet), alpha, teacher.arch, DTYPES[cfg.output.dtype])
     meta = training_metadata(teacher.arch, cfg.lora.rank, alpha, step, thash, cfg)
     return export_adapter(adapter, output_dir / cfg.output.name, cfg.output.format, meta, overwrite=True)
+
+
+# Keys a resumed run may change: the usual fix after a divergence is a lower learning rate, and
+# the gradient-clipping threshold. Everything else in the trajectory must match the checkpoint.
+RESUME_MAY_CHANGE = ("optim.learning_rate", "optim.max_grad_norm")
+
+
+def _get(d: dict, dotted: str):
+    section, name = dotted.split(".")
+    return d.get(section, {}).get(name)
+
+
+def _without(d: dict, dotted_keys) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for key in dotted_keys:
+        section, name = key.split(".")
+        if isinstance(out.get(section), dict):
+            out[section].pop(name, None)
+    return out
 
 
 def _jsonable(obj):

@@ -22,6 +22,8 @@ Conventions handled here:
 """
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass
 
@@ -78,7 +80,16 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def decode_underscored(encoded: str) -> str:
-    """Undo kohya's flattening: ``down_blocks_0_attentions_0_proj_in`` → ``down_blocks.0.attentions.0.proj_in``."""
+    """Undo kohya's flattening: ``down_blocks_0_attentions_0_proj_in`` → ``down_blocks.0.attentions.0.proj_in``.
+
+    Real module names are short and repeat across files (a node loads the same adapter names again
+    and again): those are memoised; long names (only in hostile files) are not, so the cache stays small."""
+    if len(encoded) <= 160:
+        return _decode_cached(encoded)
+    return _decode(encoded)
+
+
+def _decode(encoded: str) -> str:
     words = encoded.split("_")
     out: list[str] = []
     i = 0
@@ -93,6 +104,9 @@ def decode_underscored(encoded: str) -> str:
             out.append(words[i])
             i += 1
     return ".".join(out)
+
+
+_decode_cached = functools.lru_cache(maxsize=16384)(_decode)
 
 
 # --------------------------------------------------------------------------- UNet LDM names

@@ -1,0 +1,744 @@
+"""Background training jobs for the ComfyUI trainer panel (no aiohttp here; see ``trainer_routes``).
+
+A job runs the **same** trainer as ``lcm-lora train --config FILE key=value ...`` in a child
+process of ComfyUI's python (``sys.executable``; ``LCM_LORA_TRAIN_PYTHON`` may name another
+interpreter, e.g. a venv with the trainer's dependencies — settable only from the environment,
+never over HTTP). The child is started through ``trainer_launch.py``, which imports the pack
+folder as ``lcm_lora`` whatever ComfyUI called it.
+
+Files: every job lives in ``<ComfyUI output>/lcm_lora_training/<job id>/`` — ``job.json`` (the
+request and state), ``train.log`` (the child's stdout/stderr), ``prompts.txt`` (prompts-only
+mode) and ``run/`` (the trainer's output folder: ``events.jsonl``, ``metrics.csv``,
+``validation/step-*.png``, checkpoints, the adapter). Progress is read from ``run/events.jsonl``
+(:mod:`lcm_lora.training.run_log` format), incrementally. On success the adapter is copied into
+ComfyUI's first ``loras`` folder under a sanitised name, atomically and never over an existing
+file (:mod:`lcm_core.safe_names`, :mod:`lcm_core.atomic_write`).
+
+Cancel sends SIGTERM (the trainer saves a checkpoint at the next step boundary and exits 130),
+then SIGKILL after ``cancel_timeout`` seconds. On Windows there is no SIGTERM for a child:
+``terminate()`` stops it at once, without a checkpoint.
+
+Confinement (hardening): every name that comes from a request is resolved by
+:func:`resolve_in_roots` inside the folders ComfyUI configured (``folder_paths``): no absolute
+paths, no ``..``, no NUL or control characters, and a path whose real location (symlinks
+followed) leaves its folder is refused. Models are only read; only the jobs folder under
+ComfyUI's output directory and the ``loras`` folder are written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..lcm_core.atomic_write import atomic_file
+from ..lcm_core.errors import LcmLoraError, OutputExistsError
+from ..lcm_core.safe_names import safe_output_path
+
+PACK_DIR = Path(__file__).resolve().parents[1]
+LAUNCHER = Path(__file__).resolve().parent / "trainer_launch.py"
+JOBS_SUBDIR = "lcm_lora_training"
+ADAPTER_FILE = "adapter.safetensors"
+CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+TRAINER_MODULES = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "yaml")
+JOB_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+VALIDATION_IMAGE = re.compile(r"^step-\d{8}\.png$")
+MAX_NAME_CHARS = 1024
+MAX_PROMPTS, MAX_PROMPT_CHARS = 1000, 1000
+LOG_TAIL_BYTES = 4000
+
+
+class RequestError(LcmLoraError):
+    """A request the panel must refuse; ``status`` is the HTTP status the routes answer with."""
+
+    def __init__(self, source, problem: str, status: int = 400):
+        super().__init__(source, problem)
+        self.status = status
+
+
+# ------------------------------------------------------------------ names and confinement
+def check_relative_name(name: Any, what: str) -> str:
+    """Validate a client-supplied relative name; return it with ``/`` separators.
+
+    Refused: non-strings, empty names, NUL / control / invisible format characters, absolute
+    paths (``/x``, ``C:\\x``, ``\\\\server``), ``..`` components, over-long names.
+    """
+    if not isinstance(name, str):
+        raise RequestError(what, f"must be a string, got {type(name).__name__}")
+    if not name.strip():
+        raise RequestError(what, "must not be empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise RequestError(what, f"is longer than {MAX_NAME_CHARS} characters")
+    bad = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")]
+    if bad:
+        raise RequestError(what, f"contains a control character ({ascii(bad[0])}); refused")
+    unified = name.replace("\\", "/")
+    if unified.startswith("/") or re.match(r"^[A-Za-z]:", unified) or os.path.isabs(name):
+        raise RequestError(what, f"{name!r} is an absolute path; give a name relative to ComfyUI's folder")
+    parts = [p for p in unified.split("/") if p not in ("", ".")]
+    if any(p.strip() == ".." for p in parts):
+        raise RequestError(what, f"{name!r} contains '..'; names must stay inside ComfyUI's folder")
+    if not parts:
+        raise RequestError(what, f"{name!r} names no file")
+    return "/".join(parts)
+
+
+def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """True if the real location of ``path`` (symlinks followed) is ``root``'s real location or below it."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    try:
+        return os.path.commonpath([real, real_root]) == real_root
+    except ValueError:  # different drives (Windows)
+        return False
+
+
+def resolve_in_roots(roots: list[str], name: Any, what: str, kind: str = "file") -> Path:
+    """Real path of ``name`` found in the first of ``roots`` that has it (``kind``: file | dir).
+
+    Raises :class:`RequestError` 400 for an unsafe name or a symlink whose target leaves its
+    root folder, 404 when no root holds it.
+    """
+    rel = check_relative_name(name, what)
+    for root in roots:
+        candidate = Path(root, *rel.split("/"))
+        if not os.path.lexists(candidate):
+            continue
+        if not is_inside(candidate, root):
+            raise RequestError(what, f"{rel!r} is a symbolic link that leaves {root}; refused")
+        real = Path(os.path.realpath(candidate))
+        if kind == "file" and real.is_file() or kind == "dir" and real.is_dir():
+            return real
+    raise RequestError(what, f"{rel!r} is not a {'file' if kind == 'file' else 'folder'} in "
+                             f"{', '.join(map(str, roots)) or '(no folder configured)'}", status=404)
+
+
+def check_folder_links(folder: Path, root: str | os.PathLike, what: str, max_entries: int = 200_000) -> None:
+    """Refuse (400) a folder holding a symbolic link whose target leaves ``root`` (the trainer reads
+    every file of a data or model folder, so a link inside would smuggle an outside file in)."""
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        for name in dirnames + filenames:
+            count += 1
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) and not is_inside(path, root):
+                rel = os.path.relpath(path, folder).replace(os.sep, "/")
+                raise RequestError(what, f"{rel!r} inside {folder.name!r} is a symbolic link that leaves {root}; refused")
+        if count > max_entries:
+            raise RequestError(what, f"{folder.name!r} holds more than {max_entries} entries")
+
+
+def _walk_confined(root: str, max_depth: int):
+    """(dirpath, dirnames, filenames) below ``root`` without following symlinks out of it."""
+    root = os.path.realpath(root)
+    if not os.path.isdir(root):
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        depth = os.path.relpath(dirpath, root).count(os.sep) + (0 if dirpath == root else 1)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and depth < max_depth)
+        yield dirpath, dirnames, sorted(f for f in filenames if not f.startswith("."))
+
+
+# ------------------------------------------------------------------ ComfyUI's folders
+@dataclass
+class ComfyFolders:
+    """The folders a job may touch: models (read), input (read), output + loras (write)."""
+
+    checkpoints: list[str]
+    diffusers: list[str]
+    loras: list[str]
+    input: str
+    output: str
+    comfy_root: str | None = None
+    checkpoint_names: Callable[[], list[str]] | None = None  # folder_paths.get_filename_list("checkpoints")
+
+    @classmethod
+    def from_folder_paths(cls) -> "ComfyFolders":
+        import folder_paths
+
+        return cls(
+            checkpoints=list(folder_paths.get_folder_paths("checkpoints")),
+            diffusers=list(folder_paths.get_folder_paths("diffusers")),
+            loras=list(folder_paths.get_folder_paths("loras")),
+            input=folder_paths.get_input_directory(),
+            output=folder_paths.get_output_directory(),
+            comfy_root=os.path.dirname(os.path.abspath(folder_paths.__file__)),
+            checkpoint_names=lambda: list(folder_paths.get_filename_list("checkpoints")),
+        )
+
+    @property
+    def jobs_root(self) -> Path:
+        return Path(self.output) / JOBS_SUBDIR
+
+    def list_checkpoints(self) -> list[str]:
+        if self.checkpoint_names is not None:
+            names = self.checkpoint_names()
+        else:
+            names = []
+            for root in self.checkpoints:
+                for dirpath, _, files in _walk_confined(root, 4):
+                    rel = os.path.relpath(dirpath, os.path.realpath(root))
+                    names += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files
+                              if f.lower().endswith(CHECKPOINT_EXTENSIONS)]
+        out = []
+        for n in names:  # only what resolve_in_roots would accept
+            try:
+                resolve_in_roots(self.checkpoints, n, "teacher")
+                out.append(n.replace(os.sep, "/"))
+            except RequestError:
+                pass
+        return sorted(set(out))
+
+    def list_diffusers(self) -> list[str]:
+        """Diffusers pipeline folders (``unet/config.json``) in ComfyUI's ``diffusers`` model folders."""
+        out = []
+        for root in self.diffusers:
+            real_root = os.path.realpath(root)
+            for dirpath, dirnames, _ in _walk_confined(root, 3):
+                if os.path.isfile(os.path.join(dirpath, "unet", "config.json")):
+                    out.append(os.path.relpath(dirpath, real_root).replace(os.sep, "/"))
+                    dirnames[:] = []
+        return sorted(set(out))
+
+    def list_data_folders(self) -> list[str]:
+        """Sub-folders of ComfyUI's input folder that hold images or a metadata file."""
+        out = []
+        root = os.path.realpath(self.input)
+        for dirpath, _, files in _walk_confined(root, 3):
+            if dirpath == root:
+                continue
+            if any(f.lower().endswith(IMAGE_EXTENSIONS) or f in ("metadata.jsonl", "metadata.csv") for f in files):
+                out.append(os.path.relpath(dirpath, root).replace(os.sep, "/"))
+        return sorted(out)
+
+
+# ------------------------------------------------------------------ start requests
+@dataclass(frozen=True)
+class Override:
+    key: str  # trainer config key
+    kind: str  # int | float | choice | strlist | intlist
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple = ()
+    max_items: int = 0
+
+
+OVERRIDES: dict[str, Override] = {
+    "max_steps": Override("train.max_steps", "int", 1, 1_000_000),
+    "learning_rate": Override("optim.learning_rate", "float", 1e-8, 1.0),
+    "rank": Override("lora.rank", "int", 1, 1024),
+    "alpha": Override("lora.alpha", "float", 1e-6, 4096),
+    "batch_size": Override("train.batch_size", "int", 1, 4096),
+    "gradient_accumulation": Override("train.gradient_accumulation", "int", 1, 1024),
+    "resolution": Override("data.resolution", "int", 8, 4096),
+    "seed": Override("train.seed", "int", 0, 2**31 - 1),
+    "mixed_precision": Override("train.mixed_precision", "choice", choices=("no", "fp16", "bf16")),
+    "device": Override("train.device", "choice", choices=("auto", "cpu", "cuda", "mps")),
+    "validation_every": Override("validation.every", "int", 0, 1_000_000),
+    "validation_prompts": Override("validation.prompts", "strlist", max_items=8),
+    "validation_steps": Override("validation.steps", "intlist", 1, 50, max_items=6),
+    "checkpoint_every": Override("checkpoint.every", "int", 0, 1_000_000),
+    "samples_per_prompt": Override("prompts_only.samples_per_prompt", "int", 1, 10_000),
+    "output_dtype": Override("output.dtype", "choice", choices=("fp16", "bf16", "fp32")),
+}
+START_KEYS = {"config", "teacher", "teacher_type", "data", "prompts", "output_name", "overrides"}
+
+
+def _yaml_number(value) -> str:
+    """A number as the trainer's ``key=value`` parser (YAML 1.1) reads it back: ``1e-05`` is a
+    string in YAML 1.1, ``1.0e-05`` a float."""
+    if isinstance(value, int):
+        return str(value)
+    text = repr(float(value))
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
+def _check_text(value: Any, what: str, max_chars: int) -> str:
+    if not isinstance(value, str):
+        raise RequestError(what, f"must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise RequestError(what, "must not be empty")
+    if len(value) > max_chars:
+        raise RequestError(what, f"is longer than {max_chars} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        raise RequestError(what, "contains a control character (newline, NUL, ...); refused")
+    return value
+
+
+def _check_override(name: str, value: Any) -> str:
+    spec = OVERRIDES[name]
+    what = f"overrides.{name}"
+
+    def number(v, integer: bool, label: str):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            raise RequestError(label, f"must be {'an integer' if integer else 'a number'}, got {json.dumps(v)[:60]}")
+        if not math.isfinite(v):
+            raise RequestError(label, "must be finite")
+        if spec.minimum is not None and v < spec.minimum or spec.maximum is not None and v > spec.maximum:
+            raise RequestError(label, f"must be between {spec.minimum:g} and {spec.maximum:g}, got {v}")
+        return _yaml_number(v)
+
+    if spec.kind in ("int", "float"):
+        text = number(value, spec.kind == "int", what)
+    elif spec.kind == "choice":
+        if value not in spec.choices:
+            raise RequestError(what, f"must be one of {', '.join(spec.choices)}, got {json.dumps(value)[:60]}")
+        text = value
+    else:
+        if not isinstance(value, list) or not value or len(value) > spec.max_items:
+            raise RequestError(what, f"must be a list of 1 to {spec.max_items} items")
+        if spec.kind == "strlist":
+            text = json.dumps([_check_text(v, f"{what}[{i}]", MAX_PROMPT_CHARS) for i, v in enumerate(value)])
+        else:
+            text = "[" + ", ".join(number(v, True, f"{what}[{i}]") for i, v in enumerate(value)) + "]"
+    return f"{spec.key}={text}"
+
+
+@dataclass
+class StartRequest:
+    """A validated start request (only types and forms; names are resolved by :meth:`JobManager.start`)."""
+
+    config: str
+    teacher: str
+    teacher_type: str
+    output_name: str
+    data: str | None = None
+    prompts: list[str] | None = None
+    overrides: list[str] = field(default_factory=list)
+    raw_overrides: dict = field(default_factory=dict)
+
+
+def parse_start_request(body: Any) -> StartRequest:
+    """Type-check a start request body (a decoded JSON object); :class:`RequestError` 400 otherwise."""
+    if not isinstance(body, dict):
+        raise RequestError("request body", f"must be a JSON object, got {type(body).__name__}")
+    unknown = sorted(set(body) - START_KEYS)
+    if unknown:
+        raise RequestError("request body", f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(START_KEYS))}")
+    for key in ("config", "teacher", "output_name"):
+        if key not in body:
+            raise RequestError("request body", f"missing field {key!r}")
+    config = check_relative_name(body["config"], "config")
+    teacher = check_relative_name(body["teacher"], "teacher")
+    teacher_type = body.get("teacher_type", "checkpoint")
+    if teacher_type not in ("checkpoint", "diffusers"):
+        raise RequestError("teacher_type", f"must be 'checkpoint' or 'diffusers', got {json.dumps(teacher_type)[:60]}")
+    output_name = check_relative_name(body["output_name"], "output_name")
+    if "/" in output_name:
+        raise RequestError("output_name", f"{output_name!r} must be a plain file name, without folders")
+    has_data, has_prompts = body.get("data") is not None, body.get("prompts") is not None
+    if has_data == has_prompts:
+        raise RequestError("request body", "give exactly one of 'data' (a folder in ComfyUI's input folder) or "
+                                           "'prompts' (a list of prompts, prompts-only mode)")
+    data = prompts = None
+    if has_data:
+        data = check_relative_name(body["data"], "data")
+    else:
+        value = body["prompts"]
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_PROMPTS:
+            raise RequestError("prompts", f"must be a list of 1 to {MAX_PROMPTS} strings")
+        prompts = [_check_text(p, f"prompts[{i}]", MAX_PROMPT_CHARS) for i, p in enumerate(value)]
+    raw = body.get("overrides")
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise RequestError("overrides", f"must be a JSON object, got {type(raw).__name__}")
+    bad = sorted(set(raw) - set(OVERRIDES))
+    if bad:
+        raise RequestError("overrides", f"unknown override(s) {', '.join(map(repr, bad))}; allowed: {', '.join(OVERRIDES)}")
+    overrides = [_check_override(k, raw[k]) for k in OVERRIDES if k in raw]
+    return StartRequest(config, teacher, teacher_type, output_name, data, prompts, overrides, dict(raw))
+
+
+def override_schema() -> dict:
+    """The allowed overrides with their limits (the panel builds its form from this)."""
+    return {k: {"key": o.key, "kind": o.kind, "min": o.minimum, "max": o.maximum, "choices": list(o.choices) or None,
+                "max_items": o.max_items or None} for k, o in OVERRIDES.items()}
+
+
+# ------------------------------------------------------------------ jobs
+def new_job_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def check_job_id(job_id: Any) -> str:
+    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        raise RequestError("job", f"{str(job_id)[:60]!r} is not a job id", status=404)
+    return job_id
+
+
+@dataclass
+class Job:
+    id: str
+    folder: Path
+    request: dict
+    status: str = "running"  # running | cancelling | done | failed | cancelled
+    pid: int | None = None
+    returncode: int | None = None
+    message: str = ""
+    lora_name: str | None = None
+    created: float = field(default_factory=time.time)
+    ended: float | None = None
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    events: list = field(default_factory=list, repr=False)
+    _offset: int = field(default=0, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / "run"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "train.log"
+
+    def read_events(self) -> list[dict]:
+        """New complete lines of ``run/events.jsonl`` since the last call (a half-written line waits)."""
+        path = self.run_dir / "events.jsonl"
+        with self._lock:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self._offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                return self.events
+            end = chunk.rfind(b"\n")
+            if end >= 0:
+                for line in chunk[: end + 1].splitlines():
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(event, dict):
+                        self.events.append(event)
+                self._offset += end + 1
+            return self.events
+
+    def log_tail(self, n: int = LOG_TAIL_BYTES) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - n))
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def summary(self, with_log: bool = False) -> dict:
+        events = self.read_events()
+        steps = [e for e in events if e.get("event") == "step"]
+        phase = next((e.get("event") for e in reversed(events) if e.get("event") in ("setup", "start", "end")), None)
+        last = steps[-1] if steps else {}
+        out = {
+            "id": self.id, "status": self.status, "pid": self.pid, "returncode": self.returncode,
+            "message": self.message, "lora_name": self.lora_name, "created": self.created, "ended": self.ended,
+            "phase": {"setup": "loading", "start": "training", "end": "ended"}.get(phase, "starting"),
+            "step": last.get("step", 0), "max_steps": last.get("max_steps") or (self.request.get("overrides") or {}).get("max_steps"),
+            "loss": last.get("loss"), "eta_s": last.get("eta_s"),
+            "checkpoints": [os.path.basename(str(e.get("path"))) for e in events if e.get("event") == "checkpoint"],
+            "images": self.images(), "request": self.request,
+        }
+        if with_log:
+            out["log_tail"] = self.log_tail()
+        return out
+
+    def images(self) -> list[str]:
+        folder = self.run_dir / "validation"
+        if not folder.is_dir():
+            return []
+        return sorted(f for f in os.listdir(folder) if VALIDATION_IMAGE.match(f))
+
+    def save(self) -> None:
+        state = {k: getattr(self, k) for k in ("id", "status", "pid", "returncode", "message", "lora_name", "created", "ended", "request")}
+        with atomic_file(self.folder / "job.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+
+def _trainer_python() -> str:
+    return os.environ.get("LCM_LORA_TRAIN_PYTHON") or sys.executable
+
+
+_DEPS_CACHE: dict[str, list[str]] = {}
+
+
+def missing_trainer_modules(python: str) -> list[str]:
+    """Trainer dependencies ``python`` cannot import (``importlib.util.find_spec``; cached per interpreter)."""
+    if python not in _DEPS_CACHE:
+        code = ("import importlib.util, json; print(json.dumps([m for m in %r if importlib.util.find_spec(m) is None]))"
+                % (TRAINER_MODULES,))
+        try:
+            proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+            missing = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else list(TRAINER_MODULES)
+        except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+            missing = list(TRAINER_MODULES)
+        if missing:
+            return missing  # not cached: the user may install them without restarting ComfyUI
+        _DEPS_CACHE[python] = []
+    return _DEPS_CACHE[python]
+
+
+class JobManager:
+    """Starts, tracks, cancels and publishes trainer-panel jobs (one running at a time)."""
+
+    def __init__(self, folders: ComfyFolders, pack_dir: Path = PACK_DIR, python: str | None = None,
+                 cancel_timeout: float = 60.0):
+        self.folders = folders
+        self.pack_dir = Path(pack_dir)
+        self.python = python
+        self.cancel_timeout = cancel_timeout
+        self.jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._load_previous()
+
+    # -- listing
+    def configs(self) -> list[str]:
+        return sorted(p.name for p in (self.pack_dir / "configs").glob("*.yaml") if p.is_file())
+
+    def options(self) -> dict:
+        f = self.folders
+        return {
+            "configs": self.configs(),
+            "teachers": [{"type": "checkpoint", "name": n} for n in f.list_checkpoints()]
+                        + [{"type": "diffusers", "name": n} for n in f.list_diffusers()],
+            "data_folders": f.list_data_folders(),
+            "overrides": override_schema(),
+            "loras_folder": f.loras[0] if f.loras else None,
+        }
+
+    def list_jobs(self) -> list[dict]:
+        return [j.summary() for j in sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)]
+
+    def get(self, job_id: Any) -> Job:
+        job = self.jobs.get(check_job_id(job_id))
+        if job is None:
+            raise RequestError("job", f"no job {job_id!r}", status=404)
+        return job
+
+    def events(self, job_id: Any, since: int = 0, limit: int = 5000) -> dict:
+        job = self.get(job_id)
+        events = job.read_events()
+        since = max(0, int(since))
+        chunk = events[since: since + limit]
+        return {"id": job.id, "status": job.status, "events": chunk, "next": since + len(chunk), "total": len(events)}
+
+    def image_path(self, job_id: Any, name: Any) -> Path:
+        """A validation image of a job: ``step-XXXXXXXX.png`` inside ``run/validation`` only."""
+        job = self.get(job_id)
+        if not isinstance(name, str) or not VALIDATION_IMAGE.match(name):
+            raise RequestError("image", f"{str(name)[:80]!r} is not a validation image name (step-XXXXXXXX.png)")
+        folder = job.run_dir / "validation"
+        return resolve_in_roots([str(folder)], name, "image")
+
+    # -- start
+    def _resolve(self, req: StartRequest) -> tuple[Path, Path, Path | None, Path]:
+        configs = self.configs()
+        if req.config not in configs:
+            raise RequestError("config", f"{req.config!r} is not one of the shipped configs ({', '.join(configs)})", status=404)
+        config = self.pack_dir / "configs" / req.config
+        if req.teacher_type == "checkpoint":
+            if not req.teacher.lower().endswith(CHECKPOINT_EXTENSIONS):
+                raise RequestError("teacher", f"{req.teacher!r} is not a checkpoint file ({', '.join(CHECKPOINT_EXTENSIONS)})")
+            teacher = resolve_in_roots(self.folders.checkpoints, req.teacher, "teacher")
+        else:
+            teacher = resolve_in_roots(self.folders.diffusers, req.teacher, "teacher", kind="dir")
+            if not (teacher / "unet" / "config.json").is_file():
+                raise RequestError("teacher", f"{req.teacher!r} is not a diffusers model folder (no unet/config.json)")
+            root = next(r for r in self.folders.diffusers if is_inside(teacher, r))
+            check_folder_links(teacher, root, "teacher")
+        data = None
+        if req.data is not None:
+            data = resolve_in_roots([self.folders.input], req.data, "data", kind="dir")
+            check_folder_links(data, self.folders.input, "data")
+        if not self.folders.loras:
+            raise RequestError("loras", "ComfyUI has no loras folder configured", status=500)
+        try:
+            target = safe_output_path(self.folders.loras[0], req.output_name, suffix=".safetensors", allow_subfolders=False)
+        except LcmLoraError as e:
+            raise RequestError("output_name", str(e)) from None
+        if os.path.lexists(target):
+            raise RequestError("output_name", f"{target.name!r} already exists in the loras folder; choose another name", status=409)
+        return config, teacher, data, target
+
+    def start(self, body: Any) -> dict:
+        """Validate, resolve and launch; returns the job summary. Raises :class:`RequestError`."""
+        req = parse_start_request(body)
+        config, teacher, data, target = self._resolve(req)
+        python = self.python or _trainer_python()
+        missing = missing_trainer_modules(python)
+        if missing:
+            raise RequestError(
+                python, f"cannot run the trainer: this python lacks {', '.join(missing)}. Install the pack's requirements "
+                        f"({self.pack_dir / 'requirements.txt'}) into ComfyUI's python, or set LCM_LORA_TRAIN_PYTHON "
+                        "to a python that has them, then restart ComfyUI", status=503)
+        with self._lock:
+            running = [j for j in self.jobs.values() if j.status in ("running", "cancelling")]
+            if running:
+                raise RequestError("trainer", f"job {running[0].id} is still running; cancel it or wait", status=409)
+            job_id = new_job_id()
+            folder = self.folders.jobs_root / job_id
+            folder.mkdir(parents=True, exist_ok=False)
+            request = {"config": req.config, "teacher": req.teacher, "teacher_type": req.teacher_type,
+                       "data": req.data, "prompts": len(req.prompts) if req.prompts else None,
+                       "output_name": target.name, "overrides": req.raw_overrides}
+            job = Job(job_id, folder, request)
+            self.jobs[job_id] = job
+        try:
+            args = [f"teacher={teacher}", "output.format=kohya", f"output.name={ADAPTER_FILE}", "logging.progress=false"]
+            if data is not None:
+                args.append(f"data={data}")
+            else:
+                prompts_file = folder / "prompts.txt"
+                with atomic_file(prompts_file) as tmp:
+                    tmp.write_text("\n".join(req.prompts) + "\n", encoding="utf-8")
+                args += [f"prompts={prompts_file}", "data.path=null"]
+            tokenizer = Path(self.folders.comfy_root or "", "comfy", "sd1_tokenizer")
+            if req.teacher_type == "checkpoint" and self.folders.comfy_root and (tokenizer / "vocab.json").is_file():
+                args.append(f"teacher.tokenizer={tokenizer}")
+            cmd = [python, str(LAUNCHER), str(self.pack_dir), "--config", str(config), "--output", str(job.run_dir),
+                   "--no-progress", *args, *req.overrides]
+            job.request["command"] = cmd
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            with open(job.log_path, "ab") as log:
+                log.write(("$ " + " ".join(cmd) + "\n").encode())
+                log.flush()
+                job.proc = subprocess.Popen(cmd, cwd=str(folder), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env)
+            job.pid = job.proc.pid
+            job.save()
+        except Exception as e:
+            job.status, job.message, job.ended = "failed", f"could not start the trainer: {type(e).__name__}: {e}", time.time()
+            try:
+                job.save()
+            except Exception:
+                pass
+            raise RequestError("trainer", job.message, status=500) from None
+        threading.Thread(target=self._watch, args=(job, target), name=f"lcm-lora-job-{job_id}", daemon=True).start()
+        return job.summary()
+
+    # -- cancel
+    def cancel(self, job_id: Any) -> dict:
+        job = self.get(job_id)
+        with self._lock:
+            if job.status not in ("running", "cancelling") or job.proc is None:
+                raise RequestError("job", f"job {job.id} is {job.status}; nothing to cancel", status=409)
+            first = job.status == "running"
+            job.status = "cancelling"
+        if first and job.proc.poll() is None:
+            try:
+                if os.name == "posix":
+                    job.proc.send_signal(signal.SIGTERM)  # trainer: checkpoint at the next step, exit 130
+                else:
+                    job.proc.terminate()
+            except ProcessLookupError:
+                pass
+            timer = threading.Timer(self.cancel_timeout, self._kill, args=(job,))
+            timer.daemon = True
+            timer.start()
+        return job.summary()
+
+    @staticmethod
+    def _kill(job: Job) -> None:
+        if job.proc is not None and job.proc.poll() is None:
+            job.message = "did not stop within the cancel timeout; killed"
+            try:
+                job.proc.kill()
+            except ProcessLookupError:
+                pass
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Cancel every running job and wait (ComfyUI exiting)."""
+        for job in list(self.jobs.values()):
+            if job.status == "running":
+                try:
+                    self.cancel(job.id)
+                except RequestError:
+                    pass
+        deadline = time.time() + timeout
+        for job in list(self.jobs.values()):
+            if job.proc is not None:
+                try:
+                    job.proc.wait(max(0.1, deadline - time.time()))
+                except subprocess.TimeoutExpired:
+                    job.proc.kill()
+
+    # -- completion
+    def _watch(self, job: Job, target: Path) -> None:
+        rc = job.proc.wait()
+        events = job.read_events()
+        end = next((e for e in reversed(events) if e.get("event") == "end"), None)
+        job.returncode = rc
+        job.ended = time.time()
+        finished = rc == 0 and end and end.get("status") == "finished" and end.get("adapter")
+        if job.status == "cancelling" and not finished:  # a run that finished as the cancel came in still counts
+            job.status = "cancelled"
+            ckpt = end.get("checkpoint") if end else None
+            job.message = (job.message + "; " if job.message else "") + (
+                f"cancelled at step {end.get('step')}; checkpoint {os.path.basename(ckpt)}" if end and ckpt else
+                "cancelled before the first step (nothing to checkpoint)" if end else f"cancelled (exit {rc})")
+        elif finished:
+            try:
+                name = self._publish(job, Path(end["adapter"]), target)
+                job.status, job.lora_name = "done", name
+                job.message = f"finished at step {end.get('step')}; saved to loras/{name}"
+            except Exception as e:  # noqa: BLE001 — the run folder keeps the adapter
+                job.status = "failed"
+                job.message = f"trained, but publishing to the loras folder failed: {e} (adapter kept in {job.run_dir})"
+        else:
+            job.status = "failed"
+            detail = end.get("message") if end else None
+            if not detail:
+                errors = [l for l in job.log_tail().splitlines() if l.startswith("error:")]
+                detail = errors[-1] if errors else (job.log_tail(600).strip().splitlines() or [""])[-1]
+            job.message = f"trainer exited with status {rc}: {detail}"
+        try:
+            job.save()
+        except Exception:
+            pass
+
+    def _publish(self, job: Job, adapter: Path, target: Path) -> str:
+        """Copy the adapter into the loras folder atomically; never overwrite (``name_2`` … if taken meanwhile)."""
+        if not is_inside(adapter, job.run_dir) or not adapter.is_file():
+            raise RequestError(adapter, "the trainer reported an adapter outside its run folder")
+        stem = target.name[: -len(".safetensors")]
+        for i in range(1, 100):
+            name = target.name if i == 1 else f"{stem}_{i}.safetensors"
+            path = safe_output_path(self.folders.loras[0], name, suffix=".safetensors", allow_subfolders=False)
+            try:
+                with atomic_file(path) as tmp:
+                    shutil.copyfile(adapter, tmp)
+                    os.chmod(tmp, 0o644)  # mkstemp makes 0600; ComfyUI (maybe another user) must read it
+                return path.name
+            except OutputExistsError:
+                continue
+        raise RequestError(target, "no free file name in the loras folder")
+
+    # -- jobs of earlier ComfyUI sessions
+    def _load_previous(self) -> None:
+        root = self.folders.jobs_root
+        if not root.is_dir():
+            return
+        for folder in sorted(root.iterdir()):
+            if not JOB_ID.match(folder.name) or folder.is_symlink() or not (folder / "job.json").is_file():
+                continue
+            try:
+                state = json.loads((folder / "job.json").read_text(encoding="utf-8"))
+                job = Job(folder.name, folder, state.get("request") or {})
+                for key in ("status", "pid", "returncode", "message", "lora_name", "created", "ended"):
+                    if key in state:
+                        setattr(job, key, state[key])
+            except (ValueError, OSError, TypeError):
+                continue
+            if job.status in ("running", "cancelling"):
+                job.status, job.message = "failed", "ComfyUI stopped while this job ran (resume it with lcm-lora train --resume)"
+            self.jobs[job.id] = job

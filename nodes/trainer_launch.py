@@ -1,0 +1,57 @@
+"""Launcher of one trainer-panel job: ``python trainer_launch.py <pack folder> [lcm-lora train args ...]``.
+
+Inside ComfyUI the pack is imported under its folder name (``custom_nodes/comfyui-lcm-lora``,
+hyphens and all), not as ``lcm_lora``. This script, run by :mod:`.trainer_jobs` with ComfyUI's
+python, registers the pack folder as the package ``lcm_lora`` (``importlib`` spec with
+``submodule_search_locations``, before anything else can import an installed ``lcm_lora``) and
+then runs the same entry point as ``lcm-lora train`` (:func:`lcm_lora.training.cli.main`).
+
+It also watches its parent: if ComfyUI dies without cancelling the job, the trainer gets
+SIGTERM (checkpoint, then exit) instead of running on as an orphan. Standard library only; it
+is a script, not a module of the package (no relative imports).
+"""
+import importlib.util
+import os
+import signal
+import sys
+import threading
+import time
+
+
+def load_pack(pack_dir: str):
+    """Import ``pack_dir/__init__.py`` as the package ``lcm_lora`` (sub-modules resolve inside it)."""
+    init = os.path.join(pack_dir, "__init__.py")
+    spec = importlib.util.spec_from_file_location("lcm_lora", init, submodule_search_locations=[pack_dir])
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"error: {init}: not an importable LCM-LoRA pack")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lcm_lora"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _watch_parent(parent: int, period: float = 2.0) -> None:
+    while True:
+        time.sleep(period)
+        if os.getppid() != parent:  # re-parented: ComfyUI is gone
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
+def main(argv) -> int:
+    if len(argv) < 2:
+        print("usage: trainer_launch.py PACK_DIR [lcm-lora train arguments ...]", file=sys.stderr)
+        return 2
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # nodes/ must not shadow top-level modules
+    pack_dir = os.path.abspath(argv[1])
+    load_pack(pack_dir)
+    if os.name == "posix":
+        threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    from lcm_lora.training.cli import main as train_main
+
+    return train_main(list(argv[2:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
