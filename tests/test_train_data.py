@@ -187,3 +187,33 @@ def test_sdxl_type_teacher_with_aspect_buckets(tmp_path):
     from lcm_lora.lcm_core.lora import read_adapter
 
     assert len(read_adapter(result.adapter_path)) > 0
+
+
+@pytest.mark.parametrize("crop", ["random", "center"])
+def test_flipped_crop_reports_its_position_in_the_mirrored_image(tmp_path, crop):
+    """SDXL micro-conditioning: ``crop_top``/``crop_left`` must locate the returned pixels. Reference
+    built with PIL alone: resize the original, mirror the *whole* resized image, cut the returned box."""
+    import numpy as np
+    from PIL import Image
+
+    from lcm_lora.training.data import Record, load_image
+
+    rng_np = np.random.default_rng(0)
+    src = tmp_path / "wide.png"
+    Image.fromarray(rng_np.integers(0, 255, (40, 96, 3), dtype=np.uint8)).save(src)
+    record, bucket = Record(captions=["x"], width=96, height=40, image=str(src)), (32, 32)
+    seen_flip = seen_plain = False
+    for seed in range(12):
+        tensor, (oh, ow, top, left, th, tw) = load_image(record, bucket, 3, crop, True, random.Random(seed))
+        (rw, rh), _ = resize_and_crop_box(96, 40, bucket, crop, random.Random(0))
+        resized = Image.open(src).convert("RGB").resize((rw, rh), Image.BILINEAR)
+        got = ((tensor.permute(1, 2, 0) + 1.0) * 127.5).round().numpy()
+        plain = np.asarray(resized.crop((left, top, left + 32, top + 32)), dtype=np.float32)
+        mirrored = np.asarray(resized.transpose(Image.FLIP_LEFT_RIGHT).crop((left, top, left + 32, top + 32)), dtype=np.float32)
+        assert (oh, ow, th, tw) == (40, 96, 32, 32)
+        if np.array_equal(got, mirrored) and not np.array_equal(got, plain):
+            seen_flip = True
+        else:
+            assert np.array_equal(got, plain), (seed, top, left)
+            seen_plain = True
+    assert seen_flip and seen_plain

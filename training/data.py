@@ -149,6 +149,10 @@ def load_image(
             im = im.resize((rw, rh), Image.BILINEAR).crop((left, top, left + bucket[0], top + bucket[1]))
             if flip and rng.random() < 0.5:
                 im = im.transpose(Image.FLIP_LEFT_RIGHT)
+                # The crop's left edge in the mirrored resized image (the SDXL micro-conditioning
+                # "crop_left"). Departure: diffusers' SDXL scripts use ``resolution - x1`` here, which
+                # is not the mirrored position (for a centre crop it should stay ``x1``; theirs does not).
+                left = rw - left - bucket[0]
             array = np.asarray(im, dtype=np.float32)
     except ConfigError:
         raise

@@ -3,13 +3,17 @@
     LCM_REFERENCE_SCRIPT=/path/to/train_lcm_distill_lora_sd_wds.py \\
         python benchmarks/trainer/bench_trainer.py --model tiny            # CPU
     ... --model sd15 --resolution 512 --batch 4 --mixed-precision fp16 --rank 64   # GPU (random weights)
+    LCM_REFERENCE_SCRIPT_SDXL=/path/to/train_lcm_distill_lora_sdxl.py \\
+        python benchmarks/trainer/bench_trainer.py --model sdxl-tiny       # CPU, SDXL-type tiny teacher
 
 Each side runs in its own fresh process (clean peak-memory accounting):
 
 * ours: ``lcm_lora.training.trainer.TrainingSession.step()`` — the exact step ``train()`` runs
   (data loading from image files, VAE + text encoding, LCD loss, backward, clip, AdamW);
-* reference: the training-step block of ``$LCM_REFERENCE_SCRIPT`` executed from its own source
-  (``reference_step.py``), with batches handed over in memory (no data loading).
+* reference: the training-step block of ``$LCM_REFERENCE_SCRIPT`` (``--model tiny/sd15``) or
+  ``$LCM_REFERENCE_SCRIPT_SDXL`` (``--model sdxl-tiny``) executed from its own source
+  (``reference_step.py``), with batches handed over in memory (no data loading; SDXL: uncropped
+  images at the training resolution, i.e. the time ids our data loader gives these images).
 
 Reported: steps/s over ``--steps`` timed steps after ``--warmup``; peak memory while training
 (after setup; models, optimizer state, activations): CUDA ``max_memory_allocated`` on GPU, or on
@@ -18,7 +22,8 @@ baseline is excluded; glibc set to return freed memory at once). Goals (issue):
 ours/reference ≥ 1.3× steps/s and ≤ 0.7× peak memory. ``--no-teacher-autocast`` turns off the
 reference's ``torch.autocast(device)`` around its teacher passes (on CPU that is bf16, which
 can make the reference slower for a reason unrelated to the algorithm); both numbers are printed
-when ``--both-autocast`` is given.
+when ``--both-autocast`` is given. The SDXL script has no teacher autocast (its UNet runs in the
+weight dtype), so for ``sdxl-tiny`` those flags do not apply.
 """
 from __future__ import annotations
 
@@ -80,15 +85,16 @@ def _preimport() -> None:
 
 # ------------------------------------------------------------------------------------------ assets
 def build_teacher(model: str, folder: Path, resolution: int) -> Path:
-    """tiny: training/tiny_models.py; sd15: random-weight SD 1.5 (in-code configs, tiny tokenizer)."""
+    """tiny / sdxl-tiny: training/tiny_models.py (``variant="sdxl"``: text_time UNet, two text encoders);
+    sd15: random-weight SD 1.5 (in-code configs, tiny tokenizer)."""
     if (folder / "unet").is_dir():
         return folder
-    if model == "tiny":
+    if model in ("tiny", "sdxl-tiny"):
         from lcm_lora.training.tiny_models import build_tiny_teacher
 
-        return build_tiny_teacher(folder, image_size=resolution)
+        return build_tiny_teacher(folder, image_size=resolution, variant="sdxl" if model == "sdxl-tiny" else "sd")
     if model != "sd15":
-        raise SystemExit(f"--model {model}: the reference step supports SD 1.x only (tiny, sd15)")
+        raise SystemExit(f"--model {model}: not one of tiny, sdxl-tiny, sd15")
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -137,7 +143,7 @@ def worker_ours(a) -> dict:
     base = _rss_mib()
     overrides = [f"teacher={a.teacher}", f"data={a.data}", f"batch_size={a.batch}", f"lora.rank={a.rank}",
                  f"lora.alpha={a.rank}", f"data.resolution={a.resolution}", "data.buckets=false",
-                 f"data.bucket_step={8 if a.model == 'tiny' else 64}", f"train.mixed_precision={a.mixed_precision}",
+                 f"data.bucket_step={8 if a.model.endswith('tiny') else 64}", f"train.mixed_precision={a.mixed_precision}",
                  f"train.gradient_checkpointing={str(a.gradient_checkpointing).lower()}",
                  f"data.cache_latents={str(a.cache).lower()}", f"data.cache_text={str(a.cache).lower()}",
                  f"max_steps={a.warmup + a.steps + 1}", "validation.every=0", "checkpoint.every=0", "logging.progress=false",
@@ -164,13 +170,14 @@ def worker_reference(a) -> dict:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from reference_step import ReferenceTrainer
+    from reference_step import make_reference_trainer
 
     _preimport()
     base = _rss_mib()
-    ref = ReferenceTrainer(a.teacher, rank=a.rank, batch_size=a.batch, mixed_precision=a.mixed_precision,
-                           teacher_autocast=not a.no_teacher_autocast, device=a.device if a.device != "auto" else None,
-                           gradient_checkpointing=a.gradient_checkpointing)
+    ref = make_reference_trainer(_kind(a.model), a.teacher, rank=a.rank, batch_size=a.batch, resolution=a.resolution,
+                                 mixed_precision=a.mixed_precision, teacher_autocast=not a.no_teacher_autocast,
+                                 device=a.device if a.device != "auto" else None,
+                                 gradient_checkpointing=a.gradient_checkpointing)
     if ref.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _reset_peak_rss()
@@ -186,6 +193,11 @@ def worker_reference(a) -> dict:
     _sync(ref.device)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return _result("reference", a, elapsed, cpu, base, ref.device)
+
+
+def _kind(model: str) -> str:
+    """Which reference script: ``sdxl`` (train_lcm_distill_lora_sdxl.py) or ``sd`` (…_sd_wds.py)."""
+    return "sdxl" if model.startswith("sdxl") else "sd"
 
 
 def _result(side, a, elapsed, cpu_seconds, base_rss, device) -> dict:
@@ -222,7 +234,7 @@ def _run_worker(side: str, a, extra=(), cache: bool = False) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", choices=("tiny", "sd15"))
+    p.add_argument("--model", default="tiny", choices=("tiny", "sdxl-tiny", "sd15"))
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch", type=int, default=8)
@@ -242,8 +254,9 @@ def main(argv=None) -> int:
     p.add_argument("--teacher", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    a.resolution = a.resolution or (16 if a.model == "tiny" else 512)
-    a.rank = a.rank or (8 if a.model == "tiny" else 64)
+    tiny = a.model.endswith("tiny")
+    a.resolution = a.resolution or (16 if tiny else 512)
+    a.rank = a.rank or (8 if tiny else 64)
 
     if a.worker:
         import torch
@@ -255,13 +268,15 @@ def main(argv=None) -> int:
 
     from reference_step import reference_path
 
-    reference_path()  # fail early with a clear message when LCM_REFERENCE_SCRIPT is missing
+    reference_path(_kind(a.model))  # fail early with a clear message when LCM_REFERENCE_SCRIPT[_SDXL] is missing
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="lcm_bench_"))
     a.teacher = build_teacher(a.model, work / f"teacher_{a.model}_{a.resolution}", a.resolution)
     a.data = build_data(work / f"data_{a.resolution}", n=max(2 * a.batch, 16), size=a.resolution)
     print(f"model={a.model} resolution={a.resolution} batch={a.batch} rank={a.rank} mixed_precision={a.mixed_precision} "
           f"gradient_checkpointing={a.gradient_checkpointing} steps={a.steps} warmup={a.warmup} threads={a.threads}", flush=True)
     variants = [False, True] if a.both_autocast else [a.no_teacher_autocast]
+    if _kind(a.model) == "sdxl":
+        variants = [True]  # the SDXL script has no teacher autocast: one reference variant ("off")
     sides = {"ours": []} | ({"ours (cache)": []} if a.cache else {}) | {f"ref{int(v)}": [] for v in variants}
     for _ in range(a.repeats):  # alternate, so load changes on a shared machine hit both sides alike
         sides["ours"].append(_run_worker("ours", a, cache=False))
@@ -285,7 +300,7 @@ def main(argv=None) -> int:
     ours = table["ours"]
     for v in variants:
         ref = table[f"ref{int(v)}"]
-        label = f"reference (teacher autocast {'off' if v else 'on'})"
+        label = f"reference (teacher autocast {'off' if v else 'on'})" if _kind(a.model) == "sd" else "reference SDXL script"
         print(f"{label:34s} {ref['steps_per_s']:9.3f} {ref['steps_per_cpu_s']:12.3f} {ref['peak_mib']:10.1f}   "
               f"speed ratio {ours['steps_per_s'] / ref['steps_per_s']:.2f}x wall, "
               f"{ours['steps_per_cpu_s'] / ref['steps_per_cpu_s']:.2f}x CPU (goal >= 1.3)   "

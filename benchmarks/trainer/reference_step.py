@@ -1,27 +1,43 @@
-"""Run the diffusers reference training step itself, read from ``$LCM_REFERENCE_SCRIPT``.
+"""Run the diffusers reference training step itself, read from the reference script's own source.
 
-The reference (``examples/consistency_distillation/train_lcm_distill_lora_sd_wds.py``) cannot be
-imported as a module here: it imports webdataset/braceexpand/torchvision at the top and keeps its
-training step inline in ``main()``. So this file *executes the reference's own source*:
+Two diffusers scripts (``examples/consistency_distillation/``) are supported; which one a path is,
+is detected from its content (:func:`detect_script`):
+
+* ``sd``: ``train_lcm_distill_lora_sd_wds.py`` (SD 1.x/2.x), path in ``$LCM_REFERENCE_SCRIPT``;
+* ``sdxl``: ``train_lcm_distill_lora_sdxl.py``, path in ``$LCM_REFERENCE_SCRIPT_SDXL``.
+
+Neither can be imported as a module here: they import webdataset/braceexpand/torchvision/datasets
+at the top and keep their training step inline in ``main()``. So this file *executes the
+reference's own source*, never its module top level:
 
 * its helper definitions (``DDIMSolver``, ``scalings_for_boundary_conditions``,
   ``get_predicted_original_sample``, ``get_predicted_noise``, ``extract_into_tensor``,
-  ``append_dims``, ``encode_prompt``) are compiled from the script's AST;
+  ``append_dims``, ``encode_prompt``; for SDXL also ``import_model_class_from_model_name_or_path``
+  and the ``compute_embeddings`` function nested in ``main()``) are compiled from the script's AST;
 * the body of its training loop — the ``with accelerator.accumulate(unet):`` block, steps 1-11
   (encode, sample t/ω/noise, student, two teacher passes, DDIM step, target, loss, backward,
   clip, optimizer and LR-scheduler step) — is compiled from the AST and executed unchanged;
-* the objects it refers to are set up as its ``main()`` does (accelerate ``Accelerator``,
-  ``get_peft_model`` with its default targets, separate frozen ``teacher_unet``, AdamW over
-  ``unet.parameters()``, ``get_scheduler``, ``uncond_prompt_embeds`` of ""), but from a local
-  teacher folder. Batches are handed over in memory (the reference's webdataset loader is not
-  used), which can only flatter the reference.
+* the objects it refers to are set up as its ``main()`` does, but from a local teacher folder.
+  SD (:class:`ReferenceTrainer`): accelerate ``Accelerator``, ``get_peft_model`` with its default
+  targets, a separate frozen ``teacher_unet``, AdamW over ``unet.parameters()``, ``get_scheduler``,
+  ``uncond_prompt_embeds`` of "". SDXL (:class:`ReferenceTrainerSDXL`): ``Accelerator(split_batches=True)``,
+  two tokenizers (``AutoTokenizer``, slow) and two text encoders (classes from their configs),
+  one UNet with ``unet.add_adapter(LoraConfig)`` whose adapters the step disables for the teacher
+  passes, ``params_to_optimize = filter(requires_grad, unet.parameters())`` handed to AdamW (so,
+  as in the script, the iterator is exhausted when the step clips with it: **the SDXL reference's
+  gradient clipping is a no-op**), ``compute_embeddings_fn`` = ``functools.partial(compute_embeddings,
+  ...)`` (pooled ``text_embeds`` + ``time_ids`` from original size, crop top-left and
+  ``(resolution, resolution)``); its unconditional branch is built inside the step (all-zero
+  prompt and pooled embeddings, same time ids).
 
-Only the SD 1.x/2.x script (``train_lcm_distill_lora_sd_wds.py``) is supported.
-Nothing of the reference is copied into this repository; the path comes from the environment.
+Batches are handed over in memory (the reference's data loaders are not used), which can only
+flatter the reference. Nothing of the reference is copied into this repository; the paths come
+from the environment.
 """
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 import os
 import random
@@ -35,37 +51,76 @@ import torch.nn.functional as F
 
 HELPERS = ("DDIMSolver", "scalings_for_boundary_conditions", "get_predicted_original_sample", "get_predicted_noise",
            "extract_into_tensor", "append_dims", "encode_prompt")
+SDXL_HELPERS = HELPERS + ("import_model_class_from_model_name_or_path",)
+SDXL_NESTED = ("compute_embeddings",)  # defined inside main(); refers to args, accelerator, weight_dtype
+ENV = {"sd": "LCM_REFERENCE_SCRIPT", "sdxl": "LCM_REFERENCE_SCRIPT_SDXL"}
+SCRIPT_NAMES = {"sd": "train_lcm_distill_lora_sd_wds.py", "sdxl": "train_lcm_distill_lora_sdxl.py"}
 
 
 class ReferenceUnavailable(RuntimeError):
     pass
 
 
-def reference_path() -> Path:
-    path = os.environ.get("LCM_REFERENCE_SCRIPT")
+def detect_script(source: str) -> str | None:
+    """``"sd"`` / ``"sdxl"`` from the script's content, ``None`` if it is neither LoRA reference."""
+    if "def main" not in source or "accelerator.accumulate(unet)" not in source:
+        return None
+    if "StableDiffusionXLPipeline" in source and "text_encoder_two" in source and "disable_adapters" in source:
+        return "sdxl"
+    if "teacher_unet" in source and "StableDiffusionPipeline" in source:
+        return "sd"
+    return None
+
+
+def reference_path(kind: str = "sd") -> Path:
+    """The reference script of ``kind`` ("sd" or "sdxl") named by its environment variable."""
+    var = ENV[kind]
+    path = os.environ.get(var)
     if not path:
-        raise ReferenceUnavailable("LCM_REFERENCE_SCRIPT is not set (path to diffusers' train_lcm_distill_lora_sd_wds.py)")
+        raise ReferenceUnavailable(f"{var} is not set (path to diffusers' {SCRIPT_NAMES[kind]})")
     path = Path(path)
     if not path.is_file():
-        raise ReferenceUnavailable(f"LCM_REFERENCE_SCRIPT={path} does not exist")
+        raise ReferenceUnavailable(f"{var}={path} does not exist")
     return path
 
 
-def load_reference(path: Path | None = None) -> tuple[dict, types.CodeType]:
-    """(namespace with the reference helpers, compiled training-step block)."""
-    path = path or reference_path()
+def _compile_defs(nodes: list, path: Path, namespace: dict) -> None:
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), str(path), "exec"), namespace)
+
+
+def load_reference(path: Path | None = None, kind: str | None = None) -> tuple[dict, types.CodeType]:
+    """(namespace with the reference helpers, compiled training-step block).
+
+    ``kind`` ("sd"/"sdxl") picks the environment variable when ``path`` is not given and must
+    match the script's content when given; by default ``sd``.
+    """
+    path = path or reference_path(kind or "sd")
     source = path.read_text(encoding="utf-8")
     tree = ast.parse(source)
-    if "teacher_unet" not in source or "def main" not in source:
-        raise ReferenceUnavailable(f"{path}: not the SD LoRA reference (train_lcm_distill_lora_sd_wds.py)")
-    helpers = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in HELPERS]
-    missing = set(HELPERS) - {n.name for n in helpers}
+    found = detect_script(source)
+    if found is None:
+        raise ReferenceUnavailable(f"{path}: neither {SCRIPT_NAMES['sd']} nor {SCRIPT_NAMES['sdxl']} (LCM-LoRA reference)")
+    if kind is not None and found != kind:
+        raise ReferenceUnavailable(f"{path}: is the {found} reference ({SCRIPT_NAMES[found]}), expected {SCRIPT_NAMES[kind]}")
+    names = SDXL_HELPERS if found == "sdxl" else HELPERS
+    helpers = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names]
+    missing = set(names) - {n.name for n in helpers}
     if missing:
         raise ReferenceUnavailable(f"{path}: helpers not found: {sorted(missing)}")
-    namespace = {"torch": torch, "np": np, "F": F, "random": random, "functools": functools, "__name__": "lcm_reference"}
-    exec(compile(ast.Module(body=helpers, type_ignores=[]), str(path), "exec"), namespace)
+    namespace = {"torch": torch, "np": np, "F": F, "random": random, "functools": functools, "copy": copy,
+                 "__name__": "lcm_reference"}
+    if found == "sdxl":
+        from transformers import PretrainedConfig
+
+        namespace["PretrainedConfig"] = PretrainedConfig
+    _compile_defs(helpers, path, namespace)
 
     main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    if found == "sdxl":
+        nested = [n for n in main.body if isinstance(n, ast.FunctionDef) and n.name in SDXL_NESTED]
+        if {n.name for n in nested} != set(SDXL_NESTED):
+            raise ReferenceUnavailable(f"{path}: main() has no nested {SDXL_NESTED}")
+        _compile_defs(nested, path, namespace)  # module-level here: its free names come from the namespace
     block = None
     for node in ast.walk(main):
         if isinstance(node, ast.With) and any(
@@ -77,6 +132,7 @@ def load_reference(path: Path | None = None) -> tuple[dict, types.CodeType]:
     if block is None:
         raise ReferenceUnavailable(f"{path}: training-step block 'with accelerator.accumulate(unet):' not found")
     code = compile(ast.Module(body=[block], type_ignores=[]), str(path), "exec")
+    namespace["reference_kind"] = found
     return namespace, code
 
 
@@ -93,7 +149,7 @@ class ReferenceTrainer:
         from peft import LoraConfig, get_peft_model
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        self.ns, self.code = load_reference()
+        self.ns, self.code = load_reference(kind="sd")
         teacher_dir = Path(teacher_dir)
         cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
         accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision=mixed_precision, cpu=cpu)
@@ -152,3 +208,102 @@ class ReferenceTrainer:
         self.ns["batch"] = (images, list(captions))
         exec(self.code, self.ns)
         return self.ns
+
+
+class ReferenceTrainerSDXL:
+    """The SDXL reference's models, optimizer and accelerator around a local tiny/random SDXL-type folder
+    (``unet/`` with ``addition_embed_type="text_time"``, ``text_encoder[_2]/``, ``tokenizer[_2]/``, ``vae/``)."""
+
+    def __init__(self, teacher_dir: str | os.PathLike, *, rank: int, lr: float = 1e-4, resolution: int, w_min: float = 3.0,
+                 w_max: float = 15.0, loss_type: str = "huber", huber_c: float = 0.001, num_ddim_timesteps: int = 50,
+                 mixed_precision: str = "no", device: str | None = None, gradient_checkpointing: bool = False,
+                 weight_decay: float = 0.0, vae_encode_batch_size: int = 8, lora_alpha: float | None = None,
+                 max_grad_norm: float = 1.0):
+        from accelerate import Accelerator
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import cast_training_params
+        from peft import LoraConfig
+        from transformers import AutoTokenizer
+
+        self.ns, self.code = load_reference(reference_path("sdxl"), kind="sdxl")
+        ns = self.ns
+        teacher = os.fspath(teacher_dir)
+        cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+        # main(): split_batches=True; one process, no accumulation here
+        accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision=mixed_precision, split_batches=True, cpu=cpu)
+        noise_scheduler = DDPMScheduler.from_pretrained(teacher, subfolder="scheduler")
+        alpha_schedule = torch.sqrt(noise_scheduler.alphas_cumprod)
+        sigma_schedule = torch.sqrt(1 - noise_scheduler.alphas_cumprod)
+        solver = ns["DDIMSolver"](noise_scheduler.alphas_cumprod.numpy(), timesteps=noise_scheduler.config.num_train_timesteps,
+                                  ddim_timesteps=num_ddim_timesteps)
+        tokenizer_one = AutoTokenizer.from_pretrained(teacher, subfolder="tokenizer", use_fast=False)
+        tokenizer_two = AutoTokenizer.from_pretrained(teacher, subfolder="tokenizer_2", use_fast=False)
+        cls_one = ns["import_model_class_from_model_name_or_path"](teacher, None)
+        cls_two = ns["import_model_class_from_model_name_or_path"](teacher, None, subfolder="text_encoder_2")
+        text_encoder_one = cls_one.from_pretrained(teacher, subfolder="text_encoder")
+        text_encoder_two = cls_two.from_pretrained(teacher, subfolder="text_encoder_2")
+        vae = AutoencoderKL.from_pretrained(teacher, subfolder="vae")
+        vae.requires_grad_(False)
+        text_encoder_one.requires_grad_(False)
+        text_encoder_two.requires_grad_(False)
+        unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet")
+        unet.requires_grad_(False)
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+        unet.to(accelerator.device, dtype=weight_dtype)
+        vae.to(accelerator.device, dtype=torch.float32)  # no --pretrained_vae_model_name_or_path: VAE stays float32
+        text_encoder_one.to(accelerator.device, dtype=weight_dtype)
+        text_encoder_two.to(accelerator.device, dtype=weight_dtype)
+        targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+                   "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]  # the script's default list
+        unet.add_adapter(LoraConfig(r=rank, target_modules=targets, lora_alpha=lora_alpha if lora_alpha is not None else rank,
+                                    lora_dropout=0.0))
+        alpha_schedule = alpha_schedule.to(accelerator.device)
+        sigma_schedule = sigma_schedule.to(accelerator.device)
+        solver = solver.to(accelerator.device)
+        if gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        # main() step 12: a one-shot iterator, consumed here; step 11 later clips with it (clips nothing)
+        params_to_optimize = filter(lambda p: p.requires_grad, unet.parameters())
+        optimizer = torch.optim.AdamW(params_to_optimize, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-8)
+        if mixed_precision == "fp16":
+            cast_training_params(unet, dtype=torch.float32)
+        lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0, num_training_steps=10**9)
+        unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+        unet.train()
+        args = types.SimpleNamespace(resolution=resolution, vae_encode_batch_size=vae_encode_batch_size,
+                                     num_ddim_timesteps=num_ddim_timesteps, timestep_scaling_factor=10.0, w_min=w_min, w_max=w_max,
+                                     loss_type=loss_type, huber_c=huber_c, max_grad_norm=max_grad_norm,
+                                     pretrained_vae_model_name_or_path=None)
+        ns.update(accelerator=accelerator, unet=unet, vae=vae, weight_dtype=weight_dtype, args=args,
+                  noise_scheduler=noise_scheduler, solver=solver, alpha_schedule=alpha_schedule, sigma_schedule=sigma_schedule,
+                  optimizer=optimizer, lr_scheduler=lr_scheduler, params_to_optimize=params_to_optimize)
+        ns["compute_embeddings_fn"] = functools.partial(ns["compute_embeddings"], text_encoders=[text_encoder_one, text_encoder_two],
+                                                        tokenizers=[tokenizer_one, tokenizer_two])
+        self.accelerator = accelerator
+        self.device = accelerator.device
+        self.resolution = resolution
+
+    def step(self, images: torch.Tensor, captions: list[str], original_sizes: list[tuple[int, int]] | None = None,
+             crop_top_lefts: list[tuple[int, int]] | None = None) -> dict:
+        """Execute the reference's training-step block once on a batch as its ``collate_fn`` builds it
+        (``original_sizes`` (h, w), ``crop_top_lefts`` (y, x); default: uncropped images at the
+        training resolution); return its local variables."""
+        n = images.shape[0]
+        self.ns["batch"] = {
+            "pixel_values": images.float(),
+            "captions": list(captions),
+            "original_sizes": [tuple(s) for s in original_sizes] if original_sizes else [(self.resolution, self.resolution)] * n,
+            "crop_top_lefts": [tuple(c) for c in crop_top_lefts] if crop_top_lefts else [(0, 0)] * n,
+        }
+        exec(self.code, self.ns)
+        return self.ns
+
+
+def make_reference_trainer(kind: str, teacher_dir, *, rank: int, batch_size: int, resolution: int, **kwargs):
+    """:class:`ReferenceTrainer` (``kind="sd"``) or :class:`ReferenceTrainerSDXL` (``"sdxl"``; it has no
+    teacher autocast, so ``teacher_autocast`` is dropped)."""
+    if kind == "sdxl":
+        kwargs.pop("teacher_autocast", None)
+        return ReferenceTrainerSDXL(teacher_dir, rank=rank, resolution=resolution, **kwargs)
+    return ReferenceTrainer(teacher_dir, rank=rank, batch_size=batch_size, **kwargs)
