@@ -267,12 +267,15 @@ def _read_owned(path, header: SafetensorsHeader, wanted: list[str]) -> dict[str,
     mapped pages costs, and the header is already validated, so every range lies inside the file.
     """
     infos = {k: header.tensors[k] for k in wanted}
-    whole = len(infos) == len(header.tensors)
-    spans = [(min((i.start for i in infos.values()), default=0), max((i.end for i in infos.values()), default=0))] \
-        if whole else sorted({(i.start, i.end) for i in infos.values()})
-    buffers: list[tuple[int, torch.Tensor]] = []  # (file offset, bytes); torch.empty: no zero-fill pass
+    if len(infos) == len(header.tensors):  # the whole data section in one read
+        lo = min((i.start for i in infos.values()), default=0)
+        hi = max((i.end for i in infos.values()), default=0)
+        spans = {k: (lo, hi) for k in infos}
+    else:
+        spans = {k: (i.start, i.end) for k, i in infos.items()}
+    buffers: dict[tuple[int, int], torch.Tensor] = {}  # torch.empty: no zero-fill pass
     with open(path, "rb", buffering=0) as f:
-        for lo, hi in spans:
+        for lo, hi in sorted(set(spans.values())):
             buf = torch.empty(hi - lo, dtype=torch.uint8)
             f.seek(lo)
             view, done = memoryview(buf.numpy()), 0
@@ -281,20 +284,19 @@ def _read_owned(path, header: SafetensorsHeader, wanted: list[str]) -> dict[str,
                 if not n:
                     raise _fail(path, "truncated: the file changed while reading tensors")
                 done += n
-            buffers.append((lo, buf))
+            buffers[(lo, hi)] = buf
     out: dict[str, torch.Tensor] = {}
     for k, i in infos.items():
-        lo, buf = next((lo, b) for lo, b in buffers if lo <= i.start and i.end <= lo + b.numel())
-        raw = buf[i.start - lo:i.end - lo]
+        lo, hi = spans[k]
+        raw = buffers[(lo, hi)][i.start - lo:i.end - lo]
         dtype = _TORCH_DTYPES[i.dtype]
-        size = torch.empty((), dtype=dtype).element_size()
         if raw.numel() == 0:
             out[k] = torch.empty(i.shape, dtype=dtype)
             continue
-        if (i.start - lo) % size or sys.byteorder != "little":  # unaligned (or big-endian host): an aligned copy
+        if (i.start - lo) % dtype.itemsize or sys.byteorder != "little":  # unaligned (or big-endian host): a copy
             raw = raw.clone()
             if sys.byteorder != "little":
-                raw = raw.view(-1, size).flip(1).reshape(-1)
+                raw = raw.view(-1, dtype.itemsize).flip(1).reshape(-1)
         out[k] = raw.view(dtype).reshape(i.shape)
     return out
 

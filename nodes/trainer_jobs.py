@@ -75,12 +75,7 @@ def check_relative_name(name: Any, what: str) -> str:
     Refused: non-strings, empty names, NUL / control / invisible format characters, absolute
     paths (``/x``, ``C:\\x``, ``\\\\server``), ``..`` components, over-long names.
     """
-    if not isinstance(name, str):
-        raise RequestError(what, f"must be a string, got {type(name).__name__}")
-    if not name.strip():
-        raise RequestError(what, "must not be empty")
-    if len(name) > MAX_NAME_CHARS:
-        raise RequestError(what, f"is longer than {MAX_NAME_CHARS} characters")
+    _require_string(name, what, MAX_NAME_CHARS)
     bad = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")]
     if bad:
         raise RequestError(what, f"contains a control character ({ascii(bad[0])}); refused")
@@ -267,13 +262,18 @@ def _yaml_number(value) -> str:
     return text
 
 
-def _check_text(value: Any, what: str, max_chars: int) -> str:
+def _require_string(value: Any, what: str, max_chars: int) -> None:
+    """A non-blank string of at most ``max_chars`` characters (else a 400 naming the field)."""
     if not isinstance(value, str):
         raise RequestError(what, f"must be a string, got {type(value).__name__}")
     if not value.strip():
         raise RequestError(what, "must not be empty")
     if len(value) > max_chars:
         raise RequestError(what, f"is longer than {max_chars} characters")
+
+
+def _check_text(value: Any, what: str, max_chars: int) -> str:
+    _require_string(value, what, max_chars)
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
         raise RequestError(what, "contains a control character (newline, NUL, ...); refused")
     return value

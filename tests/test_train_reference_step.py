@@ -6,37 +6,15 @@ The reference's autocast around the teacher passes is turned off so both sides r
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from reference_step_support import GradTap, reference_module
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not os.environ.get("LCM_REFERENCE_SCRIPT"),
                                 reason="LCM_REFERENCE_SCRIPT (diffusers train_lcm_distill_lora_sd_wds.py) not set")
-
-
-def _reference_module():
-    spec = importlib.util.spec_from_file_location("lcm_reference_step", ROOT / "benchmarks" / "trainer" / "reference_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class _GradTap:
-    """Stands in for the reference's optimizer: records the (clipped) LoRA gradients at ``step()``."""
-
-    def __init__(self, optimizer, params):
-        self.optimizer, self.params, self.grads = optimizer, params, None
-
-    def step(self):
-        self.grads = {n: p.grad.detach().clone() for n, p in self.params.items()}
-        self.optimizer.step()
-
-    def zero_grad(self, set_to_none=True):
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
 
 @pytest.mark.parametrize("loss_type", ["huber", "l2"])
@@ -48,7 +26,7 @@ def test_loss_and_gradients_match_the_reference_step(tmp_path, loss_type):
     from lcm_lora.training.tiny_models import build_tiny_teacher
 
     torch.set_num_threads(1)
-    ref_mod = _reference_module()
+    ref_mod = reference_module()
     teacher_dir = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
     batch = 4
     ref = ref_mod.ReferenceTrainer(teacher_dir, rank=4, batch_size=batch, loss_type=loss_type, teacher_autocast=False,
@@ -65,7 +43,7 @@ def test_loss_and_gradients_match_the_reference_step(tmp_path, loss_type):
             value = torch.randn(p.shape, generator=gen) * (0.05 if "lora_B" in name else 0.3)
             p.copy_(value)
             ref_lora[name].copy_(value)
-    tap = _GradTap(ref.ns["optimizer"], ref_lora)
+    tap = GradTap(ref.ns["optimizer"], ref_lora)
     ref.ns["optimizer"] = tap
 
     images = torch.rand(batch, 3, 16, 16, generator=gen) * 2 - 1

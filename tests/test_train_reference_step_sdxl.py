@@ -19,14 +19,13 @@ clipped gradients, because the SD script's clipping works).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from reference_step_support import GradTap, reference_module
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not os.environ.get("LCM_REFERENCE_SCRIPT_SDXL"),
                                 reason="LCM_REFERENCE_SCRIPT_SDXL (diffusers train_lcm_distill_lora_sdxl.py) not set")
 
@@ -34,27 +33,6 @@ RESOLUTION = 16
 CAPTIONS = ["a red circle", "a blue square", "a green ring", "a white cross"]
 ORIGINAL_SIZES = [(16, 16), (24, 20), (40, 16), (16, 32)]  # (h, w) as the reference's preprocess_train
 CROP_TOP_LEFTS = [(0, 0), (4, 2), (12, 0), (0, 8)]  # (y, x)
-
-
-def _reference_module():
-    spec = importlib.util.spec_from_file_location("lcm_reference_step", ROOT / "benchmarks" / "trainer" / "reference_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class _GradTap:
-    """Stands in for the reference's optimizer: records the LoRA gradients it would apply at ``step()``."""
-
-    def __init__(self, optimizer, params):
-        self.optimizer, self.params, self.grads = optimizer, params, None
-
-    def step(self):
-        self.grads = {n: p.grad.detach().clone() for n, p in self.params.items()}
-        self.optimizer.step()
-
-    def zero_grad(self, set_to_none=True):
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
 
 @pytest.mark.parametrize("loss_type", ["huber", "l2"])
@@ -66,7 +44,7 @@ def test_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_type):
     from lcm_lora.training.tiny_models import build_tiny_teacher
 
     torch.set_num_threads(1)
-    ref_mod = _reference_module()
+    ref_mod = reference_module()
     teacher_dir = build_tiny_teacher(tmp_path / "teacher", variant="sdxl", image_size=RESOLUTION, block_out_channels=(16, 32))
     batch = len(CAPTIONS)
     # --max_grad_norm far below the gradient norm (≈0.2-0.8 here): were the reference's clip effective,
@@ -86,7 +64,7 @@ def test_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_type):
             value = torch.randn(p.shape, generator=gen) * (0.05 if "lora_B" in name else 0.3)
             p.copy_(value)
             ref_lora[name].copy_(value)
-    tap = _GradTap(ref.ns["optimizer"], ref_lora)
+    tap = GradTap(ref.ns["optimizer"], ref_lora)
     ref.ns["optimizer"] = tap
 
     images = torch.rand(batch, 3, RESOLUTION, RESOLUTION, generator=gen) * 2 - 1

@@ -33,6 +33,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Browser tests (headless Debian chromium driven by playwright-core from tests/browser).
+BROWSER_DIR = REPO / "tests" / "browser"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def browser_skip_reason() -> str | None:
+    """Why a browser test cannot run here (None when it can)."""
+    import shutil
+
+    if shutil.which("node") is None:
+        return "browser test needs node (apt-get install nodejs npm)"
+    if not Path(CHROMIUM).exists():
+        return f"browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM=...)"
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        return "browser test needs playwright-core: run `npm --prefix tests/browser ci`"
+    return None
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 PACK_NAME = "comfyui-lcm-lora"
 ENV_HELP = (

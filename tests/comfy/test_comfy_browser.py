@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,23 +18,9 @@ import comfy_harness as H
 
 pytestmark = pytest.mark.comfyui
 
-BROWSER_DIR = H.REPO / "tests" / "browser"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-
-def _browser_skip_reason() -> str | None:
-    if shutil.which("node") is None:
-        return "browser test needs node (apt-get install nodejs npm)"
-    if not Path(CHROMIUM).exists():
-        return f"browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM=...)"
-    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
-        return "browser test needs playwright-core: run `npm --prefix tests/browser ci`"
-    return None
-
-
 @pytest.fixture(scope="module")
 def ui(comfy, tmp_path_factory):
-    reason = _browser_skip_reason()
+    reason = H.browser_skip_reason()
     if reason:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("browser")
@@ -43,9 +28,9 @@ def ui(comfy, tmp_path_factory):
     shot = Path(os.environ.get("LCM_LORA_SCREENSHOT", work / "web_extension.png"))
     if not shot.is_absolute():
         shot = H.REPO / shot
-    cmd = ["node", str(BROWSER_DIR / "ui_check.mjs"), "--url", comfy.url(""), "--workflows",
-           str(H.REPO / "example_workflows"), "--out", str(out), "--screenshot", str(shot), "--chromium", CHROMIUM]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(BROWSER_DIR))
+    cmd = ["node", str(H.BROWSER_DIR / "ui_check.mjs"), "--url", comfy.url(""), "--workflows",
+           str(H.REPO / "example_workflows"), "--out", str(out), "--screenshot", str(shot), "--chromium", H.CHROMIUM]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(H.BROWSER_DIR))
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     data = json.loads(out.read_text())
     data["_screenshot_path"] = str(shot)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,23 +25,9 @@ pytest_plugins = ("trainer_panel_env",)
 pytestmark = pytest.mark.comfyui
 MAX_STEPS = 6
 VALIDATION_EVERY = 3
-BROWSER_DIR = H.REPO / "tests" / "browser"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-
-def _browser_skip_reason() -> str | None:
-    if shutil.which("node") is None:
-        return "browser test needs node (apt-get install nodejs npm)"
-    if not Path(CHROMIUM).exists():
-        return f"browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM=...)"
-    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
-        return "browser test needs playwright-core: run `npm --prefix tests/browser ci`"
-    return None
-
-
 @pytest.fixture(scope="module")
 def ui(panel, tmp_path_factory):
-    reason = _browser_skip_reason()
+    reason = H.browser_skip_reason()
     if reason:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("trainer-browser")
@@ -50,10 +35,10 @@ def ui(panel, tmp_path_factory):
     shot = Path(os.environ.get("LCM_LORA_TRAINER_SCREENSHOT", work / "trainer_panel.png"))
     if not shot.is_absolute():
         shot = H.REPO / shot
-    cmd = ["node", str(BROWSER_DIR / "trainer_panel.mjs"), "--url", panel.url(""), "--teacher", f"diffusers|{TEACHER}",
+    cmd = ["node", str(H.BROWSER_DIR / "trainer_panel.mjs"), "--url", panel.url(""), "--teacher", f"diffusers|{TEACHER}",
            "--data", DATA, "--config", CONFIG, "--name", "panel lcm", "--max-steps", str(MAX_STEPS), "--validation-every", str(VALIDATION_EVERY),
-           "--out", str(out), "--screenshot", str(shot), "--chromium", CHROMIUM]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(BROWSER_DIR))
+           "--out", str(out), "--screenshot", str(shot), "--chromium", H.CHROMIUM]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(H.BROWSER_DIR))
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{out.read_text() if out.exists() else ''}"
     data = json.loads(out.read_text())
     data["_screenshot_path"] = str(shot)
