@@ -28,3 +28,36 @@ class GradTap:
 
     def zero_grad(self, set_to_none=True):
         self.optimizer.zero_grad(set_to_none=set_to_none)
+
+
+def share_random_lora(ours_lora: dict, ref_lora: dict, generator) -> None:
+    """Give both sides the same non-trivial LoRA (B ≠ 0) so that the gradients are informative."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in ours_lora.items():
+            value = torch.randn(p.shape, generator=generator) * (0.05 if "lora_B" in name else 0.3)
+            p.copy_(value)
+            ref_lora[name].copy_(value)
+
+
+def our_lcd_loss(ours, ns: dict, cond: dict, uncond: dict, loss_type: str):
+    """Our LCD loss on the reference step's own draws (``ns``: its index, noise, ω and latents), with the
+    stop-gradient online target and the adapters-disabled teacher, as the LoRA reference scripts."""
+    from lcm_lora.training.ddim_solver import DDIMSolver
+    from lcm_lora.training.lcd_step import LcdLoss, LcdRandomness
+    from lcm_lora.training.student import adapters_disabled
+    from lcm_lora.training.teacher import unet_forward
+
+    lcd = LcdLoss(DDIMSolver(ours.alphas_cumprod, 50), "epsilon", loss_type, 0.001, 10.0)
+    rnd = LcdRandomness(ns["index"].cpu(), ns["noise"].float().cpu(), ns["w"].reshape(-1).float().cpu())
+    unet = ours.unet.train()
+
+    def student(x, t, c):
+        return unet_forward(unet, x, t, c)
+
+    def teacher(x, t, c):
+        with adapters_disabled(unet):
+            return unet_forward(unet, x, t, c)
+
+    return lcd(student, teacher, student, ns["latents"].float(), cond, uncond, rnd)

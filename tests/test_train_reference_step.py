@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_step_support import GradTap, reference_module
+from reference_step_support import GradTap, our_lcd_loss, reference_module, share_random_lora
 
 pytestmark = pytest.mark.skipif(not os.environ.get("LCM_REFERENCE_SCRIPT"),
                                 reason="LCM_REFERENCE_SCRIPT (diffusers train_lcm_distill_lora_sd_wds.py) not set")
@@ -19,10 +19,8 @@ pytestmark = pytest.mark.skipif(not os.environ.get("LCM_REFERENCE_SCRIPT"),
 
 @pytest.mark.parametrize("loss_type", ["huber", "l2"])
 def test_loss_and_gradients_match_the_reference_step(tmp_path, loss_type):
-    from lcm_lora.training.ddim_solver import DDIMSolver
-    from lcm_lora.training.lcd_step import LcdLoss, LcdRandomness
-    from lcm_lora.training.student import adapters_disabled, add_lora
-    from lcm_lora.training.teacher import load_teacher_folder, unet_forward
+    from lcm_lora.training.student import add_lora
+    from lcm_lora.training.teacher import load_teacher_folder
     from lcm_lora.training.tiny_models import build_tiny_teacher
 
     torch.set_num_threads(1)
@@ -38,11 +36,7 @@ def test_loss_and_gradients_match_the_reference_step(tmp_path, loss_type):
     named = dict(add_lora(ours.unet, 4, 4, 0.0, None))
     assert named.keys() == ref_lora.keys()  # same targets, same module names
     gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in named.items():  # a non-trivial LoRA (B ≠ 0), identical on both sides
-            value = torch.randn(p.shape, generator=gen) * (0.05 if "lora_B" in name else 0.3)
-            p.copy_(value)
-            ref_lora[name].copy_(value)
+    share_random_lora(named, ref_lora, gen)
     tap = GradTap(ref.ns["optimizer"], ref_lora)
     ref.ns["optimizer"] = tap
 
@@ -50,21 +44,9 @@ def test_loss_and_gradients_match_the_reference_step(tmp_path, loss_type):
     ns = ref.step(images, ["a red circle", "a blue square", "a green ring", "a white cross"])
     ref_loss = float(ns["loss"].detach())
 
-    solver = DDIMSolver(ours.alphas_cumprod, 50)
-    lcd = LcdLoss(solver, "epsilon", loss_type, 0.001, 10.0)
-    rnd = LcdRandomness(ns["index"].cpu(), ns["noise"].float().cpu(), ns["w"].reshape(-1).float().cpu())
     cond = {"encoder_hidden_states": ns["prompt_embeds"].float()}
     uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"].float()}
-    unet = ours.unet.train()
-
-    def student(x, t, c):
-        return unet_forward(unet, x, t, c)
-
-    def teacher(x, t, c):
-        with adapters_disabled(unet):
-            return unet_forward(unet, x, t, c)
-
-    loss = lcd(student, teacher, student, ns["latents"].float(), cond, uncond, rnd)
+    loss = our_lcd_loss(ours, ns, cond, uncond, loss_type)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)
     assert float(loss.detach()) == pytest.approx(ref_loss, rel=1e-5)
