@@ -1,0 +1,91 @@
+"""How an adapter wants to be sampled: the objective it was distilled with and the
+recommended sampler, steps, γ and cfg, stored in the safetensors ``__metadata__``.
+
+Keys (all strings, written by ``training/export.py``, read by the nodes and ``inspect``):
+
+* ``lcm_lora.objective``: ``lcm`` (consistency to x₀, Luo et al. 2023, Alg. 1) or ``tcd``
+  (trajectory consistency to an intermediate s, Zheng et al. 2024, arXiv 2402.19159);
+* ``lcm_lora.w_range``: ``"w_min,w_max"`` (the guidance range distilled in, LCM form);
+* ``lcm_lora.recommended_sampler``: ``lcm`` or ``tcd``;
+* ``lcm_lora.recommended_steps``: an integer;
+* ``lcm_lora.recommended_gamma``: TCD's γ (stochasticity), only for ``tcd``;
+* ``lcm_lora.recommended_cfg``: the cfg to sample with (1.0 when ω was distilled in);
+* ``lcm_lora.model_sampling``: ``lcm`` (ComfyUI ModelSamplingDiscrete ``lcm``: consistency
+  boundary conditions c_skip/c_out) or ``eps`` (plain ε-prediction; TCD's map has no
+  c_skip/c_out, so f(x, t, t) = x by construction).
+
+Adapters without these keys (the released LCM-LoRAs, TCD-SDXL-LoRA, Hyper-SD) get ``None``
+from :func:`read_recipe`; callers keep their old behaviour (LCM) and let the user choose.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+OBJECTIVES = ("lcm", "tcd")
+MODEL_SAMPLINGS = ("lcm", "eps")
+
+KEY_OBJECTIVE = "lcm_lora.objective"
+KEY_W_RANGE = "lcm_lora.w_range"
+KEY_SAMPLER = "lcm_lora.recommended_sampler"
+KEY_STEPS = "lcm_lora.recommended_steps"
+KEY_GAMMA = "lcm_lora.recommended_gamma"
+KEY_CFG = "lcm_lora.recommended_cfg"
+KEY_MODEL_SAMPLING = "lcm_lora.model_sampling"
+
+
+@dataclass(frozen=True)
+class SamplingRecipe:
+    objective: str = "lcm"
+    sampler: str = "lcm"
+    steps: int = 4
+    gamma: float | None = None
+    cfg: float = 1.0
+    model_sampling: str = "lcm"
+    w_range: tuple[float, float] | None = None
+
+    def to_metadata(self) -> dict[str, str]:
+        md = {KEY_OBJECTIVE: self.objective, KEY_SAMPLER: self.sampler, KEY_STEPS: str(int(self.steps)),
+              KEY_CFG: repr(float(self.cfg)), KEY_MODEL_SAMPLING: self.model_sampling}
+        if self.gamma is not None:
+            md[KEY_GAMMA] = repr(float(self.gamma))
+        if self.w_range is not None:
+            md[KEY_W_RANGE] = f"{self.w_range[0]},{self.w_range[1]}"
+        return md
+
+
+def recipe_for_objective(objective: str, w_range: tuple[float, float] | None = None,
+                         steps: int = 4, gamma: float = 0.3) -> SamplingRecipe:
+    """Defaults per objective: LCM → lcm sampler + LCM model sampling; TCD → tcd sampler
+    (γ 0.3, the TCD paper's default) + plain ε model sampling."""
+    if objective == "lcm":
+        return SamplingRecipe("lcm", "lcm", steps, None, 1.0, "lcm", w_range)
+    if objective == "tcd":
+        return SamplingRecipe("tcd", "tcd", steps, gamma, 1.0, "eps", w_range)
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+
+
+def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
+    """The recipe stored in ``metadata``, or ``None`` when the adapter carries none (or an
+    unreadable one: metadata is advisory, never a reason to refuse an adapter)."""
+    if not metadata or metadata.get(KEY_OBJECTIVE) not in OBJECTIVES:
+        return None
+    objective = metadata[KEY_OBJECTIVE]
+    base = recipe_for_objective(objective)
+    try:
+        steps = int(metadata.get(KEY_STEPS, base.steps))
+        cfg = float(metadata.get(KEY_CFG, base.cfg))
+        gamma = float(metadata[KEY_GAMMA]) if KEY_GAMMA in metadata else base.gamma
+        w_range = None
+        if KEY_W_RANGE in metadata:
+            lo, hi = (float(v) for v in metadata[KEY_W_RANGE].split(","))
+            w_range = (lo, hi)
+    except (TypeError, ValueError):
+        return base
+    sampler = metadata.get(KEY_SAMPLER, base.sampler)
+    sampler = sampler if sampler in OBJECTIVES else base.sampler
+    ms = metadata.get(KEY_MODEL_SAMPLING, base.model_sampling)
+    ms = ms if ms in MODEL_SAMPLINGS else base.model_sampling
+    if not (1 <= steps <= 1000):
+        steps = base.steps
+    return SamplingRecipe(objective, sampler, steps, gamma, cfg, ms, w_range)

@@ -1,0 +1,37 @@
+"""Sampling-recipe metadata: round trip through safetensors metadata strings, and adapters
+without it (the released LCM-LoRAs) read as None."""
+import pytest
+
+from lcm_lora.lcm_core.sampling_recipe import SamplingRecipe, read_recipe, recipe_for_objective
+
+
+@pytest.mark.parametrize("objective", ["lcm", "tcd"])
+def test_round_trip(objective):
+    recipe = recipe_for_objective(objective, w_range=(3.0, 15.0), steps=6)
+    md = recipe.to_metadata()
+    assert all(isinstance(v, str) for v in md.values())
+    assert read_recipe(md) == recipe
+
+
+def test_tcd_defaults_are_eps_sampling_and_gamma():
+    r = recipe_for_objective("tcd")
+    assert (r.sampler, r.model_sampling, r.gamma) == ("tcd", "eps", 0.3)
+    r = recipe_for_objective("lcm")
+    assert (r.sampler, r.model_sampling, r.gamma) == ("lcm", "lcm", None)
+
+
+def test_absent_or_unknown_objective_is_none():
+    assert read_recipe(None) is None
+    assert read_recipe({}) is None
+    assert read_recipe({"ss_network_dim": "64"}) is None
+    assert read_recipe({"lcm_lora.objective": "pcm"}) is None
+
+
+def test_unreadable_values_fall_back_to_the_objective_defaults():
+    md = {"lcm_lora.objective": "tcd", "lcm_lora.recommended_steps": "many"}
+    assert read_recipe(md) == recipe_for_objective("tcd")
+    md = {"lcm_lora.objective": "tcd", "lcm_lora.recommended_sampler": "euler",
+          "lcm_lora.model_sampling": "v"}
+    r = read_recipe(md)
+    assert (r.sampler, r.model_sampling) == ("tcd", "eps")
+    assert isinstance(r, SamplingRecipe)
