@@ -14,6 +14,16 @@ Namespaces" and POSIX ``NAME_MAX``.
 absolute paths and ``..`` components are refused (not silently rewritten: that is an attack or a
 mistake worth an error), every component is sanitised, and the resolved path — symlinks followed —
 must stay inside the root.
+
+Reading what a client names (the trainer panel's teacher, data folder, validation image):
+:func:`check_relative_name` *refuses* (never rewrites) absolute paths, ``..``, control characters
+and over-long names; :func:`resolve_in_roots` finds the name in the first of several root folders
+and refuses a symlink whose real target leaves its root (:func:`is_inside`); :func:`check_folder_links`
+refuses a folder holding such a link. Unsafe names raise :class:`UnsafeNameError`, names no root
+holds :class:`NameNotFoundError` (both :class:`ConfigError`).
+
+This module is the project's one place for path confinement: the save node, the trainer panel and
+the trainer's output file name all go through it.
 """
 from __future__ import annotations
 
@@ -21,10 +31,12 @@ import os
 import re
 import unicodedata
 from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 from .errors import ConfigError
 
 MAX_NAME_BYTES = 255
+MAX_NAME_CHARS = 1024  # a client-supplied relative name (several components)
 WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
     | {f"COM{i}" for i in range(10)} | {f"LPT{i}" for i in range(10)}
@@ -32,6 +44,14 @@ WINDOWS_RESERVED = frozenset(
 )
 _FORBIDDEN = re.compile(r'[/\\:<>"|?*]')
 _EDGES = re.compile(r"^[\s.]+|[\s.]+$")  # leading dots/space (hidden, '..'); trailing dots/space
+
+
+class UnsafeNameError(ConfigError):
+    """A name that would leave its folder or hide what it is (absolute, ``..``, control character, link out)."""
+
+
+class NameNotFoundError(ConfigError):
+    """A safe name that none of the root folders holds."""
 
 
 def _drop_invisible(text: str) -> str:
@@ -112,3 +132,97 @@ def safe_output_path(root: str | os.PathLike, name: str, *, suffix: str | None =
     if full == root_real or root_real not in full.parents:
         raise ConfigError(rel, f"resolves outside the output folder {root_real} (symbolic link?)")
     return full
+
+
+# ------------------------------------------------------------------ names that must already exist
+_INVISIBLE = ("Cc", "Cf", "Zl", "Zp", "Cs")
+
+
+def check_relative_name(name: Any, what: str, *, max_chars: int = MAX_NAME_CHARS) -> str:
+    """Validate a client-supplied relative name; return it with ``/`` separators.
+
+    Refused with :class:`UnsafeNameError` (``str(e)`` starts with ``what``): non-strings, empty
+    names, NUL / control / invisible format characters, absolute paths (``/x``, ``C:\\x``,
+    ``\\\\server``), ``..`` components, names over ``max_chars`` characters.
+    """
+    if not isinstance(name, str):
+        raise UnsafeNameError(what, f"must be a string, got {type(name).__name__}")
+    if not name.strip():
+        raise UnsafeNameError(what, "must not be empty")
+    if len(name) > max_chars:
+        raise UnsafeNameError(what, f"is longer than {max_chars} characters")
+    bad = [c for c in name if unicodedata.category(c) in _INVISIBLE]
+    if bad:
+        raise UnsafeNameError(what, f"contains a control character ({ascii(bad[0])}); refused")
+    unified = name.replace("\\", "/")
+    if unified.startswith("/") or re.match(r"^[A-Za-z]:", unified) or os.path.isabs(name):
+        raise UnsafeNameError(what, f"{name!r} is an absolute path; give a name relative to its folder")
+    parts = [p for p in unified.split("/") if p not in ("", ".")]
+    if any(p.strip() == ".." for p in parts):
+        raise UnsafeNameError(what, f"{name!r} contains '..'; names must stay inside their folder")
+    if not parts:
+        raise UnsafeNameError(what, f"{name!r} names no file")
+    return "/".join(parts)
+
+
+def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """True if the real location of ``path`` (symlinks followed) is ``root``'s real location or below it."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    try:
+        return os.path.commonpath([real, real_root]) == real_root
+    except ValueError:  # different drives (Windows)
+        return False
+
+
+def resolve_in_roots(roots: Iterable[str | os.PathLike], name: Any, what: str, kind: str = "file") -> Path:
+    """Real path of ``name`` found in the first of ``roots`` that has it (``kind``: ``file`` | ``dir``).
+
+    :class:`UnsafeNameError` for an unsafe name or a symlink whose target leaves its root folder;
+    :class:`NameNotFoundError` when no root holds it.
+    """
+    roots = [os.fspath(r) for r in roots]
+    rel = check_relative_name(name, what)
+    for root in roots:
+        candidate = Path(root, *rel.split("/"))
+        if not os.path.lexists(candidate):
+            continue
+        if not is_inside(candidate, root):
+            raise UnsafeNameError(what, f"{rel!r} is a symbolic link that leaves {root}; refused")
+        real = Path(os.path.realpath(candidate))
+        if kind == "file" and real.is_file() or kind == "dir" and real.is_dir():
+            return real
+    raise NameNotFoundError(what, f"{rel!r} is not a {'file' if kind == 'file' else 'folder'} in "
+                                  f"{', '.join(roots) or '(no folder configured)'}")
+
+
+def check_folder_links(folder: str | os.PathLike, root: str | os.PathLike, what: str, max_entries: int = 200_000) -> None:
+    """Refuse (:class:`UnsafeNameError`) a folder holding a symbolic link whose target leaves ``root``
+    (a reader of every file of a data or model folder would follow it out), or more than ``max_entries`` entries."""
+    folder = Path(folder)
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        for name in dirnames + filenames:
+            count += 1
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) and not is_inside(path, root):
+                rel = os.path.relpath(path, folder).replace(os.sep, "/")
+                raise UnsafeNameError(what, f"{rel!r} inside {folder.name!r} is a symbolic link that leaves {root}; refused")
+        if count > max_entries:
+            raise UnsafeNameError(what, f"{folder.name!r} holds more than {max_entries} entries")
+
+
+def walk_confined(root: str | os.PathLike, max_depth: int) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` below ``root`` without following symlinked folders, skipping hidden entries, at most
+    ``max_depth`` folders deep; yields (dirpath, sorted dirnames, sorted filenames)."""
+    root = os.path.realpath(root)
+    if not os.path.isdir(root):
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        depth = os.path.relpath(dirpath, root).count(os.sep) + (0 if dirpath == root else 1)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and depth < max_depth)
+        yield dirpath, dirnames, sorted(f for f in filenames if not f.startswith("."))
+
+
+def name_in_root(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``path``'s ``/``-separated name relative to ``root`` (both resolved), as ComfyUI's file lists show it."""
+    return os.path.relpath(os.path.realpath(path), os.path.realpath(root)).replace(os.sep, "/")
