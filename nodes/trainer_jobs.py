@@ -1,13 +1,15 @@
 """Background training jobs for the ComfyUI trainer panel (no aiohttp here; see ``trainer_routes``).
 
-A job runs the **same** trainer as ``lcm-lora train --config FILE key=value ...`` in a child
+A job runs the **same** trainer as ``lcm-lora train --config <job>/config.yaml`` in a child
 process of ComfyUI's python (``sys.executable``; ``LCM_LORA_TRAIN_PYTHON`` may name another
 interpreter, e.g. a venv with the trainer's dependencies — settable only from the environment,
 never over HTTP). The child is started through ``trainer_launch.py``, which imports the pack
 folder as ``lcm_lora`` whatever ComfyUI called it.
 
 Files: every job lives in ``<ComfyUI output>/lcm_lora_training/<job id>/`` — ``job.json`` (the
-request and state), ``train.log`` (the child's stdout/stderr), ``prompts.txt`` (prompts-only
+request and state), ``config.yaml`` (the merged trainer config: the shipped config, the resolved
+paths and the request's overrides, built by :func:`.trainer_requests.job_config` and written by the
+trainer's own ``dump_config``), ``train.log`` (the child's stdout/stderr), ``prompts.txt`` (prompts-only
 mode) and ``run/`` (the trainer's output folder: ``events.jsonl``, ``metrics.csv``,
 ``validation/step-*.png``, checkpoints, the adapter). Progress is read from ``run/events.jsonl``
 (:mod:`lcm_lora.training.run_log` format), incrementally. On success the adapter is copied into
@@ -19,7 +21,7 @@ then SIGKILL after ``cancel_timeout`` seconds. On Windows there is no SIGTERM fo
 ``terminate()`` stops it at once, without a checkpoint.
 
 Confinement (hardening): every name that comes from a request is resolved by
-:func:`resolve_in_roots` inside the folders ComfyUI configured (``folder_paths``): no absolute
+:func:`lcm_core.safe_names.resolve_in_roots` inside the folders ComfyUI configured (``folder_paths``): no absolute
 paths, no ``..``, no NUL or control characters, and a path whose real location (symlinks
 followed) leaves its folder is refused. Models are only read; only the jobs folder under
 ComfyUI's output directory and the ``loras`` folder are written.
@@ -27,24 +29,24 @@ ComfyUI's output directory and the ``loras`` folder are written.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..lcm_core.atomic_write import atomic_file
-from ..lcm_core.errors import LcmLoraError, OutputExistsError
-from ..lcm_core.safe_names import safe_output_path
+from ..lcm_core.errors import ConfigError, LcmLoraError, OutputExistsError
+from ..lcm_core.safe_names import check_folder_links, is_inside, name_in_root, resolve_in_roots, safe_output_path, walk_confined
+from .trainer_requests import JOB_ID, RequestError, StartRequest, check_job_id, job_config, override_schema, parse_start_request
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 LAUNCHER = Path(__file__).resolve().parent / "trainer_launch.py"
@@ -52,97 +54,14 @@ JOBS_SUBDIR = "lcm_lora_training"
 ADAPTER_FILE = "adapter.safetensors"
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-TRAINER_MODULES = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "yaml")
-JOB_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+# The trainer's dependencies beyond ComfyUI (import name: pip requirement). The same as the
+# ``train`` extra of pyproject.toml (tests/test_packaging.py checks that they agree).
+TRAINER_REQUIREMENTS = {"diffusers": "diffusers>=0.30", "transformers": "transformers>=4.40", "peft": "peft>=0.12",
+                        "accelerate": "accelerate>=0.30"}
+TRAINER_MODULES = ("torch", "safetensors", "yaml", *TRAINER_REQUIREMENTS)
 VALIDATION_IMAGE = re.compile(r"^step-\d{8}\.png$")
-MAX_NAME_CHARS = 1024
-MAX_PROMPTS, MAX_PROMPT_CHARS = 1000, 1000
 LOG_TAIL_BYTES = 4000
-
-
-class RequestError(LcmLoraError):
-    """A request the panel must refuse; ``status`` is the HTTP status the routes answer with."""
-
-    def __init__(self, source, problem: str, status: int = 400):
-        super().__init__(source, problem)
-        self.status = status
-
-
-# ------------------------------------------------------------------ names and confinement
-def check_relative_name(name: Any, what: str) -> str:
-    """Validate a client-supplied relative name; return it with ``/`` separators.
-
-    Refused: non-strings, empty names, NUL / control / invisible format characters, absolute
-    paths (``/x``, ``C:\\x``, ``\\\\server``), ``..`` components, over-long names.
-    """
-    _require_string(name, what, MAX_NAME_CHARS)
-    bad = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")]
-    if bad:
-        raise RequestError(what, f"contains a control character ({ascii(bad[0])}); refused")
-    unified = name.replace("\\", "/")
-    if unified.startswith("/") or re.match(r"^[A-Za-z]:", unified) or os.path.isabs(name):
-        raise RequestError(what, f"{name!r} is an absolute path; give a name relative to ComfyUI's folder")
-    parts = [p for p in unified.split("/") if p not in ("", ".")]
-    if any(p.strip() == ".." for p in parts):
-        raise RequestError(what, f"{name!r} contains '..'; names must stay inside ComfyUI's folder")
-    if not parts:
-        raise RequestError(what, f"{name!r} names no file")
-    return "/".join(parts)
-
-
-def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
-    """True if the real location of ``path`` (symlinks followed) is ``root``'s real location or below it."""
-    real, real_root = os.path.realpath(path), os.path.realpath(root)
-    try:
-        return os.path.commonpath([real, real_root]) == real_root
-    except ValueError:  # different drives (Windows)
-        return False
-
-
-def resolve_in_roots(roots: list[str], name: Any, what: str, kind: str = "file") -> Path:
-    """Real path of ``name`` found in the first of ``roots`` that has it (``kind``: file | dir).
-
-    Raises :class:`RequestError` 400 for an unsafe name or a symlink whose target leaves its
-    root folder, 404 when no root holds it.
-    """
-    rel = check_relative_name(name, what)
-    for root in roots:
-        candidate = Path(root, *rel.split("/"))
-        if not os.path.lexists(candidate):
-            continue
-        if not is_inside(candidate, root):
-            raise RequestError(what, f"{rel!r} is a symbolic link that leaves {root}; refused")
-        real = Path(os.path.realpath(candidate))
-        if kind == "file" and real.is_file() or kind == "dir" and real.is_dir():
-            return real
-    raise RequestError(what, f"{rel!r} is not a {'file' if kind == 'file' else 'folder'} in "
-                             f"{', '.join(map(str, roots)) or '(no folder configured)'}", status=404)
-
-
-def check_folder_links(folder: Path, root: str | os.PathLike, what: str, max_entries: int = 200_000) -> None:
-    """Refuse (400) a folder holding a symbolic link whose target leaves ``root`` (the trainer reads
-    every file of a data or model folder, so a link inside would smuggle an outside file in)."""
-    count = 0
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        for name in dirnames + filenames:
-            count += 1
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path) and not is_inside(path, root):
-                rel = os.path.relpath(path, folder).replace(os.sep, "/")
-                raise RequestError(what, f"{rel!r} inside {folder.name!r} is a symbolic link that leaves {root}; refused")
-        if count > max_entries:
-            raise RequestError(what, f"{folder.name!r} holds more than {max_entries} entries")
-
-
-def _walk_confined(root: str, max_depth: int):
-    """(dirpath, dirnames, filenames) below ``root`` without following symlinks out of it."""
-    root = os.path.realpath(root)
-    if not os.path.isdir(root):
-        return
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        depth = os.path.relpath(dirpath, root).count(os.sep) + (0 if dirpath == root else 1)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and depth < max_depth)
-        yield dirpath, dirnames, sorted(f for f in filenames if not f.startswith("."))
+CONFIG_FILE = "config.yaml"  # the job's merged trainer config (next to job.json)
 
 
 # ------------------------------------------------------------------ ComfyUI's folders
@@ -182,7 +101,7 @@ class ComfyFolders:
         else:
             names = []
             for root in self.checkpoints:
-                for dirpath, _, files in _walk_confined(root, 4):
+                for dirpath, _, files in walk_confined(root, 4):
                     rel = os.path.relpath(dirpath, os.path.realpath(root))
                     names += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files
                               if f.lower().endswith(CHECKPOINT_EXTENSIONS)]
@@ -191,7 +110,7 @@ class ComfyFolders:
             try:
                 resolve_in_roots(self.checkpoints, n, "teacher")
                 out.append(n.replace(os.sep, "/"))
-            except RequestError:
+            except ConfigError:
                 pass
         return sorted(set(out))
 
@@ -200,9 +119,9 @@ class ComfyFolders:
         out = []
         for root in self.diffusers:
             real_root = os.path.realpath(root)
-            for dirpath, dirnames, _ in _walk_confined(root, 3):
+            for dirpath, dirnames, _ in walk_confined(root, 3):
                 if os.path.isfile(os.path.join(dirpath, "unet", "config.json")):
-                    out.append(os.path.relpath(dirpath, real_root).replace(os.sep, "/"))
+                    out.append(name_in_root(dirpath, real_root))
                     dirnames[:] = []
         return sorted(set(out))
 
@@ -210,174 +129,17 @@ class ComfyFolders:
         """Sub-folders of ComfyUI's input folder that hold images or a metadata file."""
         out = []
         root = os.path.realpath(self.input)
-        for dirpath, _, files in _walk_confined(root, 3):
+        for dirpath, _, files in walk_confined(root, 3):
             if dirpath == root:
                 continue
             if any(f.lower().endswith(IMAGE_EXTENSIONS) or f in ("metadata.jsonl", "metadata.csv") for f in files):
-                out.append(os.path.relpath(dirpath, root).replace(os.sep, "/"))
+                out.append(name_in_root(dirpath, root))
         return sorted(out)
-
-
-# ------------------------------------------------------------------ start requests
-@dataclass(frozen=True)
-class Override:
-    key: str  # trainer config key
-    kind: str  # int | float | choice | strlist | intlist
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple = ()
-    max_items: int = 0
-
-
-OVERRIDES: dict[str, Override] = {
-    "max_steps": Override("train.max_steps", "int", 1, 1_000_000),
-    "learning_rate": Override("optim.learning_rate", "float", 1e-8, 1.0),
-    "rank": Override("lora.rank", "int", 1, 1024),
-    "alpha": Override("lora.alpha", "float", 1e-6, 4096),
-    "batch_size": Override("train.batch_size", "int", 1, 4096),
-    "gradient_accumulation": Override("train.gradient_accumulation", "int", 1, 1024),
-    "resolution": Override("data.resolution", "int", 8, 4096),
-    "seed": Override("train.seed", "int", 0, 2**31 - 1),
-    "mixed_precision": Override("train.mixed_precision", "choice", choices=("no", "fp16", "bf16")),
-    "device": Override("train.device", "choice", choices=("auto", "cpu", "cuda", "mps")),
-    "validation_every": Override("validation.every", "int", 0, 1_000_000),
-    "validation_prompts": Override("validation.prompts", "strlist", max_items=8),
-    "validation_steps": Override("validation.steps", "intlist", 1, 50, max_items=6),
-    "checkpoint_every": Override("checkpoint.every", "int", 0, 1_000_000),
-    "samples_per_prompt": Override("prompts_only.samples_per_prompt", "int", 1, 10_000),
-    "output_dtype": Override("output.dtype", "choice", choices=("fp16", "bf16", "fp32")),
-}
-START_KEYS = {"config", "teacher", "teacher_type", "data", "prompts", "output_name", "overrides"}
-
-
-def _yaml_number(value) -> str:
-    """A number as the trainer's ``key=value`` parser (YAML 1.1) reads it back: ``1e-05`` is a
-    string in YAML 1.1, ``1.0e-05`` a float."""
-    if isinstance(value, int):
-        return str(value)
-    text = repr(float(value))
-    mantissa, e, exponent = text.partition("e")
-    if e and "." not in mantissa:
-        text = f"{mantissa}.0e{exponent}"
-    return text
-
-
-def _require_string(value: Any, what: str, max_chars: int) -> None:
-    """A non-blank string of at most ``max_chars`` characters (else a 400 naming the field)."""
-    if not isinstance(value, str):
-        raise RequestError(what, f"must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise RequestError(what, "must not be empty")
-    if len(value) > max_chars:
-        raise RequestError(what, f"is longer than {max_chars} characters")
-
-
-def _check_text(value: Any, what: str, max_chars: int) -> str:
-    _require_string(value, what, max_chars)
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
-        raise RequestError(what, "contains a control character (newline, NUL, ...); refused")
-    return value
-
-
-def _check_override(name: str, value: Any) -> str:
-    spec = OVERRIDES[name]
-    what = f"overrides.{name}"
-
-    def number(v, integer: bool, label: str):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-            raise RequestError(label, f"must be {'an integer' if integer else 'a number'}, got {json.dumps(v)[:60]}")
-        if not math.isfinite(v):
-            raise RequestError(label, "must be finite")
-        if spec.minimum is not None and v < spec.minimum or spec.maximum is not None and v > spec.maximum:
-            raise RequestError(label, f"must be between {spec.minimum:g} and {spec.maximum:g}, got {v}")
-        return _yaml_number(v)
-
-    if spec.kind in ("int", "float"):
-        text = number(value, spec.kind == "int", what)
-    elif spec.kind == "choice":
-        if value not in spec.choices:
-            raise RequestError(what, f"must be one of {', '.join(spec.choices)}, got {json.dumps(value)[:60]}")
-        text = value
-    else:
-        if not isinstance(value, list) or not value or len(value) > spec.max_items:
-            raise RequestError(what, f"must be a list of 1 to {spec.max_items} items")
-        if spec.kind == "strlist":
-            text = json.dumps([_check_text(v, f"{what}[{i}]", MAX_PROMPT_CHARS) for i, v in enumerate(value)])
-        else:
-            text = "[" + ", ".join(number(v, True, f"{what}[{i}]") for i, v in enumerate(value)) + "]"
-    return f"{spec.key}={text}"
-
-
-@dataclass
-class StartRequest:
-    """A validated start request (only types and forms; names are resolved by :meth:`JobManager.start`)."""
-
-    config: str
-    teacher: str
-    teacher_type: str
-    output_name: str
-    data: str | None = None
-    prompts: list[str] | None = None
-    overrides: list[str] = field(default_factory=list)
-    raw_overrides: dict = field(default_factory=dict)
-
-
-def parse_start_request(body: Any) -> StartRequest:
-    """Type-check a start request body (a decoded JSON object); :class:`RequestError` 400 otherwise."""
-    if not isinstance(body, dict):
-        raise RequestError("request body", f"must be a JSON object, got {type(body).__name__}")
-    unknown = sorted(set(body) - START_KEYS)
-    if unknown:
-        raise RequestError("request body", f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(START_KEYS))}")
-    for key in ("config", "teacher", "output_name"):
-        if key not in body:
-            raise RequestError("request body", f"missing field {key!r}")
-    config = check_relative_name(body["config"], "config")
-    teacher = check_relative_name(body["teacher"], "teacher")
-    teacher_type = body.get("teacher_type", "checkpoint")
-    if teacher_type not in ("checkpoint", "diffusers"):
-        raise RequestError("teacher_type", f"must be 'checkpoint' or 'diffusers', got {json.dumps(teacher_type)[:60]}")
-    output_name = check_relative_name(body["output_name"], "output_name")
-    if "/" in output_name:
-        raise RequestError("output_name", f"{output_name!r} must be a plain file name, without folders")
-    has_data, has_prompts = body.get("data") is not None, body.get("prompts") is not None
-    if has_data == has_prompts:
-        raise RequestError("request body", "give exactly one of 'data' (a folder in ComfyUI's input folder) or "
-                                           "'prompts' (a list of prompts, prompts-only mode)")
-    data = prompts = None
-    if has_data:
-        data = check_relative_name(body["data"], "data")
-    else:
-        value = body["prompts"]
-        if not isinstance(value, list) or not 1 <= len(value) <= MAX_PROMPTS:
-            raise RequestError("prompts", f"must be a list of 1 to {MAX_PROMPTS} strings")
-        prompts = [_check_text(p, f"prompts[{i}]", MAX_PROMPT_CHARS) for i, p in enumerate(value)]
-    raw = body.get("overrides")
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise RequestError("overrides", f"must be a JSON object, got {type(raw).__name__}")
-    bad = sorted(set(raw) - set(OVERRIDES))
-    if bad:
-        raise RequestError("overrides", f"unknown override(s) {', '.join(map(repr, bad))}; allowed: {', '.join(OVERRIDES)}")
-    overrides = [_check_override(k, raw[k]) for k in OVERRIDES if k in raw]
-    return StartRequest(config, teacher, teacher_type, output_name, data, prompts, overrides, dict(raw))
-
-
-def override_schema() -> dict:
-    """The allowed overrides with their limits (the panel builds its form from this)."""
-    return {k: {"key": o.key, "kind": o.kind, "min": o.minimum, "max": o.maximum, "choices": list(o.choices) or None,
-                "max_items": o.max_items or None} for k, o in OVERRIDES.items()}
 
 
 # ------------------------------------------------------------------ jobs
 def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
-
-
-def check_job_id(job_id: Any) -> str:
-    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
-        raise RequestError("job", f"{str(job_id)[:60]!r} is not a job id", status=404)
-    return job_id
 
 
 @dataclass
@@ -472,6 +234,12 @@ def _trainer_python() -> str:
 _DEPS_CACHE: dict[str, list[str]] = {}
 
 
+def install_command(python: str, missing: list[str]) -> str:
+    """The exact pip command that gives ``python`` the missing trainer modules (the ``train`` extra's pins)."""
+    packages = [TRAINER_REQUIREMENTS.get(m, {"yaml": "pyyaml"}.get(m, m)) for m in missing]
+    return " ".join([shlex.quote(python), "-m", "pip", "install", *map(shlex.quote, packages)])
+
+
 def missing_trainer_modules(python: str) -> list[str]:
     """Trainer dependencies ``python`` cannot import (``importlib.util.find_spec``; cached per interpreter)."""
     if python not in _DEPS_CACHE:
@@ -537,29 +305,37 @@ class JobManager:
         job = self.get(job_id)
         if not isinstance(name, str) or not VALIDATION_IMAGE.match(name):
             raise RequestError("image", f"{str(name)[:80]!r} is not a validation image name (step-XXXXXXXX.png)")
-        folder = job.run_dir / "validation"
-        return resolve_in_roots([str(folder)], name, "image")
+        try:
+            return resolve_in_roots([job.run_dir / "validation"], name, "image")
+        except ConfigError as e:
+            raise RequestError.of(e) from None
 
     # -- start
     def _resolve(self, req: StartRequest) -> tuple[Path, Path, Path | None, Path]:
+        """(shipped config, teacher, data folder or None, target in the loras folder), all confined."""
         configs = self.configs()
         if req.config not in configs:
             raise RequestError("config", f"{req.config!r} is not one of the shipped configs ({', '.join(configs)})", status=404)
         config = self.pack_dir / "configs" / req.config
-        if req.teacher_type == "checkpoint":
-            if not req.teacher.lower().endswith(CHECKPOINT_EXTENSIONS):
-                raise RequestError("teacher", f"{req.teacher!r} is not a checkpoint file ({', '.join(CHECKPOINT_EXTENSIONS)})")
-            teacher = resolve_in_roots(self.folders.checkpoints, req.teacher, "teacher")
-        else:
-            teacher = resolve_in_roots(self.folders.diffusers, req.teacher, "teacher", kind="dir")
-            if not (teacher / "unet" / "config.json").is_file():
-                raise RequestError("teacher", f"{req.teacher!r} is not a diffusers model folder (no unet/config.json)")
-            root = next(r for r in self.folders.diffusers if is_inside(teacher, r))
-            check_folder_links(teacher, root, "teacher")
-        data = None
-        if req.data is not None:
-            data = resolve_in_roots([self.folders.input], req.data, "data", kind="dir")
-            check_folder_links(data, self.folders.input, "data")
+        try:
+            if req.teacher_type == "checkpoint":
+                if not req.teacher.lower().endswith(CHECKPOINT_EXTENSIONS):
+                    raise RequestError("teacher", f"{req.teacher!r} is not a checkpoint file ({', '.join(CHECKPOINT_EXTENSIONS)})")
+                teacher = resolve_in_roots(self.folders.checkpoints, req.teacher, "teacher")
+            else:
+                teacher = resolve_in_roots(self.folders.diffusers, req.teacher, "teacher", kind="dir")
+                if not (teacher / "unet" / "config.json").is_file():
+                    raise RequestError("teacher", f"{req.teacher!r} is not a diffusers model folder (no unet/config.json)")
+                root = next(r for r in self.folders.diffusers if is_inside(teacher, r))
+                check_folder_links(teacher, root, "teacher")
+            data = None
+            if req.data is not None:
+                data = resolve_in_roots([self.folders.input], req.data, "data", kind="dir")
+                check_folder_links(data, self.folders.input, "data")
+        except RequestError:
+            raise
+        except ConfigError as e:
+            raise RequestError.of(e) from None
         if not self.folders.loras:
             raise RequestError("loras", "ComfyUI has no loras folder configured", status=500)
         try:
@@ -570,17 +346,26 @@ class JobManager:
             raise RequestError("output_name", f"{target.name!r} already exists in the loras folder; choose another name", status=409)
         return config, teacher, data, target
 
+    def tokenizer(self, teacher_type: str) -> Path | None:
+        """ComfyUI's bundled SD1 CLIP tokenizer for a single-file teacher (the trainer needs one)."""
+        tokenizer = Path(self.folders.comfy_root or "", "comfy", "sd1_tokenizer")
+        if teacher_type == "checkpoint" and self.folders.comfy_root and (tokenizer / "vocab.json").is_file():
+            return tokenizer
+        return None
+
     def start(self, body: Any) -> dict:
         """Validate, resolve and launch; returns the job summary. Raises :class:`RequestError`."""
         req = parse_start_request(body)
         config, teacher, data, target = self._resolve(req)
+        # the merged config is checked before any folder or process exists (the trainer's own messages)
+        job_config(req, config, teacher=teacher, data=data, prompts_file=Path("prompts.txt") if req.prompts else None,
+                   tokenizer=self.tokenizer(req.teacher_type), adapter_name=ADAPTER_FILE)
         python = self.python or _trainer_python()
         missing = missing_trainer_modules(python)
         if missing:
-            raise RequestError(
-                python, f"cannot run the trainer: this python lacks {', '.join(missing)}. Install the pack's requirements "
-                        f"({self.pack_dir / 'requirements.txt'}) into ComfyUI's python, or set LCM_LORA_TRAIN_PYTHON "
-                        "to a python that has them, then restart ComfyUI", status=503)
+            raise RequestError(python, f"cannot run the trainer: this python lacks {', '.join(missing)}. "
+                                       f"Install them with: {install_command(python, missing)} — or start ComfyUI with "
+                                       "LCM_LORA_TRAIN_PYTHON set to a python that has them; then restart ComfyUI", status=503)
         with self._lock:
             running = [j for j in self.jobs.values() if j.status in ("running", "cancelling")]
             if running:
@@ -590,23 +375,23 @@ class JobManager:
             folder.mkdir(parents=True, exist_ok=False)
             request = {"config": req.config, "teacher": req.teacher, "teacher_type": req.teacher_type,
                        "data": req.data, "prompts": len(req.prompts) if req.prompts else None,
-                       "output_name": target.name, "overrides": req.raw_overrides}
+                       "output_name": target.name, "overrides": req.overrides}
             job = Job(job_id, folder, request)
             self.jobs[job_id] = job
         try:
-            args = [f"teacher={teacher}", "output.format=kohya", f"output.name={ADAPTER_FILE}", "logging.progress=false"]
-            if data is not None:
-                args.append(f"data={data}")
-            else:
+            prompts_file = None
+            if req.prompts:
                 prompts_file = folder / "prompts.txt"
                 with atomic_file(prompts_file) as tmp:
                     tmp.write_text("\n".join(req.prompts) + "\n", encoding="utf-8")
-                args += [f"prompts={prompts_file}", "data.path=null"]
-            tokenizer = Path(self.folders.comfy_root or "", "comfy", "sd1_tokenizer")
-            if req.teacher_type == "checkpoint" and self.folders.comfy_root and (tokenizer / "vocab.json").is_file():
-                args.append(f"teacher.tokenizer={tokenizer}")
-            cmd = [python, str(LAUNCHER), str(self.pack_dir), "--config", str(config), "--output", str(job.run_dir),
-                   "--no-progress", *args, *req.overrides]
+            cfg = job_config(req, config, teacher=teacher, data=data, prompts_file=prompts_file,
+                             tokenizer=self.tokenizer(req.teacher_type), adapter_name=ADAPTER_FILE)
+            from ..training.config import dump_config
+
+            with atomic_file(folder / CONFIG_FILE) as tmp:
+                tmp.write_text(dump_config(cfg), encoding="utf-8")
+            cmd = [python, str(LAUNCHER), str(self.pack_dir), "--config", str(folder / CONFIG_FILE),
+                   "--output", str(job.run_dir), "--no-progress"]
             job.request["command"] = cmd
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             with open(job.log_path, "ab") as log:

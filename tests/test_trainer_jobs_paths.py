@@ -1,10 +1,11 @@
-"""Trainer-panel request checks without ComfyUI: name confinement, request typing, publishing.
+"""Trainer-panel request checks without ComfyUI: request typing, the job's merged config, listings,
+publishing.
 
-``nodes/trainer_jobs.py`` imports nothing from ComfyUI (its folders come in a ``ComfyFolders``),
-but ``lcm_lora.nodes`` itself does, so the module is loaded on its own here. The references are
-the file system itself (``os.path.realpath``) and the trainer's own config parser
-(``training.config.parse_override`` / ``load_config``), which must read back every override the
-panel writes.
+``nodes/trainer_jobs.py`` and ``nodes/trainer_requests.py`` import nothing from ComfyUI (the folders
+come in a ``ComfyFolders``), but ``lcm_lora.nodes`` itself does, so the modules are loaded on their
+own here. The references are the file system itself (``os.path.realpath``; the confinement rules
+are tested in ``test_path_confinement.py``) and the trainer's own config loader
+(``training.config.load_config``), which must read back the ``config.yaml`` a job writes exactly.
 """
 from __future__ import annotations
 
@@ -20,20 +21,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load():
+def _load(name):
     import lcm_lora  # noqa: F401  (parent package for the relative imports)
 
-    spec = importlib.util.spec_from_file_location("lcm_lora.nodes.trainer_jobs", ROOT / "nodes" / "trainer_jobs.py")
+    spec = importlib.util.spec_from_file_location(f"lcm_lora.nodes.{name}", ROOT / "nodes" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     try:
         spec.loader.exec_module(module)
     finally:
-        del sys.modules[spec.name]  # lcm_lora.nodes itself needs ComfyUI: leave no half-package behind
+        if name == "trainer_jobs":  # lcm_lora.nodes itself needs ComfyUI: leave no half-package behind
+            del sys.modules[spec.name]
+            del sys.modules["lcm_lora.nodes.trainer_requests"]
     return module
 
 
-TJ = _load()
+TR = _load("trainer_requests")
+TJ = _load("trainer_jobs")
 
 
 @pytest.fixture
@@ -51,52 +55,6 @@ def tree(tmp_path):
     os.symlink(outside / "secret.safetensors", root / "link_out.safetensors")
     os.symlink(outside, root / "dir_out")
     return root, outside
-
-
-@pytest.mark.parametrize("name,fragment", [
-    ("../x", "'..'"), ("a/../../x", "'..'"), ("..\\x", "'..'"), ("/etc/passwd", "absolute"), ("\\\\server\\share", "absolute"),
-    ("C:\\x", "absolute"), ("c:x", "absolute"), ("a\x00b", "control"), ("a\nb", "control"), ("a\u202eb", "control"),
-    ("", "empty"), ("   ", "empty"), (".", "names no file"), ("x" * 1025, "longer"), (5, "string"), (None, "string"),
-])
-def test_unsafe_names_are_refused(name, fragment):
-    with pytest.raises(TJ.RequestError) as e:
-        TJ.check_relative_name(name, "teacher")
-    assert fragment in str(e.value) and e.value.status == 400 and str(e.value).startswith("teacher: ")
-
-
-def test_resolution_follows_the_file_system(tree):
-    root, outside = tree
-    assert TJ.resolve_in_roots([str(root)], "a.safetensors", "t") == Path(os.path.realpath(root / "a.safetensors"))
-    assert TJ.resolve_in_roots([str(root)], "sub\\b.ckpt", "t") == Path(os.path.realpath(root / "sub" / "b.ckpt"))
-    assert TJ.resolve_in_roots([str(root)], "./sub//b.ckpt", "t") == Path(os.path.realpath(root / "sub" / "b.ckpt"))
-    # a symlink that stays inside is fine (its real path is checked, not its spelling)
-    assert TJ.resolve_in_roots([str(root)], "link_in.safetensors", "t") == Path(os.path.realpath(root / "a.safetensors"))
-    for name in ("link_out.safetensors", "dir_out/secret.safetensors"):
-        with pytest.raises(TJ.RequestError, match="symbolic link") as e:
-            TJ.resolve_in_roots([str(root)], name, "t")
-        assert e.value.status == 400
-    with pytest.raises(TJ.RequestError, match="not a file") as e:
-        TJ.resolve_in_roots([str(root)], "missing.safetensors", "t")
-    assert e.value.status == 404
-    with pytest.raises(TJ.RequestError, match="not a folder"):
-        TJ.resolve_in_roots([str(root)], "a.safetensors", "t", kind="dir")
-    # a second root is searched when the first lacks the name
-    other = root.parent / "other"
-    other.mkdir()
-    (other / "c.safetensors").write_bytes(b"c")
-    assert TJ.resolve_in_roots([str(root), str(other)], "c.safetensors", "t").name == "c.safetensors"
-
-
-def test_links_inside_a_folder_must_stay_in_the_root(tree):
-    root, outside = tree
-    TJ.check_folder_links(root / "sub", root, "data")  # no links
-    TJ.check_folder_links(root / "model", root, "teacher")
-    os.symlink(root / "a.safetensors", root / "sub" / "ok.safetensors")  # inside: fine
-    TJ.check_folder_links(root / "sub", root, "data")
-    os.symlink(outside / "secret.safetensors", root / "sub" / "leak.png")
-    with pytest.raises(TJ.RequestError, match="'leak.png' inside 'sub' is a symbolic link") as e:
-        TJ.check_folder_links(root / "sub", root, "data")
-    assert e.value.status == 400
 
 
 def test_listings_hide_what_would_be_refused(tree, tmp_path):
@@ -121,20 +79,79 @@ def _body(**kw):
     return {"config": "tiny_cpu.yaml", "teacher": "t", "data": "d", "output_name": "o", **kw}
 
 
-def test_overrides_are_read_back_exactly_by_the_trainer():
-    from lcm_lora.training.config import load_config, parse_override
+RAW = {"max_steps": 7, "learning_rate": 1e-5, "rank": 3, "alpha": 1.5, "batch_size": 4, "resolution": 32, "seed": 9,
+       "mixed_precision": "bf16", "device": "cpu", "validation_every": 2, "validation_steps": [1, 4],
+       "validation_prompts": ['a "quoted" cat, with: yaml # chars', "ünïcode"], "checkpoint_every": 0,
+       "samples_per_prompt": 2, "gradient_accumulation": 2, "output_dtype": "fp32"}
 
-    raw = {"max_steps": 7, "learning_rate": 1e-5, "rank": 3, "alpha": 1.5, "batch_size": 4, "resolution": 32, "seed": 9,
-           "mixed_precision": "bf16", "device": "cpu", "validation_every": 2, "validation_steps": [1, 4],
-           "validation_prompts": ['a "quoted" cat, with: yaml # chars', "ünïcode"], "checkpoint_every": 0,
-           "samples_per_prompt": 2, "gradient_accumulation": 2, "output_dtype": "fp32"}
-    req = TJ.parse_start_request(_body(overrides=raw))
-    assert set(raw) == set(TJ.OVERRIDES)  # every allowed override is exercised
-    parsed = dict(parse_override(text) for text in req.overrides)
-    for name, value in raw.items():
-        assert parsed[TJ.OVERRIDES[name].key] == value, name
-    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", req.overrides)
-    assert cfg.optim.learning_rate == 1e-5 and cfg.validation.prompts == raw["validation_prompts"]
+
+def test_job_config_is_read_back_exactly_by_the_trainer(tmp_path):
+    """The job's config.yaml (trainer's dump_config) loads with the trainer's load_config to the same
+    config: shipped values, resolved paths, and every override the panel allows."""
+    from lcm_lora.training.config import dump_config, load_config, panel_overrides
+
+    assert set(RAW) == set(panel_overrides()) == set(TR.override_schema())  # every allowed override is exercised
+    req = TR.parse_start_request(_body(overrides=RAW))
+    teacher, data = tmp_path / "teacher", tmp_path / "data"
+    cfg = TR.job_config(req, ROOT / "configs" / "tiny_cpu.yaml", teacher=teacher, data=data, adapter_name="adapter.safetensors")
+    (tmp_path / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    back = load_config(tmp_path / "config.yaml")
+    assert back == cfg  # dataclass equality (source excluded)
+    for name, spec in panel_overrides().items():
+        section, key = spec["key"].split(".")
+        assert getattr(getattr(back, section), key) == RAW[name], name
+    shipped = load_config(ROOT / "configs" / "tiny_cpu.yaml")
+    assert back.lcd == shipped.lcd and back.data.cache_latents == shipped.data.cache_latents  # the rest is the shipped config
+    assert (back.teacher.path, back.data.path, back.data.prompts) == (str(teacher), str(data), None)
+    assert (back.output.format, back.output.name, back.logging.progress) == ("kohya", "adapter.safetensors", False)
+    # prompts-only mode: the prompts file replaces the data folder
+    req = TR.parse_start_request({**_body(), "data": None, "prompts": ["a cat"]})
+    cfg = TR.job_config(req, ROOT / "configs" / "tiny_cpu.yaml", teacher=teacher, prompts_file=tmp_path / "p.txt",
+                        adapter_name="adapter.safetensors")
+    assert (cfg.data.path, cfg.data.prompts) == (None, str(tmp_path / "p.txt"))
+
+
+def test_merged_config_errors_are_the_trainers(tmp_path):
+    """A value the panel's bounds allow but the chosen config refuses: the trainer's own message, 400."""
+    from lcm_lora.lcm_core.errors import ConfigError
+    from lcm_lora.training.config import load_config
+
+    shipped = tmp_path / "c.yaml"
+    shipped.write_text("lcd:\n  w_min: 3.0\n  w_max: 15.0\n", encoding="utf-8")
+    req = TR.parse_start_request(_body(overrides={"max_steps": 5}))
+    cfg = TR.job_config(req, shipped, teacher=tmp_path, data=tmp_path, adapter_name="a.safetensors")
+    assert cfg.train.max_steps == 5
+    shipped.write_text("lcd:\n  w_min: 20.0\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as trainer:
+        load_config(shipped)
+    with pytest.raises(TR.RequestError) as panel:
+        TR.job_config(req, shipped, teacher=tmp_path, data=tmp_path, adapter_name="a.safetensors")
+    assert panel.value.status == 400 and panel.value.problem == trainer.value.problem
+
+
+def test_schema_comes_from_the_trainer_config():
+    import dataclasses
+
+    from lcm_lora.training import config as C
+
+    schema = TR.override_schema()
+    assert json.loads(json.dumps(schema)) == schema  # JSON-serialisable for the panel
+    for name, spec in schema.items():
+        section, key = spec["key"].split(".")
+        field = next(f for f in dataclasses.fields(type(getattr(C.TrainConfig(), section))) if f.name == key)
+        assert field.metadata["panel"]["name"] == name
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        assert spec["default"] == default
+        if field.metadata["minimum"] is not None:
+            assert spec["min"] >= field.metadata["minimum"]  # the panel never allows what the trainer refuses
+        if field.metadata["choices"]:
+            assert set(spec["choices"]) <= set(field.metadata["choices"])
+    # the panel's form only offers allowed overrides
+    js = (ROOT / "web" / "lcm_lora_trainer.js").read_text(encoding="utf-8")
+    import re
+
+    form = re.findall(r'\["(\w+)", "[^"]+", (?:\d+|"any")\]', js)
+    assert form and set(form) <= set(schema), form
 
 
 @pytest.mark.parametrize("body,fragment", [
@@ -143,14 +160,17 @@ def test_overrides_are_read_back_exactly_by_the_trainer():
     (_body(teacher_type="lora"), "teacher_type"), (_body(output_name="a/b"), "plain file name"),
     (_body(overrides=[]), "JSON object"), (_body(overrides={"teacher": "/etc"}), "unknown override"),
     (_body(overrides={"max_steps": 1.5}), "integer"), (_body(overrides={"max_steps": True}), "integer"),
-    (_body(overrides={"learning_rate": "1e-4"}), "number"), (_body(overrides={"learning_rate": 2.0}), "between"),
-    (_body(overrides={"validation_steps": []}), "list of 1"), (_body(overrides={"validation_steps": [0]}), "between"),
+    (_body(overrides={"learning_rate": "1e-4"}), "number"), (_body(overrides={"learning_rate": 2.0}), "<= 1.0"),
+    (_body(overrides={"validation_steps": []}), "list of 1"), (_body(overrides={"validation_steps": [0]}), ">= 1"),
+    (_body(overrides={"validation_steps": [1] * 7}), "list of 1 to 6"), (_body(overrides={"max_steps": 0}), ">= 1"),
+    (_body(overrides={"validation_prompts": ["x" * 1001]}), "longer"), (_body(config="../x.yaml"), "'..'"),
+    (_body(teacher="/etc/passwd"), "absolute"), (_body(data="a\x00b"), "control"),
     (_body(overrides={"validation_prompts": ["a\nb"]}), "control"), (_body(overrides={"device": "cuda; rm"}), "one of"),
     ({**_body(), "data": None, "prompts": []}, "list of 1"), ({**_body(), "data": None, "prompts": [3]}, "string"),
 ])
 def test_bad_requests_name_the_field(body, fragment):
-    with pytest.raises(TJ.RequestError) as e:
-        TJ.parse_start_request(body)
+    with pytest.raises(TR.RequestError) as e:
+        TR.parse_start_request(body)
     assert fragment in str(e.value) and e.value.status == 400
 
 
@@ -192,9 +212,27 @@ def test_launcher_imports_the_pack_under_any_folder_name(tmp_path):
     assert out.stdout.strip() == str(link / "__init__.py")
 
 
-def test_yaml_numbers_round_trip():
-    import yaml
+def test_missing_trainer_modules_give_the_exact_install_command(tmp_path):
+    """The 503 names a pip command that installs the ``train`` extra's pins into that very python."""
+    import tomllib
 
-    for v in (1e-5, 1e-8, 0.5, 3.0, 1e20, 7, 123456789):
-        assert yaml.safe_load(TJ._yaml_number(v)) == v, v
-    assert json.dumps(TJ.override_schema())  # JSON-serialisable for the panel
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
+    assert sorted(TJ.TRAINER_REQUIREMENTS.values()) == sorted(extra)
+    cmd = TJ.install_command("/opt/my python/bin/python", ["diffusers", "peft"])
+    assert cmd == "'/opt/my python/bin/python' -m pip install 'diffusers>=0.30' 'peft>=0.12'"
+    bare = tmp_path / "python"  # a python without the trainer's dependencies: -S and -I leave out site-packages
+    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -I -S \"$@\"\n")
+    bare.chmod(0o755)
+    missing = TJ.missing_trainer_modules(str(bare))
+    assert {"diffusers", "peft", "transformers"} <= set(missing) and "json" not in missing
+    f = TJ.ComfyFolders(checkpoints=[], diffusers=[str(tmp_path)], loras=[str(tmp_path / "loras")], input=str(tmp_path),
+                        output=str(tmp_path / "out"))
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "t" / "unet").mkdir(parents=True)
+    (tmp_path / "t" / "unet" / "config.json").write_text("{}")
+    (tmp_path / "d").mkdir()
+    m = TJ.JobManager(f, pack_dir=ROOT, python=str(bare))
+    with pytest.raises(TR.RequestError) as e:
+        m.start(_body(teacher="t", teacher_type="diffusers", data="d"))
+    assert e.value.status == 503 and TJ.install_command(str(bare), missing) in str(e.value)
+    assert not (tmp_path / "out").exists()  # nothing created

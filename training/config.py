@@ -41,12 +41,21 @@ from ..lcm_core.errors import ConfigError
 ARCHS = ("auto", "sd1", "sd2", "sdxl", "ssd1b")
 
 
-def _f(default, *, choices=None, path=False, minimum=None, maximum=None, kind=None, doc=""):
-    """A schema field: default value plus validation metadata."""
-    meta = dict(choices=choices, path=path, minimum=minimum, maximum=maximum, kind=kind, doc=doc)
+def _f(default, *, choices=None, path=False, minimum=None, maximum=None, kind=None, doc="", panel=None):
+    """A schema field: default value plus validation metadata.
+
+    ``panel``: set (with :func:`_panel`) on the keys the ComfyUI trainer panel may override; nothing
+    else about a field changes (see :func:`panel_overrides`)."""
+    meta = dict(choices=choices, path=path, minimum=minimum, maximum=maximum, kind=kind, doc=doc, panel=panel)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _panel(name: str, *, minimum=None, maximum=None, choices=None, max_items=None) -> dict:
+    """A trainer-panel override: its name in the panel's request, and bounds a web request must keep
+    on top of the field's own (a request must not ask for a million prompts or a 1e9-step run)."""
+    return dict(name=name, minimum=minimum, maximum=maximum, choices=choices, max_items=max_items)
 
 
 @dataclass
@@ -66,7 +75,7 @@ class DataSection:
     captions: str = _f("auto", choices=("auto", "txt", "jsonl", "csv"), kind="str")
     caption_column: str = _f("text", kind="str", doc="caption field in metadata.jsonl/csv")
     image_column: str = _f("file_name", kind="str", doc="image file field in metadata.jsonl/csv")
-    resolution: int = _f(512, minimum=8, kind="int", doc="training area is resolution x resolution pixels")
+    resolution: int = _f(512, minimum=8, kind="int", doc="training area is resolution x resolution pixels", panel=_panel("resolution", maximum=4096))
     buckets: bool = _f(True, kind="bool", doc="aspect-ratio buckets of ~resolution^2 pixels")
     bucket_step: int = _f(64, minimum=1, kind="int", doc="bucket sides are multiples of this (pixels)")
     max_aspect: float = _f(2.0, minimum=1.0, kind="float")
@@ -80,7 +89,7 @@ class DataSection:
 
 @dataclass
 class PromptsOnlySection:
-    samples_per_prompt: int = _f(4, minimum=1, kind="int")
+    samples_per_prompt: int = _f(4, minimum=1, kind="int", panel=_panel("samples_per_prompt", maximum=10_000))
     steps: int = _f(50, minimum=1, kind="int", doc="teacher DDIM steps (on the 1000-step schedule)")
     guidance_scale: float = _f(7.5, minimum=0.0, kind="float", doc="classifier-free guidance (Imagen convention)")
     batch_size: int = _f(4, minimum=1, kind="int")
@@ -103,8 +112,8 @@ class LcdSection:
 
 @dataclass
 class LoraSection:
-    rank: int = _f(64, minimum=1, kind="int")
-    alpha: float | None = _f(None, minimum=0.0, kind="float?", doc="default = rank (scale 1)")
+    rank: int = _f(64, minimum=1, kind="int", panel=_panel("rank", maximum=1024))
+    alpha: float | None = _f(None, minimum=0.0, kind="float?", doc="default = rank (scale 1)", panel=_panel("alpha", minimum=1e-6, maximum=4096))
     dropout: float = _f(0.0, minimum=0.0, maximum=1.0, kind="float")
     targets: list | None = _f(None, kind="strlist?", doc="module name suffixes; default lcm_core.targets.LCM_LORA_UNET_TARGETS")
 
@@ -112,7 +121,7 @@ class LoraSection:
 @dataclass
 class OptimSection:
     optimizer: str = _f("adamw", choices=("adamw", "adamw8bit"), kind="str")
-    learning_rate: float = _f(1e-4, minimum=0.0, kind="float")
+    learning_rate: float = _f(1e-4, minimum=0.0, kind="float", panel=_panel("learning_rate", minimum=1e-8, maximum=1.0))
     weight_decay: float = _f(0.0, minimum=0.0, kind="float")
     beta1: float = _f(0.9, minimum=0.0, maximum=1.0, kind="float")
     beta2: float = _f(0.999, minimum=0.0, maximum=1.0, kind="float")
@@ -128,29 +137,29 @@ class OptimSection:
 
 @dataclass
 class TrainSection:
-    max_steps: int = _f(1000, minimum=1, kind="int", doc="optimizer steps")
-    batch_size: int = _f(12, minimum=1, kind="int", doc="global batch per optimizer micro-step (split across processes)")
-    gradient_accumulation: int = _f(1, minimum=1, kind="int")
-    mixed_precision: str = _f("no", choices=("no", "fp16", "bf16"), kind="str")
+    max_steps: int = _f(1000, minimum=1, kind="int", doc="optimizer steps", panel=_panel("max_steps", maximum=1_000_000))
+    batch_size: int = _f(12, minimum=1, kind="int", doc="global batch per optimizer micro-step (split across processes)", panel=_panel("batch_size", maximum=4096))
+    gradient_accumulation: int = _f(1, minimum=1, kind="int", panel=_panel("gradient_accumulation", maximum=1024))
+    mixed_precision: str = _f("no", choices=("no", "fp16", "bf16"), kind="str", panel=_panel("mixed_precision"))
     cast_base_weights: bool = _f(True, kind="bool", doc="store frozen UNet/text weights in the mixed-precision dtype")
     gradient_checkpointing: bool = _f(False, kind="bool")
     allow_tf32: bool = _f(True, kind="bool")
-    seed: int = _f(0, kind="int")
-    device: str = _f("auto", kind="str", doc="auto | cpu | cuda | cuda:N | mps")
+    seed: int = _f(0, kind="int", panel=_panel("seed", minimum=0, maximum=2**31 - 1))
+    device: str = _f("auto", kind="str", doc="auto | cpu | cuda | cuda:N | mps", panel=_panel("device", choices=("auto", "cpu", "cuda", "mps")))
     num_workers: int = _f(0, minimum=0, kind="int", doc="image decoding worker threads")
 
 
 @dataclass
 class CheckpointSection:
-    every: int = _f(200, minimum=0, kind="int", doc="0 = only at the end / on SIGTERM")
+    every: int = _f(200, minimum=0, kind="int", doc="0 = only at the end / on SIGTERM", panel=_panel("checkpoint_every", maximum=1_000_000))
     keep: int = _f(3, minimum=1, kind="int")
 
 
 @dataclass
 class ValidationSection:
-    every: int = _f(200, minimum=0, kind="int", doc="0 disables")
-    prompts: list = _f(["a photo of a cat", "a watercolor painting of a lighthouse"], kind="strlist")
-    steps: list = _f([1, 2, 4], kind="intlist")
+    every: int = _f(200, minimum=0, kind="int", doc="0 disables", panel=_panel("validation_every", maximum=1_000_000))
+    prompts: list = _f(["a photo of a cat", "a watercolor painting of a lighthouse"], kind="strlist", panel=_panel("validation_prompts", max_items=8))
+    steps: list = _f([1, 2, 4], kind="intlist", panel=_panel("validation_steps", minimum=1, maximum=50, max_items=6))
     seed: int = _f(0, kind="int")
     resolution: int | None = _f(None, minimum=8, kind="int?", doc="default data.resolution")
 
@@ -166,7 +175,7 @@ class LoggingSection:
 class OutputSection:
     format: str = _f("kohya", choices=("kohya", "diffusers", "peft"), kind="str")
     name: str = _f("lcm_lora.safetensors", kind="str", doc="file (kohya/diffusers) or folder (peft) name in the output folder")
-    dtype: str = _f("fp16", choices=("fp16", "bf16", "fp32"), kind="str")
+    dtype: str = _f("fp16", choices=("fp16", "bf16", "fp32"), kind="str", panel=_panel("output_dtype"))
 
 
 @dataclass
@@ -190,7 +199,6 @@ class TrainConfig:
         return d
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name != "source"}
 _SECTION_CLASSES = {
     "teacher": TeacherSection,
     "data": DataSection,
@@ -497,3 +505,93 @@ def schema_text() -> str:
     lines.append("# shorthands: teacher=PATH (teacher.path), data=FOLDER (data.path), prompts=FILE (data.prompts);")
     lines.append("# a bare key (max_steps=300) resolves to its section; train wins ties (seed -> train.seed)")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ the ComfyUI trainer panel's overrides
+PANEL_TEXT_CHARS = 1000  # one validation prompt from a panel request
+
+
+def panel_overrides() -> dict[str, dict]:
+    """The overrides the trainer panel accepts, from the fields marked ``panel=`` above:
+    ``{name: {key, kind, min, max, choices, max_items, default, doc}}`` (JSON-serialisable; the
+    panel builds its form from it). ``kind`` is the field's kind, or ``choice`` when it has choices."""
+    out = {}
+    for section, cls in _SECTION_CLASSES.items():
+        for f in dataclasses.fields(cls):
+            p = f.metadata.get("panel")
+            if not p:
+                continue
+            meta = f.metadata
+            choices = p["choices"] or meta["choices"]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out[p["name"]] = {
+                "key": f"{section}.{f.name}",
+                "kind": "choice" if choices else meta["kind"].rstrip("?"),
+                "min": p["minimum"] if p["minimum"] is not None else meta["minimum"],
+                "max": p["maximum"] if p["maximum"] is not None else meta["maximum"],
+                "choices": list(choices) if choices else None,
+                "max_items": p["max_items"],
+                "default": default,
+                "doc": meta["doc"],
+            }
+    return out
+
+
+def _check_panel_value(value: Any, spec: dict, source: str) -> None:
+    """JSON values are typed already: no text-to-number coercion (``"12"`` is not an integer here)."""
+    import math
+    import unicodedata
+
+    key = spec["key"]
+
+    def number(v, integer: bool, label: str):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            raise ConfigError(source, f"key '{label}' must be {'an integer' if integer else 'a number'}, got {json.dumps(v)[:60]}")
+        if not math.isfinite(v):
+            raise ConfigError(source, f"key '{label}' must be finite, got {v}")
+        if spec["min"] is not None and v < spec["min"]:
+            raise ConfigError(source, f"key '{label}' must be >= {spec['min']}, got {v}")
+        if spec["max"] is not None and v > spec["max"]:
+            raise ConfigError(source, f"key '{label}' must be <= {spec['max']}, got {v}")
+
+    kind = spec["kind"]
+    if kind in ("int", "float"):
+        number(value, kind == "int", key)
+    elif kind == "choice":
+        if value not in spec["choices"]:
+            raise ConfigError(source, f"key '{key}' must be one of {', '.join(spec['choices'])}, got {json.dumps(value)[:60]}")
+    elif kind in ("strlist", "intlist"):
+        n = spec["max_items"]
+        if not isinstance(value, list) or not value or len(value) > n:
+            raise ConfigError(source, f"key '{key}' must be a list of 1 to {n} items, got {json.dumps(value)[:60]}")
+        for i, item in enumerate(value):
+            label = f"{key}[{i}]"
+            if kind == "intlist":
+                number(item, True, label)
+            elif not isinstance(item, str) or not item.strip():
+                raise ConfigError(source, f"key '{label}' must be a non-empty string, got {json.dumps(item)[:60]}")
+            elif len(item) > PANEL_TEXT_CHARS:
+                raise ConfigError(source, f"key '{label}' is longer than {PANEL_TEXT_CHARS} characters")
+            elif any(unicodedata.category(c) in ("Cc", "Cs") for c in item):
+                raise ConfigError(source, f"key '{label}' contains a control character (newline, NUL, ...); refused")
+    else:  # a panel field of a kind this function does not know: a schema mistake, not a user error
+        raise AssertionError(kind)
+
+
+def apply_panel_overrides(cfg: TrainConfig, values: Any, source: str = "overrides") -> TrainConfig:
+    """Set the panel's overrides ``{name: JSON value}`` on ``cfg`` (in place) and validate the result.
+
+    Names and bounds come from :func:`panel_overrides`; every error is a :class:`ConfigError` naming
+    ``source`` and the config key, as the trainer's own messages do."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(source, f"must be a JSON object of overrides, got {type(values).__name__}")
+    allowed = panel_overrides()
+    unknown = sorted(set(values) - set(allowed), key=str)
+    if unknown:
+        raise ConfigError(source, f"unknown override(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+    for name, spec in allowed.items():
+        if name in values:
+            _check_panel_value(values[name], spec, source)
+            _set(cfg, spec["key"], values[name], source, None)
+    validate_config(cfg)
+    return cfg
