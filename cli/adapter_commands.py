@@ -106,7 +106,7 @@ def _size_bytes(path: Path) -> int:
 
 def describe(path: str) -> dict:
     """Everything `inspect` prints, as a JSON-ready dict."""
-    from ..lcm_core.architecture import detect_adapter_architecture
+    from ..lcm_core.lora.architecture import detect_adapter_architecture
 
     adapter = _read(path)
     detection = detect_adapter_architecture(adapter)

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from .architecture import detect_adapter_architecture, detect_checkpoint_architecture, require_architecture
+from .lora.architecture import detect_adapter_architecture, detect_checkpoint_architecture, require_architecture
 from .errors import AdapterFileError, OutputExistsError
 from .fuse import fuse_into_weights
 from .lora.adapter import LoraAdapter

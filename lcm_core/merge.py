@@ -107,7 +107,7 @@ def _validate(adapters, weights, method, rank, energy, names):
 def _check_architectures(adapters, names) -> str | None:
     """All adapters must fit one architecture (``adapter.architecture``, else the detection's
     candidate set: a partial SDXL-family adapter cannot be merged with an SD1 one)."""
-    from .architecture import detect_adapter_architecture, require_same_architecture
+    from .lora.architecture import detect_adapter_architecture, require_same_architecture
 
     found = [(n, a.architecture if a.architecture not in (None, "unknown") else detect_adapter_architecture(a))
              for n, a in zip(names, adapters)]

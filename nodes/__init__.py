@@ -5,10 +5,14 @@ stay thin: reading, merging, saving adapters and the LCM/TCD samplers live in ``
 ``comfy_bridge`` holds the small ComfyUI glue they share. Help pages: ``web/docs/<node_id>.md``.
 
 Nodes: LCMLoraLoader, LCMAdapterMerge, LCMAdapterSave, LCMSampler, LCMScheduler, LCMKSampler.
+
+Importing this package has no side effect: the trainer panel's routes (``/lcm_lora/train/...``,
+:mod:`.trainer_routes`) are added to ComfyUI's server in :meth:`LCMLoraExtension.on_load`.
 """
 from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
 
 from .adapter_merge import LCMAdapterMerge
 from .adapter_save import LCMAdapterSave
@@ -19,14 +23,21 @@ from .lcm_scheduler import LCMScheduler
 
 NODES = [LCMLoraLoader, LCMAdapterMerge, LCMAdapterSave, LCMSampler, LCMScheduler, LCMKSampler]
 
-# Trainer panel routes (/lcm_lora/train/...), only when ComfyUI's server exists (see trainer_routes).
-from .trainer_routes import register_with_comfyui  # noqa: E402
-
-register_with_comfyui()
-
 
 class LCMLoraExtension(ComfyExtension):
+    @override
+    async def on_load(self) -> None:
+        """Add the trainer panel's routes to ComfyUI's server (once; nothing without a server)."""
+        from .trainer_routes import register_with_comfyui
+
+        register_with_comfyui()
+
+    @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.64 declares ComfyExtension.on_load but does not call it yet (nodes.py
+        # load_custom_node calls comfy_entrypoint, then get_node_list, before the server adds its
+        # routes to the app): call it here; it is idempotent, so a ComfyUI that calls it is fine too.
+        await self.on_load()
         return list(NODES)
 
 

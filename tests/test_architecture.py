@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lcm_lora.lcm_core import model_configs
-from lcm_lora.lcm_core.architecture import (
+from lcm_lora.lcm_core.lora.architecture import (
     Detection,
     detect_adapter_architecture,
     detect_checkpoint_architecture,

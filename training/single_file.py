@@ -1,7 +1,7 @@
 """Teachers from single-file checkpoints (original SD / SGM key layout, what ComfyUI users have).
 
 The checkpoint is read once (safetensors, or ``torch.load(weights_only=True)``), its
-architecture detected from tensor shapes (``lcm_core.architecture.detect_checkpoint_architecture``),
+architecture detected from tensor shapes (``lcm_core.lora.architecture.detect_checkpoint_architecture``),
 and each part converted with diffusers' single-file utilities — ``from_single_file`` on the
 in-memory state dict and ``create_diffusers_clip_model_from_ldm`` — given **local** configs
 written from ``lcm_core.model_configs`` into a temporary folder (never fetched from a hub).
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..lcm_core.errors import ConfigError
-from .teacher import Teacher, TeacherError, _check_arch, _file_identity
+from .teacher_common import Teacher, TeacherError, check_arch, file_identity, sd_noise_scheduler
 
 # diffusers AutoencoderKL config of the SD / SDXL VAE (vae/config.json of
 # runwayml/stable-diffusion-v1-5 and stabilityai/stable-diffusion-xl-base-1.0).
@@ -116,11 +116,11 @@ def load_tokenizers(arch: str, tokenizer_dir: str | None, tokenizer_2_dir: str |
 
 
 def detect_arch(state: dict[str, torch.Tensor], wanted: str, source) -> str:
-    from ..lcm_core.architecture import detect_checkpoint_architecture
+    from ..lcm_core.lora.architecture import detect_checkpoint_architecture
 
     found = detect_checkpoint_architecture({k: tuple(v.shape) for k, v in state.items()}).arch
     if wanted != "auto":
-        _check_arch(found, wanted, source)
+        check_arch(found, wanted, source)
     if found not in ("sd1", "sd2", "sdxl", "ssd1b"):
         raise TeacherError(source, "not a recognised SD 1.x / SD 2.x / SDXL / SSD-1B checkpoint (set teacher.arch to force one)")
     return found
@@ -132,7 +132,6 @@ def load_teacher_single_file(path: Path, cfg, dtype: torch.dtype = torch.float32
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from .teacher import sd_noise_scheduler
 
     state = read_checkpoint(path)
     arch = detect_arch(state, cfg.arch, path) if cfg.arch == "auto" else cfg.arch
@@ -179,7 +178,7 @@ def load_teacher_single_file(path: Path, cfg, dtype: torch.dtype = torch.float32
         source=os.fspath(path),
         image_channels=3,
         scaling_factor=float(vae.config.scaling_factor) if vae is not None else 1.0,
-        identity=_file_identity(path),
+        identity=file_identity(path),
     )
 
 

@@ -15,131 +15,22 @@ Text conditioning follows the reference scripts' ``encode_prompt``:
 The unconditional branch of classifier-free guidance uses the encoded empty prompt for SD
 (``train_lcm_distill_lora_sd_wds.py`` l. 1187) and all-zero embeddings for SDXL-type models
 (``train_lcm_distill_lora_sdxl.py`` l. 1324-1327; ``force_zeros_for_empty_prompt``).
+
+The :class:`Teacher` object itself, ``TeacherError`` and the checks both loaders share are in
+:mod:`.teacher_common` (re-exported here).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from ..lcm_core.errors import ConfigError, LcmLoraError
-
-
-class TeacherError(LcmLoraError):
-    """The teacher checkpoint cannot be used (missing parts, unknown layout, wrong architecture)."""
-
-
-@dataclass
-class Teacher:
-    unet: Any
-    text_encoders: list
-    tokenizers: list
-    vae: Any | None
-    noise_scheduler: Any
-    prediction_type: str
-    arch: str  # sd1 | sd2 | sdxl | ssd1b | custom
-    source: str
-    image_channels: int = 3
-    scaling_factor: float = 1.0
-    identity: str = field(default="")
-
-    @property
-    def pixel_space(self) -> bool:
-        return self.vae is None
-
-    @property
-    def uses_pooled(self) -> bool:
-        """SDXL-type conditioning (pooled text embeds + time ids)."""
-        return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
-
-    @property
-    def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
-
-    @property
-    def downsample(self) -> int:
-        """Pixels per latent cell (8 for SD VAEs, 1 in pixel space)."""
-        if self.vae is None:
-            return 1
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return self.noise_scheduler.alphas_cumprod.float()
-
-    # ---------------------------------------------------------------- text
-    @torch.no_grad()
-    def encode_text(self, captions: list[str], device=None) -> dict[str, torch.Tensor]:
-        """``{"hidden": (B, L, D)}`` plus ``"pooled": (B, P)`` for SDXL-type teachers."""
-        device = device or self.text_encoders[0].device
-        hidden_list, pooled = [], None
-        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
-            ids = tokenizer(
-                list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-            ).input_ids.to(device)
-            if self.uses_pooled:
-                out = encoder(ids, output_hidden_states=True)
-                hidden_list.append(out.hidden_states[-2])
-                pooled = out[0]  # text_embeds of CLIPTextModelWithProjection (the last encoder wins, as the reference)
-            else:
-                hidden_list.append(encoder(ids)[0])
-        result = {"hidden": torch.cat(hidden_list, dim=-1).float()}
-        if self.uses_pooled:
-            result["pooled"] = pooled.reshape(len(captions), -1).float()
-        return result
-
-    def uncond_text(self, mode: str, device=None) -> dict[str, torch.Tensor]:
-        """Unconditional embedding for one sample (``mode``: auto | empty_prompt | zeros)."""
-        if mode == "auto":
-            mode = "zeros" if self.uses_pooled else "empty_prompt"
-        emb = self.encode_text([""], device)
-        if mode == "zeros":
-            emb = {k: torch.zeros_like(v) for k, v in emb.items()}
-        return emb
-
-    # ---------------------------------------------------------------- images
-    @torch.no_grad()
-    def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images in [-1, 1] → (mean, std) of the scaled latent posterior (std = 0 in pixel space).
-
-        A latent sample is ``mean + std * ε`` (``vae.encode(x).latent_dist.sample() * scaling_factor``).
-        """
-        if self.vae is None:
-            return pixels.float(), torch.zeros_like(pixels, dtype=torch.float32)
-        dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
-        return (dist.mean.float() * self.scaling_factor, dist.std.float() * self.scaling_factor)
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents → images in [0, 1] (B, C, H, W)."""
-        if self.vae is None:
-            images = latents.float()
-        else:
-            images = self.vae.decode((latents / self.scaling_factor).to(self.vae.device, self.vae.dtype)).sample.float()
-        return ((images + 1) / 2).clamp(0, 1)
-
-    def frozen_modules(self) -> list:
-        return [m for m in [self.unet, self.vae, *self.text_encoders] if m is not None]
-
-
-def sd_noise_scheduler():
-    """SD's training noise schedule (``scheduler/scheduler_config.json`` of SD 1.5 / SDXL)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-        clip_sample=False,
-        steps_offset=1,
-    )
+from ..lcm_core.errors import ConfigError
+# The teacher object and what both loaders (folders here, single files in .single_file) share live
+# in .teacher_common, so that .single_file never imports this module (no import circle).
+from .teacher_common import Teacher, TeacherError, check_arch, file_identity, sd_noise_scheduler  # noqa: F401
 
 
 def build_cond(text: dict[str, torch.Tensor], time_ids: torch.Tensor | None = None) -> dict:
@@ -155,16 +46,6 @@ def build_cond(text: dict[str, torch.Tensor], time_ids: torch.Tensor | None = No
 def unet_forward(unet, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
     """``unet(x, t, **cond).sample`` with the text embeddings in the UNet's compute dtype."""
     return unet(x, t, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs=cond.get("added_cond_kwargs")).sample
-
-
-def _file_identity(path: Path) -> str:
-    """Cheap identity of a file or folder (paths, sizes, mtimes) for cache keys."""
-    items = []
-    paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in paths:
-        st = p.stat()
-        items.append(f"{p.relative_to(path) if path.is_dir() else p.name}:{st.st_size}:{int(st.st_mtime)}")
-    return hashlib.sha1((os.fspath(path.resolve()) + "|" + "|".join(items)).encode()).hexdigest()[:16]
 
 
 def _detect_folder_arch(config) -> str:
@@ -193,13 +74,6 @@ def unet_config_get(config, key):
     return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
 
 
-def _check_arch(found: str, wanted: str, source) -> None:
-    if wanted != "auto" and found != wanted:
-        from ..lcm_core.errors import ArchitectureMismatchError
-
-        raise ArchitectureMismatchError(source, expected=wanted, found=found, detail="set teacher.arch: auto or the matching architecture")
-
-
 def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str = "auto", dtype: torch.dtype | None = None) -> Teacher:
     """Load a diffusers-format teacher folder (local files only); the UNet is loaded directly in
     ``dtype`` (no float32 copy of it is ever held), text encoders and VAE as stored."""
@@ -222,7 +96,7 @@ def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str =
     except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
         raise TeacherError(folder, f"cannot load the diffusers folder: {e}") from None
     found = _detect_folder_arch(unet.config)
-    _check_arch(found, arch, folder)
+    check_arch(found, arch, folder)
     pred = scheduler.config.prediction_type if prediction_type == "auto" else prediction_type
     image_channels = 3 if vae is not None else int(unet.config.in_channels)
     scaling = float(vae.config.scaling_factor) if vae is not None else 1.0
@@ -237,7 +111,7 @@ def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str =
         source=os.fspath(folder),
         image_channels=image_channels,
         scaling_factor=scaling,
-        identity=_file_identity(folder),
+        identity=file_identity(folder),
     )
 
 
@@ -259,7 +133,7 @@ def load_teacher(cfg, dtype: torch.dtype | None = None) -> Teacher:
 
         teacher.vae = load_vae(Path(cfg.vae), teacher.arch)
         teacher.scaling_factor = float(teacher.vae.config.scaling_factor)
-        teacher.identity += _file_identity(Path(cfg.vae))
+        teacher.identity += file_identity(Path(cfg.vae))
     if teacher.prediction_type not in ("epsilon", "v_prediction"):
         raise TeacherError(path, f"unsupported prediction type {teacher.prediction_type!r} (epsilon or v_prediction)")
     for module in teacher.frozen_modules():

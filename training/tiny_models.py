@@ -170,7 +170,7 @@ def build_tiny_teacher(
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from ..lcm_core.errors import ConfigError, OutputExistsError
-    from .teacher import sd_noise_scheduler
+    from .teacher_common import sd_noise_scheduler
 
     if image_channels not in (1, 3, 4):
         raise ConfigError("build_tiny_teacher", f"image_channels must be 1, 3 or 4, got {image_channels}")

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import AdapterFileError
 from .adapter import COMPONENTS, LoraAdapter
-from .keys import _te_path
+from .keys import te_path
 from .peft_format import lora_config_dict
 
 METADATA_KEY = "lora_adapter_metadata"
@@ -36,7 +36,7 @@ def normalise_path(comp: str, path: str) -> str:
     parts = path.split(".")
     if len(parts) >= 2 and parts[-2] == "self_attn" and parts[-1] in _OLD_TE_ATTN:
         parts[-1] = _OLD_TE_ATTN[parts[-1]]
-    return _te_path(".".join(parts))
+    return te_path(".".join(parts))
 
 
 def module_to_canonical(name: str, component: str | None = None) -> str | None:

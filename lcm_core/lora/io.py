@@ -3,7 +3,7 @@
 Formats: ``kohya`` (sd-scripts), ``diffusers`` (``save_lora_weights``), ``peft``
 (adapter folder), ``comfy`` (ComfyUI ``diffusion_model.`` / ``text_encoders.`` keys). Reading
 auto-detects the format, checks every module (pairs, ranks, shapes, NaN/Inf; see
-:mod:`.validate`) and the base architecture (:mod:`lcm_core.architecture`). Writing is
+:mod:`.validate`) and the base architecture (:mod:`.architecture`). Writing is
 atomic and never overwrites unless asked; tensors keep their dtype; round trips between
 formats reproduce every tensor and alpha exactly.
 """
@@ -15,7 +15,7 @@ from typing import Mapping
 
 import torch
 
-from .. import architecture as _architecture  # module import: lcm_core.architecture imports this package
+from . import architecture as _architecture
 from ..atomic_write import atomic_dir
 from ..errors import AdapterFileError, ArchitectureMismatchError, ConfigError, LcmLoraError
 from ..model_configs import ARCHITECTURES

@@ -165,11 +165,11 @@ def kohya_to_canonical(name: str, arch: str | None = None, *, layout: UnetLayout
         return "unet." + path
     for prefix, comp in ((KOHYA_TE1, "text_encoder"), (KOHYA_TE2, "text_encoder_2"), (KOHYA_TE, "text_encoder")):
         if name.startswith(prefix):
-            return f"{comp}.{_te_path(decode_underscored(name[len(prefix):]))}"
+            return f"{comp}.{te_path(decode_underscored(name[len(prefix):]))}"
     return None
 
 
-def _te_path(path: str) -> str:
+def te_path(path: str) -> str:
     """Normalise a text-encoder module path to the canonical ``text_model.…`` spelling."""
     if path.startswith(("encoder.", "embeddings.", "final_layer_norm")):
         return "text_model." + path
@@ -269,14 +269,14 @@ def ldm_to_canonical(key: str, arch: str | None = None, *, layout: UnetLayout | 
         if k.startswith(f"{name}.transformer."):
             if name == "clip_g" and arch is not None and arch not in SDXL_FAMILY:
                 return None
-            return f"{comp}.{_te_path(k[len(name) + len('.transformer.'):])}"
+            return f"{comp}.{te_path(k[len(name) + len('.transformer.'):])}"
     for a in ("sd1", "sd2", "sdxl"):  # the prefixes are distinct, no arch needed
         for comp, (prefix, openclip) in _CHECKPOINT_TE[a].items():
             if not k.startswith(prefix):
                 continue
             rest = k[len(prefix):]
             if not openclip:
-                return f"{comp}.{_te_path(rest)}"
+                return f"{comp}.{te_path(rest)}"
             if rest == "text_projection":
                 return None  # stored transposed, not a module weight
             m = _OC_LAYER.match(rest)

@@ -38,6 +38,30 @@ def _events(panel, job_id, since=0):
     return out
 
 
+# ------------------------------------------------------------------ registration
+ROUTES = ["GET /lcm_lora/train/jobs", "GET /lcm_lora/train/jobs/{job_id}", "GET /lcm_lora/train/jobs/{job_id}/events",
+          "GET /lcm_lora/train/jobs/{job_id}/images/{name}", "GET /lcm_lora/train/options", "POST /lcm_lora/train/jobs",
+          "POST /lcm_lora/train/jobs/{job_id}/cancel"]
+
+
+def test_routes_are_added_in_on_load_not_at_import(tmp_path):
+    """On ComfyUI's real PromptServer: importing the pack and calling comfy_entrypoint() add no route;
+    ComfyExtension.on_load adds the seven, once (a second call changes nothing); get_node_list (which
+    ComfyUI 0.3.64 calls, while it never calls on_load) leaves them registered. The served routes
+    are exercised by every other test here."""
+    env = H.comfy_env()
+    if isinstance(env, str):
+        pytest.skip(env)
+    comfy_path, python = env
+    out = tmp_path / "routes.json"
+    H.run_comfy_side(comfy_path, python, "routes", "--arch", "sd1", "--shapes", "-", "--out", str(out), "--repo", str(ROOT))
+    seen = json.loads(out.read_text())
+    assert seen["after_import"] == [] and seen["after_entrypoint"] == [], seen
+    assert seen["after_on_load"] == ROUTES, seen["after_on_load"]
+    assert seen["after_second_on_load"] == ROUTES and seen["after_get_node_list"] == ROUTES
+    assert len(seen["nodes"]) == 6
+
+
 # ------------------------------------------------------------------ listing
 def test_options_list_only_what_lies_inside_comfyui_folders(panel):
     status, opts = panel.get("/lcm_lora/train/options")
@@ -47,7 +71,9 @@ def test_options_list_only_what_lies_inside_comfyui_folders(panel):
     assert ("diffusers", TEACHER) in teachers
     assert not any("escape" in name for _, name in teachers), teachers  # symlinks out of the model folders
     assert DATA in opts["data_folders"] and "escape_data" not in opts["data_folders"]
-    assert set(opts["overrides"]) >= {"max_steps", "learning_rate", "rank"}
+    from lcm_lora.training.config import panel_overrides
+
+    assert opts["overrides"] == json.loads(json.dumps(panel_overrides()))  # the trainer's schema, as JSON
 
 
 # ------------------------------------------------------------------ a finished job
@@ -69,6 +95,15 @@ def test_job_streams_loss_and_ends_done(panel, finished_job):
     tail = _events(panel, final["id"], since=len(events) - 3)
     assert tail["events"] == events[-3:] and tail["next"] == len(events)
     assert events[-1]["event"] == "end" and events[-1]["status"] == "finished"
+    # the job ran the trainer on its own merged config.yaml (no key=value arguments): the trainer's loader reads it back
+    from lcm_lora.training.config import load_config
+
+    folder = panel.jobs_root / final["id"]
+    cfg = load_config(folder / "config.yaml")
+    assert (cfg.train.max_steps, cfg.lora.rank, cfg.optim.learning_rate) == (8, 4, 1e-3)
+    cmd = final["request"]["command"]
+    assert cmd[3:] == ["--config", cmd[4], "--output", cmd[6], "--no-progress"], cmd
+    assert Path(cmd[4]).resolve() == (folder / "config.yaml").resolve() and Path(cmd[6]).resolve() == run.resolve()
 
 
 def test_validation_images_are_served_from_the_job_folder(panel, finished_job):
@@ -182,7 +217,7 @@ BAD_BODIES = [
     ("config unknown", dict(GOOD, config="other.yaml"), 404, "shipped configs"),
     ("wrong type max_steps", dict(GOOD, overrides={"max_steps": "12"}), 400, "integer"),
     ("bool as int", dict(GOOD, overrides={"rank": True}), 400, "integer"),
-    ("out of range", dict(GOOD, overrides={"max_steps": 0}), 400, "between"),
+    ("out of range", dict(GOOD, overrides={"max_steps": 0}), 400, "key 'train.max_steps' must be >= 1"),
     ("unknown override", dict(GOOD, overrides={"teacher.path": "/etc"}), 400, "unknown override"),
     ("unknown field", dict(GOOD, python="/bin/sh"), 400, "unknown field"),
     ("teacher not string", dict(GOOD, teacher=["tiny-sd"]), 400, "must be a string"),

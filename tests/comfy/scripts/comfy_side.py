@@ -22,6 +22,9 @@ Sub-commands (all print one JSON line on stdout):
                 ComfyUI's LCM model sampling (``ModelSamplingDiscrete`` "lcm") and with the
                 plain discrete one.
 ``facts``       ``keymap`` and ``sigmas`` in one process (one ComfyUI import): ``{"keymaps", "sigmas"}``.
+``routes``      create ComfyUI's real ``PromptServer``, import the pack as ComfyUI does and record its
+                ``/lcm_lora/`` routes on ``PromptServer.instance.routes`` after the import, after
+                ``comfy_entrypoint()``, after ``on_load()`` (twice) and after ``get_node_list()``.
 ``keymap``      print every LoRA key ComfyUI's ``model_lora_keys_unet`` /
                 ``model_lora_keys_clip`` accept for that architecture (the maps
                 ``LoraLoader`` uses), built on the meta device.
@@ -224,6 +227,37 @@ def cmd_sigmas(a) -> dict:
     return {"out": a.out, "cases": len(out)}
 
 
+def cmd_routes(a) -> dict:
+    import asyncio
+
+    import utils.install_util  # noqa: F401  ComfyUI's utils package first, as main.py does (else a later plain 'utils' shadows it)
+    import server  # ComfyUI's own (main.py creates the PromptServer before loading custom nodes)
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server.PromptServer(loop)
+
+    def ours() -> list[str]:
+        return sorted(f"{r.method} {r.path}" for r in server.PromptServer.instance.routes
+                      if str(getattr(r, "path", "")).startswith("/lcm_lora/"))
+
+    out = {}
+    pack = _import_pack(a.repo)
+    out["after_import"] = ours()
+    extension = loop.run_until_complete(pack.comfy_entrypoint())
+    out["after_entrypoint"] = ours()
+    loop.run_until_complete(extension.on_load())
+    out["after_on_load"] = ours()
+    loop.run_until_complete(extension.on_load())
+    out["after_second_on_load"] = ours()
+    nodes = loop.run_until_complete(extension.get_node_list())
+    out["after_get_node_list"] = ours()
+    out["nodes"] = [n.GET_SCHEMA().node_id for n in nodes]
+    with open(a.out, "w") as f:
+        json.dump(out, f)
+    return {"out": a.out}
+
+
 def cmd_facts(a) -> dict:
     import tempfile
 
@@ -248,7 +282,7 @@ def cmd_facts(a) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["checkpoint", "keymap", "sigmas", "facts"])
+    p.add_argument("command", choices=["checkpoint", "keymap", "sigmas", "facts", "routes"])
     p.add_argument("--comfyui", required=True, help="ComfyUI checkout")
     p.add_argument("--arch", required=True, help="sd1 | sd2 | sdxl | ssd1b (keymap: comma-separated list)")
     p.add_argument("--shapes", required=True, help="JSON {diffusers UNet key: shape}")
@@ -261,7 +295,8 @@ def main() -> None:
         if arch not in EXPECTED_CLASS:
             p.error(f"unknown --arch {arch}")
     _import_comfy(a.comfyui)
-    result = {"checkpoint": cmd_checkpoint, "keymap": cmd_keymap, "sigmas": cmd_sigmas, "facts": cmd_facts}[a.command](a)
+    result = {"checkpoint": cmd_checkpoint, "keymap": cmd_keymap, "sigmas": cmd_sigmas, "facts": cmd_facts,
+              "routes": cmd_routes}[a.command](a)
     print(json.dumps(result), flush=True)
 
 

@@ -19,9 +19,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from .errors import ArchitectureMismatchError
-from .lora.module_table import ModuleSpec, architecture_modules
-from .model_configs import ARCHITECTURES
+from ..errors import ArchitectureMismatchError
+from .module_table import ModuleSpec, architecture_modules
+from ..model_configs import ARCHITECTURES
 
 UNKNOWN = "unknown"
 _SDXL_FAMILY = {"sdxl", "ssd1b"}
@@ -171,8 +171,8 @@ def checkpoint_shapes_to_canonical(shapes: Mapping[str, tuple], arch: str,
     that have no counterpart in ``arch``)``. Norms (1-D), embeddings and OpenCLIP's fused
     ``in_proj_weight`` are ignored. ``origin`` (optional) receives canonical key → checkpoint key.
     """
-    from .lora.keys import _te_path, ldm_to_canonical
-    from .lora.unet_names import UnetLayout
+    from .keys import ldm_to_canonical, te_path
+    from .unet_names import UnetLayout
 
     layout = UnetLayout.for_arch(arch)
     table = architecture_modules(arch)
@@ -188,9 +188,9 @@ def checkpoint_shapes_to_canonical(shapes: Mapping[str, tuple], arch: str,
             canon = ldm_to_canonical(key, arch, layout=layout)
         elif mod.split(".", 1)[0] in ("unet", "text_encoder", "text_encoder_2"):
             comp, _, path = mod.partition(".")
-            canon = f"{comp}.{path if comp == 'unet' else _te_path(path)}"
+            canon = f"{comp}.{path if comp == 'unet' else te_path(path)}"
         elif mod.startswith(("text_model.", "encoder.layers.")):
-            canon = "text_encoder." + _te_path(mod)
+            canon = "text_encoder." + te_path(mod)
         else:
             canon = "unet." + mod
         is_unet_weight = "diffusion_model." in key or (canon or "").startswith("unet.")
