@@ -11,8 +11,8 @@ library, so that every malformed input — truncated, wrong header length, inval
 duplicate keys, dtype/shape lies, offsets out of range or overlapping, declared sizes
 far beyond the file (memory bombs) — gives one clear :class:`AdapterFileError` naming
 the file and the problem, in time linear in the header size and without allocating
-anything the file does not really contain. Only then are tensors loaded (through
-``safetensors.safe_open``, memory-mapped).
+anything the file does not really contain. Only then are the tensors' byte ranges read into
+memory this process owns (plain ``read`` calls, never a memory map: see :func:`_read_owned`).
 """
 from __future__ import annotations
 

@@ -18,14 +18,18 @@ import threading
 import time
 
 
-def load_pack(pack_dir: str):
-    """Import ``pack_dir/__init__.py`` as the package ``lcm_lora`` (sub-modules resolve inside it)."""
+def load_pack(pack_dir: str, name: str = "lcm_lora"):
+    """Import ``pack_dir/__init__.py`` as the package ``name`` (sub-modules resolve inside it).
+
+    The project's one helper for importing the pack folder as a package; scripts that run inside
+    ComfyUI's python (tests/comfy/scripts/comfy_side.py, benchmarks/nodes/in_comfy.py, …) load it
+    with ``runpy.run_path("<pack>/nodes/trainer_launch.py")["load_pack"](pack, "comfyui_lcm_lora")``."""
     init = os.path.join(pack_dir, "__init__.py")
-    spec = importlib.util.spec_from_file_location("lcm_lora", init, submodule_search_locations=[pack_dir])
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[pack_dir])
     if spec is None or spec.loader is None:
         raise SystemExit(f"error: {init}: not an importable LCM-LoRA pack")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["lcm_lora"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 

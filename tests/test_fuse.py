@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402
@@ -14,15 +13,6 @@ from peft.tuners.lora import LoraLayer  # noqa: E402
 from lcm_lora.lcm_core.errors import AdapterFileError, ConfigError  # noqa: E402
 from lcm_lora.lcm_core.fuse import fuse_into_module, fuse_into_weights, match_adapter_keys  # noqa: E402
 from lcm_lora.lcm_core.lora import LoraAdapter, LoraModule  # noqa: E402
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin1 = nn.Linear(12, 10)
-        self.lin2 = nn.Linear(10, 9)
-        self.conv3 = nn.Conv2d(4, 6, 3, padding=1)
-        self.conv1 = nn.Conv2d(6, 5, 1)
 
 
 def _peft_adapters(model, prefix="base_model.model.", component="unet"):
@@ -39,9 +29,9 @@ def _peft_adapters(model, prefix="base_model.model.", component="unet"):
     return {ad: LoraAdapter(modules=mods) for ad, mods in out.items()}
 
 
-def test_fuse_into_weights_matches_peft_merge_and_unload():
+def test_fuse_into_weights_matches_peft_merge_and_unload(tiny_torch_model):
     torch.manual_seed(0)
-    base = Tiny()
+    base = tiny_torch_model()
     base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
     model = get_peft_model(
         base, LoraConfig(r=4, lora_alpha=8, target_modules=["lin1", "lin2", "conv3", "conv1"], init_lora_weights=False),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402
@@ -15,18 +14,9 @@ from lcm_lora.lcm_core.lora import LoraAdapter, LoraModule  # noqa: E402
 from lcm_lora.lcm_core.merge import merge_adapters  # noqa: E402
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin1 = nn.Linear(12, 10)
-        self.lin2 = nn.Linear(10, 9)
-        self.conv3 = nn.Conv2d(4, 6, 3, padding=1)
-        self.conv1 = nn.Conv2d(6, 5, 1)
-
-
-def peft_model():
+def peft_model(tiny_torch_model):
     torch.manual_seed(0)
-    base = Tiny()
+    base = tiny_torch_model()
     cfg_a = LoraConfig(r=4, lora_alpha=8, target_modules=["lin1", "lin2", "conv3", "conv1"], init_lora_weights=False)
     cfg_b = LoraConfig(r=6, lora_alpha=3, target_modules=["lin1", "conv3", "conv1"], init_lora_weights=False)
     model = get_peft_model(base, cfg_a, adapter_name="style")
@@ -61,8 +51,8 @@ def rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def test_concat_matches_peft_cat():
-    model = peft_model()
+def test_concat_matches_peft_cat(tiny_torch_model):
+    model = peft_model(tiny_torch_model)
     a, b = to_adapter(model, "style"), to_adapter(model, "lcm")
     assert "unet.lin2" in a.modules and "unet.lin2" not in b.modules
     model.add_weighted_adapter(["style", "lcm"], WEIGHTS, "merged_cat", combination_type="cat")
@@ -76,8 +66,8 @@ def test_concat_matches_peft_cat():
 
 
 @pytest.mark.parametrize("rank", [2, 5])
-def test_svd_matches_peft_svd(rank):
-    model = peft_model()
+def test_svd_matches_peft_svd(rank, tiny_torch_model):
+    model = peft_model(tiny_torch_model)
     a, b = to_adapter(model, "style"), to_adapter(model, "lcm")
     model.add_weighted_adapter(["style", "lcm"], WEIGHTS, "merged_svd", combination_type="svd", svd_rank=rank)
     merged, report = merge_adapters([a, b], WEIGHTS, method="svd", rank=rank, progress=False)

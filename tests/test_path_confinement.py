@@ -104,3 +104,14 @@ def test_output_names_and_their_listed_names(tree):
     assert name_in_root(path, root) == "styles/my lora.safetensors"
     with pytest.raises(ConfigError, match="outside"):
         safe_output_path(root, "dir_out/x", suffix=".safetensors")
+
+
+@pytest.mark.parametrize("name", ["../x.safetensors", "a/b.safetensors", "/tmp/x.safetensors", "C:\\x.safetensors"])
+def test_trainer_output_name_stays_in_the_output_folder(name):
+    """The CLI trainer writes its adapter to ``<output>/<output.name>``: a name that would leave the
+    folder is a config error when the config loads (before any training), naming the key."""
+    from lcm_lora.training.config import load_config
+
+    with pytest.raises(ConfigError, match="key 'output.name'"):
+        load_config({"output": {"name": name}})
+    assert load_config({"output": {"name": "my lcm.safetensors"}}).output.name == "my lcm.safetensors"

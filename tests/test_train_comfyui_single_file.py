@@ -59,11 +59,8 @@ lora = unet_out(lora_model)
 patched = len(lora_model.patches)
 
 # our pack's loader node (imported as ComfyUI imports a custom node)
-import importlib.util, os
-spec = importlib.util.spec_from_file_location("comfyui_lcm_lora", os.path.join(repo, "__init__.py"), submodule_search_locations=[repo])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["comfyui_lcm_lora"] = pack
-spec.loader.exec_module(pack)
+import os, runpy
+runpy.run_path(os.path.join(repo, "nodes", "trainer_launch.py"), run_name="lcm_lora_launcher")["load_pack"](repo, "comfyui_lcm_lora")
 from comfyui_lcm_lora.nodes.lcm_lora_loader import LCMLoraLoader
 node_out = LCMLoraLoader.execute(model, lora_name, 1.0, 0.0, False, clip=None)
 node_model = (getattr(node_out, "result", None) or node_out.args)[0]

@@ -43,3 +43,43 @@ def test_two_processes_match_one_process_with_the_whole_batch(tmp_path):
     # or double-counted gradients, different noise) is O(1).
     for k in a:
         assert float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)) <= 5e-4, k
+
+
+def test_two_nodes_rendezvous_on_localhost_match_one_process(tmp_path):
+    """Multi-node as documented (README "Multi-node training"): two torchrun agents, one per "node",
+    --nnodes 2 --nproc_per_node 1, c10d rendezvous on localhost, gloo. Their run equals one process
+    with the doubled batch (each node's process takes half of the global batch of 8)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    torch.set_num_threads(1)
+    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
+    data = write_tiny_dataset(tmp_path / "data", n=12, size=16)
+    overrides = [f"teacher={teacher}", f"data={data}", "max_steps=2", "batch_size=8", "lora.rank=4", "lora.alpha=4",
+                 "validation.every=0", "checkpoint.every=0", "logging.progress=false", "data.cache_latents=false",
+                 "data.cache_text=false", "optim.learning_rate=1", "optim.eps=1", "train.device=cpu"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+         "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "lcm-two-nodes", "--max_restarts", "0",
+         "-m", "lcm_lora.training", "--config", str(TINY), "--output", str(tmp_path / "two"), *overrides],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [n.communicate(timeout=600)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    one = train(TINY, tmp_path / "one", overrides=overrides, progress=False)
+
+    events = read_events(tmp_path / "two")
+    assert [e["world_size"] for e in events if e["event"] == "start"] == [2]
+    two_losses = [e["loss"] for e in events if e["event"] == "step"]
+    torch.testing.assert_close(torch.tensor(two_losses), torch.tensor(one.losses), rtol=1e-4, atol=1e-7)
+    a = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "one")[-1][1]).tensors
+    b = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "two")[-1][1]).tensors
+    assert a.keys() == b.keys()
+    assert max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k) > 1e-3
+    for k in a:  # float floor: see the test above
+        assert float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)) <= 5e-4, k

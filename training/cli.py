@@ -5,8 +5,9 @@
 
 ``key=value`` overrides any config key: dotted (``lcd.w_min=3``), a unique leaf name
 (``max_steps=300``) or a shorthand (``teacher=PATH``, ``data=FOLDER``, ``prompts=FILE``).
-Multi-GPU: launch this command with ``torchrun --nproc_per_node N -m lcm_lora.training ...`` or
-``accelerate launch``; ``--nproc N`` starts N local processes itself (CPU: gloo).
+Multi-GPU / multi-node: launch this command with ``torchrun --nproc_per_node N [--nnodes M ...]
+-m lcm_lora.training ...`` (README, "Multi-node training"); ``--nproc N`` starts N local processes
+itself (CPU: gloo).
 
 Exit status: 0 finished, 2 bad input (``error: <file>: <problem>``), 3 diverged (non-finite
 loss; last good checkpoint kept), 130 interrupted by SIGINT/SIGTERM (checkpoint saved).

@@ -432,6 +432,12 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(src, f"key 'validation.steps' must hold positive step counts, got {cfg.validation.steps}")
     if cfg.data.path and cfg.data.prompts:
         raise ConfigError(src, "keys 'data.path' and 'data.prompts' are exclusive: give an image folder or a prompt list")
+    from ..lcm_core.safe_names import safe_relative_path
+
+    try:  # the adapter is written inside the output folder, never elsewhere (lcm_core.safe_names)
+        safe_relative_path(cfg.output.name, allow_subfolders=False)
+    except ConfigError as e:
+        raise ConfigError(src, f"key 'output.name' {cfg.output.name!r}: {e.problem}") from None
     if cfg.output.format == "peft" and cfg.output.name.endswith(".safetensors"):
         cfg.output.name = cfg.output.name[: -len(".safetensors")]
     if cfg.optim.optimizer == "adamw8bit":

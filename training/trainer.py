@@ -130,9 +130,8 @@ def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch
     """AdamW over the LoRA tensors only (the reference passes all UNet parameters; frozen ones have no grad).
 
     torch's fused kernel (CUDA and CPU), or bitsandbytes' 8-bit AdamW. Fused rather than the
-    multi-tensor ("foreach") path: measured on CPU (400 LoRA-sized tensors, 1 thread) 3.8× faster than
-    foreach at 512 elements and 6.8× at 65 536, and without foreach's parameter-sized temporaries
-    (+0.75 GB at SDXL rank 64)."""
+    multi-tensor ("foreach") path: faster on CPU and without foreach's parameter-sized temporaries
+    (numbers: BENCHMARKS.md, "Design measurements")."""
     o = cfg.optim
     kwargs = dict(lr=o.learning_rate, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, eps=o.eps)
     if o.optimizer == "adamw8bit":
@@ -465,7 +464,10 @@ def _export(unet, teacher: Teacher, cfg: TrainConfig, step: int, thash: str, out
     alpha = cfg.lora.alpha if cfg.lora.alpha is not None else float(cfg.lora.rank)
     adapter = peft_state_to_adapter(lora_state_dict(unet), alpha, teacher.arch, DTYPES[cfg.output.dtype])
     meta = training_metadata(teacher.arch, cfg.lora.rank, alpha, step, thash, cfg)
-    return export_adapter(adapter, output_dir / cfg.output.name, cfg.output.format, meta, overwrite=True)
+    from ..lcm_core.safe_names import safe_output_path  # output.name stays inside the output folder
+
+    return export_adapter(adapter, safe_output_path(output_dir, cfg.output.name, allow_subfolders=False), cfg.output.format,
+                          meta, overwrite=True)
 
 
 # Keys a resumed run may change: the usual fix after a divergence is a lower learning rate, and

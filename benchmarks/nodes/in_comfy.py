@@ -13,7 +13,6 @@ Measures, on a real ComfyUI model (the random-weight SD1.5 checkpoint) in one pr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -34,14 +33,12 @@ def setup_comfy(comfy_path: str, threads: int):
 
 
 def import_pack(repo: str):
+    import runpy
+
     import folder_paths  # noqa: F401  (the pack imports its nodes only inside ComfyUI)
 
-    spec = importlib.util.spec_from_file_location("comfyui_lcm_lora", os.path.join(repo, "__init__.py"),
-                                                  submodule_search_locations=[repo])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_lcm_lora"] = module
-    spec.loader.exec_module(module)
-    return module
+    load_pack = runpy.run_path(os.path.join(repo, "nodes", "trainer_launch.py"), run_name="lcm_lora_launcher")["load_pack"]
+    return load_pack(repo, "comfyui_lcm_lora")
 
 
 def timed(fn):

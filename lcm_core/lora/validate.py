@@ -96,9 +96,9 @@ def has_nonfinite(t: torch.Tensor) -> bool:
     are exactly the signed-integer values above the largest finite pattern; with it set, exactly
     the unsigned values above the largest negative finite one — so two integer ``max``
     reductions decide it, for float16, bfloat16, float32, float64 and float8 (E4M3FN, E5M2)
-    alike. numpy does the reductions: single-threaded SIMD, ~15 ms per 134 MB. Measured on the
-    2-core dev VM under load, torch's own reductions (``isfinite(t).all()``, ``aminmax``) spend
-    seconds on an adapter's ~800 tensors waiting for their worker threads; numpy never does.
+    alike. numpy does the reductions (single-threaded SIMD): torch's own reductions
+    (``isfinite(t).all()``, ``aminmax``) wait for their worker threads on a loaded machine, numpy
+    never does (numbers: BENCHMARKS.md, "Design measurements").
     Other float dtypes (and tensors off the CPU) fall back to ``torch.isfinite``.
     ``tests/test_check_finite.py`` checks every float16/bfloat16/float8 bit pattern and sampled
     float32/float64 ones against the IEEE-754 definition on the bits.

@@ -232,3 +232,33 @@ def cheap_prompt(tag: str) -> dict:
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["latent", 0], "vae": ["ckpt", 2]}},
         "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": f"alive_{tag}"}},
     }
+
+
+@pytest.fixture(scope="session")
+def run_browser(tmp_path_factory):
+    """``run_browser(script, url, *args, screenshot_env=..., screenshot_name=...) -> dict``: run one of
+    the playwright scripts of ``tests/browser`` against ``url`` in headless chromium and return its
+    ``--out`` JSON (plus ``_screenshot_path``). Skips when chromium or the node modules are missing.
+    The screenshot goes to ``$<screenshot_env>`` (relative: to the repo) or to a temporary folder."""
+    import json
+    import subprocess
+
+    reason = H.browser_skip_reason()
+
+    def run(script: str, url: str, *args: str, screenshot_env: str, screenshot_name: str) -> dict:
+        if reason:
+            pytest.skip(reason)
+        work = tmp_path_factory.mktemp(Path(script).stem)
+        out = work / "ui.json"
+        shot = Path(os.environ.get(screenshot_env, work / screenshot_name))
+        if not shot.is_absolute():
+            shot = H.REPO / shot
+        cmd = ["node", str(H.BROWSER_DIR / script), "--url", url, *args, "--out", str(out), "--screenshot", str(shot),
+               "--chromium", H.CHROMIUM]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(H.BROWSER_DIR))
+        assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{out.read_text() if out.exists() else ''}"
+        data = json.loads(out.read_text())
+        data["_screenshot_path"] = str(shot)
+        return data
+
+    return run

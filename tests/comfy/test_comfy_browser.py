@@ -8,8 +8,6 @@ in ``docs/`` (by default it goes to a temporary folder).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,22 +17,9 @@ import comfy_harness as H
 pytestmark = pytest.mark.comfyui
 
 @pytest.fixture(scope="module")
-def ui(comfy, tmp_path_factory):
-    reason = H.browser_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    work = tmp_path_factory.mktemp("browser")
-    out = work / "ui.json"
-    shot = Path(os.environ.get("LCM_LORA_SCREENSHOT", work / "web_extension.png"))
-    if not shot.is_absolute():
-        shot = H.REPO / shot
-    cmd = ["node", str(H.BROWSER_DIR / "ui_check.mjs"), "--url", comfy.url(""), "--workflows",
-           str(H.REPO / "example_workflows"), "--out", str(out), "--screenshot", str(shot), "--chromium", H.CHROMIUM]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(H.BROWSER_DIR))
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    data = json.loads(out.read_text())
-    data["_screenshot_path"] = str(shot)
-    return data
+def ui(comfy, run_browser):
+    return run_browser("ui_check.mjs", comfy.url(""), "--workflows", str(H.REPO / "example_workflows"),
+                       screenshot_env="LCM_LORA_SCREENSHOT", screenshot_name="web_extension.png")
 
 
 def test_extension_loaded_without_errors(ui):

@@ -9,9 +9,6 @@ adapter it announces is in ComfyUI's ``loras`` folder. Needs ``chromium`` and
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,23 +23,11 @@ pytestmark = pytest.mark.comfyui
 MAX_STEPS = 6
 VALIDATION_EVERY = 3
 @pytest.fixture(scope="module")
-def ui(panel, tmp_path_factory):
-    reason = H.browser_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    work = tmp_path_factory.mktemp("trainer-browser")
-    out = work / "ui.json"
-    shot = Path(os.environ.get("LCM_LORA_TRAINER_SCREENSHOT", work / "trainer_panel.png"))
-    if not shot.is_absolute():
-        shot = H.REPO / shot
-    cmd = ["node", str(H.BROWSER_DIR / "trainer_panel.mjs"), "--url", panel.url(""), "--teacher", f"diffusers|{TEACHER}",
-           "--data", DATA, "--config", CONFIG, "--name", "panel lcm", "--max-steps", str(MAX_STEPS), "--validation-every", str(VALIDATION_EVERY),
-           "--out", str(out), "--screenshot", str(shot), "--chromium", H.CHROMIUM]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(H.BROWSER_DIR))
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{out.read_text() if out.exists() else ''}"
-    data = json.loads(out.read_text())
-    data["_screenshot_path"] = str(shot)
-    return data
+def ui(panel, run_browser):
+    return run_browser("trainer_panel.mjs", panel.url(""), "--teacher", f"diffusers|{TEACHER}", "--data", DATA,
+                       "--config", CONFIG, "--name", "panel lcm", "--max-steps", str(MAX_STEPS),
+                       "--validation-every", str(VALIDATION_EVERY),
+                       screenshot_env="LCM_LORA_TRAINER_SCREENSHOT", screenshot_name="trainer_panel.png")
 
 
 def test_panel_is_a_sidebar_tab_listing_comfyui_folders(ui, panel):

@@ -184,16 +184,12 @@ def cmd_keymap(a) -> dict:
 
 
 def _import_pack(repo: str):
-    import importlib.util
+    import runpy
 
     import folder_paths  # noqa: F401  (the pack imports its nodes only inside ComfyUI)
 
-    spec = importlib.util.spec_from_file_location("comfyui_lcm_lora", os.path.join(repo, "__init__.py"),
-                                                  submodule_search_locations=[repo])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_lcm_lora"] = module
-    spec.loader.exec_module(module)
-    return module
+    load_pack = runpy.run_path(os.path.join(repo, "nodes", "trainer_launch.py"), run_name="lcm_lora_launcher")["load_pack"]
+    return load_pack(repo, "comfyui_lcm_lora")
 
 
 def cmd_sigmas(a) -> dict:
