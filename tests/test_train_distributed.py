@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from lcm_lora.training import checkpoint as ckpt
@@ -45,6 +46,7 @@ def test_two_processes_match_one_process_with_the_whole_batch(tmp_path):
         assert float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)) <= 5e-4, k
 
 
+@pytest.mark.slow  # two torchrun agents + two trainer processes: ≈ 45 s on the loaded 2-core VM
 def test_two_nodes_rendezvous_on_localhost_match_one_process(tmp_path):
     """Multi-node as documented (README "Multi-node training"): two torchrun agents, one per "node",
     --nnodes 2 --nproc_per_node 1, c10d rendezvous on localhost, gloo. Their run equals one process

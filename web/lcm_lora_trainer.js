@@ -12,6 +12,7 @@ import { api } from "../../scripts/api.js";
 const TAB_ID = "lcm-lora-trainer";
 const ROUTE = "/lcm_lora/train";
 const POLL_MS = 1500;
+// the overrides the form shows (the routes accept every one GET /options lists)
 const FORM_OVERRIDES = [
   ["max_steps", "max steps", 1],
   ["learning_rate", "learning rate", "any"],
@@ -108,8 +109,13 @@ function drawChart(canvas, points) {
 function formView() {
   const o = state.options;
   const teacherOpts = (o?.teachers ?? []).map((t) => el("option", { value: `${t.type}|${t.name}` }, `${t.name}${t.type === "diffusers" ? " (diffusers)" : ""}`));
-  const overrides = FORM_OVERRIDES.map(([key, label, step]) =>
-    el("label", {}, label, el("input", { type: "number", "data-override": key, step, placeholder: "config default" })));
+  // bounds and meaning come from the trainer's config schema (training/config.py, fields marked panel=)
+  const schema = o?.overrides ?? {};
+  const overrides = FORM_OVERRIDES.filter(([key]) => !o || key in schema).map(([key, label, step]) => {
+    const spec = schema[key] ?? {};
+    return el("label", { title: [spec.key, spec.doc].filter(Boolean).join(": ") || null }, label,
+      el("input", { type: "number", "data-override": key, step, min: spec.min, max: spec.max, placeholder: "config default" }));
+  });
   const mode = el("select", { "data-field": "mode", onchange: (e) => {
     state.root.querySelector("[data-field=data]").parentElement.style.display = e.target.value === "data" ? "" : "none";
     state.root.querySelector("[data-field=prompts]").parentElement.style.display = e.target.value === "prompts" ? "" : "none";
