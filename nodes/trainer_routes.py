@@ -2,7 +2,7 @@
 
     GET  /lcm_lora/train/options                   configs, teachers, data folders, allowed overrides
     GET  /lcm_lora/train/jobs                      every job (newest first)
-    POST /lcm_lora/train/jobs                      start a job (JSON body, see trainer_jobs.parse_start_request)
+    POST /lcm_lora/train/jobs                      start a job (JSON body, see trainer_requests.parse_start_request)
     GET  /lcm_lora/train/jobs/{job_id}             one job, with the tail of its log
     GET  /lcm_lora/train/jobs/{job_id}/events      events.jsonl entries (?since=N for the new ones)
     GET  /lcm_lora/train/jobs/{job_id}/images/{name}   a validation grid (step-XXXXXXXX.png)
@@ -12,7 +12,8 @@ Every error is ``{"error": "<what>: <problem>"}`` with a 4xx/5xx status. Hardeni
 must be ``application/json`` (a cross-site form cannot send that without a CORS preflight) and at
 most :data:`MAX_BODY` bytes (413, counted while reading, also for chunked bodies); invalid JSON,
 non-finite numbers, wrong types and unknown fields are 400; every name is confined by
-:mod:`.trainer_jobs` (no ``..``, absolute paths, NUL, or symlinks out of ComfyUI's folders).
+:mod:`lcm_core.safe_names` (no ``..``, absolute paths, NUL, or symlinks out of ComfyUI's folders).
+The routes are added by ``LCMLoraExtension.on_load`` (:mod:`lcm_lora.nodes`), never at import.
 Slow work (walking model folders, starting a process) runs in a worker thread.
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ import logging
 
 from aiohttp import web
 
-from .trainer_jobs import ComfyFolders, JobManager, RequestError
+from .trainer_jobs import ComfyFolders, JobManager
+from .trainer_requests import RequestError
 
 PREFIX = "/lcm_lora/train"
 MAX_BODY = 64 * 1024
@@ -145,7 +147,8 @@ def register(routes) -> None:
 
 
 def register_with_comfyui() -> bool:
-    """Register on the running ComfyUI server; False (and nothing done) when there is none."""
+    """Register on the running ComfyUI server (called from ``LCMLoraExtension.on_load``); False (and
+    nothing done) when there is none or when already registered."""
     import sys
 
     server = sys.modules.get("server")  # ComfyUI's main.py imports it before loading custom nodes
