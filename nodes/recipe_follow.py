@@ -23,6 +23,9 @@ from typing import Mapping
 
 from ..lcm_core.sampling_recipe import SamplingRecipe, read_recipe, recipe_for_objective
 
+__all__ = ["RECIPE_KEY", "SAMPLING_CHOICES", "attach", "describe", "from_model", "from_model_options", "read_recipe",
+           "resolve"]
+
 RECIPE_KEY = "lcm_lora_recipe"
 SAMPLING_CHOICES = ("auto", "lcm", "tcd")
 

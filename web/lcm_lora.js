@@ -102,6 +102,14 @@ function lcmSource(graph, node, name = "model", seen = new Set()) {
       : { node: origin, objective: "lcm", recipe };
   }
   if (type === MERGE) {
+    // as nodes/adapter_merge.py: the first adapter whose metadata records a recipe decides
+    for (let i = 1; i <= MAX_SLOTS; i++) {
+      const recipe = adapterRecipe(widgetValue(origin, "adapter_" + i));
+      if (recipe) {
+        if (recipe.objective === "tcd") return { node: origin, objective: "tcd", recipe };
+        break;
+      }
+    }
     return widgetValue(origin, "patch_sampling") === false ? lcmSource(graph, origin, "model", seen)
       : { node: origin, objective: "lcm", recipe: null };
   }

@@ -1,6 +1,6 @@
 """The nodes follow an adapter's sampling recipe, and ComfyUI conventions, in the real ComfyUI.
 
-* Recipe (issue 13 item 2): a random adapter carrying TCD metadata
+* Recipe (issue 13 item 2; LCM Adapter Merge likewise): a random adapter carrying TCD metadata
   (``SamplingRecipe.to_metadata()``, γ 0.5 so the recipe's γ is told apart from the widget
   default 0.3) through the LCM-LoRA Loader gets plain ε model sampling — checked against the
   stock ``LoraLoader`` with no model-sampling node (equal) and ``LoraLoader →
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 import comfy_harness as H
 import graphs as G
-from conftest import LCM_SD15, SD15_CKPT, STYLE_SD15
+from conftest import LCM_SD15, SD15_CKPT, STYLE_SD15, merge_node
 
 pytestmark = pytest.mark.comfyui
 
@@ -72,6 +72,8 @@ def model_sampling(comfy, tcd_lora) -> dict:
         "ours_nometa": {"l": G.lcm_loader(LCM_SD15)},
         "ours_nometa_tcd": {"l": G.lcm_loader(LCM_SD15)},
         "ours_tcd_forced_lcm": {"l": G.lcm_loader(tcd_lora)},
+        "merge_tcd": {"l": merge_node(("ckpt", 0), adapters=(STYLE_SD15, tcd_lora))},
+        "merge_lcm": {"l": merge_node(("ckpt", 0))},
     }
     setups["ours_nometa_tcd"]["l"]["inputs"]["sampling"] = "tcd"
     setups["ours_tcd_forced_lcm"]["l"]["inputs"]["sampling"] = "lcm"
@@ -100,6 +102,11 @@ def test_tcd_adapter_gets_plain_eps_model_sampling(model_sampling):
 
 def test_adapter_without_metadata_keeps_lcm_model_sampling(model_sampling):
     assert model_sampling["ours_nometa"] == model_sampling["stock_lcm"]
+
+
+def test_merge_follows_a_tcd_adapter_recipe(model_sampling):
+    assert model_sampling["merge_tcd"] == model_sampling["stock_eps"]
+    assert model_sampling["merge_lcm"] == model_sampling["stock_lcm"]
 
 
 def test_sampling_input_chooses_for_the_adapter(model_sampling):
