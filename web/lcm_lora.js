@@ -336,9 +336,26 @@ const IGNORED = {
   [MERGE]: (node) => ({ rank: widgetValue(node, "method") !== "svd" }),
 };
 
+// Chain the update onto the mode / method combo's callback (re-checked every time: the front end
+// may rebuild widget objects while it configures a node).
+function watchIgnoredInputs(node) {
+  for (const name of ["mode", "method"]) {
+    const w = node.widgets?.find((x) => x.name === name);
+    if (!w || w.__lcmIgnoredWatch) continue;
+    const cb = w.callback;
+    w.callback = function () {
+      const r = cb?.apply(this, arguments);
+      updateIgnoredInputs(node);
+      return r;
+    };
+    w.__lcmIgnoredWatch = true;
+  }
+}
+
 function updateIgnoredInputs(node) {
   const rule = IGNORED[node.type ?? node.comfyClass];
   if (!rule) return false;
+  watchIgnoredInputs(node);
   let changed = false;
   for (const [name, hide] of Object.entries(rule(node))) {
     const w = node.widgets?.find((x) => x.name === name);
@@ -402,20 +419,7 @@ const extension = {
       return r;
     };
     const type = node.type ?? node.comfyClass;
-    if (IGNORED[type]) {
-      for (const name of ["mode", "method"]) {
-        const w = node.widgets?.find((x) => x.name === name);
-        if (!w || w.__lcmIgnoredWatch) continue;
-        const cb = w.callback;
-        w.callback = function () {
-          const r = cb?.apply(this, arguments);
-          updateIgnoredInputs(node);
-          return r;
-        };
-        w.__lcmIgnoredWatch = true;
-      }
-      setTimeout(() => updateIgnoredInputs(node), 0);
-    }
+    if (IGNORED[type]) setTimeout(() => updateIgnoredInputs(node), 0);
     if (type === MERGE) {
       const origConfigure = node.onConfigure;
       node.onConfigure = function () {

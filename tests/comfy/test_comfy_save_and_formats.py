@@ -104,7 +104,7 @@ def test_save_counts_up_never_overwrites_and_lists_the_file(comfy, probes):
     # a number taken by someone else is skipped, never replaced (ComfyUI: highest number + 1)
     squatter = comfy.loras / f"{prefix}_00007_.safetensors"
     squatter.write_bytes(b"not ours")
-    third = comfy.run(save_prompt(prefix, "fp16"))
+    third = comfy.run(save_prompt(prefix, "bf16"))  # an identical prompt would be served from ComfyUI's cache
     assert third.status == "success", third.message()
     assert third.outputs["save"]["lcm_saved"] == [f"{prefix}_00008_.safetensors"]
     assert squatter.read_bytes() == b"not ours"
