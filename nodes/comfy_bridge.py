@@ -104,7 +104,8 @@ def adapter_nbytes(adapter: LoraAdapter) -> int:
 
     total = 0
     for module in adapter.modules.values():
-        fields = getattr(module, "__dict__", None) or {}
+        # LyCORIS-aware modules list their tensors; otherwise every tensor field counts
+        fields = module.tensors() if callable(getattr(module, "tensors", None)) else (getattr(module, "__dict__", None) or {})
         total += sum(v.numel() * v.element_size() for v in fields.values() if isinstance(v, torch.Tensor))
     return total
 
