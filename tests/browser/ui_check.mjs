@@ -27,7 +27,7 @@ const workflowsDir = arg("workflows");
 const out = arg("out");
 const screenshot = arg("screenshot");
 const executablePath = arg("chromium", process.env.CHROMIUM || "/usr/bin/chromium");
-const tcdLora = arg("tcd-lora", "");
+const tcdLora = arg("tcd-lora", "browser/tcd-recipe.safetensors"); // written by test_comfy_browser.py
 if (!url || !workflowsDir || !out) {
   console.error("usage: node ui_check.mjs --url URL --workflows DIR --out FILE [--screenshot FILE]");
   process.exit(2);

@@ -19,11 +19,12 @@ from conftest import LCM_SD15
 
 pytestmark = pytest.mark.comfyui
 
-TCD_LORA = "browser/tcd-recipe.safetensors"
+TCD_LORA = "browser/tcd-recipe.safetensors"  # ui_check.mjs looks for this name (--tcd-lora)
 
 
+@pytest.fixture(scope="module", autouse=True)
 def tcd_metadata_lora(comfy) -> str:
-    """The LCM fixture's tensors with a TCD sampling recipe (γ 0.4) in the metadata."""
+    """The LCM fixture's tensors with a TCD sampling recipe (γ 0.4) in the metadata (before `ui` runs)."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -49,10 +50,8 @@ def ui(comfy, tmp_path_factory):
     shot = Path(os.environ.get("LCM_LORA_SCREENSHOT", work / "web_extension.png"))
     if not shot.is_absolute():
         shot = H.REPO / shot
-    tcd = tcd_metadata_lora(comfy)
     cmd = ["node", str(H.BROWSER_DIR / "ui_check.mjs"), "--url", comfy.url(""), "--workflows",
-           str(H.REPO / "example_workflows"), "--out", str(out), "--screenshot", str(shot), "--chromium", H.CHROMIUM,
-           "--tcd-lora", tcd]
+           str(H.REPO / "example_workflows"), "--out", str(out), "--screenshot", str(shot), "--chromium", H.CHROMIUM]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(H.BROWSER_DIR))
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     data = json.loads(out.read_text())
