@@ -20,6 +20,7 @@ from comfy_api.latest import io
 
 from ..lcm_core.errors import ConfigError
 from . import comfy_bridge as bridge
+from . import recipe_follow
 
 MAX_ADAPTERS = 8
 NONE = "None"
@@ -63,7 +64,8 @@ class LCMAdapterMerge(io.ComfyNode):
                 io.Int.Input("rank", default=64, min=1, max=4096,
                              tooltip="Output rank for method 'svd' (ignored by concat and fuse)."),
                 io.Boolean.Input("patch_sampling", default=True, display_name="patch sampling to LCM",
-                                 tooltip="Switch the model to LCM sampling, as the LCM-LoRA Loader does."),
+                                 tooltip="Switch the model to LCM sampling, as the LCM-LoRA Loader does (not when an "
+                                         "adapter's metadata says it is a TCD adapter: plain eps sampling then)."),
                 *_slot_inputs(),
             ],
             outputs=[
@@ -117,8 +119,15 @@ class LCMAdapterMerge(io.ComfyNode):
         else:
             patches = bridge.adapter_patches("merged adapter", merged, arch, model=model, clip=clip)
             new_model, new_clip = bridge.apply_patches(patches, model, clip, 1.0, 1.0)
-        if patch_sampling:
+        # the sampling recipe of the first adapter that records one (e.g. a TCD adapter), else LCM
+        recipe, source = next((recipe_follow.resolve(a.metadata) for a in adapters
+                               if recipe_follow.read_recipe(a.metadata) is not None),
+                              recipe_follow.resolve(None))
+        if source == "adapter metadata":
+            merged.metadata.update(recipe.to_metadata())
+        if patch_sampling and recipe.model_sampling == "lcm":
             new_model = bridge.patch_lcm_sampling(new_model)
+        new_model = recipe_follow.attach(new_model, recipe)
 
         summary = report.summary()
         summary["method"] = method

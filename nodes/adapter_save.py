@@ -1,8 +1,14 @@
 """LCM Adapter Save node: write an adapter into ComfyUI's ``loras`` folder in kohya format.
 
-Uses ``lcm_core.lora.write_adapter`` (atomic: temp file + fsync + rename; refuses to
-replace an existing file unless ``overwrite`` is on). The file then shows up in every
-LoRA list (LoraLoader, LCM-LoRA Loader, …) — ComfyUI re-scans a folder whose mtime changed.
+Names follow ComfyUI's save nodes (SaveImage, SaveLora, "Extract and Save Lora"): a
+``filename_prefix`` (sub-folders and ``%date%``-style variables allowed) gets a counter from
+``folder_paths.get_save_image_path`` — ``<prefix>_00001_.safetensors``, then ``_00002_`` … — so
+a save never replaces a file. The prefix is confined to the loras folder by
+``lcm_core.safe_names`` (absolute paths and ``..`` refused, every component sanitised, symlinks
+that leave the folder refused). ``lcm_core.lora.write_adapter`` writes atomically (temp file +
+fsync + link, which fails instead of replacing a file that appeared meanwhile: the next counter
+is taken then). The file then shows up in every LoRA list (LoraLoader, LCM-LoRA Loader, …) —
+ComfyUI re-scans a folder whose mtime changed.
 """
 from __future__ import annotations
 
@@ -12,25 +18,50 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..lcm_core.errors import ConfigError
+from ..lcm_core.errors import ConfigError, OutputExistsError
+from ..lcm_core.safe_names import safe_output_path, safe_relative_path
 from . import comfy_bridge as bridge
 
 AdapterType = io.Custom(bridge.ADAPTER_TYPE)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+NODE = "LCM Adapter Save"
+SUFFIX = ".safetensors"
+MAX_TRIES = 1000
 
 
-def target_path(filename: str) -> tuple[str, str]:
-    """(full path, name as the loras list shows it) for ``filename`` inside the first loras folder."""
-    name = filename.strip().replace("\\", "/")
-    if not name:
-        raise ConfigError("LCM Adapter Save", "filename is empty")
-    if not name.endswith(".safetensors"):
-        name += ".safetensors"
-    root = os.path.realpath(folder_paths.get_folder_paths("loras")[0])
-    full = os.path.realpath(os.path.join(root, name))
-    if os.path.isabs(name) or not full.startswith(root + os.sep):
-        raise ConfigError(filename, f"must be a relative name inside the loras folder {root}")
-    return full, os.path.relpath(full, root).replace(os.sep, "/")
+def loras_root() -> str:
+    return os.path.realpath(folder_paths.get_folder_paths("loras")[0])
+
+
+def next_free_path(filename_prefix: str, root: str | None = None) -> tuple[str, str, int]:
+    """(full path, name as the loras list shows it, counter) for the next ``<prefix>_NNNNN_.safetensors``.
+
+    The counter is ComfyUI's (``folder_paths.get_save_image_path``: one more than the highest
+    ``<prefix>_<n>_`` file in that folder). Errors name the node input ``filename_prefix``.
+    """
+    root = root or loras_root()
+    if not isinstance(filename_prefix, str) or not filename_prefix.strip():
+        raise ConfigError(f"{NODE} filename_prefix", "is empty; give a name such as 'lcm/my_merge'")
+    text = filename_prefix.strip()
+    if text.lower().endswith(SUFFIX):
+        text = text[: -len(SUFFIX)]
+    try:
+        rel = safe_relative_path(text)
+        # ComfyUI's own counter and %year%/%month%/… variables (it also creates the sub-folder)
+        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(rel, root)
+    except ConfigError as e:
+        raise ConfigError(f"{NODE} filename_prefix {filename_prefix!r}",
+                          f"{e.problem}; it must be a relative name inside the loras folder {root}") from None
+    except Exception as e:  # get_save_image_path refuses a prefix that leaves the folder
+        raise ConfigError(f"{NODE} filename_prefix {filename_prefix!r}",
+                          f"must be a relative name inside the loras folder {root} ({str(e).splitlines()[0]})") from None
+    name = "/".join(p for p in (subfolder.replace(os.sep, "/"), f"{filename}_{counter:05}_{SUFFIX}") if p)
+    try:
+        full = safe_output_path(root, name, suffix=SUFFIX)
+    except ConfigError as e:
+        raise ConfigError(f"{NODE} filename_prefix {filename_prefix!r}",
+                          f"{e.problem}; it must stay inside the loras folder {root}") from None
+    return str(full), os.path.relpath(full, root).replace(os.sep, "/"), counter
 
 
 class LCMAdapterSave(io.ComfyNode):
@@ -38,19 +69,19 @@ class LCMAdapterSave(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LCMAdapterSave",
-            display_name="LCM Adapter Save",
+            display_name=NODE,
             category=bridge.CATEGORY,
             description="Save an adapter (merged or loaded) into the loras folder as a kohya-format .safetensors "
-                        "with metadata. Never overwrites unless asked.",
+                        "with metadata, named <filename_prefix>_00001_.safetensors (the counter goes up; never overwrites).",
             is_output_node=True,
             inputs=[
                 AdapterType.Input("adapter", tooltip="The adapter to save (from LCM Adapter Merge or LCM-LoRA Loader)."),
-                io.String.Input("filename", default="lcm_lora_merged",
-                                tooltip="File name inside the loras folder ('.safetensors' is added; sub-folders allowed)."),
+                io.String.Input("filename_prefix", default="lcm_lora/merged",
+                                tooltip="Name inside the loras folder; a counter and '.safetensors' are added "
+                                        "(<prefix>_00001_.safetensors). Sub-folders and %date:…% style variables "
+                                        "(%year%, %month%, %day%) as in Save Image."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="fp16",
                                tooltip="Tensor precision of the saved file (released LCM-LoRAs use fp16)."),
-                io.Boolean.Input("overwrite", default=False,
-                                 tooltip="Replace an existing file of the same name. Off: an existing file is an error."),
             ],
             outputs=[
                 io.String.Output(display_name="lora_name", tooltip="The saved file's name as LoRA lists show it."),
@@ -58,20 +89,27 @@ class LCMAdapterSave(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, adapter, filename="lcm_lora_merged", dtype="fp16", overwrite=False) -> io.NodeOutput:
+    def execute(cls, adapter, filename_prefix="lcm_lora/merged", dtype="fp16") -> io.NodeOutput:
         from ..lcm_core.lora import write_adapter
 
         if dtype not in DTYPES:
-            raise ConfigError("LCM Adapter Save", f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        full, name = target_path(filename)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
+            raise ConfigError(f"{NODE} dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
         out = adapter
         if adapter.dtypes() != {DTYPES[dtype]}:
             out = type(adapter)(
                 modules={k: m.to(DTYPES[dtype]) for k, m in adapter.modules.items()}, metadata=dict(adapter.metadata),
                 source_format=adapter.source_format, architecture=adapter.architecture,
             )
-        write_adapter(out, full, format="kohya", overwrite=bool(overwrite),
-                      extra_metadata={"lcm_lora.saved_by": "comfyui-lcm-lora LCM Adapter Save", "lcm_lora.dtype": dtype})
+        extra = {"lcm_lora.saved_by": "comfyui-lcm-lora LCM Adapter Save", "lcm_lora.dtype": dtype}
+        for _ in range(MAX_TRIES):
+            full, name, _counter = next_free_path(filename_prefix)
+            try:
+                write_adapter(out, full, format="kohya", overwrite=False, extra_metadata=extra)
+                break
+            except OutputExistsError:
+                continue  # another save took this number between the scan and the write: take the next
+        else:
+            raise ConfigError(f"{NODE} filename_prefix {filename_prefix!r}",
+                              f"no free file name after {MAX_TRIES} tries; choose another filename_prefix")
         text = f"saved {name} ({bridge.describe(out, 'kohya')}, {dtype})"
         return io.NodeOutput(name, ui={"text": [text], "lcm_saved": [name]})

@@ -20,6 +20,7 @@ timestep ≥ 19).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -74,12 +75,50 @@ def lora_path(name: str) -> str:
     return path
 
 
-class _AdapterCache:
-    """A few recently read adapters, keyed by path + size + mtime (like LoraLoader's one-file cache)."""
+# One SDXL LCM-LoRA (latent-consistency/lcm-lora-sdxl: 788 modules, rank 64, fp16) holds
+# 393.5 MB of tensors; the default bound keeps one of them, as LoraLoader keeps one file.
+DEFAULT_CACHE_BYTES = 400_000_000
+CACHE_ENV = "LCM_LORA_ADAPTER_CACHE_MB"
 
-    def __init__(self, size: int = 4):
-        self.size = size
-        self._items: OrderedDict = OrderedDict()
+
+def cache_bytes_from_env(default: int = DEFAULT_CACHE_BYTES) -> int:
+    """The adapter cache bound: ``LCM_LORA_ADAPTER_CACHE_MB`` (megabytes, 0 = no cache) or the default.
+    A bad value is logged and the default used (the pack must still load)."""
+    raw = os.environ.get(CACHE_ENV)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        mb = float(raw)
+        if not mb >= 0:
+            raise ValueError
+    except ValueError:
+        logging.warning("[LCM-LoRA] %s=%r is not a number of megabytes >= 0; using the default %d MB",
+                        CACHE_ENV, raw, default // 1_000_000)
+        return default
+    return int(mb * 1_000_000)
+
+
+def adapter_nbytes(adapter: LoraAdapter) -> int:
+    """Bytes held by an adapter's tensors (whatever tensors its modules carry)."""
+    import torch
+
+    total = 0
+    for module in adapter.modules.values():
+        # LyCORIS-aware modules list their tensors; otherwise every tensor field counts
+        fields = module.tensors() if callable(getattr(module, "tensors", None)) else (getattr(module, "__dict__", None) or {})
+        total += sum(v.numel() * v.element_size() for v in fields.values() if isinstance(v, torch.Tensor))
+    return total
+
+
+class _AdapterCache:
+    """Recently read adapters, keyed by path + size + mtime, bounded in bytes (least recently used
+    out first). The adapter just read is always kept, even when it alone exceeds the bound (as
+    LoraLoader keeps its last file: re-running a graph must not re-read it); ``max_bytes=0``
+    keeps nothing."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict = OrderedDict()  # key -> (adapter, nbytes)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -93,6 +132,16 @@ class _AdapterCache:
             out.append((p, st.st_size, st.st_mtime_ns))
         return tuple(out)
 
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(n for _, n in self._items.values())
+
+    def paths(self) -> list[str]:
+        """Cached adapter paths, least recently used first."""
+        with self._lock:
+            return [key[0] for key in self._items]
+
     def get(self, path: str) -> LoraAdapter:
         from ..lcm_core.lora import read_adapter
 
@@ -100,14 +149,20 @@ class _AdapterCache:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
-                return self._items[key]
+                return self._items[key][0]
         # lcm_core checks the structure (header, byte ranges, pairs, ranks, shapes, architecture)
         # and every value (NaN/Inf: validate.has_nonfinite, exact, one pass over the data).
         adapter = read_adapter(path)
+        if self.max_bytes <= 0:
+            return adapter
         with self._lock:
-            self._items[key] = adapter
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            for old in [k for k in self._items if k[0] == key[0]]:  # an older version of the same file
+                del self._items[old]
+            self._items[key] = (adapter, adapter_nbytes(adapter))
+            total = sum(n for _, n in self._items.values())
+            while total > self.max_bytes and len(self._items) > 1:
+                _, (_, n) = self._items.popitem(last=False)
+                total -= n
         return adapter
 
     def clear(self) -> None:
@@ -115,7 +170,7 @@ class _AdapterCache:
             self._items.clear()
 
 
-ADAPTERS = _AdapterCache()
+ADAPTERS = _AdapterCache(cache_bytes_from_env())
 
 
 def load_adapter(name: str) -> LoraAdapter:

@@ -1,5 +1,9 @@
 """LCM KSampler node: LCM Scheduler + LCM Sampler + SamplerCustom in one node.
 
+``mode`` (default ``auto``) follows the sampling recipe the MODEL carries (``recipe_follow``:
+the LCM-LoRA Loader sets it from the adapter's metadata or its ``sampling`` input): TCD
+adapters are sampled with ``tcd`` at the recipe's γ, everything else with ComfyUI's ``lcm``.
+
 Same noise (``comfy.sample.prepare_noise``, as KSampler), same sampling path
 (``comfy.sample.sample_custom``, as SamplerCustom) and the same progress bar / previews /
 Cancel (``latent_preview.prepare_callback`` → ComfyUI's progress hook, which raises on
@@ -24,9 +28,10 @@ class LCMKSampler(io.ComfyNode):
             node_id="LCMKSampler",
             display_name="LCM KSampler",
             category=bridge.CATEGORY,
-            description="All-in-one LCM / TCD sampler with LCM timesteps: 4 steps at cfg 1.0 by default.",
+            description="All-in-one LCM / TCD sampler with LCM timesteps: 4 steps at cfg 1.0 by default; mode auto "
+                        "follows the adapter's sampling recipe (LCM or TCD).",
             inputs=[
-                io.Model.Input("model", tooltip="An LCM-patched model (LCM-LoRA Loader or LCM Adapter Merge)."),
+                io.Model.Input("model", tooltip="A model with an LCM or TCD adapter (LCM-LoRA Loader or LCM Adapter Merge)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the initial noise and of the noise re-injected between steps."),
                 io.Int.Input("steps", default=4, min=1, max=50,
@@ -46,7 +51,7 @@ class LCMKSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, mode, gamma, eta, denoise, positive, negative, latent_image) -> io.NodeOutput:
-        sigmas = scheduler_sigmas(steps, 50, denoise)
+        sigmas = scheduler_sigmas(steps, 50, denoise, node="LCM KSampler")
         out = latent_image.copy()
         if len(sigmas) <= 1:  # denoise 0: nothing to do
             return io.NodeOutput(out)

@@ -3,13 +3,17 @@
 LCM-LoRA (Luo et al. 2023, arXiv 2311.05556) is an ordinary LoRA whose base model must
 then be sampled as a consistency model (boundary condition c_skip/c_out, paper Eq. 4) on
 the 50-step distillation grid; ``patch_sampling`` does that, as ComfyUI's
-``ModelSamplingDiscrete(sampling="lcm")`` would.
+``ModelSamplingDiscrete(sampling="lcm")`` would. A TCD adapter (its metadata says so, or
+``sampling`` = ``tcd``) keeps plain ε model sampling instead, and the MODEL carries the
+adapter's sampling recipe for LCM KSampler / LCM Sampler ``mode: auto`` (``recipe_follow``).
 """
 from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..lcm_core.errors import ConfigError
 from . import comfy_bridge as bridge
+from . import recipe_follow
 
 AdapterType = io.Custom(bridge.ADAPTER_TYPE)
 
@@ -33,15 +37,22 @@ class LCMLoraLoader(io.ComfyNode):
                                tooltip="How strongly to apply the adapter to the diffusion model (1.0 = as distilled)."),
                 io.Float.Input("strength_clip", default=1.0, min=-10.0, max=10.0, step=0.01,
                                tooltip="How strongly to apply the adapter's text-encoder modules to CLIP."),
-                io.Boolean.Input("patch_sampling", default=True, display_name="patch sampling to LCM",
-                                 tooltip="Switch the model to LCM sampling (consistency boundary condition on the "
-                                         "50-step grid), like ModelSamplingDiscrete with sampling 'lcm'. Keep on for LCM-LoRAs."),
+                io.Boolean.Input("patch_sampling", default=True, display_name="patch model sampling",
+                                 tooltip="Set the model sampling the adapter needs: LCM adapters get LCM sampling (consistency "
+                                         "boundary condition on the 50-step grid, like ModelSamplingDiscrete 'lcm'); TCD adapters "
+                                         "keep plain eps sampling. Off: the model's sampling is left as it is."),
+                io.Combo.Input("sampling", options=list(recipe_follow.SAMPLING_CHOICES), default="auto", optional=True,
+                               tooltip="auto: follow the adapter's metadata (adapters trained by this pack record LCM or TCD); "
+                                       "adapters without it are treated as LCM. lcm / tcd: choose, e.g. tcd for TCD-SDXL-LoRA. "
+                                       "LCM KSampler / LCM Sampler in mode auto follow this choice."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The patched diffusion model."),
-                io.Clip.Output(display_name="CLIP", tooltip="The patched CLIP model (unchanged if none was connected)."),
+                io.Clip.Output(display_name="CLIP", tooltip="The patched CLIP model. Needs the clip input: connect the "
+                                                            "checkpoint loader's CLIP to this node's clip input to use it."),
                 AdapterType.Output(display_name="adapter", tooltip="The loaded adapter, e.g. for LCM Adapter Save."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -49,7 +60,16 @@ class LCMLoraLoader(io.ComfyNode):
         return bridge.check_lora_name(lora_name)
 
     @classmethod
-    def execute(cls, model, lora_name, strength_model=1.0, strength_clip=1.0, patch_sampling=True, clip=None) -> io.NodeOutput:
+    def execute(cls, model, lora_name, strength_model=1.0, strength_clip=1.0, patch_sampling=True, clip=None,
+                sampling="auto") -> io.NodeOutput:
+        if clip is None and clip_output_used(cls.hidden.prompt, cls.hidden.unique_id):
+            raise ConfigError(
+                f"LCM-LoRA Loader (#{cls.hidden.unique_id}) CLIP output",
+                "is connected but the clip input is not: connect your checkpoint loader's CLIP output to this "
+                "node's clip input (or take CLIP for the text encoders straight from the checkpoint loader)")
+        if sampling not in recipe_follow.SAMPLING_CHOICES:
+            raise ConfigError("LCM-LoRA Loader sampling",
+                              f"must be one of {', '.join(recipe_follow.SAMPLING_CHOICES)}, got {sampling!r}")
         arch = bridge.model_architecture(model)
         adapter = bridge.load_adapter(lora_name)
         bridge.check_adapter_architecture(lora_name, adapter, arch)
@@ -59,6 +79,21 @@ class LCMLoraLoader(io.ComfyNode):
         if patch_model is not None or patch_clip is not None:
             patches = bridge.adapter_patches(lora_name, adapter, arch, model=patch_model, clip=patch_clip)
             new_model, new_clip = bridge.apply_patches(patches, model, clip, strength_model, strength_clip)
-        if patch_sampling:
+        recipe, source = recipe_follow.resolve(adapter.metadata, sampling)
+        if patch_sampling and recipe.model_sampling == "lcm":
             new_model = bridge.patch_lcm_sampling(new_model)
-        return io.NodeOutput(new_model, new_clip, adapter, ui={"text": [f"{lora_name}: {bridge.describe(adapter)}"]})
+        new_model = recipe_follow.attach(new_model, recipe)
+        text = f"{lora_name}: {bridge.describe(adapter)}\n{recipe_follow.describe(recipe, source)}"
+        return io.NodeOutput(new_model, new_clip, adapter, ui={"text": [text]})
+
+
+def clip_output_used(prompt, unique_id) -> bool:
+    """Whether any node of the prompt takes this node's CLIP output (output 1)."""
+    if not isinstance(prompt, dict) or unique_id is None:
+        return False
+    me = str(unique_id)
+    for node in prompt.values():
+        for value in (node.get("inputs") or {}).values() if isinstance(node, dict) else ():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == me and value[1] == 1:
+                return True
+    return False

@@ -1,22 +1,54 @@
 """LCM Sampler node: a SAMPLER for SamplerCustom / SamplerCustomAdvanced.
 
-Wraps ``lcm_core.sampling.sample_lcm`` (LCM multistep sampling, LCM paper Algorithm 1;
-diffusers ``LCMScheduler.step``) and ``sample_tcd`` (TCD strategic stochastic sampling,
-Zheng et al. 2024; diffusers ``TCDScheduler.step``) in ``comfy.samplers.KSAMPLER``. Both
-call ComfyUI's step callback every step, which drives the progress bar, previews and
+* ``lcm``: ComfyUI's own sampler object, ``comfy.samplers.ksampler("lcm")`` (LCM multistep
+  sampling, LCM paper Algorithm 1; diffusers ``LCMScheduler.step``) — identical to KSampler's
+  ``lcm`` by construction. ``lcm_core.sampling.sample_lcm`` (its numerically identical twin)
+  stays for the demo, trainer validation and the parity tests.
+* ``tcd``: ``lcm_core.sampling.sample_tcd`` (TCD strategic stochastic sampling, Zheng et al.
+  2024, Algorithm 4; diffusers ``TCDScheduler.step``) in ``comfy.samplers.KSAMPLER``.
+* ``auto``: decided at sampling time from the sampling recipe the MODEL carries
+  (``recipe_follow``: set by the LCM-LoRA Loader from the adapter's metadata or its
+  ``sampling`` input): ``tcd`` with the recipe's γ for a TCD adapter, else ``lcm``.
+
+All call ComfyUI's step callback every step, which drives the progress bar, previews and
 Cancel (``comfy.model_management.throw_exception_if_processing_interrupted`` runs in
 ComfyUI's progress hook).
 """
 from __future__ import annotations
 
 import comfy.samplers
+from comfy.k_diffusion import sampling as k_diffusion_sampling
 from comfy_api.latest import io
 
-from ..lcm_core.sampling import sample_lcm, sample_tcd
+from ..lcm_core.errors import ConfigError
+from ..lcm_core.sampling import sample_tcd
 from ..lcm_core.schedule import DiscreteSchedule
 from . import comfy_bridge as bridge
+from . import recipe_follow
 
-MODES = ("lcm", "tcd")
+MODES = ("auto", "lcm", "tcd")
+DEFAULT_GAMMA = 0.3  # the TCD paper's default γ
+
+
+def picked(mode: str, model_options=None, gamma: float = DEFAULT_GAMMA) -> tuple[str, float]:
+    """(sampler, γ) that ``mode`` means for a model with these model_options."""
+    if mode != "auto":
+        return mode, float(gamma)
+    recipe = recipe_follow.from_model_options(model_options)
+    if recipe is not None and recipe.sampler == "tcd":
+        return "tcd", float(recipe.gamma if recipe.gamma is not None else gamma)
+    return "lcm", float(gamma)
+
+
+def sample_auto(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None,
+                gamma: float = DEFAULT_GAMMA, eta: float = 1.0, schedule: DiscreteSchedule | None = None):
+    """``mode: auto``: the sampler the model's recipe asks for (``extra_args["model_options"]``)."""
+    sampler, gamma = picked("auto", (extra_args or {}).get("model_options"), gamma)
+    if sampler == "tcd":
+        return sample_tcd(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                          noise_sampler=noise_sampler, gamma=gamma, eta=eta, schedule=schedule)
+    return k_diffusion_sampling.sample_lcm(model, x, sigmas, extra_args=extra_args, callback=callback,
+                                           disable=disable, noise_sampler=noise_sampler)
 
 
 def build_sampler(mode: str, gamma: float = 0.3, eta: float = 1.0):
@@ -26,23 +58,28 @@ def build_sampler(mode: str, gamma: float = 0.3, eta: float = 1.0):
     (``convention="comfyui"``) is the one its model sampling uses.
     """
     if mode == "lcm":
-        return comfy.samplers.KSAMPLER(sample_lcm)
+        return comfy.samplers.ksampler("lcm")
+    options = {"gamma": float(gamma), "eta": float(eta), "schedule": DiscreteSchedule(convention="comfyui")}
     if mode == "tcd":
-        schedule = DiscreteSchedule(convention="comfyui")
-        return comfy.samplers.KSAMPLER(sample_tcd, extra_options={"gamma": float(gamma), "eta": float(eta), "schedule": schedule})
-    raise ValueError(f"unknown LCM sampler mode {mode!r}; expected one of {', '.join(MODES)}")
+        return comfy.samplers.KSAMPLER(sample_tcd, extra_options=options)
+    if mode == "auto":
+        return comfy.samplers.KSAMPLER(sample_auto, extra_options=options)
+    raise ConfigError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
 
 
 def mode_inputs() -> list:
     return [
-        io.Combo.Input("mode", options=list(MODES), default="lcm",
-                       tooltip="lcm: LCM multistep sampling (re-noise to the next sigma each step). "
+        io.Combo.Input("mode", options=list(MODES), default="auto",
+                       tooltip="auto: what the adapter's sampling recipe says (set by the LCM-LoRA Loader from the "
+                               "adapter's metadata or its 'sampling' input): tcd with the recipe's gamma for TCD adapters, "
+                               "lcm otherwise. lcm: ComfyUI's LCM sampler (re-noise to the next sigma each step). "
                                "tcd: Trajectory Consistency Distillation sampling (gamma controls the stochasticity)."),
-        io.Float.Input("gamma", default=0.3, min=0.0, max=1.0, step=0.01,
-                       tooltip="TCD gamma (diffusers' TCDScheduler 'eta'): 0 = deterministic, 1 = fully stochastic. Ignored by lcm."),
+        io.Float.Input("gamma", default=DEFAULT_GAMMA, min=0.0, max=1.0, step=0.01,
+                       tooltip="TCD gamma (diffusers' TCDScheduler 'eta'): 0 = deterministic, 1 = fully stochastic. "
+                               "Used by mode tcd (auto takes the adapter's recipe gamma); ignored by lcm."),
         io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.01,
                        tooltip="TCD: share of fresh noise in the re-noising (1 = exactly TCD/diffusers, 0 = reuse the "
-                               "model's own noise estimate). Ignored by lcm."),
+                               "model's own noise estimate). Used by tcd and auto when it picks tcd; ignored by lcm."),
     ]
 
 
@@ -60,5 +97,5 @@ class LCMSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, mode="lcm", gamma=0.3, eta=1.0) -> io.NodeOutput:
+    def execute(cls, mode="auto", gamma=DEFAULT_GAMMA, eta=1.0) -> io.NodeOutput:
         return io.NodeOutput(build_sampler(mode, gamma, eta))

@@ -9,16 +9,42 @@ LCM-LoRA was distilled with; other values snap to that grid.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from comfy_api.latest import io
 
+from ..lcm_core.errors import ConfigError
 from ..lcm_core.schedule import DiscreteSchedule
 from ..lcm_core.timesteps import lcm_sigmas
 from . import comfy_bridge as bridge
 
 
-def scheduler_sigmas(steps: int, original_steps: int = 50, denoise: float = 1.0):
+def check_inputs(steps: int, original_steps: int, denoise: float, node: str = "LCM Scheduler") -> None:
+    """The checks of diffusers' ``LCMScheduler.set_timesteps``, worded with the node's input names
+    (steps, original_steps, denoise) instead of diffusers' (num_inference_steps, …)."""
+    steps, original_steps, denoise = int(steps), int(original_steps), float(denoise)
+    if not 0.0 <= denoise <= 1.0:
+        raise ConfigError(f"{node} denoise", f"must be between 0 and 1, got {denoise:g}")
+    if not 1 <= original_steps <= 1000:
+        raise ConfigError(f"{node} original_steps", f"must be between 1 and 1000, got {original_steps}")
+    if steps < 1:
+        raise ConfigError(f"{node} steps", f"must be at least 1, got {steps}")
+    grid = int(original_steps * denoise)
+    if denoise > 0 and steps > grid:
+        need = math.ceil(steps / original_steps * 100) / 100
+        fix = f"lower steps to at most {grid}" if grid >= 1 else "raise denoise"
+        if need <= 1.0:
+            fix += f" or raise denoise to at least {need:g}"
+        raise ConfigError(
+            f"{node} steps",
+            f"{steps} steps need {steps} timesteps of the distillation grid, but original_steps × denoise = "
+            f"{original_steps} × {denoise:g} leaves {grid}: {fix}")
+
+
+def scheduler_sigmas(steps: int, original_steps: int = 50, denoise: float = 1.0, node: str = "LCM Scheduler"):
     """LCM SIGMAS; denoise 0 gives no steps (an empty SIGMAS, as ComfyUI's BasicScheduler)."""
+    check_inputs(steps, original_steps, denoise, node)
     if float(denoise) <= 0.0:
         return torch.zeros(0, dtype=torch.float32)
     return lcm_sigmas(int(steps), int(original_steps), float(denoise), schedule=DiscreteSchedule(convention="comfyui"))

@@ -7,9 +7,16 @@
 //   LCM sampler (Luo et al. 2023, arXiv 2311.05556).
 // * LCM Adapter Merge: adapter slots 3-8 appear on demand (one empty slot after the last
 //   used one) and the merge report is drawn on the node after it runs.
+// * The checks follow the adapter's sampling recipe (lcm_core/sampling_recipe.py), read from
+//   its safetensors metadata through ComfyUI's own /view_metadata/loras route: a TCD adapter
+//   (metadata, or the loader's `sampling` input set to tcd) wants the tcd sampler (LCM KSampler /
+//   LCM Sampler in mode auto or tcd) and has no 8-step limit; adapters without metadata are LCM.
+// * Inputs a setting ignores are hidden (ComfyUI 0.3.64's V3 schema has no working dynamic
+//   combo yet): gamma unless mode is tcd, eta in mode lcm, the merge's rank unless method is svd.
 // * LCM Adapter Save: refreshes every LoRA list after a save.
 // window.LCMLoRA exposes the checks for tests and curious users.
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 
 const EXT_NAME = "lcm_lora.ui";
 const MAX_CFG = 2;
@@ -17,6 +24,47 @@ const MAX_STEPS = 8;
 const MERGE = "LCMAdapterMerge";
 const MAX_SLOTS = 8;
 const LCM_SAMPLER_NAMES = ["lcm", "tcd"];
+const LOADER = "LCMLoraLoader";
+
+// -- sampling recipe from the adapter's metadata (mirror of lcm_core/sampling_recipe.read_recipe) --
+const recipes = new Map(); // lora name -> recipe | null (no metadata) ; pending names in `fetching`
+const fetching = new Set();
+
+function readRecipe(meta) {
+  const objective = meta?.["lcm_lora.objective"];
+  if (objective !== "lcm" && objective !== "tcd") return null;
+  const sampler = ["lcm", "tcd"].includes(meta["lcm_lora.recommended_sampler"]) ? meta["lcm_lora.recommended_sampler"] : objective;
+  const gamma = Number.parseFloat(meta["lcm_lora.recommended_gamma"]);
+  const steps = Number.parseInt(meta["lcm_lora.recommended_steps"], 10);
+  return { objective, sampler, gamma: Number.isFinite(gamma) ? gamma : (objective === "tcd" ? 0.3 : null),
+           steps: Number.isFinite(steps) ? steps : 4, source: "metadata" };
+}
+
+function adapterRecipe(name) {
+  if (typeof name !== "string" || !name) return null;
+  if (recipes.has(name)) return recipes.get(name);
+  if (!fetching.has(name) && name.endsWith(".safetensors")) {
+    fetching.add(name);
+    api.fetchApi(`/view_metadata/loras?filename=${encodeURIComponent(name)}`)
+      .then((r) => (r.ok ? r.json() : null))
+      .catch(() => null)
+      .then((meta) => {
+        recipes.set(name, readRecipe(meta));
+        fetching.delete(name);
+        refreshWarnings();
+      });
+  }
+  return null; // unknown yet: LCM, as for adapters without metadata
+}
+
+// The recipe an LCM-LoRA Loader gives its MODEL (as nodes/recipe_follow.resolve).
+function loaderRecipe(node) {
+  const choice = widgetValue(node, "sampling") ?? "auto";
+  const stored = adapterRecipe(widgetValue(node, "lora_name"));
+  if (choice === "auto") return stored ?? { objective: "lcm", sampler: "lcm", steps: 4, source: "default" };
+  if (stored && stored.objective === choice) return stored;
+  return { objective: choice, sampler: choice, gamma: choice === "tcd" ? 0.3 : null, steps: 4, source: "chosen" };
+}
 
 // -- graph helpers -----------------------------------------------------------------------------
 function getLink(graph, id) {
@@ -39,18 +87,34 @@ function widgetValue(node, name) {
   return w.value;
 }
 
-// Does the MODEL arriving at `node`'s input `name` come from an LCM-patched model?
+// Does the MODEL arriving at `node`'s input `name` come from an LCM-patched model or one that
+// carries a TCD recipe? -> { node, objective: "lcm" | "tcd", recipe } or null.
 function lcmSource(graph, node, name = "model", seen = new Set()) {
   const origin = inputOrigin(graph, node, name);
   if (!origin || seen.has(origin.id)) return null;
   seen.add(origin.id);
   if (origin.mode === 2 || origin.mode === 4) return null; // muted / bypassed
   const type = origin.type ?? origin.comfyClass;
-  if (type === "LCMLoraLoader" || type === MERGE) {
-    return widgetValue(origin, "patch_sampling") === false ? lcmSource(graph, origin, "model", seen) : origin;
+  if (type === LOADER) {
+    const recipe = loaderRecipe(origin);
+    if (recipe.objective === "tcd") return { node: origin, objective: "tcd", recipe };
+    return widgetValue(origin, "patch_sampling") === false ? lcmSource(graph, origin, "model", seen)
+      : { node: origin, objective: "lcm", recipe };
+  }
+  if (type === MERGE) {
+    // as nodes/adapter_merge.py: the first adapter whose metadata records a recipe decides
+    for (let i = 1; i <= MAX_SLOTS; i++) {
+      const recipe = adapterRecipe(widgetValue(origin, "adapter_" + i));
+      if (recipe) {
+        if (recipe.objective === "tcd") return { node: origin, objective: "tcd", recipe };
+        break;
+      }
+    }
+    return widgetValue(origin, "patch_sampling") === false ? lcmSource(graph, origin, "model", seen)
+      : { node: origin, objective: "lcm", recipe: null };
   }
   if (type === "ModelSamplingDiscrete") {
-    return widgetValue(origin, "sampling") === "lcm" ? origin : null;
+    return widgetValue(origin, "sampling") === "lcm" ? { node: origin, objective: "lcm", recipe: null } : null;
   }
   if (origin.inputs?.some((i) => i.name === "model" && i.type === "MODEL")) {
     return lcmSource(graph, origin, "model", seen);
@@ -72,7 +136,7 @@ function samplerSettings(graph, node) {
   }
   if (type === "LCMKSampler") {
     return { model: [node, "model"], cfg: widgetValue(node, "cfg"), steps: widgetValue(node, "steps"),
-             samplerName: widgetValue(node, "mode"), samplerIsLcm: true };
+             samplerName: widgetValue(node, "mode") ?? "auto", samplerIsLcm: true, ours: true };
   }
   if (type === "SamplerCustom" || type === "SamplerCustomAdvanced") {
     let model = [node, "model"];
@@ -87,16 +151,18 @@ function samplerSettings(graph, node) {
     const sampler = inputOrigin(graph, node, "sampler");
     let samplerName;
     let samplerIsLcm = true;
+    let ours = false;
     if (sampler) {
       const stype = sampler.type ?? sampler.comfyClass;
-      if (stype === "LCMSampler") samplerName = widgetValue(sampler, "mode") ?? "lcm";
+      ours = stype === "LCMSampler";
+      if (ours) samplerName = widgetValue(sampler, "mode") ?? "auto";
       else if (stype === "KSamplerSelect") samplerName = widgetValue(sampler, "sampler_name");
       else samplerName = stype;
-      samplerIsLcm = stype === "LCMSampler" || isLcmSamplerName(samplerName);
+      samplerIsLcm = ours || isLcmSamplerName(samplerName);
     }
     const sigmas = inputOrigin(graph, node, "sigmas");
     const steps = sigmas ? widgetValue(sigmas, "steps") : undefined;
-    return { model, cfg, steps, samplerName, samplerIsLcm };
+    return { model, cfg, steps, samplerName, samplerIsLcm, ours };
   }
   return null;
 }
@@ -112,11 +178,23 @@ function checkGraph(graph = app.graph) {
     if (!source) continue;
     const problems = [];
     if (typeof s.cfg === "number" && s.cfg > MAX_CFG) problems.push(`cfg ${s.cfg} > ${MAX_CFG}`);
+    if (source.objective === "tcd") {
+      // TCD keeps improving with more steps: no step limit; it wants the tcd sampler.
+      const isTcd = s.ours ? s.samplerName !== "lcm" : typeof s.samplerName === "string" && s.samplerName.toLowerCase().includes("tcd");
+      if (s.samplerName !== undefined && !isTcd) problems.push(`sampler '${s.samplerName}' is not TCD`);
+      if (problems.length) {
+        warnings.push({ nodeId: node.id, nodeType: node.type, sourceId: source.node.id, objective: "tcd", problems,
+                        message: `${node.title || node.type} (#${node.id}) samples a TCD adapter (#${source.node.id}) with ` +
+                                 problems.join(", ") + ": a TCD adapter wants cfg 1-2 and the tcd sampler " +
+                                 "(LCM KSampler or LCM Sampler, mode auto or tcd)." });
+      }
+      continue;
+    }
     if (typeof s.steps === "number" && s.steps > MAX_STEPS) problems.push(`steps ${s.steps} > ${MAX_STEPS}`);
     if (!s.samplerIsLcm) problems.push(`sampler '${s.samplerName}' is not an LCM sampler`);
     if (problems.length) {
-      warnings.push({ nodeId: node.id, nodeType: node.type, sourceId: source.id, problems,
-                      message: `${node.title || node.type} (#${node.id}) samples an LCM-patched model (#${source.id}) with ` +
+      warnings.push({ nodeId: node.id, nodeType: node.type, sourceId: source.node.id, objective: "lcm", problems,
+                      message: `${node.title || node.type} (#${node.id}) samples an LCM-patched model (#${source.node.id}) with ` +
                                problems.join(", ") + ": LCM-LoRA wants 2-8 steps, cfg 1-2 and the lcm sampler." });
     }
   }
@@ -250,6 +328,51 @@ function updateMergeSlots(node) {
   return shown;
 }
 
+// -- inputs a setting ignores are hidden ------------------------------------------------------------
+// gamma: only mode tcd uses it (auto takes the recipe's γ); eta: tcd and auto; rank: merge method svd.
+const IGNORED = {
+  LCMKSampler: (node) => ({ gamma: widgetValue(node, "mode") !== "tcd", eta: widgetValue(node, "mode") === "lcm" }),
+  LCMSampler: (node) => ({ gamma: widgetValue(node, "mode") !== "tcd", eta: widgetValue(node, "mode") === "lcm" }),
+  [MERGE]: (node) => ({ rank: widgetValue(node, "method") !== "svd" }),
+};
+
+// Chain the update onto the mode / method combo's callback (re-checked every time: the front end
+// may rebuild widget objects while it configures a node).
+function watchIgnoredInputs(node) {
+  for (const name of ["mode", "method"]) {
+    const w = node.widgets?.find((x) => x.name === name);
+    if (!w || w.__lcmIgnoredWatch) continue;
+    const cb = w.callback;
+    w.callback = function () {
+      const r = cb?.apply(this, arguments);
+      updateIgnoredInputs(node);
+      return r;
+    };
+    w.__lcmIgnoredWatch = true;
+  }
+}
+
+function updateIgnoredInputs(node) {
+  const rule = IGNORED[node.type ?? node.comfyClass];
+  if (!rule) return false;
+  watchIgnoredInputs(node);
+  let changed = false;
+  for (const [name, hide] of Object.entries(rule(node))) {
+    const w = node.widgets?.find((x) => x.name === name);
+    if (w && setWidgetVisible(w, !hide)) changed = true;
+  }
+  if (changed) {
+    const size = node.computeSize();
+    node.setSize([Math.max(node.size[0], size[0]), size[1] + (node.__lcmReportLines?.length ?? 0) * 15]);
+    node.setDirtyCanvas?.(true, true);
+  }
+  return changed;
+}
+
+function hiddenWidgets(node) {
+  return (node.widgets ?? []).filter((w) => w.hidden === true).map((w) => w.name);
+}
+
 function drawReport(node, ctx) {
   const lines = node.__lcmReportLines;
   if (!lines?.length || node.flags?.collapsed) return;
@@ -272,16 +395,19 @@ const extension = {
       refreshWarnings();
       for (const node of app.graph?._nodes ?? []) {
         if ((node.type ?? node.comfyClass) === MERGE) updateMergeSlots(node);
+        updateIgnoredInputs(node);
       }
     }, 1000);
   },
   // a node restored from a saved workflow: its widget values are in place now
   loadedGraphNode(node) {
     if ((node.type ?? node.comfyClass) === MERGE) updateMergeSlots(node);
+    updateIgnoredInputs(node);
   },
   afterConfigureGraph() {
     for (const node of app.graph?._nodes ?? []) {
       if ((node.type ?? node.comfyClass) === MERGE) updateMergeSlots(node);
+      updateIgnoredInputs(node);
     }
   },
   async nodeCreated(node) {
@@ -293,6 +419,7 @@ const extension = {
       return r;
     };
     const type = node.type ?? node.comfyClass;
+    if (IGNORED[type]) setTimeout(() => updateIgnoredInputs(node), 0);
     if (type === MERGE) {
       const origConfigure = node.onConfigure;
       node.onConfigure = function () {
@@ -339,7 +466,8 @@ const extension = {
   },
 };
 
-globalThis.LCMLoRA = { checkGraph, refreshWarnings, updateMergeSlots, visibleSlots, MAX_CFG, MAX_STEPS };
+globalThis.LCMLoRA = { checkGraph, refreshWarnings, updateMergeSlots, visibleSlots, updateIgnoredInputs, hiddenWidgets,
+                       adapterRecipe, readRecipe, recipes, MAX_CFG, MAX_STEPS };
 
 // The pack may be registered twice when its folder name differs from the project name
 // (ComfyUI serves both WEB_DIRECTORY and pyproject's [tool.comfy] web); register once.

@@ -9,7 +9,10 @@
 //  * every example workflow loads and the front end's own graphToPrompt() gives its API prompt;
 //  * the examples raise no LCM warning; an LCM-patched model feeding a KSampler with cfg 7,
 //    20 steps and euler does (badge state on the node + toast in the DOM);
-//  * LCM Adapter Merge shows one empty adapter slot and gains the next one when it is filled.
+//  * LCM Adapter Merge shows one empty adapter slot and gains the next one when it is filled;
+//  * inputs a setting ignores are hidden (gamma/eta by mode, the merge's rank by method);
+//  * a TCD adapter (loader `sampling` tcd, or TCD metadata read through /view_metadata, file
+//    given by --tcd-lora) wants the tcd sampler and has no 8-step limit.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
@@ -24,6 +27,7 @@ const workflowsDir = arg("workflows");
 const out = arg("out");
 const screenshot = arg("screenshot");
 const executablePath = arg("chromium", process.env.CHROMIUM || "/usr/bin/chromium");
+const tcdLora = arg("tcd-lora", "browser/tcd-recipe.safetensors"); // written by test_comfy_browser.py
 if (!url || !workflowsDir || !out) {
   console.error("usage: node ui_check.mjs --url URL --workflows DIR --out FILE [--screenshot FILE]");
   process.exit(2);
@@ -133,6 +137,60 @@ try {
     const left = globalThis.LCMLoRA.refreshWarnings().filter((w) => w.nodeId === ksId);
     return left.length === 0 && !ks.__lcmWarning;
   }, result.warning_case.ksId);
+
+  // Ignored inputs hidden, and the TCD recipe in the warnings.
+  result.recipe_case = await page.evaluate(async ({ wf, tcdLora }) => {
+    const app = window.comfyAPI.app.app;
+    const LiteGraph = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
+    await app.loadGraphData(wf, true, false, null);
+    await new Promise((r) => setTimeout(r, 200));
+    const graph = app.graph;
+    const L = globalThis.LCMLoRA;
+    const loader = graph._nodes.find((n) => n.type === "LCMLoraLoader");
+    const lks = graph._nodes.find((n) => n.type === "LCMKSampler");
+    const setMode = (node, value) => {
+      const w = node.widgets.find((x) => x.name === "mode");
+      w.value = value;
+      w.callback?.(value);
+      return L.hiddenWidgets(node);
+    };
+    const out = { hidden: { auto: L.hiddenWidgets(lks), lcm: setMode(lks, "lcm"), tcd: setMode(lks, "tcd") } };
+    setMode(lks, "auto");
+    const merge = LiteGraph.createNode("LCMAdapterMerge");
+    graph.add(merge);
+    L.updateIgnoredInputs(merge);
+    out.merge_hidden_concat = L.hiddenWidgets(merge).includes("rank");
+    const method = merge.widgets.find((w) => w.name === "method");
+    method.value = "svd";
+    method.callback?.("svd");
+    out.merge_hidden_svd = L.hiddenWidgets(merge).includes("rank");
+    graph.remove(merge);
+
+    const ks = LiteGraph.createNode("KSampler");
+    graph.add(ks);
+    loader.connect(0, ks, ks.inputs.findIndex((i) => i.name === "model"));
+    ks.widgets.find((w) => w.name === "cfg").value = 1;
+    ks.widgets.find((w) => w.name === "steps").value = 12;
+    ks.widgets.find((w) => w.name === "sampler_name").value = "lcm";
+    const problems = (id) => L.checkGraph().filter((w) => w.nodeId === id).flatMap((w) => w.problems);
+    out.lcm_adapter = { stock: problems(ks.id), ours_auto: problems(lks.id) };
+    const sampling = loader.widgets.find((w) => w.name === "sampling");
+    sampling.value = "tcd";
+    out.tcd_chosen = { stock: problems(ks.id), ours_auto: problems(lks.id) };
+    setMode(lks, "lcm");
+    out.tcd_chosen.ours_lcm = problems(lks.id);
+    setMode(lks, "auto");
+    sampling.value = "auto";
+    if (tcdLora) {
+      const name = loader.widgets.find((w) => w.name === "lora_name");
+      name.value = tcdLora;
+      L.adapterRecipe(tcdLora);
+      for (let i = 0; i < 50 && !L.recipes.has(tcdLora); i++) await new Promise((r) => setTimeout(r, 100));
+      out.metadata = { recipe: L.recipes.get(tcdLora) ?? null, stock: problems(ks.id), ours_auto: problems(lks.id) };
+    }
+    graph.remove(ks);
+    return out;
+  }, { wf: wfA, tcdLora });
 } finally {
   await browser.close();
 }

@@ -13,8 +13,30 @@ from pathlib import Path
 import pytest
 
 import comfy_harness as H
+from conftest import LCM_SD15
 
 pytestmark = pytest.mark.comfyui
+
+TCD_LORA = "browser/tcd-recipe.safetensors"  # ui_check.mjs looks for this name (--tcd-lora)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tcd_metadata_lora(comfy) -> str:
+    """The LCM fixture's tensors with a TCD sampling recipe (γ 0.4) in the metadata (before `ui` runs)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from lcm_lora.lcm_core.sampling_recipe import recipe_for_objective
+
+    src = comfy.loras / LCM_SD15
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata() or {})
+    meta.update(recipe_for_objective("tcd", gamma=0.4).to_metadata())
+    out = comfy.loras / TCD_LORA
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(load_file(str(src)), str(out), metadata=meta)
+    return TCD_LORA
+
 
 @pytest.fixture(scope="module")
 def ui(comfy, run_browser):
@@ -71,3 +93,26 @@ def test_merge_report_is_shown_on_the_node(ui):
     report = ui["merge_slots"]["report"]
     assert report["lines"] == ["concat: 0.8·style + 1·lcm", "33 modules, rank 12, relative error 0 (exact)"]
     assert report["grew"]
+
+
+def test_ignored_inputs_are_hidden(ui):
+    hidden = ui["recipe_case"]["hidden"]
+    assert "gamma" in hidden["auto"] and "eta" not in hidden["auto"]
+    assert {"gamma", "eta"} <= set(hidden["lcm"])
+    assert "gamma" not in hidden["tcd"] and "eta" not in hidden["tcd"]
+    assert ui["recipe_case"]["merge_hidden_concat"] is True and ui["recipe_case"]["merge_hidden_svd"] is False
+
+
+def test_warnings_follow_the_sampling_recipe(ui):
+    case = ui["recipe_case"]
+    # LCM adapter: 12 steps is too many, the lcm sampler is right
+    assert any(p.startswith("steps 12") for p in case["lcm_adapter"]["stock"]), case
+    assert case["lcm_adapter"]["ours_auto"] == []
+    # loader sampling = tcd: no step limit, but a KSampler's lcm sampler is not TCD; our auto mode is
+    assert case["tcd_chosen"]["stock"] == ["sampler 'lcm' is not TCD"], case
+    assert case["tcd_chosen"]["ours_auto"] == []
+    assert case["tcd_chosen"]["ours_lcm"] == ["sampler 'lcm' is not TCD"], case
+    # TCD metadata read from the file through ComfyUI's /view_metadata route
+    meta = case["metadata"]
+    assert meta["recipe"]["objective"] == "tcd" and meta["recipe"]["gamma"] == 0.4, meta
+    assert meta["stock"] == ["sampler 'lcm' is not TCD"] and meta["ours_auto"] == []

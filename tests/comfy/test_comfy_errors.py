@@ -16,8 +16,8 @@ def loader_only(lora: str) -> dict:
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CKPT}},
         "lcm": {"class_type": "LCMLoraLoader", "inputs": {"model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_name": lora,
                                                           "strength_model": 1.0, "strength_clip": 1.0, "patch_sampling": True}},
-        "save": {"class_type": "LCMAdapterSave", "inputs": {"adapter": ["lcm", 2], "filename": f"err/{uuid.uuid4().hex}",
-                                                            "dtype": "fp16", "overwrite": False}},
+        "save": {"class_type": "LCMAdapterSave", "inputs": {"adapter": ["lcm", 2], "filename_prefix": f"err/{uuid.uuid4().hex}",
+                                                            "dtype": "fp16"}},
     }
 
 
@@ -40,8 +40,8 @@ def test_wrong_architecture_is_a_clear_node_error(comfy):
 def test_wrong_architecture_in_merge_names_the_adapter(comfy):
     g = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CKPT}},
          "merge": merge_node(("ckpt", 0), adapters=(STYLE_SD15, LCM_SDXL))}
-    g["save"] = {"class_type": "LCMAdapterSave", "inputs": {"adapter": ["merge", 2], "filename": f"err/{uuid.uuid4().hex}",
-                                                            "dtype": "fp16", "overwrite": False}}
+    g["save"] = {"class_type": "LCMAdapterSave", "inputs": {"adapter": ["merge", 2], "filename_prefix": f"err/{uuid.uuid4().hex}",
+                                                            "dtype": "fp16"}}
     result = comfy.run(g)
     assert result.status == "error" and result.error["node_type"] == "LCMAdapterMerge"
     msg = result.error["exception_message"]

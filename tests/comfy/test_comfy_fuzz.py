@@ -108,8 +108,8 @@ def loader_graph(lora_name: str) -> dict:
                                                           "lora_name": lora_name, "strength_model": 1.0,
                                                           "strength_clip": 1.0, "patch_sampling": True}},
         "save": {"class_type": "LCMAdapterSave", "inputs": {"adapter": ["lcm", 2],
-                                                            "filename": f"fuzz-out/{uuid.uuid4().hex}",
-                                                            "dtype": "fp16", "overwrite": False}},
+                                                            "filename_prefix": f"fuzz-out/{uuid.uuid4().hex}",
+                                                            "dtype": "fp16"}},
     }
 
 

@@ -5,9 +5,11 @@
   loaded by the LCM-LoRA Loader (patches included) and re-saved as kohya fp32: every file's ΔW
   equals the fixture's (alpha/rank)·up·down (diffusers folds alpha into up; the formats that
   keep alpha round-trip tensor for tensor).
-* Save: a merged adapter lands in the loras folder (kohya keys, metadata), shows up in the
-  stock LoraLoader's list, is never overwritten unless asked, and the stock LoraLoader applying
-  it reproduces the merge node's own MODEL output.
+* Save: a merged adapter lands in the loras folder as ``<filename_prefix>_00001_.safetensors``
+  (ComfyUI's counter, as SaveImage / SaveLora), kohya keys and metadata, shows up in the stock
+  LoraLoader's list; saving again takes the next number (never overwrites, skips numbers already
+  taken), a prefix leaving the folder is refused naming the ``filename_prefix`` input, and the
+  stock LoraLoader applying the file reproduces the merge node's own MODEL output.
 """
 from __future__ import annotations
 
@@ -43,11 +45,11 @@ def test_every_format_loads_to_the_same_adapter(comfy, sd15_loras):
     for fmt, name in FORMAT_FILES.items():
         g[f"load_{fmt}"] = G.lcm_loader(name, clip=("ckpt", 1))
         g[f"save_{fmt}"] = {"class_type": "LCMAdapterSave", "inputs": {
-            "adapter": [f"load_{fmt}", 2], "filename": f"roundtrip_{tag}/{fmt}", "dtype": "fp32", "overwrite": False}}
+            "adapter": [f"load_{fmt}", 2], "filename_prefix": f"roundtrip_{tag}/{fmt}", "dtype": "fp32"}}
     result = comfy.run(g)
     assert result.status == "success", result.message()
     assert "lora key not loaded" not in result.log and "NOT LOADED" not in result.log
-    saved = {fmt: load_file(str(comfy.loras / f"roundtrip_{tag}" / f"{fmt}.safetensors")) for fmt in FORMAT_FILES}
+    saved = {fmt: load_file(str(comfy.loras / f"roundtrip_{tag}" / f"{fmt}_00001_.safetensors")) for fmt in FORMAT_FILES}
     lora = sd15_loras["lcm"]
     gen = torch.Generator().manual_seed(0)
     vectors = {k: torch.randn(lora.down[k][0].numel(), 3, generator=gen, dtype=torch.float64) for k in lora.down}
@@ -63,57 +65,66 @@ def test_every_format_loads_to_the_same_adapter(comfy, sd15_loras):
         assert all(torch.equal(saved[fmt][k], saved["kohya"][k]) for k in saved["kohya"]), fmt
 
 
-def save_prompt(filename: str, dtype: str, overwrite: bool, method: str = "concat", rank: int = 64) -> dict:
+def save_prompt(prefix: str, dtype: str, method: str = "concat", rank: int = 64) -> dict:
     return {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CKPT}},
         "merge": merge_node(("ckpt", 0), method=method, rank=rank),
-        "save": {"class_type": "LCMAdapterSave", "inputs": {"adapter": ["merge", 2], "filename": filename,
-                                                            "dtype": dtype, "overwrite": overwrite}},
+        "save": {"class_type": "LCMAdapterSave", "inputs": {"adapter": ["merge", 2], "filename_prefix": prefix,
+                                                            "dtype": dtype}},
     }
 
 
-def test_save_never_overwrites_unless_asked_and_lists_the_file(comfy, probes):
-    name = f"saved/merged_{uuid.uuid4().hex[:8]}"
-    path = comfy.loras / f"{name}.safetensors"
-    first = comfy.run(save_prompt(name, "fp32", False))
+def test_save_counts_up_never_overwrites_and_lists_the_file(comfy, probes):
+    prefix = f"saved/merged_{uuid.uuid4().hex[:8]}"
+    first = comfy.run(save_prompt(prefix, "fp32"))
     assert first.status == "success", first.message()
-    assert first.outputs["save"]["lcm_saved"] == [f"{name}.safetensors"]
-    assert path.is_file()
-    with safe_open(str(path), "pt") as f:
+    name1 = f"{prefix}_00001_.safetensors"  # ComfyUI's counter convention (SaveImage, SaveLora)
+    assert first.outputs["save"]["lcm_saved"] == [name1]
+    path1 = comfy.loras / name1
+    assert path1.is_file()
+    with safe_open(str(path1), "pt") as f:
         keys, meta = list(f.keys()), f.metadata()
     assert keys and all(k.startswith("lora_unet_") or k.startswith("lora_te_") for k in keys)
     assert any(k.endswith(".lora_down.weight") for k in keys)
     assert meta.get("lcm_lora.saved_by") and "lcm_lora.merge_recipe" in meta
-    before = path.read_bytes()
+    before = path1.read_bytes()
 
     # it is in every LoRA list now
     stock = comfy.object_info("LoraLoader")["LoraLoader"]["input"]["required"]["lora_name"][0]
-    assert f"{name}.safetensors" in stock
+    assert name1 in stock
 
-    # same name again, overwrite off: a clear error, the file is untouched, no temp files left
-    again = comfy.run(save_prompt(name, "fp16", False))
-    assert again.status == "error" and again.error["node_type"] == "LCMAdapterSave"
-    assert "already exists" in again.error["exception_message"] and name in again.error["exception_message"]
-    assert path.read_bytes() == before
-    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+    # the same prefix again: the next number, the first file untouched, no temp files left
+    again = comfy.run(save_prompt(prefix, "fp16"))
+    assert again.status == "success", again.message()
+    assert again.outputs["save"]["lcm_saved"] == [f"{prefix}_00002_.safetensors"]
+    assert path1.read_bytes() == before
+    assert next(iter(load_file(str(comfy.loras / f"{prefix}_00002_.safetensors")).values())).dtype == torch.float16
+    assert [p.name for p in path1.parent.iterdir() if p.name.startswith(".")] == []
 
-    # overwrite on: replaced (now fp16)
-    forced = comfy.run(save_prompt(name, "fp16", True))
-    assert forced.status == "success", forced.message()
-    assert path.read_bytes() != before
-    assert next(iter(load_file(str(path)).values())).dtype == torch.float16
+    # a number taken by someone else is skipped, never replaced (ComfyUI: highest number + 1)
+    squatter = comfy.loras / f"{prefix}_00007_.safetensors"
+    squatter.write_bytes(b"not ours")
+    third = comfy.run(save_prompt(prefix, "bf16"))  # an identical prompt would be served from ComfyUI's cache
+    assert third.status == "success", third.message()
+    assert third.outputs["save"]["lcm_saved"] == [f"{prefix}_00008_.safetensors"]
+    assert squatter.read_bytes() == b"not ours"
 
-    # and it stays out of everything but the loras folder
-    bad = comfy.run(save_prompt("../escape", "fp16", False))
-    assert bad.status == "error" and "inside the loras folder" in bad.error["exception_message"]
+    # and it stays out of everything but the loras folder; the error names the node's input
+    for bad_prefix in ("../escape", "/tmp/abs_escape", "saved/../../escape"):
+        bad = comfy.run(save_prompt(bad_prefix, "fp16"))
+        assert bad.status == "error", bad_prefix
+        msg = bad.error["exception_message"]
+        assert "filename_prefix" in msg and "inside the loras folder" in msg, msg
+        assert "--force" not in msg and "overwrite=True" not in msg, msg
+    assert not (comfy.loras.parent / "escape_00001_.safetensors").exists()
 
 
 def test_saved_merge_loaded_by_stock_lora_loader_reproduces_the_merge(comfy, probes):
     name = f"saved/merge_fp32_{uuid.uuid4().hex[:8]}"
-    saved = comfy.run(save_prompt(name, "fp32", False))
+    saved = comfy.run(save_prompt(name, "fp32"))
     assert saved.status == "success", saved.message()
     g = G.base(SD15_CKPT)
-    g["lora"] = G.lora_loader(f"{name}.safetensors")
+    g["lora"] = G.lora_loader(f"{name}_00001_.safetensors")
     g["ms"] = G.model_sampling_lcm(("lora", 0))
     G.probe(g, ("ms", 0), "saved_merge", sampler="lcm")
     result, latent = probes.run("saved_merge", g)
@@ -125,12 +136,12 @@ def test_saved_merge_loaded_by_stock_lora_loader_reproduces_the_merge(comfy, pro
 
 def test_svd_merge_reports_its_error_and_saves_the_rank(comfy, sd15_loras):
     name = f"saved/svd_{uuid.uuid4().hex[:8]}"
-    result = comfy.run(save_prompt(name, "fp32", False, method="svd", rank=4))
+    result = comfy.run(save_prompt(name, "fp32", method="svd", rank=4))
     assert result.status == "success", result.message()
     summary = result.outputs["merge"]["lcm_merge"][0]
     assert 0.0 < summary["total_relative_error"] < 1.0
     assert "svd" in result.outputs["merge"]["text"][0]
-    sd = load_file(str(comfy.loras / f"{name}.safetensors"))
+    sd = load_file(str(comfy.loras / f"{name}_00001_.safetensors"))
     ranks = {v.shape[0] for k, v in sd.items() if k.endswith(".lora_down.weight")}
     assert ranks == {4}
     # modules only one adapter touches keep their exact update when its rank already fits

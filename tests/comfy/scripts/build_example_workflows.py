@@ -36,12 +36,13 @@ def _is_widget(spec) -> bool:
     return spec[0] in WIDGET_TYPES and not opts.get("forceInput")
 
 
-def _lcm_ksampler(seed=42, steps=4, cfg=1.0, mode="lcm", denoise=1.0):
+def _lcm_ksampler(seed=42, steps=4, cfg=1.0, mode="auto", denoise=1.0):
     return {"seed": seed, "steps": steps, "cfg": cfg, "mode": mode, "gamma": 0.3, "eta": 1.0, "denoise": denoise}
 
 
 def _front(ckpt=SD15, size=512, loader=("LCMLoraLoader", {"lora_name": LCM15, "strength_model": 1.0,
-                                                            "strength_clip": 1.0, "patch_sampling": True})):
+                                                            "strength_clip": 1.0, "patch_sampling": True,
+                                                            "sampling": "auto"})):
     nodes = [
         (1, "CheckpointLoaderSimple", (40, 120), {"ckpt_name": ckpt}),
         (2, loader[0], (400, 120), loader[1]),
@@ -76,7 +77,8 @@ def spec_sd15():
 
 def spec_sdxl():
     nodes, links = _front(ckpt=SDXL, size=1024, loader=("LCMLoraLoader", {"lora_name": LCMXL, "strength_model": 1.0,
-                                                                          "strength_clip": 1.0, "patch_sampling": True}))
+                                                                          "strength_clip": 1.0, "patch_sampling": True,
+                                                                          "sampling": "auto"}))
     nodes.append((6, "LCMKSampler", (1200, 120), _lcm_ksampler()))
     links += [(2, "MODEL", 6, "model"), (3, "CONDITIONING", 6, "positive"), (4, "CONDITIONING", 6, "negative"),
               (5, "LATENT", 6, "latent_image")]
@@ -97,7 +99,7 @@ def spec_merge():
     links += [(2, "MODEL", 6, "model"), (3, "CONDITIONING", 6, "positive"), (4, "CONDITIONING", 6, "negative"),
               (5, "LATENT", 6, "latent_image")]
     n2, l2 = _decode_save(6, prefix="lcm_lora/style_plus_lcm")
-    save = (7, "LCMAdapterSave", (400, 700), {"filename": "style_plus_lcm_merged", "dtype": "fp16", "overwrite": False})
+    save = (7, "LCMAdapterSave", (400, 700), {"filename_prefix": "lcm_lora/style_plus_lcm_merged", "dtype": "fp16"})
     nodes += n2 + [save, note(30, "Style LoRA + LCM-LoRA merged as 0.8·style + 1.0·LCM (LCM-LoRA paper §3.3).\n"
                                   "Slot 1: your style LoRA, slot 2: the LCM-LoRA; more slots appear as you fill them.\n"
                                   "Un-mute 'LCM Adapter Save' (Ctrl+M) to keep the merged adapter in your loras folder.",
@@ -136,7 +138,8 @@ def spec_tcd():
     n2, l2 = _decode_save(8, prefix="lcm_lora/tcd", x=2000, out_name="output")
     nodes += n2 + [note(30, "TCD sampling (Trajectory Consistency Distillation) through SamplerCustom: LCM Sampler in "
                              "mode 'tcd' + LCM Scheduler.\ngamma 0 = deterministic, higher = more detail/variation. "
-                             "Works with LCM-LoRA and TCD-LoRA.")]
+                             "Works with LCM-LoRA and TCD-LoRA.\nFor a TCD-LoRA set the loader's 'sampling' to tcd (adapters trained "
+                             "by this pack say so in their metadata: keep auto) and LCM Sampler's mode to auto.")]
     return nodes, links + l2
 
 

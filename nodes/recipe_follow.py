@@ -1,0 +1,76 @@
+"""Nodes follow the adapter's sampling recipe (``lcm_core.sampling_recipe``: objective, sampler,
+γ, model sampling stored in the adapter's safetensors metadata).
+
+How a value "defaults from metadata" in ComfyUI: widget defaults are static, so the recipe
+travels with the MODEL. The loader resolves it (``sampling`` input: ``auto`` reads the
+adapter's metadata; ``lcm`` / ``tcd`` choose for adapters without one, e.g. the released
+LCM-LoRAs, TCD-SDXL-LoRA, Hyper-SD) and stores it as plain data in
+``model_options[RECIPE_KEY]``. ``ModelPatcher.clone`` deep-copies model_options, so the
+recipe follows the model through any chain of model nodes, and ComfyUI hands the model's
+options to every sampler as ``extra_args["model_options"]`` — which is how the LCM KSampler's
+and LCM Sampler's ``mode: auto`` read it at sampling time. A model that never met our loader
+carries no recipe: ``auto`` then means LCM (the behaviour before recipes existed).
+
+Model sampling per recipe: ``lcm`` → ComfyUI's ``ModelSamplingDiscrete(sampling="lcm")``
+(consistency boundary condition, ``comfy_bridge.patch_lcm_sampling``); ``eps`` → the model's
+own sampling is left in place (plain ε-prediction for SD 1.x/SDXL: TCD's map has no
+c_skip/c_out, TCD paper Eq. 9).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Mapping
+
+from ..lcm_core.sampling_recipe import SamplingRecipe, read_recipe, recipe_for_objective
+
+__all__ = ["RECIPE_KEY", "SAMPLING_CHOICES", "attach", "describe", "from_model", "from_model_options", "read_recipe",
+           "resolve"]
+
+RECIPE_KEY = "lcm_lora_recipe"
+SAMPLING_CHOICES = ("auto", "lcm", "tcd")
+
+
+def resolve(metadata: Mapping[str, str] | None, choice: str = "auto") -> tuple[SamplingRecipe, str]:
+    """(recipe, where it came from) for the loader's ``sampling`` input.
+
+    ``auto``: the adapter's stored recipe, or LCM when it has none (today's behaviour);
+    ``lcm`` / ``tcd``: that objective's defaults (``recipe_for_objective``), keeping the
+    adapter's own steps/γ/cfg when its metadata is for the same objective.
+    """
+    stored = read_recipe(metadata)
+    if choice == "auto":
+        return (stored, "adapter metadata") if stored is not None else (recipe_for_objective("lcm"), "default (no metadata)")
+    if choice not in SAMPLING_CHOICES:
+        raise ValueError(f"sampling must be one of {', '.join(SAMPLING_CHOICES)}, got {choice!r}")
+    if stored is not None and stored.objective == choice:
+        return stored, "adapter metadata"
+    return recipe_for_objective(choice), f"chosen ({choice})"
+
+
+def attach(model, recipe: SamplingRecipe):
+    """Clone of ``model`` carrying ``recipe`` (plain data) in its model_options."""
+    out = model.clone()
+    out.model_options[RECIPE_KEY] = asdict(recipe)
+    return out
+
+
+def from_model_options(model_options: Mapping | None) -> SamplingRecipe | None:
+    data = (model_options or {}).get(RECIPE_KEY)
+    if not isinstance(data, dict):
+        return None
+    try:
+        w = data.get("w_range")
+        return SamplingRecipe(**{**data, "w_range": tuple(w) if w is not None else None})
+    except TypeError:
+        return None
+
+
+def from_model(model) -> SamplingRecipe | None:
+    """The recipe a MODEL carries (None for a model our loader never touched)."""
+    return from_model_options(getattr(model, "model_options", None))
+
+
+def describe(recipe: SamplingRecipe, source: str) -> str:
+    gamma = f", γ {recipe.gamma:g}" if recipe.sampler == "tcd" and recipe.gamma is not None else ""
+    return (f"sampling: {recipe.objective.upper()} ({source}) — {recipe.sampler} sampler{gamma}, "
+            f"{recipe.steps} steps, cfg {recipe.cfg:g}, {recipe.model_sampling} model sampling")
