@@ -104,13 +104,22 @@ class _StopFlag:
         self._old = {}
 
 
-def _prepare_output(output_dir: Path, cfg: TrainConfig, resuming: bool, is_main: bool) -> None:
+def _prepare_output(output_dir: Path, cfg: TrainConfig, resuming: bool, is_main: bool, record: dict | None = None) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     if not resuming and ckpt.list_checkpoints(output_dir):
         raise OutputExistsError(output_dir, "already holds checkpoints of a run: pass --resume to continue it, or use a new folder")
-    if is_main:
-        with atomic_file(output_dir / "config.yaml", overwrite=True) as tmp:
-            tmp.write_text(dump_config(cfg), encoding="utf-8")
+    if is_main and not (resuming and (output_dir / "config.yaml").is_file()):
+        _write_config(output_dir, cfg, record)
+
+
+def _write_config(output_dir: Path, cfg: TrainConfig, record: dict | None) -> None:
+    """``config.yaml`` (the full config; what ``--resume`` continues with) and ``config.source.json``.
+    A resumed run writes them only once its checkpoint has been restored: a refused resume leaves them."""
+    from .resume_config import write_source_record
+
+    with atomic_file(output_dir / "config.yaml", overwrite=True) as tmp:
+        tmp.write_text(dump_config(cfg), encoding="utf-8")
+    write_source_record(output_dir, record)
 
 
 def _records(cfg: TrainConfig, teacher: Teacher, output_dir: Path, device, autocast, ctx: DistContext, progress_factory):
@@ -153,13 +162,18 @@ def train(
     *,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Distil an LCM-LoRA; see the module docstring. ``resume=True`` continues from the newest checkpoint."""
-    cfg = load_config(config, overrides)
-    require_inputs(cfg)
+    """Distil an LCM-LoRA; see the module docstring. ``resume=True`` continues from the newest checkpoint,
+    with the run's own saved ``config.yaml`` (``config`` may then be None; a config file given is merged
+    on top, see :mod:`.resume_config`)."""
+    from .resume_config import record_for_run, resolve_run_config
+
     output_dir = Path(output_dir)
+    cfg = resolve_run_config(config, output_dir, resume, overrides)
+    require_inputs(cfg)
+    record = record_for_run(config, output_dir, resume)
     ctx = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, output_dir, resume, progress, on_step, ctx)
+        return _train(cfg, output_dir, resume, progress, on_step, ctx, record)
     finally:
         ctx.shutdown()
 
@@ -251,9 +265,11 @@ class TrainingSession:
         saved, now = state.state.get("trajectory") or {}, _jsonable(trajectory_dict(self.cfg))
         changed = {k for k in RESUME_MAY_CHANGE if _get(saved, k) != _get(now, k)}
         if _without(saved, RESUME_MAY_CHANGE) != _without(now, RESUME_MAY_CHANGE):
+            differ = _differing_keys(_without(saved, RESUME_MAY_CHANGE), _without(now, RESUME_MAY_CHANGE))
             raise ConfigError(path, "the checkpoint was trained with a different configuration "
-                              "(teacher, data, lcd, lora, optim or train settings differ); resume with the same config "
-                              f"(only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume)")
+                              f"({', '.join(f'{k} {_get(saved, k)!r} -> {_get(now, k)!r}' for k in differ[:4]) or 'teacher, data, lcd, lora, optim or train settings differ'}); "
+                              "resume with the run's own config (--output RUN --resume; "
+                              f"only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume)")
         with torch.no_grad():
             for name, p in self.named_params:
                 p.copy_(state.tensors[name])
@@ -358,9 +374,10 @@ class TrainingSession:
         return _export(self.unet, self.teacher, self.cfg, self.step_count, self.config_hash, self.output_dir)
 
 
-def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, ctx: DistContext) -> TrainResult:
+def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, ctx: DistContext,
+           record: dict | None = None) -> TrainResult:
     resume_path = ckpt.resolve_resume(output_dir, resume)
-    _prepare_output(output_dir, cfg, resume_path is not None or bool(resume), ctx.is_main)
+    _prepare_output(output_dir, cfg, resume_path is not None or bool(resume), ctx.is_main, record)
     ctx.barrier()
     log = RunLog(output_dir, cfg.logging.backend, enabled=ctx.is_main, progress=progress and cfg.logging.progress,
                  max_steps=cfg.train.max_steps)
@@ -371,6 +388,8 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
         stop.immediate = True
         session = TrainingSession(cfg, output_dir, ctx, progress).setup(resume_path)
         stop.immediate = False
+        if resume and ctx.is_main:
+            _write_config(output_dir, cfg, record)
         return _loop(session, log, resume_path, on_step, stop)
     except _Cancelled as e:
         message = f"stopped by {e} while loading/caching; nothing to checkpoint yet (caches are kept)"
@@ -476,6 +495,11 @@ RESUME_MAY_CHANGE = ("optim.learning_rate", "optim.max_grad_norm")
 def _get(d: dict, dotted: str):
     section, name = dotted.split(".")
     return d.get(section, {}).get(name)
+
+
+def _differing_keys(a: dict, b: dict) -> list[str]:
+    keys = {f"{s}.{k}" for d in (a, b) for s, body in d.items() if isinstance(body, dict) for k in body}
+    return sorted(k for k in keys if _get(a, k) != _get(b, k))
 
 
 def _without(d: dict, dotted_keys) -> dict:
