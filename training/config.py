@@ -149,7 +149,7 @@ class CheckpointSection:
 @dataclass
 class ValidationSection:
     every: int = _f(200, minimum=0, kind="int", doc="0 disables")
-    prompts: list = _f(["a photo of a cat", "a watercolor painting of a lighthouse"], kind="strlist")
+    prompts: list | None = _f(None, kind="strlist?", doc="null = the first 4 distinct captions of the data")
     steps: list = _f([1, 2, 4], kind="intlist")
     seed: int = _f(0, kind="int")
     resolution: int | None = _f(None, minimum=8, kind="int?", doc="default data.resolution")

@@ -239,6 +239,9 @@ class TrainingSession:
         self.ema = LoraEma(self.named_params, cfg.lcd.ema_decay) if cfg.lcd.target == "ema" else None
 
         records = _records(cfg, teacher, self.output_dir, device, self.autocast, ctx, self.progress_factory)
+        from .validation import validation_prompts
+
+        self.validation_prompts = validation_prompts(cfg, records)  # config's, or captions from the data
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.output_dir / "cache"
         self.data = TrainingData(records, teacher, cfg.data, cache_dir, device, cfg.train.seed, num_workers=cfg.train.num_workers)
         self._check_sizes()
@@ -443,9 +446,10 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
             on_step(step, loss_value)
         if ctx.is_main and cfg.validation.every and step % cfg.validation.every == 0:
             images = _validate(session.teacher, session.unet, cfg, step, output_dir, ctx.device, session.autocast,
-                               session.solver, log)
+                               session.solver, log, session.validation_prompts)
             if images:
-                log.event("validation", step=step, images=images, steps=cfg.validation.steps)
+                log.event("validation", step=step, images=images, steps=cfg.validation.steps,
+                          prompts=session.validation_prompts)
         stop_now = ctx.any(stop.requested)
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.max_steps:
             last_ckpt = save()
@@ -468,11 +472,11 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
                        output_dir=output_dir, checkpoint=last_ckpt, start_step=start_step)
 
 
-def _validate(teacher, unet, cfg, step, output_dir, device, autocast, solver, log) -> list[str]:
+def _validate(teacher, unet, cfg, step, output_dir, device, autocast, solver, log, prompts=None) -> list[str]:
     from .validation import run_validation
 
     try:
-        return run_validation(teacher, unet, cfg, step, output_dir, device, autocast, solver)
+        return run_validation(teacher, unet, cfg, step, output_dir, device, autocast, solver, prompts)
     except Exception as e:  # validation must never kill a long run
         log.write(f"validation at step {step} failed: {type(e).__name__}: {e}")
         return []
