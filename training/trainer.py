@@ -416,6 +416,7 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
     start_step = session.step_count
     log.start_bar(start_step)
     log.event("start", status="running", start_step=start_step, max_steps=cfg.train.max_steps, config_hash=session.config_hash,
+              threads=torch.get_num_threads(),
               pid=os.getpid(), world_size=ctx.world, device=str(ctx.device),
               resumed_from=None if resume_path is None else os.fspath(resume_path))
     saved_step = {"step": None if resume_path is None else session.step_count}
