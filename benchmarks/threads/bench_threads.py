@@ -72,8 +72,10 @@ def run_train(assets: Path, threads: int, env: dict, steps: int) -> float:
                *(["--threads", str(threads)] if threads != "auto" else []), f"max_steps={steps}", "batch_size=8", "validation.every=0", "checkpoint.every=0",
                f"data.cache_dir={assets / 'cache'}"]
         subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=3600)
-        times = [e["time"] for e in map(json.loads, Path(out, "events.jsonl").read_text().splitlines()) if e["event"] == "step"]
-        return (times[-1] - times[0]) * steps / max(1, steps - 1), None
+        events = [json.loads(line) for line in Path(out, "events.jsonl").read_text().splitlines()]
+        times = [e["time"] for e in events if e["event"] == "step"]
+        used = next((e.get("threads") for e in events if e["event"] == "start"), None)
+        return (times[-1] - times[0]) * steps / max(1, steps - 1), used
 
 
 def run_demo(assets: Path, threads: int, env: dict, evals: int) -> float:
