@@ -1,5 +1,5 @@
 """CPU thread defaults of the CLI (issue 17, item 10; numbers in BENCHMARKS.md "CPU threads"):
-OMP_WAIT_POLICY=PASSIVE unless the user set it, one thread per idle core, ``--threads`` wins."""
+OMP_WAIT_POLICY=PASSIVE unless the user set it (before torch loads), ``--threads`` wins."""
 from __future__ import annotations
 
 import os
@@ -32,31 +32,10 @@ def test_cli_sets_the_policy_before_torch_loads():
     assert "POLICY PASSIVE" in out
 
 
-@pytest.mark.parametrize("busy, expected", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (2.0, 1), (7.5, 1)])
-def test_one_thread_per_idle_core(monkeypatch, busy, expected):
-    monkeypatch.setattr(cpu_threads, "busy_cores", lambda window=0.25: busy)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert cpu_threads.default_threads(2) == expected
-    assert cpu_threads.default_threads(1) == 1  # never more than torch's default
-
-
-def test_load_average_fallback(monkeypatch):
-    monkeypatch.setattr(cpu_threads, "busy_cores", lambda window=0.25: None)
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 0.0, 0.0))
-    assert cpu_threads.default_threads(4) == 3
-
-
-def test_busy_cores_reads_proc_stat():
-    busy = cpu_threads.busy_cores(0.05)
-    if busy is None:
-        pytest.skip("no /proc/stat on this platform (the load-average fallback is tested above)")
-    assert 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
-
-
 def test_explicit_threads_win(monkeypatch):
     old = torch.get_num_threads()
     try:
+        assert cpu_threads.apply_thread_default(None) == old  # no --threads: torch's default stays
         assert cpu_threads.apply_thread_default(1) == 1
         with pytest.raises(ValueError, match=">= 1"):
             cpu_threads.apply_thread_default(0)
