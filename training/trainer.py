@@ -35,7 +35,7 @@ from ..lcm_core.errors import ConfigError, LcmLoraError, OutputExistsError
 from . import checkpoint as ckpt
 from .batch_plan import BatchPlan
 from .batches import TrainingData
-from .config import TrainConfig, config_hash, dump_config, load_config, require_inputs, trajectory_dict
+from .config import TrainConfig, config_hash, dump_config, require_inputs, trajectory_dict
 from .ddim_solver import DDIMSolver
 from .distributed import DistContext, init_distributed, no_sync, wrap_ddp
 from .ema import LoraEma
