@@ -30,9 +30,16 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=None, metavar="N", help="images per configuration (default: preset's)")
     p.add_argument("--retrain-teacher", action="store_true",
                    help="train the digit teacher here instead of using the shipped weights (CPU-sized, ~10+ min)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: one per core; idle threads sleep, see BENCHMARKS.md 'CPU threads')")
     p.add_argument("--seed", type=int, default=None, help="sampling / training seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="only write the tiny teacher (DIR/teacher) and training data (DIR/data) for "
+                        "configs/tiny_cpu.yaml, then exit (seconds)")
+    p.add_argument("--force", action="store_true", help="with --export: replace existing DIR/teacher, DIR/data")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show full tracebacks and library warnings")
     p.set_defaults(func=run_demo)
     return p
 
@@ -44,14 +51,21 @@ def run_demo(args) -> int:
     from ..lcm_core.errors import LcmLoraError
 
     try:
-        import torch
+        from ..lcm_core.cpu_threads import apply_thread_default
 
+        try:
+            apply_thread_default(args.threads)
+        except ValueError as e:
+            raise LcmLoraError("--threads", str(e)) from None
+        if getattr(args, "export", None):
+            from .export_assets import export_tiny_assets
+
+            paths = export_tiny_assets(args.export, force=getattr(args, "force", False))
+            print(f"wrote {paths['teacher']} and {paths['data']}\n"
+                  f"next: lcm-lora train --config configs/tiny_cpu.yaml teacher={paths['teacher']} data={paths['data']}")
+            return 0
         from .run import PRESETS, run_demo_pipeline
 
-        if args.threads is not None:
-            if args.threads < 1:
-                raise LcmLoraError("--threads", f"must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
         cfg = PRESETS["fast" if args.fast else "full"]
         changes = {}
         if args.samples is not None:

@@ -18,7 +18,8 @@ import torch
 from lcm_lora.lcm_core import model_configs
 from lcm_lora.lcm_core.targets import LCM_LORA_UNET_TARGETS, lora_parameter_count, lora_target_names
 
-DIFFUSERS_MIRROR = os.environ.get("DIFFUSERS_MIRROR", "/work/.mirror/huggingface+diffusers/repo")
+_DEV_MIRROR = "/work/.mirror/huggingface+diffusers/repo"  # dev-machine fallback, never printed
+DIFFUSERS_MIRROR = os.environ.get("DIFFUSERS_MIRROR", _DEV_MIRROR)
 SCRIPTS = [
     "examples/consistency_distillation/train_lcm_distill_lora_sd_wds.py",
     "examples/consistency_distillation/train_lcm_distill_lora_sdxl_wds.py",
@@ -31,8 +32,9 @@ def _script_targets(path: str) -> list[str]:
         text = subprocess.run(["git", "-C", DIFFUSERS_MIRROR, "show", f"HEAD:{path}"], check=True,
                               capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"diffusers source mirror not available at {DIFFUSERS_MIRROR} (set DIFFUSERS_MIRROR); "
-                    "cannot compare against the training scripts")
+        where = "" if DIFFUSERS_MIRROR == _DEV_MIRROR else f" ({DIFFUSERS_MIRROR} is not one)"
+        pytest.skip(f"set DIFFUSERS_MIRROR to a git checkout of huggingface/diffusers{where} "
+                    "to compare the targets with its LCM-LoRA training scripts")
     m = re.search(r"lora_target_modules = (\[\s*\"[^\]]*\])", text)
     assert m, f"no lora_target_modules list in {path}"
     return ast.literal_eval(m.group(1))

@@ -130,8 +130,17 @@ def test_validation_grid_and_event(assets, tmp_path):
     assert len(events) == 1 and events[0]["steps"] == [1, 2, 4]
     from PIL import Image
 
-    with Image.open(events[0]["images"][0]) as im:
-        assert im.size == (2 * 16, 3 * 16)  # columns: 2 prompts, rows: 1/2/4 steps
+    from lcm_lora.training.validation import grid_geometry
+
+    # tiny_cpu.yaml gives no prompts: the first distinct captions of the data (read here from the .txt files)
+    captions = []
+    for txt in sorted(Path(assets[2]).glob("*.txt")):
+        caption = txt.read_text().strip().splitlines()[0]
+        if caption not in captions:
+            captions.append(caption)
+    assert events[0]["prompts"] == captions[:4]
+    with Image.open(events[0]["images"][0]) as im:  # columns: prompts, rows: 1/2/4 steps, enlarged + labelled
+        assert im.size == grid_geometry(3, len(events[0]["prompts"]), 16, 16)["size"]
 
 
 def _student(teacher_dir, tensors, rank):

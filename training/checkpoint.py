@@ -36,7 +36,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -46,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..lcm_core.atomic_write import apply_umask_modes, make_temp_dir
 from ..lcm_core.errors import LcmLoraError
 
 _NAME = re.compile(r"^step-(\d+)$")
@@ -275,7 +275,7 @@ def save_checkpoint(
         raise CheckpointError(target, f"not saved: tensor {bad} holds NaN/Inf; {kept}")
     rng_tensors, rng_json = rng_states()
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=root))
+        tmp = make_temp_dir(root, prefix=f".{target.name}.")  # umask's mode, not mkdtemp's 0700
     except OSError as e:
         raise _write_error(target, e, kept) from e
     try:
@@ -284,6 +284,7 @@ def save_checkpoint(
         with open(opt, "wb") as f:  # a file object: disk-full surfaces as OSError(ENOSPC), not a zip-writer assert
             torch.save(optimizer_state, f)
         save_file({k: v.contiguous() for k, v in rng_tensors.items()}, os.fspath(rng))
+        apply_umask_modes(tmp)  # safetensors writes 0600 files
         files = {}
         for file in (lora, opt, rng):
             _fsync(file)

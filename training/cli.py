@@ -1,10 +1,14 @@
 """``lcm-lora train`` — the command-line front end of :func:`lcm_lora.training.trainer.train`.
 
-    lcm-lora train --config FILE [--output DIR] [--resume [CKPT]] [--nproc N] [--no-progress] [key=value ...]
+    lcm-lora train --config FILE [--output DIR] [--resume [CKPT]] [--nproc N] [--threads N] [--no-progress] [key=value ...]
+    lcm-lora train --output DIR --resume [key=value ...]
     lcm-lora train --print-schema
 
 ``key=value`` overrides any config key: dotted (``lcd.w_min=3``), a unique leaf name
 (``max_steps=300``) or a shorthand (``teacher=PATH``, ``data=FOLDER``, ``prompts=FILE``).
+``--resume`` continues the run in ``--output`` with its own saved ``DIR/config.yaml``; ``--config``
+may be left out, and a config given again is merged on top (keys edited in it since the run
+started take effect; ``null`` keys keep the run's values); ``key=value`` overrides come last.
 Multi-GPU / multi-node: launch this command with ``torchrun --nproc_per_node N [--nnodes M ...]
 -m lcm_lora.training ...`` (README, "Multi-node training"); ``--nproc N`` starts N local processes
 itself (CPU: gloo).
@@ -36,14 +40,30 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML or TOML config (see configs/*.yaml and --print-schema)")
+    parser.add_argument("--config", help="YAML or TOML config (see configs/*.yaml and --print-schema); "
+                        "optional with --resume (the run's own config.yaml is used)")
     parser.add_argument("--print-schema", action="store_true", help="print every config key with its default and exit")
     parser.add_argument("--output", default=None, help="run folder (default: runs/<config name>)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                         help="continue from the newest checkpoint in the run folder, or from CKPT")
     parser.add_argument("--nproc", type=int, default=1, help="start N local processes (DDP; gloo on CPU)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: one per core; idle threads sleep, see BENCHMARKS.md 'CPU threads')")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks and library warnings")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (events.jsonl is still written)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def take_late_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """``key=value`` words after options (``--output RUN max_steps=600``): argparse leaves them
+    unparsed (a ``*`` positional is filled once); they are overrides too. Anything else is an error."""
+    if not extra:
+        return
+    bad = [e for e in extra if e.startswith("-") or "=" not in e]
+    if bad or not hasattr(args, "overrides"):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    args.overrides = list(args.overrides or []) + list(extra)
 
 
 def _run_one(config, output, resume, overrides, progress) -> int:
@@ -79,10 +99,17 @@ def run_train(args: argparse.Namespace) -> int:
 
         print(schema_text(), end="")
         return EXIT_OK
-    if not args.config:
-        print("error: --config is required (or --print-schema)", file=sys.stderr)
+    if not args.config and not (args.resume and args.output):
+        print("error: --config is required (or --output RUN --resume to continue a run, or --print-schema)", file=sys.stderr)
         return EXIT_ERROR
     output = args.output or os.fspath(Path("runs") / Path(args.config).stem)
+    from ..lcm_core.cpu_threads import apply_thread_default
+
+    try:
+        apply_thread_default(getattr(args, "threads", None))
+    except ValueError as e:
+        print(f"error: --threads: {e}", file=sys.stderr)
+        return EXIT_ERROR
     overrides = list(args.overrides)
     if isinstance(args.resume, str) and "=" in args.resume and not os.path.exists(args.resume):
         # "--resume key=value ...": argparse took the first override as the optional CKPT
@@ -106,4 +133,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lcm-lora train", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
-    return run_train(parser.parse_args(argv))
+    args, extra = parser.parse_known_args(argv)
+    take_late_overrides(parser, args, extra)
+    return run_train(args)

@@ -158,7 +158,7 @@ class CheckpointSection:
 @dataclass
 class ValidationSection:
     every: int = _f(200, minimum=0, kind="int", doc="0 disables", panel=_panel("validation_every", maximum=1_000_000))
-    prompts: list = _f(["a photo of a cat", "a watercolor painting of a lighthouse"], kind="strlist", panel=_panel("validation_prompts", max_items=8))
+    prompts: list | None = _f(None, kind="strlist?", doc="null = the first 4 distinct captions of the data", panel=_panel("validation_prompts", max_items=8))
     steps: list = _f([1, 2, 4], kind="intlist", panel=_panel("validation_steps", minimum=1, maximum=50, max_items=6))
     seed: int = _f(0, kind="int")
     resolution: int | None = _f(None, minimum=8, kind="int?", doc="default data.resolution")

@@ -227,6 +227,9 @@ def build_tiny_teacher(
         latent_channels=unet_channels,
     )
     (folder / "lcm_lora_tiny.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    from ..lcm_core.atomic_write import apply_umask_modes
+
+    apply_umask_modes(folder)  # safetensors writes 0600 files whatever the umask
     return folder
 
 

@@ -35,7 +35,7 @@ from ..lcm_core.errors import ConfigError, LcmLoraError, OutputExistsError
 from . import checkpoint as ckpt
 from .batch_plan import BatchPlan
 from .batches import TrainingData
-from .config import TrainConfig, config_hash, dump_config, load_config, require_inputs, trajectory_dict
+from .config import TrainConfig, config_hash, dump_config, require_inputs, trajectory_dict
 from .ddim_solver import DDIMSolver
 from .distributed import DistContext, init_distributed, no_sync, wrap_ddp
 from .ema import LoraEma
@@ -104,13 +104,22 @@ class _StopFlag:
         self._old = {}
 
 
-def _prepare_output(output_dir: Path, cfg: TrainConfig, resuming: bool, is_main: bool) -> None:
+def _prepare_output(output_dir: Path, cfg: TrainConfig, resuming: bool, is_main: bool, record: dict | None = None) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     if not resuming and ckpt.list_checkpoints(output_dir):
         raise OutputExistsError(output_dir, "already holds checkpoints of a run: pass --resume to continue it, or use a new folder")
-    if is_main:
-        with atomic_file(output_dir / "config.yaml", overwrite=True) as tmp:
-            tmp.write_text(dump_config(cfg), encoding="utf-8")
+    if is_main and not (resuming and (output_dir / "config.yaml").is_file()):
+        _write_config(output_dir, cfg, record)
+
+
+def _write_config(output_dir: Path, cfg: TrainConfig, record: dict | None) -> None:
+    """``config.yaml`` (the full config; what ``--resume`` continues with) and ``config.source.json``.
+    A resumed run writes them only once its checkpoint has been restored: a refused resume leaves them."""
+    from .resume_config import write_source_record
+
+    with atomic_file(output_dir / "config.yaml", overwrite=True) as tmp:
+        tmp.write_text(dump_config(cfg), encoding="utf-8")
+    write_source_record(output_dir, record)
 
 
 def _records(cfg: TrainConfig, teacher: Teacher, output_dir: Path, device, autocast, ctx: DistContext, progress_factory):
@@ -152,13 +161,18 @@ def train(
     *,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Distil an LCM-LoRA; see the module docstring. ``resume=True`` continues from the newest checkpoint."""
-    cfg = load_config(config, overrides)
-    require_inputs(cfg)
+    """Distil an LCM-LoRA; see the module docstring. ``resume=True`` continues from the newest checkpoint,
+    with the run's own saved ``config.yaml`` (``config`` may then be None; a config file given is merged
+    on top, see :mod:`.resume_config`)."""
+    from .resume_config import record_for_run, resolve_run_config
+
     output_dir = Path(output_dir)
+    cfg = resolve_run_config(config, output_dir, resume, overrides)
+    require_inputs(cfg)
+    record = record_for_run(config, output_dir, resume)
     ctx = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, output_dir, resume, progress, on_step, ctx)
+        return _train(cfg, output_dir, resume, progress, on_step, ctx, record)
     finally:
         ctx.shutdown()
 
@@ -224,6 +238,9 @@ class TrainingSession:
         self.ema = LoraEma(self.named_params, cfg.lcd.ema_decay) if cfg.lcd.target == "ema" else None
 
         records = _records(cfg, teacher, self.output_dir, device, self.autocast, ctx, self.progress_factory)
+        from .validation import validation_prompts
+
+        self.validation_prompts = validation_prompts(cfg, records)  # config's, or captions from the data
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.output_dir / "cache"
         self.data = TrainingData(records, teacher, cfg.data, cache_dir, device, cfg.train.seed, num_workers=cfg.train.num_workers)
         self._check_sizes()
@@ -250,9 +267,11 @@ class TrainingSession:
         saved, now = state.state.get("trajectory") or {}, _jsonable(trajectory_dict(self.cfg))
         changed = {k for k in RESUME_MAY_CHANGE if _get(saved, k) != _get(now, k)}
         if _without(saved, RESUME_MAY_CHANGE) != _without(now, RESUME_MAY_CHANGE):
+            differ = _differing_keys(_without(saved, RESUME_MAY_CHANGE), _without(now, RESUME_MAY_CHANGE))
             raise ConfigError(path, "the checkpoint was trained with a different configuration "
-                              "(teacher, data, lcd, lora, optim or train settings differ); resume with the same config "
-                              f"(only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume)")
+                              f"({', '.join(f'{k} {_get(saved, k)!r} -> {_get(now, k)!r}' for k in differ[:4]) or 'teacher, data, lcd, lora, optim or train settings differ'}); "
+                              "resume with the run's own config (--output RUN --resume; "
+                              f"only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume)")
         with torch.no_grad():
             for name, p in self.named_params:
                 p.copy_(state.tensors[name])
@@ -357,9 +376,10 @@ class TrainingSession:
         return _export(self.unet, self.teacher, self.cfg, self.step_count, self.config_hash, self.output_dir)
 
 
-def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, ctx: DistContext) -> TrainResult:
+def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, ctx: DistContext,
+           record: dict | None = None) -> TrainResult:
     resume_path = ckpt.resolve_resume(output_dir, resume)
-    _prepare_output(output_dir, cfg, resume_path is not None or bool(resume), ctx.is_main)
+    _prepare_output(output_dir, cfg, resume_path is not None or bool(resume), ctx.is_main, record)
     ctx.barrier()
     log = RunLog(output_dir, cfg.logging.backend, enabled=ctx.is_main, progress=progress and cfg.logging.progress,
                  max_steps=cfg.train.max_steps)
@@ -370,6 +390,8 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
         stop.immediate = True
         session = TrainingSession(cfg, output_dir, ctx, progress).setup(resume_path)
         stop.immediate = False
+        if resume and ctx.is_main:
+            _write_config(output_dir, cfg, record)
         return _loop(session, log, resume_path, on_step, stop)
     except _Cancelled as e:
         message = f"stopped by {e} while loading/caching; nothing to checkpoint yet (caches are kept)"
@@ -393,6 +415,7 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
     start_step = session.step_count
     log.start_bar(start_step)
     log.event("start", status="running", start_step=start_step, max_steps=cfg.train.max_steps, config_hash=session.config_hash,
+              threads=torch.get_num_threads(),
               pid=os.getpid(), world_size=ctx.world, device=str(ctx.device),
               resumed_from=None if resume_path is None else os.fspath(resume_path))
     saved_step = {"step": None if resume_path is None else session.step_count}
@@ -423,9 +446,10 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
             on_step(step, loss_value)
         if ctx.is_main and cfg.validation.every and step % cfg.validation.every == 0:
             images = _validate(session.teacher, session.unet, cfg, step, output_dir, ctx.device, session.autocast,
-                               session.solver, log)
+                               session.solver, log, session.validation_prompts)
             if images:
-                log.event("validation", step=step, images=images, steps=cfg.validation.steps)
+                log.event("validation", step=step, images=images, steps=cfg.validation.steps,
+                          prompts=session.validation_prompts)
         stop_now = ctx.any(stop.requested)
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.max_steps:
             last_ckpt = save()
@@ -448,11 +472,11 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
                        output_dir=output_dir, checkpoint=last_ckpt, start_step=start_step)
 
 
-def _validate(teacher, unet, cfg, step, output_dir, device, autocast, solver, log) -> list[str]:
+def _validate(teacher, unet, cfg, step, output_dir, device, autocast, solver, log, prompts=None) -> list[str]:
     from .validation import run_validation
 
     try:
-        return run_validation(teacher, unet, cfg, step, output_dir, device, autocast, solver)
+        return run_validation(teacher, unet, cfg, step, output_dir, device, autocast, solver, prompts)
     except Exception as e:  # validation must never kill a long run
         log.write(f"validation at step {step} failed: {type(e).__name__}: {e}")
         return []
@@ -478,6 +502,11 @@ RESUME_MAY_CHANGE = ("optim.learning_rate", "optim.max_grad_norm")
 def _get(d: dict, dotted: str):
     section, name = dotted.split(".")
     return d.get(section, {}).get(name)
+
+
+def _differing_keys(a: dict, b: dict) -> list[str]:
+    keys = {f"{s}.{k}" for d in (a, b) for s, body in d.items() if isinstance(body, dict) for k in body}
+    return sorted(k for k in keys if _get(a, k) != _get(b, k))
 
 
 def _without(d: dict, dotted_keys) -> dict:

@@ -1,5 +1,11 @@
 """Validation grids: the student sampled with 1/2/4 LCM steps on fixed prompts and seeds.
 
+Prompts: ``validation.prompts`` from the config, or (``null``, the default) the first
+``MAX_DATA_PROMPTS`` distinct captions of the training data — so a run on any teacher is
+validated on prompts that teacher knows. The grid is labelled (a header row with each prompt, a
+left column with the step count) and each image is enlarged with nearest-neighbour to at least
+``MIN_TILE`` px so tiny runs (16 px) can be seen.
+
 Sampling uses the project's own LCM sampler (``lcm_core.sampling.sample_lcm`` over
 ``lcm_core.denoisers.EpsDenoiser`` with the diffusers boundary convention and
 ``lcm_core.timesteps.lcm_sigmas``), i.e. what the ComfyUI nodes run, without classifier-free
@@ -15,6 +21,12 @@ import numpy as np
 import torch
 
 from .ddim_solver import DDIMSolver
+
+MAX_DATA_PROMPTS = 4
+MIN_TILE = 128  # px: images smaller than this are enlarged by an integer factor (nearest-neighbour)
+LABEL_WIDTH = 72  # px, left column ("4 steps")
+FONT_SIZE = 12
+HEADER_LINES = 3
 from .teacher import Teacher, build_cond, unet_forward
 
 
@@ -58,35 +70,116 @@ def sample_student(teacher: Teacher, unet, prompts: list[str], steps: int, resol
     return teacher.decode(latents)
 
 
-def save_grid(rows: list[torch.Tensor], path: Path) -> Path:
-    """Tile rows of (N, C, H, W) images in [0, 1] into one PNG (atomically)."""
-    from PIL import Image
+def validation_prompts(cfg, records) -> list[str]:
+    """``validation.prompts``, or the first :data:`MAX_DATA_PROMPTS` distinct non-empty captions of the data."""
+    if cfg.validation.prompts:
+        return list(cfg.validation.prompts)
+    seen: list[str] = []
+    for record in records:
+        for caption in getattr(record, "captions", None) or []:
+            if caption and caption not in seen:
+                seen.append(caption)
+                break
+        if len(seen) >= MAX_DATA_PROMPTS:
+            break
+    return seen
+
+
+def tile_scale(height: int, width: int) -> int:
+    """Integer nearest-neighbour enlargement so the smaller side is at least :data:`MIN_TILE` px."""
+    return max(1, -(-MIN_TILE // max(1, min(height, width))))
+
+
+def step_label(steps: int) -> str:
+    return f"{steps} step" if steps == 1 else f"{steps} steps"
+
+
+def _font():
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except TypeError:  # Pillow < 10.1: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, font, width: int, lines: int) -> list[str]:
+    """Greedy word wrap to ``width`` px, at most ``lines`` lines (the last one ends in '…' if cut)."""
+    words, out, line = text.split(), [], ""
+    for word in words:
+        trial = f"{line} {word}".strip()
+        if font.getlength(trial) <= width or not line:
+            line = trial
+        else:
+            out.append(line)
+            line = word
+    if line:
+        out.append(line)
+    if len(out) > lines:
+        out = out[:lines]
+        last = out[-1]
+        while last and font.getlength(last + "…") > width:
+            last = last[:-1]
+        out[-1] = last + "…"
+    return out
+
+
+def grid_geometry(n_rows: int, n_cols: int, height: int, width: int) -> dict:
+    """Pixel layout of a labelled grid of ``n_rows`` x ``n_cols`` images of ``height`` x ``width``."""
+    scale = tile_scale(height, width)
+    header = HEADER_LINES * (FONT_SIZE + 3) + 6
+    th, tw = height * scale, width * scale
+    return {"scale": scale, "tile": (th, tw), "left": LABEL_WIDTH, "top": header,
+            "size": (LABEL_WIDTH + n_cols * tw, header + n_rows * th)}
+
+
+def save_grid(rows: list[torch.Tensor], path: Path, prompts: list[str] | None = None,
+              row_labels: list[str] | None = None) -> Path:
+    """Tile rows of (N, C, H, W) images in [0, 1] into one labelled PNG (atomically): a header row
+    with the prompts, a left column with ``row_labels``, images enlarged per :func:`tile_scale`."""
+    from PIL import Image, ImageDraw
 
     from ..lcm_core.atomic_write import atomic_file
 
-    grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # (C, rows*H, N*W)
-    array = (grid.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[array.shape[2]]
-    image = Image.fromarray(array[:, :, 0] if mode == "L" else array, mode)
+    n_cols, (c, h, w) = rows[0].shape[0], rows[0].shape[1:]
+    geo = grid_geometry(len(rows), n_cols, h, w)
+    th, tw = geo["tile"]
+    canvas = Image.new("RGB", geo["size"], (255, 255, 255))
+    for r, row in enumerate(rows):
+        for j, img in enumerate(row):
+            array = (img.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+            array = array.repeat(geo["scale"], axis=0).repeat(geo["scale"], axis=1)  # nearest-neighbour
+            tile = Image.fromarray(array[:, :, 0], "L") if c == 1 else Image.fromarray(array[:, :, :3], "RGB")
+            canvas.paste(tile.convert("RGB"), (geo["left"] + j * tw, geo["top"] + r * th))
+    draw, font = ImageDraw.Draw(canvas), _font()
+    for j, prompt in enumerate(prompts or []):
+        for k, line in enumerate(_wrap(prompt, font, tw - 4, HEADER_LINES)):
+            draw.text((geo["left"] + j * tw + 2, 3 + k * (FONT_SIZE + 3)), line, fill=(0, 0, 0), font=font)
+    for r, label in enumerate(row_labels or []):
+        draw.text((4, geo["top"] + r * th + th // 2 - FONT_SIZE // 2), label, fill=(0, 0, 0), font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, overwrite=True) as tmp:
-        image.save(tmp, format="PNG")
+        canvas.save(tmp, format="PNG")
     return path
 
 
-def run_validation(teacher: Teacher, unet, cfg, step: int, output_dir: Path, device, autocast, solver) -> list[str]:
-    """Write ``validation/step-XXXXXXXX.png`` and return its path(s); empty if the schedule is unsupported."""
-    if _schedule_of(teacher) is None or not cfg.validation.prompts:
+def run_validation(teacher: Teacher, unet, cfg, step: int, output_dir: Path, device, autocast, solver,
+                   prompts: list[str] | None = None) -> list[str]:
+    """Write ``validation/step-XXXXXXXX.png`` and return its path(s); empty if the schedule is unsupported
+    or there is no prompt. ``prompts``: see :func:`validation_prompts` (default ``validation.prompts``)."""
+    prompts = list(cfg.validation.prompts or []) if prompts is None else prompts
+    if _schedule_of(teacher) is None or not prompts:
         return []
     resolution = cfg.validation.resolution or cfg.data.resolution
     was_training = unet.training
     unet.eval()
     try:
         rows = [
-            sample_student(teacher, unet, cfg.validation.prompts, s, resolution, cfg.validation.seed, device, autocast, solver)
+            sample_student(teacher, unet, prompts, s, resolution, cfg.validation.seed, device, autocast, solver)
             for s in cfg.validation.steps
         ]
     finally:
         unet.train(was_training)
-    path = save_grid(rows, Path(output_dir) / "validation" / f"step-{step:08d}.png")
+    path = save_grid(rows, Path(output_dir) / "validation" / f"step-{step:08d}.png", prompts,
+                     [step_label(s) for s in cfg.validation.steps])
     return [os.fspath(path)]

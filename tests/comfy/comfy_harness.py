@@ -54,8 +54,8 @@ SCRIPTS = Path(__file__).resolve().parent / "scripts"
 PACK_NAME = "comfyui-lcm-lora"
 ENV_HELP = (
     "in-ComfyUI tests need a real ComfyUI checkout and the Python that runs it: set "
-    "COMFYUI_PATH=/path/to/ComfyUI and COMFYUI_PYTHON=/path/to/its/python "
-    "(e.g. COMFYUI_PATH=/work/ComfyUI COMFYUI_PYTHON=/work/comfy-venv/bin/python)"
+    "COMFYUI_PATH=/path/to/ComfyUI and COMFYUI_PYTHON=/path/to/ComfyUI/venv/bin/python "
+    "(see README.md, 'Inside the real ComfyUI')"
 )
 
 

@@ -117,8 +117,13 @@ def test_validation_images_are_served_from_the_job_folder(panel, finished_job):
     status, png = panel.get(f"/lcm_lora/train/jobs/{final['id']}/images/{expected[-1]}")
     assert status == 200 and png == (folder / expected[-1]).read_bytes()
     img = Image.open(io.BytesIO(png))
-    prompts = 2  # tiny_cpu.yaml validation prompts; rows = validation steps
-    assert img.size == (16 * prompts, 16 * len(TINY_OVERRIDES["validation_steps"]))
+    from lcm_lora.training.validation import grid_geometry
+
+    events = [json.loads(line) for line in (folder.parent / "events.jsonl").read_text().splitlines() if line.strip()]
+    prompts = [e for e in events if e["event"] == "validation"][-1]["prompts"]  # tiny_cpu.yaml: captions of the data
+    assert 1 <= len(prompts) <= 4
+    # columns: prompts, rows: validation steps; 16 px images enlarged and labelled
+    assert img.size == grid_geometry(len(TINY_OVERRIDES["validation_steps"]), len(prompts), 16, 16)["size"]
 
 
 def test_adapter_is_published_to_comfyui_loras(panel, finished_job, tmp_path):
