@@ -50,6 +50,13 @@ def main(argv) -> int:
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # nodes/ must not shadow top-level modules
     pack_dir = os.path.abspath(argv[1])
     load_pack(pack_dir)
+    # The same start-up as `lcm-lora train` (cli/main.py): passive OpenMP waiting before torch
+    # loads (ComfyUI is busy on the same machine) and no library noise in the panel's log.
+    from lcm_lora.lcm_core.cpu_threads import configure_before_torch
+    from lcm_lora.lcm_core.quiet_libraries import quiet_libraries
+
+    configure_before_torch()
+    quiet_libraries("--debug" in argv)
     if os.name == "posix":
         threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     from lcm_lora.training.cli import main as train_main
