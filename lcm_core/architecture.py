@@ -56,9 +56,25 @@ def _mismatch(shapes: Mapping[str, tuple[int, ...]], table: dict[str, ModuleSpec
             return key, "no such module"
         want = tuple(spec.shape)
         shape = tuple(shape)
+        if -1 in shape:  # OFT knows only its output size
+            if shape[0] != want[0]:
+                return key, f"shape {shape} ≠ {want}"
+            continue
         if shape != want and (strict or _strip11(shape) != _strip11(want)):
             return key, f"shape {shape} ≠ {want}"
     return None
+
+
+def foreign_modules(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, int, list[str]]:
+    """``(best architecture, modules that fit it, modules that do not)`` — for an adapter that fits
+    no single architecture, the one that explains most of it and the keys that are foreign to it."""
+    best = None
+    for a in ARCHITECTURES:
+        table = architecture_modules(a)
+        bad = [k for k in shapes if _mismatch({k: shapes[k]}, table, strict=False) is not None]
+        if best is None or len(bad) < len(best[2]):
+            best = (a, len(shapes) - len(bad), bad)
+    return best
 
 
 def _missing_of_used_kinds(shapes: Mapping[str, tuple[int, ...]], table: dict[str, ModuleSpec]) -> int:

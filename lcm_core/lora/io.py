@@ -118,6 +118,7 @@ def adapter_from_state_dict(
     peft_configs: Mapping[str, dict] | None = None,
     check_values: bool = True,
     require_known_arch: bool = False,
+    require_fit: bool = False,
 ) -> LoraAdapter:
     """Build a :class:`LoraAdapter` from a LoRA state dict in any supported format.
 
@@ -126,7 +127,9 @@ def adapter_from_state_dict(
     for LDM-named keys; ``peft_configs`` (component → LoraConfig dict) gives peft alphas.
     ``expected_arch`` raises :class:`ArchitectureMismatchError` on a different architecture;
     ``require_known_arch`` raises :class:`AdapterFileError` (with the detection evidence) when
-    no supported architecture fits (e.g. keys of two architectures mixed in one file).
+    no supported architecture fits (e.g. keys of two architectures mixed in one file);
+    ``require_fit`` raises only when the modules fit no single architecture (ambiguous partial
+    adapters pass), naming the foreign modules (the CLI and the nodes read with it).
     Raises :class:`AdapterFileError` naming the offending key for every inconsistency.
     """
     metadata = dict(metadata or {})
@@ -202,7 +205,7 @@ def adapter_from_state_dict(
     adapter = LoraAdapter(modules=modules, metadata=metadata,
                           source_format="peft" if family == BARE else family)
     det = _architecture.detect_adapter_architecture(adapter, hints=hints)
-    return _apply_detection(adapter, det, source, expected_arch, require_known_arch, names)
+    return _apply_detection(adapter, det, source, expected_arch, require_known_arch, names, require_fit)
 
 
 def _refuse_checkpoint(source, state_dict) -> None:
@@ -227,8 +230,9 @@ def _refuse_checkpoint(source, state_dict) -> None:
 
 
 def _resolve_shape(module, key: str, arch: str | None):
-    """LoHa/LoKr factors store a conv weight flattened (out, in·k·k) and OFT only knows ``out``:
-    take the full base-weight shape from the architecture tables when it is unambiguous."""
+    """LoHa/LoKr factors store a k×k conv weight flattened (out, in·k·k): take the full
+    base-weight shape from the architecture tables (Linear and 1×1 conv are interchangeable and
+    need nothing; OFT knows only ``out`` and stays ``(out, -1)``, a wildcard for detection)."""
     if not hasattr(module, "shape") or module.shape is not None:
         return
     got = tuple(module.weight_shape)
@@ -240,10 +244,7 @@ def _resolve_shape(module, key: str, arch: str | None):
         if spec is None:
             continue
         want = tuple(spec.shape)
-        if got[1] == -1 and want[0] == got[0]:
-            module.shape = want
-            return
-        if len(want) == 4 and want[0] == got[0] and want[1] * want[2] * want[3] == got[1]:
+        if len(want) == 4 and want[2:] != (1, 1) and want[0] == got[0] and want[1] * want[2] * want[3] == got[1]:
             module.shape = want
             return
         if want == got:
@@ -274,7 +275,25 @@ def _build_module(source, name: str, g: dict, key: str, arch: str | None):
     return module
 
 
-def _apply_detection(adapter, det, source, expected_arch, require_known_arch, names=None) -> LoraAdapter:
+def check_one_architecture(source, adapter: LoraAdapter, det=None, names: dict | None = None) -> None:
+    """Every module must fit one supported architecture (several candidates, e.g. a partial
+    SDXL / SSD-1B adapter, are fine): else an error naming the foreign modules."""
+    det = det or _architecture.detect_adapter_architecture(adapter)
+    if det.known or det.candidates:
+        return
+    shapes = {k: tuple(m.weight_shape) for k, m in adapter.modules.items()}
+    best, fit, foreign = _architecture.foreign_modules(shapes)
+    names = names or {}
+    shown = ", ".join(names.get(k, k) for k in foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+    raise AdapterFileError(source, f"its modules do not all fit one supported architecture (sd1, sd2, sdxl, ssd1b): "
+                                   f"{fit} of {len(shapes)} fit {best}, {len(foreign)} foreign: {shown} "
+                                   "(mixed or damaged file? --allow-unknown-arch accepts adapters of other models)")
+
+
+def _apply_detection(adapter, det, source, expected_arch, require_known_arch, names=None,
+                     require_fit: bool = False) -> LoraAdapter:
+    if require_fit and expected_arch in (None, "auto", "unknown"):
+        check_one_architecture(source, adapter, det, names)
     if expected_arch not in (None, "auto", "unknown"):
         if det.known and det.arch != expected_arch:
             raise ArchitectureMismatchError(source, expected_arch, det.arch, det.evidence[0] if det.evidence else "")
@@ -314,13 +333,14 @@ def read_adapter(
     max_bytes: int | None = None,
     check_values: bool = True,
     require_known_arch: bool = False,
+    require_fit: bool = False,
 ) -> LoraAdapter:
     """Read a LoRA file (kohya / diffusers / comfy ``.safetensors``) or folder (peft adapter
     folder, per-component peft sub-folders, or a diffusers output folder with
     ``pytorch_lora_weights.safetensors``). See :func:`adapter_from_state_dict`."""
     p = Path(path)
     kw = dict(expected_arch=expected_arch, unet_config=unet_config, check_values=check_values,
-              require_known_arch=require_known_arch)
+              require_known_arch=require_known_arch, require_fit=require_fit and unet_config is None)
     if p.is_dir():
         if (p / peft_format.CONFIG_NAME).is_file() and (p / peft_format.WEIGHTS_NAME).is_file():
             return _read_peft_folder(p, p, component, max_bytes=max_bytes, **kw)
@@ -329,14 +349,14 @@ def read_adapter(
         if subs:
             merged: dict[str, LoraModule] = {}
             metadata: dict[str, str] = {}
-            kw_no_arch = dict(kw, expected_arch=None, require_known_arch=False)
+            kw_no_arch = dict(kw, expected_arch=None, require_known_arch=False, require_fit=False)
             for c in subs:
                 part = _read_peft_folder(p / c, p / c, c, max_bytes=max_bytes, **kw_no_arch)
                 merged.update(part.modules)
                 metadata.update(part.metadata)
             adapter = LoraAdapter(modules=merged, metadata=metadata, source_format="peft")
             det = _architecture.detect_adapter_architecture(adapter)
-            return _apply_detection(adapter, det, p, expected_arch, require_known_arch)
+            return _apply_detection(adapter, det, p, expected_arch, require_known_arch, require_fit=require_fit)
         for name in DIFFUSERS_WEIGHT_NAMES:
             if (p / name).is_file():
                 return read_adapter(p / name, component=component, max_bytes=max_bytes, **kw)

@@ -591,3 +591,39 @@ def build_lycoris_module(source, name: str, roles: dict[str, torch.Tensor], alph
         m = cls(blocks, get("rescale"), alpha, dora)
     m.validate(source, name)
     return m
+
+
+def _x(shape) -> str:
+    return "×".join(str(int(d)) for d in shape)
+
+
+def describe_module(module) -> dict:
+    """``{"algorithm", "rank", "factors", "alpha", "weight_shape"}`` for ``lcm-lora inspect``."""
+    algo = algo_of(module)
+    base = algo.split("+")[0]
+    if base in LOW_RANK_ALGOS:
+        factors = f"down {_x(module.down.shape)}, up {_x(module.up.shape)}" + (
+            f", mid {_x(module.mid.shape)}" if module.mid is not None else "")
+    elif base == "loha":
+        factors = (f"w1 {_x(module.w1a.shape)}·{_x(module.w1b.shape)} ⊙ w2 {_x(module.w2a.shape)}·"
+                   f"{_x(module.w2b.shape)}" + (f", Tucker cores {_x(module.t1.shape)}" if module.t1 is not None else ""))
+    elif base == "lokr":
+        w1 = _x(module.w1.shape) if module.w1 is not None else f"{_x(module.w1a.shape)}·{_x(module.w1b.shape)}"
+        if module.w2 is not None:
+            w2 = _x(module.w2.shape)
+        else:
+            w2 = f"{_x(module.w2a.shape)}·{_x(module.w2b.shape)}" + (
+                f" (Tucker core {_x(module.t2.shape)})" if module.t2 is not None else "")
+        factors = f"w1 {w1} ⊗ w2 {w2}"
+    elif base == "full":
+        factors = f"dense {_x(module.diff.shape)}" + (" + bias" if module.diff_b is not None else "")
+    elif base == "oft":
+        factors = f"{module.oft_blocks.shape[0]} blocks of {module.oft_blocks.shape[1]}×{module.oft_blocks.shape[2]}"
+    else:
+        m, k, b = module.oft_blocks.shape[:3]
+        factors = f"{m} butterfly factors × {k} blocks of {b}×{b}"
+    if "+dora" in algo:
+        factors += f", DoRA magnitude {_x(module.dora_scale.shape)}"
+    shape = tuple(module.weight_shape)
+    return {"algorithm": algo, "rank": int(module.rank), "factors": factors, "alpha": module.alpha,
+            "weight_shape": [d for d in shape]}
