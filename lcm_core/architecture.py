@@ -112,7 +112,7 @@ def hints_from_metadata(metadata: Mapping[str, str] | None) -> list[str]:
 
 
 def detect_from_shapes(shapes: Mapping[str, tuple[int, ...]], hints: Iterable[str] = (),
-                       what: str = "adapter") -> Detection:
+                       what: str = "adapter", loose: Iterable[str] = ()) -> Detection:
     """Core: canonical module key → base weight shape."""
     if not shapes:
         return Detection(UNKNOWN, [f"{what} has no LoRA-targetable modules"])
@@ -127,16 +127,19 @@ def detect_from_shapes(shapes: Mapping[str, tuple[int, ...]], hints: Iterable[st
             evidence.append(f"not {a}: {bad[0]} ({bad[1]})")
     if not consistent:
         return Detection(UNKNOWN, ["no supported architecture has all modules with these shapes", *evidence])
-    chosen = _choose(shapes, tables, consistent, [h for h in hints if _hint_archs([h])], evidence)
+    loose = set(loose)
+    strict_shapes = {k: v for k, v in shapes.items() if k not in loose} if loose else None
+    chosen = _choose(shapes, tables, consistent, [h for h in hints if _hint_archs([h])], evidence, strict_shapes)
     return Detection(chosen, evidence, tuple(consistent))
 
 
-def _choose(shapes, tables, consistent, hinted, evidence) -> str:
+def _choose(shapes, tables, consistent, hinted, evidence, strict_shapes=None) -> str:
     if len(consistent) == 1:
         a = consistent[0]
         evidence.insert(0, f"all {len(shapes)} modules exist in {a} with matching shapes")
         return a
-    strict = [a for a in consistent if _mismatch(shapes, tables[a], strict=True) is None]
+    strict_shapes = shapes if strict_shapes is None else strict_shapes
+    strict = [a for a in consistent if _mismatch(strict_shapes, tables[a], strict=True) is None]
     if len(strict) == 1:
         evidence.insert(0, f"only {strict[0]} matches the conv/linear layout exactly (among {', '.join(consistent)})")
         return strict[0]
@@ -175,6 +178,9 @@ def detect_adapter_architecture(adapter, hints: Iterable[str] | None = None) -> 
         hint_list = list(hints) if hints is not None else hints_from_metadata(adapter.metadata)
         if hints is None and getattr(adapter, "architecture", None):
             hint_list.append(adapter.architecture)
+        # LoHa / LoKr store a Linear and a 1×1 conv alike (flattened factors): no layout evidence
+        loose = [k for k, m in adapter.modules.items() if getattr(m, "shape", 0) is None and len(shapes[k]) == 2]
+        return detect_from_shapes(shapes, hint_list, "adapter", loose)
     return detect_from_shapes(shapes, hint_list, "adapter")
 
 
