@@ -135,3 +135,35 @@ def make_lycoris(arch: str, algo: str, rank: int = 4, alpha: float | None = 2.0,
             sd[f"{name}.dora_scale"] = (torch.rand(shape[0], *[1] * (len(shape) - 1), generator=gen) + 0.5)
         refs[key] = ref(a)
     return sd, refs
+
+
+def make_lora(arch: str, modules: dict, rank: int = 4, alpha: float | None = 2.0, seed: int = 0,
+              dora: bool = False) -> dict:
+    """A kohya LoRA / LoCon (``lora_down``/``lora_up``/``alpha``; DoRA: ``dora_scale`` (out, 1…) as LyCORIS writes)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in modules.items():
+        name = kohya_name(key, arch)
+        k = list(shape[2:])
+        sd[f"{name}.lora_down.weight"] = torch.randn(rank, shape[1], *k, generator=gen) * 0.1
+        sd[f"{name}.lora_up.weight"] = torch.randn(shape[0], rank, *([1, 1] if k else []), generator=gen) * 0.1
+        if alpha is not None:
+            sd[f"{name}.alpha"] = torch.tensor(float(alpha))
+        if dora:
+            sd[f"{name}.dora_scale"] = torch.rand(shape[0], *[1] * (len(shape) - 1), generator=gen) + 0.5
+    return sd
+
+
+def make_oft(arch: str, modules: dict, block: int = 8, butterfly: int = 0, alpha: float | None = 0.5,
+             seed: int = 0) -> dict:
+    """OFT ``oft_blocks`` (out/block, block, block), or BOFT (butterfly, out/block, block, block)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in modules.items():
+        name = kohya_name(key, arch)
+        n = shape[0] // block
+        dims = (butterfly, n, block, block) if butterfly else (n, block, block)
+        sd[f"{name}.oft_blocks"] = torch.randn(*dims, generator=gen) * 0.02
+        if alpha is not None:
+            sd[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return sd
