@@ -96,8 +96,10 @@ def module_tensors(algo: str, shape, rank: int, gen) -> tuple[dict, "callable"]:
         kw["tucker"] = algo == "lokr_tucker" and conv and tuple(shape[2:]) != (1, 1)
         ws = lokr.weight_gen(org, rank, **kw)
         w1, w1a, w1b, w2, w2a, w2b, t2 = (_fill(gen, t) for t in ws)
+        # LyCORIS' LokrModule stores a conv's lokr_w2_b flattened (rank, d·k·k) (weight_gen returns it 4-D)
+        w2b_file = w2b.reshape(w2b.shape[0], -1) if (w2b is not None and t2 is None) else w2b
         tensors = {k: v for k, v in (("lokr_w1", w1), ("lokr_w1_a", w1a), ("lokr_w1_b", w1b), ("lokr_w2", w2),
-                                     ("lokr_w2_a", w2a), ("lokr_w2_b", w2b), ("lokr_t2", t2)) if v is not None}
+                                     ("lokr_w2_a", w2a), ("lokr_w2_b", w2b_file), ("lokr_t2", t2)) if v is not None}
 
         def ref(alpha):
             # ComfyUI's scale: alpha / (inner rank of w2 if decomposed, else of w1), 1 without either;

@@ -48,6 +48,8 @@ def to_state_dict(adapter: LoraAdapter, arch: str | None = None, *, unet_names: 
                 out[f"{name}{suffix['mid']}"] = m.mid
         else:  # LyCORIS: the tensors under their own suffixes (lycoris ``kohya`` naming, as ComfyUI reads them)
             for role, t in m.tensors().items():
+                if role in ("w1b", "w2b") and t.dim() > 2:
+                    t = t.reshape(t.shape[0], -1)  # LyCORIS' stored layout (rank, in·k·k): ComfyUI multiplies 2-D
                 if role != "dora_scale":
                     out[f"{name}.{m.SUFFIX[role]}"] = t
         if m.dora_scale is not None:
