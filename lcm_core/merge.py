@@ -138,6 +138,21 @@ def _check_module_types(adapters, names, method) -> None:
                                              "approximation, error reported) or 'fuse' (bake into the weights)")
 
 
+def _check_shapes_agree(adapters, names) -> None:
+    """A module key must update the same weight shape in every adapter (checked before any progress line)."""
+    from .merge_factors import _compatible_shapes
+
+    first: dict[str, tuple] = {}
+    for name, adapter in zip(names, adapters):
+        for key, m in adapter.modules.items():
+            shape = tuple(m.weight_shape)
+            if key not in first:
+                first[key] = (name, shape)
+            elif -1 not in shape and -1 not in first[key][1] and not _compatible_shapes(first[key][1], shape):
+                raise AdapterFileError(name, f"module {key}: updates a weight of shape {shape}, but "
+                                             f"{first[key][0]} updates {first[key][1]}")
+
+
 def _output_dtype(adapters, dtype):
     if dtype is not None:
         return dtype
@@ -178,6 +193,7 @@ def merge_adapters(
     _validate(adapters, weights, method, rank, energy, names)
     architecture = _check_architectures(adapters, names)
     _check_module_types(adapters, names, method)  # before any progress line
+    _check_shapes_agree(adapters, names)
     out_dtype = _output_dtype(adapters, dtype)
     check_stored = out_dtype in _LOW_PRECISION
 

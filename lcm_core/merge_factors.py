@@ -101,7 +101,10 @@ def _compatible_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     if a == b:
         return True
     squeeze = lambda s: s[:2] if len(s) == 4 and s[2:] == (1, 1) else s  # noqa: E731
-    return squeeze(a) == squeeze(b)
+    if squeeze(a) == squeeze(b):
+        return True
+    # LyCORIS factors of a k×k conv may be flattened (out, in·k·k): the same matrix
+    return {len(a), len(b)} == {2, 4} and a[0] == b[0] and math.prod(a[1:]) == math.prod(b[1:])
 
 
 def stack_weighted(
@@ -114,7 +117,7 @@ def stack_weighted(
     The output weight shape is the first contribution's; the others must update the same
     weight (a Linear-shaped and a 1×1-conv-shaped module for the same key are accepted).
     """
-    first_source, _, first = contributions[0]
+    first_source, _, first = max(contributions, key=lambda c: len(c[2].weight_shape))  # a conv's 4-D shape wins
     shape = tuple(first.weight_shape)
     Us, Ds = [], []
     dense = None

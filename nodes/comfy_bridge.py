@@ -237,7 +237,7 @@ def adapter_patches(name: str, adapter: LoraAdapter, arch: str, model=None, clip
     if sig in cache:
         return cache[sig]
     try:
-        state_dict = adapter_to_state_dict(adapter, "kohya", arch)
+        state_dict = adapter_to_state_dict(_comfy_applicable(adapter), "kohya", arch)
     except ValueError as e:
         raise AdapterFileError(name, f"cannot be applied to a {ARCH_NAMES.get(arch, arch)} model: {e}") from None
     state_dict = _component_filter(state_dict, model is not None, clip is not None)
@@ -259,6 +259,33 @@ def adapter_patches(name: str, adapter: LoraAdapter, arch: str, model=None, clip
     patches = comfy.lora.load_lora(state_dict, to_load, log_missing=True)
     cache[sig] = patches
     return patches
+
+
+def _comfy_applicable(adapter: LoraAdapter) -> LoraAdapter:
+    """The same adapter in a form ComfyUI's ``comfy.weight_adapter`` applies without error.
+
+    ComfyUI 0.3.64 (torch ≥ 2.14) cannot apply a Tucker LoKr (``lokr_t2``) on a k×k conv: its
+    ``torch.kron`` of the non-contiguous einsum result fails ("view size is not compatible"), is
+    logged, and the weight is left unpatched. Such modules are handed over with the Tucker product
+    already formed into a whole ``lokr_w2`` and the scale folded in (w2 whole ⇒ ComfyUI's scale 1):
+    the same ΔW, exactly, through ComfyUI's own LoKr code.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from ..lcm_core.lora.lycoris_modules import LokrModule
+
+    fixed = {}
+    for key, m in adapter.modules.items():
+        if isinstance(m, LokrModule) and m.t2 is not None:
+            w2 = (m.w2_matrix(torch.float32).reshape(m.w2_full_shape()) * m.scale).contiguous()
+            w1 = m.w1_matrix(torch.float32) if m.w1 is None else m.w1
+            fixed[key] = replace(m, w1=w1, w1a=None, w1b=None, w2=w2, w2a=None, w2b=None, t2=None, alpha=None)
+    if not fixed:
+        return adapter
+    return LoraAdapter(modules={**adapter.modules, **fixed}, metadata=adapter.metadata,
+                       source_format=adapter.source_format, architecture=adapter.architecture)
 
 
 def _check_shapes(name: str, adapter: LoraAdapter, arch: str, key_map: dict, weight_shapes: dict) -> None:

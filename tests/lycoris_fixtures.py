@@ -66,7 +66,7 @@ def _fill(gen, t):
     return None if t is None else torch.randn(t.shape, generator=gen) * 0.1
 
 
-def module_tensors(algo: str, shape, rank: int, gen) -> tuple[dict, "callable"]:
+def module_tensors(algo: str, shape, rank: int, gen, has_bias: bool = True) -> tuple[dict, "callable"]:
     """(tensors by kohya suffix, reference ΔW function of alpha) for one module."""
     from lycoris.functional import loha, lokr
 
@@ -114,7 +114,10 @@ def module_tensors(algo: str, shape, rank: int, gen) -> tuple[dict, "callable"]:
     if algo == "full":
         diff = torch.randn(shape, generator=gen) * 0.01
         bias = torch.randn(shape[0], generator=gen) * 0.01
-        return {"diff": diff, "diff_b": bias}, (lambda alpha: diff)
+        out = {"diff": diff}
+        if has_bias:  # LyCORIS writes diff_b only for modules with a bias
+            out["diff_b"] = bias
+        return out, (lambda alpha: diff)
     raise ValueError(algo)
 
 
@@ -126,7 +129,8 @@ def make_lycoris(arch: str, algo: str, rank: int = 4, alpha: float | None = 2.0,
     mods = modules if modules is not None else one_per_kind(arch, components, max_numel=3_000_000)
     sd, refs = {}, {}
     for key, shape in mods.items():
-        tensors, ref = module_tensors(algo, shape, rank, gen)
+        bias = not (key.startswith("unet.") and key.endswith((".to_q", ".to_k", ".to_v")))  # diffusers: no bias
+        tensors, ref = module_tensors(algo, shape, rank, gen, has_bias=bias)
         name = kohya_name(key, arch)
         for suffix, t in tensors.items():
             sd[f"{name}.{suffix}"] = t.contiguous()

@@ -78,10 +78,42 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# ComfyUI 0.3.64 (torch 2.14) fails on Tucker LoKr convs ("view size is not compatible", logged, weight left
+# unpatched): its LoraLoader is no reference there; our nodes hand it the same ΔW in whole-w2 form.
+COMFY_BROKEN = {"lokr_tucker"}
+REFERENCE_CASES = sorted(set(CASES) - COMFY_BROKEN)
+
+
+def test_comfyui_logs_only_its_tucker_lokr_failure(lycoris_run):
+    _, _, _, log = lycoris_run
+    errors = [ln for ln in log.splitlines() if "ERROR" in ln]
+    assert errors and all("lokr" in ln and "view size is not compatible" in ln for ln in errors), errors
+    # the comfy-side run applies lokr_tucker once through LoraLoader (logged) and once through our node (no error)
+    assert "lora key not loaded" not in log
+
+
+def test_tucker_lokr_through_our_node_equals_lcm_lora_fuse(lycoris_run, tmp_path):
+    from lcm_lora.cli.main import main as cli
+
+    loras, out, _, _ = lycoris_run
+    base = load_file(str(out / "base.safetensors"))
+    ckpt = tmp_path / "base.safetensors"
+    save_file({"model." + k: v for k, v in base.items() if k in load_file(str(out / "node_lokr_tucker.safetensors"))},
+              ckpt)
+    assert cli(["fuse", str(ckpt), f"{loras / 'lokr_tucker.safetensors'}:1.0", "-o", str(tmp_path / "f.safetensors"),
+                "--arch", "sd1"]) == 0
+    ours = load_file(str(tmp_path / "f.safetensors"))
+    node = load_file(str(out / "node_lokr_tucker.safetensors"))
+    comfy_w = load_file(str(out / "comfy_lokr_tucker.safetensors"))
+    convs = [k for k in node if k.endswith(".weight") and node[k].dim() == 4 and node[k].shape[-1] == 3]
+    assert convs and all(torch.equal(comfy_w[k], base[k]) for k in convs)  # ComfyUI's own path: unpatched
+    for key in node:
+        assert _rel(node[key], base[key]) > 1e-4 and _rel(ours["model." + key], node[key]) <= 1e-6, key
+
+
+@pytest.mark.parametrize("case", REFERENCE_CASES)
 def test_node_patches_equal_comfyui_loraloader(lycoris_run, case):
     _, out, info, log = lycoris_run
-    assert "ERROR" not in log and "lora key not loaded" not in log, log[-3000:]
     comfy_w = load_file(str(out / f"comfy_{case}.safetensors"))
     node_w = load_file(str(out / f"node_{case}.safetensors"))
     base = load_file(str(out / "base.safetensors"))
@@ -91,7 +123,7 @@ def test_node_patches_equal_comfyui_loraloader(lycoris_run, case):
         assert _rel(node_w[key], ref) <= 1e-6, (case, key)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", REFERENCE_CASES)
 def test_lcm_lora_fuse_equals_comfyui_loraloader(lycoris_run, tmp_path, case):
     from lcm_lora.cli.main import main as cli
 
