@@ -66,6 +66,10 @@ def lycoris_run(comfy_env, sd15_checkpoint, tmp_path_factory):
     save_file(make_lora("sd1", mods, rank=8, seed=4), loras / "lora.safetensors")
     save_file(make_oft("sd1", mods, block=8, seed=5), loras / "oft.safetensors")
     save_file(make_oft("sd1", mods, block=8, butterfly=2, alpha=0.5, seed=6), loras / "boft.safetensors")
+    mixed = make_lora("sd1", mods, seed=7)  # + two SDXL-only modules (depth-10 transformer of the last down block)
+    mixed.update(make_lora("sd1", {f"unet.down_blocks.2.attentions.1.transformer_blocks.9.attn1.to_{x}": (1280, 1280)
+                                   for x in ("q", "k")}, seed=8))
+    save_file(mixed, loras / "mixed.safetensors")
     cmd = [str(python), str(H.SCRIPTS / "lycoris_side.py"), "--comfyui", str(comfy_path), "--repo", str(H.REPO),
            "--checkpoint", str(sd15_checkpoint), "--loras", str(loras), "--cases", json.dumps(CASES), "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -145,3 +149,29 @@ def test_dora_order_matters_in_comfyui_and_ours(lycoris_run):
     a = load_file(str(out / "comfy_dora_then_lokr.safetensors"))
     b = load_file(str(out / "comfy_lokr_then_dora.safetensors"))
     assert max(_rel(a[k], b[k]) for k in a) > 1e-4
+
+
+def test_merge_node_svd_with_loha_is_optimal_and_concat_refuses_it(lycoris_run):
+    """svd: the node's merged ΔW is the best rank-8 approximation of 0.8·ΔW_LoHa + 1.0·ΔW_LoRA (Eckart–Young,
+    computed here from the files); concat: an error naming the LoHa file and suggesting svd / fuse."""
+    from lcm_lora.lcm_core.lora import read_adapter
+
+    loras, out, info, _ = lycoris_run
+    extra = info["extra"]
+    assert extra["svd_algorithms"] == {"lora": len(_modules())} or set(extra["svd_algorithms"]) <= {"lora", "locon"}
+    loha, lora = read_adapter(loras / "loha.safetensors"), read_adapter(loras / "lora.safetensors")
+    merged = load_file(str(out / "svd_merged_delta.safetensors"))
+    for key, got in merged.items():
+        exact = (0.8 * loha.modules[key].delta_weight() + lora.modules[key].delta_weight()).reshape(got.shape[0], -1)
+        s = torch.linalg.svdvals(exact.double())
+        optimum = float((s[8:] ** 2).sum().sqrt() / s.norm())
+        assert _rel(got, exact) == pytest.approx(optimum, rel=1e-3, abs=1e-6), key
+    assert "relative error" in extra["svd_report"]
+    concat = extra["concat"]
+    assert concat and "loha.safetensors: " in concat and "LoHa" in concat and "'svd'" in concat and "'fuse'" in concat
+
+
+def test_loader_refuses_a_file_of_mixed_architectures(lycoris_run):
+    mixed = lycoris_run[2]["extra"]["mixed"]
+    assert mixed and mixed.startswith("AdapterFileError: ") and "mixed.safetensors: " in mixed
+    assert "do not all fit one supported architecture" in mixed and "transformer_blocks_9" in mixed, mixed

@@ -85,7 +85,27 @@ def main() -> None:
         base_keys.update(keys)
     save_file({k: base_sd[k].to(torch.float32).contiguous() for k in sorted(base_keys)},
               os.path.join(a.out, "base.safetensors"))
-    print(json.dumps({"keys": keys_out, "messages": messages}))
+
+    # The merge node's svd / concat with a LyCORIS input, and a file mixing two architectures.
+    from comfyui_lcm_lora.lcm_core.errors import LcmLoraError
+
+    extra = {}
+    slots = {"adapter_1": "loha.safetensors", "weight_1": 0.8, "adapter_2": "lora.safetensors", "weight_2": 1.0}
+    res = merge_mod.LCMAdapterMerge.execute(model, method="svd", rank=8, patch_sampling=False, **slots)
+    merged = res.result[2]
+    extra["svd_report"] = res.result[3]
+    extra["svd_algorithms"] = merged.algorithms()
+    save_file({k: m.delta_weight().reshape(m.weight_shape[0], -1).contiguous() for k, m in merged.modules.items()},
+              os.path.join(a.out, "svd_merged_delta.safetensors"))
+    for what, call in (("concat", lambda: merge_mod.LCMAdapterMerge.execute(model, method="concat", patch_sampling=False,
+                                                                           **slots)),
+                       ("mixed", lambda: bridge.load_adapter("mixed.safetensors"))):
+        try:
+            call()
+            extra[what] = None
+        except LcmLoraError as e:
+            extra[what] = f"{type(e).__name__}: {e}"
+    print(json.dumps({"keys": keys_out, "messages": messages, "extra": extra}))
 
 
 if __name__ == "__main__":
