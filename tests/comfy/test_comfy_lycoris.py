@@ -162,7 +162,9 @@ def test_merge_node_svd_with_loha_is_optimal_and_concat_refuses_it(lycoris_run):
     loha, lora = read_adapter(loras / "loha.safetensors"), read_adapter(loras / "lora.safetensors")
     merged = load_file(str(out / "svd_merged_delta.safetensors"))
     for key, got in merged.items():
-        exact = (0.8 * loha.modules[key].delta_weight() + lora.modules[key].delta_weight()).reshape(got.shape[0], -1)
+        rows = got.shape[0]
+        exact = (0.8 * loha.modules[key].delta_weight().reshape(rows, -1)
+                 + lora.modules[key].delta_weight().reshape(rows, -1))
         s = torch.linalg.svdvals(exact.double())
         optimum = float((s[8:] ** 2).sum().sqrt() / s.norm())
         assert _rel(got, exact) == pytest.approx(optimum, rel=1e-3, abs=1e-6), key
