@@ -295,6 +295,11 @@ def test_cli_inspect_convert_merge_lycoris(tmp_path, capsys):
     assert cli(["merge", f"{good}:0.8", f"{tmp_path / 'p.safetensors'}:1", "-o", str(tmp_path / "m.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {good}: ") and "method 'svd'" in err
+    assert cli(["merge", f"{good}:0.8", "-o", str(tmp_path / "m.safetensors"), "--method", "fuse"]) == 2
+    assert "--method fuse bakes the adapters into a checkpoint: give it with --base CKPT" in capsys.readouterr().err
+    assert cli(["merge", f"{good}:0.8", f"{tmp_path / 'p.safetensors'}:1", "--method", "svd", "--rank", "4", "--json",
+                "-o", str(tmp_path / "m.safetensors")]) == 0
+    assert json.loads(capsys.readouterr().out)["total_relative_error"] > 0
 
 
 def test_fuzz_style_lycoris_damage_is_named():
