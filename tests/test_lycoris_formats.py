@@ -52,8 +52,10 @@ def _check_against_lycoris(arch, algo, max_numel):
         torch.testing.assert_close(ours, ref.to(torch.float32), rtol=1e-6, atol=1e-7 * float(ref.abs().max()))
 
 
-@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
-@pytest.mark.parametrize("algo", ALGOS)
+DEFAULT_CASES = [("sd1", a) for a in ALGOS] + [("sdxl", "loha_tucker"), ("sdxl", "lokr_both")]
+
+
+@pytest.mark.parametrize("arch,algo", DEFAULT_CASES)
 def test_delta_weight_equals_lycoris_functional(arch, algo):
     """Every module kind of the architecture up to 200k weights (all attention/ff/proj/TE kinds of SD1.5's
     first block, 3×3 convs at 128 channels are absent: see the slow variant)."""
