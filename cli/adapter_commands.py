@@ -16,13 +16,24 @@ def add_parsers(subparsers) -> None:
     p = subparsers.add_parser("inspect", help="describe a LoRA file or peft folder")
     p.add_argument("file", help="adapter .safetensors file or peft adapter folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_arch_flag(p)
     p.set_defaults(func=run_inspect)
 
-    p = subparsers.add_parser("convert", help="convert a LoRA between kohya, diffusers, peft and ComfyUI formats")
+    p = subparsers.add_parser(
+        "convert", help="convert a LoRA between kohya, diffusers, peft and ComfyUI formats",
+        description="Convert an adapter between formats. LyCORIS modules (LoHa, LoKr, full diff) and DoRA/OFT "
+                    "become plain LoRA by the best rank-r approximation of their ΔW (--rank or --energy; the "
+                    "relative error is printed, per module with --json); DoRA/OFT also need --base CKPT.",
+    )
     p.add_argument("file")
     p.add_argument("--to", required=True, choices=OUTPUT_FORMATS, help="output format")
     p.add_argument("-o", "--output", required=True, help="output file (peft: output folder)")
+    p.add_argument("--rank", type=int, help="LyCORIS/DoRA/OFT modules: LoRA rank of the SVD (plain LoRA modules are kept)")
+    p.add_argument("--energy", type=float, help="LyCORIS/DoRA/OFT modules: keep the smallest rank holding this fraction of Σσ²")
+    p.add_argument("--base", metavar="CKPT", help="single-file base checkpoint (needed for DoRA / OFT modules)")
+    p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    _add_arch_flag(p)
     p.set_defaults(func=run_convert)
 
     p = subparsers.add_parser(
@@ -32,13 +43,18 @@ def add_parsers(subparsers) -> None:
         "svd re-ranks to --rank or --energy and reports the relative Frobenius error.",
     )
     p.add_argument("inputs", nargs="+", metavar="FILE:WEIGHT")
-    p.add_argument("--method", choices=("concat", "svd"), default="concat")
+    p.add_argument("--method", choices=("concat", "svd", "fuse"), default="concat",
+                   help="concat: exact, plain LoRA only; svd: any additive type (LoRA, LoHa, LoKr, full), error "
+                        "reported; fuse: bake every type into --base CKPT and write a checkpoint")
+    p.add_argument("--base", metavar="CKPT", help="base checkpoint: required by --method fuse; with svd it lets "
+                                                   "DoRA / OFT modules in (their update on this base at their weight)")
     p.add_argument("--rank", type=int, help="svd: target rank (default: the largest input rank per module)")
     p.add_argument("--energy", type=float, help="svd: keep the smallest rank holding this fraction of Σσ² (0-1]")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--to", choices=OUTPUT_FORMATS, default="kohya", help="output format (default kohya)")
     p.add_argument("--json", action="store_true", help="print the merge report as JSON")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    _add_arch_flag(p)
     p.set_defaults(func=run_merge)
 
     p = subparsers.add_parser(
@@ -51,7 +67,14 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "ssd1b"),
                    help="base architecture (default: detected from the checkpoint's weights)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    _add_arch_flag(p)
     p.set_defaults(func=run_fuse)
+
+
+def _add_arch_flag(p) -> None:
+    p.add_argument("--allow-unknown-arch", action="store_true",
+                   help="accept adapters whose modules fit no supported architecture (e.g. of a custom UNet); "
+                        "by default such a file, or one mixing architectures, is an error")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -81,12 +104,12 @@ def _check_output(output: str, force: bool) -> None:
         raise OutputExistsError(output, "already exists; pass --force to replace it")
 
 
-def _read(path: str):
+def _read(path: str, allow_unknown_arch: bool = False):
     from ..lcm_core.lora import read_adapter
 
     if not os.path.exists(path):
         raise ConfigError(path, "no such file or folder")
-    return read_adapter(path)
+    return read_adapter(path, require_fit=not allow_unknown_arch)
 
 
 def _write(adapter, output: str, fmt: str, force: bool, extra_metadata=None) -> None:
@@ -104,11 +127,12 @@ def _size_bytes(path: Path) -> int:
 # --------------------------------------------------------------------------- commands
 
 
-def describe(path: str) -> dict:
+def describe(path: str, allow_unknown_arch: bool = False) -> dict:
     """Everything `inspect` prints, as a JSON-ready dict."""
     from ..lcm_core.lora.architecture import detect_adapter_architecture
+    from ..lcm_core.lora.lycoris_modules import describe_module
 
-    adapter = _read(path)
+    adapter = _read(path, allow_unknown_arch)
     detection = detect_adapter_architecture(adapter)
     per_component: dict[str, int] = {}
     for key in adapter.modules:
@@ -133,11 +157,13 @@ def describe(path: str) -> dict:
         "parameters": adapter.num_parameters(),
         "size_bytes": _size_bytes(Path(path)),
         "metadata": adapter.metadata,
+        "algorithms": adapter.algorithms(),
+        "module_details": {k: describe_module(m) for k, m in adapter.modules.items()},
     }
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    info = describe(args.file)
+    info = describe(args.file, args.allow_unknown_arch)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
@@ -156,19 +182,55 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"dtype:         {', '.join(info['dtypes'])}")
     print(f"parameters:    {info['parameters']:,}")
     print(f"size:          {info['size_bytes']:,} bytes")
+    print(f"algorithms:    {', '.join(f'{a} {n}' for a, n in sorted(info['algorithms'].items()))}")
     if info["metadata"]:
         print("metadata:")
         for k, v in sorted(info["metadata"].items()):
             v = v if len(v) <= 100 else v[:97] + "..."
             print(f"  {k}: {v}")
+    print("per module (algorithm, rank, factors):")
+    for key, d in info["module_details"].items():
+        print(f"  {key}: {d['algorithm']}, rank {d['rank']}, {d['factors']}")
     return 0
 
 
+def _base_weights(base: str | None, adapters):
+    """Base weights for the multiplicative (DoRA / OFT) modules of ``adapters``, or None."""
+    if base is None:
+        return None
+    from ..lcm_core.fuse_checkpoint import base_weights
+
+    keys = sorted({k for a in adapters for k, m in a.modules.items() if getattr(m, "multiplicative", False)})
+    return base_weights(base, keys)[1] if keys else None
+
+
 def run_convert(args: argparse.Namespace) -> int:
+    from ..lcm_core.convert_lycoris import to_plain_lora
+
     _check_output(args.output, args.force)
-    adapter = _read(args.file)
+    if args.rank is not None and args.rank < 1:
+        raise ConfigError("convert", f"--rank must be a positive integer, got {args.rank}")
+    if args.energy is not None and not 0.0 < args.energy <= 1.0:
+        raise ConfigError("convert", f"--energy must be in (0, 1], got {args.energy}")
+    adapter = _read(args.file, args.allow_unknown_arch)
+    base = _base_weights(args.base, [adapter])
+    adapter, report, notes = to_plain_lora(adapter, args.file, rank=args.rank, energy=args.energy, base=base,
+                                           progress=not args.json)
     _write(adapter, args.output, args.to, args.force)
+    summary = {"output": args.output, "format": args.to, "modules": len(adapter), "notes": notes}
+    if report is not None:
+        summary.update(converted_modules=len(report.per_module), total_relative_error=report.total_relative_error,
+                       per_module_relative_error=report.per_module, per_module_rank=report.per_module_rank)
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return 0
     print(f"wrote {args.output} ({args.to}, {len(adapter)} modules)")
+    if report is not None:
+        worst = max(report.per_module.values(), default=0.0)
+        print(f"converted {len(report.per_module)} LyCORIS/DoRA/OFT module(s) to LoRA by SVD: relative error "
+              f"{report.total_relative_error:.3e} (max per module {worst:.3e})")
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -177,9 +239,19 @@ def run_merge(args: argparse.Namespace) -> int:
 
     _check_output(args.output, args.force)
     specs = [parse_weighted(s) for s in args.inputs]
-    if args.method == "concat" and (args.rank is not None or args.energy is not None):
+    if args.method in ("concat", "fuse") and (args.rank is not None or args.energy is not None):
         raise ConfigError("merge", "--rank/--energy only apply to --method svd")
-    adapters = [_read(path) for path, _ in specs]
+    if args.method == "fuse":
+        if args.base is None:
+            raise ConfigError("merge", "--method fuse bakes the adapters into a checkpoint: give it with --base CKPT "
+                                       "(the output is then a checkpoint, as `lcm-lora fuse CKPT FILE:WEIGHT...`)")
+        return _fuse(args.base, specs, args.output, args.force, None, args.allow_unknown_arch)
+    adapters = [_read(path, args.allow_unknown_arch) for path, _ in specs]
+    base = _base_weights(args.base, adapters)
+    if base is not None:
+        from ..lcm_core.convert_lycoris import effective_full
+
+        adapters = [effective_full(a, base, p, w) for a, (p, w) in zip(adapters, specs)]
     merged, report = merge_adapters(
         adapters,
         [w for _, w in specs],
@@ -205,9 +277,16 @@ def run_fuse(args: argparse.Namespace) -> int:
     from ..lcm_core.fuse_checkpoint import fuse_checkpoint
 
     _check_output(args.output, args.force)
-    specs = [parse_weighted(s) for s in args.inputs]
-    adapters = [_read(path) for path, _ in specs]
-    result = fuse_checkpoint(args.checkpoint, adapters, [w for _, w in specs], [p for p, _ in specs],
-                             args.output, overwrite=args.force, arch=args.arch)
-    print(f"wrote {args.output} ({result['architecture']}, {result['fused_weights']} weights changed)")
+    return _fuse(args.checkpoint, [parse_weighted(s) for s in args.inputs], args.output, args.force, args.arch,
+                 args.allow_unknown_arch)
+
+
+def _fuse(checkpoint, specs, output, force, arch, allow_unknown_arch) -> int:
+    from ..lcm_core.fuse_checkpoint import fuse_checkpoint
+
+    _check_output(output, force)
+    adapters = [_read(path, allow_unknown_arch) for path, _ in specs]
+    result = fuse_checkpoint(checkpoint, adapters, [w for _, w in specs], [p for p, _ in specs],
+                             output, overwrite=force, arch=arch)
+    print(f"wrote {output} ({result['architecture']}, {result['fused_weights']} weights changed)")
     return 0

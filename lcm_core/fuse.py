@@ -4,6 +4,9 @@ the LCM-LoRA "acceleration vector" added to a base or fine-tuned SD model).
 Same result as peft ``LoraModel.merge_and_unload`` (W += scaling · B @ A per adapter) and
 ComfyUI's LoRA patching at strength λ: ΔW = (alpha / rank) · up ∘ [mid] ∘ down
 (:meth:`LoraModule.delta_weight`), summed in float32 and cast back to the weight's dtype once.
+LyCORIS modules (LoHa, LoKr, full diff) add their ΔW the same way; multiplicative ones (DoRA,
+OFT, BOFT) are applied to the running weight in adapter order, exactly as ComfyUI stacks them
+(:mod:`.lora.lycoris_modules`).
 Inputs are never modified (:func:`fuse_into_weights` returns new tensors);
 :func:`fuse_into_module` is the in-place variant for a loaded diffusers/transformers model.
 """
@@ -73,10 +76,16 @@ def match_adapter_keys(
     return matched, unmatched
 
 
-def _delta_for(theta: torch.Tensor, module: LoraModule, source: str, key: str, wkey: str) -> torch.Tensor:
+def _check_fits(theta: torch.Tensor, module, source: str, key: str, wkey: str) -> None:
     # Compare shapes before forming the dense ΔW: a hostile adapter (rank 1, 10⁶×10⁶) must not
     # make us allocate terabytes before the mismatch is noticed.
-    shape = torch.Size(module.weight_shape)
+    want = tuple(module.weight_shape)
+    if -1 in want:  # OFT knows only its output size
+        if want[0] != theta.shape[0]:
+            raise AdapterFileError(source, f"module {key}: {module.algo.upper()} rotates {want[0]} output rows but "
+                                           f"weight {wkey!r} has shape {tuple(theta.shape)} (wrong base model?)")
+        return
+    shape = torch.Size(want)
     if shape != theta.shape:
         same_matrix = shape.numel() == theta.numel() and all(
             tuple(s[:2]) == tuple(theta.shape[:2]) and all(d == 1 for d in s[2:])
@@ -87,15 +96,22 @@ def _delta_for(theta: torch.Tensor, module: LoraModule, source: str, key: str, w
                 source, f"module {key}: LoRA update has shape {tuple(shape)} but weight "
                 f"{wkey!r} has shape {tuple(theta.shape)} (wrong base model?)"
             )
-    return module.delta_weight(torch.float32).to(theta.device).reshape(theta.shape)
 
 
 def _fused(theta, contributions, key, wkey) -> torch.Tensor:
+    """θ' in float32, the contributions applied in order, as ComfyUI stacks patches
+    (``comfy.lora.calculate_weight``): additive updates commute, but DoRA renormalises against the
+    running weight and OFT rotates it, so their result depends on what was applied before."""
     if not theta.is_floating_point():
         raise ConfigError(wkey, f"cannot fuse LoRA {key} into a {theta.dtype} weight")
+    for source, _, module in contributions:
+        _check_fits(theta, module, source, key, wkey)
     acc = theta.to(torch.float32).clone()
     for source, strength, module in contributions:
-        acc.add_(_delta_for(theta, module, source, key, wkey), alpha=float(strength))
+        if getattr(module, "multiplicative", False):
+            acc = module.apply_to(acc, float(strength))
+        else:
+            acc.add_(module.delta_weight(torch.float32).to(theta.device).reshape(theta.shape), alpha=float(strength))
     return acc.to(theta.dtype)
 
 

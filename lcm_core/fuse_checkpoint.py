@@ -94,8 +94,57 @@ def fuse_checkpoint(
             tensors[ref.key] = whole
         changed += 1
 
+    changed += _fuse_bias_diffs(tensors, refs, adapters, strengths, names, arch, checkpoint)
+
     recipe = [{"adapter": str(n), "strength": float(s)} for n, s in zip(names, strengths)]
     metadata = dict(metadata)
     metadata[FUSED_METADATA_KEY] = json.dumps(recipe)
     write_safetensors(output, tensors, metadata, overwrite=overwrite)
     return {"architecture": arch, "fused_weights": changed, "output": str(output), "recipe": recipe}
+
+
+def _fuse_bias_diffs(tensors, refs, adapters, strengths, names, arch, checkpoint) -> int:
+    """LyCORIS full modules' ``diff_b``: b' = b + λ · diff_b (ComfyUI ``load_lora`` patches ``<module>.bias``)."""
+    import torch
+
+    changed = 0
+    for name, adapter, strength in zip(names, adapters, strengths):
+        for key, m in adapter.modules.items():
+            diff_b = getattr(m, "diff_b", None)
+            if diff_b is None:
+                continue
+            ref = refs[key]
+            if ref.transposed or ref.rows is not None or not ref.key.endswith(".weight"):
+                raise AdapterFileError(name, f"module {key}: its bias diff has no single bias in the {arch} "
+                                             f"checkpoint {checkpoint} (fused q/k/v)")
+            bkey = ref.key[: -len(".weight")] + ".bias"
+            if bkey not in tensors:
+                raise AdapterFileError(name, f"module {key}: diff_b but {bkey} is not in the checkpoint {checkpoint}")
+            b = tensors[bkey]
+            tensors[bkey] = (b.to(torch.float32) + float(strength) * diff_b.to(torch.float32)).to(b.dtype)
+            changed += 1
+    return changed
+
+
+def base_weights(checkpoint: str | os.PathLike, keys, arch: str | None = None):
+    """``(arch, {canonical key: base weight})`` from a single-file checkpoint (canonical orientation:
+    fused OpenCLIP q/k/v rows sliced, ``text_projection`` transposed), for converting or merging
+    multiplicative adapters (DoRA, OFT) whose update depends on the base weights."""
+    if Path(checkpoint).is_dir():
+        raise AdapterFileError(checkpoint, "is a directory; --base needs a single-file .safetensors checkpoint")
+    arch = arch or checkpoint_architecture(checkpoint)
+    tensors, _ = read_safetensors(checkpoint)
+    out, missing = {}, []
+    for key in keys:
+        ref = canonical_to_ldm_weight(key, arch, style="checkpoint")
+        if ref is None or ref.key not in tensors:
+            missing.append(key)
+            continue
+        w = tensors[ref.key]
+        if ref.rows is not None:
+            w = w[ref.rows[0]: ref.rows[1]]
+        out[key] = w.t() if ref.transposed else w
+    if missing:
+        raise AdapterFileError(checkpoint, f"has no weight for {len(missing)} adapter module(s) in the {arch} "
+                                           f"layout, e.g. {', '.join(missing[:3])}")
+    return arch, out

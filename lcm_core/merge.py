@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ConfigError
+from .errors import AdapterFileError, ConfigError
 from .lora.adapter import LoraAdapter, LoraModule
 from .merge_factors import factors_to_module, product_frobenius_norm, stack_weighted
-from .merge_svd import svd_rerank
+from .merge_svd import svd_dense, svd_rerank
 
 METHODS = ("concat", "svd")
 RECIPE_METADATA_KEY = "lcm_lora.merge_recipe"
@@ -114,6 +114,45 @@ def _check_architectures(adapters, names) -> str | None:
     return require_same_architecture(found)
 
 
+def _default_rank(contributions) -> int:
+    """svd without rank/energy: the largest plain-LoRA input rank at this module (LyCORIS ranks are
+    not LoRA ranks: a LoKr's Kronecker product may have full rank), else the largest nominal rank."""
+    plain = [m.rank for _, _, m in contributions if isinstance(m, LoraModule)]
+    return max(plain) if plain else max(m.rank for _, _, m in contributions)
+
+
+def _check_module_types(adapters, names, method) -> None:
+    """concat stacks LoRA factors: it cannot hold LoHa / LoKr / full modules; no merge can hold a
+    multiplicative module (DoRA / OFT) without base weights. Named per file, before any work."""
+    from .lora.lycoris_modules import ALGO_NAMES, algo_of
+    from .merge_factors import multiplicative_problem
+
+    for name, adapter in zip(names, adapters):
+        for key, m in adapter.modules.items():
+            if getattr(m, "multiplicative", False):
+                raise AdapterFileError(name, multiplicative_problem(key, m))
+            if method == "concat" and not isinstance(m, LoraModule):
+                what = ALGO_NAMES.get(algo_of(m), algo_of(m))
+                raise AdapterFileError(name, f"module {key}: a {what} module cannot be expressed by method 'concat' "
+                                             "(which stacks LoRA factors exactly); use method 'svd' (best rank-r "
+                                             "approximation, error reported) or 'fuse' (bake into the weights)")
+
+
+def _check_shapes_agree(adapters, names) -> None:
+    """A module key must update the same weight shape in every adapter (checked before any progress line)."""
+    from .merge_factors import _compatible_shapes
+
+    first: dict[str, tuple] = {}
+    for name, adapter in zip(names, adapters):
+        for key, m in adapter.modules.items():
+            shape = tuple(m.weight_shape)
+            if key not in first:
+                first[key] = (name, shape)
+            elif -1 not in shape and -1 not in first[key][1] and not _compatible_shapes(first[key][1], shape):
+                raise AdapterFileError(name, f"module {key}: updates a weight of shape {shape}, but "
+                                             f"{first[key][0]} updates {first[key][1]}")
+
+
 def _output_dtype(adapters, dtype):
     if dtype is not None:
         return dtype
@@ -153,6 +192,8 @@ def merge_adapters(
     weights = list(weights)
     _validate(adapters, weights, method, rank, energy, names)
     architecture = _check_architectures(adapters, names)
+    _check_module_types(adapters, names, method)  # before any progress line
+    _check_shapes_agree(adapters, names)
     out_dtype = _output_dtype(adapters, dtype)
     check_stored = out_dtype in _LOW_PRECISION
 
@@ -172,14 +213,21 @@ def merge_adapters(
         if method == "concat":
             up, down, err_sq, norm_sq = stacked.U, stacked.D, 0.0, None
         else:
-            target = rank if rank is not None or energy is not None else max(m.rank for _, _, m in contributions)
-            res = svd_rerank(stacked.U, stacked.D, rank=target, energy=energy)
+            target = rank if rank is not None or energy is not None else _default_rank(contributions)
+            out_dim, n = stacked.U.shape[0], stacked.D.shape[1]
+            if stacked.dense is not None or stacked.stacked_rank >= min(out_dim, n):
+                res = svd_dense(stacked.matrix(), rank=target, energy=energy)  # the factor form saves nothing
+            else:
+                res = svd_rerank(stacked.U, stacked.D, rank=target, energy=energy)
             up, down, err_sq, norm_sq = res.up, res.down, res.error_sq, res.norm_sq
         module = factors_to_module(up, down, stacked.weight_shape, out_dtype)
         if check_stored:  # rounding to fp16/bf16 matters: measure the stored factors exactly
             u_st = module.up.reshape(module.up.shape[0], -1).to(torch.float32)
             d_st = module.down.reshape(module.rank, -1).to(torch.float32)
             err_sq = product_frobenius_norm(torch.cat([u_st, -stacked.U], 1), torch.cat([d_st, stacked.D], 0)) ** 2
+        if check_stored and stacked.dense is not None:  # the stored factors against the dense target
+            err_sq = float(torch.linalg.matrix_norm((u_st @ d_st).to(torch.float64)
+                                                    - stacked.matrix().to(torch.float64))) ** 2
         if norm_sq is None and err_sq > 0.0:
             norm_sq = product_frobenius_norm(stacked.U, stacked.D) ** 2
         norm_sq = norm_sq or 0.0

@@ -15,6 +15,7 @@ goes into U only, so negative weights need no sign bookkeeping.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,13 +24,29 @@ from .errors import AdapterFileError
 from .lora.adapter import LoraModule
 
 
+def multiplicative_problem(key: str, module) -> str:
+    from .lora.lycoris_modules import ALGO_NAMES, algo_of
+
+    algo = algo_of(module)
+    what = "DoRA" if "+dora" in algo else ALGO_NAMES.get(algo, algo)
+    return (f"module {key}: {what} is multiplicative (its update depends on the base weights), so it cannot be "
+            "merged into a LoRA without the base model: fuse it into a checkpoint (`lcm-lora fuse`, or the merge "
+            "node's method 'fuse'), or give the base checkpoint with --base CKPT")
+
+
 @dataclass
 class WeightedFactors:
-    """ΔW_total = U @ D (as a matrix ``(out, in·kh·kw)``) for one module key."""
+    """ΔW_total = U @ D [+ dense] (as a matrix ``(out, in·kh·kw)``) for one module key."""
 
     U: torch.Tensor  # (out, R), weights and alpha/rank already folded in
     D: torch.Tensor  # (R, in·kh·kw)
     weight_shape: tuple[int, ...]  # shape of the base weight this module updates
+    dense: torch.Tensor | None = None  # full-rank parts (LyCORIS full diff), (out, in·kh·kw)
+
+    def matrix(self) -> torch.Tensor:
+        """The dense ΔW_total as a matrix (only for modules that need a dense SVD)."""
+        m = self.U @ self.D
+        return m if self.dense is None else m + self.dense
 
     @property
     def stacked_rank(self) -> int:
@@ -42,6 +59,10 @@ def module_factors(module: LoraModule, source: str, key: str, dtype: torch.dtype
     ``scale`` is *not* folded in here. Raises :class:`AdapterFileError` naming ``source``
     and ``key`` for shapes that are not a LoRA / LoCon / Tucker module.
     """
+    if getattr(module, "multiplicative", False):
+        raise AdapterFileError(source, multiplicative_problem(key, module))
+    if not isinstance(module, LoraModule):  # LoHa / LoKr: exact factors; full diff: None (dense)
+        return module.matrix_factors(dtype)
     down, up, mid = module.down, module.up, module.mid
     if down.dim() not in (2, 4) or up.dim() != down.dim():
         raise AdapterFileError(
@@ -80,7 +101,10 @@ def _compatible_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     if a == b:
         return True
     squeeze = lambda s: s[:2] if len(s) == 4 and s[2:] == (1, 1) else s  # noqa: E731
-    return squeeze(a) == squeeze(b)
+    if squeeze(a) == squeeze(b):
+        return True
+    # LyCORIS factors of a k×k conv may be flattened (out, in·k·k): the same matrix
+    return {len(a), len(b)} == {2, 4} and a[0] == b[0] and math.prod(a[1:]) == math.prod(b[1:])
 
 
 def stack_weighted(
@@ -93,9 +117,10 @@ def stack_weighted(
     The output weight shape is the first contribution's; the others must update the same
     weight (a Linear-shaped and a 1×1-conv-shaped module for the same key are accepted).
     """
-    first_source, _, first = contributions[0]
+    first_source, _, first = max(contributions, key=lambda c: len(c[2].weight_shape))  # a conv's 4-D shape wins
     shape = tuple(first.weight_shape)
     Us, Ds = [], []
+    dense = None
     for source, weight, module in contributions:
         other = tuple(module.weight_shape)
         if not _compatible_shapes(shape, other):
@@ -103,12 +128,20 @@ def stack_weighted(
                 source,
                 f"module {key}: updates a weight of shape {other}, but {first_source} updates {shape}",
             )
-        U, D = module_factors(module, source, key, dtype)
+        factors = module_factors(module, source, key, dtype)
+        if factors is None:  # dense (full diff)
+            part = module.unscaled_delta(dtype).reshape(module.weight_shape[0], -1) * (float(weight) * module.scale)
+            dense = part if dense is None else dense + part
+            continue
+        U, D = factors
         Us.append(U * (float(weight) * module.scale))
         Ds.append(D)
+    out_dim, n = shape[0], math.prod(shape[1:])
+    if not Us:
+        Us, Ds = [torch.zeros(out_dim, 0, dtype=dtype)], [torch.zeros(0, n, dtype=dtype)]
     U = Us[0] if len(Us) == 1 else torch.cat(Us, dim=1)
     D = Ds[0] if len(Ds) == 1 else torch.cat(Ds, dim=0)
-    return WeightedFactors(U=U, D=D, weight_shape=shape)
+    return WeightedFactors(U=U, D=D, weight_shape=shape, dense=dense)
 
 
 def factors_to_module(up2d: torch.Tensor, down2d: torch.Tensor, weight_shape: tuple[int, ...], dtype) -> LoraModule:

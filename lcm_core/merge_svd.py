@@ -73,3 +73,14 @@ def svd_rerank(U: torch.Tensor, D: torch.Tensor, rank: int | None = None, energy
         norm_sq=float(sq.sum()),
         singular_values=s,
     )
+
+
+def svd_dense(M: torch.Tensor, rank: int | None = None, energy: float | None = None) -> SvdRerank:
+    """Best rank-r factors of a dense matrix (full-rank parts: LyCORIS full diffs, or stacked
+    factors whose rank reaches min(out, in), where the factor form saves nothing)."""
+    u, s, vh = torch.linalg.svd(M.to(torch.float64), full_matrices=False)
+    r = choose_rank(s, rank, energy)
+    root = s[:r].sqrt()
+    sq = s * s
+    return SvdRerank(up=(u[:, :r] * root).to(M.dtype), down=(root[:, None] * vh[:r]).to(M.dtype), rank=r,
+                     error_sq=float(sq[r:].sum()), norm_sq=float(sq.sum()), singular_values=s)

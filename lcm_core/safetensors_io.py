@@ -115,6 +115,8 @@ def _not_safetensors(path: Path, head: bytes, problem: str) -> AdapterFileError:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         problem += (f"; {path.suffix} files are usually PyTorch pickles, which are never loaded (unpickling can "
                     "run arbitrary code): use the .safetensors version")
+    if problem.startswith(("truncated or not safetensors", "not a safetensors")):
+        return _fail(path, problem)  # already says what it is: no doubled prefix
     return _fail(path, "not a safetensors file: " + problem)
 
 
@@ -152,8 +154,8 @@ def read_header(path: str | os.PathLike, *, max_bytes: int | None = None) -> Saf
                 raise _not_safetensors(path, head, f"declared header length {n} bytes exceeds the "
                                                    f"{MAX_HEADER_BYTES}-byte limit (corrupt or not safetensors)")
             if 8 + n > size:
-                raise _not_safetensors(path, head, f"truncated or not safetensors: header length {n} bytes but the "
-                                                   f"file has only {size - 8} bytes after the length field")
+                raise _not_safetensors(path, head, f"truncated or not safetensors (header length {n} bytes but the "
+                                                   f"file has only {size - 8} bytes after the length field)")
             raw = f.read(n)
     except OSError as e:  # permission denied, I/O error, file vanished
         raise _fail(path, f"cannot read the file: {e.strerror or e}") from None

@@ -9,7 +9,12 @@ The paper's recipe combines a style LoRA and LCM-LoRA as ``λ1 τ_style + λ2 τ
 * ``fuse``: θ' = θ + Σ λ_i ΔW_i — every adapter is registered as a ComfyUI patch with
   strength λ_i, so ComfyUI adds the dense updates into the weights when it loads the model
   (under its own memory management; ``lcm_core.fuse`` would need private copies of the base
-  weights). The adapter output is then the exact concat merge.
+  weights). Takes every type ComfyUI's LoraLoader takes (LoRA, LoHa, LoKr, full, DoRA, OFT,
+  BOFT); DoRA/OFT are applied in slot order, as chained LoraLoaders would. The adapter output
+  is the exact concat merge for plain LoRAs, else the svd merge (see ``_merged_adapter``).
+
+LyCORIS inputs: ``svd`` merges LoHa / LoKr / full modules from their exact factor forms;
+``concat`` refuses them with an error naming the file.
 
 Slots 3-8 are optional ("None" = empty); the web extension shows them one at a time.
 """
@@ -106,10 +111,7 @@ class LCMAdapterMerge(io.ComfyNode):
         if len(adapters) < 1:
             raise ConfigError("LCM Adapter Merge", "no adapters selected")
 
-        merged, report = merge_adapters(
-            adapters, weights, method="svd" if method == "svd" else "concat",
-            rank=int(rank) if method == "svd" else None, dtype=torch.float32, progress=False, names=names,
-        )
+        merged, report, note = _merged_adapter(merge_adapters, method, adapters, weights, int(rank), names)
         merged.architecture = merged.architecture or arch
         if method == "fuse":
             new_model, new_clip = model, clip
@@ -131,8 +133,39 @@ class LCMAdapterMerge(io.ComfyNode):
 
         summary = report.summary()
         summary["method"] = method
-        text = _report_text(method, names, weights, summary)
+        text = _report_text(method, names, weights, summary) + (f"\n{note}" if note else "")
         return io.NodeOutput(new_model, new_clip, merged, text, ui={"text": [text], "lcm_merge": [summary]})
+
+
+def _merged_adapter(merge_adapters, method, adapters, weights, rank, names):
+    """The merged-adapter output. concat / svd: that merge (concat refuses LoHa/LoKr/full modules with
+    an error naming the file; no merge takes DoRA/OFT without base weights). fuse patches every
+    adapter itself; its adapter output is the exact concat when all inputs are plain LoRA, else the
+    rank-``rank`` svd merge (error reported), else — DoRA/OFT inputs — an empty adapter, said in the report."""
+    from ..lcm_core.errors import AdapterFileError
+    from ..lcm_core.lora import LoraAdapter
+
+    kw = dict(dtype=torch.float32, progress=False, names=names)
+    if method != "fuse":
+        merged, report = merge_adapters(adapters, weights, method=method, rank=rank if method == "svd" else None, **kw)
+        return merged, report, ""
+    if all(a.is_plain_lora() for a in adapters):
+        merged, report = merge_adapters(adapters, weights, method="concat", **kw)
+        return merged, report, ""
+    try:
+        merged, report = merge_adapters(adapters, weights, method="svd", rank=rank, **kw)
+    except AdapterFileError as e:  # multiplicative (DoRA / OFT): the fused MODEL/CLIP are still exact
+        empty, report = LoraAdapter(), None
+        return empty, _EmptyReport(), f"adapter output: none ({e.problem})"
+    return merged, report, (f"adapter output: svd merge at rank {rank} (relative error "
+                            f"{report.total_relative_error:.3g}); the MODEL/CLIP outputs are fused exactly")
+
+
+class _EmptyReport:
+    total_relative_error = 0.0
+
+    def summary(self) -> dict:
+        return {"modules": 0, "output_rank_min": None, "output_rank_max": None, "total_relative_error": 0.0}
 
 
 def _report_text(method: str, names, weights, summary: dict) -> str:

@@ -1,7 +1,9 @@
 """The thin layer between ``lcm_core`` and ComfyUI's model objects, shared by the nodes.
 
-Patching decision: an adapter (any format ``lcm_core`` reads) is converted to a kohya
-state dict and handed to ComfyUI's own ``comfy.lora.load_lora`` with the key maps
+Patching decision: an adapter (any format ``lcm_core`` reads, LyCORIS LoHa / LoKr / full diff,
+DoRA, OFT and BOFT included) is converted to a kohya state dict (LyCORIS tensors under their own
+``.hada_*`` / ``.lokr_*`` / ``.diff`` / ``.oft_blocks`` / ``.dora_scale`` suffixes) and handed to
+ComfyUI's own ``comfy.lora.load_lora`` (so ``comfy.weight_adapter`` applies every type) with the key maps
 ``comfy.lora.model_lora_keys_unet`` / ``model_lora_keys_clip`` — the exact path
 ``LoraLoader`` (``comfy.sd.load_lora_for_models``) takes. The patches are registered
 with ``ModelPatcher.add_patches`` on clones, so they stack with every other LoRA loader,
@@ -152,7 +154,8 @@ class _AdapterCache:
                 return self._items[key][0]
         # lcm_core checks the structure (header, byte ranges, pairs, ranks, shapes, architecture)
         # and every value (NaN/Inf: validate.has_nonfinite, exact, one pass over the data).
-        adapter = read_adapter(path)
+        # require_fit: a file whose modules fit no single supported architecture is an error naming them
+        adapter = read_adapter(path, require_fit=True)
         if self.max_bytes <= 0:
             return adapter
         with self._lock:
@@ -262,11 +265,17 @@ def _key_map(model, clip) -> tuple[dict, dict]:
 
 
 def _fits(update_shape: tuple, weight_shape: tuple) -> bool:
-    """A LoRA update fits a weight of the same shape; Linear (o, i) and 1×1 conv (o, i, 1, 1) are interchangeable."""
+    """A LoRA update fits a weight of the same shape; Linear (o, i) and 1×1 conv (o, i, 1, 1) are interchangeable.
+    OFT knows only its output size (``(o, -1)``); LyCORIS factors of a k×k conv may be flattened ``(o, i·k·k)``."""
     def squeeze(s):
         return s[:2] if len(s) == 4 and s[2:] == (1, 1) else s
 
-    return squeeze(tuple(update_shape)) == squeeze(tuple(weight_shape))
+    update_shape, weight_shape = tuple(update_shape), tuple(weight_shape)
+    if -1 in update_shape:
+        return update_shape[0] == weight_shape[0]
+    if len(update_shape) == 2 and len(weight_shape) == 4:
+        return update_shape == (weight_shape[0], weight_shape[1] * weight_shape[2] * weight_shape[3])
+    return squeeze(update_shape) == squeeze(weight_shape)
 
 
 def adapter_patches(name: str, adapter: LoraAdapter, arch: str, model=None, clip=None) -> dict:
@@ -283,7 +292,7 @@ def adapter_patches(name: str, adapter: LoraAdapter, arch: str, model=None, clip
     if sig in cache:
         return cache[sig]
     try:
-        state_dict = adapter_to_state_dict(adapter, "kohya", arch)
+        state_dict = adapter_to_state_dict(_comfy_applicable(adapter), "kohya", arch)
     except ValueError as e:
         raise AdapterFileError(name, f"cannot be applied to a {ARCH_NAMES.get(arch, arch)} model: {e}") from None
     state_dict = _component_filter(state_dict, model is not None, clip is not None)
@@ -305,6 +314,33 @@ def adapter_patches(name: str, adapter: LoraAdapter, arch: str, model=None, clip
     patches = comfy.lora.load_lora(state_dict, to_load, log_missing=True)
     cache[sig] = patches
     return patches
+
+
+def _comfy_applicable(adapter: LoraAdapter) -> LoraAdapter:
+    """The same adapter in a form ComfyUI's ``comfy.weight_adapter`` applies without error.
+
+    ComfyUI 0.3.64 (torch ≥ 2.14) cannot apply a Tucker LoKr (``lokr_t2``) on a k×k conv: its
+    ``torch.kron`` of the non-contiguous einsum result fails ("view size is not compatible"), is
+    logged, and the weight is left unpatched. Such modules are handed over with the Tucker product
+    already formed into a whole ``lokr_w2`` and the scale folded in (w2 whole ⇒ ComfyUI's scale 1):
+    the same ΔW, exactly, through ComfyUI's own LoKr code.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from ..lcm_core.lora.lycoris_modules import LokrModule
+
+    fixed = {}
+    for key, m in adapter.modules.items():
+        if isinstance(m, LokrModule) and m.t2 is not None:
+            w2 = (m.w2_matrix(torch.float32).reshape(m.w2_full_shape()) * m.scale).contiguous()
+            w1 = m.w1_matrix(torch.float32) if m.w1 is None else m.w1
+            fixed[key] = replace(m, w1=w1, w1a=None, w1b=None, w2=w2, w2a=None, w2b=None, t2=None, alpha=None)
+    if not fixed:
+        return adapter
+    return LoraAdapter(modules={**adapter.modules, **fixed}, metadata=adapter.metadata,
+                       source_format=adapter.source_format, architecture=adapter.architecture)
 
 
 def _check_shapes(name: str, adapter: LoraAdapter, arch: str, key_map: dict, weight_shapes: dict) -> None:
@@ -358,5 +394,7 @@ def describe(adapter: LoraAdapter, fmt: str | None = None) -> str:
     ranks = sorted(adapter.ranks())
     rank = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}" if ranks else "-"
     fmt = fmt or adapter.source_format or "in-memory"
+    algos = "" if adapter.is_plain_lora() else " (" + ", ".join(
+        f"{a} {n}" for a, n in sorted(adapter.algorithms().items())) + ")"
     return (f"{ARCH_NAMES.get(adapter.architecture, adapter.architecture or 'unknown')}, "
-            f"{len(adapter)} modules, rank {rank}, {fmt} format")
+            f"{len(adapter)} modules{algos}, rank {rank}, {fmt} format")

@@ -11,8 +11,9 @@ Shared by ``tests/test_fuzz_adapters.py`` (library + CLI) and ``tests/comfy/test
   (https://github.com/huggingface/safetensors#format).
 * **LoRA** — valid safetensors whose tensors are not a valid LoRA: NaN/Inf, zero rank, mismatched
   up/down, missing partner, wrong dims or dtypes, bad alpha or lora_mid, mixed key formats, keys
-  of another architecture, unknown modules, non-LoRA tensors, DoRA/LoHa, duplicate modules, no
-  tensors, bad diffusers/peft LoraConfig metadata (incl. catastrophic-backtracking patterns).
+  of another architecture, unknown modules, non-LoRA tensors, damaged DoRA/LoHa/LoKr/OFT/diff tensors
+  (LyCORIS: truncated factors, a missing ``w2``, mismatched Kronecker shapes, NaN in ``dora_scale``),
+  duplicate modules, no tensors, bad diffusers/peft LoraConfig metadata (incl. catastrophic-backtracking patterns).
 
 Each :class:`Case` says whether the reader **must** refuse it (``strict``: the defect is there
 by construction) or may accept it (random byte flips, random module names, metadata noise);
@@ -416,10 +417,79 @@ def _out_of_range_block(draw, base, sd, md):
     return None
 
 
+def _lycoris_module(draw, base, sd):
+    """Replace one module of ``base`` by a valid LoHa or LoKr module (LyCORIS kohya suffixes); returns
+    (module name, algorithm, base weight shape)."""
+    name, keys = _pick_module(draw, sd, base)
+    key = next(k for k, n in base.names().items() if n == name)
+    shape = base.modules[key]
+    for k in keys.values():
+        sd.pop(k, None)
+    out, inn = shape[0], shape[1] * math.prod(shape[2:])
+    g = torch.Generator().manual_seed(base.seed)
+    algo = draw(st.sampled_from(["loha", "lokr"]))
+    if algo == "loha":
+        for i in (1, 2):
+            sd[f"{name}.hada_w{i}_a"] = torch.randn(out, 2, generator=g)
+            sd[f"{name}.hada_w{i}_b"] = torch.randn(2, inn, generator=g)
+    else:  # w1 (a, b) ⊗ w2 (c, d), a·c = out, b·d = in (LyCORIS factorisation: a, b small)
+        a = next(f for f in (16, 8, 4, 2, 1) if out % f == 0)
+        b = next(f for f in (16, 8, 4, 2, 1) if inn % f == 0)
+        sd[f"{name}.lokr_w1"] = torch.randn(a, b, generator=g)
+        sd[f"{name}.lokr_w2_a"] = torch.randn(out // a, 2, generator=g)
+        sd[f"{name}.lokr_w2_b"] = torch.randn(2, inn // b, generator=g)
+    sd[f"{name}.alpha"] = torch.tensor(1.0)
+    return name, algo, shape
+
+
+def _lycoris_truncated(draw, base, sd, md):
+    """A LoHa/LoKr factor cut short (its inner rank no longer matches its partner)."""
+    name, algo, _ = _lycoris_module(draw, base, sd)
+    role = draw(st.sampled_from(["hada_w1_b", "hada_w2_a"] if algo == "loha" else ["lokr_w2_b", "lokr_w2_a"]))
+    t = sd[f"{name}.{role}"]
+    sd[f"{name}.{role}"] = t[:1] if role.endswith("_b") else t[:, :1]
+    return f"{algo} {role} truncated"
+
+
+def _lokr_missing_w2(draw, base, sd, md):
+    name, _, _ = _lycoris_module(draw, base, sd)
+    for role in ("lokr_w2_a", "lokr_w2_b", "hada_w1_a"):
+        sd.pop(f"{name}.{role}", None)
+    if f"{name}.lokr_w1" not in sd:  # was LoHa: make it a LoKr without w2
+        for k in [k for k in sd if k.startswith(name + ".hada_")]:
+            del sd[k]
+        sd[f"{name}.lokr_w1"] = torch.ones(2, 2)
+    if draw(st.booleans()):
+        sd[f"{name}.lokr_w2_a"] = torch.ones(4, 2)  # half of a decomposed w2
+    return "LoKr without (complete) w2"
+
+
+def _kron_mismatch(draw, base, sd, md):
+    """A Kronecker product whose shape fits no weight at that name (refused with the architecture known)."""
+    name, _, shape = _lycoris_module(draw, base, sd)
+    for k in [k for k in sd if k.startswith(name + ".")]:
+        del sd[k]
+    sd[f"{name}.lokr_w1"] = torch.ones(draw(st.sampled_from([3, 5, 7])), 2)
+    sd[f"{name}.lokr_w2"] = torch.ones(shape[0] // 2 + draw(st.integers(1, 3)), shape[1] // 2)
+    return "Kronecker shape of no weight", base.arch
+
+
+def _nan_dora(draw, base, sd, md):
+    name, keys = _pick_module(draw, sd, base)
+    out = sd[keys["up"]].shape[0]
+    ndim = sd[keys["up"]].dim()
+    scale = torch.ones(out, *[1] * (ndim - 1))
+    scale.view(-1)[draw(st.integers(0, out - 1))] = draw(st.sampled_from([float("nan"), float("inf")]))
+    sd[f"{name}.dora_scale"] = scale
+    return "NaN/Inf in dora_scale"
+
+
 # Defects that only exist in some key formats (the others get any format).
 DEFECT_FORMATS = {
     "bad_config_metadata": ("diffusers", "peft"), "duplicate_module": ("kohya", "kohya_ldm", "diffusers"),
     "other_arch": ("kohya", "kohya_ldm", "diffusers", "peft"), "out_of_range_block": ("kohya", "diffusers"),
+    "lycoris_truncated": ("kohya", "kohya_ldm"), "lokr_missing_w2": ("kohya", "kohya_ldm"),
+    "kron_mismatch": ("kohya", "kohya_ldm"), "nan_dora": ("kohya", "kohya_ldm", "comfy"),
 }
 
 LORA_DEFECTS = {
@@ -429,6 +499,8 @@ LORA_DEFECTS = {
     "unknown_module": _unknown_module, "not_lora_key": _not_lora_key, "unsupported": _unsupported,
     "duplicate_module": _duplicate_module, "empty": _empty, "bad_config_metadata": _bad_config_metadata,
     "other_arch": _other_arch, "wrong_width": _wrong_width, "out_of_range_block": _out_of_range_block,
+    "lycoris_truncated": _lycoris_truncated, "lokr_missing_w2": _lokr_missing_w2, "kron_mismatch": _kron_mismatch,
+    "nan_dora": _nan_dora,
 }
 
 

@@ -262,7 +262,7 @@ def test_library_refuses_malformed_containers(work):
 
 
 def test_library_refuses_malformed_loras(work):
-    counts = _run_library(work, per_kind(malformed_loras, tuple(LORA_DEFECTS), 300), "library_loras", LORA_DEFECTS)
+    counts = _run_library(work, per_kind(malformed_loras, tuple(LORA_DEFECTS), 400), "library_loras", LORA_DEFECTS)
     assert sum(counts.values()) >= 288 * min(SCALE, 1)
 
 

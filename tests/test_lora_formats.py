@@ -327,8 +327,8 @@ def _bad(kind):
     elif kind == "duplicate module":
         base["lora_unet_input_blocks_1_1_proj_in.lora_down.weight"] = d.clone()
         base["lora_unet_input_blocks_1_1_proj_in.lora_up.weight"] = u.clone()
-    elif kind == "DoRA":
-        base[f"{K}.dora_scale"] = torch.ones(320, 1)
+    elif kind == "DoRA":  # DoRA is supported (tests/test_lycoris_formats.py); a wrongly shaped magnitude is not
+        base[f"{K}.dora_scale"] = torch.ones(7, 1)
     elif kind == "LoHa":
         base[f"{K}.hada_w1_a"] = torch.ones(320, 4)
     elif kind == "integer weights":
@@ -356,7 +356,7 @@ BAD = {
     "unknown module": "does not name a known",
     "not a LoRA key": "not a LoRA tensor name",
     "duplicate module": "both address unet.down_blocks.0.attentions.0.proj_in",
-    "DoRA": "DoRA",
+    "DoRA": "dora_scale: shape (7, 1) fits neither",
     "LoHa": "LoHa",
     "integer weights": "not floating point",
     "up kernel 3x3": "kernel must be 1×1",

@@ -30,6 +30,40 @@ class LoraModule:
     up: torch.Tensor
     alpha: float | None = None
     mid: torch.Tensor | None = None
+    dora_scale: torch.Tensor | None = None  # DoRA magnitude (kohya ``dora_scale``); see lycoris_modules
+
+    @property
+    def multiplicative(self) -> bool:
+        """DoRA rescales W + ΔW by its norm: the result depends on the base weight."""
+        return self.dora_scale is not None
+
+    @property
+    def low_rank(self) -> bool:
+        return True
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"down": self.down, "up": self.up}
+        if self.mid is not None:
+            out["mid"] = self.mid
+        if self.dora_scale is not None:
+            out["dora_scale"] = self.dora_scale
+        return out
+
+    def unscaled_delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.delta_weight(dtype) / self.scale if self.scale != 0 else self.delta_weight(dtype)
+
+    def apply_to(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
+        """θ' for a float32 working weight (ComfyUI ``LoRAAdapter.calculate_weight``; DoRA included)."""
+        if self.dora_scale is None:
+            return weight + self.delta_weight(weight.dtype).reshape(weight.shape) * strength
+        from .lycoris_modules import dora_apply
+
+        up = self.up.to(weight.dtype).reshape(self.up.shape[0], -1)
+        down = self.down.to(weight.dtype)
+        if self.mid is not None:
+            down = torch.einsum("abhw,bi->aihw", self.mid.to(weight.dtype), down.reshape(self.rank, -1))
+        diff = (up @ down.reshape(down.shape[0], -1)).reshape(weight.shape)
+        return dora_apply(weight, self.dora_scale, diff, self.scale, strength)
 
     @property
     def rank(self) -> int:
@@ -80,6 +114,7 @@ class LoraModule:
             up=self.up.to(dtype),
             alpha=self.alpha,
             mid=None if self.mid is None else self.mid.to(dtype),
+            dora_scale=None if self.dora_scale is None else self.dora_scale.to(dtype),
         )
 
 
@@ -113,4 +148,18 @@ class LoraAdapter:
         return sum(m.num_parameters() for m in self.modules.values())
 
     def dtypes(self) -> set[torch.dtype]:
-        return {m.down.dtype for m in self.modules.values()} | {m.up.dtype for m in self.modules.values()}
+        return {t.dtype for m in self.modules.values() for k, t in m.tensors().items() if k != "dora_scale"}
+
+    def algorithms(self) -> dict[str, int]:
+        """Module count per algorithm (``lora``, ``locon``, ``loha``, ``lokr``, ``full``, ``oft``, …, ``+dora``)."""
+        from .lycoris_modules import algo_of
+
+        out: dict[str, int] = {}
+        for m in self.modules.values():
+            a = algo_of(m)
+            out[a] = out.get(a, 0) + 1
+        return out
+
+    def is_plain_lora(self) -> bool:
+        """Only LoRA/LoCon modules without DoRA (what every format and the concat merge can hold)."""
+        return all(isinstance(m, LoraModule) and m.dora_scale is None for m in self.modules.values())

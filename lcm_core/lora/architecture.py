@@ -56,9 +56,25 @@ def _mismatch(shapes: Mapping[str, tuple[int, ...]], table: dict[str, ModuleSpec
             return key, "no such module"
         want = tuple(spec.shape)
         shape = tuple(shape)
+        if -1 in shape:  # OFT knows only its output size
+            if shape[0] != want[0]:
+                return key, f"shape {shape} ≠ {want}"
+            continue
         if shape != want and (strict or _strip11(shape) != _strip11(want)):
             return key, f"shape {shape} ≠ {want}"
     return None
+
+
+def foreign_modules(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, int, list[str]]:
+    """``(best architecture, modules that fit it, modules that do not)`` — for an adapter that fits
+    no single architecture, the one that explains most of it and the keys that are foreign to it."""
+    best = None
+    for a in ARCHITECTURES:
+        table = architecture_modules(a)
+        bad = [k for k in shapes if _mismatch({k: shapes[k]}, table, strict=False) is not None]
+        if best is None or len(bad) < len(best[2]):
+            best = (a, len(shapes) - len(bad), bad)
+    return best
 
 
 def _missing_of_used_kinds(shapes: Mapping[str, tuple[int, ...]], table: dict[str, ModuleSpec]) -> int:
@@ -96,7 +112,7 @@ def hints_from_metadata(metadata: Mapping[str, str] | None) -> list[str]:
 
 
 def detect_from_shapes(shapes: Mapping[str, tuple[int, ...]], hints: Iterable[str] = (),
-                       what: str = "adapter") -> Detection:
+                       what: str = "adapter", loose: Iterable[str] = ()) -> Detection:
     """Core: canonical module key → base weight shape."""
     if not shapes:
         return Detection(UNKNOWN, [f"{what} has no LoRA-targetable modules"])
@@ -111,16 +127,19 @@ def detect_from_shapes(shapes: Mapping[str, tuple[int, ...]], hints: Iterable[st
             evidence.append(f"not {a}: {bad[0]} ({bad[1]})")
     if not consistent:
         return Detection(UNKNOWN, ["no supported architecture has all modules with these shapes", *evidence])
-    chosen = _choose(shapes, tables, consistent, [h for h in hints if _hint_archs([h])], evidence)
+    loose = set(loose)
+    strict_shapes = {k: v for k, v in shapes.items() if k not in loose} if loose else None
+    chosen = _choose(shapes, tables, consistent, [h for h in hints if _hint_archs([h])], evidence, strict_shapes)
     return Detection(chosen, evidence, tuple(consistent))
 
 
-def _choose(shapes, tables, consistent, hinted, evidence) -> str:
+def _choose(shapes, tables, consistent, hinted, evidence, strict_shapes=None) -> str:
     if len(consistent) == 1:
         a = consistent[0]
         evidence.insert(0, f"all {len(shapes)} modules exist in {a} with matching shapes")
         return a
-    strict = [a for a in consistent if _mismatch(shapes, tables[a], strict=True) is None]
+    strict_shapes = shapes if strict_shapes is None else strict_shapes
+    strict = [a for a in consistent if _mismatch(strict_shapes, tables[a], strict=True) is None]
     if len(strict) == 1:
         evidence.insert(0, f"only {strict[0]} matches the conv/linear layout exactly (among {', '.join(consistent)})")
         return strict[0]
@@ -159,6 +178,9 @@ def detect_adapter_architecture(adapter, hints: Iterable[str] | None = None) -> 
         hint_list = list(hints) if hints is not None else hints_from_metadata(adapter.metadata)
         if hints is None and getattr(adapter, "architecture", None):
             hint_list.append(adapter.architecture)
+        # LoHa / LoKr store a Linear and a 1×1 conv alike (flattened factors): no layout evidence
+        loose = [k for k, m in adapter.modules.items() if getattr(m, "shape", 0) is None and len(shapes[k]) == 2]
+        return detect_from_shapes(shapes, hint_list, "adapter", loose)
     return detect_from_shapes(shapes, hint_list, "adapter")
 
 

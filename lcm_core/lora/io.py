@@ -22,7 +22,9 @@ from ..model_configs import ARCHITECTURES
 from ..safetensors_io import read_safetensors, write_safetensors
 from . import comfy_format, diffusers_format, kohya, peft_format
 from .adapter import COMPONENTS, LoraAdapter, LoraModule
-from .key_parsing import ALPHA, BARE, COMFY, DIFFUSERS, DOWN, KOHYA, MID, PEFT, UP, family_of, split_role
+from .key_parsing import (ALPHA, BARE, COMFY, DIFFUSERS, DOWN, KOHYA, MAGNITUDE, MID, PEFT, UP, family_of,
+                          is_adapter_key, split_role)
+from .lycoris_modules import LYCORIS_ROLES, build_lycoris_module, check_dora_scale
 from .keys import KOHYA_TE1, KOHYA_TE2, KOHYA_UNET, decode_underscored, is_ldm_unet_path
 from .metadata import alpha_none_keys, build_metadata
 from .module_table import architecture_modules, known_kinds, module_kind
@@ -59,6 +61,14 @@ def _mapper(family: str, component: str | None):
 
 def _weight_shape(groups: dict, name: str) -> tuple[int, ...] | None:
     g = groups[name]
+    lyco = {r: t for r, (_, t) in g.items() if r in LYCORIS_ROLES and r != "dora_scale"}
+    if lyco:
+        try:
+            m = build_lycoris_module("?", name, lyco, None)
+        except LcmLoraError:
+            return None  # malformed: named when the module is built
+        shape = tuple(m.weight_shape) if m is not None else None
+        return None if shape is None or -1 in shape else shape
     if DOWN not in g or UP not in g:
         return None
     down, up = g[DOWN][1], g[UP][1]
@@ -108,6 +118,7 @@ def adapter_from_state_dict(
     peft_configs: Mapping[str, dict] | None = None,
     check_values: bool = True,
     require_known_arch: bool = False,
+    require_fit: bool = False,
 ) -> LoraAdapter:
     """Build a :class:`LoraAdapter` from a LoRA state dict in any supported format.
 
@@ -116,7 +127,9 @@ def adapter_from_state_dict(
     for LDM-named keys; ``peft_configs`` (component → LoraConfig dict) gives peft alphas.
     ``expected_arch`` raises :class:`ArchitectureMismatchError` on a different architecture;
     ``require_known_arch`` raises :class:`AdapterFileError` (with the detection evidence) when
-    no supported architecture fits (e.g. keys of two architectures mixed in one file).
+    no supported architecture fits (e.g. keys of two architectures mixed in one file);
+    ``require_fit`` raises only when the modules fit no single architecture (ambiguous partial
+    adapters pass), naming the foreign modules (the CLI and the nodes read with it).
     Raises :class:`AdapterFileError` naming the offending key for every inconsistency.
     """
     metadata = dict(metadata or {})
@@ -124,6 +137,7 @@ def adapter_from_state_dict(
         raise ConfigError(source, f"unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
     if not state_dict:
         raise AdapterFileError(source, "contains no tensors (empty adapter)")
+    _refuse_checkpoint(source, state_dict)
     groups: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
     for key, tensor in state_dict.items():
         if not isinstance(tensor, torch.Tensor):
@@ -166,12 +180,7 @@ def adapter_from_state_dict(
             raise AdapterFileError(source, f"{name}: does not name a known UNet or text-encoder module")
         if key in modules:
             raise AdapterFileError(source, f"duplicate module: {names[key]} and {name} both address {key}")
-        down = g.get(DOWN, (None, None))[1]
-        up = g.get(UP, (None, None))[1]
-        mid = g.get(MID, (None, None))[1]
-        alpha = alpha_from_tensor(source, name, g[ALPHA][1]) if ALPHA in g else None
-        check_module(source, name, down, up, mid, alpha)
-        modules[key] = LoraModule(down=down, up=up, alpha=alpha, mid=mid)
+        modules[key] = _build_module(source, name, g, key, arch_for_names)
         names[key] = name
 
     # peft / diffusers alphas from LoraConfig kwargs (adapter_config.json or lora_adapter_metadata).
@@ -182,7 +191,7 @@ def adapter_from_state_dict(
         for key, m in modules.items():
             comp, path = key.split(".", 1)
             cfg = configs.get(comp)
-            if cfg is not None and ALPHA not in groups[names[key]]:
+            if cfg is not None and ALPHA not in groups[names[key]] and isinstance(m, LoraModule):
                 m.alpha = peft_format.alpha_from_config(source, cfg, path, m.rank)
                 check_module(source, names[key], m.down, m.up, m.mid, m.alpha)
     for key in alpha_none_keys(metadata, modules):
@@ -196,10 +205,95 @@ def adapter_from_state_dict(
     adapter = LoraAdapter(modules=modules, metadata=metadata,
                           source_format="peft" if family == BARE else family)
     det = _architecture.detect_adapter_architecture(adapter, hints=hints)
-    return _apply_detection(adapter, det, source, expected_arch, require_known_arch, names)
+    return _apply_detection(adapter, det, source, expected_arch, require_known_arch, names, require_fit)
 
 
-def _apply_detection(adapter, det, source, expected_arch, require_known_arch, names=None) -> LoraAdapter:
+def _refuse_checkpoint(source, state_dict) -> None:
+    """A full model file given as an adapter: say so, instead of complaining about its first key."""
+    keys = list(state_dict)
+    if any(is_adapter_key(k) for k in keys):
+        return
+    weights = [k for k in keys if k.endswith((".weight", ".bias"))]
+    if len(weights) < max(2, len(keys) // 2):
+        return
+    what = "a full model checkpoint"
+    try:
+        det = _architecture.detect_checkpoint_architecture(
+            {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)})
+        if det.known:
+            what = f"a full {det.arch} model checkpoint"
+    except Exception:  # detection is only a courtesy here
+        pass
+    raise AdapterFileError(source, f"is {what} ({len(keys)} tensors such as {weights[0]}), not a LoRA or LyCORIS "
+                                   "adapter: load it as the base model (Load Checkpoint in ComfyUI, or the first "
+                                   "argument of `lcm-lora fuse CHECKPOINT ADAPTER...`)")
+
+
+def _resolve_shape(module, key: str, arch: str | None):
+    """LoHa/LoKr factors store a k×k conv weight flattened (out, in·k·k): take the full
+    base-weight shape from the architecture tables (Linear and 1×1 conv are interchangeable and
+    need nothing; OFT knows only ``out`` and stays ``(out, -1)``, a wildcard for detection)."""
+    if not hasattr(module, "shape") or module.shape is not None:
+        return
+    got = tuple(module.weight_shape)
+    if len(got) == 4:
+        return
+    order = ([arch] if arch in ARCHITECTURES else []) + [a for a in ARCHITECTURES if a != arch]
+    for a in order:
+        spec = architecture_modules(a).get(key)
+        if spec is None:
+            continue
+        want = tuple(spec.shape)
+        if len(want) == 4 and want[2:] != (1, 1) and want[0] == got[0] and want[1] * want[2] * want[3] == got[1]:
+            module.shape = want
+            return
+        if want == got:
+            return
+
+
+def _build_module(source, name: str, g: dict, key: str, arch: str | None):
+    """One module from its tensors by role: LoRA/LoCon/Tucker (+ DoRA) or a LyCORIS type."""
+    roles = {r: t for r, (_, t) in g.items()}
+    alpha = alpha_from_tensor(source, name, roles[ALPHA]) if ALPHA in roles else None
+    if MAGNITUDE in roles:
+        if "dora_scale" in roles:
+            raise AdapterFileError(source, f"{name}: has both dora_scale and lora_magnitude_vector")
+        mag = roles.pop(MAGNITUDE)
+        ndim = roles[DOWN].dim() if DOWN in roles else 2
+        roles["dora_scale"] = mag.reshape(mag.shape[0], *[1] * (ndim - 1)) if mag.dim() == 1 else mag
+    lyco = build_lycoris_module(source, name, {r: t for r, t in roles.items() if r in LYCORIS_ROLES}, alpha)
+    if lyco is not None:
+        plain = [r for r in (DOWN, UP, MID) if r in roles]
+        if plain:
+            raise AdapterFileError(source, f"{name}: mixes LoRA ({', '.join(plain)}) and {lyco.algo} tensors")
+        _resolve_shape(lyco, key, arch)
+        return lyco
+    down, up, mid = roles.get(DOWN), roles.get(UP), roles.get(MID)
+    check_module(source, name, down, up, mid, alpha)
+    module = LoraModule(down=down, up=up, alpha=alpha, mid=mid, dora_scale=roles.get("dora_scale"))
+    check_dora_scale(source, name, module.dora_scale, module.weight_shape)
+    return module
+
+
+def check_one_architecture(source, adapter: LoraAdapter, det=None, names: dict | None = None) -> None:
+    """Every module must fit one supported architecture (several candidates, e.g. a partial
+    SDXL / SSD-1B adapter, are fine): else an error naming the foreign modules."""
+    det = det or _architecture.detect_adapter_architecture(adapter)
+    if det.known or det.candidates:
+        return
+    shapes = {k: tuple(m.weight_shape) for k, m in adapter.modules.items()}
+    best, fit, foreign = _architecture.foreign_modules(shapes)
+    names = names or {}
+    shown = ", ".join(names.get(k, k) for k in foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+    raise AdapterFileError(source, f"its modules do not all fit one supported architecture (sd1, sd2, sdxl, ssd1b): "
+                                   f"{fit} of {len(shapes)} fit {best}, {len(foreign)} foreign: {shown} "
+                                   "(mixed or damaged file? --allow-unknown-arch accepts adapters of other models)")
+
+
+def _apply_detection(adapter, det, source, expected_arch, require_known_arch, names=None,
+                     require_fit: bool = False) -> LoraAdapter:
+    if require_fit and expected_arch in (None, "auto", "unknown"):
+        check_one_architecture(source, adapter, det, names)
     if expected_arch not in (None, "auto", "unknown"):
         if det.known and det.arch != expected_arch:
             raise ArchitectureMismatchError(source, expected_arch, det.arch, det.evidence[0] if det.evidence else "")
@@ -239,13 +333,14 @@ def read_adapter(
     max_bytes: int | None = None,
     check_values: bool = True,
     require_known_arch: bool = False,
+    require_fit: bool = False,
 ) -> LoraAdapter:
     """Read a LoRA file (kohya / diffusers / comfy ``.safetensors``) or folder (peft adapter
     folder, per-component peft sub-folders, or a diffusers output folder with
     ``pytorch_lora_weights.safetensors``). See :func:`adapter_from_state_dict`."""
     p = Path(path)
     kw = dict(expected_arch=expected_arch, unet_config=unet_config, check_values=check_values,
-              require_known_arch=require_known_arch)
+              require_known_arch=require_known_arch, require_fit=require_fit and unet_config is None)
     if p.is_dir():
         if (p / peft_format.CONFIG_NAME).is_file() and (p / peft_format.WEIGHTS_NAME).is_file():
             return _read_peft_folder(p, p, component, max_bytes=max_bytes, **kw)
@@ -254,14 +349,14 @@ def read_adapter(
         if subs:
             merged: dict[str, LoraModule] = {}
             metadata: dict[str, str] = {}
-            kw_no_arch = dict(kw, expected_arch=None, require_known_arch=False)
+            kw_no_arch = dict(kw, expected_arch=None, require_known_arch=False, require_fit=False)
             for c in subs:
                 part = _read_peft_folder(p / c, p / c, c, max_bytes=max_bytes, **kw_no_arch)
                 merged.update(part.modules)
                 metadata.update(part.metadata)
             adapter = LoraAdapter(modules=merged, metadata=metadata, source_format="peft")
             det = _architecture.detect_adapter_architecture(adapter)
-            return _apply_detection(adapter, det, p, expected_arch, require_known_arch)
+            return _apply_detection(adapter, det, p, expected_arch, require_known_arch, require_fit=require_fit)
         for name in DIFFUSERS_WEIGHT_NAMES:
             if (p / name).is_file():
                 return read_adapter(p / name, component=component, max_bytes=max_bytes, **kw)
@@ -303,6 +398,8 @@ def adapter_to_state_dict(
     """
     arch = _resolve_arch(adapter, arch)
     layout = UnetLayout.from_config(unet_config) if unet_config is not None else None
+    if format in ("diffusers", "peft"):
+        _require_plain(adapter, format)
     if format == "kohya":
         return kohya.to_state_dict(adapter, arch, unet_names=unet_names, layout=layout)
     if format == "comfy":
@@ -324,13 +421,28 @@ def adapter_to_state_dict(
     raise ValueError(f"unknown LoRA format {format!r}; expected one of {', '.join(FORMATS)}")
 
 
+def _require_plain(adapter: LoraAdapter, fmt: str) -> None:
+    """diffusers / peft files hold plain LoRA only (kohya and comfy names hold every LyCORIS type)."""
+    from .lycoris_modules import ALGO_NAMES, algo_of
+
+    for key, m in adapter.modules.items():
+        if not isinstance(m, LoraModule) or m.dora_scale is not None:
+            algo = algo_of(m)
+            raise ValueError(f"{key}: a {ALGO_NAMES.get(algo.split('+')[0], algo)}"
+                             f"{' + DoRA' if '+dora' in algo else ''} module cannot be written in the {fmt} format; "
+                             f"write kohya/comfy, or convert it to a plain LoRA (`lcm-lora convert --to {fmt} --rank N`)")
+
+
 def _check_writable(adapter: LoraAdapter, path) -> None:
     if not adapter.modules:
         raise ConfigError(path, "adapter has no modules; nothing to write")
     for key, m in adapter.modules.items():
-        check_module(path, key, m.down, m.up, m.mid, m.alpha)
-    check_finite(path, {f"{k}.{r}": t for k, m in adapter.modules.items()
-                        for r, t in (("down", m.down), ("up", m.up), ("mid", m.mid)) if t is not None})
+        if isinstance(m, LoraModule):
+            check_module(path, key, m.down, m.up, m.mid, m.alpha)
+            check_dora_scale(path, key, m.dora_scale, m.weight_shape)
+        else:
+            m.validate(path, key)
+    check_finite(path, {f"{k}.{r}": t for k, m in adapter.modules.items() for r, t in m.tensors().items()})
 
 
 def write_adapter(

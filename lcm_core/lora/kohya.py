@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .adapter import LoraAdapter
+from .adapter import LoraAdapter, LoraModule
 from .keys import canonical_to_kohya, kohya_to_canonical
 from .unet_names import UnetLayout
 
@@ -33,16 +33,27 @@ def to_state_dict(adapter: LoraAdapter, arch: str | None = None, *, unet_names: 
                   name_of=None) -> dict[str, torch.Tensor]:
     """Tensors of ``adapter`` under kohya names (``name_of`` overrides the module naming)."""
     out: dict[str, torch.Tensor] = {}
+    names: set[str] = set()
     dual = True if "text_encoder_2" in adapter.components() else None
     for key, m in adapter.modules.items():
         name = name_of(key) if name_of is not None else canonical_to_kohya(
             key, arch, unet_names=unet_names, layout=layout, dual_text_encoders=dual)
-        if f"{name}{suffix['down']}" in out:
+        if name in names:
             raise ValueError(f"two modules map to the same name {name}")
-        out[f"{name}{suffix['down']}"] = m.down
-        out[f"{name}{suffix['up']}"] = m.up
-        if m.mid is not None:
-            out[f"{name}{suffix['mid']}"] = m.mid
+        names.add(name)
+        if isinstance(m, LoraModule):
+            out[f"{name}{suffix['down']}"] = m.down
+            out[f"{name}{suffix['up']}"] = m.up
+            if m.mid is not None:
+                out[f"{name}{suffix['mid']}"] = m.mid
+        else:  # LyCORIS: the tensors under their own suffixes (lycoris ``kohya`` naming, as ComfyUI reads them)
+            for role, t in m.tensors().items():
+                if role in ("w1b", "w2b") and t.dim() > 2:
+                    t = t.reshape(t.shape[0], -1)  # LyCORIS' stored layout (rank, in·k·k): ComfyUI multiplies 2-D
+                if role != "dora_scale":
+                    out[f"{name}.{m.SUFFIX[role]}"] = t
+        if m.dora_scale is not None:
+            out[f"{name}.dora_scale"] = m.dora_scale
         if m.alpha is not None:
             out[f"{name}{suffix['alpha']}"] = alpha_tensor(m.alpha)
     return out

@@ -44,7 +44,12 @@ def build_metadata(adapter: LoraAdapter, fmt: str, arch: str | None,
         md["lcm_lora.alpha"] = "none" if alphas[0] is None else _num(alphas[0])
     else:
         md["lcm_lora.alpha"] = json.dumps([None if a is None else float(a) for a in alphas])
-    md["ss_network_module"] = "networks.lora"
+    algos = {a.split("+")[0] for a in adapter.algorithms()}
+    lycoris = algos - {"lora", "locon", "lora_tucker"}
+    md["ss_network_module"] = "lycoris.kohya" if lycoris or any("+dora" in a for a in adapter.algorithms()) \
+        else "networks.lora"
+    if md["ss_network_module"] != "networks.lora":
+        md["lcm_lora.algorithms"] = ",".join(sorted(adapter.algorithms()))
     md["ss_network_dim"] = str(ranks[0]) if len(ranks) == 1 else "Dynamic"
     eff = {float(m.rank if m.alpha is None else m.alpha) for m in adapter.modules.values()}
     md["ss_network_alpha"] = repr(eff.pop()) if len(eff) == 1 else "Dynamic"
