@@ -140,7 +140,7 @@ def _check_module_types(adapters, names, method) -> None:
 
 def _check_shapes_agree(adapters, names) -> None:
     """A module key must update the same weight shape in every adapter (checked before any progress line)."""
-    from .merge_factors import _compatible_shapes
+    from .merge_factors import compatible_shapes
 
     first: dict[str, tuple] = {}
     for name, adapter in zip(names, adapters):
@@ -148,7 +148,7 @@ def _check_shapes_agree(adapters, names) -> None:
             shape = tuple(m.weight_shape)
             if key not in first:
                 first[key] = (name, shape)
-            elif -1 not in shape and -1 not in first[key][1] and not _compatible_shapes(first[key][1], shape):
+            elif -1 not in shape and -1 not in first[key][1] and not compatible_shapes(first[key][1], shape):
                 raise AdapterFileError(name, f"module {key}: updates a weight of shape {shape}, but "
                                              f"{first[key][0]} updates {first[key][1]}")
 

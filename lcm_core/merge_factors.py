@@ -96,7 +96,7 @@ def module_factors(module: LoraModule, source: str, key: str, dtype: torch.dtype
     return U, D
 
 
-def _compatible_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+def compatible_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     """Equal, or the same matrix with/without trailing 1×1 kernel dims (Linear vs Conv 1×1)."""
     if a == b:
         return True
@@ -123,7 +123,7 @@ def stack_weighted(
     dense = None
     for source, weight, module in contributions:
         other = tuple(module.weight_shape)
-        if not _compatible_shapes(shape, other):
+        if not compatible_shapes(shape, other):
             raise AdapterFileError(
                 source,
                 f"module {key}: updates a weight of shape {other}, but {first_source} updates {shape}",

@@ -292,7 +292,8 @@ def _coerce(value: Any, kind: str, key: str, source: str):
     raise AssertionError(kind)
 
 
-def _set(cfg: TrainConfig, dotted: str, value: Any, source: str, base_dir: Path | None) -> None:
+def set_value(cfg: TrainConfig, dotted: str, value: Any, source: str, base_dir: Path | None) -> None:
+    """Set ``cfg.<section>.<name>`` from a raw value, coerced and checked against the field's metadata."""
     section, name = dotted.split(".", 1)
     meta = _field_meta(dotted)
     value = _coerce(value, meta["kind"], dotted, source)
@@ -306,7 +307,7 @@ def _apply_mapping(cfg: TrainConfig, data: Mapping, source: str, base_dir: Path 
         raise ConfigError(source, f"the top level must be a mapping of sections, got {type(data).__name__}")
     for section, body in data.items():
         if section in SHORTHANDS and not isinstance(body, Mapping):
-            _set(cfg, SHORTHANDS[section], body, source, base_dir)
+            set_value(cfg, SHORTHANDS[section], body, source, base_dir)
             continue
         if section not in _SECTION_CLASSES:
             raise ConfigError(source, f"unknown section '{section}'{_suggest(str(section))}")
@@ -320,7 +321,7 @@ def _apply_mapping(cfg: TrainConfig, data: Mapping, source: str, base_dir: Path 
                 _field_meta(dotted)
             except KeyError:
                 raise ConfigError(source, f"unknown key '{dotted}'{_suggest(dotted)}") from None
-            _set(cfg, dotted, value, source, base_dir)
+            set_value(cfg, dotted, value, source, base_dir)
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
@@ -399,7 +400,7 @@ def load_config(
         _apply_mapping(cfg, read_config_file(path), os.fspath(path), path.resolve().parent)
     for text in overrides:
         dotted, value = parse_override(text)
-        _set(cfg, dotted, value, f"override {text!r}", Path.cwd())
+        set_value(cfg, dotted, value, f"override {text!r}", Path.cwd())
     validate_config(cfg)
     return cfg
 
@@ -598,6 +599,6 @@ def apply_panel_overrides(cfg: TrainConfig, values: Any, source: str = "override
     for name, spec in allowed.items():
         if name in values:
             _check_panel_value(values[name], spec, source)
-            _set(cfg, spec["key"], values[name], source, None)
+            set_value(cfg, spec["key"], values[name], source, None)
     validate_config(cfg)
     return cfg

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..lcm_core.errors import ConfigError
-from .config import TrainConfig, _set, load_config, parse_override, validate_config
+from .config import TrainConfig, set_value, load_config, parse_override, validate_config
 
 SAVED_CONFIG = "config.yaml"
 SOURCE_RECORD = "config.source.json"
@@ -86,13 +86,13 @@ def resolve_run_config(config, output_dir, resume, overrides: Iterable[str] = ()
                 continue  # null in a template = "not set here": keep the run's value
             if started_with is not None and started_with.get(key) == value:
                 continue  # unchanged since the run started: the run's own value (overrides included) stands
-            _set(cfg, key, value, os.fspath(config), None)
+            set_value(cfg, key, value, os.fspath(config), None)
         cfg.source = os.fspath(config)
     else:
         cfg.source = os.fspath(saved)
     for text in overrides:
         dotted, value = parse_override(text)
-        _set(cfg, dotted, value, f"override {text!r}", Path.cwd())
+        set_value(cfg, dotted, value, f"override {text!r}", Path.cwd())
     validate_config(cfg)
     return cfg
 
