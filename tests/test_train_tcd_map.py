@@ -158,3 +158,23 @@ def test_print_schema_lists_the_objective(capsys):
     assert "  objective: lcm  # one of lcm, tcd" in out
     assert "  tcd_s_sampling: uniform  # one of uniform, tdd" in out
     assert "  tdd_s_ratio: 0.3" in out and "  tdd_steps: [4, 8]" in out
+
+
+def test_tcd_config_follows_the_reference_script():
+    """``configs/tcd_sd15.yaml`` is TCD and takes the TCD-LoRA script's argparse defaults (read from its source)."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tcd_sd15.yaml")
+    assert (cfg.lcd.objective, cfg.lcd.tcd_s_sampling, cfg.lcd.loss) == ("tcd", "uniform", "l2")
+    var = "TCD_REFERENCE_SCRIPT"
+    if not os.environ.get(var):
+        pytest.skip(f"{var} (rootonchair tcd/train_tcd_distill_lora_sd_wds.py) not set: defaults not compared")
+    tree = ast.parse(Path(os.environ[var]).read_text(encoding="utf-8"))
+    ref = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args:
+            flag = getattr(node.args[0], "value", None)
+            for kw in node.keywords:
+                if kw.arg == "default" and isinstance(kw.value, ast.Constant) and isinstance(flag, str):
+                    ref[flag.lstrip("-")] = kw.value.value
+    assert (cfg.lcd.w_min, cfg.lcd.w_max, cfg.lcd.num_ddim_timesteps) == (ref["w_min"], ref["w_max"], ref["num_ddim_timesteps"])
+    assert (cfg.lora.rank, cfg.optim.learning_rate, cfg.optim.max_grad_norm) == (ref["lora_rank"], ref["learning_rate"], ref["max_grad_norm"])
+    assert cfg.lcd.loss == ref["loss_type"] and cfg.train.batch_size == 12
