@@ -15,6 +15,11 @@ README's recommended command line) and the LCM paper (Luo et al. 2023, §4.2, Al
 * ``lcd.target = stopgrad``: the LoRA scripts use the online student under ``no_grad`` as target
   ("we do not use a separate target network for LCM-LoRA distillation"); ``ema`` is the paper's
   θ⁻ ← μθ⁻ + (1 − μ)θ with μ = ``ema_decay`` (0.95 in ``train_lcm_distill_sd_wds.py``).
+* ``lcd.objective = lcm``; ``tcd`` is trajectory consistency distillation (Zheng et al. 2024,
+  rootonchair ``tcd/train_tcd_distill_lora_*.py``; :mod:`.tcd`) with ``lcd.tcd_s_sampling``
+  (``uniform``: the reference; ``tdd``: Target-Driven Distillation's draw, ``lcd.tdd_s_ratio`` 0.3,
+  ``lcd.tdd_steps`` [4, 8]). TCD-only keys with ``lcm`` are errors naming the key
+  (:func:`_validate_objective`); an LCM run's trajectory dict leaves them out.
 * ``lora.rank = alpha = 64``; targets: the released LCM-LoRA UNet modules (``lcm_core.targets``).
 * ``optim``: AdamW, lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0 (README passes
   ``--adam_weight_decay=0.0``; argparse default 1e-2), grad-norm clip 1.0, constant LR.
@@ -108,6 +113,13 @@ class LcdSection:
     target: str = _f("stopgrad", choices=("stopgrad", "ema"), kind="str", doc="θ⁻: online weights without grad (LoRA reference) or EMA (paper)")
     ema_decay: float = _f(0.95, minimum=0.0, maximum=1.0, kind="float", doc="μ of the EMA target (target: ema)")
     uncond: str = _f("auto", choices=("auto", "empty_prompt", "zeros"), kind="str", doc="auto: zeros for SDXL-type, '' otherwise")
+    objective: str = _f("lcm", choices=("lcm", "tcd"), kind="str",
+                        doc="lcm: consistency to x0 (LCM); tcd: trajectory consistency to an intermediate s (TCD, arXiv 2402.19159)")
+    tcd_s_sampling: str = _f("uniform", choices=("uniform", "tdd"), kind="str",
+                             doc="objective tcd: end point s uniform over the DDIM grid <= t_n (TCD reference) or tdd (Target-Driven Distillation)")
+    tdd_s_ratio: float = _f(0.3, minimum=0.0, maximum=1.0, kind="float",
+                            doc="tcd_s_sampling tdd: s = floor((1 - r*ratio) m), r ~ U[0,1]; match the inference gamma")
+    tdd_steps: list = _f([4, 8], kind="intlist", doc="tcd_s_sampling tdd: [min, max] inference step counts whose timesteps s is drawn near")
 
 
 @dataclass
@@ -429,6 +441,7 @@ def validate_config(cfg: TrainConfig) -> None:
                         raise ConfigError(src, f"key '{key}' must be <= {meta['maximum']}, got {item}")
     if cfg.lcd.w_min > cfg.lcd.w_max:
         raise ConfigError(src, f"key 'lcd.w_min' ({cfg.lcd.w_min}) must not exceed 'lcd.w_max' ({cfg.lcd.w_max})")
+    _validate_objective(cfg)
     if any(s < 1 for s in cfg.validation.steps):
         raise ConfigError(src, f"key 'validation.steps' must hold positive step counts, got {cfg.validation.steps}")
     if cfg.data.path and cfg.data.prompts:
@@ -453,6 +466,34 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ConfigError(src, "key 'logging.backend' is tensorboard but the tensorboard package is not installed") from None
 
 
+# lcd keys that only apply to the TCD objective, with their defaults (an LCM config must leave them alone)
+TCD_ONLY_KEYS = {"tcd_s_sampling": "uniform", "tdd_s_ratio": 0.3, "tdd_steps": [4, 8]}
+_TDD_ONLY_KEYS = ("tdd_s_ratio", "tdd_steps")
+
+
+def _validate_objective(cfg: TrainConfig) -> None:
+    """Combinations of ``lcd.objective`` with the keys that belong to one objective only."""
+    src, lcd = cfg.source, cfg.lcd
+    if lcd.objective == "lcm":
+        for name, default in TCD_ONLY_KEYS.items():
+            if getattr(lcd, name) != default:
+                raise ConfigError(src, f"key 'lcd.{name}' applies to 'lcd.objective: tcd' only (objective is lcm); "
+                                  f"remove it or set lcd.objective=tcd")
+    else:
+        if lcd.timestep_scaling != 10.0:
+            raise ConfigError(src, "key 'lcd.timestep_scaling' applies to 'lcd.objective: lcm' only (the TCD map has no "
+                              "boundary scalings); remove it or set lcd.objective=lcm")
+        if lcd.tcd_s_sampling != "tdd":
+            for name in _TDD_ONLY_KEYS:
+                if getattr(lcd, name) != TCD_ONLY_KEYS[name]:
+                    raise ConfigError(src, f"key 'lcd.{name}' applies to 'lcd.tcd_s_sampling: tdd' only "
+                                      f"(tcd_s_sampling is {lcd.tcd_s_sampling})")
+    steps = lcd.tdd_steps
+    if len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= lcd.num_ddim_timesteps:
+        raise ConfigError(src, f"key 'lcd.tdd_steps' must be [min, max] step counts with 1 <= min <= max <= "
+                          f"lcd.num_ddim_timesteps ({lcd.num_ddim_timesteps}), got {steps}")
+
+
 def require_inputs(cfg: TrainConfig) -> None:
     """Checks needed before a run starts (not for partial configs such as the shipped templates)."""
     if not cfg.teacher.path:
@@ -473,6 +514,11 @@ def trajectory_dict(cfg: TrainConfig) -> dict:
     d = cfg.to_dict()
     for s in _NON_TRAJECTORY:
         d.pop(s, None)
+    if d["lcd"]["objective"] == "lcm":
+        # keys added with the TCD objective: left out of LCM runs so that their hash and resume check
+        # stay what they were before the keys existed (validation keeps them at their defaults there)
+        for name in ("objective", *TCD_ONLY_KEYS):
+            d["lcd"].pop(name, None)
     for key in _NON_TRAJECTORY_KEYS:
         section, name = key.split(".")
         d.get(section, {}).pop(name, None)

@@ -39,7 +39,22 @@ def peft_state_to_adapter(state: dict[str, torch.Tensor], alpha: float, arch: st
     return LoraAdapter(modules=modules, architecture=known)
 
 
+def adapter_recipe(cfg):
+    """How the trained adapter wants to be sampled (``lcm_core.sampling_recipe``): the objective, the ω
+    range distilled in, and the sampler defaults — LCM: lcm sampler, 4 steps, LCM model sampling; TCD:
+    tcd sampler, 4 steps, plain ε model sampling, γ 0.3 (the TCD paper's default) or, with TDD's s
+    draw, γ = ``lcd.tdd_s_ratio`` (the largest γ its training covered; TDD: train and sample with the same γ)."""
+    from ..lcm_core.sampling_recipe import recipe_for_objective
+
+    lcd = cfg.lcd
+    gamma = lcd.tdd_s_ratio if (lcd.objective == "tcd" and lcd.tcd_s_sampling == "tdd") else 0.3
+    return recipe_for_objective(lcd.objective, w_range=(lcd.w_min, lcd.w_max), steps=4, gamma=gamma)
+
+
 def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_hash: str, cfg) -> dict[str, str]:
+    objective = cfg.lcd.objective
+    comment = ("LCM-LoRA (latent consistency distillation)" if objective == "lcm"
+               else "TCD-LoRA (trajectory consistency distillation)")
     meta = {
         "lcm_lora.base_architecture": arch,
         "lcm_lora.rank": str(rank),
@@ -55,8 +70,13 @@ def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_has
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(alpha),
         "ss_steps": str(steps),
-        "ss_training_comment": "LCM-LoRA (latent consistency distillation), lcm_lora.training",
+        "ss_training_comment": f"{comment}, lcm_lora.training",
     }
+    if objective == "tcd":
+        lcd = cfg.lcd
+        meta["lcm_lora.tcd_s_sampling"] = (lcd.tcd_s_sampling if lcd.tcd_s_sampling == "uniform"
+                                           else f"tdd(s_ratio={lcd.tdd_s_ratio},steps={lcd.tdd_steps[0]}-{lcd.tdd_steps[1]})")
+    meta.update(adapter_recipe(cfg).to_metadata())  # lcm_lora.objective, recommended_* (shared contract keys)
     if arch in _KOHYA_BASE:
         meta["ss_base_model_version"] = _KOHYA_BASE[arch]
         meta["modelspec.architecture"] = _MODELSPEC[arch]

@@ -20,6 +20,12 @@ Departures, all numerically neutral or more precise:
 * randomness (i, ε, ω) is drawn from an explicit generator for the *global* batch
   (:func:`sample_lcd_randomness`), so resumed and multi-process runs draw the same numbers.
 
+**Objective ``tcd``** (``lcd.objective``; Zheng et al. 2024, :mod:`.tcd`): steps 1, 3, 4, 5 are
+unchanged; in 2 and 4 the boundary parametrisation is replaced by the trajectory consistency
+function ``f(z, t, s)`` (DDIM-form jump to an end timestep s, no c_skip/c_out), with one s per
+sample (``LcdRandomness.tcd_s``) shared by student and target — rootonchair's
+``tcd/train_tcd_distill_lora_sd_wds.py`` / ``_sdxl.py`` training loop (steps 3, 7, 9).
+
 Models are callables ``model(x, t, cond) -> raw network output`` (ε, v or x0 per
 ``prediction_type``); ``cond`` is whatever the model needs (a dict of UNet kwargs here), so the
 same loss drives the tiny closed-form tests and the real UNet.
@@ -34,6 +40,9 @@ import torch
 
 from ..lcm_core.boundary import consistency_output
 from .ddim_solver import DDIMSolver
+from .tcd import trajectory_jump
+
+OBJECTIVES = ("lcm", "tcd")
 
 Model = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -45,12 +54,15 @@ class LcdRandomness:
     index: torch.Tensor  # (B,) int64
     noise: torch.Tensor  # (B, C, H, W) float32
     w: torch.Tensor  # (B,) float32
+    tcd_s: torch.Tensor | None = None  # (B,) int64: TCD's end timestep s (objective tcd only; :mod:`.tcd`)
 
     def select(self, rows: slice) -> "LcdRandomness":
-        return LcdRandomness(self.index[rows], self.noise[rows], self.w[rows])
+        tcd_s = None if self.tcd_s is None else self.tcd_s[rows]
+        return LcdRandomness(self.index[rows], self.noise[rows], self.w[rows], tcd_s)
 
     def to(self, device) -> "LcdRandomness":
-        return LcdRandomness(self.index.to(device), self.noise.to(device), self.w.to(device))
+        tcd_s = None if self.tcd_s is None else self.tcd_s.to(device)
+        return LcdRandomness(self.index.to(device), self.noise.to(device), self.w.to(device), tcd_s)
 
 
 def sample_lcd_randomness(
@@ -95,16 +107,27 @@ class LcdLoss:
         loss: str = "huber",
         huber_c: float = 0.001,
         timestep_scaling: float = 10.0,
+        objective: str = "lcm",
     ):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.solver = solver
         self.prediction_type = prediction_type
         self.loss = loss
         self.huber_c = huber_c
         self.timestep_scaling = timestep_scaling
+        self.objective = objective
 
-    def consistency(self, raw: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``f(x, t) = c_skip(t) x + c_out(t) x̂0(raw)`` in float32 (Eq. 4 via ``lcm_core.boundary``; ref. l. 1265-1272, 1301)."""
+    def consistency(self, raw: torch.Tensor, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        """LCM: ``f(x, t) = c_skip(t) x + c_out(t) x̂0(raw)`` in float32 (Eq. 4 via ``lcm_core.boundary``;
+        ref. l. 1265-1272, 1301). TCD: ``f(x, t, s)``, the DDIM-form jump to ``s`` (:func:`.tcd.trajectory_jump`;
+        TCD ref. ``get_predicted_original_sample_tcd``, which supports ε only; x̂0 from v/x0 outputs
+        goes through the same ``predicted_x0`` as LCM)."""
         x0 = self.solver.predicted_x0(raw.float(), t, x, self.prediction_type)
+        if self.objective == "tcd":
+            if s is None:
+                raise ValueError("the TCD objective needs the end timesteps s (LcdRandomness.tcd_s)")
+            return trajectory_jump(x0, x, t, s, self.solver.alpha_schedule, self.solver.sigma_schedule)
         return consistency_output(x, x0, t, timestep_scaling=self.timestep_scaling)
 
     @torch.no_grad()
@@ -146,13 +169,14 @@ class LcdLoss:
         # which must not happen between the student's forward and backward.
         x_prev = self.teacher_step(teacher, noisy, start_t, rnd.index, rnd.w, cond, uncond, autocast)
 
+        s = rnd.tcd_s  # TCD: one s per sample, shared by student and target (TCD ref. step 3); None for LCM
         with autocast():
             student_raw = student(noisy, start_t, cond)
-        model_pred = self.consistency(student_raw, noisy, start_t)
+        model_pred = self.consistency(student_raw, noisy, start_t, s)
 
         with torch.no_grad():
             with autocast():
                 target_raw = target(x_prev, end_t, cond)
-            target_pred = self.consistency(target_raw, x_prev, end_t)
+            target_pred = self.consistency(target_raw, x_prev, end_t, s)
 
         return distance(model_pred, target_pred, self.loss, self.huber_c)

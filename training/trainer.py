@@ -9,7 +9,8 @@ checkpoint and return with ``status="interrupted"``, a non-finite loss stops it 
 
 Per optimizer step (``gradient_accumulation`` micro-steps of the global batch):
 the batch plan yields the next global batch; a generator seeded by (seed, step, micro-step)
-draws the VAE posterior noise and the LCD randomness (i, ε, ω) for the *whole* global batch;
+draws the VAE posterior noise and the LCD randomness (i, ε, ω; for ``lcd.objective: tcd`` also the
+end timestep s) for the *whole* global batch;
 each process takes its rows; :class:`~.lcd_step.LcdLoss` gives the loss; gradients of the
 LoRA weights only are averaged (DDP), clipped (max-norm 1) and AdamW steps. Because all
 randomness is a function of (seed, step) and the data position is checkpointed, an interrupted
@@ -40,6 +41,7 @@ from .ddim_solver import DDIMSolver
 from .distributed import DistContext, init_distributed, no_sync, wrap_ddp
 from .ema import LoraEma
 from .lcd_step import LcdLoss, sample_lcd_randomness
+from .tcd import sample_end_timesteps
 from .run_log import RunLog
 from .student import AdapterSwitch, add_lora, lora_state_dict
 from .teacher import Teacher, load_teacher, unet_forward
@@ -228,7 +230,8 @@ class TrainingSession:
         unet.train()
 
         self.solver = DDIMSolver(teacher.alphas_cumprod, cfg.lcd.num_ddim_timesteps).to(device)
-        self.lcd = LcdLoss(self.solver, teacher.prediction_type, cfg.lcd.loss, cfg.lcd.huber_c, cfg.lcd.timestep_scaling)
+        self.lcd = LcdLoss(self.solver, teacher.prediction_type, cfg.lcd.loss, cfg.lcd.huber_c, cfg.lcd.timestep_scaling,
+                           cfg.lcd.objective)
         self.optimizer = _optimizer(cfg, self.params, device)
         from diffusers.optimization import get_scheduler
 
@@ -332,7 +335,11 @@ class TrainingSession:
             latents, cond, time_ids = self.data.build(global_items, self.rows, f"{cfg.train.seed}-{step}-{micro}", gen)
             uncond = self.data.uncond(cfg.lcd.uncond, latents.shape[0], time_ids)
             global_shape = (len(global_items), *latents.shape[1:])
-            rnd = sample_lcd_randomness(global_shape, cfg.lcd.num_ddim_timesteps, cfg.lcd.w_min, cfg.lcd.w_max, gen).select(self.rows)
+            rnd = sample_lcd_randomness(global_shape, cfg.lcd.num_ddim_timesteps, cfg.lcd.w_min, cfg.lcd.w_max, gen)
+            if cfg.lcd.objective == "tcd":  # drawn after (i, ε, ω): LCM runs draw exactly what they drew before
+                rnd.tcd_s = sample_end_timesteps(rnd.index, self.solver, cfg.lcd.tcd_s_sampling, gen,
+                                                 cfg.lcd.tdd_s_ratio, tuple(cfg.lcd.tdd_steps))
+            rnd = rnd.select(self.rows)
             with no_sync(self.model, micro == accum - 1):
                 loss = self.lcd(self._student, self._teacher, self._target, latents, cond, uncond, rnd, self.autocast)
                 self.scaler.scale(loss / accum).backward()

@@ -1,4 +1,4 @@
-"""Validation grids: the student sampled with 1/2/4 LCM steps on fixed prompts and seeds.
+"""Validation grids: the student sampled with 1/2/4 LCM (or TCD) steps on fixed prompts and seeds.
 
 Prompts: ``validation.prompts`` from the config, or (``null``, the default) the first
 ``MAX_DATA_PROMPTS`` distinct captions of the training data — so a run on any teacher is
@@ -6,9 +6,11 @@ validated on prompts that teacher knows. The grid is labelled (a header row with
 left column with the step count) and each image is enlarged with nearest-neighbour to at least
 ``MIN_TILE`` px so tiny runs (16 px) can be seen.
 
-Sampling uses the project's own LCM sampler (``lcm_core.sampling.sample_lcm`` over
-``lcm_core.denoisers.EpsDenoiser`` with the diffusers boundary convention and
-``lcm_core.timesteps.lcm_sigmas``), i.e. what the ComfyUI nodes run, without classifier-free
+Sampling uses the project's own samplers, i.e. what the ComfyUI nodes run: for ``lcd.objective: lcm``
+``lcm_core.sampling.sample_lcm`` over ``lcm_core.denoisers.EpsDenoiser`` with the diffusers boundary
+convention and ``lcm_core.timesteps.lcm_sigmas``; for ``tcd`` ``sample_tcd`` (γ of the adapter's
+recipe, :func:`.export.adapter_recipe`) over the plain ε denoiser (no boundary condition) and
+``tcd_sigmas`` — TCD's map has no c_skip/c_out, so an LCM boundary would be wrong for it. Without classifier-free
 guidance (the reference's ``log_validation`` samples 4 steps with ``guidance_scale=1.0``, i.e. no
 CFG). Rows are step counts, columns prompts; the noise seed is fixed across validations.
 """
@@ -41,11 +43,12 @@ def _schedule_of(teacher: Teacher):
 
 @torch.no_grad()
 def sample_student(teacher: Teacher, unet, prompts: list[str], steps: int, resolution: int, seed: int,
-                   device, autocast, solver: DDIMSolver) -> torch.Tensor:
-    """LCM samples of the (LoRA-equipped) ``unet`` → images in [0, 1], (N, C, H, W)."""
+                   device, autocast, solver: DDIMSolver, objective: str = "lcm", gamma: float = 0.3) -> torch.Tensor:
+    """LCM (``objective="lcm"``) or TCD (``"tcd"``, stochasticity ``gamma``) samples of the
+    (LoRA-equipped) ``unet`` → images in [0, 1], (N, C, H, W)."""
     from ..lcm_core.denoisers import EpsDenoiser
-    from ..lcm_core.sampling import sample_lcm
-    from ..lcm_core.timesteps import lcm_sigmas
+    from ..lcm_core.sampling import sample_lcm, sample_tcd
+    from ..lcm_core.timesteps import lcm_sigmas, tcd_sigmas
 
     schedule = _schedule_of(teacher)
     text = teacher.encode_text(prompts, device)
@@ -63,6 +66,12 @@ def sample_student(teacher: Teacher, unet, prompts: list[str], steps: int, resol
     size = resolution // teacher.downsample
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((n, teacher.latent_channels, size, size), generator=gen).to(device)
+    if objective == "tcd":
+        sigmas = tcd_sigmas(steps, schedule=schedule).to(device)
+        denoiser = EpsDenoiser(eps_fn, schedule=schedule, boundary=None)
+        x = noise * (1.0 + sigmas[0] ** 2) ** 0.5  # sigma space; equals diffusers' unit-variance start
+        latents = sample_tcd(denoiser, x, sigmas, extra_args={"seed": seed}, disable=True, gamma=gamma, schedule=schedule)
+        return teacher.decode(latents)
     sigmas = lcm_sigmas(steps, schedule=schedule).to(device)
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5  # sigma space; equals diffusers' unit-variance start
     denoiser = EpsDenoiser(eps_fn, schedule=schedule, boundary="diffusers")
@@ -170,12 +179,17 @@ def run_validation(teacher: Teacher, unet, cfg, step: int, output_dir: Path, dev
     prompts = list(cfg.validation.prompts or []) if prompts is None else prompts
     if _schedule_of(teacher) is None or not prompts:
         return []
+    from .export import adapter_recipe
+
     resolution = cfg.validation.resolution or cfg.data.resolution
+    recipe = adapter_recipe(cfg)
+    gamma = recipe.gamma if recipe.gamma is not None else 0.3
     was_training = unet.training
     unet.eval()
     try:
         rows = [
-            sample_student(teacher, unet, prompts, s, resolution, cfg.validation.seed, device, autocast, solver)
+            sample_student(teacher, unet, prompts, s, resolution, cfg.validation.seed, device, autocast, solver,
+                           objective=recipe.sampler, gamma=gamma)
             for s in cfg.validation.steps
         ]
     finally:
