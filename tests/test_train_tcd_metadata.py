@@ -64,9 +64,9 @@ def test_tcd_run_records_recipe_validates_with_tcd_and_inspect_shows_it(assets, 
         "tcd", "tcd", 4, 0.3, 1.0, "eps", (2.0, 15.0))
     assert md["lcm_lora.tcd_s_sampling"] == "uniform"
 
-    assert main(["inspect", str(result.adapter_path)]) == 0
+    assert main(["inspect", "--allow-unknown-arch", str(result.adapter_path)]) == 0
     assert "objective:     tcd (sampler tcd, 4 steps, gamma 0.3, cfg 1, w 2-15)" in capsys.readouterr().out
-    assert main(["inspect", "--json", str(result.adapter_path)]) == 0
+    assert main(["inspect", "--json", "--allow-unknown-arch", str(result.adapter_path)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["objective"] == "tcd" and info["sampling_recipe"]["model_sampling"] == "eps"
 
@@ -79,7 +79,7 @@ def test_lcm_run_records_lcm_recipe_and_validates_with_lcm(assets, tmp_path, mon
     assert len(lcm_calls) == 2 and tcd_calls == []
     recipe = read_recipe(read_adapter(result.adapter_path).metadata)
     assert (recipe.objective, recipe.sampler, recipe.gamma, recipe.model_sampling, recipe.w_range) == ("lcm", "lcm", None, "lcm", (2.0, 15.0))
-    assert main(["inspect", str(result.adapter_path)]) == 0
+    assert main(["inspect", "--allow-unknown-arch", str(result.adapter_path)]) == 0
     assert "objective:     lcm (sampler lcm, 4 steps, cfg 1, w 2-15)" in capsys.readouterr().out
 
 
@@ -99,5 +99,5 @@ def test_inspect_without_recipe_says_so(tmp_path, capsys):
     path = tmp_path / "plain.safetensors"
     module = LoraModule(down=torch.randn(2, 8), up=torch.randn(8, 2), alpha=2.0)
     write_adapter(LoraAdapter(modules={"unet.down_blocks.0.attentions.0.proj_in": module}), path)
-    assert main(["inspect", str(path)]) == 0
+    assert main(["inspect", "--allow-unknown-arch", str(path)]) == 0
     assert "objective:     not recorded" in capsys.readouterr().out

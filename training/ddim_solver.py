@@ -21,7 +21,7 @@ import torch
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def _gather(values: torch.Tensor, index: torch.Tensor, ndim: int) -> torch.Tensor:
+def gather_at(values: torch.Tensor, index: torch.Tensor, ndim: int) -> torch.Tensor:
     """``values[index]`` reshaped to broadcast over a (B, ...) sample of ``ndim`` dims (ref. ``extract_into_tensor``)."""
     out = values.to(index.device).gather(-1, index)
     return out.reshape(index.shape[0], *((1,) * (ndim - 1)))
@@ -57,14 +57,14 @@ class DDIMSolver:
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward process ``sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε`` (``DDPMScheduler.add_noise``)."""
-        a = _gather(self.alpha_schedule, timesteps, x0.ndim).to(x0.dtype)
-        s = _gather(self.sigma_schedule, timesteps, x0.ndim).to(x0.dtype)
+        a = gather_at(self.alpha_schedule, timesteps, x0.ndim).to(x0.dtype)
+        s = gather_at(self.sigma_schedule, timesteps, x0.ndim).to(x0.dtype)
         return a * x0 + s * noise
 
     def predicted_x0(self, model_output, timesteps, sample, prediction_type: str = "epsilon"):
         """x0 estimate from the model output (ref. ``get_predicted_original_sample``)."""
-        a = _gather(self.alpha_schedule, timesteps, sample.ndim)
-        s = _gather(self.sigma_schedule, timesteps, sample.ndim)
+        a = gather_at(self.alpha_schedule, timesteps, sample.ndim)
+        s = gather_at(self.sigma_schedule, timesteps, sample.ndim)
         if prediction_type == "epsilon":
             return (sample - s * model_output) / a
         if prediction_type == "v_prediction":
@@ -75,8 +75,8 @@ class DDIMSolver:
 
     def predicted_eps(self, model_output, timesteps, sample, prediction_type: str = "epsilon"):
         """ε estimate from the model output (ref. ``get_predicted_noise``)."""
-        a = _gather(self.alpha_schedule, timesteps, sample.ndim)
-        s = _gather(self.sigma_schedule, timesteps, sample.ndim)
+        a = gather_at(self.alpha_schedule, timesteps, sample.ndim)
+        s = gather_at(self.sigma_schedule, timesteps, sample.ndim)
         if prediction_type == "epsilon":
             return model_output
         if prediction_type == "v_prediction":
@@ -87,5 +87,5 @@ class DDIMSolver:
 
     def ddim_step(self, pred_x0: torch.Tensor, pred_eps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """One η = 0 DDIM step from ``tau_index`` to the previous grid point (ref. ``DDIMSolver.ddim_step``)."""
-        a_prev = _gather(self.alpha_prev, index, pred_x0.ndim)
+        a_prev = gather_at(self.alpha_prev, index, pred_x0.ndim)
         return a_prev.sqrt() * pred_x0 + (1.0 - a_prev).sqrt() * pred_eps

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .ddim_solver import DDIMSolver, _gather
+from .ddim_solver import DDIMSolver, gather_at
 
 S_SAMPLINGS = ("uniform", "tdd")
 TDD_WINDOW = 260  # TDD's ``select_s`` lower bound: candidates within 260 timesteps below u_b (hard-coded there)
@@ -51,10 +51,10 @@ def trajectory_jump(x0: torch.Tensor, x: torch.Tensor, t: torch.Tensor, s: torch
     """``f(x_t, t, s) = (σ_s/σ_t)·x_t − α_s·(e^{−h} − 1)·x̂0`` in float32 (reference
     ``get_predicted_original_sample_tcd``; see the module docstring)."""
     x0, x = x0.float(), x.float()
-    a_t = _gather(alpha_schedule, t, x.ndim)
-    s_t = _gather(sigma_schedule, t, x.ndim)
-    a_s = _gather(alpha_schedule, s, x.ndim)
-    s_s = _gather(sigma_schedule, s, x.ndim)
+    a_t = gather_at(alpha_schedule, t, x.ndim)
+    s_t = gather_at(sigma_schedule, t, x.ndim)
+    a_s = gather_at(alpha_schedule, s, x.ndim)
+    s_s = gather_at(sigma_schedule, s, x.ndim)
     h = (torch.log(a_s) - torch.log(s_s)) - (torch.log(a_t) - torch.log(s_t))
     return (s_s / s_t) * x - a_s * torch.expm1(-h) * x0
 
