@@ -132,8 +132,37 @@ def describe(path: str) -> dict:
         "dtypes": sorted(str(d).replace("torch.", "") for d in adapter.dtypes()),
         "parameters": adapter.num_parameters(),
         "size_bytes": _size_bytes(Path(path)),
+        **_recipe_info(adapter.metadata),
         "metadata": adapter.metadata,
     }
+
+
+def _recipe_info(metadata) -> dict:
+    """The sampling recipe stored by the trainer (``lcm_core.sampling_recipe.read_recipe``): the objective
+    and how to sample; ``None`` for adapters that carry none (released LCM-/TCD-LoRAs, Hyper-SD)."""
+    import dataclasses
+
+    from ..lcm_core.sampling_recipe import read_recipe
+
+    recipe = read_recipe(metadata)
+    if recipe is None:
+        return {"objective": None, "sampling_recipe": None}
+    info = dataclasses.asdict(recipe)
+    info["w_range"] = list(recipe.w_range) if recipe.w_range is not None else None
+    return {"objective": recipe.objective, "sampling_recipe": info}
+
+
+def _recipe_line(info: dict) -> str:
+    recipe = info.get("sampling_recipe")
+    if recipe is None:
+        return "not recorded (no lcm_lora.objective metadata)"
+    parts = [f"sampler {recipe['sampler']}", f"{recipe['steps']} steps"]
+    if recipe["gamma"] is not None:
+        parts.append(f"gamma {recipe['gamma']:g}")
+    parts.append(f"cfg {recipe['cfg']:g}")
+    if recipe["w_range"] is not None:
+        parts.append(f"w {recipe['w_range'][0]:g}-{recipe['w_range'][1]:g}")
+    return f"{recipe['objective']} ({', '.join(parts)})"
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -156,6 +185,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"dtype:         {', '.join(info['dtypes'])}")
     print(f"parameters:    {info['parameters']:,}")
     print(f"size:          {info['size_bytes']:,} bytes")
+    print(f"objective:     {_recipe_line(info)}")
     if info["metadata"]:
         print("metadata:")
         for k, v in sorted(info["metadata"].items()):

@@ -41,16 +41,18 @@ def share_random_lora(ours_lora: dict, ref_lora: dict, generator) -> None:
             ref_lora[name].copy_(value)
 
 
-def our_lcd_loss(ours, ns: dict, cond: dict, uncond: dict, loss_type: str):
-    """Our LCD loss on the reference step's own draws (``ns``: its index, noise, ω and latents), with the
-    stop-gradient online target and the adapters-disabled teacher, as the LoRA reference scripts."""
+def our_lcd_loss(ours, ns: dict, cond: dict, uncond: dict, loss_type: str, objective: str = "lcm"):
+    """Our LCD loss on the reference step's own draws (``ns``: its index, noise, ω and latents; for
+    ``objective="tcd"`` also its end timesteps s), with the stop-gradient online target and the
+    adapters-disabled teacher, as the LoRA reference scripts."""
     from lcm_lora.training.ddim_solver import DDIMSolver
     from lcm_lora.training.lcd_step import LcdLoss, LcdRandomness
     from lcm_lora.training.student import adapters_disabled
     from lcm_lora.training.teacher import unet_forward
 
-    lcd = LcdLoss(DDIMSolver(ours.alphas_cumprod, 50), "epsilon", loss_type, 0.001, 10.0)
-    rnd = LcdRandomness(ns["index"].cpu(), ns["noise"].float().cpu(), ns["w"].reshape(-1).float().cpu())
+    lcd = LcdLoss(DDIMSolver(ours.alphas_cumprod, 50), "epsilon", loss_type, 0.001, 10.0, objective)
+    tcd_s = ns["end_timesteps"].cpu() if objective == "tcd" else None
+    rnd = LcdRandomness(ns["index"].cpu(), ns["noise"].float().cpu(), ns["w"].reshape(-1).float().cpu(), tcd_s)
     unet = ours.unet.train()
 
     def student(x, t, c):

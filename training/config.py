@@ -15,6 +15,11 @@ README's recommended command line) and the LCM paper (Luo et al. 2023, §4.2, Al
 * ``lcd.target = stopgrad``: the LoRA scripts use the online student under ``no_grad`` as target
   ("we do not use a separate target network for LCM-LoRA distillation"); ``ema`` is the paper's
   θ⁻ ← μθ⁻ + (1 − μ)θ with μ = ``ema_decay`` (0.95 in ``train_lcm_distill_sd_wds.py``).
+* ``lcd.objective = lcm``; ``tcd`` is trajectory consistency distillation (Zheng et al. 2024,
+  rootonchair ``tcd/train_tcd_distill_lora_*.py``; :mod:`.tcd`) with ``lcd.tcd_s_sampling``
+  (``uniform``: the reference; ``tdd``: Target-Driven Distillation's draw, ``lcd.tdd_s_ratio`` 0.3,
+  ``lcd.tdd_steps`` [4, 8]). TCD-only keys with ``lcm`` are errors naming the key
+  (:func:`_validate_objective`); an LCM run's trajectory dict leaves them out.
 * ``lora.rank = alpha = 64``; targets: the released LCM-LoRA UNet modules (``lcm_core.targets``).
 * ``optim``: AdamW, lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0 (README passes
   ``--adam_weight_decay=0.0``; argparse default 1e-2), grad-norm clip 1.0, constant LR.

@@ -60,9 +60,9 @@ def trajectory_jump(x0: torch.Tensor, x: torch.Tensor, t: torch.Tensor, s: torch
 
 
 def _uniform_below(count: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One integer per row, uniform in ``[0, count)`` (the reference's ``randint``: a 63-bit draw modulo
-    the range; the modulo bias is < 2^-55)."""
-    raw = torch.randint(0, 2**62, count.shape, generator=generator, dtype=torch.int64)
+    """One integer per row, uniform in ``[0, count)``: the reference's ``randint(0, count)`` — a draw in
+    ``[0, 2^63 − 1)`` modulo the range (bias < 2^-56) — on our generator (same numbers for the same seed)."""
+    raw = torch.randint(2**63 - 1, count.shape, generator=generator)
     return raw % count
 
 

@@ -4,7 +4,11 @@ Two diffusers scripts (``examples/consistency_distillation/``) are supported; wh
 is detected from its content (:func:`detect_script`):
 
 * ``sd``: ``train_lcm_distill_lora_sd_wds.py`` (SD 1.x/2.x), path in ``$LCM_REFERENCE_SCRIPT``;
-* ``sdxl``: ``train_lcm_distill_lora_sdxl.py``, path in ``$LCM_REFERENCE_SCRIPT_SDXL``.
+* ``sdxl``: ``train_lcm_distill_lora_sdxl.py``, path in ``$LCM_REFERENCE_SCRIPT_SDXL``;
+* ``tcd_sd`` / ``tcd_sdxl``: rootonchair/consistency_models_distill ``tcd/train_tcd_distill_lora_sd_wds.py``
+  / ``tcd/train_tcd_distill_lora_sdxl.py`` (TCD-LoRA, the same scripts with the TCD map), paths in
+  ``$TCD_REFERENCE_SCRIPT`` / ``$TCD_REFERENCE_SCRIPT_SDXL``; their extra helpers
+  ``get_predicted_original_sample_tcd`` and ``randint`` are compiled the same way.
 
 Neither can be imported as a module here: they import webdataset/braceexpand/torchvision/datasets
 at the top and keep their training step inline in ``main()``. So this file *executes the
@@ -53,8 +57,13 @@ HELPERS = ("DDIMSolver", "scalings_for_boundary_conditions", "get_predicted_orig
            "extract_into_tensor", "append_dims", "encode_prompt")
 SDXL_HELPERS = HELPERS + ("import_model_class_from_model_name_or_path",)
 SDXL_NESTED = ("compute_embeddings",)  # defined inside main(); refers to args, accelerator, weight_dtype
-ENV = {"sd": "LCM_REFERENCE_SCRIPT", "sdxl": "LCM_REFERENCE_SCRIPT_SDXL"}
-SCRIPT_NAMES = {"sd": "train_lcm_distill_lora_sd_wds.py", "sdxl": "train_lcm_distill_lora_sdxl.py"}
+ENV = {"sd": "LCM_REFERENCE_SCRIPT", "sdxl": "LCM_REFERENCE_SCRIPT_SDXL",
+       "tcd_sd": "TCD_REFERENCE_SCRIPT", "tcd_sdxl": "TCD_REFERENCE_SCRIPT_SDXL"}
+SCRIPT_NAMES = {"sd": "train_lcm_distill_lora_sd_wds.py", "sdxl": "train_lcm_distill_lora_sdxl.py",
+                "tcd_sd": "train_tcd_distill_lora_sd_wds.py", "tcd_sdxl": "train_tcd_distill_lora_sdxl.py"}
+# rootonchair/consistency_models_distill tcd/*: the diffusers LoRA scripts with the TCD map and s draw
+# (and, in the SD one, without the boundary scalings)
+TCD_HELPERS = ("get_predicted_original_sample_tcd", "randint")
 
 
 class ReferenceUnavailable(RuntimeError):
@@ -62,13 +71,15 @@ class ReferenceUnavailable(RuntimeError):
 
 
 def detect_script(source: str) -> str | None:
-    """``"sd"`` / ``"sdxl"`` from the script's content, ``None`` if it is neither LoRA reference."""
+    """``"sd"`` / ``"sdxl"`` (diffusers LCM-LoRA) or ``"tcd_sd"`` / ``"tcd_sdxl"`` (rootonchair TCD-LoRA)
+    from the script's content, ``None`` if it is none of these references."""
     if "def main" not in source or "accelerator.accumulate(unet)" not in source:
         return None
+    prefix = "tcd_" if "def get_predicted_original_sample_tcd" in source else ""
     if "StableDiffusionXLPipeline" in source and "text_encoder_two" in source and "disable_adapters" in source:
-        return "sdxl"
+        return prefix + "sdxl"
     if "teacher_unet" in source and "StableDiffusionPipeline" in source:
-        return "sd"
+        return prefix + "sd"
     return None
 
 
@@ -82,6 +93,25 @@ def reference_path(kind: str = "sd") -> Path:
     if not path.is_file():
         raise ReferenceUnavailable(f"{var}={path} does not exist")
     return path
+
+
+class _RepairTcdTargetCall(ast.NodeTransformer):
+    """``tcd/train_tcd_distill_lora_sdxl.py`` (only that one of the five TCD scripts) calls
+    ``get_predicted_original_sample_tcd(target_noise_pred, timesteps, x_prev, ...)`` for the target
+    with six arguments — ``end_timesteps`` is missing, so the published script raises ``TypeError``
+    on its first step and cannot be run as is. The repair inserts ``end_timesteps`` as the third
+    argument, as the student call two screens above and the same call in the SD, SDXL-wds and
+    full-model TCD scripts have it. Only a six-argument call is touched; ``repaired`` counts them."""
+
+    def __init__(self):
+        self.repaired = 0
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        if getattr(node.func, "id", None) == "get_predicted_original_sample_tcd" and len(node.args) == 6 and not node.keywords:
+            node.args.insert(2, ast.Name(id="end_timesteps", ctx=ast.Load()))
+            self.repaired += 1
+        return node
 
 
 def _compile_defs(nodes: list, path: Path, namespace: dict) -> None:
@@ -99,24 +129,27 @@ def load_reference(path: Path | None = None, kind: str | None = None) -> tuple[d
     tree = ast.parse(source)
     found = detect_script(source)
     if found is None:
-        raise ReferenceUnavailable(f"{path}: neither {SCRIPT_NAMES['sd']} nor {SCRIPT_NAMES['sdxl']} (LCM-LoRA reference)")
+        raise ReferenceUnavailable(f"{path}: none of {', '.join(SCRIPT_NAMES.values())} (LCM-/TCD-LoRA reference)")
     if kind is not None and found != kind:
         raise ReferenceUnavailable(f"{path}: is the {found} reference ({SCRIPT_NAMES[found]}), expected {SCRIPT_NAMES[kind]}")
-    names = SDXL_HELPERS if found == "sdxl" else HELPERS
+    sdxl = found.endswith("sdxl")
+    names = SDXL_HELPERS if sdxl else HELPERS
+    if found.startswith("tcd_"):  # the TCD SD script drops the (unused) boundary scalings
+        names = tuple(n for n in names if n != "scalings_for_boundary_conditions") + TCD_HELPERS
     helpers = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names]
     missing = set(names) - {n.name for n in helpers}
     if missing:
         raise ReferenceUnavailable(f"{path}: helpers not found: {sorted(missing)}")
     namespace = {"torch": torch, "np": np, "F": F, "random": random, "functools": functools, "copy": copy,
                  "__name__": "lcm_reference"}
-    if found == "sdxl":
+    if sdxl:
         from transformers import PretrainedConfig
 
         namespace["PretrainedConfig"] = PretrainedConfig
     _compile_defs(helpers, path, namespace)
 
     main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
-    if found == "sdxl":
+    if sdxl:
         nested = [n for n in main.body if isinstance(n, ast.FunctionDef) and n.name in SDXL_NESTED]
         if {n.name for n in nested} != set(SDXL_NESTED):
             raise ReferenceUnavailable(f"{path}: main() has no nested {SDXL_NESTED}")
@@ -131,8 +164,15 @@ def load_reference(path: Path | None = None, kind: str | None = None) -> tuple[d
             break
     if block is None:
         raise ReferenceUnavailable(f"{path}: training-step block 'with accelerator.accumulate(unet):' not found")
+    repairs = []
+    if found.startswith("tcd_"):
+        fixer = _RepairTcdTargetCall()
+        block = ast.fix_missing_locations(fixer.visit(block))
+        if fixer.repaired:
+            repairs.append(f"get_predicted_original_sample_tcd: end_timesteps inserted in {fixer.repaired} call(s)")
     code = compile(ast.Module(body=[block], type_ignores=[]), str(path), "exec")
     namespace["reference_kind"] = found
+    namespace["reference_repairs"] = repairs  # departures from the script's text (documented above)
     return namespace, code
 
 
@@ -142,14 +182,14 @@ class ReferenceTrainer:
     def __init__(self, teacher_dir: str | os.PathLike, *, rank: int, lr: float = 1e-4, batch_size: int, w_min: float = 3.0,
                  w_max: float = 15.0, loss_type: str = "huber", huber_c: float = 0.001, num_ddim_timesteps: int = 50,
                  mixed_precision: str = "no", teacher_autocast: bool = True, device: str | None = None,
-                 gradient_checkpointing: bool = False, weight_decay: float = 0.0):
+                 gradient_checkpointing: bool = False, weight_decay: float = 0.0, kind: str = "sd"):
         from accelerate import Accelerator
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from diffusers.optimization import get_scheduler
         from peft import LoraConfig, get_peft_model
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        self.ns, self.code = load_reference(kind="sd")
+        self.ns, self.code = load_reference(kind=kind)  # "sd" (LCM) or "tcd_sd"
         teacher_dir = Path(teacher_dir)
         cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
         accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision=mixed_precision, cpu=cpu)
@@ -218,7 +258,7 @@ class ReferenceTrainerSDXL:
                  w_max: float = 15.0, loss_type: str = "huber", huber_c: float = 0.001, num_ddim_timesteps: int = 50,
                  mixed_precision: str = "no", device: str | None = None, gradient_checkpointing: bool = False,
                  weight_decay: float = 0.0, vae_encode_batch_size: int = 8, lora_alpha: float | None = None,
-                 max_grad_norm: float = 1.0):
+                 max_grad_norm: float = 1.0, kind: str = "sdxl"):
         from accelerate import Accelerator
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from diffusers.optimization import get_scheduler
@@ -226,7 +266,7 @@ class ReferenceTrainerSDXL:
         from peft import LoraConfig
         from transformers import AutoTokenizer
 
-        self.ns, self.code = load_reference(reference_path("sdxl"), kind="sdxl")
+        self.ns, self.code = load_reference(reference_path(kind), kind=kind)  # "sdxl" (LCM) or "tcd_sdxl"
         ns = self.ns
         teacher = os.fspath(teacher_dir)
         cpu = device == "cpu" or (device is None and not torch.cuda.is_available())

@@ -1,0 +1,156 @@
+"""LCM vs TCD vs TCD+TDD on a tiny pixel-space teacher fitted here: W2 of few-step samples to the
+teacher's 50-step DDIM, at 1/2/4/8/16 steps, same distillation budget for every objective.
+
+Setting of ``tests/test_train_tiny_sample_quality.py`` (1-channel 8x8 synthetic shapes, ω = 1 in
+distillation and in the teacher's sampling, W2 between per-pixel Gaussian fits of 1024 samples,
+reference from other noise than the candidates; finite-sample floor ≈ 0.21). Students are sampled
+with the sampler their adapter's metadata recommends (LCM: ``sample_lcm`` with the LCM boundary;
+TCD: ``sample_tcd`` on plain ε, γ from the recipe), plus TCD at γ = 0 and 0.5.
+
+    .venv/bin/python benchmarks/trainer/objective_quality.py [--steps 400] [--teacher-steps 800] [--seed 0]
+
+Prints one table (rows: sampler, columns: step counts) and the wall time of each distillation.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+OMEGA = 1.0
+STEPS = (1, 2, 4, 8, 16)
+
+
+def fit_teacher(folder: Path, data: Path, steps: int) -> None:
+    """Plain ε-prediction DDPM fit of the tiny pixel UNet (10 % empty prompts)."""
+    from lcm_lora.training.config import load_config
+    from lcm_lora.training.data import load_image, scan_image_folder
+    from lcm_lora.training.teacher import build_cond, load_teacher_folder, unet_forward
+
+    teacher = load_teacher_folder(folder)
+    cfg = load_config({"data": {"path": str(data), "resolution": 8, "buckets": False}}).data
+    records = scan_image_folder(cfg)
+    images = torch.stack([load_image(r, (8, 8), 1, "center", False, random.Random(0))[0] for r in records])
+    text = teacher.encode_text([r.captions[0] for r in records])
+    empty = teacher.encode_text([""])
+    unet = teacher.unet.train()
+    unet.requires_grad_(True)
+    opt = torch.optim.AdamW(unet.parameters(), lr=2e-3, weight_decay=0.0)
+    ac = teacher.alphas_cumprod
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(records), (64,), generator=gen)
+        hidden = text["hidden"][idx].clone()
+        hidden[torch.rand(64, generator=gen) < 0.1] = empty["hidden"][0]
+        t = torch.randint(0, 1000, (64,), generator=gen)
+        noise = torch.randn(images[idx].shape, generator=gen)
+        a, s = ac[t].sqrt().reshape(-1, 1, 1, 1), (1 - ac[t]).sqrt().reshape(-1, 1, 1, 1)
+        loss = torch.nn.functional.mse_loss(unet_forward(unet, a * images[idx] + s * noise, t, build_cond({"hidden": hidden})), noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    unet.save_pretrained(folder / "unet")
+
+
+def w2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    return float(((a.mean(0) - b.mean(0)) ** 2 + (a.std(0) - b.std(0)) ** 2).sum().sqrt())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=400, help="distillation steps per objective")
+    p.add_argument("--teacher-steps", type=int, default=800)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=1024)
+    args = p.parse_args(argv)
+
+    from diffusers import DDIMScheduler
+
+    from lcm_lora.lcm_core.denoisers import EpsDenoiser
+    from lcm_lora.lcm_core.fuse import fuse_into_module
+    from lcm_lora.lcm_core.lora import read_adapter
+    from lcm_lora.lcm_core.sampling import sample_lcm, sample_tcd
+    from lcm_lora.lcm_core.sampling_recipe import read_recipe
+    from lcm_lora.lcm_core.timesteps import lcm_sigmas, tcd_sigmas
+    from lcm_lora.training.teacher import build_cond, load_teacher_folder, unet_forward
+    from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
+    from lcm_lora.training.trainer import train
+
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="objective_quality_"))
+    folder = build_tiny_teacher(tmp / "teacher", with_vae=False, image_channels=1, image_size=8, block_out_channels=(32, 64))
+    data = write_tiny_dataset(tmp / "data", n=64, size=8, channels=1)
+    t0 = time.perf_counter()
+    fit_teacher(folder, data, args.teacher_steps)
+    print(f"teacher fit: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    base = [f"teacher={folder}", f"data={data}", "data.resolution=8", "data.buckets=false", f"max_steps={args.steps}",
+            "batch_size=16", "lora.rank=16", "lora.alpha=16", f"lcd.w_min={OMEGA}", f"lcd.w_max={OMEGA}",
+            "optim.learning_rate=1e-3", "validation.every=0", "checkpoint.every=0", "logging.progress=false",
+            "output.dtype=fp32", f"seed={args.seed}"]
+    runs = {"lcm": [], "tcd": ["lcd.objective=tcd"], "tcd+tdd": ["lcd.objective=tcd", "lcd.tcd_s_sampling=tdd"]}
+    teacher = load_teacher_folder(folder)
+    n = args.samples
+    prompts = ["a white circle", "a white square", "a white cross", "a white ring"] * (n // 4)
+    cond = build_cond(teacher.encode_text(prompts))
+    uncond = build_cond({k: v.expand(len(prompts), *v.shape[1:]) for k, v in teacher.uncond_text("auto").items()})
+    ref_noise = torch.randn(len(prompts), 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(len(prompts), 1, 8, 8, generator=torch.Generator().manual_seed(2))
+
+    @torch.no_grad()
+    def teacher_ddim(steps, x):
+        sched = DDIMScheduler.from_config(teacher.noise_scheduler.config, timestep_spacing="trailing", set_alpha_to_one=False,
+                                          clip_sample=False)
+        sched.set_timesteps(steps)
+        x = x.clone()
+        for t in sched.timesteps:
+            tt = torch.full((len(prompts),), int(t))
+            e_c, e_u = unet_forward(teacher.unet, x, tt, cond), unet_forward(teacher.unet, x, tt, uncond)
+            x = sched.step(e_u + (1 + OMEGA) * (e_c - e_u), t, x).prev_sample
+        return x
+
+    reference = teacher_ddim(50, ref_noise)
+    rows = {"teacher ddim": [w2(teacher_ddim(k, noise), reference) for k in STEPS]}
+    times = {}
+    for name, extra in runs.items():
+        t0 = time.perf_counter()
+        result = train(ROOT / "configs" / "tiny_cpu.yaml", tmp / name, overrides=base + extra, progress=False)
+        times[name] = time.perf_counter() - t0
+        student = load_teacher_folder(folder)
+        adapter = read_adapter(result.adapter_path)
+        recipe = read_recipe(adapter.metadata)
+        fuse_into_module(student.unet, adapter, strict=True)
+
+        def eps(xs, t, **_):
+            return unet_forward(student.unet, xs, t, cond)
+
+        with torch.no_grad():
+            if recipe.sampler == "lcm":
+                den = EpsDenoiser(eps, boundary="diffusers")
+                rows[f"{name} (lcm)"] = [w2(sample_lcm(den, noise * (1 + lcm_sigmas(k)[0] ** 2) ** 0.5, lcm_sigmas(k),
+                                                       extra_args={"seed": 0}, disable=True), reference) for k in STEPS]
+            else:
+                den = EpsDenoiser(eps, boundary=None)
+                for gamma in sorted({0.0, recipe.gamma, 0.5}):
+                    rows[f"{name} (tcd g={gamma:g})"] = [
+                        w2(sample_tcd(den, noise * (1 + tcd_sigmas(k)[0] ** 2) ** 0.5, tcd_sigmas(k), extra_args={"seed": 0},
+                                      disable=True, gamma=gamma), reference) for k in STEPS]
+    print(f"W2 to the teacher's 50-step DDIM ({n} samples; lower is better), {args.steps} distillation steps each")
+    print(f"| sampler | {' | '.join(f'{k} steps' for k in STEPS)} |")
+    print(f"|---|{'---|' * len(STEPS)}")
+    for name, vals in rows.items():
+        print(f"| {name} | {' | '.join(f'{v:.3f}' for v in vals)} |")
+    print("distillation wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

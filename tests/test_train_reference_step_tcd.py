@@ -1,0 +1,166 @@
+"""Our TCD loss (``lcd.objective: tcd``) and gradients equal the public TCD-LoRA trainer's step, executed
+from its own source: rootonchair/consistency_models_distill ``tcd/train_tcd_distill_lora_sd_wds.py``
+(``$TCD_REFERENCE_SCRIPT``) and ``tcd/train_tcd_distill_lora_sdxl.py`` (``$TCD_REFERENCE_SCRIPT_SDXL``);
+never committed. ``benchmarks/trainer/reference_step.py`` executes the script's training-step block
+(kinds ``tcd_sd`` / ``tcd_sdxl``) on the same tiny SD-like / SDXL-like teachers as the LCM parity tests.
+
+What is compared: the loss (rel 1e-5) and every LoRA gradient (rel 1e-4) on the reference's own draws
+(solver index, noise, ω, latents and its end timesteps s); the reference's s draw itself
+(``end_index = randint(0, index + 1)``, ``end_timesteps = max(τ[end_index] − k, 0)``) against our
+:func:`~lcm_lora.training.tcd.sample_end_timesteps` (same numbers from the same seed).
+
+A reference bug, repaired inside the harness only: the published SDXL script calls
+``get_predicted_original_sample_tcd`` for the *target* without ``end_timesteps`` (six arguments for
+seven), so it raises ``TypeError`` on its first step. ``reference_step.py`` inserts the missing
+argument (as in the student call and in the four sibling TCD scripts) and records the repair in
+``ns["reference_repairs"]``; the SDXL test asserts that exactly this one repair was made, so a fixed
+upstream script makes it fail loudly rather than silently compare something else.
+
+Reference quirks, matched by configuration only here: the SDXL script's gradient clipping is a no-op
+(``params_to_optimize`` is an exhausted ``filter``; see ``test_train_reference_step_sdxl.py``), so the
+SDXL gradients are compared unclipped (our ``optim.max_grad_norm: 0``). The SD script's teacher
+autocast is turned off so both sides run in float32, as in the LCM parity test.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from reference_step_support import GradTap, our_lcd_loss, reference_module, share_random_lora
+
+SD_VAR, SDXL_VAR = "TCD_REFERENCE_SCRIPT", "TCD_REFERENCE_SCRIPT_SDXL"
+needs_sd = pytest.mark.skipif(not os.environ.get(SD_VAR), reason=f"{SD_VAR} (rootonchair tcd/train_tcd_distill_lora_sd_wds.py) not set")
+needs_sdxl = pytest.mark.skipif(not os.environ.get(SDXL_VAR),
+                                reason=f"{SDXL_VAR} (rootonchair tcd/train_tcd_distill_lora_sdxl.py) not set")
+
+CAPTIONS = ["a red circle", "a blue square", "a green ring", "a white cross"]
+RESOLUTION = 16
+ORIGINAL_SIZES = [(16, 16), (24, 20), (40, 16), (16, 32)]
+CROP_TOP_LEFTS = [(0, 0), (4, 2), (12, 0), (0, 8)]
+
+
+def _check_s_draw(ns, solver) -> None:
+    """The reference's s comes from its own index by the rule we implement, and is informative here
+    (some s < t_n, so the target is not merely the teacher's DDIM point)."""
+    from lcm_lora.training.tcd import end_timesteps_of_index
+
+    index, end_index, s = ns["index"].cpu(), ns["end_index"].cpu(), ns["end_timesteps"].cpu()
+    assert bool((end_index >= 0).all() and (end_index <= index).all())
+    assert torch.equal(end_timesteps_of_index(end_index, solver), s)
+    _, t_n = solver.start_and_target_timesteps(index)
+    assert bool((s <= t_n).all()) and bool((s < t_n).any()), (s, t_n)
+
+
+def _assert_parity(loss, ref_loss, named, tap):
+    assert float(loss.detach()) == pytest.approx(ref_loss, rel=1e-5)
+    for name, p in named.items():
+        err = float((p.grad - tap.grads[name]).norm() / tap.grads[name].norm().clamp_min(1e-12))
+        assert err <= 1e-4, (name, err)
+
+
+@needs_sd
+def test_s_draw_matches_the_reference_randint():
+    """Our uniform s draw gives the reference's numbers: its ``randint`` helper (compiled from its source)
+    on torch's global generator vs ours on a generator with the same seed."""
+    from lcm_lora.training.ddim_solver import DDIMSolver
+    from lcm_lora.training.tcd import end_timesteps_of_index, sample_end_timesteps
+
+    ns, _ = reference_module().load_reference(kind="tcd_sd")
+    solver = DDIMSolver(torch.linspace(0.999, 0.005, 1000), 50)
+    index = torch.arange(50).repeat(20)
+    torch.manual_seed(123)
+    ref_end_index = ns["randint"](0, index + 1, (index.shape[0],)).long()
+    ours = sample_end_timesteps(index, solver, "uniform", torch.Generator().manual_seed(123))
+    assert torch.equal(ours, end_timesteps_of_index(ref_end_index, solver))
+    assert len(set(ours.tolist())) > 40  # the draw covers the grid, not one point
+
+
+@needs_sd
+@pytest.mark.parametrize("loss_type", ["huber", "l2"])
+def test_tcd_loss_and_gradients_match_the_sd_reference_step(tmp_path, loss_type):
+    from lcm_lora.training.ddim_solver import DDIMSolver
+    from lcm_lora.training.student import add_lora
+    from lcm_lora.training.teacher import load_teacher_folder
+    from lcm_lora.training.tiny_models import build_tiny_teacher
+
+    torch.set_num_threads(1)
+    ref_mod = reference_module()
+    teacher_dir = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
+    batch = len(CAPTIONS)
+    ref = ref_mod.ReferenceTrainer(teacher_dir, rank=4, batch_size=batch, loss_type=loss_type, teacher_autocast=False,
+                                   device="cpu", kind="tcd_sd")
+    ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
+    ref_lora = {n.replace("base_model.model.", "", 1): p for n, p in ref_unet.named_parameters() if "lora_" in n}
+
+    ours = load_teacher_folder(Path(teacher_dir))
+    named = dict(add_lora(ours.unet, 4, 4, 0.0, None))
+    assert named.keys() == ref_lora.keys()
+    gen = torch.Generator().manual_seed(0)
+    share_random_lora(named, ref_lora, gen)
+    tap = GradTap(ref.ns["optimizer"], ref_lora)
+    ref.ns["optimizer"] = tap
+
+    images = torch.rand(batch, 3, RESOLUTION, RESOLUTION, generator=gen) * 2 - 1
+    torch.manual_seed(1)  # the reference draws index, s, noise and ω from torch's global generator
+    ns = ref.step(images, CAPTIONS)
+    ref_loss = float(ns["loss"].detach())
+    assert ns["reference_repairs"] == []  # the SD script runs exactly as published
+    _check_s_draw(ns, DDIMSolver(ours.alphas_cumprod, 50))
+
+    cond = {"encoder_hidden_states": ns["prompt_embeds"].float()}
+    uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"].float()}
+    loss = our_lcd_loss(ours, ns, cond, uncond, loss_type, objective="tcd")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)  # the SD script's clipping works
+    _assert_parity(loss, ref_loss, named, tap)
+
+
+@needs_sdxl
+@pytest.mark.parametrize("loss_type", ["huber", "l2"])
+def test_tcd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_type):
+    from lcm_lora.training.ddim_solver import DDIMSolver
+    from lcm_lora.training.student import add_lora
+    from lcm_lora.training.teacher import build_cond, load_teacher_folder
+    from lcm_lora.training.tiny_models import build_tiny_teacher
+
+    torch.set_num_threads(1)
+    ref_mod = reference_module()
+    teacher_dir = build_tiny_teacher(tmp_path / "teacher", variant="sdxl", image_size=RESOLUTION, block_out_channels=(16, 32))
+    batch = len(CAPTIONS)
+    ref = ref_mod.ReferenceTrainerSDXL(teacher_dir, rank=4, resolution=RESOLUTION, loss_type=loss_type, device="cpu",
+                                       max_grad_norm=0.01, kind="tcd_sdxl")
+    ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
+    ref_lora = {n: p for n, p in ref_unet.named_parameters() if "lora_" in n}
+
+    ours = load_teacher_folder(Path(teacher_dir))
+    assert ours.uses_pooled and len(ours.text_encoders) == 2
+    named = dict(add_lora(ours.unet, 4, 4, 0.0, None))
+    assert named.keys() == ref_lora.keys()
+    gen = torch.Generator().manual_seed(0)
+    share_random_lora(named, ref_lora, gen)
+    tap = GradTap(ref.ns["optimizer"], ref_lora)
+    ref.ns["optimizer"] = tap
+
+    images = torch.rand(batch, 3, RESOLUTION, RESOLUTION, generator=gen) * 2 - 1
+    torch.manual_seed(1)
+    ns = ref.step(images, CAPTIONS, ORIGINAL_SIZES, CROP_TOP_LEFTS)
+    ref_loss = float(ns["loss"].detach())
+    assert list(ns["params_to_optimize"]) == []  # the reference's clip received an exhausted iterator
+    assert ns["reference_repairs"] == ["get_predicted_original_sample_tcd: end_timesteps inserted in 1 call(s)"]
+    _check_s_draw(ns, DDIMSolver(ours.alphas_cumprod, 50))
+
+    text = ours.encode_text(CAPTIONS)
+    torch.testing.assert_close(text["hidden"], ns["prompt_embeds"].float(), rtol=1e-6, atol=1e-6)
+    time_ids = torch.tensor([[*o, *c, RESOLUTION, RESOLUTION] for o, c in zip(ORIGINAL_SIZES, CROP_TOP_LEFTS)], dtype=torch.float32)
+    torch.testing.assert_close(time_ids, ns["encoded_text"]["time_ids"].float(), rtol=0, atol=0)
+    cond = build_cond(text, time_ids)
+    uncond_one = ours.uncond_text("auto")
+    uncond = build_cond({k: v.expand(batch, *v.shape[1:]) for k, v in uncond_one.items()}, time_ids)
+
+    loss = our_lcd_loss(ours, ns, cond, uncond, loss_type, objective="tcd")
+    loss.backward()  # unclipped: the reference's clip is a no-op (module docstring)
+    _assert_parity(loss, ref_loss, named, tap)
+    total = torch.linalg.vector_norm(torch.stack([g.norm() for g in tap.grads.values()]))
+    assert total > 10 * ref.ns["args"].max_grad_norm

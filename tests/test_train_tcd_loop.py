@@ -1,0 +1,38 @@
+"""The TCD objective in the training loop (slow): an interrupted and resumed TCD run (TDD's s draw, the
+one with two extra random draws) repeats the uninterrupted run's losses bit for bit, and a TCD checkpoint
+cannot be resumed as an LCM run."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from lcm_lora.lcm_core.errors import ConfigError
+from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
+from lcm_lora.training.trainer import train
+
+pytestmark = pytest.mark.slow
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+
+
+def test_tcd_resume_is_exact_and_objective_is_part_of_the_trajectory(tmp_path):
+    torch.set_num_threads(1)
+    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
+    data = write_tiny_dataset(tmp_path / "data", n=8, size=16)
+    over = [f"teacher={teacher}", f"data={data}", "max_steps=4", "batch_size=4", "lora.rank=4", "lora.alpha=4",
+            "validation.every=0", "checkpoint.every=0", "logging.progress=false", f"data.cache_dir={tmp_path / 'cache'}",
+            "lcd.objective=tcd", "lcd.tcd_s_sampling=tdd"]
+    full = train(TINY, tmp_path / "full", overrides=over, progress=False)
+
+    def interrupt(step, loss):
+        if step == 2:
+            signal.raise_signal(signal.SIGTERM)
+
+    part = train(TINY, tmp_path / "split", overrides=over, progress=False, on_step=interrupt)
+    assert part.status == "interrupted" and part.final_step == 2
+    with pytest.raises(ConfigError, match="different configuration"):
+        train(TINY, tmp_path / "split", resume=True, overrides=[o for o in over if not o.startswith("lcd.")], progress=False)
+    rest = train(TINY, tmp_path / "split", resume=True, overrides=over, progress=False)
+    assert part.losses + rest.losses == full.losses
