@@ -119,7 +119,7 @@ def test_tcd_goals_a_and_b_follow_their_definitions():
     c = tcd_claims(res["rows"], res["style"])
     assert c["goal_tcd4_vs_lcm4"]["passed"] and c["goal_tcd_more_steps"]["passed"]
     c = tcd_claims(_with_tcd(tcd_fd=(40.0, 31.0, 29.0, 30.0))["rows"], {})
-    assert not c["goal_tcd4_vs_lcm4"]["passed"] and "FD above" in c["goal_tcd4_vs_lcm4"]["why"]
+    assert not c["goal_tcd4_vs_lcm4"]["passed"] and "at γ 0.3: FD above" in c["goal_tcd4_vs_lcm4"]["why"]
     assert not tcd_claims(_with_tcd(tcd_acc=0.994)["rows"], {})["goal_tcd4_vs_lcm4"]["passed"]  # 0.6 point below
     c = tcd_claims(_with_tcd(tcd_fd=(40.0, 28.0, 29.0, 30.1))["rows"], {})
     assert not c["goal_tcd_more_steps"]["passed"] and "16 steps 30.1" in c["goal_tcd_more_steps"]["detail"]
@@ -143,9 +143,11 @@ def test_negative_prompt_and_acceleration_goals():
         {"label": "fine-tune, DDIM (reference, independent noise)", "model": "finetune", "steps": 25},
         {"label": "fine-tune, DDIM 8 steps", "model": "finetune", "steps": 8, "fd_vs_reference": 30.0},
         {"label": "fine-tune + LCM-LoRA, LCM 4 steps", "model": "lcm_lora", "steps": 4, "fd_vs_reference": 29.0},
-        {"label": "fine-tune + TCD adapter, TCD 4 steps", "model": "tcd", "steps": 4, "fd_vs_reference": 31.0}]}
+        {"label": "fine-tune + TCD adapter, TCD 4 steps", "model": "tcd", "steps": 4, "fd_vs_reference": 31.0,
+         "style_score": 0.97, "accuracy": 0.9}]}
     c = acceleration_claims(accel)
     assert c["goal_universal_acceleration_lcm_lora"]["passed"] and not c["goal_universal_acceleration_tcd"]["passed"]
+    assert "style score 0.97" in c["goal_universal_acceleration_tcd"]["why"]
 
 
 def test_fail_claims_are_explained_with_a_link_and_labels_are_honest(tmp_path):
@@ -153,7 +155,7 @@ def test_fail_claims_are_explained_with_a_link_and_labels_are_honest(tmp_path):
     res["claims"] = check_claims(res["rows"], res["style"])
     md = write_report(res, tmp_path)["report.md"].read_text(encoding="utf-8")
     line = next(x for x in md.splitlines() if "goal (a)" in x)
-    assert line.startswith("- **FAIL**") and "Why: FD above the LCM-LoRA's" in line
+    assert line.startswith("- **FAIL**") and "Why: at γ 0.3: FD above the LCM-LoRA's" in line
     assert "README.md#why-a-claim-fails)" in line
     readme = line.split("](")[1].split("#")[0]
     assert (tmp_path / readme).resolve() == (Path(__file__).resolve().parent.parent / "demo" / "README.md")
