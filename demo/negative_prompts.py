@@ -34,6 +34,7 @@ def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int
     prompt), share_without (same configuration without it) and reduction.
     """
     from .evaluate import SamplePlan
+    from .run import sampler_seed
     from .teacher_samplers import sample_teacher
 
     plan = SamplePlan.make(n, resolution, seed)
@@ -59,7 +60,7 @@ def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int
     for name, (unet, fn, sampler) in students.items():
         for cfg, k in student_configs:
             add(name, sampler, student_steps, cfg, k,
-                lambda neg, unet=unet, fn=fn, cfg=cfg, k=k: fn(unet, empty, plan.noise, student_steps, seed=seed,
+                lambda neg, unet=unet, fn=fn, cfg=cfg, k=k: fn(unet, empty, plan.noise, student_steps, seed=sampler_seed(seed),
                                                               guidance_scale=cfg, uncond=neg, cfg_steps=k))
     teacher_red = rows[0]["reduction"]
     budget = 2 * student_steps

@@ -138,3 +138,18 @@ def test_cfg_on_the_first_steps_only(which):
     plain = fn(PointMassUnet(), _emb(x_c), noise, 4)
     assert off.nfe == 4
     torch.testing.assert_close(off.images, plain.images)
+
+
+def test_sampler_noise_stream_is_independent_of_the_plan_noise():
+    """A sampler re-noising from a generator seeded like the plan would re-inject the initial noise
+    (the bug behind TCD's γ 0.3 dip, demo/README.md); run.sampler_seed keeps the streams apart."""
+    from lcm_lora.demo.evaluate import SamplePlan
+    from lcm_lora.demo.run import sampler_seed
+    from lcm_lora.lcm_core.sampling import default_noise_sampler
+
+    plan = SamplePlan.make(50, 16, seed=3)
+    collided = default_noise_sampler(plan.noise, seed=3)(None, None)
+    assert torch.equal(collided, plan.noise)  # the collision this guards against
+    z = default_noise_sampler(plan.noise, seed=sampler_seed(3))(None, None)
+    corr = torch.corrcoef(torch.stack([z.flatten(), plan.noise.flatten()]))[0, 1]
+    assert abs(float(corr)) < 0.05
