@@ -44,7 +44,7 @@ class DemoConfig:
     resolution: int = 16
     samplers: tuple = ("ddim", "euler", "dpmpp_2m")
     teacher_steps: tuple = (1, 2, 4, 8, 16, 32)
-    lcm_steps: tuple = (1, 2, 4, 8, 16)
+    lcm_steps: tuple = (1, 2, 4, 8)
     tcd_steps: tuple = (1, 2, 4, 8, 16)
     tcd_gamma: float = 0.3  # the TCD paper's default γ
     tcd_gammas: tuple = (0.0, 0.3, 0.5)  # γ sweep at tcd_gamma_steps
