@@ -103,19 +103,21 @@ def _tcd(res):
             teacher_reference_row(rows))
 
 
-TCD_GOAL_A_XFAIL = (
-    "measured (fast preset, 2026-12-06, demo/results/fast.json): TCD 4 steps γ 0.3 FD 66.7 vs LCM-LoRA 4 steps 35.2, "
-    "accuracy 0.920 vs teacher DDIM-8 1.000. At γ 0 the same adapter gives FD 30.6 (beats the LCM-LoRA) but accuracy "
-    "0.965; γ 0.1-0.3 at 2-4 steps leaves noise even in the teacher's own TCD-sampled images (pixel FD 16 vs 3.8 at "
-    "γ 0): demo/README.md 'TCD adapter: what was found'")
-
-
-@pytest.mark.xfail(strict=True, reason=TCD_GOAL_A_XFAIL)
-def test_goal_a_tcd_4_steps_matches_lcm_lora_fd_at_teacher_accuracy(fast_run):
+def test_goal_a_tcd_4_steps_fd_at_most_lcm_lora_4_steps(fast_run):
     _, res = fast_run
-    tcd, lcm4, teacher = _tcd(res)
+    tcd, lcm4, _ = _tcd(res)
     assert tcd[4]["nfe"] == 4 and tcd[4]["gamma"] == 0.3
     assert tcd[4]["fd"] <= lcm4["fd"], (tcd[4], lcm4)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured (fast preset, fresh cache, 2026-12-06): TCD 4 steps γ 0.3 accuracy 0.990 vs teacher DDIM-8 1.000 — "
+    "2 of 200 digits misread, 1 more than the 0.5-point margin allows (binomial s.e. 0.7 points, so the margin is "
+    "below what 200 samples resolve); the FD part holds (30.5 vs LCM-LoRA 34.1, asserted above). γ 0.5 gives 0.995 "
+    "at FD 32.1. demo/README.md 'TCD adapter: what was found'"))
+def test_goal_a_tcd_4_steps_accuracy_within_half_a_point_of_the_teacher(fast_run):
+    _, res = fast_run
+    tcd, _, teacher = _tcd(res)
     assert tcd[4]["accuracy"] >= teacher["accuracy"] - 0.005, (tcd[4], teacher)
 
 
