@@ -34,7 +34,7 @@ def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int
     prompt), share_without (same configuration without it) and reduction.
     """
     from .evaluate import SamplePlan
-    from .run import sampler_seed
+    from .run import lcm_seed, sampler_seed
     from .teacher_samplers import sample_teacher
 
     plan = SamplePlan.make(n, resolution, seed)
@@ -58,9 +58,10 @@ def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int
     add("teacher", "ddim", student_steps, teacher_cfg, None,
         lambda neg: sample_teacher(teacher.unet, empty, neg, plan.noise, "ddim", student_steps, sc, teacher_cfg))
     for name, (unet, fn, sampler) in students.items():
+        seed_fn = sampler_seed if sampler == "tcd" else lcm_seed
         for cfg, k in student_configs:
             add(name, sampler, student_steps, cfg, k,
-                lambda neg, unet=unet, fn=fn, cfg=cfg, k=k: fn(unet, empty, plan.noise, student_steps, seed=sampler_seed(seed),
+                lambda neg, unet=unet, fn=fn, cfg=cfg, k=k: fn(unet, empty, plan.noise, student_steps, seed=seed_fn(seed),
                                                               guidance_scale=cfg, uncond=neg, cfg_steps=k))
     teacher_red = rows[0]["reduction"]
     budget = 2 * student_steps
