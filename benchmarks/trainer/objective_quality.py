@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-steps", type=int, default=800)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=1024)
+    p.add_argument("--workdir", help="keep the fitted teacher and the adapters here and reuse them on a rerun")
     args = p.parse_args(argv)
 
     from diffusers import DDIMScheduler
@@ -85,12 +86,15 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    tmp = Path(tempfile.mkdtemp(prefix="objective_quality_"))
-    folder = build_tiny_teacher(tmp / "teacher", with_vae=False, image_channels=1, image_size=8, block_out_channels=(32, 64))
-    data = write_tiny_dataset(tmp / "data", n=64, size=8, channels=1)
-    t0 = time.perf_counter()
-    fit_teacher(folder, data, args.teacher_steps)
-    print(f"teacher fit: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="objective_quality_"))
+    folder, data = tmp / "teacher", tmp / "data"
+    if not (folder / "FITTED").is_file():
+        build_tiny_teacher(folder, with_vae=False, image_channels=1, image_size=8, block_out_channels=(32, 64))
+        write_tiny_dataset(data, n=64, size=8, channels=1)
+        t0 = time.perf_counter()
+        fit_teacher(folder, data, args.teacher_steps)
+        (folder / "FITTED").write_text(f"{args.teacher_steps}\n")
+        print(f"teacher fit: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     base = [f"teacher={folder}", f"data={data}", "data.resolution=8", "data.buckets=false", f"max_steps={args.steps}",
             "batch_size=16", "lora.rank=16", "lora.alpha=16", f"lcd.w_min={OMEGA}", f"lcd.w_max={OMEGA}",
@@ -121,11 +125,13 @@ def main(argv=None) -> int:
     rows = {"teacher ddim": [w2(teacher_ddim(k, noise), reference) for k in STEPS]}
     times = {}
     for name, extra in runs.items():
-        t0 = time.perf_counter()
-        result = train(ROOT / "configs" / "tiny_cpu.yaml", tmp / name, overrides=base + extra, progress=False)
-        times[name] = time.perf_counter() - t0
+        adapter_path = tmp / name / "lcm_lora.safetensors"
+        if not adapter_path.is_file():
+            t0 = time.perf_counter()
+            adapter_path = train(ROOT / "configs" / "tiny_cpu.yaml", tmp / name, overrides=base + extra, progress=False).adapter_path
+            times[name] = time.perf_counter() - t0
         student = load_teacher_folder(folder)
-        adapter = read_adapter(result.adapter_path)
+        adapter = read_adapter(adapter_path)
         recipe = read_recipe(adapter.metadata)
         fuse_into_module(student.unet, adapter, strict=True)
 
@@ -147,7 +153,7 @@ def main(argv=None) -> int:
     print(f"| sampler | {' | '.join(f'{k} steps' for k in STEPS)} |")
     print(f"|---|{'---|' * len(STEPS)}")
     for name, vals in rows.items():
-        print(f"| {name} | {' | '.join(f'{v:.3f}' for v in vals)} |")
+        print(f"| {name} | {' | '.join(f'{v:.3f}' for v in vals)} |", flush=True)
     print("distillation wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     return 0
 
