@@ -24,7 +24,7 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="end-to-end CPU demo: teacher → LCM-LoRA → steps-vs-quality report",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", metavar="DIR", help="report folder (default: ./demo_out)")
-    p.add_argument("--fast", action="store_true", help="smaller preset (≈3 min on 2 cores): fewer samples, steps and samplers")
+    p.add_argument("--fast", action="store_true", help="smaller preset (≤ 5 min on an idle 2-core machine): fewer samples, steps and samplers")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="model cache (default: $XDG_CACHE_HOME/lcm-lora/demo or ~/.cache/lcm-lora/demo)")
     p.add_argument("--samples", type=int, default=None, metavar="N", help="images per configuration (default: preset's)")

@@ -30,17 +30,25 @@ class Instruments:
     ref_pixel_stats: tuple
     calibration: dict = field(default_factory=dict)  # numbers that tell how to read the metrics
 
-    def measure(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    def measure(self, images: torch.Tensor, labels: torch.Tensor, fd_se: bool = False) -> dict:
+        """Metrics of ``images`` prompted with ``labels``; ``fd_se`` adds the bootstrap standard error of FD."""
         images = images.detach().float().cpu().clamp(-1, 1)
         logits, feats = predict(self.digit, images)
         style_logits, _ = predict(self.style, images)
-        return {
+        out = {
             "accuracy": metrics.class_accuracy(logits, labels),
             "fd": metrics.frechet_distance(*metrics.feature_statistics(feats), *self.ref_stats),
             "fd_pixel": metrics.frechet_distance(*metrics.feature_statistics(images.flatten(1)), *self.ref_pixel_stats),
             "style_score": metrics.style_score(style_logits),
             "ink": metrics.ink_coverage(images),
         }
+        if fd_se:
+            out["fd_se"] = metrics.frechet_distance_bootstrap_se(feats, *self.ref_stats)
+        return out
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, 64-d features)`` of the digit classifier for ``images``."""
+        return predict(self.digit, images.detach().float().cpu().clamp(-1, 1))
 
 
 def build_instruments(resolution: int = 16, split_seed: int = 0, style: str = "bold", cache_dir: Path | None = None,
@@ -173,7 +181,7 @@ def sample_rows(name: str, sampler: str, steps_list, sample_fn, plan: SamplePlan
         row = {"model": name, "sampler": sampler, "steps": int(steps), "nfe": int(nfe), "seconds": round(seconds, 3),
                "ms_per_image": round(1000 * seconds / len(images), 3), "n": len(images)}
         row.update(extra or {})
-        row.update({k: round(v, 5) for k, v in inst.measure(images, plan.labels).items()})
+        row.update({k: round(v, 5) for k, v in inst.measure(images, plan.labels, fd_se=True).items()})
         rows.append(row)
         if keep_images:
             images_by_steps[int(steps)] = images

@@ -66,3 +66,17 @@ def ink_coverage(images: torch.Tensor) -> float:
     """Fraction of pixels brighter than mid-grey (images in [-1, 1], ink = +1); a classifier-free
     check of the bold style (thick strokes cover more of the frame)."""
     return float((images > 0).float().mean())
+
+
+def frechet_distance_bootstrap_se(features, ref_mu, ref_sigma, n_boot: int = 100, seed: int = 0) -> float:
+    """Standard error of FD(features, reference) by the bootstrap (Efron 1979): resample the
+    generated samples with replacement ``n_boot`` times, recompute FD against the fixed reference
+    statistics, return the standard deviation of those FDs (ddof 1). Measures the sampling noise
+    of one row's FD from its own n images (the reference set is held fixed)."""
+    f = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(int(n_boot)):
+        pick = rng.integers(0, len(f), len(f))
+        vals.append(frechet_distance(*feature_statistics(f[pick]), ref_mu, ref_sigma))
+    return float(np.std(vals, ddof=1))

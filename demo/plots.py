@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .teacher_samplers import SAMPLER_LABELS
+from .teacher_samplers import MODEL_LABELS, SAMPLER_LABELS
 
-_COLORS = {"ddim": "tab:blue", "euler": "tab:orange", "dpmpp_2m": "tab:green", "lcm": "tab:red"}
+_COLORS = {"ddim": "tab:blue", "euler": "tab:orange", "dpmpp_2m": "tab:green", "lcm": "tab:red", "tcd": "tab:purple"}
 
 
 def _plt():
@@ -23,7 +23,9 @@ def _series(rows):
     """Group the main-table rows into ``{label: (sampler, [rows sorted by steps])}``."""
     out = {}
     for r in rows:
-        label = ("LCM-LoRA" if r["model"] == "lcm_lora" else "teacher") + " " + SAMPLER_LABELS.get(r["sampler"], r["sampler"])
+        label = MODEL_LABELS.get(r["model"], r["model"]) + " " + SAMPLER_LABELS.get(r["sampler"], r["sampler"])
+        if r.get("gamma") is not None:
+            label += f" γ {r['gamma']:g}"
         out.setdefault(label, (r["sampler"], []))[1].append(r)
     for _, rs in out.values():
         rs.sort(key=lambda r: r["steps"])
@@ -36,7 +38,7 @@ def plot_quality(rows, path: Path, x: str, metric: str = "fd", floor: float | No
     fig, ax = plt.subplots(figsize=(5.6, 4.0), dpi=110)
     for label, (sampler, rs) in _series(rows).items():
         ax.plot([r[x] for r in rs], [r[metric] for r in rs], marker="o", label=label, color=_COLORS.get(sampler),
-                linewidth=2.2 if sampler == "lcm" else 1.4)
+                linewidth=2.2 if sampler in ("lcm", "tcd") else 1.4)
     if floor is not None:
         ax.axhline(floor, color="gray", linestyle="--", linewidth=1, label="real vs real")
     ax.set_xscale("log", base=2)
@@ -47,7 +49,7 @@ def plot_quality(rows, path: Path, x: str, metric: str = "fd", floor: float | No
     ax.set_xlabel(names.get(x, x))
     ax.set_ylabel({"fd": "FD (classifier features) ↓", "accuracy": "class accuracy ↑",
                    "fd_pixel": "FD (pixels) ↓"}.get(metric, metric))
-    ax.set_title(title or f"{metric} vs {x}")
+    ax.set_title(title or f"{metric} vs {x}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -100,6 +102,6 @@ def save_image_grid(rows: list[tuple[str, object]], path: Path, per_row: int = 1
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.1)  # never clip the row labels on the left
     plt.close(fig)
     return path

@@ -1,10 +1,17 @@
-"""Few-step sampling of a UNet that carries an LCM-LoRA: the project's own LCM sampler.
+"""Few-step sampling of a UNet that carries a distilled adapter: the project's own LCM and TCD samplers.
 
-Uses exactly what the ComfyUI nodes use: ``lcm_core.timesteps.lcm_timesteps`` (diffusers
-``LCMScheduler.set_timesteps``), ``lcm_core.denoisers.unet_denoiser`` (ε → x0 with the LCM
-boundary condition, diffusers convention) and ``lcm_core.sampling.sample_lcm`` (LCM paper
-Algorithm 1). No CFG (guidance 1): the LCM-LoRA was distilled with ω baked in, so each step
-is one UNet evaluation.
+Uses exactly what the ComfyUI nodes use: ``lcm_core.timesteps.lcm_timesteps`` /
+``tcd_timesteps`` (diffusers ``LCMScheduler`` / ``TCDScheduler.set_timesteps``),
+``lcm_core.denoisers.unet_denoiser`` (ε → x0; the LCM boundary condition in diffusers convention
+for an LCM-LoRA, none for a TCD adapter, whose map has no c_skip/c_out) and
+``lcm_core.sampling.sample_lcm`` (LCM paper Algorithm 1) / ``sample_tcd`` (TCD paper Algorithm 4,
+Strategic Stochastic Sampling with γ). No CFG by default (guidance 1): the adapters were distilled
+with ω baked in, so each step is one UNet evaluation.
+
+``guidance_scale > 1`` with an ``uncond`` (negative) embedding runs real CFG
+(``ε = ε(neg) + g·(ε(cond) − ε(neg))``, two evaluations per step); ``cfg_steps = k`` limits it to the
+first k steps (the negative prompt shapes the layout while the noise is high; later steps cost one
+evaluation), so a run costs ``steps + k`` UNet evaluations.
 """
 from __future__ import annotations
 
@@ -15,21 +22,62 @@ import torch
 from .teacher_samplers import SampleResult
 
 
+class _FirstStepsCfg:
+    """A k-diffusion denoiser that is ``guided`` for its first ``k`` calls and ``plain`` afterwards."""
+
+    def __init__(self, guided, plain, k: int):
+        self.guided, self.plain, self.k, self.calls = guided, plain, int(k), 0
+
+    def __call__(self, x, sigma, **kwargs):
+        fn = self.guided if self.calls < self.k else self.plain
+        self.calls += 1
+        return fn(x, sigma, **kwargs)
+
+
+def _denoiser(unet, cond, uncond, guidance_scale: float, cfg_steps: int | None, boundary, steps: int):
+    """The denoiser and its UNet evaluations per image for ``steps`` steps."""
+    from ..lcm_core.denoisers import unet_denoiser
+
+    plain = unet_denoiser(unet, cond, boundary=boundary)
+    if not (guidance_scale > 1.0 and uncond is not None):
+        return plain, steps
+    guided = unet_denoiser(unet, cond, boundary=boundary, negative_encoder_hidden_states=uncond,
+                           guidance_scale=guidance_scale)
+    k = steps if cfg_steps is None else max(0, min(int(cfg_steps), steps))
+    if k >= steps:
+        return guided, 2 * steps
+    return _FirstStepsCfg(guided, plain, k), steps + k
+
+
 @torch.no_grad()
 def sample_lcm_student(unet, cond: torch.Tensor, noise: torch.Tensor, steps: int, seed: int = 0,
                        original_inference_steps: int = 50, guidance_scale: float = 1.0,
-                       uncond: torch.Tensor | None = None) -> SampleResult:
+                       uncond: torch.Tensor | None = None, cfg_steps: int | None = None) -> SampleResult:
     """LCM samples for per-image embeddings ``cond``; ``noise`` unit Gaussian (diffusers start:
     ``sample = noise``, i.e. ``x = noise·sqrt(1 + σ_max²)`` in sigma space)."""
-    from ..lcm_core.denoisers import unet_denoiser
     from ..lcm_core.sampling import sample_lcm
     from ..lcm_core.timesteps import lcm_timesteps, timesteps_to_sigmas
 
     start = time.perf_counter()
     sigmas = timesteps_to_sigmas(lcm_timesteps(steps, original_inference_steps)).to(noise.device)
-    cfg = guidance_scale > 1.0 and uncond is not None
-    model = unet_denoiser(unet, cond, boundary="diffusers", negative_encoder_hidden_states=uncond if cfg else None,
-                          guidance_scale=guidance_scale)
+    model, nfe = _denoiser(unet, cond, uncond, guidance_scale, cfg_steps, "diffusers", steps)
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5
     out = sample_lcm(model, x, sigmas, extra_args={"seed": seed}, disable=True)
-    return SampleResult(images=out, nfe=steps * (2 if cfg else 1), seconds=time.perf_counter() - start)
+    return SampleResult(images=out, nfe=nfe, seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def sample_tcd_student(unet, cond: torch.Tensor, noise: torch.Tensor, steps: int, gamma: float = 0.3, seed: int = 0,
+                       guidance_scale: float = 1.0, uncond: torch.Tensor | None = None,
+                       cfg_steps: int | None = None) -> SampleResult:
+    """TCD samples (γ = ``gamma``; diffusers ``TCDScheduler`` timesteps on the 50-step grid, plain ε
+    model sampling, diffusers' final step) for per-image embeddings ``cond``."""
+    from ..lcm_core.sampling import sample_tcd
+    from ..lcm_core.timesteps import tcd_timesteps, timesteps_to_sigmas
+
+    start = time.perf_counter()
+    sigmas = timesteps_to_sigmas(tcd_timesteps(steps)).to(noise.device)
+    model, nfe = _denoiser(unet, cond, uncond, guidance_scale, cfg_steps, None, steps)
+    x = noise * (1.0 + sigmas[0] ** 2) ** 0.5
+    out = sample_tcd(model, x, sigmas, extra_args={"seed": seed}, disable=True, gamma=gamma)
+    return SampleResult(images=out, nfe=nfe, seconds=time.perf_counter() - start)

@@ -37,18 +37,29 @@ class StyleLoraSettings:
 
 def train_style_lora(teacher, settings: StyleLoraSettings | None = None, progress: bool = True):
     """Train τ_style on a copy of ``teacher.unet`` (the teacher is left untouched); return a LoraAdapter."""
-    from diffusers.training_utils import compute_snr
-    from tqdm.auto import tqdm
-
     from ..training.export import peft_state_to_adapter
     from ..training.student import add_lora, lora_state_dict
-
-    from .dataset import apply_style, load_digit_images, prompt_for, split_indices
 
     s = settings or StyleLoraSettings()
     torch.manual_seed(s.seed)
     unet = copy.deepcopy(teacher.unet).float().train()
     params = [p for _, p in add_lora(unet, rank=s.rank, alpha=float(s.rank), dropout=0.0, targets=None)]
+    diffusion_finetune(unet, params, teacher, s, desc=f"style LoRA ({s.style})", progress=progress)
+    adapter = peft_state_to_adapter(lora_state_dict(unet), alpha=float(s.rank), arch=None, dtype=torch.float32)
+    adapter.metadata = {"lcm_lora_demo": "style", "style": s.style, "rank": str(s.rank), "steps": str(s.steps)}
+    return adapter
+
+
+def diffusion_finetune(unet, params, teacher, s, desc: str = "fine-tune", progress: bool = True) -> None:
+    """Train ``params`` of ``unet`` in place with the ordinary ε-prediction loss (min-SNR-γ weighting,
+    Hang et al. 2023, if ``s.snr_gamma``) on the ``train`` split rendered in ``s.style``; captions as
+    the teacher's, ``s.cond_dropout`` of them empty. ``s`` needs style, steps, batch_size,
+    learning_rate, cond_dropout, snr_gamma, split_seed, seed."""
+    from diffusers.training_utils import compute_snr
+    from tqdm.auto import tqdm
+
+    from .dataset import apply_style, load_digit_images, prompt_for, split_indices
+
     opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=0.0)
 
     resolution = unet.config.sample_size
@@ -65,7 +76,7 @@ def train_style_lora(teacher, settings: StyleLoraSettings | None = None, progres
     noise_scheduler = DDPMScheduler.from_config(teacher.scheduler_config)
     acs = noise_scheduler.alphas_cumprod
     g = torch.Generator().manual_seed(s.seed)
-    for _ in tqdm(range(s.steps), desc=f"style LoRA ({s.style})", disable=not progress, leave=False):
+    for _ in tqdm(range(s.steps), desc=desc, disable=not progress, leave=False):
         idx = torch.randint(0, len(x_train), (s.batch_size,), generator=g)
         x0, cls = x_train[idx], y_train[idx].clone()
         cls[torch.rand(s.batch_size, generator=g) < s.cond_dropout] = 10
@@ -81,6 +92,3 @@ def train_style_lora(teacher, settings: StyleLoraSettings | None = None, progres
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    adapter = peft_state_to_adapter(lora_state_dict(unet), alpha=float(s.rank), arch=None, dtype=torch.float32)
-    adapter.metadata = {"lcm_lora_demo": "style", "style": s.style, "rank": str(s.rank), "steps": str(s.steps)}
-    return adapter

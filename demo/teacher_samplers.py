@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 
 SAMPLERS = ("ddim", "euler", "dpmpp_2m")
-SAMPLER_LABELS = {"ddim": "DDIM", "euler": "Euler", "dpmpp_2m": "DPM++ 2M", "lcm": "LCM"}
+SAMPLER_LABELS = {"ddim": "DDIM", "euler": "Euler", "dpmpp_2m": "DPM++ 2M", "lcm": "LCM", "tcd": "TCD"}
+MODEL_LABELS = {"teacher": "teacher", "lcm_lora": "LCM-LoRA", "tcd": "TCD adapter"}
 
 
 def make_scheduler(name: str, scheduler_config: dict):

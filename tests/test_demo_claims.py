@@ -10,7 +10,14 @@ Claims (issue "Embedded end-to-end demo and fidelity benchmark"):
    an xfail(strict) test carrying the numbers; what holds — the merged adapter retains at least the
    reference's style at unchanged class accuracy — is asserted.
 
-Both are measured against the same prompts and initial noise, by a classifier trained on real
+Issue 13, goals (a) and (b) for the TCD adapter distilled beside the LCM-LoRA (same teacher, data, ω,
+target and step budget; ``lcd.objective=tcd``):
+
+(a) TCD at 4 steps (γ 0.3): FD ≤ the LCM-LoRA's 4-step FD and class accuracy ≥ the teacher's
+    (DDIM at its most steps) − 0.5 point;
+(b) TCD does not get worse with more steps: FD at 8 and 16 steps ≤ its 4-step FD + one bootstrap s.e.
+
+All are measured against the same prompts and initial noise, by a classifier trained on real
 images the generators never saw. The run is seeded; FD_MARGIN was set well inside the gap
 observed (FD 35.9 vs 44.7, 20 % lower; demo/README.md), so the test does not hinge on noise.
 """
@@ -21,7 +28,9 @@ from lcm_lora.demo.run import PRESETS, find_row, run_demo_pipeline
 FD_MARGIN = 0.1
 ACCURACY_DROP = 0.01
 
-# In the default run: the issue asks for these claims to be checked by tests (fast preset, ≈3.5 min on 2 cores).
+# In the default run: the issues ask for these claims to be checked by tests (fast preset; with the TCD adapter,
+# the fine-tune and the negative-prompt study it is longer than the earlier ≈3.5 min: 2323 s measured at load 8–12
+# with --threads 1, idle time not measured).
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +86,47 @@ def test_report_and_cache(fast_run, tmp_path):
                  "grid_lcm_lora_lcm.png"):
         assert (out / name).is_file(), name
     assert res["claims"]["lcm4_beats_ddim4"]["passed"] and res["claims"]["style_merge_retains_style"]["passed"]
+    # issue 17 item 7: the models are handed over next to the report; the TCD adapter carries its recipe
+    from lcm_lora.lcm_core.safetensors_io import read_header
+    from lcm_lora.lcm_core.sampling_recipe import read_recipe
+
+    for m in res["models"]:
+        assert (out / m["path"]).exists(), m
+    assert read_recipe(read_header(out / "models" / "tcd_lora.safetensors").metadata).objective == "tcd"
+    assert read_recipe(read_header(out / "models" / "lcm_lora.safetensors").metadata).objective == "lcm"
+    assert res["tcd"]["seconds"] > 0 and res["lcm_lora"]["seconds"] > 0  # wall time of each distillation
+
+
+def _tcd(res):
+    from lcm_lora.demo.run import teacher_reference_row
+
+    rows = res["rows"]
+    return ({k: find_row(rows, "tcd", "tcd", k) for k in (1, 2, 4, 8, 16)}, find_row(rows, "lcm_lora", "lcm", 4),
+            teacher_reference_row(rows))
+
+
+def test_goal_a_tcd_4_steps_fd_at_most_lcm_lora_4_steps(fast_run):
+    _, res = fast_run
+    tcd, lcm4, _ = _tcd(res)
+    assert tcd[4]["nfe"] == 4 and tcd[4]["gamma"] == 0.3
+    assert tcd[4]["fd"] <= lcm4["fd"], (tcd[4], lcm4)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured (fast preset, fresh cache, 2026-12-06): TCD 4 steps γ 0.3 accuracy 0.990 vs teacher DDIM-8 1.000 — "
+    "2 of 200 digits misread, 1 more than the 0.5-point margin allows (binomial s.e. 0.7 points, so the margin is "
+    "below what 200 samples resolve); the FD part holds (30.5 vs LCM-LoRA 34.1, asserted above). γ 0.5 gives 0.995 "
+    "at FD 32.1. demo/README.md 'TCD adapter: what was found'"))
+def test_goal_a_tcd_4_steps_accuracy_within_half_a_point_of_the_teacher(fast_run):
+    _, res = fast_run
+    tcd, _, teacher = _tcd(res)
+    assert tcd[4]["accuracy"] >= teacher["accuracy"] - 0.005, (tcd[4], teacher)
+
+
+def test_goal_b_tcd_does_not_get_worse_with_more_steps(fast_run):
+    _, res = fast_run
+    tcd, _, _ = _tcd(res)
+    bound = tcd[4]["fd"] + tcd[4]["fd_se"]
+    assert 0 < tcd[4]["fd_se"] < tcd[4]["fd"]
+    assert tcd[8]["fd"] <= bound and tcd[16]["fd"] <= bound, (tcd[4], tcd[8], tcd[16])
+    assert res["claims"]["goal_tcd_more_steps"]["passed"]

@@ -44,3 +44,8 @@ def test_presets_fit_their_promises():
     assert set(full.samplers) == {"ddim", "euler", "dpmpp_2m"}
     assert (full.lambda1, full.lambda2) == (0.8, 1.0)
     assert fast.n_samples < full.n_samples and 4 in fast.teacher_steps and 4 in fast.lcm_steps
+    # issue 13: TCD rows at 1/2/4/8/16 steps (γ 0.3) and a γ sweep 0/0.3/0.5 at 4 steps, in both presets
+    for p in (full, fast):
+        assert p.tcd_steps == (1, 2, 4, 8, 16) and p.tcd_gamma == 0.3
+        assert p.tcd_gammas == (0.0, 0.3, 0.5) and p.tcd_gamma_steps == 4
+        assert "lcd.objective=tcd" in p.tcd_overrides

@@ -62,3 +62,41 @@ def test_trainer_style_lora_merge_and_cache(tmp_path, tiny_teacher):
     key = next(iter(style.modules))[len("unet."):] + ".weight"
     delta = 0.8 * style.modules["unet." + key[:-7]].delta_weight() + 1.0 * lcm.modules["unet." + key[:-7]].delta_weight()
     torch.testing.assert_close(a[key] - base[key], delta.reshape(base[key].shape), atol=1e-5, rtol=1e-4)
+
+
+def test_models_are_handed_over_next_to_the_report(tmp_path, tiny_teacher):
+    """issue 17 item 7: OUT/models holds the teacher folder, the data and every adapter, readable by others."""
+    import os
+    import stat
+
+    from lcm_lora.demo.export_models import export_models
+    from lcm_lora.lcm_core.lora import read_adapter
+
+    cfg = dataclasses.replace(R.DemoConfig(), lcm_overrides=("train.max_steps=1", "train.batch_size=2"))
+    (tmp_path / "cache").mkdir()
+    data = R.export_training_data(tmp_path / "cache", cfg)
+    lcm, info = R.distil_lcm_lora(tmp_path / "cache", cfg, tiny_teacher, data, progress=False)
+    teacher = load_teacher(tiny_teacher)
+    ft = R._unet_with(teacher.unet, [(lcm, 0.5)])  # any UNet stands in for the fine-tune
+    out = tmp_path / "out"
+    out.mkdir()
+    listing = export_models(out, tiny_teacher, data, {"lcm_lora.safetensors": (info["path"], "the LCM-LoRA")},
+                            {"style_lora.safetensors": (lcm, "a style LoRA")}, ft)
+    assert [m["path"] for m in listing] == ["models/teacher", "models/data", "models/lcm_lora.safetensors",
+                                            "models/style_lora.safetensors", "models/finetune"]
+    copied = load_teacher(out / "models" / "teacher").unet.state_dict()
+    assert all(torch.equal(copied[k], v) for k, v in teacher.unet.state_dict().items())
+    assert (out / "models" / "data" / "metadata.jsonl").read_bytes() == (data / "metadata.jsonl").read_bytes()
+    assert (out / "models" / "lcm_lora.safetensors").read_bytes() == open(info["path"], "rb").read()
+    assert set(read_adapter(out / "models" / "style_lora.safetensors").modules) == set(lcm.modules)
+    ft2 = load_teacher(out / "models" / "finetune").unet.state_dict()
+    for k, v in ft.state_dict().items():
+        assert torch.equal(ft2[k], v), k
+    for root, dirs, files in os.walk(out / "models"):
+        assert stat.S_IMODE(os.stat(root).st_mode) == 0o755
+        for f in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, f)).st_mode) == 0o644
+    # a second run replaces the folder
+    export_models(out, tiny_teacher, data, {}, {}, None)
+    assert not (out / "models" / "finetune").exists()
+    assert R._steps_text(1) == "1 step" and R._steps_text(4) == "4 steps"

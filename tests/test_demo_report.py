@@ -1,5 +1,6 @@
 """Report writing and claim checking on a synthetic results dict (no models involved)."""
 import json
+from pathlib import Path
 from html.parser import HTMLParser
 
 import pytest
@@ -99,3 +100,64 @@ def test_markdown_escapes_nothing_it_should_not():
     assert doc.markdown().startswith("# LCM-LoRA demo")
     with pytest.raises(KeyError):
         build_report({"config": {}})
+
+
+def _with_tcd(tcd_fd=(40.0, 28.0, 29.0, 30.0), se=2.0, tcd_acc=0.996):
+    res = _results()
+    res["rows"].append(_row("teacher", "ddim", 32, 34.0, 1.0, 64))
+    for steps, fd in zip((2, 4, 8, 16), tcd_fd):
+        r = _row("tcd", "tcd", steps, fd, tcd_acc)
+        r.update(gamma=0.3, fd_se=se)
+        res["rows"].append(r)
+    return res
+
+
+def test_tcd_goals_a_and_b_follow_their_definitions():
+    from lcm_lora.demo.run import tcd_claims
+
+    res = _with_tcd()  # TCD-4 28.0 <= LCM-4 30.0; accuracy 0.996 >= 1.000 - 0.005; 8/16: 29, 30 <= 28 + 2
+    c = tcd_claims(res["rows"], res["style"])
+    assert c["goal_tcd4_vs_lcm4"]["passed"] and c["goal_tcd_more_steps"]["passed"]
+    c = tcd_claims(_with_tcd(tcd_fd=(40.0, 31.0, 29.0, 30.0))["rows"], {})
+    assert not c["goal_tcd4_vs_lcm4"]["passed"] and "at γ 0.3: FD above" in c["goal_tcd4_vs_lcm4"]["why"]
+    assert not tcd_claims(_with_tcd(tcd_acc=0.994)["rows"], {})["goal_tcd4_vs_lcm4"]["passed"]  # 0.6 point below
+    c = tcd_claims(_with_tcd(tcd_fd=(40.0, 28.0, 29.0, 30.1))["rows"], {})
+    assert not c["goal_tcd_more_steps"]["passed"] and "16 steps 30.1" in c["goal_tcd_more_steps"]["detail"]
+    assert tcd_claims(_with_tcd(tcd_fd=(40.0, 28.0, 29.0, 30.1), se=2.2)["rows"], {})["goal_tcd_more_steps"]["passed"]
+
+
+def test_negative_prompt_and_acceleration_goals():
+    from lcm_lora.demo.run import acceleration_claims, negative_prompt_claims
+
+    def nrow(model, nfe, red, cfg=2.0, k=None):
+        return {"model": model, "nfe": nfe, "reduction": red, "cfg": cfg, "cfg_steps": k, "share": 0.1 - red}
+
+    rows = [nrow("lcm_lora", 4, 0.0, 1.0), nrow("lcm_lora", 8, 0.03), nrow("lcm_lora", 5, 0.05, 3.0, 1),
+            nrow("lcm_lora", 12, 0.09)]
+    neg = {"goal": {"lcm_lora": {"best": max([r for r in rows if r["nfe"] <= 8], key=lambda r: r["reduction"]),
+                                 "teacher_reduction": 0.09, "nfe_budget": 8, "passed": True}}}
+    c = negative_prompt_claims(neg)["goal_negative_prompt_lcm_lora"]
+    assert c["passed"] and "cfg 3 on the first 1 step(s)" in c["detail"] and "5.0 points (5 evaluations)" in c["detail"]
+
+    accel = {"reference_steps": 25, "rows": [
+        {"label": "fine-tune, DDIM (reference, independent noise)", "model": "finetune", "steps": 25},
+        {"label": "fine-tune, DDIM 8 steps", "model": "finetune", "steps": 8, "fd_vs_reference": 30.0},
+        {"label": "fine-tune + LCM-LoRA, LCM 4 steps", "model": "lcm_lora", "steps": 4, "fd_vs_reference": 29.0},
+        {"label": "fine-tune + TCD adapter, TCD 4 steps", "model": "tcd", "steps": 4, "fd_vs_reference": 31.0,
+         "style_score": 0.97, "accuracy": 0.9}]}
+    c = acceleration_claims(accel)
+    assert c["goal_universal_acceleration_lcm_lora"]["passed"] and not c["goal_universal_acceleration_tcd"]["passed"]
+    assert "style score 0.97" in c["goal_universal_acceleration_tcd"]["why"]
+
+
+def test_fail_claims_are_explained_with_a_link_and_labels_are_honest(tmp_path):
+    res = _with_tcd(tcd_fd=(40.0, 31.0, 29.0, 30.0))
+    res["claims"] = check_claims(res["rows"], res["style"])
+    md = write_report(res, tmp_path)["report.md"].read_text(encoding="utf-8")
+    line = next(x for x in md.splitlines() if "goal (a)" in x)
+    assert line.startswith("- **FAIL**") and "Why: at γ 0.3: FD above the LCM-LoRA's" in line
+    assert "README.md#why-a-claim-fails)" in line
+    readme = line.split("](")[1].split("#")[0]
+    assert (tmp_path / readme).resolve() == (Path(__file__).resolve().parent.parent / "demo" / "README.md")
+    assert "| TCD adapter TCD γ 0.3 | 4 | 4 | 0.996 | 31.0 | 2.0 |" in md
+    assert "holds in classifier FD but not in pixel FD" in md

@@ -87,3 +87,69 @@ def test_lcm_student_sampler_lands_on_the_point_mass(steps):
     # boundary condition c_skip(t) <= 4e-8 at the LCM timesteps used here, so f(x, t) = x0
     torch.testing.assert_close(res.images, x_c, atol=1e-4, rtol=1e-4)
     assert res.nfe == steps
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 0.5])
+def test_tcd_student_sampler_matches_diffusers_tcd_scheduler(steps, gamma):
+    """The demo's TCD sampling (lcm_core.sample_tcd on tcd_timesteps, no boundary) against diffusers'
+    TCDScheduler driven by the same ε model and the same noise generator."""
+    from diffusers import TCDScheduler
+
+    from lcm_lora.demo.student_sampling import sample_tcd_student
+
+    g = torch.Generator().manual_seed(steps)
+    x_c = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    noise = torch.randn(2, 1, 4, 4, generator=g)
+    res = sample_tcd_student(PointMassUnet(), _emb(x_c), noise, steps, gamma=gamma, seed=7)
+    assert res.nfe == steps
+
+    sched = TCDScheduler.from_config(dict(sd_noise_scheduler().config), timestep_spacing="leading")
+    sched.set_timesteps(steps)
+    unet, gen = PointMassUnet(), torch.Generator().manual_seed(7)
+    x = noise * sched.init_noise_sigma
+    for t in sched.timesteps:
+        eps = unet(x, t.expand(2), _emb(x_c))[0]
+        x = sched.step(eps, t, x, eta=gamma, generator=gen).prev_sample
+    torch.testing.assert_close(res.images, x, atol=1e-5, rtol=1e-5)
+    # a point mass: TCD lands on x0 up to diffusers' final σ(0) ≈ 0.03 re-noising
+    torch.testing.assert_close(res.images, x_c, atol=0.15, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["lcm", "tcd"])
+def test_cfg_on_the_first_steps_only(which):
+    """cfg_steps = k: real CFG (negative prompt) on the first k steps, plain steps after; steps + k evaluations."""
+    from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
+
+    fn = sample_lcm_student if which == "lcm" else sample_tcd_student
+    g = torch.Generator().manual_seed(1)
+    x_c = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    x_u = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    noise = torch.randn(2, 1, 4, 4, generator=g)
+    tol = dict(atol=1e-4, rtol=1e-4) if which == "lcm" else dict(atol=0.15, rtol=0)
+    full = fn(PointMassUnet(), _emb(x_c), noise, 4, guidance_scale=2.0, uncond=_emb(x_u))
+    torch.testing.assert_close(full.images, x_u + 2.0 * (x_c - x_u), **tol)
+    assert full.nfe == 8
+    unet = PointMassUnet()
+    first = fn(unet, _emb(x_c), noise, 4, guidance_scale=2.0, uncond=_emb(x_u), cfg_steps=2)
+    assert first.nfe == 6 and unet.calls == 4  # the guided steps are one batched call of 2B
+    torch.testing.assert_close(first.images, x_c, **tol)  # the last (plain) step decides the point mass
+    off = fn(PointMassUnet(), _emb(x_c), noise, 4, guidance_scale=2.0, uncond=_emb(x_u), cfg_steps=0)
+    plain = fn(PointMassUnet(), _emb(x_c), noise, 4)
+    assert off.nfe == 4
+    torch.testing.assert_close(off.images, plain.images)
+
+
+def test_sampler_noise_stream_is_independent_of_the_plan_noise():
+    """A sampler re-noising from a generator seeded like the plan would re-inject the initial noise
+    (the bug behind TCD's γ 0.3 dip, demo/README.md); run.sampler_seed keeps the streams apart."""
+    from lcm_lora.demo.evaluate import SamplePlan
+    from lcm_lora.demo.run import sampler_seed
+    from lcm_lora.lcm_core.sampling import default_noise_sampler
+
+    plan = SamplePlan.make(50, 16, seed=3)
+    collided = default_noise_sampler(plan.noise, seed=3)(None, None)
+    assert torch.equal(collided, plan.noise)  # the collision this guards against
+    z = default_noise_sampler(plan.noise, seed=sampler_seed(3))(None, None)
+    corr = torch.corrcoef(torch.stack([z.flatten(), plan.noise.flatten()]))[0, 1]
+    assert abs(float(corr)) < 0.05

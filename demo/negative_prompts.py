@@ -1,0 +1,75 @@
+"""Negative prompts at few steps, measured in the digit world.
+
+Setup (issue 13, item 5): the positive prompt names no class (the empty prompt, which the teacher
+was trained with: 10 % of its captions were dropped) and the negative prompt names one class c
+("a handwritten digit c", c balanced over the samples). A sample "shows c" when the digit
+classifier reads c. Without a negative prompt about 10 % of the samples show their c; a negative
+prompt that counts lowers that share. The *reduction* of a configuration is its share without the
+negative prompt minus its share with it (same model, sampler, steps and noise).
+
+Classifier-free guidance with a negative prompt: ``ε = ε(neg) + g·(ε(pos) − ε(neg))`` (two UNet
+evaluations per step). The distilled adapters run at cfg 1 (ε(pos) only, the negative prompt
+cannot act), at cfg > 1 on every step, or with real CFG on the first k steps only
+(``student_sampling.cfg_steps``).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def class_share(inst, images: torch.Tensor, classes: torch.Tensor) -> float:
+    """Fraction of ``images`` the digit classifier reads as their ``classes``."""
+    logits, _ = inst.features(images)
+    return float((logits.argmax(dim=1) == classes).float().mean())
+
+
+def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int, seed: int, teacher_steps: int,
+                          teacher_cfg: float, student_steps: int, student_configs, progress=None) -> dict:
+    """Share of the negated class for the teacher and each student.
+
+    ``students``: ``{name: (unet, sample_fn)}`` with ``sample_fn(unet, cond, noise, steps, seed=,
+    guidance_scale=, uncond=, cfg_steps=)`` (``student_sampling``); ``student_configs``: tuples
+    ``(cfg, cfg_steps)`` (``cfg_steps`` None = every step). Returns ``{"rows": [...], "teacher_reduction",
+    "goal": ...}``; each row has model, sampler, steps, cfg, cfg_steps, nfe, share (with the negative
+    prompt), share_without (same configuration without it) and reduction.
+    """
+    from .evaluate import SamplePlan
+    from .run import lcm_seed, sampler_seed
+    from .teacher_samplers import sample_teacher
+
+    plan = SamplePlan.make(n, resolution, seed)
+    classes = plan.labels  # the class each sample's negative prompt names
+    cond, empty = teacher.embed(classes)  # cond[i] = "a handwritten digit c_i"; empty = ""
+    rows = []
+
+    def add(model, sampler, steps, cfg, cfg_steps, run):
+        with_neg = run(cond)  # negative = the class prompt
+        without = run(empty)  # negative = the empty prompt, i.e. no negative prompt
+        s_with, s_without = class_share(inst, with_neg.images, classes), class_share(inst, without.images, classes)
+        rows.append({"model": model, "sampler": sampler, "steps": steps, "cfg": cfg, "cfg_steps": cfg_steps,
+                     "nfe": with_neg.nfe, "n": n, "share": round(s_with, 5), "share_without": round(s_without, 5),
+                     "reduction": round(s_without - s_with, 5)})
+        if progress is not None:
+            progress.update(1)
+
+    sc = teacher.scheduler_config
+    add("teacher", "ddim", teacher_steps, teacher_cfg, None,
+        lambda neg: sample_teacher(teacher.unet, empty, neg, plan.noise, "ddim", teacher_steps, sc, teacher_cfg))
+    add("teacher", "ddim", student_steps, teacher_cfg, None,
+        lambda neg: sample_teacher(teacher.unet, empty, neg, plan.noise, "ddim", student_steps, sc, teacher_cfg))
+    for name, (unet, fn, sampler) in students.items():
+        seed_fn = sampler_seed if sampler == "tcd" else lcm_seed
+        for cfg, k in student_configs:
+            add(name, sampler, student_steps, cfg, k,
+                lambda neg, unet=unet, fn=fn, cfg=cfg, k=k: fn(unet, empty, plan.noise, student_steps, seed=seed_fn(seed),
+                                                              guidance_scale=cfg, uncond=neg, cfg_steps=k))
+    teacher_red = rows[0]["reduction"]
+    budget = 2 * student_steps
+    goal = {}
+    for name in students:
+        cands = [r for r in rows if r["model"] == name and r["nfe"] <= budget]
+        best = max(cands, key=lambda r: r["reduction"]) if cands else None
+        goal[name] = {"best": best, "teacher_reduction": teacher_red, "nfe_budget": budget,
+                      "passed": bool(best is not None and teacher_red > 0 and best["reduction"] >= 0.5 * teacher_red)}
+    return {"rows": rows, "teacher_reduction": teacher_red, "n": n, "goal": goal,
+            "positive_prompt": "", "negative_prompt": "a handwritten digit c (c balanced over the samples)"}
