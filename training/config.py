@@ -138,6 +138,8 @@ class TrainSection:
     seed: int = _f(0, kind="int")
     device: str = _f("auto", kind="str", doc="auto | cpu | cuda | cuda:N | mps")
     num_workers: int = _f(0, minimum=0, kind="int", doc="image decoding worker threads")
+    offload_encoders: bool = _f(True, kind="bool", doc="with cache_text and cache_latents on, release the text encoders and the VAE "
+                                "encoder after caching and keep the VAE decoder off the accelerator (moved there only to decode validation images)")
 
 
 @dataclass
@@ -208,7 +210,8 @@ _SECTION_CLASSES = {
 SHORTHANDS = {"teacher": "teacher.path", "data": "data.path", "prompts": "data.prompts"}
 # Sections that do not change the training trajectory (left out of the resume check / config hash).
 _NON_TRAJECTORY = {"checkpoint", "validation", "logging", "output"}
-_NON_TRAJECTORY_KEYS = {"train.max_steps", "train.device", "train.num_workers", "data.cache_dir", "prompts_only.dir"}
+_NON_TRAJECTORY_KEYS = {"train.max_steps", "train.device", "train.num_workers", "data.cache_dir", "prompts_only.dir",
+                        "train.offload_encoders"}
 
 
 def _all_keys() -> list[str]:

@@ -40,6 +40,7 @@ from .ddim_solver import DDIMSolver
 from .distributed import DistContext, init_distributed, no_sync, wrap_ddp
 from .ema import LoraEma
 from .lcd_step import LcdLoss, sample_lcd_randomness
+from .offload import encoders_idle, release_encoders
 from .run_log import RunLog
 from .student import AdapterSwitch, add_lora, lora_state_dict
 from .teacher import Teacher, load_teacher, unet_forward
@@ -229,6 +230,10 @@ class TrainingSession:
         self.data = TrainingData(records, teacher, cfg.data, cache_dir, device, cfg.train.seed, num_workers=cfg.train.num_workers)
         self._check_sizes()
         self.data.prepare(ctx.rank, ctx.world, ctx.barrier, self.progress_factory)
+        self.validation_text = None
+        if encoders_idle(cfg, records):  # both caches on: text encoders and VAE leave the device (training/offload.py)
+            prompts = cfg.validation.prompts if (ctx.is_main and cfg.validation.every) else None
+            self.data._uncond, self.validation_text = release_encoders(teacher, device, prompts, cfg.lcd.uncond)
         self.plan = BatchPlan([self.data.bucket_of[i] for i in range(len(records))], cfg.train.batch_size, cfg.train.seed)
         if resume_path is not None:
             self._restore(resume_path)
@@ -424,7 +429,7 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
             on_step(step, loss_value)
         if ctx.is_main and cfg.validation.every and step % cfg.validation.every == 0:
             images = _validate(session.teacher, session.unet, cfg, step, output_dir, ctx.device, session.autocast,
-                               session.solver, log)
+                               session.solver, log, getattr(session, "validation_text", None))
             if images:
                 log.event("validation", step=step, images=images, steps=cfg.validation.steps)
         stop_now = ctx.any(stop.requested)
@@ -449,11 +454,11 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
                        output_dir=output_dir, checkpoint=last_ckpt, start_step=start_step)
 
 
-def _validate(teacher, unet, cfg, step, output_dir, device, autocast, solver, log) -> list[str]:
+def _validate(teacher, unet, cfg, step, output_dir, device, autocast, solver, log, text=None) -> list[str]:
     from .validation import run_validation
 
     try:
-        return run_validation(teacher, unet, cfg, step, output_dir, device, autocast, solver)
+        return run_validation(teacher, unet, cfg, step, output_dir, device, autocast, solver, text)
     except Exception as e:  # validation must never kill a long run
         log.write(f"validation at step {step} failed: {type(e).__name__}: {e}")
         return []

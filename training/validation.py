@@ -29,14 +29,20 @@ def _schedule_of(teacher: Teacher):
 
 @torch.no_grad()
 def sample_student(teacher: Teacher, unet, prompts: list[str], steps: int, resolution: int, seed: int,
-                   device, autocast, solver: DDIMSolver) -> torch.Tensor:
-    """LCM samples of the (LoRA-equipped) ``unet`` → images in [0, 1], (N, C, H, W)."""
+                   device, autocast, solver: DDIMSolver, text: dict | None = None) -> torch.Tensor:
+    """LCM samples of the (LoRA-equipped) ``unet`` → images in [0, 1], (N, C, H, W).
+
+    ``text``: the prompts' embeddings encoded before the text encoders were released
+    (``training/offload.py``); the VAE decoder is on the device only while it decodes."""
+    from .offload import decoder_on
     from ..lcm_core.denoisers import EpsDenoiser
     from ..lcm_core.sampling import sample_lcm
     from ..lcm_core.timesteps import lcm_sigmas
 
     schedule = _schedule_of(teacher)
-    text = teacher.encode_text(prompts, device)
+    if text is None:
+        text = teacher.encode_text(prompts, device)
+    text = {k: v.to(device) for k, v in text.items()}
     n = len(prompts)
     time_ids = None
     if teacher.uses_pooled:
@@ -55,7 +61,8 @@ def sample_student(teacher: Teacher, unet, prompts: list[str], steps: int, resol
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5  # sigma space; equals diffusers' unit-variance start
     denoiser = EpsDenoiser(eps_fn, schedule=schedule, boundary="diffusers")
     latents = sample_lcm(denoiser, x, sigmas, extra_args={"seed": seed}, disable=True)
-    return teacher.decode(latents)
+    with decoder_on(teacher, torch.device(device)):
+        return teacher.decode(latents)
 
 
 def save_grid(rows: list[torch.Tensor], path: Path) -> Path:
@@ -74,7 +81,8 @@ def save_grid(rows: list[torch.Tensor], path: Path) -> Path:
     return path
 
 
-def run_validation(teacher: Teacher, unet, cfg, step: int, output_dir: Path, device, autocast, solver) -> list[str]:
+def run_validation(teacher: Teacher, unet, cfg, step: int, output_dir: Path, device, autocast, solver,
+                   text: dict | None = None) -> list[str]:
     """Write ``validation/step-XXXXXXXX.png`` and return its path(s); empty if the schedule is unsupported."""
     if _schedule_of(teacher) is None or not cfg.validation.prompts:
         return []
@@ -83,7 +91,7 @@ def run_validation(teacher: Teacher, unet, cfg, step: int, output_dir: Path, dev
     unet.eval()
     try:
         rows = [
-            sample_student(teacher, unet, cfg.validation.prompts, s, resolution, cfg.validation.seed, device, autocast, solver)
+            sample_student(teacher, unet, cfg.validation.prompts, s, resolution, cfg.validation.seed, device, autocast, solver, text)
             for s in cfg.validation.steps
         ]
     finally:
