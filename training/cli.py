@@ -2,6 +2,7 @@
 
     lcm-lora train --config FILE [--output DIR] [--resume [CKPT]] [--nproc N] [--no-progress] [key=value ...]
     lcm-lora train --print-schema
+    lcm-lora train --config FILE --estimate-memory [key=value ...]
 
 ``key=value`` overrides any config key: dotted (``lcd.w_min=3``), a unique leaf name
 (``max_steps=300``) or a shorthand (``teacher=PATH``, ``data=FOLDER``, ``prompts=FILE``).
@@ -42,6 +43,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from the newest checkpoint in the run folder, or from CKPT")
     parser.add_argument("--nproc", type=int, default=1, help="start N local processes (DDP; gloo on CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (events.jsonl is still written)")
+    parser.add_argument("--estimate-memory", action="store_true",
+                        help="print the per-component peak memory estimate and exit (no weights loaded; "
+                             "works from teacher.arch alone; train.device=cuda|cpu picks the device)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
@@ -71,6 +75,30 @@ def _spawned(config, output, resume, overrides, progress) -> None:
         raise SystemExit(code)
 
 
+def _estimate(config, overrides) -> int:
+    """``--estimate-memory``: the estimate of ``training/memory_estimate.py``, without loading weights."""
+    from ..lcm_core.errors import LcmLoraError
+    from .config import load_config
+    from .memory_estimate import check_fits, estimate_memory, free_device_memory
+
+    try:
+        cfg = load_config(config, overrides)
+        est = estimate_memory(cfg)
+    except LcmLoraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(est.format())
+    import torch
+
+    device = torch.device(est.device)
+    if device.type == "cpu" or torch.cuda.is_available():
+        free = free_device_memory(device)
+        if free is not None:
+            warning = check_fits(est, free)
+            print(f"free on {est.device}: {free / 2**30:.2f} GiB" + (f"\nwarning: {warning}" if warning else " (fits)"))
+    return EXIT_OK
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run the ``train`` sub-command; returns the exit status."""
     if getattr(args, "print_schema", False):
@@ -81,6 +109,8 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.config:
         print("error: --config is required (or --print-schema)", file=sys.stderr)
         return EXIT_ERROR
+    if getattr(args, "estimate_memory", False):
+        return _estimate(args.config, list(args.overrides))
     output = args.output or os.fspath(Path("runs") / Path(args.config).stem)
     overrides = list(args.overrides)
     if isinstance(args.resume, str) and "=" in args.resume and not os.path.exists(args.resume):

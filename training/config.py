@@ -124,6 +124,9 @@ class OptimSection:
         kind="str",
     )
     lr_warmup_steps: int = _f(0, minimum=0, kind="int")
+    fallback_optimizer: str | None = _f(None, choices=(None, "adamw"), kind="str?",
+                                        doc="used (with a warning) when optimizer is adamw8bit but bitsandbytes is not usable "
+                                        "here (not installed, or no CUDA device); unset = error")
 
 
 @dataclass
@@ -162,6 +165,8 @@ class LoggingSection:
     backend: str = _f("csv", choices=("csv", "tensorboard", "none"), kind="str")
     every: int = _f(1, minimum=1, kind="int", doc="metric rows every N steps (events.jsonl too)")
     progress: bool = _f(True, kind="bool", doc="tqdm bar")
+    memory_estimate: bool = _f(True, kind="bool", doc="print the per-component memory estimate at start and warn when "
+                               "the device reports less free memory (lcm-lora train --estimate-memory)")
 
 
 @dataclass
@@ -211,7 +216,7 @@ SHORTHANDS = {"teacher": "teacher.path", "data": "data.path", "prompts": "data.p
 # Sections that do not change the training trajectory (left out of the resume check / config hash).
 _NON_TRAJECTORY = {"checkpoint", "validation", "logging", "output"}
 _NON_TRAJECTORY_KEYS = {"train.max_steps", "train.device", "train.num_workers", "data.cache_dir", "prompts_only.dir",
-                        "train.offload_encoders"}
+                        "train.offload_encoders", "optim.fallback_optimizer"}
 
 
 def _all_keys() -> list[str]:
@@ -429,6 +434,15 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(src, "keys 'data.path' and 'data.prompts' are exclusive: give an image folder or a prompt list")
     if cfg.output.format == "peft" and cfg.output.name.endswith(".safetensors"):
         cfg.output.name = cfg.output.name[: -len(".safetensors")]
+    if cfg.optim.optimizer == "adamw8bit" and cfg.optim.fallback_optimizer:
+        usable, why = bitsandbytes_usable(cfg.train.device)
+        if not usable:
+            import warnings
+
+            warnings.warn(f"{src}: optim.optimizer adamw8bit is not usable here ({why}); using the nearest setting, "
+                          f"optim.optimizer={cfg.optim.fallback_optimizer} (float32 Adam states: 8 bytes per LoRA weight instead of 2)",
+                          stacklevel=2)
+            cfg.optim.optimizer = cfg.optim.fallback_optimizer
     if cfg.optim.optimizer == "adamw8bit":
         try:
             import bitsandbytes  # noqa: F401
@@ -439,6 +453,21 @@ def validate_config(cfg: TrainConfig) -> None:
             import tensorboard  # noqa: F401
         except ImportError:
             raise ConfigError(src, "key 'logging.backend' is tensorboard but the tensorboard package is not installed") from None
+
+
+def bitsandbytes_usable(device: str = "auto") -> tuple[bool, str]:
+    """Whether bitsandbytes' 8-bit AdamW can run for ``train.device`` (it needs the package and a CUDA device)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False, "bitsandbytes is not installed: pip install bitsandbytes"
+    import torch
+
+    if device != "auto" and not device.startswith("cuda"):
+        return False, f"train.device is {device}; bitsandbytes' 8-bit optimizers need a CUDA device"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device; bitsandbytes' 8-bit optimizers need one"
+    return True, ""
 
 
 def require_inputs(cfg: TrainConfig) -> None:

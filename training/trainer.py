@@ -370,6 +370,8 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
     log = RunLog(output_dir, cfg.logging.backend, enabled=ctx.is_main, progress=progress and cfg.logging.progress,
                  max_steps=cfg.train.max_steps)
     log.event("setup", status="loading", pid=os.getpid())
+    if cfg.logging.memory_estimate:
+        _report_memory(cfg, ctx, log)
     session = None
     stop = _StopFlag().install()
     try:
@@ -392,6 +394,27 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
     finally:
         stop.restore()
         log.close()
+
+
+class MemoryWarning(UserWarning):
+    """The device reports less free memory than the run is estimated to need."""
+
+
+def _report_memory(cfg: TrainConfig, ctx: DistContext, log: RunLog) -> None:
+    """Print the memory estimate (``training/memory_estimate.py``) and warn when the device has less free."""
+    from .memory_estimate import check_fits, estimate_memory, free_device_memory
+
+    try:
+        est = estimate_memory(cfg, str(ctx.device), world=ctx.world, both_modes=False)
+    except Exception as e:  # an estimate must never stop a run
+        log.write(f"memory estimate unavailable: {type(e).__name__}: {e}")
+        return
+    log.write(est.format())
+    log.event("memory_estimate", total_bytes=est.total, components={c.name: c.bytes for c in est.components})
+    message = check_fits(est, free_device_memory(ctx.device))
+    if message:
+        log.write(f"warning: {message}")
+        warnings.warn(message, MemoryWarning, stacklevel=3)
 
 
 def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_step, stop: _StopFlag) -> TrainResult:
