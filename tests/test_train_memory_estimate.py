@@ -112,11 +112,24 @@ def _memory_check(tmp_path, *args) -> list[dict]:
     return json.loads(out.read_text())["rows"]
 
 
+@pytest.mark.parametrize("model,points,extra", [
+    ("tiny", "32:1,64:4", []),  # both resolutions and both batch sizes, on the diagonal (the full grids: slow test)
+    ("mid", "64:1,128:2", ["--gradient-checkpointing"]),
+])
+def test_estimate_within_15_percent_of_measured_peak(tmp_path, model, points, extra):
+    rows = _memory_check(tmp_path, "--model", model, "--points", points, *extra)
+    assert len(rows) == 2
+    for row in rows:
+        assert abs(row["error"]) <= 0.15, row
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("model,resolutions,batches,extra", [
     ("tiny", "32,64", "1,4", []),
     ("mid", "64,128", "1,2", ["--gradient-checkpointing"]),
+    ("mid", "64,128", "1,2", ["--mixed-precision", "bf16"]),
 ])
-def test_estimate_within_15_percent_of_measured_peak(tmp_path, model, resolutions, batches, extra):
+def test_estimate_within_15_percent_on_the_full_grid(tmp_path, model, resolutions, batches, extra):
     rows = _memory_check(tmp_path, "--model", model, "--resolutions", resolutions, "--batches", batches, *extra)
     assert len(rows) == 4
     for row in rows:
@@ -132,3 +145,40 @@ def test_full_size_estimate_within_15_percent(tmp_path, model, extra):
     rows = _memory_check(tmp_path, "--model", model, "--resolutions", "64,128", "--batches", "1,2", *extra)
     for row in rows:
         assert abs(row["error"]) <= 0.15, row
+
+
+@pytest.mark.parametrize("name,arch", [("sdxl_24gb.yaml", "sdxl"), ("sd15_8gb.yaml", "sd1")])
+def test_memory_presets(name, arch, monkeypatch):
+    """Presets: checkpointing, half-precision frozen weights (fp32 LoRA is the trainer's rule), both caches +
+    offload, 8-bit AdamW when bitsandbytes is usable, else a warning naming the reason and float32 AdamW."""
+    from lcm_lora.training import config as config_module
+
+    path = ROOT / "configs" / name
+    monkeypatch.setattr(config_module, "bitsandbytes_usable", lambda device="auto": (False, "bitsandbytes is not installed"))
+    with pytest.warns(UserWarning, match="adamw8bit is not usable here .bitsandbytes is not installed.*optim.optimizer=adamw"):
+        cfg = load_config(path)
+    assert cfg.teacher.arch == arch and cfg.optim.optimizer == "adamw"
+    assert cfg.train.gradient_checkpointing and cfg.train.cast_base_weights and cfg.train.mixed_precision == "fp16"
+    assert cfg.data.cache_latents and cfg.data.cache_text and cfg.train.offload_encoders
+    monkeypatch.setattr(config_module, "bitsandbytes_usable", lambda device="auto": (True, ""))
+    monkeypatch.setitem(sys.modules, "bitsandbytes", type(sys)("bitsandbytes"))  # stands in for an installed package
+    assert load_config(path).optim.optimizer == "adamw8bit"
+
+
+def test_trainer_prints_the_estimate_and_warns_when_memory_is_short(tmp_path, monkeypatch, capsys):
+    from lcm_lora.training import memory_estimate
+    from lcm_lora.training.run_log import read_events
+    from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
+    from lcm_lora.training.trainer import MemoryWarning, train
+
+    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
+    data = write_tiny_dataset(tmp_path / "data", n=4, size=16)
+    monkeypatch.setattr(memory_estimate, "free_device_memory", lambda device: 1024)  # the device "has" 1 KiB free
+    overrides = [f"teacher={teacher}", f"data={data}", "max_steps=1", "batch_size=2", "lora.rank=4", "validation.every=0",
+                 "checkpoint.every=0", "logging.progress=false", "logging.memory_estimate=true"]
+    with pytest.warns(MemoryWarning, match="exceeds the free memory"):
+        result = train(ROOT / "configs" / "tiny_cpu.yaml", tmp_path / "run", overrides=overrides, progress=False)
+    assert result.status == "finished"
+    assert "memory estimate (custom, 16x16 px, batch 2 per process, device cpu)" in capsys.readouterr().out
+    events = [e for e in read_events(tmp_path / "run") if e["event"] == "memory_estimate"]
+    assert len(events) == 1 and events[0]["total_bytes"] > 0

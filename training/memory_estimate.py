@@ -129,8 +129,12 @@ class LiveBytes(_dispatch_mode_base()):
         from torch.utils._pytree import tree_leaves
 
         out = func(*args, **(kwargs or {}))
+        # a view or in-place result shares an input's storage: not an allocation (weights made before the
+        # counter started, e.g. ``aten.t`` of a frozen Linear weight, must not be counted)
+        inputs = {x.untyped_storage()._cdata for x in tree_leaves((args, kwargs))
+                  if isinstance(x, torch.Tensor) and x.device.type == "meta"}
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.device.type == "meta":
+            if isinstance(t, torch.Tensor) and t.device.type == "meta" and t.untyped_storage()._cdata not in inputs:
                 self._track(t)
         return out
 

@@ -13,7 +13,7 @@ on, so the encoders are released), then the peak over ``--steps`` optimizer step
 peak RSS (VmHWM, reset after setup) minus the RSS after all imports (as ``bench_trainer.py``; glibc set to
 return freed memory at once), on CUDA ``max_memory_allocated`` — and compared with
 ``estimate_memory(cfg)`` for the same config. Models: ``tiny`` (``tiny_models`` SD-like, 32/64 channels),
-``mid`` (SD-like, 128/256/256 channels, ≈ 40 M parameters with its VAE), ``sd15`` / ``sdxl``
+``mid`` (SD-like, 128/256 channels), ``sd15`` / ``sdxl``
 (random-weight full-size folders of ``bench_trainer.build_full_size_teacher``).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-MID_CHANNELS = (128, 256, 256)
+MID_CHANNELS = (128, 256)
 
 
 def build_model(model: str, folder: Path) -> Path:
