@@ -293,7 +293,10 @@ def _count_vae(config: dict) -> tuple[int, int]:
     from diffusers import AutoencoderKL
 
     with torch.device("meta"):
-        vae = AutoencoderKL(**{k: v for k, v in config.items() if k in AutoencoderKL.__init__.__code__.co_varnames})
+        import inspect
+
+        accepted = inspect.signature(AutoencoderKL.__init__).parameters
+        vae = AutoencoderKL(**{k: v for k, v in config.items() if k in accepted})
     enc = sum(p.numel() for m in (vae.encoder, vae.quant_conv) if m is not None for p in m.parameters())
     total = sum(p.numel() for p in vae.parameters())
     return enc, total - enc
