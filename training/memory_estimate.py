@@ -23,8 +23,8 @@ Attention is counted as the fused kernels run it (``scaled_dot_product_attention
 flash / memory-efficient: output + log-sum-exp saved, no L×L matrix), autocast as PyTorch's
 lower-precision op list (conv, linear, matmul, bmm, baddbmm, addmm, attention; CUDA: norms and
 softmax in float32). Not counted: allocator fragmentation / caching (CUDA reserves more than it
-allocates), CUDA context and kernels (≈ 0.3–1 GiB), library code and Python objects (the CPU
-process overhead is added from the module count, see ``_process_overhead``).
+allocates), CUDA context and kernels (≈ 0.3–1 GiB), library code and Python objects (on CPU a
+process-overhead allowance is added, see ``_process_overhead``).
 """
 from __future__ import annotations
 
@@ -487,8 +487,8 @@ def estimate_memory(cfg, device: str | None = None, *, activations: bool = True,
 
 def _process_overhead(unet) -> int:
     """RSS a CPU training process holds beyond tensor storages: module/parameter objects, peft
-    wrappers, oneDNN primitives. Measured on this project's CPU proxies (see
-    tests/test_train_memory_estimate.py): ≈ 40 MiB plus ≈ 8 KiB per module."""
+    wrappers, oneDNN primitives, lazily imported code. An allowance, not derived: 40 MiB plus 8 KiB per
+    module; on the tiny-model rows of BENCHMARKS.md (where it is most of the estimate) it is ≈ 4-5 MiB high."""
     modules = sum(1 for _ in unet.modules())
     return 40 * MIB + modules * 8 * 1024
 
