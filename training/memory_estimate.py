@@ -29,10 +29,8 @@ process-overhead allowance is added, see ``_process_overhead``).
 from __future__ import annotations
 
 import json
-import math
-import os
 import weakref
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
