@@ -3,6 +3,7 @@
     lcm-lora train --config FILE [--output DIR] [--resume [CKPT]] [--nproc N] [--threads N] [--no-progress] [key=value ...]
     lcm-lora train --output DIR --resume [key=value ...]
     lcm-lora train --print-schema
+    lcm-lora train --config FILE --estimate-memory [key=value ...]
 
 ``key=value`` overrides any config key: dotted (``lcd.w_min=3``), a unique leaf name
 (``max_steps=300``) or a shorthand (``teacher=PATH``, ``data=FOLDER``, ``prompts=FILE``).
@@ -52,6 +53,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show full tracebacks and library warnings")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (events.jsonl is still written)")
+    parser.add_argument("--estimate-memory", action="store_true",
+                        help="print the per-component peak memory estimate and exit (no weights loaded; "
+                             "works from teacher.arch alone; train.device=cuda|cpu picks the device)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
@@ -92,6 +96,30 @@ def _spawned(config, output, resume, overrides, progress) -> None:
         raise SystemExit(code)
 
 
+def _estimate(config, overrides) -> int:
+    """``--estimate-memory``: the estimate of ``training/memory_estimate.py``, without loading weights."""
+    from ..lcm_core.errors import LcmLoraError
+    from .config import load_config
+    from .memory_estimate import check_fits, estimate_memory, free_device_memory
+
+    try:
+        cfg = load_config(config, overrides)
+        est = estimate_memory(cfg)
+    except LcmLoraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(est.format())
+    import torch
+
+    device = torch.device(est.device)
+    if device.type == "cpu" or torch.cuda.is_available():
+        free = free_device_memory(device)
+        if free is not None:
+            warning = check_fits(est, free)
+            print(f"free on {est.device}: {free / 2**30:.2f} GiB" + (f"\nwarning: {warning}" if warning else " (fits)"))
+    return EXIT_OK
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run the ``train`` sub-command; returns the exit status."""
     if getattr(args, "print_schema", False):
@@ -102,6 +130,8 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.config and not (args.resume and args.output):
         print("error: --config is required (or --output RUN --resume to continue a run, or --print-schema)", file=sys.stderr)
         return EXIT_ERROR
+    if getattr(args, "estimate_memory", False):
+        return _estimate(args.config, list(args.overrides))
     output = args.output or os.fspath(Path("runs") / Path(args.config).stem)
     from ..lcm_core.cpu_threads import apply_thread_default
 

@@ -145,6 +145,9 @@ class OptimSection:
         kind="str",
     )
     lr_warmup_steps: int = _f(0, minimum=0, kind="int")
+    fallback_optimizer: str | None = _f(None, choices=(None, "adamw"), kind="str?",
+                                        doc="used (with a warning) when optimizer is adamw8bit but bitsandbytes is not usable "
+                                        "here (not installed, or no CUDA device); unset = error")
 
 
 @dataclass
@@ -159,6 +162,8 @@ class TrainSection:
     seed: int = _f(0, kind="int", panel=_panel("seed", minimum=0, maximum=2**31 - 1))
     device: str = _f("auto", kind="str", doc="auto | cpu | cuda | cuda:N | mps", panel=_panel("device", choices=("auto", "cpu", "cuda", "mps")))
     num_workers: int = _f(0, minimum=0, kind="int", doc="image decoding worker threads")
+    offload_encoders: bool = _f(True, kind="bool", doc="with cache_text and cache_latents on, release the text encoders and the VAE "
+                                "encoder after caching and keep the VAE decoder off the accelerator (moved there only to decode validation images)")
 
 
 @dataclass
@@ -181,6 +186,8 @@ class LoggingSection:
     backend: str = _f("csv", choices=("csv", "tensorboard", "none"), kind="str")
     every: int = _f(1, minimum=1, kind="int", doc="metric rows every N steps (events.jsonl too)")
     progress: bool = _f(True, kind="bool", doc="tqdm bar")
+    memory_estimate: bool = _f(True, kind="bool", doc="print the per-component memory estimate at start and warn when "
+                               "the device reports less free memory (lcm-lora train --estimate-memory)")
 
 
 @dataclass
@@ -228,7 +235,8 @@ _SECTION_CLASSES = {
 SHORTHANDS = {"teacher": "teacher.path", "data": "data.path", "prompts": "data.prompts"}
 # Sections that do not change the training trajectory (left out of the resume check / config hash).
 _NON_TRAJECTORY = {"checkpoint", "validation", "logging", "output"}
-_NON_TRAJECTORY_KEYS = {"train.max_steps", "train.device", "train.num_workers", "data.cache_dir", "prompts_only.dir"}
+_NON_TRAJECTORY_KEYS = {"train.max_steps", "train.device", "train.num_workers", "data.cache_dir", "prompts_only.dir",
+                        "train.offload_encoders", "optim.fallback_optimizer"}
 
 
 def _all_keys() -> list[str]:
@@ -454,6 +462,15 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(src, f"key 'output.name' {cfg.output.name!r}: {e.problem}") from None
     if cfg.output.format == "peft" and cfg.output.name.endswith(".safetensors"):
         cfg.output.name = cfg.output.name[: -len(".safetensors")]
+    if cfg.optim.optimizer == "adamw8bit" and cfg.optim.fallback_optimizer:
+        usable, why = bitsandbytes_usable(cfg.train.device)
+        if not usable:
+            import warnings
+
+            warnings.warn(f"{src}: optim.optimizer adamw8bit is not usable here ({why}); using the nearest setting, "
+                          f"optim.optimizer={cfg.optim.fallback_optimizer} (float32 Adam states: 8 bytes per LoRA weight instead of 2)",
+                          stacklevel=2)
+            cfg.optim.optimizer = cfg.optim.fallback_optimizer
     if cfg.optim.optimizer == "adamw8bit":
         try:
             import bitsandbytes  # noqa: F401
@@ -492,6 +509,21 @@ def _validate_objective(cfg: TrainConfig) -> None:
     if len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= lcd.num_ddim_timesteps:
         raise ConfigError(src, f"key 'lcd.tdd_steps' must be [min, max] step counts with 1 <= min <= max <= "
                           f"lcd.num_ddim_timesteps ({lcd.num_ddim_timesteps}), got {steps}")
+
+
+def bitsandbytes_usable(device: str = "auto") -> tuple[bool, str]:
+    """Whether bitsandbytes' 8-bit AdamW can run for ``train.device`` (it needs the package and a CUDA device)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False, "bitsandbytes is not installed: pip install bitsandbytes"
+    import torch
+
+    if device != "auto" and not device.startswith("cuda"):
+        return False, f"train.device is {device}; bitsandbytes' 8-bit optimizers need a CUDA device"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device; bitsandbytes' 8-bit optimizers need one"
+    return True, ""
 
 
 def require_inputs(cfg: TrainConfig) -> None:

@@ -32,6 +32,7 @@ class Teacher:
     image_channels: int = 3
     scaling_factor: float = 1.0
     identity: str = field(default="")
+    released: bool = field(default=False)  # text encoders / VAE encoder released after caching (training/offload.py)
 
     @property
     def pixel_space(self) -> bool:
@@ -61,6 +62,11 @@ class Teacher:
     @torch.no_grad()
     def encode_text(self, captions: list[str], device=None) -> dict[str, torch.Tensor]:
         """``{"hidden": (B, L, D)}`` plus ``"pooled": (B, P)`` for SDXL-type teachers."""
+        if self.released:
+            from .offload import EncodersReleased
+
+            raise EncodersReleased("the text encoders were released after caching (train.offload_encoders); "
+                                   f"caption {captions[:1]!r} is not in the text cache")
         device = device or self.text_encoders[0].device
         hidden_list, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
@@ -96,6 +102,10 @@ class Teacher:
         """
         if self.vae is None:
             return pixels.float(), torch.zeros_like(pixels, dtype=torch.float32)
+        if self.released:
+            from .offload import EncodersReleased
+
+            raise EncodersReleased("the VAE encoder was released after caching (train.offload_encoders); an image is not in the latent cache")
         dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
         return (dist.mean.float() * self.scaling_factor, dist.std.float() * self.scaling_factor)
 

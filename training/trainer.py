@@ -42,6 +42,7 @@ from .distributed import DistContext, init_distributed, no_sync, wrap_ddp
 from .ema import LoraEma
 from .lcd_step import LcdLoss, sample_lcd_randomness
 from .tcd import sample_end_timesteps
+from .offload import encoders_idle, release_encoders
 from .run_log import RunLog
 from .student import AdapterSwitch, add_lora, lora_state_dict
 from .teacher import Teacher, load_teacher, unet_forward
@@ -248,6 +249,10 @@ class TrainingSession:
         self.data = TrainingData(records, teacher, cfg.data, cache_dir, device, cfg.train.seed, num_workers=cfg.train.num_workers)
         self._check_sizes()
         self.data.prepare(ctx.rank, ctx.world, ctx.barrier, self.progress_factory)
+        self.validation_text = None
+        if encoders_idle(cfg, records):  # both caches on: text encoders and VAE leave the device (training/offload.py)
+            prompts = self.validation_prompts if (ctx.is_main and cfg.validation.every) else None
+            self.data._uncond, self.validation_text = release_encoders(teacher, device, prompts, cfg.lcd.uncond)
         self.plan = BatchPlan([self.data.bucket_of[i] for i in range(len(records))], cfg.train.batch_size, cfg.train.seed)
         if resume_path is not None:
             self._restore(resume_path)
@@ -391,6 +396,8 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
     log = RunLog(output_dir, cfg.logging.backend, enabled=ctx.is_main, progress=progress and cfg.logging.progress,
                  max_steps=cfg.train.max_steps)
     log.event("setup", status="loading", pid=os.getpid())
+    if cfg.logging.memory_estimate:
+        _report_memory(cfg, ctx, log)
     session = None
     stop = _StopFlag().install()
     try:
@@ -415,6 +422,27 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
     finally:
         stop.restore()
         log.close()
+
+
+class MemoryWarning(UserWarning):
+    """The device reports less free memory than the run is estimated to need."""
+
+
+def _report_memory(cfg: TrainConfig, ctx: DistContext, log: RunLog) -> None:
+    """Print the memory estimate (``training/memory_estimate.py``) and warn when the device has less free."""
+    from .memory_estimate import check_fits, estimate_memory, free_device_memory
+
+    try:
+        est = estimate_memory(cfg, str(ctx.device), world=ctx.world, both_modes=False)
+    except Exception as e:  # an estimate must never stop a run
+        log.write(f"memory estimate unavailable: {type(e).__name__}: {e}")
+        return
+    log.write(est.format())
+    log.event("memory_estimate", total_bytes=est.total, components={c.name: c.bytes for c in est.components})
+    message = check_fits(est, free_device_memory(ctx.device))
+    if message:
+        log.write(f"warning: {message}")
+        warnings.warn(message, MemoryWarning, stacklevel=3)
 
 
 def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_step, stop: _StopFlag) -> TrainResult:
@@ -453,7 +481,7 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
             on_step(step, loss_value)
         if ctx.is_main and cfg.validation.every and step % cfg.validation.every == 0:
             images = _validate(session.teacher, session.unet, cfg, step, output_dir, ctx.device, session.autocast,
-                               session.solver, log, session.validation_prompts)
+                               session.solver, log, session.validation_prompts, session.validation_text)
             if images:
                 log.event("validation", step=step, images=images, steps=cfg.validation.steps,
                           prompts=session.validation_prompts)
@@ -479,11 +507,11 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
                        output_dir=output_dir, checkpoint=last_ckpt, start_step=start_step)
 
 
-def _validate(teacher, unet, cfg, step, output_dir, device, autocast, solver, log, prompts=None) -> list[str]:
+def _validate(teacher, unet, cfg, step, output_dir, device, autocast, solver, log, prompts=None, text=None) -> list[str]:
     from .validation import run_validation
 
     try:
-        return run_validation(teacher, unet, cfg, step, output_dir, device, autocast, solver, prompts)
+        return run_validation(teacher, unet, cfg, step, output_dir, device, autocast, solver, prompts, text)
     except Exception as e:  # validation must never kill a long run
         log.write(f"validation at step {step} failed: {type(e).__name__}: {e}")
         return []

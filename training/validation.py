@@ -43,15 +43,22 @@ def _schedule_of(teacher: Teacher):
 
 @torch.no_grad()
 def sample_student(teacher: Teacher, unet, prompts: list[str], steps: int, resolution: int, seed: int,
-                   device, autocast, solver: DDIMSolver, objective: str = "lcm", gamma: float = 0.3) -> torch.Tensor:
+                   device, autocast, solver: DDIMSolver, objective: str = "lcm", gamma: float = 0.3,
+                   text: dict | None = None) -> torch.Tensor:
     """LCM (``objective="lcm"``) or TCD (``"tcd"``, stochasticity ``gamma``) samples of the
-    (LoRA-equipped) ``unet`` → images in [0, 1], (N, C, H, W)."""
+    (LoRA-equipped) ``unet`` → images in [0, 1], (N, C, H, W).
+
+    ``text``: the prompts' embeddings encoded before the text encoders were released
+    (``training/offload.py``); the VAE decoder is on the device only while it decodes."""
+    from .offload import decoder_on
     from ..lcm_core.denoisers import EpsDenoiser
     from ..lcm_core.sampling import sample_lcm, sample_tcd
     from ..lcm_core.timesteps import lcm_sigmas, tcd_sigmas
 
     schedule = _schedule_of(teacher)
-    text = teacher.encode_text(prompts, device)
+    if text is None:
+        text = teacher.encode_text(prompts, device)
+    text = {k: v.to(device) for k, v in text.items()}
     n = len(prompts)
     time_ids = None
     if teacher.uses_pooled:
@@ -76,7 +83,8 @@ def sample_student(teacher: Teacher, unet, prompts: list[str], steps: int, resol
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5  # sigma space; equals diffusers' unit-variance start
     denoiser = EpsDenoiser(eps_fn, schedule=schedule, boundary="diffusers")
     latents = sample_lcm(denoiser, x, sigmas, extra_args={"seed": seed}, disable=True)
-    return teacher.decode(latents)
+    with decoder_on(teacher, torch.device(device)):
+        return teacher.decode(latents)
 
 
 def validation_prompts(cfg, records) -> list[str]:
@@ -173,9 +181,10 @@ def save_grid(rows: list[torch.Tensor], path: Path, prompts: list[str] | None = 
 
 
 def run_validation(teacher: Teacher, unet, cfg, step: int, output_dir: Path, device, autocast, solver,
-                   prompts: list[str] | None = None) -> list[str]:
+                   prompts: list[str] | None = None, text: dict | None = None) -> list[str]:
     """Write ``validation/step-XXXXXXXX.png`` and return its path(s); empty if the schedule is unsupported
-    or there is no prompt. ``prompts``: see :func:`validation_prompts` (default ``validation.prompts``)."""
+    or there is no prompt. ``prompts``: see :func:`validation_prompts` (default ``validation.prompts``);
+    ``text``: their embeddings when the text encoders were released (``training/offload.py``)."""
     prompts = list(cfg.validation.prompts or []) if prompts is None else prompts
     if _schedule_of(teacher) is None or not prompts:
         return []
@@ -189,7 +198,7 @@ def run_validation(teacher: Teacher, unet, cfg, step: int, output_dir: Path, dev
     try:
         rows = [
             sample_student(teacher, unet, prompts, s, resolution, cfg.validation.seed, device, autocast, solver,
-                           objective=recipe.sampler, gamma=gamma)
+                           objective=recipe.sampler, gamma=gamma, text=text)
             for s in cfg.validation.steps
         ]
     finally:

@@ -172,7 +172,12 @@ def worker_ours(a) -> dict:
                  f"data.cache_latents={str(a.cache).lower()}", f"data.cache_text={str(a.cache).lower()}",
                  f"max_steps={a.warmup + a.steps + 1}", "validation.every=0", "checkpoint.every=0", "logging.progress=false",
                  f"train.device={a.device}", "optim.learning_rate=1e-4"]
-    cfg = load_config(HERE.parents[1] / "configs" / "tiny_cpu.yaml", overrides)
+    if a.ours_config:  # a memory preset: its precision / checkpointing / cache / optimizer settings, our batch and size
+        keep = ("teacher=", "data=", "batch_size=", "lora.", "data.resolution=", "data.buckets=", "data.bucket_step=",
+                "max_steps=", "validation.", "checkpoint.", "logging.", "train.device=")
+        overrides = [o for o in overrides if o.startswith(keep)] + ["train.gradient_accumulation=1",
+                                                                    "logging.memory_estimate=false", *a.ours_set]
+    cfg = load_config(a.ours_config or HERE.parents[1] / "configs" / "tiny_cpu.yaml", overrides)
     ctx = init_distributed(cfg.train.device)
     with tempfile.TemporaryDirectory() as out:
         session = TrainingSession(cfg, Path(out), ctx, progress=False).setup()
@@ -243,6 +248,8 @@ def _run_worker(side: str, a, extra=(), cache: bool = False) -> dict:
            "--model", a.model, "--steps", str(a.steps), "--warmup", str(a.warmup), "--batch", str(a.batch),
            "--resolution", str(a.resolution), "--rank", str(a.rank), "--mixed-precision", a.mixed_precision,
            "--device", a.device, "--threads", str(a.threads), *extra]
+    if a.ours_config:
+        cmd += ["--ours-config", str(a.ours_config), *[f"--ours-set={o}" for o in a.ours_set]]
     if a.gradient_checkpointing:
         cmd.append("--gradient-checkpointing")
     if cache:
@@ -274,6 +281,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="alternate the workers this many times; report medians")
     p.add_argument("--workdir", default=None, help="keep the generated teacher/data here (default: a temp folder)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--ours-config", default=None,
+                   help="run ours from this config (e.g. configs/sdxl_24gb.yaml: its precision, checkpointing, caches, "
+                        "optimizer) at --batch / --resolution / --rank, accumulation 1; the reference keeps --mixed-precision "
+                        "(default 'no', the script's default) and no checkpointing unless --gradient-checkpointing")
+    p.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra override for ours with --ours-config (e.g. train.mixed_precision=bf16 on CPU)")
+    p.add_argument("--dry-run", action="store_true", help="check the arguments and the reference script path, print the plan, exit")
     p.add_argument("--worker", choices=("ours", "reference"), help=argparse.SUPPRESS)
     p.add_argument("--teacher", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -293,6 +307,14 @@ def main(argv=None) -> int:
     from reference_step import reference_path
 
     reference_path(_kind(a.model))  # fail early with a clear message when LCM_REFERENCE_SCRIPT[_SDXL] is missing
+    if a.ours_config:
+        from lcm_lora.training.config import load_config
+
+        load_config(a.ours_config, list(a.ours_set))  # a bad preset or override fails here, not in a worker
+    if a.dry_run:
+        print(f"dry run: model={a.model} resolution={a.resolution} batch={a.batch} rank={a.rank} "
+              f"mixed_precision={a.mixed_precision} ours_config={a.ours_config} ours_set={a.ours_set} repeats={a.repeats}")
+        return 0
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="lcm_bench_"))
     a.teacher = build_teacher(a.model, work / f"teacher_{a.model}_{a.resolution}", a.resolution)
     a.data = build_data(work / f"data_{a.resolution}", n=max(2 * a.batch, 16), size=a.resolution)
