@@ -29,6 +29,13 @@ def quiet_libraries(debug: bool = False) -> None:
     if debug:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Already imported (the switch above is read at import time): turn their bars off directly.
+    import sys
+
+    for name in ("transformers.utils.logging", "diffusers.utils.logging", "huggingface_hub.utils"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "disable_progress_bars" if name.startswith("hugging") else "disable_progress_bar"):
+            getattr(module, "disable_progress_bars" if name.startswith("hugging") else "disable_progress_bar")()
     logger = logging.getLogger(_FP32_LOGGER)
     if not any(isinstance(f, _EmptyFp32ListFilter) for f in logger.filters):
         logger.addFilter(_EmptyFp32ListFilter())
