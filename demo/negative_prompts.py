@@ -34,7 +34,7 @@ def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int
     prompt), share_without (same configuration without it) and reduction.
     """
     from .evaluate import SamplePlan
-    from .run import lcm_seed, sampler_seed
+    from .sampler_seeds import lcm_seed, sampler_seed
     from .teacher_samplers import sample_teacher
 
     plan = SamplePlan.make(n, resolution, seed)

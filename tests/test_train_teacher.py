@@ -9,13 +9,13 @@ from lcm_lora.lcm_core.errors import ConfigError
 from lcm_lora.lcm_core.model_configs import ARCHITECTURES, build_unet
 from lcm_lora.training.config import load_config
 from lcm_lora.training.single_file import load_tokenizers, read_checkpoint
-from lcm_lora.training.teacher import TeacherError, _detect_folder_arch, load_teacher
+from lcm_lora.training.teacher import TeacherError, detect_folder_arch, load_teacher
 from lcm_lora.training.tiny_models import build_tiny_teacher, tiny_unet_config
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_full_size_folder_configs_are_recognised(arch):
-    assert _detect_folder_arch(build_unet(arch).config) == arch
+    assert detect_folder_arch(build_unet(arch).config) == arch
 
 
 def test_tiny_folder_is_custom_and_arch_mismatch_is_named(tmp_path):
@@ -23,7 +23,7 @@ def test_tiny_folder_is_custom_and_arch_mismatch_is_named(tmp_path):
 
     from lcm_lora.lcm_core.errors import ArchitectureMismatchError
 
-    assert _detect_folder_arch(UNet2DConditionModel(**tiny_unet_config()).config) == "custom"
+    assert detect_folder_arch(UNet2DConditionModel(**tiny_unet_config()).config) == "custom"
     folder = build_tiny_teacher(tmp_path / "t", block_out_channels=(16, 32))
     with pytest.raises(ArchitectureMismatchError, match="expected sdxl, found custom"):
         load_teacher(load_config({"teacher": {"path": str(folder), "arch": "sdxl"}}).teacher)

@@ -235,9 +235,9 @@ def _model_parts(cfg) -> _Parts:
         tok = path / "tokenizer" / "tokenizer_config.json"
         if tok.is_file():
             max_length = int(_read_json(tok).get("model_max_length", 77))
-        from .teacher import _detect_folder_arch
+        from .teacher import detect_folder_arch
 
-        found = _detect_folder_arch(unet)
+        found = detect_folder_arch(unet)
         return _Parts(found, unet, encoders, vae, min(max_length, 77) if max_length < 10**6 else 77)
     arch = cfg.teacher.arch
     if arch == "auto" and path is not None and path.is_file():

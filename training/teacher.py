@@ -48,7 +48,7 @@ def unet_forward(unet, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Te
     return unet(x, t, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs=cond.get("added_cond_kwargs")).sample
 
 
-def _detect_folder_arch(config) -> str:
+def detect_folder_arch(config) -> str:
     """Match a diffusers UNet config against the full-size configs of ``lcm_core.model_configs``."""
     from ..lcm_core.model_configs import ARCHITECTURES, unet_config
 
@@ -95,7 +95,7 @@ def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str =
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True) if (folder / "vae").is_dir() else None
     except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
         raise TeacherError(folder, f"cannot load the diffusers folder: {e}") from None
-    found = _detect_folder_arch(unet.config)
+    found = detect_folder_arch(unet.config)
     check_arch(found, arch, folder)
     pred = scheduler.config.prediction_type if prediction_type == "auto" else prediction_type
     image_channels = 3 if vae is not None else int(unet.config.in_channels)
