@@ -94,12 +94,17 @@ def main() -> None:
     ap.add_argument("--assets", default=None, help="folder of `lcm-lora demo --export` (made if missing)")
     ap.add_argument("--workloads", default="train,demo")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--configs", default=",".join(f"{t}:{p}" for t, p in CONFIGS),
+                    help="THREADS:POLICY,... (policies: default, PASSIVE, SPIN10k)")
     a = ap.parse_args()
     assets = Path(a.assets or tempfile.mkdtemp(prefix="bench_threads_assets_"))
     if not (assets / "teacher").is_dir():
         subprocess.run([sys.executable, "-m", "lcm_lora.cli.main", "demo", "--export", str(assets)], check=True)
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    policies = {"default": dict(base, OMP_WAIT_POLICY=""), "PASSIVE": dict(base, OMP_WAIT_POLICY="PASSIVE")}
+    policies = {"default": dict(base, OMP_WAIT_POLICY=""), "PASSIVE": dict(base, OMP_WAIT_POLICY="PASSIVE"),
+                # libgomp spins GOMP_SPINCOUNT iterations, then sleeps (default policy: 300 000; PASSIVE: 0)
+                "SPIN10k": dict(base, OMP_WAIT_POLICY="", GOMP_SPINCOUNT="10000")}
+    configs = [(int(t) if t != "auto" else t, pol) for t, pol in (c.split(":") for c in a.configs.split(","))]
     # "default": an empty value stops the CLI setting PASSIVE and leaves libgomp at its default policy.
     rows = []
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load {loadavg()}", flush=True)
@@ -109,7 +114,7 @@ def main() -> None:
             try:
                 time.sleep(1.0 if load else 0.0)
                 for workload in a.workloads.split(","):
-                    for threads, policy in CONFIGS:
+                    for threads, policy in configs:
                             env = policies[policy]
                             la = loadavg()
                             fn = run_train if workload == "train" else run_demo
@@ -128,7 +133,7 @@ def main() -> None:
         for load in (0, 2):
             sel = [r for r in rows if r["workload"] == workload and r["extra_load"] == load]
             ref = statistics.median(r["seconds"] for r in sel if r["threads"] == 2 and r["policy"] == "default")
-            for threads, policy in CONFIGS:
+            for threads, policy in configs:
                     rs = [r for r in sel if r["threads"] == threads and r["policy"] == policy]
                     med = statistics.median(r["seconds"] for r in rs)
                     label = threads if threads != "auto" else f"auto ({rs[0]['threads_used'] or 'CLI default'})"
