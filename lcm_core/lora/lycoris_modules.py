@@ -506,7 +506,7 @@ class BoftModule(OftModule):
     def out_features(self) -> int:
         return int(self.oft_blocks.shape[1] * self.oft_blocks.shape[2])
 
-    def _apply_rotation(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
+    def _diff(self, weight: torch.Tensor, strength: float) -> torch.Tensor:  # OftModule.apply_to uses it
         r, eye = self._rotation(weight.dtype)
         boft_m, _, boft_b = self.oft_blocks.shape[:3]
         inp = org = weight
@@ -522,12 +522,6 @@ class BoftModule(OftModule):
         if self.rescale is not None:
             inp = inp * self.rescale.to(weight.dtype)
         return inp - org
-
-    def apply_to(self, weight, strength):
-        diff = self._apply_rotation(weight, strength)
-        if self.dora_scale is not None:
-            return dora_apply(weight, self.dora_scale, diff, 0.0 if self.alpha is None else float(self.alpha), strength)
-        return weight + strength * diff
 
     def validate(self, source, name: str) -> None:
         b = self.oft_blocks
