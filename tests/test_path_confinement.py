@@ -23,21 +23,6 @@ from lcm_lora.lcm_core.safe_names import (
 )
 
 
-@pytest.fixture
-def tree(tmp_path):
-    """root/{a.safetensors, sub/b.ckpt, model/unet/config.json, link_in -> a, link_out -> outside, dir_out -> outside/}"""
-    root, outside = tmp_path / "root", tmp_path / "outside"
-    (root / "sub").mkdir(parents=True)
-    (root / "model" / "unet").mkdir(parents=True)
-    (root / "model" / "unet" / "config.json").write_text("{}")
-    outside.mkdir()
-    (outside / "secret.safetensors").write_bytes(b"x")
-    (root / "a.safetensors").write_bytes(b"a")
-    (root / "sub" / "b.ckpt").write_bytes(b"b")
-    os.symlink(root / "a.safetensors", root / "link_in.safetensors")
-    os.symlink(outside / "secret.safetensors", root / "link_out.safetensors")
-    os.symlink(outside, root / "dir_out")
-    return root, outside
 
 
 @pytest.mark.parametrize("name,fragment", [
