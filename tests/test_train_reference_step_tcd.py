@@ -60,6 +60,21 @@ def _assert_parity(loss, ref_loss, named, tap):
         assert err <= 1e-4, (name, err)
 
 
+
+def _same_lora_and_images(ours, ref, ref_lora, batch):
+    """Rank-4 LoRA on our UNet with the reference's random LoRA values, a gradient tap on the reference's
+    optimizer, and one batch of images in [-1, 1] (both drawn from the same seeded generator)."""
+    from lcm_lora.training.student import add_lora
+
+    named = dict(add_lora(ours.unet, 4, 4, 0.0, None))
+    assert named.keys() == ref_lora.keys()
+    gen = torch.Generator().manual_seed(0)
+    share_random_lora(named, ref_lora, gen)
+    tap = GradTap(ref.ns["optimizer"], ref_lora)
+    ref.ns["optimizer"] = tap
+    images = torch.rand(batch, 3, RESOLUTION, RESOLUTION, generator=gen) * 2 - 1
+    return named, tap, images
+
 @needs_sd
 def test_s_draw_matches_the_reference_randint():
     """Our uniform s draw gives the reference's numbers: its ``randint`` helper (compiled from its source)
@@ -81,7 +96,6 @@ def test_s_draw_matches_the_reference_randint():
 @pytest.mark.parametrize("loss_type", ["huber", "l2"])
 def test_tcd_loss_and_gradients_match_the_sd_reference_step(tmp_path, loss_type):
     from lcm_lora.training.ddim_solver import DDIMSolver
-    from lcm_lora.training.student import add_lora
     from lcm_lora.training.teacher import load_teacher_folder
     from lcm_lora.training.tiny_models import build_tiny_teacher
 
@@ -95,14 +109,7 @@ def test_tcd_loss_and_gradients_match_the_sd_reference_step(tmp_path, loss_type)
     ref_lora = {n.replace("base_model.model.", "", 1): p for n, p in ref_unet.named_parameters() if "lora_" in n}
 
     ours = load_teacher_folder(Path(teacher_dir))
-    named = dict(add_lora(ours.unet, 4, 4, 0.0, None))
-    assert named.keys() == ref_lora.keys()
-    gen = torch.Generator().manual_seed(0)
-    share_random_lora(named, ref_lora, gen)
-    tap = GradTap(ref.ns["optimizer"], ref_lora)
-    ref.ns["optimizer"] = tap
-
-    images = torch.rand(batch, 3, RESOLUTION, RESOLUTION, generator=gen) * 2 - 1
+    named, tap, images = _same_lora_and_images(ours, ref, ref_lora, batch)
     torch.manual_seed(1)  # the reference draws index, s, noise and ω from torch's global generator
     ns = ref.step(images, CAPTIONS)
     ref_loss = float(ns["loss"].detach())
@@ -121,7 +128,6 @@ def test_tcd_loss_and_gradients_match_the_sd_reference_step(tmp_path, loss_type)
 @pytest.mark.parametrize("loss_type", ["huber", "l2"])
 def test_tcd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_type):
     from lcm_lora.training.ddim_solver import DDIMSolver
-    from lcm_lora.training.student import add_lora
     from lcm_lora.training.teacher import build_cond, load_teacher_folder
     from lcm_lora.training.tiny_models import build_tiny_teacher
 
@@ -136,14 +142,7 @@ def test_tcd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_typ
 
     ours = load_teacher_folder(Path(teacher_dir))
     assert ours.uses_pooled and len(ours.text_encoders) == 2
-    named = dict(add_lora(ours.unet, 4, 4, 0.0, None))
-    assert named.keys() == ref_lora.keys()
-    gen = torch.Generator().manual_seed(0)
-    share_random_lora(named, ref_lora, gen)
-    tap = GradTap(ref.ns["optimizer"], ref_lora)
-    ref.ns["optimizer"] = tap
-
-    images = torch.rand(batch, 3, RESOLUTION, RESOLUTION, generator=gen) * 2 - 1
+    named, tap, images = _same_lora_and_images(ours, ref, ref_lora, batch)
     torch.manual_seed(1)
     ns = ref.step(images, CAPTIONS, ORIGINAL_SIZES, CROP_TOP_LEFTS)
     ref_loss = float(ns["loss"].detach())
