@@ -32,6 +32,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..lcm_core.atomic_write import atomic_file
+from ..lcm_core.cpu_threads import training_threads
 from ..lcm_core.errors import ConfigError, LcmLoraError, OutputExistsError
 from . import checkpoint as ckpt
 from .batch_plan import BatchPlan
@@ -406,7 +407,8 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
         stop.immediate = False
         if resume and ctx.is_main:
             _write_config(output_dir, cfg, record)
-        return _loop(session, log, resume_path, on_step, stop)
+        with training_threads(session.unet, session.device):
+            return _loop(session, log, resume_path, on_step, stop)
     except _Cancelled as e:
         message = f"stopped by {e} while loading/caching; nothing to checkpoint yet (caches are kept)"
         log.event("end", step=None, status="interrupted", adapter=None, checkpoint=None, message=message)
