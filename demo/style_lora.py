@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ..lcm_core.cpu_threads import training_threads
+
 
 @dataclass
 class StyleLoraSettings:
@@ -55,9 +57,6 @@ def diffusion_finetune(unet, params, teacher, s, desc: str = "fine-tune", progre
     Hang et al. 2023, if ``s.snr_gamma``) on the ``train`` split rendered in ``s.style``; captions as
     the teacher's, ``s.cond_dropout`` of them empty. ``s`` needs style, steps, batch_size,
     learning_rate, cond_dropout, snr_gamma, split_seed, seed."""
-    from diffusers.training_utils import compute_snr
-    from tqdm.auto import tqdm
-
     from .dataset import apply_style, load_digit_images, prompt_for, split_indices
 
     opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=0.0)
@@ -76,6 +75,14 @@ def diffusion_finetune(unet, params, teacher, s, desc: str = "fine-tune", progre
     noise_scheduler = DDPMScheduler.from_config(teacher.scheduler_config)
     acs = noise_scheduler.alphas_cumprod
     g = torch.Generator().manual_seed(s.seed)
+    with training_threads(unet, "cpu"):  # small UNet: one thread (lcm_core/cpu_threads.py)
+        _steps(unet, opt, s, x_train, y_train, emb_table, noise_scheduler, acs, g, desc, progress)
+
+
+def _steps(unet, opt, s, x_train, y_train, emb_table, noise_scheduler, acs, g, desc, progress) -> None:
+    from diffusers.training_utils import compute_snr
+    from tqdm.auto import tqdm
+
     for _ in tqdm(range(s.steps), desc=desc, disable=not progress, leave=False):
         idx = torch.randint(0, len(x_train), (s.batch_size,), generator=g)
         x0, cls = x_train[idx], y_train[idx].clone()
