@@ -31,7 +31,7 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--retrain-teacher", action="store_true",
                    help="train the digit teacher here instead of using the shipped weights (CPU-sized, ~10+ min)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: one per core; idle threads sleep, see BENCHMARKS.md 'CPU threads')")
+                   help="torch CPU threads (default: 1 while training the small digit UNet, one per core while evaluating; idle threads sleep, see BENCHMARKS.md 'CPU threads')")
     p.add_argument("--seed", type=int, default=None, help="sampling / training seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--export", default=None, metavar="DIR",

@@ -49,7 +49,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from the newest checkpoint in the run folder, or from CKPT")
     parser.add_argument("--nproc", type=int, default=1, help="start N local processes (DDP; gloo on CPU)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch CPU threads (default: one per core; idle threads sleep, see BENCHMARKS.md 'CPU threads')")
+                        help="torch CPU threads (default: 1 for the training loop of a small UNet on the CPU, else one per core; idle threads sleep, see BENCHMARKS.md 'CPU threads')")
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show full tracebacks and library warnings")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (events.jsonl is still written)")
