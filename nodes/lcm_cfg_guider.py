@@ -13,6 +13,7 @@ run, which ComfyUI hands to every model call as ``transformer_options["sample_si
 from __future__ import annotations
 
 import comfy.samplers
+import torch
 from comfy_api.latest import io
 
 from ..lcm_core.cfg_steps import EVERY_STEP, cfg_at
@@ -34,7 +35,8 @@ class FirstStepsCFGGuider(comfy.samplers.CFGGuider):
         if sigmas is None:
             raise ConfigError("LCM CFG Guider", "ComfyUI did not pass the run's sigmas "
                                                 "(transformer_options['sample_sigmas']); use it with SamplerCustomAdvanced")
-        cfg = cfg_at(float(timestep.max()), sigmas.tolist(), self.cfg, self.cfg_steps)
+        sigma = float(torch.as_tensor(timestep).max())
+        cfg = cfg_at(sigma, torch.as_tensor(sigmas).tolist(), self.cfg, self.cfg_steps)
         return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative", None),
                                                 self.conds.get("positive", None), cfg, model_options=model_options,
                                                 seed=seed)
