@@ -4,7 +4,7 @@ Imported only inside a running ComfyUI (see the package root ``__init__.py``). T
 stay thin: reading, merging, saving adapters and the LCM/TCD samplers live in ``lcm_core``;
 ``comfy_bridge`` holds the small ComfyUI glue they share. Help pages: ``web/docs/<node_id>.md``.
 
-Nodes: LCMLoraLoader, LCMAdapterMerge, LCMAdapterSave, LCMSampler, LCMScheduler, LCMKSampler.
+Nodes: LCMLoraLoader, LCMAdapterMerge, LCMAdapterSave, LCMSampler, LCMScheduler, LCMKSampler, LCMCFGGuider.
 
 Importing this package has no side effect: the trainer panel's routes (``/lcm_lora/train/...``,
 :mod:`.trainer_routes`) are added to ComfyUI's server in :meth:`LCMLoraExtension.on_load`.
@@ -16,12 +16,13 @@ from typing_extensions import override
 
 from .adapter_merge import LCMAdapterMerge
 from .adapter_save import LCMAdapterSave
+from .lcm_cfg_guider import LCMCFGGuider
 from .lcm_ksampler import LCMKSampler
 from .lcm_lora_loader import LCMLoraLoader
 from .lcm_sampler import LCMSampler
 from .lcm_scheduler import LCMScheduler
 
-NODES = [LCMLoraLoader, LCMAdapterMerge, LCMAdapterSave, LCMSampler, LCMScheduler, LCMKSampler]
+NODES = [LCMLoraLoader, LCMAdapterMerge, LCMAdapterSave, LCMSampler, LCMScheduler, LCMKSampler, LCMCFGGuider]
 
 
 class LCMLoraExtension(ComfyExtension):

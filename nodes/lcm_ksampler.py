@@ -8,15 +8,23 @@ Same noise (``comfy.sample.prepare_noise``, as KSampler), same sampling path
 (``comfy.sample.sample_custom``, as SamplerCustom) and the same progress bar / previews /
 Cancel (``latent_preview.prepare_callback`` → ComfyUI's progress hook, which raises on
 interrupt) as ComfyUI's own sampler nodes.
+
+``cfg_steps`` (optional, last widget, so saved workflows and API prompts without it keep working;
+default ``EVERY_STEP``): ``cfg`` and the negative prompt on the first ``cfg_steps`` steps only, cfg 1
+after (``lcm_cfg_guider.FirstStepsCFGGuider``). When it covers every step the node samples through
+``comfy.sample.sample_custom`` exactly as before (and as SamplerCustom).
 """
 from __future__ import annotations
 
+import comfy.model_management
 import comfy.sample
 import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
+from ..lcm_core.cfg_steps import EVERY_STEP, guided_step_count
 from . import comfy_bridge as bridge
+from .lcm_cfg_guider import cfg_steps_input, make_guider
 from .lcm_sampler import build_sampler, mode_inputs
 from .lcm_scheduler import scheduler_sigmas
 
@@ -38,19 +46,23 @@ class LCMKSampler(io.ComfyNode):
                              tooltip="Sampling steps on the LCM timestep grid (LCM-LoRA: 2-8)."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale. LCM-LoRA wants 1.0-2.0; 1.0 skips the negative "
-                                       "prompt and halves the work."),
+                                       "prompt and halves the work. With cfg_steps below steps it applies to the first "
+                                       "cfg_steps steps only (e.g. cfg 3 on the first 2 of 4 steps)."),
                 *mode_inputs(),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="img2img / hires-pass strength (diffusers' strength): 1.0 = from pure noise."),
                 io.Conditioning.Input("positive", tooltip="Conditioning to follow."),
-                io.Conditioning.Input("negative", tooltip="Conditioning to avoid (only used when cfg > 1)."),
+                io.Conditioning.Input("negative", tooltip="Conditioning to avoid (only used when cfg is not 1, on the "
+                                                          "first cfg_steps steps)."),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise (empty latent for txt2img)."),
+                cfg_steps_input(EVERY_STEP, optional=True),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The denoised latent.")],
         )
 
     @classmethod
-    def execute(cls, model, seed, steps, cfg, mode, gamma, eta, denoise, positive, negative, latent_image) -> io.NodeOutput:
+    def execute(cls, model, seed, steps, cfg, mode, gamma, eta, denoise, positive, negative, latent_image,
+                cfg_steps=EVERY_STEP) -> io.NodeOutput:
         sigmas = scheduler_sigmas(steps, 50, denoise, node="LCM KSampler")
         out = latent_image.copy()
         if len(sigmas) <= 1:  # denoise 0: nothing to do
@@ -58,10 +70,16 @@ class LCMKSampler(io.ComfyNode):
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
-        samples = comfy.sample.sample_custom(
-            model, noise, cfg, build_sampler(mode, gamma, eta), sigmas, positive, negative, latent,
-            noise_mask=latent_image.get("noise_mask"), callback=callback,
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
-        )
+        sampler = build_sampler(mode, gamma, eta)
+        noise_mask, disable_pbar = latent_image.get("noise_mask"), not comfy.utils.PROGRESS_BAR_ENABLED
+        if guided_step_count(cfg_steps, len(sigmas) - 1) >= len(sigmas) - 1:  # cfg on every step: SamplerCustom's path
+            samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
+                                                 noise_mask=noise_mask, callback=callback, disable_pbar=disable_pbar,
+                                                 seed=seed)
+        else:  # as comfy.sample.sample_custom, with the first-steps guider instead of CFGGuider
+            guider = make_guider(model, positive, negative, cfg, cfg_steps)
+            samples = guider.sample(noise, latent, sampler, sigmas, denoise_mask=noise_mask, callback=callback,
+                                    disable_pbar=disable_pbar, seed=seed)
+            samples = samples.to(comfy.model_management.intermediate_device())
         out["samples"] = samples
         return io.NodeOutput(out)

@@ -4,7 +4,9 @@
 //   LCM-LoRA Loader / LCM Adapter Merge with "patch sampling to LCM" on, or
 //   ModelSamplingDiscrete(sampling=lcm) — feeds a sampler with cfg > 2, steps > 8 or a
 //   sampler that is not LCM/TCD. LCM-LoRA is distilled for 2-8 steps at cfg 1-2 with the
-//   LCM sampler (Luo et al. 2023, arXiv 2311.05556).
+//   LCM sampler (Luo et al. 2023, arXiv 2311.05556). No cfg warning when cfg applies to the first steps
+//   only (LCM KSampler / LCM CFG Guider `cfg_steps` below the steps): that is how a negative prompt
+//   works with a few-step adapter (nodes/lcm_cfg_guider.py).
 // * LCM Adapter Merge: adapter slots 3-8 appear on demand (one empty slot after the last
 //   used one) and the merge report is drawn on the node after it runs.
 // * The checks follow the adapter's sampling recipe (lcm_core/sampling_recipe.py), read from
@@ -25,6 +27,8 @@ const MERGE = "LCMAdapterMerge";
 const MAX_SLOTS = 8;
 const LCM_SAMPLER_NAMES = ["lcm", "tcd"];
 const LOADER = "LCMLoraLoader";
+const GUIDER = "LCMCFGGuider";
+const EVERY_STEP = 10000; // cfg_steps default: cfg on every step (lcm_core/cfg_steps.py EVERY_STEP)
 
 // -- sampling recipe from the adapter's metadata (mirror of lcm_core/sampling_recipe.read_recipe) --
 const recipes = new Map(); // lora name -> recipe | null (no metadata) ; pending names in `fetching`
@@ -135,18 +139,26 @@ function samplerSettings(graph, node) {
              samplerName: name, samplerIsLcm: name === undefined ? true : isLcmSamplerName(name) };
   }
   if (type === "LCMKSampler") {
+    const cfgSteps = node.widgets?.some((w) => w.name === "cfg_steps") ? widgetValue(node, "cfg_steps") : EVERY_STEP;
     return { model: [node, "model"], cfg: widgetValue(node, "cfg"), steps: widgetValue(node, "steps"),
-             samplerName: widgetValue(node, "mode") ?? "auto", samplerIsLcm: true, ours: true };
+             samplerName: widgetValue(node, "mode") ?? "auto", samplerIsLcm: true, ours: true, cfgSteps,
+             cfgStepsInput: true };
   }
   if (type === "SamplerCustom" || type === "SamplerCustomAdvanced") {
     let model = [node, "model"];
     let cfg = widgetValue(node, "cfg");
+    let cfgSteps;
+    let cfgStepsInput = false; // stock guiders: cfg on every step
     if (type === "SamplerCustomAdvanced") {
       const guider = inputOrigin(graph, node, "guider");
       if (!guider) return null;
       model = [guider, "model"];
       const gtype = guider.type ?? guider.comfyClass;
       cfg = gtype === "BasicGuider" ? 1 : widgetValue(guider, "cfg");
+      if (gtype === GUIDER) {
+        cfgStepsInput = true;
+        cfgSteps = widgetValue(guider, "cfg_steps");
+      }
     }
     const sampler = inputOrigin(graph, node, "sampler");
     let samplerName;
@@ -162,9 +174,17 @@ function samplerSettings(graph, node) {
     }
     const sigmas = inputOrigin(graph, node, "sigmas");
     const steps = sigmas ? widgetValue(sigmas, "steps") : undefined;
-    return { model, cfg, steps, samplerName, samplerIsLcm, ours };
+    return { model, cfg, steps, samplerName, samplerIsLcm, ours, cfgSteps, cfgStepsInput };
   }
   return null;
+}
+
+// Does cfg apply on every step? false when cfg_steps (LCM KSampler, LCM CFG Guider) limits it to the
+// first steps — real CFG there is what makes a negative prompt work — or when its value is unknown (linked).
+function cfgOnEveryStep(s) {
+  if (!s.cfgStepsInput) return true; // stock samplers and guiders
+  if (typeof s.cfgSteps !== "number") return false; // driven by a link: unknown here
+  return typeof s.steps === "number" ? s.cfgSteps >= s.steps : s.cfgSteps >= EVERY_STEP;
 }
 
 function checkGraph(graph = app.graph) {
@@ -177,7 +197,7 @@ function checkGraph(graph = app.graph) {
     const source = lcmSource(graph, s.model[0], s.model[1]);
     if (!source) continue;
     const problems = [];
-    if (typeof s.cfg === "number" && s.cfg > MAX_CFG) problems.push(`cfg ${s.cfg} > ${MAX_CFG}`);
+    if (typeof s.cfg === "number" && s.cfg > MAX_CFG && cfgOnEveryStep(s)) problems.push(`cfg ${s.cfg} > ${MAX_CFG}`);
     if (source.objective === "tcd") {
       // TCD keeps improving with more steps: no step limit; it wants the tcd sampler.
       const isTcd = s.ours ? s.samplerName !== "lcm" : typeof s.samplerName === "string" && s.samplerName.toLowerCase().includes("tcd");
@@ -185,7 +205,8 @@ function checkGraph(graph = app.graph) {
       if (problems.length) {
         warnings.push({ nodeId: node.id, nodeType: node.type, sourceId: source.node.id, objective: "tcd", problems,
                         message: `${node.title || node.type} (#${node.id}) samples a TCD adapter (#${source.node.id}) with ` +
-                                 problems.join(", ") + ": a TCD adapter wants cfg 1-2 and the tcd sampler " +
+                                 problems.join(", ") + ": a TCD adapter wants cfg 1-2 (higher cfg with a negative " +
+                                 "prompt: on the first steps only, cfg_steps) and the tcd sampler " +
                                  "(LCM KSampler or LCM Sampler, mode auto or tcd)." });
       }
       continue;
@@ -195,7 +216,8 @@ function checkGraph(graph = app.graph) {
     if (problems.length) {
       warnings.push({ nodeId: node.id, nodeType: node.type, sourceId: source.node.id, objective: "lcm", problems,
                       message: `${node.title || node.type} (#${node.id}) samples an LCM-patched model (#${source.node.id}) with ` +
-                               problems.join(", ") + ": LCM-LoRA wants 2-8 steps, cfg 1-2 and the lcm sampler." });
+                               problems.join(", ") + ": LCM-LoRA wants 2-8 steps, cfg 1-2 (higher cfg with a negative " +
+                               "prompt: on the first steps only, cfg_steps) and the lcm sampler." });
     }
   }
   return warnings;
@@ -466,7 +488,7 @@ const extension = {
   },
 };
 
-globalThis.LCMLoRA = { checkGraph, refreshWarnings, updateMergeSlots, visibleSlots, updateIgnoredInputs, hiddenWidgets,
+globalThis.LCMLoRA = { checkGraph, cfgOnEveryStep, refreshWarnings, updateMergeSlots, visibleSlots, updateIgnoredInputs, hiddenWidgets,
                        adapterRecipe, readRecipe, recipes, MAX_CFG, MAX_STEPS };
 
 // The pack may be registered twice when its folder name differs from the project name

@@ -12,7 +12,9 @@
 //  * LCM Adapter Merge shows one empty adapter slot and gains the next one when it is filled;
 //  * inputs a setting ignores are hidden (gamma/eta by mode, the merge's rank by method);
 //  * a TCD adapter (loader `sampling` tcd, or TCD metadata read through /view_metadata, file
-//    given by --tcd-lora) wants the tcd sampler and has no 8-step limit.
+//    given by --tcd-lora) wants the tcd sampler and has no 8-step limit;
+//  * no cfg warning when cfg applies to the first steps only (LCM KSampler / LCM CFG Guider
+//    cfg_steps below the steps); cfg on every step still warns.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
@@ -191,6 +193,57 @@ try {
     graph.remove(ks);
     return out;
   }, { wf: wfA, tcdLora });
+
+  // cfg on the first steps only (negative prompts with few-step adapters): no cfg warning.
+  result.cfg_steps_case = await page.evaluate(async (wf) => {
+    const app = window.comfyAPI.app.app;
+    const LiteGraph = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
+    // a workflow saved before cfg_steps existed: its LCM KSampler has one widget value less
+    const old = JSON.parse(JSON.stringify(wf));
+    const oldKs = old.nodes.find((n) => n.type === "LCMKSampler");
+    oldKs.widgets_values = oldKs.widgets_values.slice(0, -1);
+    await app.loadGraphData(old, true, false, null);
+    const oldPrompt = (await app.graphToPrompt()).output;
+    await app.loadGraphData(wf, true, false, null);
+    await new Promise((r) => setTimeout(r, 200));
+    const graph = app.graph;
+    const L = globalThis.LCMLoRA;
+    const problems = (id) => L.checkGraph().filter((w) => w.nodeId === id).flatMap((w) => w.problems);
+    const set = (node, name, value) => { node.widgets.find((w) => w.name === name).value = value; };
+    const loader = graph._nodes.find((n) => n.type === "LCMLoraLoader");
+    const lks = graph._nodes.find((n) => n.type === "LCMKSampler");
+    const out = { ks_default_cfg_steps: lks.widgets.find((w) => w.name === "cfg_steps")?.value ?? null,
+                  old_workflow: old, old_workflow_prompt: oldPrompt };
+    set(lks, "cfg", 3);
+    out.ks_every_step = problems(lks.id);
+    set(lks, "cfg_steps", 2);
+    out.ks_first_2_of_4 = problems(lks.id);
+    set(lks, "cfg_steps", 4);
+    out.ks_all_4 = problems(lks.id);
+    // SamplerCustomAdvanced with the LCM CFG Guider (or ComfyUI's CFGGuider)
+    const make = (type) => { const n = LiteGraph.createNode(type); graph.add(n); return n; };
+    const adv = make("SamplerCustomAdvanced");
+    const guider = make("LCMCFGGuider");
+    const sched = make("LCMScheduler");
+    const sampler = make("LCMSampler");
+    const link = (from, slot, to, name) => from.connect(slot, to, to.inputs.findIndex((i) => i.name === name));
+    link(loader, 0, guider, "model");
+    link(guider, 0, adv, "guider");
+    link(sched, 0, adv, "sigmas");
+    link(sampler, 0, adv, "sampler");
+    out.guider_defaults = { cfg: guider.widgets.find((w) => w.name === "cfg").value,
+                            cfg_steps: guider.widgets.find((w) => w.name === "cfg_steps").value };
+    out.guider_first_steps = problems(adv.id);
+    set(guider, "cfg_steps", 10000);
+    out.guider_every_step = problems(adv.id);
+    const stock = make("CFGGuider");
+    link(loader, 0, stock, "model");
+    set(stock, "cfg", 3);
+    link(stock, 0, adv, "guider");
+    out.stock_guider = problems(adv.id);
+    for (const n of [adv, guider, sched, sampler, stock]) graph.remove(n);
+    return out;
+  }, wfA);
 } finally {
   await browser.close();
 }

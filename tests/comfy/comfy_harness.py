@@ -351,7 +351,9 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     """Convert a UI-format workflow (``nodes`` + ``links``) to the API ``prompt`` dict.
 
     Widget values are matched to inputs in ``input_order`` (required, then optional);
-    INT inputs with ``control_after_generate`` carry one extra UI-only value. Muted /
+    INT inputs with ``control_after_generate`` carry one extra UI-only value; widgets past the end
+    of ``widgets_values`` (a workflow saved before the input existed) get their default, as in the
+    front end. Muted /
     bypassed nodes, notes and groups are skipped; bypass is not followed (our
     workflows have none).
     """
@@ -386,8 +388,11 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                     continue
                 try:
                     inputs[name] = next(it)
-                except StopIteration:
-                    break
+                except StopIteration:  # saved before this input existed: the front end keeps the default
+                    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                    if "default" in opts:
+                        inputs[name] = opts["default"]
+                    continue
                 if _has_control_widget(name, spec):
                     next(it, None)
         inputs.update(linked)

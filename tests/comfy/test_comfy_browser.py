@@ -116,3 +116,28 @@ def test_warnings_follow_the_sampling_recipe(ui):
     meta = case["metadata"]
     assert meta["recipe"]["objective"] == "tcd" and meta["recipe"]["gamma"] == 0.4, meta
     assert meta["stock"] == ["sampler 'lcm' is not TCD"] and meta["ours_auto"] == []
+
+
+def test_workflow_saved_before_cfg_steps_gets_the_default(ui, object_info):
+    """Widget values are positional: an LCM KSampler saved without cfg_steps (the last widget) keeps its
+    values and gets cfg_steps' default (cfg on every step) in the front end — and in the harness's conversion."""
+    case = ui["cfg_steps_case"]
+    front = case["old_workflow_prompt"]
+    ks = next(n for n in front.values() if n["class_type"] == "LCMKSampler")["inputs"]
+    assert ks["cfg_steps"] == 10000
+    assert (ks["seed"], ks["steps"], ks["cfg"], ks["mode"], ks["denoise"]) == (42, 4, 1.0, "auto", 1.0)
+    ours = H.ui_to_api(case["old_workflow"], object_info)
+    for node_id, node in front.items():
+        assert node["inputs"] == ours[node_id]["inputs"], node_id
+
+
+def test_no_cfg_warning_when_cfg_applies_to_the_first_steps_only(ui):
+    case = ui["cfg_steps_case"]
+    assert case["ks_default_cfg_steps"] == 10000
+    assert any(p.startswith("cfg 3") for p in case["ks_every_step"]), case
+    assert case["ks_first_2_of_4"] == [], case  # cfg 3 on the first 2 of 4 steps: a negative prompt that works
+    assert any(p.startswith("cfg 3") for p in case["ks_all_4"]), case
+    assert case["guider_defaults"] == {"cfg": 3, "cfg_steps": 2}
+    assert case["guider_first_steps"] == [], case
+    assert any(p.startswith("cfg 3") for p in case["guider_every_step"]), case
+    assert any(p.startswith("cfg 3") for p in case["stock_guider"]), case

@@ -17,6 +17,7 @@ NODES = {
     "LCMSampler": "LCM Sampler",
     "LCMScheduler": "LCM Scheduler",
     "LCMKSampler": "LCM KSampler",
+    "LCMCFGGuider": "LCM CFG Guider",
 }
 EXAMPLES = sorted(p.stem for p in (H.REPO / "example_workflows").glob("*.json"))
 

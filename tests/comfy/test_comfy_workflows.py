@@ -53,7 +53,7 @@ def check_run(comfy, result, name: str, size: int) -> None:
 
 def test_examples_cover_the_issue():
     names = " ".join(EXAMPLES)
-    for needle in ("sd15", "sdxl", "merge", "hires", "tcd"):
+    for needle in ("sd15", "sdxl", "merge", "hires", "tcd", "negative"):
         assert needle in names
 
 

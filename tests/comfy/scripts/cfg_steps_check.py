@@ -1,0 +1,147 @@
+"""Run in ComfyUI's python: the ``cfg_steps`` option (CFG on the first k steps only) on a tiny random
+SD1.5-like UNet, against references made of ComfyUI's own pieces.
+
+Usage: ``cfg_steps_check.py --comfyui DIR --repo DIR``; prints one JSON line (see
+``test_comfy_negative_prompt.py``). The pack is imported the way ComfyUI imports it.
+
+* Reference for k steps of CFG: two stock ``comfy.samplers.sample`` calls (ComfyUI's own CFGGuider),
+  cfg on ``sigmas[:k+1]`` then cfg 1.0 on ``sigmas[k:]`` starting from the first call's output
+  without new noise. Both calls share ONE noise sampler (ComfyUI's ``default_noise_sampler`` seeded
+  with the seed, handed to the sampler function as ``noise_sampler``), so the re-noising between
+  steps draws the same stream as the single run: without that, each sampler call seeds its own
+  generator from the seed and the second call would replay the first call's noise.
+* UNet evaluations: a ``model_function_wrapper`` records every UNet call's ``cond_or_uncond``
+  (0 = positive, 1 = negative; ComfyUI batches them into one call).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+STEPS = 3
+CFG = 3.0
+SEED = 11
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--comfyui", required=True)
+    ap.add_argument("--repo", required=True)
+    a = ap.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from comfy_side import _import_comfy, _import_pack
+
+    _import_comfy(a.comfyui)
+    import torch
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sample
+    import comfy.samplers
+    import comfy.supported_models
+    from comfy.k_diffusion import sampling as kds
+
+    pack = _import_pack(a.repo)
+    nodes = pack.nodes
+    torch.set_num_threads(1)  # a tiny model: threads only add overhead on a shared machine
+
+    # -- a tiny SD1.5-like model (ComfyUI's own UNetModel and SD15 model config, random weights) --
+    unet_config = {"context_dim": 32, "model_channels": 32, "use_linear_in_transformer": False, "adm_in_channels": None,
+                   "use_temporal_attention": False, "in_channels": 4, "out_channels": 4, "num_res_blocks": [1, 1],
+                   "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "channel_mult": [1, 2],
+                   "transformer_depth_middle": 1, "use_spatial_transformer": True, "image_size": 32, "use_checkpoint": False,
+                   "legacy": False, "num_heads": 2, "num_head_channels": -1}
+    config = comfy.supported_models.SD15(unet_config)
+    base = config.get_model({})
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in base.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / max(1, p[0].numel()) ** 0.5)
+    device = torch.device("cpu")
+    eps_model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+    lcm_model = nodes.comfy_bridge.patch_lcm_sampling(eps_model)
+    pos = [[3 * torch.randn(1, 77, 32, generator=gen), {}]]
+    neg = [[3 * torch.randn(1, 77, 32, generator=gen), {}]]
+    empty = {"samples": torch.zeros(1, 4, 4, 4)}
+
+    calls: list = []
+
+    def counting(model):
+        m = model.clone()
+
+        def wrapper(apply_model, args):
+            calls.append([int(c) for c in args["cond_or_uncond"]])
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        m.set_model_unet_function_wrapper(wrapper)
+        return m
+
+    ks = nodes.lcm_ksampler.LCMKSampler
+    sigmas = nodes.lcm_scheduler.LCMScheduler.execute(STEPS, 50, 1.0).args[0]
+    out: dict = {"steps": STEPS, "cfg": CFG}
+
+    def node_run(model, mode, **kw):
+        calls.clear()
+        res = ks.execute(counting(model), SEED, STEPS, CFG, mode, 0.3, 1.0, 1.0, pos, neg, empty, **kw).args[0]["samples"]
+        return res, list(calls)
+
+    def reference(model, mode, k, share_noise=True):
+        """Two stock comfy.samplers.sample calls sharing one seeded noise sampler (see module docstring);
+        ``share_noise=False``: each call seeds its own (what chaining two sampler nodes does)."""
+        latent = comfy.sample.fix_empty_latent_channels(model, empty["samples"])
+        noise = comfy.sample.prepare_noise(latent, SEED)
+        shared = {"noise_sampler": kds.default_noise_sampler(noise, seed=SEED)} if share_noise else {}
+        if mode == "lcm":
+            sampler = comfy.samplers.KSAMPLER(kds.sample_lcm, extra_options=shared)
+        else:
+            opts = {"gamma": 0.3, "eta": 1.0, "schedule": pack.lcm_core.schedule.DiscreteSchedule(convention="comfyui"),
+                    **shared}
+            sampler = comfy.samplers.KSAMPLER(pack.lcm_core.sampling.sample_tcd, extra_options=opts)
+        x, start_noise = latent, noise
+        if k > 0:
+            x = comfy.samplers.sample(model, start_noise, pos, neg, CFG, device, sampler, sigmas[:k + 1], latent_image=x,
+                                      seed=SEED)
+            start_noise = torch.zeros_like(noise)
+        if k < STEPS:
+            x = comfy.samplers.sample(model, start_noise, pos, neg, 1.0, device, sampler, sigmas[k:], latent_image=x,
+                                      seed=SEED)
+        return x
+
+    def rel(a, b):
+        a, b = a.double(), b.double()
+        return float((a - b).norm() / b.norm())
+
+    for mode, model in (("lcm", lcm_model), ("tcd", eps_model)):
+        res = {}
+        default, default_calls = node_run(model, mode)  # an API prompt without cfg_steps
+        res["default_calls"] = default_calls
+        everywhere = comfy.sample.sample_custom(model, comfy.sample.prepare_noise(empty["samples"], SEED), CFG,
+                                                nodes.lcm_sampler.build_sampler(mode, 0.3, 1.0), sigmas, pos, neg,
+                                                empty["samples"], seed=SEED)
+        res["default_equals_sampler_custom"] = bool(torch.equal(default, everywhere))
+        runs = {}
+        for k in range(STEPS + 1):
+            got, got_calls = runs[k] = node_run(model, mode, cfg_steps=k)
+            ref = reference(model, mode, k)
+            if k == 0:
+                cfg1 = ref
+            res[f"k{k}"] = {"calls": got_calls, "rel_to_reference": rel(got, ref), "rel_to_every_step": rel(got, everywhere),
+                            "rel_to_cfg1": rel(got, cfg1), "equal_to_default": bool(torch.equal(got, default))}
+        res["rel_naive_chain_k1"] = rel(runs[1][0], reference(model, mode, 1, share_noise=False))
+        # the saving is ComfyUI's cfg1 optimization: with it disabled, every step evaluates the negative
+        no_opt = model.clone()
+        no_opt.model_options["disable_cfg1_optimization"] = True
+        _, res["no_cfg1_optimization_calls"] = node_run(no_opt, mode, cfg_steps=2)
+        # LCM CFG Guider (SamplerCustomAdvanced's way) = LCM KSampler cfg_steps 2
+        guider = nodes.lcm_cfg_guider.LCMCFGGuider.execute(model, pos, neg, CFG, 2).args[0]
+        latent = comfy.sample.fix_empty_latent_channels(model, empty["samples"])
+        adv = guider.sample(comfy.sample.prepare_noise(latent, SEED), latent, nodes.lcm_sampler.build_sampler(mode, 0.3, 1.0),
+                            sigmas, seed=SEED)
+        res["guider_equals_ksampler"] = bool(torch.equal(adv, runs[2][0]))
+        out[mode] = res
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
