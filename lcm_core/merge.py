@@ -28,6 +28,7 @@ import torch
 from .errors import AdapterFileError, ConfigError
 from .lora.adapter import LoraAdapter, LoraModule
 from .merge_factors import factors_to_module, product_frobenius_norm, stack_weighted
+from .merge_kron import kron_rerank
 from .merge_svd import svd_dense, svd_rerank
 
 METHODS = ("concat", "svd")
@@ -209,18 +210,21 @@ def merge_adapters(
         contributions = [(n, float(w), a.modules[key]) for n, w, a in zip(names, weights, adapters) if key in a.modules]
         if len(contributions) < len(adapters):
             report.partial_modules.append(key)
-        stacked = stack_weighted(key, contributions)
+        target = rank if rank is not None or energy is not None else _default_rank(contributions)
+        res = kron_rerank(key, contributions, rank=target, energy=energy) if method == "svd" else None
+        stacked = stack_weighted(key, contributions) if res is None or check_stored else None  # LoKr: not needed
         if method == "concat":
             up, down, err_sq, norm_sq = stacked.U, stacked.D, 0.0, None
         else:
-            target = rank if rank is not None or energy is not None else _default_rank(contributions)
-            out_dim, n = stacked.U.shape[0], stacked.D.shape[1]
-            if stacked.dense is not None or stacked.stacked_rank >= min(out_dim, n):
-                res = svd_dense(stacked.matrix(), rank=target, energy=energy)  # the factor form saves nothing
-            else:
-                res = svd_rerank(stacked.U, stacked.D, rank=target, energy=energy)
+            if res is None:
+                out_dim, n = stacked.U.shape[0], stacked.D.shape[1]
+                if stacked.dense is not None or stacked.stacked_rank >= min(out_dim, n):
+                    res = svd_dense(stacked.matrix(), rank=target, energy=energy)  # the factor form saves nothing
+                else:
+                    res = svd_rerank(stacked.U, stacked.D, rank=target, energy=energy)
             up, down, err_sq, norm_sq = res.up, res.down, res.error_sq, res.norm_sq
-        module = factors_to_module(up, down, stacked.weight_shape, out_dtype)
+        weight_shape = max((tuple(m.weight_shape) for _, _, m in contributions), key=len)  # as stack_weighted
+        module = factors_to_module(up, down, weight_shape, out_dtype)
         if check_stored:  # rounding to fp16/bf16 matters: measure the stored factors exactly
             u_st = module.up.reshape(module.up.shape[0], -1).to(torch.float32)
             d_st = module.down.reshape(module.rank, -1).to(torch.float32)
