@@ -48,16 +48,31 @@ def factor_svd(P: torch.Tensor, Q: torch.Tensor):
     return qp @ u, s, qq @ vh.T
 
 
-def core_eigh(core: torch.Tensor):
-    """Eigenpairs of the Gram core·coreᵀ, descending (λ = σ², clamped ≥ 0; float64).
+def core_eigh(diag: torch.Tensor, left: torch.Tensor, right: torch.Tensor):
+    """Eigenpairs (descending, λ = σ² clamped ≥ 0) of the Gram C Cᵀ of C = Δ + left·rightᵀ, with
+    Δ = diag(``diag``) in the top-left corner (float64); returns (λ, eigenvectors, C).
 
-    The left singular vectors of the core are the Gram's eigenvectors; a symmetric eigensolver
-    costs about half a dense SVD (LAPACK syevd vs gesdd, measured in BENCHMARKS.md). Squaring
-    adds no error that matters here: in float64 each λ is accurate to ~n·ε·σ₁² (σ to √(n·ε)·σ₁
-    ≈ 2e-7·σ₁ for the smallest, discarded ones), far below the merge's float32 rounding.
+    The left singular vectors of C are the Gram's eigenvectors; a symmetric eigensolver costs about
+    half a dense SVD (LAPACK syevd vs gesdd; BENCHMARKS.md). The Gram is assembled from the factors,
+    C Cᵀ = Δ² + P·leftᵀ + left·(rightᵀright·leftᵀ + Pᵀ) with P = Δ·right (no n³ product). Squaring
+    adds no error that matters here: in float64 each λ is accurate to ~n·ε·σ₁² (the smallest,
+    discarded σ to ~√(n·ε)·σ₁ ≈ 2e-7·σ₁), far below the merge's float32 rounding.
     """
-    lam, vec = torch.linalg.eigh(core @ core.T)
+    k = diag.numel()
+    p = torch.zeros_like(left)
+    p[:k] = diag[:, None] * right[:k]
+    gram = p @ left.T + left @ (right.T @ right @ left.T + p.T)
+    gram.diagonal()[:k] += diag * diag
+    lam, vec = torch.linalg.eigh(gram)
     return lam.flip(0).clamp_min(0.0), vec.flip(1)
+
+
+def core_rows(vec: torch.Tensor, diag: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """vecᵀ C for C = Δ + left·rightᵀ (Δ as in :func:`core_eigh`), without forming C."""
+    k = diag.numel()
+    out = (vec.T @ left) @ right.T
+    out[:, :k] += vec[:k].T * diag
+    return out
 
 
 def _split(A: torch.Tensor, B: torch.Tensor, U: torch.Tensor):
@@ -108,14 +123,12 @@ def kron_rerank(key: str, contributions, rank: int | None = None, energy: float 
         Y, q_f, r_f = _split(B1, B2, D_l.T)
         left = torch.cat([X, r_e]).to(torch.float64)
         right = torch.cat([Y, r_f]).to(torch.float64)
-        core = left @ right.T
-        core[:k, :k] += torch.diag(diag)
-        lam, vec = core_eigh(core)
+        lam, vec = core_eigh(diag, left, right)
         s = lam.sqrt()
         r = choose_rank(s, rank, energy)
         root = s[:r].sqrt()
         g = (vec[:, :r] * root).to(dtype)  # (k + r_e, r): U_r √S
-        w = vec[:, :r].T @ core  # (r, k + r_f) = S_r V_rᵀ
+        w = core_rows(vec[:, :r], diag, left, right)  # (r, k + r_f) = S_r V_rᵀ
         h = (w.T * torch.where(root > 0, 1.0 / root, 0.0)).to(dtype)  # V_r √S
     else:  # a LoKr alone: the core is diagonal, its SVD is a sort
         q_e = torch.zeros(out_dim, 0, dtype=dtype)
