@@ -7,7 +7,8 @@ Methods (per module key, over the adapters that contain it; weights may be negat
 * ``concat`` — exact: ``up = [λ_1 s_1 up_1, …]``, ``down = [down_1; …]``, rank Σ r_i
   (peft ``add_weighted_adapter(combination_type="cat")``; s_i = alpha_i / r_i folded in).
 * ``svd`` — best rank-r approximation (Eckart–Young) of the exact sum, computed from the
-  stacked factors (QR + SVD of a small core, :mod:`.merge_svd`), never the dense ΔW
+  stacked factors (QR + SVD of a small core, :mod:`.merge_svd`; one LoKr plus LoRAs at a key:
+  Kronecker-structured bases, :mod:`.merge_kron`), never the dense ΔW
   (kohya ``networks/svd_merge_lora.py`` / peft ``combination_type="svd"`` form ΔW densely).
   ``rank`` (default: the largest input rank at that module) and/or ``energy`` (keep the
   smallest r with Σ_{j≤r} σ_j² ≥ energy · Σ σ_j²).
