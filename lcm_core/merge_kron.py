@@ -11,8 +11,8 @@ residual only: out × r, as for a plain LoRA), D_Lᵀ = (V1 ⊗ V2) Y + Q_f R_f.
 
     K + L = [U1⊗U2, Q_e] · M · [V1⊗V2, Q_f]ᵀ,   M = [[c·S1⊗S2, 0], [0, 0]] + [X; R_e] [Y; R_f]ᵀ
 
-with both bases orthonormal, so the SVD of the small core M (float64) gives the exact singular
-values and vectors of K + L (Eckart–Young, as :mod:`.merge_svd`). Every product with A ⊗ B is
+with both bases orthonormal, so the singular values and vectors of the small core M (float64, from
+the eigenpairs of M Mᵀ: :func:`core_eigh`) are exactly those of K + L (Eckart–Young, as :mod:`.merge_svd`). Every product with A ⊗ B is
 two small matmuls on a reshaped operand ((A ⊗ B) vec(X) = vec(B X Aᵀ)); the out × R Kronecker
 basis that :meth:`LokrModule.matrix_factors` would stack is never formed.
 
@@ -50,7 +50,7 @@ def factor_svd(P: torch.Tensor, Q: torch.Tensor):
 
 def core_eigh(diag: torch.Tensor, left: torch.Tensor, right: torch.Tensor):
     """Eigenpairs (descending, λ = σ² clamped ≥ 0) of the Gram C Cᵀ of C = Δ + left·rightᵀ, with
-    Δ = diag(``diag``) in the top-left corner (float64); returns (λ, eigenvectors, C).
+    Δ = diag(``diag``) in the top-left corner (float64); returns (λ, eigenvectors).
 
     The left singular vectors of C are the Gram's eigenvectors; a symmetric eigensolver costs about
     half a dense SVD (LAPACK syevd vs gesdd; BENCHMARKS.md). The Gram is assembled from the factors,
@@ -77,7 +77,8 @@ def core_rows(vec: torch.Tensor, diag: torch.Tensor, left: torch.Tensor, right: 
 
 def _split(A: torch.Tensor, B: torch.Tensor, U: torch.Tensor):
     """U = (A ⊗ B) X + Q R with Q ⟂ A ⊗ B (orthonormal A, B): block classical Gram–Schmidt, a
-    second pass when a column lost more than half its norm ("twice is enough", Giraud et al. 2005)."""
+    second pass when a column lost more than half its norm (Kahan's "twice is enough", Parlett,
+    The Symmetric Eigenvalue Problem, §6-9)."""
     X = kron_matmul(A.T, B.T, U)
     E = U - kron_matmul(A, B, X)
     if bool((E.norm(dim=0) < 0.5 * U.norm(dim=0)).any()):
