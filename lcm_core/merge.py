@@ -29,7 +29,7 @@ import torch
 from .errors import AdapterFileError, ConfigError
 from .lora.adapter import LoraAdapter, LoraModule
 from .merge_factors import factors_to_module, product_frobenius_norm, stack_weighted
-from .merge_kron import kron_rerank
+from .merge_kron import kron_error_sq, kron_rerank
 from .merge_svd import svd_dense, svd_rerank
 
 METHODS = ("concat", "svd")
@@ -213,7 +213,7 @@ def merge_adapters(
             report.partial_modules.append(key)
         target = rank if rank is not None or energy is not None else _default_rank(contributions)
         res = kron_rerank(key, contributions, rank=target, energy=energy) if method == "svd" else None
-        stacked = stack_weighted(key, contributions) if res is None or check_stored else None  # LoKr: not needed
+        stacked = stack_weighted(key, contributions) if res is None else None  # LoKr + LoRAs: not needed
         if method == "concat":
             up, down, err_sq, norm_sq = stacked.U, stacked.D, 0.0, None
         else:
@@ -229,8 +229,12 @@ def merge_adapters(
         if check_stored:  # rounding to fp16/bf16 matters: measure the stored factors exactly
             u_st = module.up.reshape(module.up.shape[0], -1).to(torch.float32)
             d_st = module.down.reshape(module.rank, -1).to(torch.float32)
-            err_sq = product_frobenius_norm(torch.cat([u_st, -stacked.U], 1), torch.cat([d_st, stacked.D], 0)) ** 2
-        if check_stored and stacked.dense is not None:  # the stored factors against the dense target
+            err_sq = kron_error_sq(key, contributions, u_st, d_st) if stacked is None else None
+            if err_sq is None:
+                if stacked is None:
+                    stacked = stack_weighted(key, contributions)
+                err_sq = product_frobenius_norm(torch.cat([u_st, -stacked.U], 1), torch.cat([d_st, stacked.D], 0)) ** 2
+        if check_stored and stacked is not None and stacked.dense is not None:  # stored factors vs the dense target
             err_sq = float(torch.linalg.matrix_norm((u_st @ d_st).to(torch.float64)
                                                     - stacked.matrix().to(torch.float64))) ** 2
         if norm_sq is None and err_sq > 0.0:

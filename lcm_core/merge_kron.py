@@ -89,37 +89,46 @@ def _split(A: torch.Tensor, B: torch.Tensor, U: torch.Tensor):
     return X, Q, R
 
 
-def kron_rerank(key: str, contributions, rank: int | None = None, energy: float | None = None,
-                dtype: torch.dtype = torch.float32) -> SvdRerank | None:
-    """Best rank-r factors of Σ λ_i ΔW_i for ``(source, λ_i, module_i)`` when exactly one module is a
-    (non-DoRA) LoKr and the rest are LoRA modules; None when the structured path does not apply."""
+def _parts(key: str, contributions, dtype):
+    """(λ·scale of the LoKr, the LoKr, U_L, D_L) with L = U_L D_L the weighted LoRA sum; None unless exactly
+    one module is a (non-DoRA) LoKr and the rest are LoRA modules of the same matrix shape."""
     lokrs = [c for c in contributions if isinstance(c[2], LokrModule)]
     if len(lokrs) != 1 or lokrs[0][2].dora_scale is not None:
         return None
-    if not all(isinstance(m, LoraModule) for _, _, m in contributions if m is not lokrs[0][2]):
-        return None
     _, weight, lokr = lokrs[0]
     out_dim, n = lokr.matrix_shape()
-    Us, Ds = [], []
+    Us, Ds = [torch.zeros(out_dim, 0, dtype=dtype)], [torch.zeros(0, n, dtype=dtype)]
     for src, w, m in contributions:
         if m is lokr:
             continue
+        if not isinstance(m, LoraModule):
+            return None
         U, D = module_factors(m, src, key, dtype)
         if U.shape[0] != out_dim or D.shape[1] != n:
             return None  # not the same matrix view: the generic path names the problem
         Us.append(U * (float(w) * m.scale))
         Ds.append(D)
-    r_l = sum(int(U.shape[1]) for U in Us)
+    return float(weight) * lokr.scale, lokr, torch.cat(Us, 1), torch.cat(Ds, 0)
+
+
+def kron_rerank(key: str, contributions, rank: int | None = None, energy: float | None = None,
+                dtype: torch.dtype = torch.float32) -> SvdRerank | None:
+    """Best rank-r factors of Σ λ_i ΔW_i for ``(source, λ_i, module_i)`` when exactly one module is a
+    (non-DoRA) LoKr and the rest are LoRA modules; None when the structured path does not apply."""
+    parts = _parts(key, contributions, dtype)
+    if parts is None:
+        return None
+    c, lokr, U_l, D_l = parts
+    out_dim, n = lokr.matrix_shape()
+    r_l = int(U_l.shape[1])
     u1, s1, v1 = factor_svd(*lokr.w1_factors(dtype))
     u2, s2, v2 = factor_svd(*lokr.w2_factors(dtype))
     k = int(s1.numel() * s2.numel())
     if r_l and k + r_l >= min(out_dim, n):  # the core would be as large as the weight: nothing to gain
         return None
-    diag = torch.kron(s1, s2) * (float(weight) * lokr.scale)
+    diag = torch.kron(s1, s2) * c
     A1, A2, B1, B2 = (t.to(dtype) for t in (u1, u2, v1, v2))
     if r_l:
-        U_l = torch.cat(Us, 1) if len(Us) > 1 else Us[0]
-        D_l = torch.cat(Ds, 0) if len(Ds) > 1 else Ds[0]
         X, q_e, r_e = _split(A1, A2, U_l)
         Y, q_f, r_f = _split(B1, B2, D_l.T)
         left = torch.cat([X, r_e]).to(torch.float64)
@@ -149,3 +158,30 @@ def kron_rerank(key: str, contributions, rank: int | None = None, energy: float 
     return SvdRerank(up=up, down=down.contiguous(), rank=r, error_sq=float(sq[r:].sum()), norm_sq=float(sq.sum()),
                      singular_values=s)
 
+
+def kron_error_sq(key: str, contributions, up: torch.Tensor, down: torch.Tensor) -> float | None:
+    """‖Σ λ_i ΔW_i − up @ down‖_F² for the contributions :func:`kron_rerank` takes (the error of factors
+    stored in float16/bfloat16), from inner products of the factors in float64:
+
+        ‖K + L − S‖² = ‖K‖² + ‖L‖² + ‖S‖² + 2⟨K, L⟩ − 2⟨K, S⟩ − 2⟨L, S⟩,
+        ⟨K, F G⟩ = Σ_i c·σ_i · (U_Kᵀ F)_i · (V_Kᵀ Gᵀ)_i  (K's SVD from the factors, as above),
+
+    with no out × R QR. None when the result is below 1e-8 of the terms (float64 cancellation would
+    show): the caller then measures it from the stacked factors.
+    """
+    f64 = torch.float64
+    c, lokr, U_l, D_l = _parts(key, contributions, f64)
+    u1, s1, v1 = factor_svd(*lokr.w1_factors(f64))
+    u2, s2, v2 = factor_svd(*lokr.w2_factors(f64))
+    diag = torch.kron(s1, s2) * c
+    S_u, S_d = up.to(f64), down.to(f64)
+
+    def k_inner(F, G):  # ⟨K, F G⟩
+        return float((diag[:, None] * kron_matmul(u1.T, u2.T, F) * kron_matmul(v1.T, v2.T, G.T)).sum())
+
+    def lr_inner(F1, G1, F2, G2):  # ⟨F1 G1, F2 G2⟩
+        return float(((F1.T @ F2) * (G1 @ G2.T)).sum())
+
+    k_sq, l_sq, s_sq = float((diag * diag).sum()), lr_inner(U_l, D_l, U_l, D_l), lr_inner(S_u, S_d, S_u, S_d)
+    err = k_sq + l_sq + s_sq + 2 * (k_inner(U_l, D_l) - k_inner(S_u, S_d) - lr_inner(U_l, D_l, S_u, S_d))
+    return err if err > 1e-8 * (k_sq + l_sq + s_sq) else None

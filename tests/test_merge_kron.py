@@ -17,7 +17,7 @@ from lcm_lora.lcm_core.lora import LoraAdapter
 from lcm_lora.lcm_core.lora.adapter import LoraModule
 from lcm_lora.lcm_core.lora.lycoris_modules import FullModule, LohaModule, LokrModule
 from lcm_lora.lcm_core.merge import merge_adapters
-from lcm_lora.lcm_core.merge_kron import kron_matmul, kron_rerank
+from lcm_lora.lcm_core.merge_kron import kron_error_sq, kron_matmul, kron_rerank
 
 G = torch.Generator().manual_seed(0)
 
@@ -139,3 +139,17 @@ def test_lora_inside_the_lokr_span_is_reorthogonalised():
     res = kron_rerank("k", contributions, rank=5)
     assert res is not None
     _check_optimal(res, _dense(contributions), 5)
+
+
+def test_stored_error_from_inner_products_equals_the_dense_error():
+    """``kron_error_sq`` (the fp16/bf16 stored-factor error without stacking) against the dense norm; when
+    the error is below float64's reach for the Gram form it returns None (the caller measures it by QR)."""
+    lokr = LOKRS["conv 3×3, Tucker w2"]()
+    contributions = [("a", 0.7, lokr), ("b", -1.0, _lora(lokr.weight_shape, 3, alpha=2.0, tucker=True))]
+    dense = _dense(contributions)
+    exact = kron_rerank("k", contributions, rank=10_000)
+    for noise in (1e-3, 1e-1):
+        up = exact.up * (1 + noise * _r(*exact.up.shape, scale=1.0))
+        err = kron_error_sq("k", contributions, up, exact.down)
+        assert err == pytest.approx(float((dense - up.double() @ exact.down.double()).norm()) ** 2, rel=1e-6)
+    assert kron_error_sq("k", contributions, exact.up, exact.down) is None  # float32-exact: ~1e-14 of ‖ΔW‖²

@@ -105,6 +105,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=2, help="alternate ours / anchor 1 this many times (best kept)")
     p.add_argument("--no-dense", action="store_true", help="skip anchor 2 (the slow dense SVD)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="dtype of every adapter (float16: as files are distributed; the merge then writes float16 "
+                        "and measures the stored factors' error, rounding included)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -120,11 +123,17 @@ def main(argv=None):
             else loha_adapter(shapes, args.lokr_dim, seed=0))
     lcm = random_adapter(shapes, 64, alpha=64.0, seed=1)
     styles = {r: random_adapter(shapes, r, alpha=r / 2, seed=2) for r in args.lora_rank}
+    if args.dtype != "float32":
+        from lcm_lora.lcm_core.lora import LoraAdapter
+
+        cast = lambda a: LoraAdapter(modules={k: m.to(getattr(torch, args.dtype)) for k, m in a.modules.items()},  # noqa: E731
+                                     architecture=a.architecture)
+        lokr, lcm, styles = cast(lokr), cast(lcm), {r: cast(a) for r, a in styles.items()}
     w = [0.8, 1.0]
     kron_rank = sorted({int(m.matrix_factors()[0].shape[1]) for m in lokr.modules.values()})
     print(f"SDXL: {len(shapes)}/{n_all} UNet modules; {args.algo} dim {args.lokr_dim} factor {args.factor} (factor-form "
           f"rank {kron_rank[0]}–{kron_rank[-1]}), LCM-LoRA rank 64, style LoRA rank(s) {args.lora_rank}; "
-          f"→ rank {args.rank}; torch {torch.__version__}, {args.threads} thread(s); load {os.getloadavg()[0]:.1f}",
+          f"→ rank {args.rank}; {args.dtype}; torch {torch.__version__}, {args.threads} thread(s); load {os.getloadavg()[0]:.1f}",
           flush=True)
     best = {"ours": (math.inf, math.inf), **{r: (math.inf, math.inf) for r in styles}}
     for _ in range(args.repeat):  # alternate, keep the best of each (load from other jobs only adds time)
@@ -150,7 +159,7 @@ def main(argv=None):
         print(f"ours / (LoRA r{r} + LCM) = {r1[r]:.2f}× cpu ({best['ours'][0] / best[r][0]:.2f}× wall; goal ≤ 2)")
     print(f"dense / ours = {r2:.1f}× cpu ({t_dense / best['ours'][0]:.1f}× wall; goal ≥ 20)   |Δ error| {diff:.1e}")
     if args.json:
-        print(json.dumps({"modules": len(shapes), "algo": args.algo, "lokr_dim": args.lokr_dim, "factor": args.factor,
+        print(json.dumps({"modules": len(shapes), "algo": args.algo, "dtype": args.dtype, "lokr_dim": args.lokr_dim, "factor": args.factor,
                           "kron_rank": [kron_rank[0], kron_rank[-1]], "threads": args.threads,
                           "cpu_ours": best["ours"][1], "cpu_lora_lora": {r: best[r][1] for r in styles},
                           "cpu_dense": c_dense, "wall_ours": best["ours"][0],
