@@ -12,9 +12,10 @@ residual only: out × r, as for a plain LoRA), D_Lᵀ = (V1 ⊗ V2) Y + Q_f R_f.
     K + L = [U1⊗U2, Q_e] · M · [V1⊗V2, Q_f]ᵀ,   M = [[c·S1⊗S2, 0], [0, 0]] + [X; R_e] [Y; R_f]ᵀ
 
 with both bases orthonormal, so the singular values and vectors of the small core M (float64, from
-the eigenpairs of M Mᵀ: :func:`core_eigh`) are exactly those of K + L (Eckart–Young, as :mod:`.merge_svd`). Every product with A ⊗ B is
-two small matmuls on a reshaped operand ((A ⊗ B) vec(X) = vec(B X Aᵀ)); the out × R Kronecker
-basis that :meth:`LokrModule.matrix_factors` would stack is never formed.
+the eigenpairs of M Mᵀ: :func:`core_eigh`) are exactly those of K + L (Eckart–Young, as
+:mod:`.merge_svd`). Every product with A ⊗ B is two small matmuls on a reshaped operand
+((A ⊗ B) vec(X) = vec(B X Aᵀ)); the out × R Kronecker basis that :meth:`LokrModule.matrix_factors`
+would stack is never formed.
 
 Applies to one LoKr plus any number of LoRA/LoCon/Tucker-LoRA modules at a key; anything else
 (LoHa, two LoKrs, full diffs, a core as wide as the weight) returns None and takes the generic path.

@@ -143,7 +143,8 @@ def main(argv=None):
             _, t, c = timed(lambda: merge_adapters([style, lcm], w, "svd", rank=args.rank, progress=False))
             best[r] = min(best[r], (t, c))
     name = {"lokr": "LoKr", "loha": "LoHa"}[args.algo]
-    print(f"ours      {name} + LCM   ({'structured' if args.algo == 'lokr' else 'factor form'}): wall {best['ours'][0]:8.2f} s  cpu {best['ours'][1]:8.2f} s  "
+    path = "structured" if args.algo == "lokr" else "factor form"
+    print(f"ours      {name} + LCM   ({path}): wall {best['ours'][0]:8.2f} s  cpu {best['ours'][1]:8.2f} s  "
           f"error {rep_ours.total_relative_error:.7f}", flush=True)
     for r in styles:
         print(f"anchor 1  LoRA r{r:<3} + LCM (same code): wall {best[r][0]:8.2f} s  cpu {best[r][1]:8.2f} s", flush=True)
@@ -159,7 +160,8 @@ def main(argv=None):
         print(f"ours / (LoRA r{r} + LCM) = {r1[r]:.2f}× cpu ({best['ours'][0] / best[r][0]:.2f}× wall; goal ≤ 2)")
     print(f"dense / ours = {r2:.1f}× cpu ({t_dense / best['ours'][0]:.1f}× wall; goal ≥ 20)   |Δ error| {diff:.1e}")
     if args.json:
-        print(json.dumps({"modules": len(shapes), "algo": args.algo, "dtype": args.dtype, "lokr_dim": args.lokr_dim, "factor": args.factor,
+        print(json.dumps({"modules": len(shapes), "algo": args.algo, "dtype": args.dtype, "lokr_dim": args.lokr_dim,
+                          "factor": args.factor,
                           "kron_rank": [kron_rank[0], kron_rank[-1]], "threads": args.threads,
                           "cpu_ours": best["ours"][1], "cpu_lora_lora": {r: best[r][1] for r in styles},
                           "cpu_dense": c_dense, "wall_ours": best["ours"][0],
