@@ -4,7 +4,8 @@ approximation (Eckart–Young) of each module's ΔW.
 LoHa and LoKr are never formed densely: their ΔW is an exact product of thin factors
 (:meth:`LohaModule.matrix_factors`: face-splitting product, rank r1·r2;
 :meth:`LokrModule.matrix_factors`: kron(P1, P2) @ kron(Q1, Q2)), re-ranked by the QR + small-core
-SVD of :mod:`.merge_svd`; only full diffs (and factor forms as wide as the weight) take a
+SVD of :mod:`.merge_svd` (a LoKr: its SVD straight from the factors' SVDs, :mod:`.merge_kron`);
+only full diffs (and factor forms as wide as the weight) take a
 dense SVD. The relative Frobenius error per module is the discarded singular-value energy.
 
 Multiplicative modules (DoRA, OFT, BOFT) have no ΔW of their own: given the base weights

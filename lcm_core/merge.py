@@ -7,7 +7,8 @@ Methods (per module key, over the adapters that contain it; weights may be negat
 * ``concat`` — exact: ``up = [λ_1 s_1 up_1, …]``, ``down = [down_1; …]``, rank Σ r_i
   (peft ``add_weighted_adapter(combination_type="cat")``; s_i = alpha_i / r_i folded in).
 * ``svd`` — best rank-r approximation (Eckart–Young) of the exact sum, computed from the
-  stacked factors (QR + SVD of a small core, :mod:`.merge_svd`), never the dense ΔW
+  stacked factors (QR + SVD of a small core, :mod:`.merge_svd`; one LoKr plus LoRAs at a key:
+  Kronecker-structured bases, :mod:`.merge_kron`), never the dense ΔW
   (kohya ``networks/svd_merge_lora.py`` / peft ``combination_type="svd"`` form ΔW densely).
   ``rank`` (default: the largest input rank at that module) and/or ``energy`` (keep the
   smallest r with Σ_{j≤r} σ_j² ≥ energy · Σ σ_j²).
@@ -28,6 +29,7 @@ import torch
 from .errors import AdapterFileError, ConfigError
 from .lora.adapter import LoraAdapter, LoraModule
 from .merge_factors import factors_to_module, product_frobenius_norm, stack_weighted
+from .merge_kron import kron_error_sq, kron_rerank
 from .merge_svd import svd_dense, svd_rerank
 
 METHODS = ("concat", "svd")
@@ -209,23 +211,30 @@ def merge_adapters(
         contributions = [(n, float(w), a.modules[key]) for n, w, a in zip(names, weights, adapters) if key in a.modules]
         if len(contributions) < len(adapters):
             report.partial_modules.append(key)
-        stacked = stack_weighted(key, contributions)
+        target = rank if rank is not None or energy is not None else _default_rank(contributions)
+        res = kron_rerank(key, contributions, rank=target, energy=energy) if method == "svd" else None
+        stacked = stack_weighted(key, contributions) if res is None else None  # LoKr + LoRAs: not needed
         if method == "concat":
             up, down, err_sq, norm_sq = stacked.U, stacked.D, 0.0, None
         else:
-            target = rank if rank is not None or energy is not None else _default_rank(contributions)
-            out_dim, n = stacked.U.shape[0], stacked.D.shape[1]
-            if stacked.dense is not None or stacked.stacked_rank >= min(out_dim, n):
-                res = svd_dense(stacked.matrix(), rank=target, energy=energy)  # the factor form saves nothing
-            else:
-                res = svd_rerank(stacked.U, stacked.D, rank=target, energy=energy)
+            if res is None:
+                out_dim, n = stacked.U.shape[0], stacked.D.shape[1]
+                if stacked.dense is not None or stacked.stacked_rank >= min(out_dim, n):
+                    res = svd_dense(stacked.matrix(), rank=target, energy=energy)  # the factor form saves nothing
+                else:
+                    res = svd_rerank(stacked.U, stacked.D, rank=target, energy=energy)
             up, down, err_sq, norm_sq = res.up, res.down, res.error_sq, res.norm_sq
-        module = factors_to_module(up, down, stacked.weight_shape, out_dtype)
+        weight_shape = max((tuple(m.weight_shape) for _, _, m in contributions), key=len)  # as stack_weighted
+        module = factors_to_module(up, down, weight_shape, out_dtype)
         if check_stored:  # rounding to fp16/bf16 matters: measure the stored factors exactly
             u_st = module.up.reshape(module.up.shape[0], -1).to(torch.float32)
             d_st = module.down.reshape(module.rank, -1).to(torch.float32)
-            err_sq = product_frobenius_norm(torch.cat([u_st, -stacked.U], 1), torch.cat([d_st, stacked.D], 0)) ** 2
-        if check_stored and stacked.dense is not None:  # the stored factors against the dense target
+            err_sq = kron_error_sq(key, contributions, u_st, d_st) if stacked is None else None
+            if err_sq is None:
+                if stacked is None:
+                    stacked = stack_weighted(key, contributions)
+                err_sq = product_frobenius_norm(torch.cat([u_st, -stacked.U], 1), torch.cat([d_st, stacked.D], 0)) ** 2
+        if check_stored and stacked is not None and stacked.dense is not None:  # stored factors vs the dense target
             err_sq = float(torch.linalg.matrix_norm((u_st @ d_st).to(torch.float64)
                                                     - stacked.matrix().to(torch.float64))) ** 2
         if norm_sq is None and err_sq > 0.0:
