@@ -44,7 +44,9 @@ def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int
 
     def add(model, sampler, steps, cfg, cfg_steps, run):
         with_neg = run(cond)  # negative = the class prompt
-        without = run(empty)  # negative = the empty prompt, i.e. no negative prompt
+        # negative = the empty prompt, i.e. no negative prompt; at cfg ≤ 1 the negative prompt is never
+        # evaluated (one UNet call per step on the positive prompt), so both runs are the same computation
+        without = with_neg if cfg <= 1.0 else run(empty)
         s_with, s_without = class_share(inst, with_neg.images, classes), class_share(inst, without.images, classes)
         rows.append({"model": model, "sampler": sampler, "steps": steps, "cfg": cfg, "cfg_steps": cfg_steps,
                      "nfe": with_neg.nfe, "n": n, "share": round(s_with, 5), "share_without": round(s_without, 5),
