@@ -20,6 +20,20 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    one_blas_thread()  # for the worker's lifetime
+
+
+def one_blas_thread():
+    """Limit numpy's BLAS (OpenBLAS) to one thread; returns the limiter (a context manager that restores
+    the previous limit on exit).
+
+    The demo's numpy work is many small matrices (64×64 covariances: ``eigh`` and products in every FD
+    and 100 per bootstrap s.e.). OpenBLAS's pthreads spin between calls: with its default of one thread
+    per core a bootstrap s.e. took 2.7 s on the shared 2-core machine, with one thread 0.19 s, the same
+    value to the last bit. (threadpoolctl is a scikit-learn dependency, which the demo needs anyway.)"""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _timed(fn, args, kwargs):

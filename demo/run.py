@@ -840,7 +840,7 @@ def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None,
                                    f"(blocks {list(teacher.unet.config.block_out_channels)}), tiny CLIPTextModel, SD "
                                    f"scaled_linear schedule, pixel space {cfg.resolution}×{cfg.resolution}")
     data_folder = st.run("export data", export_training_data, cache_dir, cfg)
-    from .parallel import SideProcess, torch_threads
+    from .parallel import SideProcess, one_blas_thread, torch_threads
 
     # Two processes on two cores (demo/parallel.py): the side process distils the TCD adapter and fine-tunes
     # the teacher while this one trains the classifiers, the LCM-LoRA and the style LoRA; later it runs the
@@ -848,7 +848,7 @@ def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None,
     # torch threads (one each on 2 cores); each stage computes exactly what it computes in a serial run.
     jobs = max(1, int(jobs))
     share = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
-    with SideProcess(jobs, share or 1) as side, torch_threads(share):
+    with SideProcess(jobs, share or 1) as side, torch_threads(share), one_blas_thread():
         where = " (side process)" if side.parallel else ""
         if progress and side.parallel:
             print("[demo] side process: TCD distillation, then the full fine-tune", flush=True)
