@@ -323,10 +323,16 @@ def _unet_with(teacher_unet, adapters_and_strengths):
 
 
 # ---------------------------------------------------------------------------------------- evaluation
-def side_studies(cfg: DemoConfig, teacher, lcm_adapter, tcd_adapter, finetuned_unet, inst, progress: bool):
-    """The universal-acceleration test and the negative-prompt study: they share no samples with the rest
-    of the evaluation, so they can run in the side process (same computation wherever they run)."""
+def side_studies(cfg: DemoConfig, teacher, lcm_adapter, tcd_adapter, finetuned_unet, inst, progress: bool,
+                 style_adapter=None):
+    """The universal-acceleration test and the negative-prompt study (and, given ``style_adapter``, the style
+    experiment): they share no samples with the rest of the evaluation, so they can run in the side process
+    (same computation wherever they run). Returns ``(style experiment or None, acceleration, negative)``."""
     from tqdm.auto import tqdm
+
+    style = None
+    if style_adapter is not None:
+        style = style_experiment(cfg, teacher, lcm_adapter, style_adapter, tcd_adapter, inst, progress)
 
     from .negative_prompts import negative_prompt_study
     from .student_sampling import sample_lcm_student, sample_tcd_student
@@ -344,23 +350,13 @@ def side_studies(cfg: DemoConfig, teacher, lcm_adapter, tcd_adapter, finetuned_u
         negative = negative_prompt_study(teacher, students, inst, cfg.neg_samples, cfg.resolution, cfg.seed + 4,
                                          cfg.neg_teacher_steps, cfg.guidance_scale, cfg.neg_student_steps,
                                          cfg.neg_configs, bar)
-    return accel, negative
+    return style, accel, negative
 
 
-def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out_dir: Path, progress: bool,
-                 tcd_adapter=None, finetuned_unet=None, side=None, timings: dict | None = None) -> dict:
-    """Every sampling experiment. ``side`` (:class:`~.parallel.SideProcess`) runs :func:`side_studies`
-    beside the rest; ``timings`` receives its wall time there."""
-    from tqdm.auto import tqdm
-
-    from .parallel import SideProcess
-
-    side = side or SideProcess(jobs=1)
-    side_job = side.submit(side_studies, cfg, teacher, lcm_adapter, tcd_adapter, finetuned_unet, inst,
-                           progress and not side.parallel)
-
-    from ..lcm_core.merge import merge_adapters
-    from .evaluate import SamplePlan, sample_rows
+def _sample_fns(cfg: DemoConfig, teacher):
+    """The main sample plan and the samplers on it: ``teacher_fn(unet, sampler)``, ``lcm_fn(unet, tag)``,
+    ``tcd_fn(unet, gamma, tag)``, each ``(slice, steps) -> SampleResult``."""
+    from .evaluate import SamplePlan
     from .student_sampling import sample_lcm_student, sample_tcd_student
     from .teacher_samplers import sample_teacher
 
@@ -398,35 +394,20 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
                     lambda sl, k: sample_tcd_student(unet, cond[sl], plan.noise[sl], k, gamma=gamma,
                                                      seed=sampler_seed(cfg.seed + sl.start)))
 
-    student = _unet_with(teacher.unet, [(lcm_adapter, 1.0)])
-    tcd_student = _unet_with(teacher.unet, [(tcd_adapter, 1.0)]) if tcd_adapter is not None else None
-    n_main = len(cfg.samplers) * len(cfg.teacher_steps) + len(cfg.lcm_steps)
-    if tcd_student is not None:
-        n_main += len(cfg.tcd_steps) + len(cfg.tcd_gammas)
-    rows, grids, gamma_rows = [], {}, []
-    with tqdm(total=n_main, desc="evaluate samplers", disable=not progress) as bar:
-        for sampler in cfg.samplers:
-            r, imgs = sample_rows("teacher", sampler, cfg.teacher_steps, teacher_fn(teacher.unet, sampler), plan, inst,
-                                  cfg.batch_size, bar)
-            rows += r
-            grids[("teacher", sampler)] = imgs
-        r, imgs = sample_rows("lcm_lora", "lcm", cfg.lcm_steps, lcm_fn(student, (1.0,)), plan, inst, cfg.batch_size, bar)
-        rows += r
-        grids[("lcm_lora", "lcm")] = imgs
-        if tcd_student is not None:
-            r, imgs = sample_rows("tcd", "tcd", cfg.tcd_steps, tcd_fn(tcd_student, tag=(1.0,)), plan, inst, cfg.batch_size, bar,
-                                  extra={"gamma": cfg.tcd_gamma})
-            rows += r
-            grids[("tcd", "tcd")] = imgs
-            gamma_imgs = {}
-            for gamma in cfg.tcd_gammas:
-                r, imgs = sample_rows("tcd", "tcd", [cfg.tcd_gamma_steps], tcd_fn(tcd_student, gamma, (1.0,)), plan, inst,
-                                      cfg.batch_size, bar, extra={"gamma": gamma})
-                gamma_rows += r
-                gamma_imgs[gamma] = imgs[cfg.tcd_gamma_steps]
-            grids[("tcd", "gamma")] = gamma_imgs
+    return plan, teacher_fn, lcm_fn, tcd_fn
 
-    # --- style merge experiment (τ' = λ1·τ_style + λ2·τ_LCM), with each adapter
+
+def style_experiment(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, tcd_adapter, inst, progress: bool,
+                     fns=None):
+    """The style merge experiment (τ' = λ1·τ_style + λ2·τ_LCM, with each adapter) on the main sample plan;
+    ``fns``: :func:`_sample_fns`' result to share (its drawn samples), else its own (same plan, same samples).
+    Returns ``(rows, grids, merge_reports, merged_adapters)``."""
+    from tqdm.auto import tqdm
+
+    from ..lcm_core.merge import merge_adapters
+    from .evaluate import sample_rows
+
+    plan, teacher_fn, lcm_fn, tcd_fn = fns or _sample_fns(cfg, teacher)
     l1, l2 = cfg.lambda1, cfg.lambda2
     styled_teacher = _unet_with(teacher.unet, [(style_adapter, l1)])
     style_rows, style_grids, merge_reports, merged_adapters = [], {}, {}, {}
@@ -471,6 +452,79 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
                 add(f"TCD: merged ({method}) λ1={l1:g}, λ2={l2:g}, TCD γ {gm:g}", f"TCD merged ({method})", "tcd", k,
                     tcd_fn(_unet_with(teacher.unet, [(merged, 1.0)])), extra={"merge_relative_error": err})
 
+    return style_rows, style_grids, merge_reports, merged_adapters
+
+
+def style_in_side_process(cfg: DemoConfig, tcd: bool = True, finetune: bool = True) -> bool:
+    """Whether the style experiment joins the side process's studies: when that evens out the two processes'
+    evaluation work, counted in UNet evaluations × images (fast preset: no; full preset: yes)."""
+    n, k = cfg.n_samples, cfg.style_steps
+    teacher_evals = 2 * sum(cfg.teacher_steps) * len(cfg.samplers)
+    main = n * (teacher_evals + sum(cfg.lcm_steps) + (sum(cfg.tcd_steps) + cfg.tcd_gamma_steps * len(cfg.tcd_gammas)
+                                                      if tcd else 0))
+    main += cfg.heat_samples * len(cfg.heat_lambda1) * len(cfg.heat_lambda2) * k
+    style = n * (4 * cfg.style_reference_steps + 4 * k + 4 * k + (4 * k if tcd else 0))
+    side = n * (4 * cfg.accel_reference_steps + 2 * sum(cfg.accel_ddim_steps) + 4 * cfg.accel_steps) if finetune else 0
+    n_students = 2 if tcd else 1
+    nfe = [cfg.neg_student_steps + (min(s, cfg.neg_student_steps) if s is not None else cfg.neg_student_steps)
+           for c, s in cfg.neg_configs if c > 1.0]
+    side += cfg.neg_samples * (3 * (cfg.neg_teacher_steps + cfg.neg_student_steps)
+                               + n_students * (cfg.neg_student_steps + sum(nfe)))
+    return max(main, side + style) < max(main + style, side)
+
+
+def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out_dir: Path, progress: bool,
+                 tcd_adapter=None, finetuned_unet=None, side=None, timings: dict | None = None) -> dict:
+    """Every sampling experiment. ``side`` (:class:`~.parallel.SideProcess`) runs :func:`side_studies`
+    beside the rest; ``timings`` receives its wall time there."""
+    from tqdm.auto import tqdm
+
+    from .parallel import SideProcess
+
+    side = side or SideProcess(jobs=1)
+    style_in_side = style_in_side_process(cfg, tcd_adapter is not None, finetuned_unet is not None)
+    side_job = side.submit(side_studies, cfg, teacher, lcm_adapter, tcd_adapter, finetuned_unet, inst,
+                           progress and not side.parallel, style_adapter if style_in_side else None)
+    t_main = time.perf_counter()
+
+    from .evaluate import SamplePlan, sample_rows
+    from .student_sampling import sample_lcm_student
+
+    plan, teacher_fn, lcm_fn, tcd_fn = _sample_fns(cfg, teacher)
+
+    student = _unet_with(teacher.unet, [(lcm_adapter, 1.0)])
+    tcd_student = _unet_with(teacher.unet, [(tcd_adapter, 1.0)]) if tcd_adapter is not None else None
+    n_main = len(cfg.samplers) * len(cfg.teacher_steps) + len(cfg.lcm_steps)
+    if tcd_student is not None:
+        n_main += len(cfg.tcd_steps) + len(cfg.tcd_gammas)
+    rows, grids, gamma_rows = [], {}, []
+    with tqdm(total=n_main, desc="evaluate samplers", disable=not progress) as bar:
+        for sampler in cfg.samplers:
+            r, imgs = sample_rows("teacher", sampler, cfg.teacher_steps, teacher_fn(teacher.unet, sampler), plan, inst,
+                                  cfg.batch_size, bar)
+            rows += r
+            grids[("teacher", sampler)] = imgs
+        r, imgs = sample_rows("lcm_lora", "lcm", cfg.lcm_steps, lcm_fn(student, (1.0,)), plan, inst, cfg.batch_size, bar)
+        rows += r
+        grids[("lcm_lora", "lcm")] = imgs
+        if tcd_student is not None:
+            r, imgs = sample_rows("tcd", "tcd", cfg.tcd_steps, tcd_fn(tcd_student, tag=(1.0,)), plan, inst, cfg.batch_size, bar,
+                                  extra={"gamma": cfg.tcd_gamma})
+            rows += r
+            grids[("tcd", "tcd")] = imgs
+            gamma_imgs = {}
+            for gamma in cfg.tcd_gammas:
+                r, imgs = sample_rows("tcd", "tcd", [cfg.tcd_gamma_steps], tcd_fn(tcd_student, gamma, (1.0,)), plan, inst,
+                                      cfg.batch_size, bar, extra={"gamma": gamma})
+                gamma_rows += r
+                gamma_imgs[gamma] = imgs[cfg.tcd_gamma_steps]
+            grids[("tcd", "gamma")] = gamma_imgs
+
+    l1, l2 = cfg.lambda1, cfg.lambda2
+    if not style_in_side:
+        style_out = style_experiment(cfg, teacher, lcm_adapter, style_adapter, tcd_adapter, inst, progress,
+                                     fns=(plan, teacher_fn, lcm_fn, tcd_fn))
+
     # --- λ1 × λ2 grid at LCM style_steps (fused separately = exact concat merge)
     hp = SamplePlan.make(cfg.heat_samples, cfg.resolution, cfg.seed + 1)
     hcond, _ = teacher.embed(hp.labels)
@@ -485,11 +539,16 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
                     heat[key][i, j] = m[key]
                 bar.update(1)
 
-    if progress and side.parallel:
-        print("[demo] waiting for the side process (universal acceleration, negative prompts) …", flush=True)
-    (accel, negative), side_seconds = side_job.result()
     if timings is not None:
-        timings["side studies (universal acceleration, negative prompts)"] = round(side_seconds, 2)
+        timings["evaluation: this process"] = round(time.perf_counter() - t_main, 2)
+    what = ("style experiment, " if style_in_side else "") + "universal acceleration, negative prompts"
+    if progress and side.parallel:
+        print(f"[demo] waiting for the side process ({what}) …", flush=True)
+    (side_style, accel, negative), side_seconds = side_job.result()
+    style_rows, style_grids, merge_reports, merged_adapters = side_style if style_in_side else style_out
+    if timings is not None:
+        where = "side process" if side.parallel else "after the rest"
+        timings[f"evaluation: {where} ({what})"] = round(side_seconds, 2)
     return {
         "rows": rows, "grids": grids, "plan": plan, "tcd_gamma_rows": gamma_rows,
         "style": {"settings": cfg.style.to_dict(), "lambda1": l1, "lambda2": l2, "rows": style_rows,
