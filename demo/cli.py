@@ -31,7 +31,8 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--retrain-teacher", action="store_true",
                    help="train the digit teacher here instead of using the shipped weights (CPU-sized, ~10+ min)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: one per core; idle threads sleep, see BENCHMARKS.md 'CPU threads')")
+                   help="torch CPU threads, split between the two processes of --jobs 2 (default: one per core; "
+                        "idle threads sleep, see BENCHMARKS.md 'CPU threads')")
     p.add_argument("--seed", type=int, default=None, help="sampling / training seed (default 0)")
     p.add_argument("--jobs", type=int, default=None, choices=(1, 2), metavar="N",
                    help="processes: 2 runs independent stages side by side, one torch thread each (default with 2+ "
