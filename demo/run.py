@@ -12,6 +12,10 @@ second run reuses models and a changed setting retrains only what it affects):
 5. the style LoRA (ordinary diffusion loss on the styled train split);
 6. evaluation of every sampler × step count, the style merges and the λ1×λ2 grid;
 7. ``report.md`` / ``report.html`` / ``results.json`` / figures in ``out_dir``.
+
+With ``jobs=2`` (the CLI's default on 2+ cores) independent stages run in a second process
+(:mod:`.parallel`): TCD distillation and the fine-tune beside 2–5, then the acceleration and
+negative-prompt studies (and, where it evens out the work, the style experiment) beside the rest of 6.
 """
 from __future__ import annotations
 
