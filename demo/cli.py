@@ -31,8 +31,13 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--retrain-teacher", action="store_true",
                    help="train the digit teacher here instead of using the shipped weights (CPU-sized, ~10+ min)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: 1 while training the small digit UNet, one per core while evaluating; idle threads sleep, see BENCHMARKS.md 'CPU threads')")
+                   help="torch CPU threads, split between the two processes of --jobs 2 (default: one per process "
+                        "with --jobs 2; with --jobs 1, 1 while training the small UNet and one per core while evaluating; "
+                        "idle threads sleep, see BENCHMARKS.md 'CPU threads')")
     p.add_argument("--seed", type=int, default=None, help="sampling / training seed (default 0)")
+    p.add_argument("--jobs", type=int, default=None, choices=(1, 2), metavar="N",
+                   help="processes: 2 runs independent stages side by side, one torch thread each (default with 2+ "
+                        "cores), 1 runs everything in this process; the results are the same")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="only write the tiny teacher (DIR/teacher) and training data (DIR/data) for "
@@ -76,8 +81,11 @@ def run_demo(args) -> int:
             changes["seed"] = args.seed
         if changes:
             cfg = dataclasses.replace(cfg, **changes)
+        import os
+
+        jobs = args.jobs if getattr(args, "jobs", None) else (2 if (os.cpu_count() or 1) >= 2 else 1)
         results = run_demo_pipeline(args.out, cfg, cache_dir=args.cache_dir, retrain_teacher=args.retrain_teacher,
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, jobs=jobs)
     except LcmLoraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

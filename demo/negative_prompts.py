@@ -42,9 +42,15 @@ def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int
     cond, empty = teacher.embed(classes)  # cond[i] = "a handwritten digit c_i"; empty = ""
     rows = []
 
-    def add(model, sampler, steps, cfg, cfg_steps, run):
+    def add(model, sampler, steps, cfg, cfg_steps, run, plain):
+        """``run(neg)``: the configuration with negative prompt ``neg``; ``plain()``: the same model, sampler
+        and noise without CFG. Without a negative prompt the negative is the empty prompt, which is also the
+        positive one: CFG's ε(neg) + g·(ε(pos) − ε(neg)) is then ε(empty) + g·0 = ε(empty), the plain
+        prediction, so the "without" run is the plain run, drawn once per model and step count (equal to
+        running CFG with equal prompts up to float rounding — bit-identical in the demo's one-thread runs —
+        checked in tests/test_demo_samplers.py)."""
         with_neg = run(cond)  # negative = the class prompt
-        without = run(empty)  # negative = the empty prompt, i.e. no negative prompt
+        without = plain()
         s_with, s_without = class_share(inst, with_neg.images, classes), class_share(inst, without.images, classes)
         rows.append({"model": model, "sampler": sampler, "steps": steps, "cfg": cfg, "cfg_steps": cfg_steps,
                      "nfe": with_neg.nfe, "n": n, "share": round(s_with, 5), "share_without": round(s_without, 5),
@@ -52,17 +58,29 @@ def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int
         if progress is not None:
             progress.update(1)
 
+    plain_runs = {}
+
+    def once(key, fn):
+        def get():
+            if key not in plain_runs:
+                plain_runs[key] = fn()
+            return plain_runs[key]
+        return get
+
     sc = teacher.scheduler_config
-    add("teacher", "ddim", teacher_steps, teacher_cfg, None,
-        lambda neg: sample_teacher(teacher.unet, empty, neg, plan.noise, "ddim", teacher_steps, sc, teacher_cfg))
-    add("teacher", "ddim", student_steps, teacher_cfg, None,
-        lambda neg: sample_teacher(teacher.unet, empty, neg, plan.noise, "ddim", student_steps, sc, teacher_cfg))
+    for steps in (teacher_steps, student_steps):
+        add("teacher", "ddim", steps, teacher_cfg, None,
+            lambda neg, steps=steps: sample_teacher(teacher.unet, empty, neg, plan.noise, "ddim", steps, sc, teacher_cfg),
+            once(("teacher", steps), lambda steps=steps: sample_teacher(teacher.unet, empty, None, plan.noise, "ddim",
+                                                                        steps, sc, teacher_cfg)))
     for name, (unet, fn, sampler) in students.items():
         seed_fn = sampler_seed if sampler == "tcd" else lcm_seed
+        plain = once(name, lambda unet=unet, fn=fn: fn(unet, empty, plan.noise, student_steps, seed=seed_fn(seed)))
         for cfg, k in student_configs:
             add(name, sampler, student_steps, cfg, k,
+                (lambda neg: plain()) if cfg <= 1.0 else  # cfg 1: the negative prompt is never evaluated
                 lambda neg, unet=unet, fn=fn, cfg=cfg, k=k: fn(unet, empty, plan.noise, student_steps, seed=seed_fn(seed),
-                                                              guidance_scale=cfg, uncond=neg, cfg_steps=k))
+                                                              guidance_scale=cfg, uncond=neg, cfg_steps=k), plain)
     teacher_red = rows[0]["reduction"]
     budget = 2 * student_steps
     goal = {}

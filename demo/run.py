@@ -12,11 +12,16 @@ second run reuses models and a changed setting retrains only what it affects):
 5. the style LoRA (ordinary diffusion loss on the styled train split);
 6. evaluation of every sampler × step count, the style merges and the λ1×λ2 grid;
 7. ``report.md`` / ``report.html`` / ``results.json`` / figures in ``out_dir``.
+
+With ``jobs=2`` (the CLI's default on 2+ cores) independent stages run in a second process
+(:mod:`.parallel`): TCD distillation and the fine-tune beside 2–5, then the acceleration and
+negative-prompt studies (and, where it evens out the work, the style experiment) beside the rest of 6.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -128,6 +133,12 @@ class Stages:
 
     def total(self) -> float:
         return round(time.perf_counter() - self._start, 2)
+
+    def record(self, name: str, seconds: float, where: str = "") -> None:
+        """A stage that ran elsewhere (the side process): its own wall time there."""
+        self.timings[name] = round(seconds, 2)
+        if self.progress:
+            print(f"[demo] {name}{where}: {seconds:.1f} s", flush=True)
 
 
 # ---------------------------------------------------------------------------------------- stages
@@ -292,6 +303,18 @@ def train_or_load_style(cache_dir: Path, cfg: DemoConfig, teacher, teacher_id: s
     return read_adapter(path), False
 
 
+def side_distil(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data_folder: Path, kind: str) -> bool:
+    """Side-process job: :func:`distil_adapter` (writes the cache); returns whether it was cached already."""
+    return distil_adapter(cache_dir, cfg, teacher_folder, data_folder, False, kind=kind)[1]["cached"]
+
+
+def side_finetune(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path) -> bool:
+    """Side-process job: :func:`finetune_or_load` (writes the cache); returns whether it was cached already."""
+    from .evaluate import load_teacher
+
+    return finetune_or_load(cache_dir, cfg, load_teacher(teacher_folder), teacher_folder.name, False)[1]
+
+
 def _unet_with(teacher_unet, adapters_and_strengths):
     """A float32 copy of the teacher UNet with LoRA updates fused in (θ + Σ λ ΔW)."""
     from ..lcm_core.fuse import fuse_into_module
@@ -304,12 +327,40 @@ def _unet_with(teacher_unet, adapters_and_strengths):
 
 
 # ---------------------------------------------------------------------------------------- evaluation
-def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out_dir: Path, progress: bool,
-                 tcd_adapter=None, finetuned_unet=None) -> dict:
+def side_studies(cfg: DemoConfig, teacher, lcm_adapter, tcd_adapter, finetuned_unet, inst, progress: bool,
+                 style_adapter=None):
+    """The universal-acceleration test and the negative-prompt study (and, given ``style_adapter``, the style
+    experiment): they share no samples with the rest of the evaluation, so they can run in the side process
+    (same computation wherever they run). Returns ``(style experiment or None, acceleration, negative)``."""
     from tqdm.auto import tqdm
 
-    from ..lcm_core.merge import merge_adapters
-    from .evaluate import SamplePlan, sample_rows
+    style = None
+    if style_adapter is not None:
+        style = style_experiment(cfg, teacher, lcm_adapter, style_adapter, tcd_adapter, inst, progress)
+
+    from .negative_prompts import negative_prompt_study
+    from .student_sampling import sample_lcm_student, sample_tcd_student
+
+    accel = None
+    if finetuned_unet is not None:
+        adapters = {"lcm_lora": (lcm_adapter, "lcm"), **({"tcd": (tcd_adapter, "tcd")} if tcd_adapter is not None else {})}
+        accel = universal_acceleration(cfg, teacher, finetuned_unet, adapters, inst, progress)
+    students = {"lcm_lora": (_unet_with(teacher.unet, [(lcm_adapter, 1.0)]), sample_lcm_student, "lcm")}
+    if tcd_adapter is not None:
+        students["tcd"] = (_unet_with(teacher.unet, [(tcd_adapter, 1.0)]),
+                           functools.partial(sample_tcd_student, gamma=cfg.tcd_gamma), "tcd")
+    n_neg = 2 + len(students) * len(cfg.neg_configs)
+    with tqdm(total=n_neg, desc="negative prompts", disable=not progress) as bar:
+        negative = negative_prompt_study(teacher, students, inst, cfg.neg_samples, cfg.resolution, cfg.seed + 4,
+                                         cfg.neg_teacher_steps, cfg.guidance_scale, cfg.neg_student_steps,
+                                         cfg.neg_configs, bar)
+    return style, accel, negative
+
+
+def _sample_fns(cfg: DemoConfig, teacher):
+    """The main sample plan and the samplers on it: ``teacher_fn(unet, sampler)``, ``lcm_fn(unet, tag)``,
+    ``tcd_fn(unet, gamma, tag)``, each ``(slice, steps) -> SampleResult``."""
+    from .evaluate import SamplePlan
     from .student_sampling import sample_lcm_student, sample_tcd_student
     from .teacher_samplers import sample_teacher
 
@@ -321,42 +372,46 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
     def teacher_fn(unet, sampler):
         return lambda sl, k: sample_teacher(unet, cond[sl], uncond[sl], plan.noise[sl], sampler, k, sc, g)
 
-    def lcm_fn(unet):
-        return lambda sl, k: sample_lcm_student(unet, cond[sl], plan.noise[sl], k, seed=lcm_seed(cfg.seed + sl.start))
+    # Samples of the same fused model, sampler, γ, steps, prompts and noise are drawn once and reused
+    # (LCM-LoRA / TCD adapter alone at λ2 = 1 in the style table, γ = tcd_gamma in the γ sweep): the same
+    # call on the same inputs, so the same images.
+    drawn = {}
 
-    def tcd_fn(unet, gamma=cfg.tcd_gamma):
-        return lambda sl, k: sample_tcd_student(unet, cond[sl], plan.noise[sl], k, gamma=gamma,
-                                                seed=sampler_seed(cfg.seed + sl.start))
+    def memo(tag, fn):
+        if tag is None:
+            return fn
 
-    student = _unet_with(teacher.unet, [(lcm_adapter, 1.0)])
-    tcd_student = _unet_with(teacher.unet, [(tcd_adapter, 1.0)]) if tcd_adapter is not None else None
-    n_main = len(cfg.samplers) * len(cfg.teacher_steps) + len(cfg.lcm_steps)
-    if tcd_student is not None:
-        n_main += len(cfg.tcd_steps) + len(cfg.tcd_gammas)
-    rows, grids, gamma_rows = [], {}, []
-    with tqdm(total=n_main, desc="evaluate samplers", disable=not progress) as bar:
-        for sampler in cfg.samplers:
-            r, imgs = sample_rows("teacher", sampler, cfg.teacher_steps, teacher_fn(teacher.unet, sampler), plan, inst,
-                                  cfg.batch_size, bar)
-            rows += r
-            grids[("teacher", sampler)] = imgs
-        r, imgs = sample_rows("lcm_lora", "lcm", cfg.lcm_steps, lcm_fn(student), plan, inst, cfg.batch_size, bar)
-        rows += r
-        grids[("lcm_lora", "lcm")] = imgs
-        if tcd_student is not None:
-            r, imgs = sample_rows("tcd", "tcd", cfg.tcd_steps, tcd_fn(tcd_student), plan, inst, cfg.batch_size, bar,
-                                  extra={"gamma": cfg.tcd_gamma})
-            rows += r
-            grids[("tcd", "tcd")] = imgs
-            gamma_imgs = {}
-            for gamma in cfg.tcd_gammas:
-                r, imgs = sample_rows("tcd", "tcd", [cfg.tcd_gamma_steps], tcd_fn(tcd_student, gamma), plan, inst,
-                                      cfg.batch_size, bar, extra={"gamma": gamma})
-                gamma_rows += r
-                gamma_imgs[gamma] = imgs[cfg.tcd_gamma_steps]
-            grids[("tcd", "gamma")] = gamma_imgs
+        def sample(sl, k):
+            key = (tag, sl.start, sl.stop, int(k))
+            if key not in drawn:
+                drawn[key] = fn(sl, k)
+            return drawn[key]
 
-    # --- style merge experiment (τ' = λ1·τ_style + λ2·τ_LCM), with each adapter
+        return sample
+
+    def lcm_fn(unet, tag=None):
+        return memo(tag and ("lcm",) + tag, lambda sl, k: sample_lcm_student(unet, cond[sl], plan.noise[sl], k,
+                                                                            seed=lcm_seed(cfg.seed + sl.start)))
+
+    def tcd_fn(unet, gamma=cfg.tcd_gamma, tag=None):
+        return memo(tag and ("tcd", float(gamma)) + tag,
+                    lambda sl, k: sample_tcd_student(unet, cond[sl], plan.noise[sl], k, gamma=gamma,
+                                                     seed=sampler_seed(cfg.seed + sl.start)))
+
+    return plan, teacher_fn, lcm_fn, tcd_fn
+
+
+def style_experiment(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, tcd_adapter, inst, progress: bool,
+                     fns=None):
+    """The style merge experiment (τ' = λ1·τ_style + λ2·τ_LCM, with each adapter) on the main sample plan;
+    ``fns``: :func:`_sample_fns`' result to share (its drawn samples), else its own (same plan, same samples).
+    Returns ``(rows, grids, merge_reports, merged_adapters)``."""
+    from tqdm.auto import tqdm
+
+    from ..lcm_core.merge import merge_adapters
+    from .evaluate import sample_rows
+
+    plan, teacher_fn, lcm_fn, tcd_fn = fns or _sample_fns(cfg, teacher)
     l1, l2 = cfg.lambda1, cfg.lambda2
     styled_teacher = _unet_with(teacher.unet, [(style_adapter, l1)])
     style_rows, style_grids, merge_reports, merged_adapters = [], {}, {}, {}
@@ -375,7 +430,7 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
         add(f"teacher + style λ1={l1:g}, DPM++ 2M", "style, DPM++ 2M", "dpmpp_2m", k, teacher_fn(styled_teacher, "dpmpp_2m"))
         add("teacher (no style), DDIM", "no style, DDIM", "ddim", ref_steps, teacher_fn(teacher.unet, "ddim"))
         add(f"LCM-LoRA only (λ2={l2:g}), LCM", "LCM-LoRA only", "lcm", k,
-            lcm_fn(_unet_with(teacher.unet, [(lcm_adapter, l2)])))
+            lcm_fn(_unet_with(teacher.unet, [(lcm_adapter, l2)]), (float(l2),)))
         add(f"style λ1={l1:g} + LCM λ2={l2:g} fused separately, LCM", "fused separately", "lcm", k,
             lcm_fn(_unet_with(teacher.unet, [(style_adapter, l1), (lcm_adapter, l2)])))
         for method in ("concat", "svd"):
@@ -389,7 +444,7 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
         if tcd_adapter is not None:
             gm = cfg.tcd_gamma
             add(f"TCD adapter only (λ2={l2:g}), TCD γ {gm:g}", "TCD only", "tcd", k,
-                tcd_fn(_unet_with(teacher.unet, [(tcd_adapter, l2)])))
+                tcd_fn(_unet_with(teacher.unet, [(tcd_adapter, l2)]), tag=(float(l2),)))
             add(f"TCD: style λ1={l1:g} + TCD λ2={l2:g} fused separately, TCD γ {gm:g}", "TCD fused separately", "tcd", k,
                 tcd_fn(_unet_with(teacher.unet, [(style_adapter, l1), (tcd_adapter, l2)])))
             for method in ("concat", "svd"):
@@ -400,6 +455,79 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
                 merged_adapters[f"style_tcd_{method}"] = merged
                 add(f"TCD: merged ({method}) λ1={l1:g}, λ2={l2:g}, TCD γ {gm:g}", f"TCD merged ({method})", "tcd", k,
                     tcd_fn(_unet_with(teacher.unet, [(merged, 1.0)])), extra={"merge_relative_error": err})
+
+    return style_rows, style_grids, merge_reports, merged_adapters
+
+
+def style_in_side_process(cfg: DemoConfig, tcd: bool = True, finetune: bool = True) -> bool:
+    """Whether the style experiment joins the side process's studies: when that evens out the two processes'
+    evaluation work, counted in UNet evaluations × images (fast preset: no; full preset: yes)."""
+    n, k = cfg.n_samples, cfg.style_steps
+    teacher_evals = 2 * sum(cfg.teacher_steps) * len(cfg.samplers)
+    main = n * (teacher_evals + sum(cfg.lcm_steps) + (sum(cfg.tcd_steps) + cfg.tcd_gamma_steps * len(cfg.tcd_gammas)
+                                                      if tcd else 0))
+    main += cfg.heat_samples * len(cfg.heat_lambda1) * len(cfg.heat_lambda2) * k
+    style = n * (4 * cfg.style_reference_steps + 4 * k + 4 * k + (4 * k if tcd else 0))
+    side = n * (4 * cfg.accel_reference_steps + 2 * sum(cfg.accel_ddim_steps) + 4 * cfg.accel_steps) if finetune else 0
+    n_students = 2 if tcd else 1
+    nfe = [cfg.neg_student_steps + (min(s, cfg.neg_student_steps) if s is not None else cfg.neg_student_steps)
+           for c, s in cfg.neg_configs if c > 1.0]
+    side += cfg.neg_samples * (3 * (cfg.neg_teacher_steps + cfg.neg_student_steps)
+                               + n_students * (cfg.neg_student_steps + sum(nfe)))
+    return max(main, side + style) < max(main + style, side)
+
+
+def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out_dir: Path, progress: bool,
+                 tcd_adapter=None, finetuned_unet=None, side=None, timings: dict | None = None) -> dict:
+    """Every sampling experiment. ``side`` (:class:`~.parallel.SideProcess`) runs :func:`side_studies`
+    beside the rest; ``timings`` receives its wall time there."""
+    from tqdm.auto import tqdm
+
+    from .parallel import SideProcess
+
+    side = side or SideProcess(jobs=1)
+    style_in_side = style_in_side_process(cfg, tcd_adapter is not None, finetuned_unet is not None)
+    side_job = side.submit(side_studies, cfg, teacher, lcm_adapter, tcd_adapter, finetuned_unet, inst,
+                           progress and not side.parallel, style_adapter if style_in_side else None)
+    t_main = time.perf_counter()
+
+    from .evaluate import SamplePlan, sample_rows
+    from .student_sampling import sample_lcm_student
+
+    plan, teacher_fn, lcm_fn, tcd_fn = _sample_fns(cfg, teacher)
+
+    student = _unet_with(teacher.unet, [(lcm_adapter, 1.0)])
+    tcd_student = _unet_with(teacher.unet, [(tcd_adapter, 1.0)]) if tcd_adapter is not None else None
+    n_main = len(cfg.samplers) * len(cfg.teacher_steps) + len(cfg.lcm_steps)
+    if tcd_student is not None:
+        n_main += len(cfg.tcd_steps) + len(cfg.tcd_gammas)
+    rows, grids, gamma_rows = [], {}, []
+    with tqdm(total=n_main, desc="evaluate samplers", disable=not progress) as bar:
+        for sampler in cfg.samplers:
+            r, imgs = sample_rows("teacher", sampler, cfg.teacher_steps, teacher_fn(teacher.unet, sampler), plan, inst,
+                                  cfg.batch_size, bar)
+            rows += r
+            grids[("teacher", sampler)] = imgs
+        r, imgs = sample_rows("lcm_lora", "lcm", cfg.lcm_steps, lcm_fn(student, (1.0,)), plan, inst, cfg.batch_size, bar)
+        rows += r
+        grids[("lcm_lora", "lcm")] = imgs
+        if tcd_student is not None:
+            r, imgs = sample_rows("tcd", "tcd", cfg.tcd_steps, tcd_fn(tcd_student, tag=(1.0,)), plan, inst, cfg.batch_size, bar,
+                                  extra={"gamma": cfg.tcd_gamma})
+            rows += r
+            grids[("tcd", "tcd")] = imgs
+            gamma_imgs = {}
+            for gamma in cfg.tcd_gammas:
+                r, imgs = sample_rows("tcd", "tcd", [cfg.tcd_gamma_steps], tcd_fn(tcd_student, gamma, (1.0,)), plan, inst,
+                                      cfg.batch_size, bar, extra={"gamma": gamma})
+                gamma_rows += r
+                gamma_imgs[gamma] = imgs[cfg.tcd_gamma_steps]
+            grids[("tcd", "gamma")] = gamma_imgs
+
+    l1, l2 = cfg.lambda1, cfg.lambda2
+    if not style_in_side:
+        style_out = style_experiment(cfg, teacher, lcm_adapter, style_adapter, tcd_adapter, inst, progress,
+                                     fns=(plan, teacher_fn, lcm_fn, tcd_fn))
 
     # --- λ1 × λ2 grid at LCM style_steps (fused separately = exact concat merge)
     hp = SamplePlan.make(cfg.heat_samples, cfg.resolution, cfg.seed + 1)
@@ -415,19 +543,16 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
                     heat[key][i, j] = m[key]
                 bar.update(1)
 
-    accel = negative = None
-    if finetuned_unet is not None:
-        adapters = {"lcm_lora": (lcm_adapter, "lcm"), **({"tcd": (tcd_adapter, "tcd")} if tcd_adapter is not None else {})}
-        accel = universal_acceleration(cfg, teacher, finetuned_unet, adapters, inst, progress)
-    from .negative_prompts import negative_prompt_study
-
-    students = {"lcm_lora": (student, sample_lcm_student, "lcm")}
-    if tcd_student is not None:
-        students["tcd"] = (tcd_student, lambda *a, **kw: sample_tcd_student(*a, gamma=cfg.tcd_gamma, **kw), "tcd")
-    n_neg = 2 + len(students) * len(cfg.neg_configs)
-    with tqdm(total=n_neg, desc="negative prompts", disable=not progress) as bar:
-        negative = negative_prompt_study(teacher, students, inst, cfg.neg_samples, cfg.resolution, cfg.seed + 4,
-                                         cfg.neg_teacher_steps, g, cfg.neg_student_steps, cfg.neg_configs, bar)
+    if timings is not None:
+        timings["evaluation: this process"] = round(time.perf_counter() - t_main, 2)
+    what = ("style experiment, " if style_in_side else "") + "universal acceleration, negative prompts"
+    if progress and side.parallel:
+        print(f"[demo] waiting for the side process ({what}) …", flush=True)
+    (side_style, accel, negative), side_seconds = side_job.result()
+    style_rows, style_grids, merge_reports, merged_adapters = side_style if style_in_side else style_out
+    if timings is not None:
+        where = "side process" if side.parallel else "after the rest"
+        timings[f"evaluation: {where} ({what})"] = round(side_seconds, 2)
     return {
         "rows": rows, "grids": grids, "plan": plan, "tcd_gamma_rows": gamma_rows,
         "style": {"settings": cfg.style.to_dict(), "lambda1": l1, "lambda2": l2, "rows": style_rows,
@@ -742,16 +867,23 @@ def write_figures(out_dir: Path, ev: dict, cal: dict, cfg: DemoConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- driver
-def environment() -> dict:
-    threads = torch.get_num_threads()
-    return {"torch": torch.__version__, "threads": threads, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "summary": f"CPU, {threads} torch thread{'s' if threads != 1 else ''}, {os.cpu_count()} cores visible, "
+def environment(threads: int | None = None, processes: int = 1) -> dict:
+    """``threads``: torch threads per process (default: the current count); ``processes``: 2 when the side
+    process ran stages beside this one."""
+    threads = threads or torch.get_num_threads()
+    procs = f"{processes} processes × " if processes > 1 else ""
+    return {"torch": torch.__version__, "threads": threads, "processes": processes, "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "summary": f"CPU, {procs}{threads} torch thread{'s' if threads != 1 else ''}, {os.cpu_count()} cores visible, "
                        f"torch {torch.__version__}"}
 
 
 def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None, cache_dir: str | os.PathLike | None = None,
-                      retrain_teacher: bool = False, progress: bool = True) -> dict:
-    """Run every stage and write the report; returns the results dict (also ``out_dir/results.json``)."""
+                      retrain_teacher: bool = False, progress: bool = True, jobs: int = 2) -> dict:
+    """Run every stage and write the report; returns the results dict (also ``out_dir/results.json``).
+
+    ``jobs=2`` runs independent stages in a second process (:mod:`.parallel`); ``jobs=1`` runs them here,
+    one after the other. Every number but the timings is the same either way."""
     from ..training.tiny_models import TINY_TEXT_DIM  # noqa: F401  (fail early if the trainer package is missing)
     from .evaluate import build_instruments, load_teacher
     from .report import write_report
@@ -770,15 +902,37 @@ def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None,
     teacher_info["description"] = (f"UNet2DConditionModel {n_params / 1e6:.2f} M parameters "
                                    f"(blocks {list(teacher.unet.config.block_out_channels)}), tiny CLIPTextModel, SD "
                                    f"scaled_linear schedule, pixel space {cfg.resolution}×{cfg.resolution}")
-    inst = st.run("classifiers", build_instruments, cfg.resolution, cfg.split_seed, cfg.style.style,
-                  cache_dir / "classifiers", cfg.n_samples, progress)
     data_folder = st.run("export data", export_training_data, cache_dir, cfg)
-    lcm_adapter, lcm_info = st.run("LCM-LoRA distillation", distil_lcm_lora, cache_dir, cfg, teacher_folder, data_folder, progress)
-    tcd_adapter, tcd_info = st.run("TCD distillation", distil_tcd, cache_dir, cfg, teacher_folder, data_folder, progress)
-    style_adapter, style_cached = st.run("style LoRA", train_or_load_style, cache_dir, cfg, teacher, teacher_folder.name, progress)
-    ft_unet, ft_cached = st.run("full fine-tune", finetune_or_load, cache_dir, cfg, teacher, teacher_folder.name, progress)
-    ev = st.run("evaluation", evaluate_all, cfg, teacher, lcm_adapter, style_adapter, inst, out_dir, progress,
-                tcd_adapter=tcd_adapter, finetuned_unet=ft_unet)
+    from .parallel import SideProcess, one_blas_thread, torch_threads
+
+    # Two processes on two cores (demo/parallel.py): the side process distils the TCD adapter and fine-tunes
+    # the teacher while this one trains the classifiers, the LCM-LoRA and the style LoRA; later it runs the
+    # acceleration and negative-prompt studies beside the main evaluation. Each process gets its share of the
+    # torch threads (one each on 2 cores); each stage computes exactly what it computes in a serial run.
+    jobs = max(1, int(jobs))
+    share = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
+    with SideProcess(jobs, share or 1) as side, torch_threads(share), one_blas_thread():
+        where = " (side process)" if side.parallel else ""
+        if progress and side.parallel:
+            print("[demo] side process: TCD distillation, then the full fine-tune", flush=True)
+        tcd_job = side.submit(side_distil, cache_dir, cfg, teacher_folder, data_folder, "tcd")
+        ft_job = side.submit(side_finetune, cache_dir, cfg, teacher_folder)
+        inst = st.run("classifiers", build_instruments, cfg.resolution, cfg.split_seed, cfg.style.style,
+                      cache_dir / "classifiers", cfg.n_samples, progress)
+        lcm_adapter, lcm_info = st.run("LCM-LoRA distillation", distil_lcm_lora, cache_dir, cfg, teacher_folder,
+                                       data_folder, progress)
+        style_adapter, style_cached = st.run("style LoRA", train_or_load_style, cache_dir, cfg, teacher,
+                                             teacher_folder.name, progress)
+        tcd_cached, seconds = tcd_job.result()
+        st.record("TCD distillation", seconds, where)
+        tcd_adapter, tcd_info = distil_tcd(cache_dir, cfg, teacher_folder, data_folder, progress)
+        tcd_info["cached"] = tcd_cached
+        ft_cached, seconds = ft_job.result()
+        st.record("full fine-tune", seconds, where)
+        ft_unet = finetune_or_load(cache_dir, cfg, teacher, teacher_folder.name, progress)[0]
+        st.timings["training stages (wall)"] = round(time.perf_counter() - st._start, 2)
+        ev = st.run("evaluation", evaluate_all, cfg, teacher, lcm_adapter, style_adapter, inst, out_dir, progress,
+                    tcd_adapter=tcd_adapter, finetuned_unet=ft_unet, side=side, timings=st.timings)
     cal = dict(inst.calibration)
     from .dataset import load_digit_images, split_indices
 
@@ -798,7 +952,7 @@ def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None,
     results = {
         "version": 2,
         "config": cfg.to_dict(),
-        "environment": environment(),
+        "environment": environment(share, 2 if share else 1),
         "teacher": teacher_info,
         "lcm_lora": lcm_info,
         "tcd": tcd_info,

@@ -18,6 +18,9 @@ def test_parser_defaults_and_options():
     assert a.func is run_demo and a.out == "demo_out" and not a.fast and a.cache_dir is None
     a = _parse(["demo", "--out", "x", "--fast", "--cache-dir", "c", "--samples", "50", "--threads", "2", "--quiet"])
     assert (a.out, a.fast, a.cache_dir, a.samples, a.threads, a.quiet) == ("x", True, "c", 50, 2, True)
+    assert _parse(["demo"]).jobs is None and _parse(["demo", "--jobs", "1"]).jobs == 1  # None: 2 with 2+ cores
+    with pytest.raises(SystemExit):
+        _parse(["demo", "--jobs", "3"])
 
 
 @pytest.mark.parametrize("argv, message", [
