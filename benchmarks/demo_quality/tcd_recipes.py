@@ -65,7 +65,6 @@ class Bench:
             shutil.copytree(cache / "classifiers", clf)
         self.inst = build_instruments(self.cfg.resolution, self.cfg.split_seed, self.cfg.style.style, clf, n)
         self.style = read_adapter(_one(cache, "style-*.safetensors"))
-        self.lcm = read_adapter(_one(cache, "lcm-*/lcm_lora.safetensors"))
         state, _ = read_safetensors(_one(cache, "finetune-*.safetensors"))
         import copy
 
@@ -78,9 +77,11 @@ class Bench:
 
     # ------------------------------------------------------------------ references (cached on disk)
     def _references(self) -> dict:
-        path = self.work / f"refs-n{self.n}-big{self.n_big}.pt"
+        path = self.work / f"refs-n{self.n}.pt"
         if path.is_file():
-            return torch.load(path, weights_only=False)
+            out = torch.load(path, weights_only=False)
+            out["accel"] = {n: self._accel_refs(n) for n in sorted({self.n, self.n_big} - {0})}
+            return out
         cfg, t, inst, plan = self.cfg, self.teacher, self.inst, self.plan
         g, sc = cfg.guidance_scale, t.scheduler_config
         bs = cfg.batch_size
@@ -90,21 +91,27 @@ class Bench:
         r, _ = sample_rows("teacher", "ddim", [ts], lambda sl, k: sample_teacher(
             t.unet, cond[sl], uncond[sl], plan.noise[sl], "ddim", k, sc, g), plan, inst, bs, keep_images=False)
         rows += r
-        student = _unet_with(t.unet, [(self.lcm, 1.0)])
-        r, _ = sample_rows("lcm_lora", "lcm", [4], lambda sl, k: sample_lcm_student(
-            student, cond[sl], plan.noise[sl], k, seed=lcm_seed(cfg.seed + sl.start)), plan, inst, bs, keep_images=False)
-        rows += r
         styled = _unet_with(t.unet, [(self.style, cfg.lambda1)])
         r, _ = sample_rows("style_ref", "ddim", [cfg.style_reference_steps], lambda sl, k: sample_teacher(
             styled, cond[sl], uncond[sl], plan.noise[sl], "ddim", k, sc, g), plan, inst, bs, keep_images=False)
         r[0]["label"] = f"teacher + style λ1={cfg.lambda1:g}, DDIM (reference)"
         style_ref = r[0]
-        accel = {}
-        for n in sorted({self.n, self.n_big}):
-            accel[n] = self._accel_refs(n)
-        out = {"rows": rows, "style_ref": style_ref, "accel": accel}
-        torch.save(out, path)
-        return out
+        torch.save({"rows": rows, "style_ref": style_ref}, path)
+        return {"rows": rows, "style_ref": style_ref,
+                "accel": {n: self._accel_refs(n) for n in sorted({self.n, self.n_big} - {0})}}
+
+    def lcm_row(self, lcm_path: Path, tag: str) -> dict:
+        """The LCM-LoRA's 4-step row (goal (a)'s FD bar), cached per LCM adapter."""
+        path = self.work / f"refs-lcm-{tag}-n{self.n}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=False)
+        cfg, plan = self.cfg, self.plan
+        student = _unet_with(self.teacher.unet, [(read_adapter(lcm_path), 1.0)])
+        r, _ = sample_rows("lcm_lora", "lcm", [4], lambda sl, k: sample_lcm_student(
+            student, self.cond[sl], plan.noise[sl], k, seed=lcm_seed(cfg.seed + sl.start)), plan, self.inst,
+            cfg.batch_size, keep_images=False)
+        torch.save(r[0], path)
+        return r[0]
 
     def _accel_plans(self, n):
         cfg = self.cfg
@@ -113,7 +120,10 @@ class Bench:
         return ref_plan, plan
 
     def _accel_refs(self, n: int) -> dict:
-        """As :func:`lcm_lora.demo.run.universal_acceleration`: reference (seed + 3), floor, DDIM 4/8."""
+        """As :func:`lcm_lora.demo.run.universal_acceleration`: reference (seed + 3), floor, DDIM 4/8 (cached per n)."""
+        path = self.work / f"refs-accel-n{n}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=False)
         cfg, t = self.cfg, self.teacher
         g, sc = cfg.guidance_scale, t.scheduler_config
         ref_plan, plan = self._accel_plans(n)
@@ -129,7 +139,9 @@ class Bench:
         for label, k in jobs:
             res = sample_teacher(self.ft, cond, uncond, plan.noise, "ddim", k, sc, g)
             rows.append(self._accel_row(label, "finetune", "ddim", k, res.images, plan.labels, ref_stats, n))
-        return {"ref_stats": ref_stats, "rows": rows}
+        out = {"ref_stats": ref_stats, "rows": rows}
+        torch.save(out, path)
+        return out
 
     def _accel_row(self, label, model, sampler, steps, images, labels, ref_stats, n):
         _, feats = self.inst.features(images)
@@ -140,12 +152,14 @@ class Bench:
                 "fd_vs_reference_se": round(metrics.frechet_distance_bootstrap_se(feats, *ref_stats), 5)}
 
     # ------------------------------------------------------------------ one recipe
-    def train(self, name: str, overrides: list[str]) -> tuple[Path, float]:
+    def train(self, name: str, overrides: list[str], kind: str = "tcd") -> tuple[Path, float]:
         from lcm_lora.training import train
 
-        base = lcm_overrides(self.cfg, self.teacher_folder, self.data_folder) + list(self.cfg.tcd_overrides)
-        out = self.work / f"tcd-{name}"
-        adapter = out / "tcd_lora.safetensors"
+        base = lcm_overrides(self.cfg, self.teacher_folder, self.data_folder)
+        if kind == "tcd":
+            base += list(self.cfg.tcd_overrides)
+        out = self.work / f"{kind}-{name}"
+        adapter = out / f"{kind}_lora.safetensors"
         timing = out / "q13_timing.json"
         if adapter.is_file() and timing.is_file():
             return adapter, json.loads(timing.read_text())["seconds"]
@@ -153,7 +167,7 @@ class Bench:
             shutil.rmtree(out)
         load0 = _load_avg()
         t0 = time.perf_counter()
-        res = train(REPO_ROOT / self.cfg.lcm_config, out, overrides=base + overrides + ["output.name=tcd_lora.safetensors"],
+        res = train(REPO_ROOT / self.cfg.lcm_config, out, overrides=base + overrides + [f"output.name={kind}_lora.safetensors"],
                     progress=False)
         sec = time.perf_counter() - t0
         if res.status != "finished":
@@ -161,7 +175,7 @@ class Bench:
         timing.write_text(json.dumps({"seconds": sec, "load_start": load0, "load_end": _load_avg()}))
         return adapter, sec
 
-    def evaluate(self, adapter_path: Path, gamma: float = 0.3, gammas=(0.0, 0.3, 0.5)) -> dict:
+    def evaluate(self, adapter_path: Path, lcm_row: dict, gamma: float = 0.3, gammas=(0.0, 0.3, 0.5)) -> dict:
         cfg, t, inst, plan, bs = self.cfg, self.teacher, self.inst, self.plan, self.cfg.batch_size
         cond = self.cond
         tcd = read_adapter(adapter_path)
@@ -171,7 +185,7 @@ class Bench:
                                                     seed=sampler_seed(cfg.seed + sl.start))
 
         student = _unet_with(t.unet, [(tcd, 1.0)])
-        rows = list(self.refs["rows"])
+        rows = list(self.refs["rows"]) + [lcm_row]
         r, _ = sample_rows("tcd", "tcd", [4, 8, 16], tcd_fn(student, gamma), plan, inst, bs, keep_images=False,
                            extra={"gamma": gamma})
         rows += r
@@ -211,7 +225,8 @@ class Bench:
             accel[n] = {"tcd": row, "ddim8": next(x for x in a["rows"] if x["steps"] == 8 and "floor" not in x["label"]),
                         "floor": next(x for x in a["rows"] if "floor" in x["label"]), "passed": c["passed"],
                         "detail": c["detail"]}
-        return {"rows": [x for x in rows if x["model"] == "tcd"], "refs": self.refs["rows"], "gamma_rows": gamma_rows,
+        return {"rows": [x for x in rows if x["model"] == "tcd"], "refs": self.refs["rows"] + [lcm_row],
+                "gamma_rows": gamma_rows,
                 "style": style["rows"], "merged_gamma_rows": merged_gamma, "claims": {k: {"passed": v["passed"], "detail": v["detail"]} for k, v in claims.items()},
                 "accel": {str(k): v for k, v in accel.items()}}
 
@@ -221,11 +236,13 @@ def main():
     ap.add_argument("--cache", type=Path, default=Path("/tmp/dcache_cold"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/q13work"))
     ap.add_argument("--n", type=int, default=300)
-    ap.add_argument("--n-big", type=int, default=1000)
+    ap.add_argument("--n-big", type=int, default=0, help="also measure goal (d) with this many samples (0: no)")
     ap.add_argument("--preset", default="fast", help="demo preset whose cache --cache is (style/fine-tune settings)")
     ap.add_argument("--recipe", required=True, help="a name for the result row")
     ap.add_argument("--adapter", type=Path, help="evaluate this adapter instead of training one")
     ap.add_argument("--gamma", type=float, default=0.3)
+    ap.add_argument("--lcm-steps", type=int, default=0,
+                    help="goal (a)'s LCM-LoRA: 0 = the cache's; N = train one with train.max_steps=N (the demo's LCM overrides)")
     ap.add_argument("overrides", nargs="*", help="trainer key=value overrides on top of the demo's TCD overrides")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -237,9 +254,15 @@ def main():
             sec = json.loads(tj.read_text())["seconds"]
     else:
         path, sec = b.train(a.recipe, a.overrides)
+    if a.lcm_steps:
+        lcm_path, lcm_sec = b.train(f"steps{a.lcm_steps}", [f"train.max_steps={a.lcm_steps}"], kind="lcm")
+        lcm = b.lcm_row(lcm_path, f"steps{a.lcm_steps}")
+    else:
+        lcm_path, lcm_sec = _one(a.cache, "lcm-*/lcm_lora.safetensors"), None
+        lcm = b.lcm_row(lcm_path, "cache")
     t0 = time.perf_counter()
-    res = b.evaluate(path, gamma=a.gamma)
-    out = {"recipe": a.recipe, "overrides": a.overrides, "train_seconds": sec, "eval_seconds": round(time.perf_counter() - t0, 1),
+    res = b.evaluate(path, lcm, gamma=a.gamma)
+    out = {"recipe": a.recipe, "overrides": a.overrides, "train_seconds": sec, "lcm_steps": a.lcm_steps or None, "lcm_train_seconds": lcm_sec, "eval_seconds": round(time.perf_counter() - t0, 1),
            "load": _load_avg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n": a.n, "gamma": a.gamma, **res}
     line = json.dumps(out)
     print(line, flush=True)
