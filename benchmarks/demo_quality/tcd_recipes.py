@@ -114,6 +114,24 @@ class Bench:
         torch.save(r[0], path)
         return r[0]
 
+    def lcm_accel(self, lcm_path: Path, tag: str) -> dict:
+        """Goal (d) for the LCM-LoRA (as the demo: LCM sampler, 4 steps, on the fine-tune), per n; cached."""
+        path = self.work / f"refs-lcm-accel-{tag}-n{self.n}-{self.n_big}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=False)
+        cfg, out = self.cfg, {}
+        unet = _unet_with(self.ft, [(read_adapter(lcm_path), 1.0)])
+        for n, a in self.refs["accel"].items():
+            _, aplan = self._accel_plans(n)
+            acond, _ = self.teacher.embed(aplan.labels)
+            res = sample_lcm_student(unet, acond, aplan.noise, cfg.accel_steps, seed=lcm_seed(cfg.seed))
+            row = self._accel_row(f"fine-tune + LCM-LoRA, LCM {cfg.accel_steps} steps", "lcm_lora", "lcm",
+                                  cfg.accel_steps, res.images, aplan.labels, a["ref_stats"], n)
+            c = acceleration_claims({"rows": a["rows"] + [row], "reference_steps": cfg.accel_reference_steps})
+            out[str(n)] = {"lcm_lora": row, "passed": c["goal_universal_acceleration_lcm_lora"]["passed"]}
+        torch.save(out, path)
+        return out
+
     def _accel_plans(self, n):
         cfg = self.cfg
         ref_plan = SamplePlan.make(n, cfg.resolution, cfg.seed + 3)
@@ -263,6 +281,7 @@ def main():
         lcm = b.lcm_row(lcm_path, "cache")
     t0 = time.perf_counter()
     res = b.evaluate(path, lcm, gamma=a.gamma)
+    res["lcm_accel"] = b.lcm_accel(lcm_path, f"steps{a.lcm_steps}" if a.lcm_steps else "cache")
     out = {"recipe": a.recipe, "overrides": a.overrides, "train_seconds": sec, "lcm_steps": a.lcm_steps or None, "lcm_train_seconds": lcm_sec, "eval_seconds": round(time.perf_counter() - t0, 1),
            "load": _load_avg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n": a.n, "gamma": a.gamma, **res}
     line = json.dumps(out)
