@@ -15,7 +15,13 @@ def fmt(r):
     ok = lambda k: "PASS" if c[k]["passed"] else "FAIL"
     d = " / ".join(f"{a['tcd']['fd_vs_reference']:.1f}±{a['tcd']['fd_vs_reference_se']:.1f} vs {a['ddim8']['fd_vs_reference']:.1f} "
                    f"(floor {a['floor']['fd_vs_reference']:.1f}; n {n}) {'PASS' if a['passed'] else 'FAIL'}" for n, a in sorted(acc.items(), key=lambda kv: int(kv[0])))
+    la = r.get("lcm_accel") or {}
+    if la:
+        d += "; LCM-LoRA " + " / ".join(f"{v['lcm_lora']['fd_vs_reference']:.1f}±{v['lcm_lora']['fd_vs_reference_se']:.1f} (n {n})"
+                                        for n, v in sorted(la.items(), key=lambda kv: int(kv[0])))
     ts = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "–"
+    if r.get("lcm_steps"):
+        ts += f" (LCM {r['lcm_steps']} steps: {r['lcm_train_seconds']:.0f})" if r.get("lcm_train_seconds") else ""
     return (f"| {r['recipe']} | `{' '.join(r['overrides']) or '–'}` | {ts} | "
             f"{t4['fd']:.1f}±{t4['fd_se']:.1f}, acc {t4['accuracy']:.3f} vs LCM {ref['lcm_lora']['fd']:.1f}, teacher acc {ref['teacher']['accuracy']:.3f} {ok('goal_tcd4_vs_lcm4')} | "
             f"{t8['fd']:.1f} / {t16['fd']:.1f} {ok('goal_tcd_more_steps')} | "

@@ -53,7 +53,7 @@ def _load_avg():
 
 
 class Bench:
-    def __init__(self, cache: Path, work: Path, n: int, n_big: int, preset: str):
+    def __init__(self, cache: Path, work: Path, n: int, n_big: int, preset: str, base_as_finetune: bool = False):
         self.cfg = dataclasses.replace(PRESETS[preset], n_samples=n)
         self.cache, self.work, self.n, self.n_big = cache, work, n, n_big
         work.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,9 @@ class Bench:
         import copy
 
         self.ft = copy.deepcopy(self.teacher.unet)
-        self.ft.load_state_dict(state)
+        if not base_as_finetune:
+            self.ft.load_state_dict(state)
+        self.ft_tag = "-base" if base_as_finetune else ""
         self.ft.eval()
         self.plan = SamplePlan.make(n, self.cfg.resolution, self.cfg.seed)
         self.cond, self.uncond = self.teacher.embed(self.plan.labels)
@@ -116,7 +118,7 @@ class Bench:
 
     def lcm_accel(self, lcm_path: Path, tag: str) -> dict:
         """Goal (d) for the LCM-LoRA (as the demo: LCM sampler, 4 steps, on the fine-tune), per n; cached."""
-        path = self.work / f"refs-lcm-accel-{tag}-n{self.n}-{self.n_big}.pt"
+        path = self.work / f"refs-lcm-accel{self.ft_tag}-{tag}-n{self.n}-{self.n_big}.pt"
         if path.is_file():
             return torch.load(path, weights_only=False)
         cfg, out = self.cfg, {}
@@ -140,7 +142,7 @@ class Bench:
 
     def _accel_refs(self, n: int) -> dict:
         """As :func:`lcm_lora.demo.run.universal_acceleration`: reference (seed + 3), floor, DDIM 4/8 (cached per n)."""
-        path = self.work / f"refs-accel-n{n}.pt"
+        path = self.work / f"refs-accel{self.ft_tag}-n{n}.pt"
         if path.is_file():
             return torch.load(path, weights_only=False)
         cfg, t = self.cfg, self.teacher
@@ -263,9 +265,11 @@ def main():
     ap.add_argument("--lcm-steps", type=int, default=0,
                     help="goal (a)'s LCM-LoRA: 0 = the cache's; N = train one with train.max_steps=N (the demo's LCM overrides)")
     ap.add_argument("overrides", nargs="*", help="trainer key=value overrides on top of the demo's TCD overrides")
+    ap.add_argument("--base-as-finetune", action="store_true",
+                    help="diagnostic: run goal (d)'s construction on the base teacher itself (no fine-tune)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    b = Bench(a.cache, a.work, a.n, a.n_big, a.preset)
+    b = Bench(a.cache, a.work, a.n, a.n_big, a.preset, a.base_as_finetune)
     if a.adapter:
         path, sec = a.adapter, None
         for tj in (a.adapter.parent / "demo_timing.json", a.adapter.parent / "q13_timing.json"):
@@ -282,7 +286,7 @@ def main():
     t0 = time.perf_counter()
     res = b.evaluate(path, lcm, gamma=a.gamma)
     res["lcm_accel"] = b.lcm_accel(lcm_path, f"steps{a.lcm_steps}" if a.lcm_steps else "cache")
-    out = {"recipe": a.recipe, "overrides": a.overrides, "train_seconds": sec, "lcm_steps": a.lcm_steps or None, "lcm_train_seconds": lcm_sec, "eval_seconds": round(time.perf_counter() - t0, 1),
+    out = {"recipe": a.recipe + (" [goal (d) on the base teacher]" if a.base_as_finetune else ""), "overrides": a.overrides, "train_seconds": sec, "lcm_steps": a.lcm_steps or None, "lcm_train_seconds": lcm_sec, "eval_seconds": round(time.perf_counter() - t0, 1),
            "load": _load_avg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n": a.n, "gamma": a.gamma, **res}
     line = json.dumps(out)
     print(line, flush=True)
