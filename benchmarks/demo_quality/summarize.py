@@ -1,37 +1,59 @@
-"""Markdown table of ``WORK/results.jsonl`` written by ``tcd_recipes.py`` (one row per recipe)."""
+"""Markdown table of ``WORK/results.jsonl`` written by ``tcd_recipes.py``: one row per recipe (its last
+record, which carries the ``--n-big`` goal (d) numbers when a later run added them).
+
+    .venv/bin/python benchmarks/demo_quality/summarize.py /tmp/q13work/results.jsonl
+"""
 import json
 import sys
 
 
-def fmt(r):
+def _d(acc: dict, key: str, n: str) -> str:
+    a = acc.get(n)
+    if not a:
+        return "–"
+    row = a[key]
+    return f"{row['fd_vs_reference']:.1f}±{row['fd_vs_reference_se']:.1f}"
+
+
+def fmt(r: dict) -> str:
     rows = {(x["steps"], x.get("gamma")): x for x in r["rows"]}
     t4, t8, t16 = rows[(4, r["gamma"])], rows[(8, r["gamma"])], rows[(16, r["gamma"])]
     ref = {x["model"]: x for x in r["refs"]}
-    st = r["style"]
-    c = r["claims"]
-    acc = r["accel"]
+    st, c, acc, la = r["style"], r["claims"], r["accel"], r.get("lcm_accel") or {}
     g = {x["gamma"]: x for x in r["gamma_rows"]}
     mg = {x["gamma"]: x for x in r.get("merged_gamma_rows", [])}
-    ok = lambda k: "PASS" if c[k]["passed"] else "FAIL"
-    d = " / ".join(f"{a['tcd']['fd_vs_reference']:.1f}±{a['tcd']['fd_vs_reference_se']:.1f} vs {a['ddim8']['fd_vs_reference']:.1f} "
-                   f"(floor {a['floor']['fd_vs_reference']:.1f}; n {n}) {'PASS' if a['passed'] else 'FAIL'}" for n, a in sorted(acc.items(), key=lambda kv: int(kv[0])))
-    la = r.get("lcm_accel") or {}
-    if la:
-        d += "; LCM-LoRA " + " / ".join(f"{v['lcm_lora']['fd_vs_reference']:.1f}±{v['lcm_lora']['fd_vs_reference_se']:.1f} (n {n})"
-                                        for n, v in sorted(la.items(), key=lambda kv: int(kv[0])))
+    mg.setdefault(r["gamma"], r["style"][1])
+    ok = lambda k: "✓" if c[k]["passed"] else "✗"  # noqa: E731
     ts = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "–"
-    if r.get("lcm_steps"):
-        ts += f" (LCM {r['lcm_steps']} steps: {r['lcm_train_seconds']:.0f})" if r.get("lcm_train_seconds") else ""
-    return (f"| {r['recipe']} | `{' '.join(r['overrides']) or '–'}` | {ts} | "
-            f"{t4['fd']:.1f}±{t4['fd_se']:.1f}, acc {t4['accuracy']:.3f} vs LCM {ref['lcm_lora']['fd']:.1f}, teacher acc {ref['teacher']['accuracy']:.3f} {ok('goal_tcd4_vs_lcm4')} | "
+    steps = next((o.split("=")[1] for o in r["overrides"] if o.startswith("train.max_steps=")), "300")
+    d300 = acc["300"]
+    gtag = "" if r["gamma"] == 0.3 else " (γ %g)" % r["gamma"]
+    d1k = acc.get("1000")
+    return (f"| {r['recipe']}{gtag} | `{' '.join(o for o in r['overrides'] if not o.startswith('train.max_steps=')) or '–'}` | "
+            f"{steps} | {ts} | "
+            f"{t4['fd']:.1f}±{t4['fd_se']:.1f} vs {ref['lcm_lora']['fd']:.1f}; {t4['accuracy']:.3f} vs "
+            f"{ref['teacher']['accuracy']:.3f} {ok('goal_tcd4_vs_lcm4')} | "
             f"{t8['fd']:.1f} / {t16['fd']:.1f} {ok('goal_tcd_more_steps')} | "
-            f"{st[1]['style_score']:.3f} / acc {st[1]['accuracy']:.3f} vs {st[0]['style_score']:.3f} / {st[0]['accuracy']:.3f} {ok('goal_tcd_style_merge')} | "
-            f"{d} | "
-            + ", ".join(f"γ{k:g}: {v['fd']:.1f}/{v['accuracy']:.3f}" + (f" (merge style {mg[k]['style_score']:.3f})" if k in mg else "")
-                        for k, v in sorted(g.items())) + f" | {r['load']} |")
+            f"{st[1]['style_score']:.3f} / {st[1]['accuracy']:.3f} {ok('goal_tcd_style_merge')} | "
+            f"{_d(acc, 'tcd', '300')} vs {d300['ddim8']['fd_vs_reference']:.1f} {'✓' if d300['passed'] else '✗'} | "
+            + (f"{_d(acc, 'tcd', '1000')} vs {d1k['ddim8']['fd_vs_reference']:.1f} (floor {d1k['floor']['fd_vs_reference']:.1f}) "
+               f"{'✓' if d1k['passed'] else '✗'}; LCM {_d(la, 'lcm_lora', '1000')}" if d1k else "–")
+            + f" | {g[0.0]['fd']:.1f} / {g[0.0]['accuracy']:.3f} / {mg[0.0]['style_score']:.3f}"
+            + f" | {g[0.5]['fd']:.1f} / {g[0.5]['accuracy']:.3f} |")
 
 
-print("| recipe | overrides (on top of the demo's TCD overrides) | train s | (a) TCD-4 FD±s.e., acc | (b) FD 8 / 16 | (c) merge style / acc vs ref | (d) FD on fine-tune vs its DDIM-8 | γ sweep at 4 steps FD/acc | load |")
-print("|---|---|---|---|---|---|---|---|---|")
-for line in open(sys.argv[1]):
-    print(fmt(json.loads(line)))
+def main():
+    last = {}
+    for line in open(sys.argv[1], encoding="utf-8"):
+        r = json.loads(line)
+        last[(r["recipe"], r["gamma"])] = r
+    print("| recipe | overrides on the demo's TCD ones | steps | train s | (a) TCD-4 FD±s.e. (γ 0.3 unless named) vs LCM-4; accuracy vs "
+          "teacher | (b) FD 8 / 16 steps | (c) merge style / accuracy (ref. 0.831 / 1.000) | (d) n 300: FD on fine-tune vs "
+          "its DDIM-8 | (d) n 1000 | γ 0: FD / acc / merge style | γ 0.5: FD / acc |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in last.values():
+        print(fmt(r))
+
+
+if __name__ == "__main__":
+    main()
