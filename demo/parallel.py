@@ -16,9 +16,13 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, quiet: bool) -> None:
     import torch
 
+    if quiet:  # the parent's CLI silenced library noise; a spawned process starts without that
+        from ..lcm_core.quiet_libraries import quiet_libraries
+
+        quiet_libraries()
     torch.set_num_threads(threads)
     one_blas_thread()  # for the worker's lifetime
 
@@ -83,8 +87,10 @@ class SideProcess:
         if self.parallel:
             import multiprocessing
 
+            from ..lcm_core.quiet_libraries import quiet_libraries_active
+
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(threads,))
+                                             initializer=_init_worker, initargs=(threads, quiet_libraries_active()))
 
     def submit(self, fn, *args, **kwargs):
         if self._pool is None:

@@ -16,7 +16,8 @@ Thread count, per workload, unless ``--threads N`` (or ``OMP_NUM_THREADS``) says
   and ``configs/tiny_cpu.yaml``): **one thread** while the optimizer loop runs
   (:func:`training_threads`). Its many small kernels gain nothing from a second thread and pay a
   sleep/wake-up per parallel region with passive waiting: 2 threads were 2.9× slower than spinning on
-  an idle machine, 1 thread within 1.1× of the best idle and within the fair share under load.
+  an idle machine; 1 thread was the fastest idle and within 2–9 % of the ideal fair share next to two busy
+  processes (2 spinning threads: 4.9×).
 
 Measured on a 2-core machine, idle and next to two busy processes (BENCHMARKS.md, "CPU threads";
 ``benchmarks/threads/bench_threads.py``). A "one thread per idle core" rule was tried and dropped

@@ -39,3 +39,8 @@ def quiet_libraries(debug: bool = False) -> None:
     logger = logging.getLogger(_FP32_LOGGER)
     if not any(isinstance(f, _EmptyFp32ListFilter) for f in logger.filters):
         logger.addFilter(_EmptyFp32ListFilter())
+
+
+def quiet_libraries_active() -> bool:
+    """Whether :func:`quiet_libraries` is in effect here (a spawned worker re-applies it: ``demo/parallel.py``)."""
+    return any(isinstance(f, _EmptyFp32ListFilter) for f in logging.getLogger(_FP32_LOGGER).filters)

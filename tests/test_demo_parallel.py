@@ -63,3 +63,26 @@ def test_side_process_gives_the_same_results(tmp_path, monkeypatch):
 @pytest.mark.parametrize("preset,expected", [("fast", False), ("full", True)])
 def test_style_experiment_goes_where_it_evens_out_the_work(preset, expected):
     assert R.style_in_side_process(R.PRESETS[preset]) is expected
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_side_process_keeps_the_clis_quiet_setting(quiet):
+    """The spawned worker starts with fresh logging: it re-applies the CLI's library silencing
+    (diffusers' empty float32 warning, shard bars) exactly when the parent has it, so `--debug` still shows them."""
+    import logging
+
+    from lcm_lora.demo.parallel import SideProcess
+    from lcm_lora.lcm_core import quiet_libraries as Q
+
+    logger = logging.getLogger(Q._FP32_LOGGER)
+    before = list(logger.filters)
+    try:
+        for f in [f for f in logger.filters if isinstance(f, Q._EmptyFp32ListFilter)]:
+            logger.removeFilter(f)
+        if quiet:
+            Q.quiet_libraries()
+        with SideProcess(jobs=2) as side:
+            in_worker, _ = side.submit(Q.quiet_libraries_active).result()
+        assert in_worker is quiet
+    finally:
+        logger.filters[:] = before
