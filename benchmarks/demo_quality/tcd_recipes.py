@@ -28,6 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lcm_lora.demo import metrics
@@ -36,6 +37,7 @@ from lcm_lora.demo.run import (PRESETS, REPO_ROOT, _unet_with, acceleration_clai
 from lcm_lora.demo.sampler_seeds import lcm_seed, sampler_seed
 from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
 from lcm_lora.demo.teacher_samplers import sample_teacher
+from lcm_lora.lcm_core.atomic_write import atomic_file
 from lcm_lora.lcm_core.lora import read_adapter
 from lcm_lora.lcm_core.merge import merge_adapters
 from lcm_lora.lcm_core.safetensors_io import read_safetensors
@@ -51,6 +53,38 @@ def _one(cache: Path, pattern: str) -> Path:
 def _load_avg():
     return [round(v, 2) for v in os.getloadavg()]
 
+
+
+def _to_safe(obj):
+    """numpy → torch / Python numbers, so the cache loads with ``torch.load(weights_only=True)``."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _to_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_safe(v) for v in obj)
+    return obj
+
+
+def _from_safe(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, dict):
+        return {k: _from_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_from_safe(v) for v in obj)
+    return obj
+
+
+def _save_cache(obj, path: Path) -> None:
+    with atomic_file(path, overwrite=True) as tmp:
+        torch.save(_to_safe(obj), tmp)
+
+
+def _load_cache(path: Path):
+    return _from_safe(torch.load(path, weights_only=True))
 
 class Bench:
     def __init__(self, cache: Path, work: Path, n: int, n_big: int, preset: str, base_as_finetune: bool = False):
@@ -81,7 +115,7 @@ class Bench:
     def _references(self) -> dict:
         path = self.work / f"refs-n{self.n}.pt"
         if path.is_file():
-            out = torch.load(path, weights_only=False)
+            out = _load_cache(path)
             out["rows"] = [r for r in out["rows"] if r["model"] != "lcm_lora"]  # files of the first version held it
             out["accel"] = {n: self._accel_refs(n) for n in sorted({self.n, self.n_big} - {0})}
             return out
@@ -99,7 +133,7 @@ class Bench:
             styled, cond[sl], uncond[sl], plan.noise[sl], "ddim", k, sc, g), plan, inst, bs, keep_images=False)
         r[0]["label"] = f"teacher + style λ1={cfg.lambda1:g}, DDIM (reference)"
         style_ref = r[0]
-        torch.save({"rows": rows, "style_ref": style_ref}, path)
+        _save_cache({"rows": rows, "style_ref": style_ref}, path)
         return {"rows": rows, "style_ref": style_ref,
                 "accel": {n: self._accel_refs(n) for n in sorted({self.n, self.n_big} - {0})}}
 
@@ -107,20 +141,20 @@ class Bench:
         """The LCM-LoRA's 4-step row (goal (a)'s FD bar), cached per LCM adapter."""
         path = self.work / f"refs-lcm-{tag}-n{self.n}.pt"
         if path.is_file():
-            return torch.load(path, weights_only=False)
+            return _load_cache(path)
         cfg, plan = self.cfg, self.plan
         student = _unet_with(self.teacher.unet, [(read_adapter(lcm_path), 1.0)])
         r, _ = sample_rows("lcm_lora", "lcm", [4], lambda sl, k: sample_lcm_student(
             student, self.cond[sl], plan.noise[sl], k, seed=lcm_seed(cfg.seed + sl.start)), plan, self.inst,
             cfg.batch_size, keep_images=False)
-        torch.save(r[0], path)
+        _save_cache(r[0], path)
         return r[0]
 
     def lcm_accel(self, lcm_path: Path, tag: str) -> dict:
         """Goal (d) for the LCM-LoRA (as the demo: LCM sampler, 4 steps, on the fine-tune), per n; cached."""
         path = self.work / f"refs-lcm-accel{self.ft_tag}-{tag}-n{self.n}-{self.n_big}.pt"
         if path.is_file():
-            return torch.load(path, weights_only=False)
+            return _load_cache(path)
         cfg, out = self.cfg, {}
         unet = _unet_with(self.ft, [(read_adapter(lcm_path), 1.0)])
         for n, a in self.refs["accel"].items():
@@ -131,7 +165,7 @@ class Bench:
                                   cfg.accel_steps, res.images, aplan.labels, a["ref_stats"], n)
             c = acceleration_claims({"rows": a["rows"] + [row], "reference_steps": cfg.accel_reference_steps})
             out[str(n)] = {"lcm_lora": row, "passed": c["goal_universal_acceleration_lcm_lora"]["passed"]}
-        torch.save(out, path)
+        _save_cache(out, path)
         return out
 
     def _accel_plans(self, n):
@@ -144,7 +178,7 @@ class Bench:
         """As :func:`lcm_lora.demo.run.universal_acceleration`: reference (seed + 3), floor, DDIM 4/8 (cached per n)."""
         path = self.work / f"refs-accel{self.ft_tag}-n{n}.pt"
         if path.is_file():
-            return torch.load(path, weights_only=False)
+            return _load_cache(path)
         cfg, t = self.cfg, self.teacher
         g, sc = cfg.guidance_scale, t.scheduler_config
         ref_plan, plan = self._accel_plans(n)
@@ -161,7 +195,7 @@ class Bench:
             res = sample_teacher(self.ft, cond, uncond, plan.noise, "ddim", k, sc, g)
             rows.append(self._accel_row(label, "finetune", "ddim", k, res.images, plan.labels, ref_stats, n))
         out = {"ref_stats": ref_stats, "rows": rows}
-        torch.save(out, path)
+        _save_cache(out, path)
         return out
 
     def _accel_row(self, label, model, sampler, steps, images, labels, ref_stats, n):
