@@ -36,7 +36,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_merge import random_adapter, sdxl_target_shapes  # noqa: E402
+from bench_merge import module_subset, random_adapter, sdxl_target_shapes  # noqa: E402
 
 
 def lokr_adapter(shapes, dim, factor, seed):
@@ -113,12 +113,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     from lcm_lora.lcm_core.merge import merge_adapters
 
-    shapes = sdxl_target_shapes()
-    n_all = len(shapes)
-    n = 40 if args.quick and args.modules is None else args.modules
-    if n is not None and n < n_all:
-        keys = list(shapes)
-        shapes = {k: shapes[k] for k in (keys[round(i * (n_all - 1) / max(n - 1, 1))] for i in range(n))}
+    all_shapes = sdxl_target_shapes()
+    n_all = len(all_shapes)
+    shapes = module_subset(all_shapes, 40 if args.quick and args.modules is None else args.modules)
     lokr = (lokr_adapter(shapes, args.lokr_dim, args.factor, seed=0) if args.algo == "lokr"
             else loha_adapter(shapes, args.lokr_dim, seed=0))
     lcm = random_adapter(shapes, 64, alpha=64.0, seed=1)

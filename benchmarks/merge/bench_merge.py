@@ -59,6 +59,14 @@ def sdxl_target_shapes() -> dict[str, tuple[int, ...]]:
     return {f"unet.{n}": tuple(modules[n].weight.shape) for n in sorted(names)}
 
 
+def module_subset(shapes: dict, n: int | None) -> dict:
+    """``n`` evenly spaced modules of ``shapes`` (all of them for None or n ≥ their number)."""
+    if n is None or n >= len(shapes):
+        return shapes
+    keys = list(shapes)
+    return {k: shapes[k] for k in (keys[round(i * (len(keys) - 1) / max(n - 1, 1))] for i in range(n))}
+
+
 def random_adapter(shapes, rank, alpha, seed):
     from lcm_lora.lcm_core.lora import LoraAdapter, LoraModule
 
@@ -108,13 +116,9 @@ def main(argv=None):
 
     from lcm_lora.lcm_core.merge import merge_adapters
 
-    shapes = sdxl_target_shapes()
-    n_all = len(shapes)
-    n = 40 if args.quick and args.modules is None else args.modules
-    if n is not None and n < n_all:
-        keys = list(shapes)
-        picked = [keys[round(i * (n_all - 1) / max(n - 1, 1))] for i in range(n)]
-        shapes = {k: shapes[k] for k in picked}
+    all_shapes = sdxl_target_shapes()
+    n_all = len(all_shapes)
+    shapes = module_subset(all_shapes, 40 if args.quick and args.modules is None else args.modules)
     weights = [0.8, 1.0]  # λ1 · style + λ2 · LCM (the ComfyUI merge node's defaults)
     style = random_adapter(shapes, args.input_rank, alpha=args.input_rank / 2, seed=args.seed)
     lcm = random_adapter(shapes, args.input_rank, alpha=args.input_rank, seed=args.seed + 1)
