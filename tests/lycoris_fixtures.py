@@ -13,27 +13,17 @@ Nothing is committed but this generator (files are written to the test's tmp dir
 """
 from __future__ import annotations
 
-import functools
 import re
+import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "comfy"))
+from lora_fixtures import module_shapes  # noqa: E402  (one meta-device module list for both fixture sets)
+
+
 ALGOS = ("loha", "loha_tucker", "lokr", "lokr_both", "lokr_full", "lokr_tucker", "full")
-
-
-@functools.lru_cache(maxsize=None)
-def module_shapes(arch: str) -> dict[str, tuple[int, ...]]:
-    """Canonical key -> weight shape of every Linear / Conv2d of the full-size model (meta device)."""
-    from lcm_lora.lcm_core.model_configs import build_text_encoders, build_unet
-
-    shapes = {}
-    for comp, model in {"unet": build_unet(arch), **build_text_encoders(arch)}.items():
-        for name, mod in model.named_modules():
-            if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
-                if comp != "unet" and not name.startswith("text_model."):
-                    name = "text_model." + name
-                shapes[f"{comp}.{name}"] = tuple(mod.weight.shape)
-    return shapes
 
 
 def one_per_kind(arch: str, components=("unet", "text_encoder", "text_encoder_2"), max_numel=None) -> dict:
