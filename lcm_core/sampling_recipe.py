@@ -3,16 +3,21 @@ recommended sampler, steps, γ and cfg, stored in the safetensors ``__metadata__
 
 Keys (all strings, written by ``training/export.py``, read by the nodes and ``inspect``):
 
-* ``lcm_lora.objective``: ``lcm`` (consistency to x₀, Luo et al. 2023, Alg. 1) or ``tcd``
-  (trajectory consistency to an intermediate s, Zheng et al. 2024, arXiv 2402.19159);
+* ``lcm_lora.objective``: ``lcm`` (consistency to x₀, Luo et al. 2023, Alg. 1), ``tcd``
+  (trajectory consistency to an intermediate s, Zheng et al. 2024, arXiv 2402.19159), ``pcm``
+  (phased consistency, Wang et al. 2024, arXiv 2405.18407) or ``tscd`` (Hyper-SD's segmented
+  consistency, Ren et al. 2024, arXiv 2404.13686);
+* ``lcm_lora.phases``: pcm / tscd only — the number of phases (segments) of the last training
+  stage; the sampler steps from edge to edge (``lcm_core.phased_timesteps``);
 * ``lcm_lora.w_range``: ``"w_min,w_max"`` (the guidance range distilled in, LCM form);
-* ``lcm_lora.recommended_sampler``: ``lcm`` or ``tcd``;
+* ``lcm_lora.recommended_sampler``: ``lcm`` or ``tcd`` (pcm / tscd: ``tcd`` at γ 0 — the
+  deterministic edge-to-edge DDIM jump of their map — on the phased timesteps);
 * ``lcm_lora.recommended_steps``: an integer;
 * ``lcm_lora.recommended_gamma``: TCD's γ (stochasticity), only for ``tcd``;
 * ``lcm_lora.recommended_cfg``: the cfg to sample with (1.0 when ω was distilled in);
 * ``lcm_lora.model_sampling``: ``lcm`` (ComfyUI ModelSamplingDiscrete ``lcm``: consistency
-  boundary conditions c_skip/c_out) or ``eps`` (plain ε-prediction; TCD's map has no
-  c_skip/c_out, so f(x, t, t) = x by construction).
+  boundary conditions c_skip/c_out) or ``eps`` (plain ε-prediction; the TCD / PCM / TSCD map has
+  no c_skip/c_out, so f(x, t, t) = x by construction).
 
 Adapters without these keys (the released LCM-LoRAs, TCD-SDXL-LoRA, Hyper-SD) get ``None``
 from :func:`read_recipe`; callers keep their old behaviour (LCM) and let the user choose.
@@ -22,7 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-OBJECTIVES = ("lcm", "tcd")
+OBJECTIVES = ("lcm", "tcd", "pcm", "tscd")
+PHASED = ("pcm", "tscd")  # objectives whose map ends at a phase edge (``lcm_core.phased_timesteps``)
+SAMPLERS = ("lcm", "tcd")
+DEFAULT_PHASES = 4
 MODEL_SAMPLINGS = ("lcm", "eps")
 
 KEY_OBJECTIVE = "lcm_lora.objective"
@@ -32,6 +40,7 @@ KEY_STEPS = "lcm_lora.recommended_steps"
 KEY_GAMMA = "lcm_lora.recommended_gamma"
 KEY_CFG = "lcm_lora.recommended_cfg"
 KEY_MODEL_SAMPLING = "lcm_lora.model_sampling"
+KEY_PHASES = "lcm_lora.phases"
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class SamplingRecipe:
     cfg: float = 1.0
     model_sampling: str = "lcm"
     w_range: tuple[float, float] | None = None
+    phases: int | None = None  # pcm / tscd: phases of the map (sample edge to edge)
 
     def to_metadata(self) -> dict[str, str]:
         md = {KEY_OBJECTIVE: self.objective, KEY_SAMPLER: self.sampler, KEY_STEPS: str(int(self.steps)),
@@ -51,17 +61,26 @@ class SamplingRecipe:
             md[KEY_GAMMA] = repr(float(self.gamma))
         if self.w_range is not None:
             md[KEY_W_RANGE] = f"{self.w_range[0]},{self.w_range[1]}"
+        if self.phases is not None:
+            md[KEY_PHASES] = str(int(self.phases))
         return md
 
 
 def recipe_for_objective(objective: str, w_range: tuple[float, float] | None = None,
-                         steps: int = 4, gamma: float = 0.3) -> SamplingRecipe:
-    """Defaults per objective: LCM → lcm sampler + LCM model sampling; TCD → tcd sampler
-    (γ 0.3, the TCD paper's default) + plain ε model sampling."""
+                         steps: int | None = None, gamma: float | None = None,
+                         phases: int | None = None) -> SamplingRecipe:
+    """Defaults per objective: LCM → lcm sampler + LCM model sampling, 4 steps; TCD → tcd sampler
+    (γ 0.3, the TCD paper's default) + plain ε model sampling, 4 steps; PCM / TSCD → tcd sampler
+    at γ 0 (deterministic edge-to-edge jumps) + plain ε model sampling, steps = phases (default 4)."""
     if objective == "lcm":
-        return SamplingRecipe("lcm", "lcm", steps, None, 1.0, "lcm", w_range)
+        return SamplingRecipe("lcm", "lcm", 4 if steps is None else steps, None, 1.0, "lcm", w_range)
     if objective == "tcd":
-        return SamplingRecipe("tcd", "tcd", steps, gamma, 1.0, "eps", w_range)
+        return SamplingRecipe("tcd", "tcd", 4 if steps is None else steps, 0.3 if gamma is None else gamma, 1.0,
+                              "eps", w_range)
+    if objective in PHASED:
+        ph = DEFAULT_PHASES if phases is None else int(phases)
+        return SamplingRecipe(objective, "tcd", ph if steps is None else steps, 0.0 if gamma is None else gamma, 1.0,
+                              "eps", w_range, ph)
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
@@ -72,6 +91,14 @@ def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
         return None
     objective = metadata[KEY_OBJECTIVE]
     base = recipe_for_objective(objective)
+    phases = base.phases
+    if objective in PHASED:
+        try:
+            phases = int(metadata.get(KEY_PHASES, base.phases))
+        except (TypeError, ValueError):
+            phases = base.phases
+        phases = phases if 1 <= phases <= 1000 else base.phases
+        base = recipe_for_objective(objective, phases=phases)
     try:
         steps = int(metadata.get(KEY_STEPS, base.steps))
         cfg = float(metadata.get(KEY_CFG, base.cfg))
@@ -83,9 +110,19 @@ def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
     except (TypeError, ValueError):
         return base
     sampler = metadata.get(KEY_SAMPLER, base.sampler)
-    sampler = sampler if sampler in OBJECTIVES else base.sampler
+    sampler = sampler if sampler in SAMPLERS else base.sampler
     ms = metadata.get(KEY_MODEL_SAMPLING, base.model_sampling)
     ms = ms if ms in MODEL_SAMPLINGS else base.model_sampling
     if not (1 <= steps <= 1000):
         steps = base.steps
-    return SamplingRecipe(objective, sampler, steps, gamma, cfg, ms, w_range)
+    return SamplingRecipe(objective, sampler, steps, gamma, cfg, ms, w_range, phases)
+
+
+def recipe_timesteps(recipe: SamplingRecipe | None, steps: int, denoise: float = 1.0) -> list[int] | None:
+    """The phased timesteps a pcm / tscd recipe samples on (``lcm_core.phased_timesteps``);
+    ``None`` for lcm / tcd recipes (their sampler's own schedule) and for no recipe."""
+    if recipe is None or recipe.objective not in PHASED:
+        return None
+    from .phased_timesteps import phased_timesteps
+
+    return phased_timesteps(steps, recipe.phases or DEFAULT_PHASES, recipe.objective, denoise=denoise)

@@ -24,7 +24,7 @@ def test_absent_or_unknown_objective_is_none():
     assert read_recipe(None) is None
     assert read_recipe({}) is None
     assert read_recipe({"ss_network_dim": "64"}) is None
-    assert read_recipe({"lcm_lora.objective": "pcm"}) is None
+    assert read_recipe({"lcm_lora.objective": "dmd2"}) is None
 
 
 def test_unreadable_values_fall_back_to_the_objective_defaults():
