@@ -70,7 +70,7 @@ class LCMAdapterMerge(io.ComfyNode):
                              tooltip="Output rank for method 'svd' (ignored by concat and fuse)."),
                 io.Boolean.Input("patch_sampling", default=True, display_name="patch sampling to LCM",
                                  tooltip="Switch the model to LCM sampling, as the LCM-LoRA Loader does (not when an "
-                                         "adapter's metadata says it is a TCD adapter: plain eps sampling then)."),
+                                         "adapter's metadata says it is a TCD, PCM or TSCD adapter: plain eps sampling then)."),
                 *_slot_inputs(),
             ],
             outputs=[
@@ -121,7 +121,8 @@ class LCMAdapterMerge(io.ComfyNode):
         else:
             patches = bridge.adapter_patches("merged adapter", merged, arch, model=model, clip=clip)
             new_model, new_clip = bridge.apply_patches(patches, model, clip, 1.0, 1.0)
-        # the sampling recipe of the first adapter that records one (e.g. a TCD adapter), else LCM
+        # the sampling recipe of the first adapter that records one (e.g. a TCD / PCM / TSCD adapter), else LCM;
+        # the merged adapter's metadata keeps it (phases included) and the report says it
         recipe, source = next((recipe_follow.resolve(a.metadata) for a in adapters
                                if recipe_follow.read_recipe(a.metadata) is not None),
                               recipe_follow.resolve(None))
@@ -134,6 +135,8 @@ class LCMAdapterMerge(io.ComfyNode):
         summary = report.summary()
         summary["method"] = method
         text = _report_text(method, names, weights, summary) + (f"\n{note}" if note else "")
+        if source == "adapter metadata":
+            text += "\n" + recipe_follow.describe(recipe, source)
         return io.NodeOutput(new_model, new_clip, merged, text, ui={"text": [text], "lcm_merge": [summary]})
 
 

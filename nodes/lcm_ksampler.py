@@ -3,6 +3,10 @@
 ``mode`` (default ``auto``) follows the sampling recipe the MODEL carries (``recipe_follow``:
 the LCM-LoRA Loader sets it from the adapter's metadata or its ``sampling`` input): TCD
 adapters are sampled with ``tcd`` at the recipe's γ, everything else with ComfyUI's ``lcm``.
+Timesteps: the LCM Scheduler's (diffusers' LCM timesteps), except for a phased recipe in
+``mode: auto`` — PCM (arXiv 2405.18407) / TSCD (Hyper-SD, arXiv 2404.13686) adapters are sampled
+with ``tcd`` at the recipe's γ (0) on their phase edges (``recipe_follow.recipe_sigmas``, the
+LCM Scheduler's ``schedule`` pcm / tscd). Explicit ``mode`` lcm / tcd keep the LCM timesteps.
 
 Same noise (``comfy.sample.prepare_noise``, as KSampler), same sampling path
 (``comfy.sample.sample_custom``, as SamplerCustom) and the same progress bar / previews /
@@ -24,6 +28,7 @@ from comfy_api.latest import io
 
 from ..lcm_core.cfg_steps import EVERY_STEP, guided_step_count
 from . import comfy_bridge as bridge
+from . import recipe_follow
 from .lcm_cfg_guider import cfg_steps_input, make_guider
 from .lcm_sampler import build_sampler, mode_inputs
 from .lcm_scheduler import scheduler_sigmas
@@ -37,13 +42,14 @@ class LCMKSampler(io.ComfyNode):
             display_name="LCM KSampler",
             category=bridge.CATEGORY,
             description="All-in-one LCM / TCD sampler with LCM timesteps: 4 steps at cfg 1.0 by default; mode auto "
-                        "follows the adapter's sampling recipe (LCM or TCD).",
+                        "follows the adapter's sampling recipe (LCM, TCD, or PCM / TSCD: tcd at gamma 0 on the phase edges).",
             inputs=[
                 io.Model.Input("model", tooltip="A model with an LCM or TCD adapter (LCM-LoRA Loader or LCM Adapter Merge)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the initial noise and of the noise re-injected between steps."),
                 io.Int.Input("steps", default=4, min=1, max=50,
-                             tooltip="Sampling steps on the LCM timestep grid (LCM-LoRA: 2-8)."),
+                             tooltip="Sampling steps on the LCM timestep grid (LCM-LoRA: 2-8). PCM / TSCD adapters in mode "
+                                     "auto: steps = the adapter's phases (a divisor or multiple of them also works)."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale. LCM-LoRA wants 1.0-2.0; 1.0 skips the negative "
                                        "prompt and halves the work. With cfg_steps below steps it applies to the first "
@@ -63,7 +69,9 @@ class LCMKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, mode, gamma, eta, denoise, positive, negative, latent_image,
                 cfg_steps=EVERY_STEP) -> io.NodeOutput:
-        sigmas = scheduler_sigmas(steps, 50, denoise, node="LCM KSampler")
+        sigmas = recipe_follow.recipe_sigmas(recipe_follow.from_model(model), steps, denoise) if mode == "auto" else None
+        if sigmas is None:  # LCM / TCD recipe, no recipe, or an explicit mode: the LCM timesteps
+            sigmas = scheduler_sigmas(steps, 50, denoise, node="LCM KSampler")
         out = latent_image.copy()
         if len(sigmas) <= 1:  # denoise 0: nothing to do
             return io.NodeOutput(out)

@@ -6,6 +6,10 @@ the 50-step distillation grid; ``patch_sampling`` does that, as ComfyUI's
 ``ModelSamplingDiscrete(sampling="lcm")`` would. A TCD adapter (its metadata says so, or
 ``sampling`` = ``tcd``) keeps plain ε model sampling instead, and the MODEL carries the
 adapter's sampling recipe for LCM KSampler / LCM Sampler ``mode: auto`` (``recipe_follow``).
+PCM (Wang et al. 2024, arXiv 2405.18407) and TSCD (Hyper-SD, Ren et al. 2024, arXiv 2404.13686)
+adapters keep plain ε model sampling too; their recipe carries the phase count (metadata
+``lcm_lora.phases``, or the ``phases`` input when ``sampling`` chooses pcm / tscd for an adapter
+without that metadata, e.g. a released PCM / Hyper-SD LoRA).
 """
 from __future__ import annotations
 
@@ -39,12 +43,18 @@ class LCMLoraLoader(io.ComfyNode):
                                tooltip="How strongly to apply the adapter's text-encoder modules to CLIP."),
                 io.Boolean.Input("patch_sampling", default=True, display_name="patch model sampling",
                                  tooltip="Set the model sampling the adapter needs: LCM adapters get LCM sampling (consistency "
-                                         "boundary condition on the 50-step grid, like ModelSamplingDiscrete 'lcm'); TCD adapters "
-                                         "keep plain eps sampling. Off: the model's sampling is left as it is."),
+                                         "boundary condition on the 50-step grid, like ModelSamplingDiscrete 'lcm'); TCD, PCM "
+                                         "and TSCD adapters keep plain eps sampling. Off: the model's sampling is left as it is."),
                 io.Combo.Input("sampling", options=list(recipe_follow.SAMPLING_CHOICES), default="auto", optional=True,
-                               tooltip="auto: follow the adapter's metadata (adapters trained by this pack record LCM or TCD); "
-                                       "adapters without it are treated as LCM. lcm / tcd: choose, e.g. tcd for TCD-SDXL-LoRA. "
-                                       "LCM KSampler / LCM Sampler in mode auto follow this choice."),
+                               tooltip="auto: follow the adapter's metadata (adapters trained by this pack record LCM, TCD, "
+                                       "PCM or TSCD); adapters without it are treated as LCM. lcm / tcd / pcm / tscd: choose, "
+                                       "e.g. tcd for TCD-SDXL-LoRA, pcm for a PCM LoRA, tscd for a Hyper-SD LoRA. LCM KSampler / "
+                                       "LCM Sampler in mode auto follow this choice."),
+                io.Int.Input("phases", default=recipe_follow.DEFAULT_PHASES, min=1, max=50, optional=True,
+                             tooltip="sampling pcm / tscd chosen for an adapter without metadata: its number of phases "
+                                     "(segments), e.g. 4 for a 4-step PCM / Hyper-SD LoRA (check its model card: often "
+                                     "the step count it was released for). Adapters whose metadata records a pcm / tscd "
+                                     "recipe keep their own; ignored by auto, lcm and tcd."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The patched diffusion model."),
@@ -61,7 +71,7 @@ class LCMLoraLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength_model=1.0, strength_clip=1.0, patch_sampling=True, clip=None,
-                sampling="auto") -> io.NodeOutput:
+                sampling="auto", phases=recipe_follow.DEFAULT_PHASES) -> io.NodeOutput:
         if clip is None and clip_output_used(cls.hidden.prompt, cls.hidden.unique_id):
             raise ConfigError(
                 f"LCM-LoRA Loader (#{cls.hidden.unique_id}) CLIP output",
@@ -79,7 +89,7 @@ class LCMLoraLoader(io.ComfyNode):
         if patch_model is not None or patch_clip is not None:
             patches = bridge.adapter_patches(lora_name, adapter, arch, model=patch_model, clip=patch_clip)
             new_model, new_clip = bridge.apply_patches(patches, model, clip, strength_model, strength_clip)
-        recipe, source = recipe_follow.resolve(adapter.metadata, sampling)
+        recipe, source = recipe_follow.resolve(adapter.metadata, sampling, phases)
         if patch_sampling and recipe.model_sampling == "lcm":
             new_model = bridge.patch_lcm_sampling(new_model)
         new_model = recipe_follow.attach(new_model, recipe)

@@ -8,7 +8,10 @@
   2024, Algorithm 4; diffusers ``TCDScheduler.step``) in ``comfy.samplers.KSAMPLER``.
 * ``auto``: decided at sampling time from the sampling recipe the MODEL carries
   (``recipe_follow``: set by the LCM-LoRA Loader from the adapter's metadata or its
-  ``sampling`` input): ``tcd`` with the recipe's γ for a TCD adapter, else ``lcm``.
+  ``sampling`` input): ``tcd`` with the recipe's γ for a TCD adapter, else ``lcm``. A PCM /
+  TSCD adapter's recipe (arXiv 2405.18407 / 2404.13686) asks for ``tcd`` at γ 0 — the
+  deterministic DDIM jump from phase edge to phase edge; the sigmas must then be its phase edges
+  (LCM Scheduler ``schedule`` pcm / tscd; the LCM KSampler picks them itself).
 
 All call ComfyUI's step callback every step, which drives the progress bar, previews and
 Cancel (``comfy.model_management.throw_exception_if_processing_interrupted`` runs in
@@ -71,7 +74,8 @@ def mode_inputs() -> list:
     return [
         io.Combo.Input("mode", options=list(MODES), default="auto",
                        tooltip="auto: what the adapter's sampling recipe says (set by the LCM-LoRA Loader from the "
-                               "adapter's metadata or its 'sampling' input): tcd with the recipe's gamma for TCD adapters, "
+                               "adapter's metadata or its 'sampling' input): tcd with the recipe's gamma for TCD adapters "
+                               "(PCM / TSCD adapters: tcd at gamma 0; give it LCM Scheduler schedule pcm / tscd sigmas), "
                                "lcm otherwise. lcm: ComfyUI's LCM sampler (re-noise to the next sigma each step). "
                                "tcd: Trajectory Consistency Distillation sampling (gamma controls the stochasticity)."),
         io.Float.Input("gamma", default=DEFAULT_GAMMA, min=0.0, max=1.0, step=0.01,
