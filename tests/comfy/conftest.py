@@ -83,6 +83,10 @@ def cached_checkpoint(comfy_env, tmp_path_factory, arch: str, workdir: Path) -> 
 
 ARCHS = ("sd1", "sd2", "sdxl", "ssd1b")
 SIGMA_CASES = [(1, 50, 1.0), (2, 50, 1.0), (4, 50, 1.0), (8, 50, 1.0), (6, 50, 0.5), (3, 50, 0.3), (4, 50, 0.0)]
+# LCM Scheduler with its schedule / phases inputs (pcm / tscd phase edges; lcm with any phases = the cases above)
+PHASED_SIGMA_CASES = [(4, 50, 1.0, "pcm", 4), (2, 50, 1.0, "pcm", 4), (8, 50, 1.0, "pcm", 4), (3, 50, 1.0, "pcm", 4),
+                      (2, 50, 0.5, "pcm", 4), (4, 50, 1.0, "tscd", 4), (1, 50, 1.0, "tscd", 4), (6, 50, 1.0, "tscd", 2),
+                      (2, 50, 0.5, "tscd", 4), (4, 50, 0.0, "pcm", 4), (4, 50, 1.0, "lcm", 7), (6, 50, 0.5, "lcm", 2)]
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +99,7 @@ def workdir(tmp_path_factory) -> Path:
 def comfy_facts(comfy_env, workdir) -> dict:
     """ComfyUI's LoRA key maps for every architecture and the LCM Scheduler's sigmas, from ComfyUI's python."""
     comfy_path, python = comfy_env
-    return H.comfy_facts(comfy_path, python, list(ARCHS), SIGMA_CASES, H.REPO, workdir)
+    return H.comfy_facts(comfy_path, python, list(ARCHS), SIGMA_CASES + PHASED_SIGMA_CASES, H.REPO, workdir)
 
 
 @pytest.fixture(scope="session")

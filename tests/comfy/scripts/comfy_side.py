@@ -18,7 +18,7 @@ Sub-commands (all print one JSON line on stdout):
                 Weights are streamed to disk (fp16, N(0, 1/fan_in)) so memory
                 stays small; norms are 1, biases 0.
 ``sigmas``      import the pack the way ComfyUI does and run the LCM Scheduler node for each
-                ``--cases`` (steps,original,denoise;…); map its sigmas back to timesteps with
+                ``--cases`` (steps,original,denoise[,schedule,phases];…); map its sigmas back to timesteps with
                 ComfyUI's LCM model sampling (``ModelSamplingDiscrete`` "lcm") and with the
                 plain discrete one.
 ``facts``       ``keymap`` and ``sigmas`` in one process (one ComfyUI import): ``{"keymaps", "sigmas"}``.
@@ -210,10 +210,15 @@ def cmd_sigmas(a) -> dict:
     lcm_ms, eps_ms = LcmSampling(mc), EpsSampling(mc)
     out = []
     for case in a.cases.split(";"):
-        steps, original, denoise = case.split(",")
-        sig = scheduler.execute(int(steps), int(original), float(denoise)).args[0]
+        steps, original, denoise, *phased = case.split(",")  # optional schedule,phases (pcm / tscd)
+        key = [int(steps), int(original), float(denoise)]
+        if phased:
+            key += [phased[0], int(phased[1])]
+            sig = scheduler.execute(int(steps), int(original), float(denoise), phased[0], int(phased[1])).args[0]
+        else:  # the inputs as an old prompt gives them (no schedule / phases)
+            sig = scheduler.execute(int(steps), int(original), float(denoise)).args[0]
         pos = sig[:-1] if len(sig) else sig
-        out.append({"case": [int(steps), int(original), float(denoise)], "sigmas": sig.tolist(),
+        out.append({"case": key, "sigmas": sig.tolist(),
                     "lcm_timesteps": lcm_ms.timestep(pos).tolist() if len(pos) else [],
                     "eps_timesteps": eps_ms.timestep(pos).tolist() if len(pos) else [],
                     "eps_table": [float(eps_ms.sigma(torch.tensor(float(t)))) for t in eps_ms.timestep(pos).tolist()]
