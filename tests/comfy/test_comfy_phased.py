@@ -181,7 +181,8 @@ def test_ksampler_auto_equals_stock_ddim_on_the_phase_edges(sampled, family, tim
     s3, s0 = comfy_sigma(timesteps[-1]), comfy_sigma(0)
     eps = (x3 - x0) / s3  # ε̂ at the last edge (SaveLatent's latent scale is linear, so it cancels)
     reference = (x0 + s0 * eps) / math.sqrt(1 + s0 ** 2)
-    assert G.rel_diff(sampled[f"{family}_ks_auto"], reference) < 1e-5
+    assert G.rel_diff(sampled[f"{family}_x0"], reference) > 1e-4  # the last TCD step matters
+    assert G.rel_diff(sampled[f"{family}_ks_auto"], reference) < 1e-6  # measured 1.2e-7
 
 
 def test_ksampler_auto_follows_the_phased_recipe_not_the_widgets(sampled):
