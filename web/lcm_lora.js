@@ -13,8 +13,16 @@
 //   its safetensors metadata through ComfyUI's own /view_metadata/loras route: a TCD adapter
 //   (metadata, or the loader's `sampling` input set to tcd) wants the tcd sampler (LCM KSampler /
 //   LCM Sampler in mode auto or tcd) and has no 8-step limit; adapters without metadata are LCM.
+// * PCM (Phased Consistency Models, Wang et al. 2024, arXiv 2405.18407) and TSCD (Hyper-SD, Ren et
+//   al. 2024, arXiv 2404.13686) adapters (metadata lcm_lora.objective pcm / tscd + lcm_lora.phases,
+//   or the loader's `sampling` pcm / tscd + `phases`) map a latent to the lower edge of its phase:
+//   they want the tcd sampler at γ 0 on their phase edges (LCM KSampler mode auto, or LCM Sampler
+//   auto / tcd at γ 0 + LCM Scheduler schedule pcm / tscd with the adapter's phases) and steps that
+//   are the phases, a divisor or a multiple of them (lcm_core/phased_timesteps.py).
 // * Inputs a setting ignores are hidden (ComfyUI 0.3.64's V3 schema has no working dynamic
-//   combo yet): gamma unless mode is tcd, eta in mode lcm, the merge's rank unless method is svd.
+//   combo yet): gamma unless mode is tcd, eta in mode lcm, the merge's rank unless method is svd,
+//   the loader's phases unless sampling is pcm / tscd, the scheduler's phases unless its schedule
+//   is pcm / tscd and its original_steps when it is.
 // * LCM Adapter Save: refreshes every LoRA list after a save.
 // window.LCMLoRA exposes the checks for tests and curious users.
 import { app } from "../../scripts/app.js";
@@ -29,6 +37,14 @@ const LCM_SAMPLER_NAMES = ["lcm", "tcd"];
 const LOADER = "LCMLoraLoader";
 const GUIDER = "LCMCFGGuider";
 const EVERY_STEP = 10000; // cfg_steps default: cfg on every step (lcm_core/cfg_steps.py EVERY_STEP)
+const PHASED = ["pcm", "tscd"]; // lcm_core/sampling_recipe.py PHASED
+const OBJECTIVES = ["lcm", "tcd", ...PHASED];
+const DEFAULT_PHASES = 4;
+const PAPERS = { pcm: "PCM, arXiv 2405.18407", tscd: "Hyper-SD TSCD, arXiv 2404.13686" };
+// stock SIGMAS nodes: their sigmas are not a phased adapter's edges
+const STOCK_SCHEDULERS = ["BasicScheduler", "KarrasScheduler", "ExponentialScheduler", "PolyexponentialScheduler",
+                          "SDTurboScheduler", "BetaSamplingScheduler", "LaplaceScheduler", "VPScheduler",
+                          "AlignYourStepsScheduler", "GITSScheduler", "OptimalStepsScheduler"];
 
 // -- sampling recipe from the adapter's metadata (mirror of lcm_core/sampling_recipe.read_recipe) --
 const recipes = new Map(); // lora name -> recipe | null (no metadata) ; pending names in `fetching`
@@ -36,12 +52,27 @@ const fetching = new Set();
 
 function readRecipe(meta) {
   const objective = meta?.["lcm_lora.objective"];
-  if (objective !== "lcm" && objective !== "tcd") return null;
-  const sampler = ["lcm", "tcd"].includes(meta["lcm_lora.recommended_sampler"]) ? meta["lcm_lora.recommended_sampler"] : objective;
+  if (!OBJECTIVES.includes(objective)) return null;
+  const phased = PHASED.includes(objective);
+  const sampler = ["lcm", "tcd"].includes(meta["lcm_lora.recommended_sampler"]) ? meta["lcm_lora.recommended_sampler"]
+    : (phased ? "tcd" : objective);
   const gamma = Number.parseFloat(meta["lcm_lora.recommended_gamma"]);
+  let phases = phased ? Number.parseInt(meta["lcm_lora.phases"], 10) : null;
+  if (phased && !(phases >= 1 && phases <= 1000)) phases = DEFAULT_PHASES;
   const steps = Number.parseInt(meta["lcm_lora.recommended_steps"], 10);
-  return { objective, sampler, gamma: Number.isFinite(gamma) ? gamma : (objective === "tcd" ? 0.3 : null),
-           steps: Number.isFinite(steps) ? steps : 4, source: "metadata" };
+  const defaultGamma = objective === "tcd" ? 0.3 : (phased ? 0 : null);
+  return { objective, sampler, gamma: Number.isFinite(gamma) ? gamma : defaultGamma,
+           steps: Number.isFinite(steps) ? steps : (phased ? phases : 4), phases, source: "metadata" };
+}
+
+// The timesteps a phased adapter samples at steps = phases (lcm_core/phased_timesteps._phase_tops).
+function phaseTops(family, phases) {
+  const upper = [];
+  for (let m = 1; m < phases; m++) {
+    if (family === "pcm") upper.push(Math.max(Math.floor(m * (50 / phases)) * 20 - 1, 0)); // DDIM grid, k = 20
+    else upper.push(m * Math.floor(1000 / phases) - 1);
+  }
+  return [999, ...upper.reverse()];
 }
 
 function adapterRecipe(name) {
@@ -67,6 +98,10 @@ function loaderRecipe(node) {
   const stored = adapterRecipe(widgetValue(node, "lora_name"));
   if (choice === "auto") return stored ?? { objective: "lcm", sampler: "lcm", steps: 4, source: "default" };
   if (stored && stored.objective === choice) return stored;
+  if (PHASED.includes(choice)) {
+    const phases = widgetValue(node, "phases") ?? DEFAULT_PHASES;
+    return { objective: choice, sampler: "tcd", gamma: 0, steps: phases, phases, source: "chosen" };
+  }
   return { objective: choice, sampler: choice, gamma: choice === "tcd" ? 0.3 : null, steps: 4, source: "chosen" };
 }
 
@@ -92,7 +127,7 @@ function widgetValue(node, name) {
 }
 
 // Does the MODEL arriving at `node`'s input `name` come from an LCM-patched model or one that
-// carries a TCD recipe? -> { node, objective: "lcm" | "tcd", recipe } or null.
+// carries a TCD / PCM / TSCD recipe? -> { node, objective: "lcm" | "tcd" | "pcm" | "tscd", recipe } or null.
 function lcmSource(graph, node, name = "model", seen = new Set()) {
   const origin = inputOrigin(graph, node, name);
   if (!origin || seen.has(origin.id)) return null;
@@ -101,7 +136,7 @@ function lcmSource(graph, node, name = "model", seen = new Set()) {
   const type = origin.type ?? origin.comfyClass;
   if (type === LOADER) {
     const recipe = loaderRecipe(origin);
-    if (recipe.objective === "tcd") return { node: origin, objective: "tcd", recipe };
+    if (recipe.objective !== "lcm") return { node: origin, objective: recipe.objective, recipe };
     return widgetValue(origin, "patch_sampling") === false ? lcmSource(graph, origin, "model", seen)
       : { node: origin, objective: "lcm", recipe };
   }
@@ -110,7 +145,7 @@ function lcmSource(graph, node, name = "model", seen = new Set()) {
     for (let i = 1; i <= MAX_SLOTS; i++) {
       const recipe = adapterRecipe(widgetValue(origin, "adapter_" + i));
       if (recipe) {
-        if (recipe.objective === "tcd") return { node: origin, objective: "tcd", recipe };
+        if (recipe.objective !== "lcm") return { node: origin, objective: recipe.objective, recipe };
         break;
       }
     }
@@ -136,13 +171,16 @@ function samplerSettings(graph, node) {
   if (type === "KSampler" || type === "KSamplerAdvanced") {
     const name = widgetValue(node, "sampler_name");
     return { model: [node, "model"], cfg: widgetValue(node, "cfg"), steps: widgetValue(node, "steps"),
-             samplerName: name, samplerIsLcm: name === undefined ? true : isLcmSamplerName(name) };
+             samplerName: name, samplerIsLcm: name === undefined ? true : isLcmSamplerName(name),
+             schedule: { stock: widgetValue(node, "scheduler") ?? "its scheduler" } };
   }
   if (type === "LCMKSampler") {
     const cfgSteps = node.widgets?.some((w) => w.name === "cfg_steps") ? widgetValue(node, "cfg_steps") : EVERY_STEP;
+    const mode = widgetValue(node, "mode") ?? "auto";
     return { model: [node, "model"], cfg: widgetValue(node, "cfg"), steps: widgetValue(node, "steps"),
-             samplerName: widgetValue(node, "mode") ?? "auto", samplerIsLcm: true, ours: true, cfgSteps,
-             cfgStepsInput: true };
+             samplerName: mode, samplerIsLcm: true, ours: true, cfgSteps, cfgStepsInput: true,
+             gamma: mode === "tcd" ? widgetValue(node, "gamma") : undefined, denoise: widgetValue(node, "denoise"),
+             schedule: mode === "auto" ? { follows: true } : { lcmMode: mode } };
   }
   if (type === "SamplerCustom" || type === "SamplerCustomAdvanced") {
     let model = [node, "model"];
@@ -164,17 +202,30 @@ function samplerSettings(graph, node) {
     let samplerName;
     let samplerIsLcm = true;
     let ours = false;
+    let gamma;
     if (sampler) {
       const stype = sampler.type ?? sampler.comfyClass;
       ours = stype === "LCMSampler";
       if (ours) samplerName = widgetValue(sampler, "mode") ?? "auto";
+      if (ours && samplerName === "tcd") gamma = widgetValue(sampler, "gamma");
       else if (stype === "KSamplerSelect") samplerName = widgetValue(sampler, "sampler_name");
       else samplerName = stype;
       samplerIsLcm = ours || isLcmSamplerName(samplerName);
     }
     const sigmas = inputOrigin(graph, node, "sigmas");
     const steps = sigmas ? widgetValue(sigmas, "steps") : undefined;
-    return { model, cfg, steps, samplerName, samplerIsLcm, ours, cfgSteps, cfgStepsInput };
+    let schedule = null; // unknown (no sigmas yet, or e.g. SplitSigmas): no phase-edge check
+    let denoise;
+    if (sigmas) {
+      const sigType = sigmas.type ?? sigmas.comfyClass;
+      if (sigType === "LCMScheduler") {
+        schedule = { scheduler: widgetValue(sigmas, "schedule") ?? "lcm", phases: widgetValue(sigmas, "phases") ?? DEFAULT_PHASES };
+        denoise = widgetValue(sigmas, "denoise");
+      } else if (STOCK_SCHEDULERS.includes(sigType)) {
+        schedule = { stock: sigType };
+      }
+    }
+    return { model, cfg, steps, samplerName, samplerIsLcm, ours, cfgSteps, cfgStepsInput, gamma, schedule, denoise };
   }
   return null;
 }
@@ -198,6 +249,24 @@ function checkGraph(graph = app.graph) {
     if (!source) continue;
     const problems = [];
     if (typeof s.cfg === "number" && s.cfg > MAX_CFG && cfgOnEveryStep(s)) problems.push(`cfg ${s.cfg} > ${MAX_CFG}`);
+    if (PHASED.includes(source.objective)) {
+      const problems2 = phasedProblems(s, source.recipe, problems);
+      if (problems2.length) {
+        const r = source.recipe;
+        const name = r.objective.toUpperCase();
+        const where = s.ours && s.schedule?.follows ? "" :
+          ` — LCM KSampler in mode auto, or LCM Sampler (auto) + LCM Scheduler (schedule ${r.objective}, phases ${r.phases})`;
+        warnings.push({ nodeId: node.id, nodeType: node.type, sourceId: source.node.id, objective: r.objective,
+                        problems: problems2,
+                        message: `${node.title || node.type} (#${node.id}) samples a ${name} adapter (#${source.node.id}, ` +
+                                 `${r.phases} phases) with ${problems2.join(", ")}: a ${name} adapter jumps from phase edge ` +
+                                 `to phase edge (${PAPERS[r.objective]}), so it wants the tcd sampler at gamma 0 on its ` +
+                                 `phase edges${where}; steps = phases (${r.phases}: ${phaseTops(r.objective, r.phases).join(", ")}), ` +
+                                 "a divisor or a multiple of them; cfg 1-2 (higher cfg with a negative prompt: on the first " +
+                                 "steps only, cfg_steps)." });
+      }
+      continue;
+    }
     if (source.objective === "tcd") {
       // TCD keeps improving with more steps: no step limit; it wants the tcd sampler.
       const isTcd = s.ours ? s.samplerName !== "lcm" : typeof s.samplerName === "string" && s.samplerName.toLowerCase().includes("tcd");
@@ -221,6 +290,32 @@ function checkGraph(graph = app.graph) {
     }
   }
   return warnings;
+}
+
+// What a phased (PCM / TSCD) adapter's sampler does wrong: not TCD, γ ≠ 0, sigmas that are not its phase
+// edges, a step count that is neither a divisor nor a multiple of its phases. `problems`: the cfg ones so far.
+function phasedProblems(s, recipe, problems) {
+  const out = [...problems];
+  const phases = recipe.phases ?? DEFAULT_PHASES;
+  const isTcd = s.ours ? s.samplerName !== "lcm" : typeof s.samplerName === "string" && s.samplerName.toLowerCase().includes("tcd");
+  if (s.samplerName !== undefined && !isTcd) out.push(`sampler '${s.samplerName}' is not TCD`);
+  else if (typeof s.gamma === "number" && s.gamma !== 0) out.push(`gamma ${s.gamma} is not 0`);
+  const sched = s.schedule;
+  if (sched?.lcmMode) out.push(`mode ${sched.lcmMode} samples LCM timesteps, not the phase edges`);
+  else if (sched?.stock) out.push(`${sched.stock} sigmas are not the phase edges`);
+  else if (sched?.scheduler !== undefined && sched.scheduler !== recipe.objective) {
+    out.push(`LCM Scheduler schedule ${sched.scheduler} is not ${recipe.objective}`);
+  } else if (sched?.scheduler !== undefined && typeof sched.phases === "number" && sched.phases !== phases) {
+    out.push(`LCM Scheduler phases ${sched.phases} is not ${phases}`);
+  }
+  if (typeof s.steps === "number" && (sched?.follows || sched?.scheduler === recipe.objective)) {
+    const denoise = typeof s.denoise === "number" && s.denoise > 0 ? s.denoise : 1;
+    const total = Math.trunc(s.steps / denoise); // the schedule of int(steps / denoise) steps (phased_timesteps)
+    if (phases % total !== 0 && total % phases !== 0) {
+      out.push(`steps ${s.steps} ${denoise < 1 ? `(${total} at denoise ${denoise}) ` : ""}is neither a divisor nor a multiple of ${phases} phases`);
+    }
+  }
+  return out;
 }
 
 // -- warnings: badge + toast ---------------------------------------------------------------------
@@ -351,9 +446,13 @@ function updateMergeSlots(node) {
 }
 
 // -- inputs a setting ignores are hidden ------------------------------------------------------------
-// gamma: only mode tcd uses it (auto takes the recipe's γ); eta: tcd and auto; rank: merge method svd.
+// gamma: only mode tcd uses it (auto takes the recipe's γ); eta: tcd and auto; rank: merge method svd;
+// phases: the loader's sampling / the scheduler's schedule pcm / tscd; original_steps: schedule lcm.
 const IGNORED = {
   LCMKSampler: (node) => ({ gamma: widgetValue(node, "mode") !== "tcd", eta: widgetValue(node, "mode") === "lcm" }),
+  [LOADER]: (node) => ({ phases: !PHASED.includes(widgetValue(node, "sampling")) }),
+  LCMScheduler: (node) => ({ phases: !PHASED.includes(widgetValue(node, "schedule") ?? "lcm"),
+                             original_steps: PHASED.includes(widgetValue(node, "schedule")) }),
   LCMSampler: (node) => ({ gamma: widgetValue(node, "mode") !== "tcd", eta: widgetValue(node, "mode") === "lcm" }),
   [MERGE]: (node) => ({ rank: widgetValue(node, "method") !== "svd" }),
 };
@@ -361,7 +460,7 @@ const IGNORED = {
 // Chain the update onto the mode / method combo's callback (re-checked every time: the front end
 // may rebuild widget objects while it configures a node).
 function watchIgnoredInputs(node) {
-  for (const name of ["mode", "method"]) {
+  for (const name of ["mode", "method", "sampling", "schedule"]) {
     const w = node.widgets?.find((x) => x.name === name);
     if (!w || w.__lcmIgnoredWatch) continue;
     const cb = w.callback;
@@ -489,7 +588,7 @@ const extension = {
 };
 
 globalThis.LCMLoRA = { checkGraph, cfgOnEveryStep, refreshWarnings, updateMergeSlots, visibleSlots, updateIgnoredInputs, hiddenWidgets,
-                       adapterRecipe, readRecipe, recipes, MAX_CFG, MAX_STEPS };
+                       adapterRecipe, readRecipe, recipes, phaseTops, MAX_CFG, MAX_STEPS };
 
 // The pack may be registered twice when its folder name differs from the project name
 // (ComfyUI serves both WEB_DIRECTORY and pyproject's [tool.comfy] web); register once.

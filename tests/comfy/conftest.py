@@ -29,6 +29,7 @@ SD15_CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 LCM_SD15 = "lcm-lora-sdv1-5.safetensors"
 LCM_SDXL = "lcm-lora-sdxl.safetensors"
+PCM_SD15 = "pcm_sd15_smallcfg_4step_converted.safetensors"  # example g: a released PCM LoRA's name (no metadata)
 STYLE_SD15 = "style-lora-sd15.safetensors"
 CORRUPT = "corrupt-lora.safetensors"
 NAN_LORA = "nan-lora.safetensors"
@@ -122,6 +123,7 @@ def sd15_loras(comfy_env, tmp_path_factory) -> dict:
 def write_lora_files(loras_dir: Path, loras: dict, keymap: dict, workdir: Path) -> None:
     (loras_dir / "formats").mkdir(parents=True, exist_ok=True)
     F.write_kohya(loras["lcm"], loras_dir / LCM_SD15)
+    F.write_kohya(loras["lcm"], loras_dir / PCM_SD15)
     F.write_kohya(loras["style"], loras_dir / STYLE_SD15)
     F.write_kohya(loras["sdxl"], loras_dir / LCM_SDXL)
     dif = F.write_diffusers(loras["lcm"], workdir / "diffusers-lora")

@@ -53,7 +53,7 @@ def check_run(comfy, result, name: str, size: int) -> None:
 
 def test_examples_cover_the_issue():
     names = " ".join(EXAMPLES)
-    for needle in ("sd15", "sdxl", "merge", "hires", "tcd", "negative"):
+    for needle in ("sd15", "sdxl", "merge", "hires", "tcd", "negative", "pcm"):
         assert needle in names
 
 

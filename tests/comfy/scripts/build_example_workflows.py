@@ -3,7 +3,7 @@
 Run against a ComfyUI server that has the pack loaded (its ``/object_info`` gives each
 node's sockets and widget order)::
 
-    python tests/comfy/scripts/build_example_workflows.py http://127.0.0.1:8188
+    python tests/comfy/scripts/build_example_workflows.py http://127.0.0.1:8188 [NAME ...]
 
 The in-ComfyUI tests convert the written files back to API format and run them; the browser
 test loads them into the real front end and compares its ``graphToPrompt`` with that
@@ -22,6 +22,7 @@ SD15 = "v1-5-pruned-emaonly-fp16.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
 LCM15 = "lcm-lora-sdv1-5.safetensors"
 LCMXL = "lcm-lora-sdxl.safetensors"
+PCM15 = "pcm_sd15_smallcfg_4step_converted.safetensors"  # a released 4-phase PCM LoRA (no metadata)
 STYLE = "style-lora-sd15.safetensors"
 POS = "a cozy wooden cabin in a snowy forest at dusk, warm window light, detailed illustration"
 NEG = "blurry, low quality"
@@ -162,6 +163,26 @@ def spec_negative():
     return nodes, links + l2
 
 
+def spec_pcm():
+    nodes, links = _front(loader=("LCMLoraLoader", {"lora_name": PCM15, "strength_model": 1.0, "strength_clip": 1.0,
+                                                    "patch_sampling": True, "sampling": "pcm", "phases": 4}))
+    nodes += [
+        (6, "LCMSampler", (1200, 360), {"mode": "auto", "gamma": 0.3, "eta": 1.0}),
+        (7, "LCMScheduler", (1200, 560), {"steps": 4, "original_steps": 50, "denoise": 1.0, "schedule": "pcm",
+                                          "phases": 4}),
+        (8, "SamplerCustom", (1600, 120), {"add_noise": True, "noise_seed": 42, "cfg": 1.0}),
+    ]
+    links += [(2, "MODEL", 8, "model"), (3, "CONDITIONING", 8, "positive"), (4, "CONDITIONING", 8, "negative"),
+              (6, "SAMPLER", 8, "sampler"), (7, "SIGMAS", 8, "sigmas"), (5, "LATENT", 8, "latent_image")]
+    n2, l2 = _decode_save(8, prefix="lcm_lora/pcm_4_phases", x=2000, out_name="output")
+    nodes += n2 + [note(30, "PCM (Phased Consistency Models, arXiv 2405.18407) / Hyper-SD (TSCD, arXiv 2404.13686) "
+                             "LoRA: its map jumps from phase edge to phase edge, so it is sampled with TCD at gamma 0 "
+                             "on the phase edges (999, 739, 499, 239 for 4 PCM phases).\nLoader: sampling pcm (tscd for "
+                             "Hyper-SD) and phases = the steps the LoRA was released for; LCM Sampler mode auto; LCM "
+                             "Scheduler schedule pcm with the same phases and steps. Or: LCM KSampler in mode auto.")]
+    return nodes, links + l2
+
+
 SPECS = {
     "a_sd15_lcm_lora_4_steps": spec_sd15,
     "b_sdxl_lcm_lora": spec_sdxl,
@@ -169,6 +190,7 @@ SPECS = {
     "d_hires_pass_denoise": spec_hires,
     "e_tcd_mode": spec_tcd,
     "f_negative_prompt_first_steps": spec_negative,
+    "g_pcm_phased_4_steps": spec_pcm,
 }
 
 
@@ -237,15 +259,18 @@ def build(spec, info: dict) -> dict:
     }
 
 
-def main(url: str) -> None:
+def main(url: str, names: list[str] | None = None) -> None:
+    """Write every example, or only ``names`` (the others stay as they are)."""
     with urllib.request.urlopen(url.rstrip("/") + "/object_info") as r:
         info = json.load(r)
     OUT.mkdir(exist_ok=True)
     for name, spec in SPECS.items():
+        if names and name not in names:
+            continue
         wf = build(spec, info)
         (OUT / f"{name}.json").write_text(json.dumps(wf, indent=1, ensure_ascii=False) + "\n")
         print("wrote", OUT / f"{name}.json")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8188")
+    main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8188", sys.argv[2:])
