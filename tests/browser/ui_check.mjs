@@ -15,6 +15,10 @@
 //    given by --tcd-lora) wants the tcd sampler and has no 8-step limit;
 //  * no cfg warning when cfg applies to the first steps only (LCM KSampler / LCM CFG Guider
 //    cfg_steps below the steps); cfg on every step still warns.
+//  * a PCM / TSCD adapter (loader `sampling` pcm / tscd + phases, or metadata read through
+//    /view_metadata, file given by --pcm-lora) wants tcd at γ 0 on its phase edges (LCM KSampler
+//    auto, or LCM Scheduler schedule pcm / tscd with its phases) and steps fitting its phases;
+//    the loader's / scheduler's phases and the scheduler's original_steps are hidden when ignored.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
@@ -30,6 +34,7 @@ const out = arg("out");
 const screenshot = arg("screenshot");
 const executablePath = arg("chromium", process.env.CHROMIUM || "/usr/bin/chromium");
 const tcdLora = arg("tcd-lora", "browser/tcd-recipe.safetensors"); // written by test_comfy_browser.py
+const pcmLora = arg("pcm-lora", "browser/pcm-recipe.safetensors"); // likewise (pcm, 2 phases)
 if (!url || !workflowsDir || !out) {
   console.error("usage: node ui_check.mjs --url URL --workflows DIR --out FILE [--screenshot FILE]");
   process.exit(2);
@@ -244,6 +249,97 @@ try {
     for (const n of [adv, guider, sched, sampler, stock]) graph.remove(n);
     return out;
   }, wfA);
+
+  // PCM / TSCD: phased recipes in the warnings and the hidden inputs.
+  const gFile = fs.readdirSync(workflowsDir).find((f) => f.startsWith("g_"));
+  if (gFile) {
+    const wfG = JSON.parse(fs.readFileSync(path.join(workflowsDir, gFile), "utf8"));
+    result.phased_case = await page.evaluate(async ({ wf, pcmLora }) => {
+      const app = window.comfyAPI.app.app;
+      const LiteGraph = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
+      await app.loadGraphData(wf, true, false, null);
+      await new Promise((r) => setTimeout(r, 200));
+      const graph = app.graph;
+      const L = globalThis.LCMLoRA;
+      const problems = (id) => L.checkGraph().filter((w) => w.nodeId === id).flatMap((w) => w.problems);
+      const messages = (id) => L.checkGraph().filter((w) => w.nodeId === id).map((w) => w.message);
+      const set = (node, name, value) => {
+        const w = node.widgets.find((x) => x.name === name);
+        w.value = value;
+        w.callback?.(value);
+      };
+      const find = (type) => graph._nodes.find((n) => n.type === type);
+      const loader = find("LCMLoraLoader");
+      const sched = find("LCMScheduler");
+      const sampler = find("LCMSampler");
+      const custom = find("SamplerCustom");
+      const out = { tops: { pcm4: L.phaseTops("pcm", 4), tscd4: L.phaseTops("tscd", 4), pcm3: L.phaseTops("pcm", 3),
+                            pcm8: L.phaseTops("pcm", 8), tscd3: L.phaseTops("tscd", 3), pcm1: L.phaseTops("pcm", 1) } };
+      L.updateIgnoredInputs(loader);
+      L.updateIgnoredInputs(sched);
+      out.hidden = { loader_pcm: L.hiddenWidgets(loader), sched_pcm: L.hiddenWidgets(sched) };
+      out.example = problems(custom.id);
+      set(sched, "schedule", "lcm");
+      out.hidden.sched_lcm = L.hiddenWidgets(sched);
+      out.sched_lcm = problems(custom.id);
+      set(sched, "schedule", "pcm");
+      set(sched, "phases", 2);
+      out.sched_phases_2 = problems(custom.id);
+      set(sched, "phases", 4);
+      set(sched, "steps", 3);
+      out.steps_3 = problems(custom.id);
+      set(sched, "steps", 2);
+      out.steps_2 = problems(custom.id);
+      set(sched, "steps", 8);
+      out.steps_8 = problems(custom.id);
+      set(sched, "steps", 4);
+      set(sampler, "mode", "tcd");
+      out.tcd_gamma_03 = problems(custom.id);
+      set(sampler, "gamma", 0);
+      out.tcd_gamma_0 = problems(custom.id);
+      set(sampler, "mode", "lcm");
+      out.mode_lcm = problems(custom.id);
+      set(sampler, "mode", "auto");
+      const make = (type) => { const n = LiteGraph.createNode(type); graph.add(n); return n; };
+      const lks = make("LCMKSampler");
+      loader.connect(0, lks, lks.inputs.findIndex((i) => i.name === "model"));
+      out.ks_auto = problems(lks.id);
+      set(lks, "steps", 5);
+      out.ks_auto_5 = problems(lks.id);
+      set(lks, "steps", 2);
+      set(lks, "denoise", 0.5);
+      out.ks_auto_2_of_4 = problems(lks.id); // the schedule of int(2 / 0.5) = 4 steps
+      set(lks, "denoise", 1);
+      set(lks, "steps", 4);
+      set(lks, "mode", "tcd");
+      set(lks, "gamma", 0);
+      out.ks_tcd = problems(lks.id);
+      set(lks, "mode", "auto");
+      const ks = make("KSampler");
+      loader.connect(0, ks, ks.inputs.findIndex((i) => i.name === "model"));
+      set(ks, "cfg", 1);
+      set(ks, "steps", 4);
+      set(ks, "sampler_name", "lcm");
+      set(ks, "scheduler", "sgm_uniform");
+      out.stock = problems(ks.id);
+      out.stock_message = messages(ks.id)[0] ?? "";
+      set(loader, "sampling", "tscd");
+      out.tscd_chosen = problems(custom.id);
+      out.tscd_message = messages(custom.id)[0] ?? "";
+      set(loader, "sampling", "auto");
+      out.hidden.loader_auto = L.hiddenWidgets(loader);
+      out.auto_no_metadata = { custom: problems(custom.id), ks_auto: problems(lks.id) }; // an LCM adapter now
+      if (pcmLora) {
+        set(loader, "lora_name", pcmLora);
+        L.adapterRecipe(pcmLora);
+        for (let i = 0; i < 50 && !L.recipes.has(pcmLora); i++) await new Promise((r) => setTimeout(r, 100));
+        out.metadata = { recipe: L.recipes.get(pcmLora) ?? null, custom: problems(custom.id), ks_auto: problems(lks.id),
+                         message: messages(custom.id)[0] ?? "" };
+      }
+      for (const n of [lks, ks]) graph.remove(n);
+      return out;
+    }, { wf: wfG, pcmLora });
+  }
 } finally {
   await browser.close();
 }

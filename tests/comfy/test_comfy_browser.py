@@ -18,6 +18,7 @@ from conftest import LCM_SD15
 pytestmark = pytest.mark.comfyui
 
 TCD_LORA = "browser/tcd-recipe.safetensors"  # ui_check.mjs looks for this name (--tcd-lora)
+PCM_LORA = "browser/pcm-recipe.safetensors"  # likewise (--pcm-lora): a 2-phase PCM recipe
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,6 +36,9 @@ def tcd_metadata_lora(comfy) -> str:
     out = comfy.loras / TCD_LORA
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(load_file(str(src)), str(out), metadata=meta)
+    pcm_meta = {**meta, **recipe_for_objective("pcm", phases=2).to_metadata()}
+    pcm_meta.pop("lcm_lora.recommended_gamma", None)  # a recipe without γ: pcm's default γ 0
+    save_file(load_file(str(src)), str(comfy.loras / PCM_LORA), metadata=pcm_meta)
     return TCD_LORA
 
 
@@ -141,3 +145,40 @@ def test_no_cfg_warning_when_cfg_applies_to_the_first_steps_only(ui):
     assert case["guider_first_steps"] == [], case
     assert any(p.startswith("cfg 3") for p in case["guider_every_step"]), case
     assert any(p.startswith("cfg 3") for p in case["stock_guider"]), case
+
+
+def test_warnings_follow_a_phased_recipe(ui):
+    """PCM / TSCD adapters want tcd at γ 0 on their phase edges with steps fitting their phases."""
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+
+    case = ui["phased_case"]
+    for key, (family, phases) in {"pcm4": ("pcm", 4), "tscd4": ("tscd", 4), "pcm3": ("pcm", 3), "pcm8": ("pcm", 8),
+                                  "tscd3": ("tscd", 3), "pcm1": ("pcm", 1)}.items():
+        assert case["tops"][key] == phased_timesteps(phases, phases, family), key  # the JS mirror of lcm_core
+    assert case["example"] == [] and case["ks_auto"] == [] and case["steps_2"] == [] and case["steps_8"] == []
+    assert case["tcd_gamma_0"] == [] and case["ks_auto_2_of_4"] == []
+    assert case["sched_lcm"] == ["LCM Scheduler schedule lcm is not pcm"], case
+    assert case["sched_phases_2"] == ["LCM Scheduler phases 2 is not 4"], case
+    assert case["steps_3"] == ["steps 3 is neither a divisor nor a multiple of 4 phases"], case
+    assert case["ks_auto_5"] == ["steps 5 is neither a divisor nor a multiple of 4 phases"], case
+    assert case["tcd_gamma_03"] == ["gamma 0.3 is not 0"], case
+    assert case["mode_lcm"] == ["sampler 'lcm' is not TCD"], case
+    assert case["ks_tcd"] == ["mode tcd samples LCM timesteps, not the phase edges"], case
+    assert case["stock"] == ["sampler 'lcm' is not TCD", "sgm_uniform sigmas are not the phase edges"], case
+    assert "PCM adapter" in case["stock_message"] and "arXiv 2405.18407" in case["stock_message"]
+    assert "999, 739, 499, 239" in case["stock_message"], case["stock_message"]
+    assert case["tscd_chosen"] == ["LCM Scheduler schedule pcm is not tscd"], case
+    assert "TSCD adapter" in case["tscd_message"] and "arXiv 2404.13686" in case["tscd_message"]
+    # sampling back to auto on an adapter without metadata: LCM, the LCM Sampler's auto mode is fine
+    assert case["auto_no_metadata"] == {"custom": [], "ks_auto": []}, case
+    # hidden inputs: phases unless pcm / tscd; the scheduler's original_steps when its schedule is phased
+    hidden = case["hidden"]
+    assert "phases" not in hidden["loader_pcm"] and "phases" in hidden["loader_auto"]
+    assert "original_steps" in hidden["sched_pcm"] and "phases" not in hidden["sched_pcm"]
+    assert "phases" in hidden["sched_lcm"] and "original_steps" not in hidden["sched_lcm"]
+    # metadata read through ComfyUI's /view_metadata route: a 2-phase PCM recipe
+    meta = case["metadata"]
+    assert meta["recipe"]["objective"] == "pcm" and meta["recipe"]["phases"] == 2 and meta["recipe"]["gamma"] == 0, meta
+    assert meta["custom"] == ["LCM Scheduler phases 4 is not 2"], meta
+    assert meta["ks_auto"] == [], meta  # 4 steps of 2 phases: a multiple
+    assert "999, 499" in meta["message"], meta
