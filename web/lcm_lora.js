@@ -207,9 +207,9 @@ function samplerSettings(graph, node) {
       const stype = sampler.type ?? sampler.comfyClass;
       ours = stype === "LCMSampler";
       if (ours) samplerName = widgetValue(sampler, "mode") ?? "auto";
-      if (ours && samplerName === "tcd") gamma = widgetValue(sampler, "gamma");
       else if (stype === "KSamplerSelect") samplerName = widgetValue(sampler, "sampler_name");
       else samplerName = stype;
+      if (ours && samplerName === "tcd") gamma = widgetValue(sampler, "gamma");
       samplerIsLcm = ours || isLcmSamplerName(samplerName);
     }
     const sigmas = inputOrigin(graph, node, "sigmas");
@@ -588,7 +588,7 @@ const extension = {
 };
 
 globalThis.LCMLoRA = { checkGraph, cfgOnEveryStep, refreshWarnings, updateMergeSlots, visibleSlots, updateIgnoredInputs, hiddenWidgets,
-                       adapterRecipe, readRecipe, recipes, phaseTops, MAX_CFG, MAX_STEPS };
+                       adapterRecipe, readRecipe, recipes, phaseTops, samplerSettings, lcmSource, MAX_CFG, MAX_STEPS };
 
 // The pack may be registered twice when its folder name differs from the project name
 // (ComfyUI serves both WEB_DIRECTORY and pyproject's [tool.comfy] web); register once.
