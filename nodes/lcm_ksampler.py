@@ -44,7 +44,7 @@ class LCMKSampler(io.ComfyNode):
             description="All-in-one LCM / TCD sampler with LCM timesteps: 4 steps at cfg 1.0 by default; mode auto "
                         "follows the adapter's sampling recipe (LCM, TCD, or PCM / TSCD: tcd at gamma 0 on the phase edges).",
             inputs=[
-                io.Model.Input("model", tooltip="A model with an LCM or TCD adapter (LCM-LoRA Loader or LCM Adapter Merge)."),
+                io.Model.Input("model", tooltip="A model with an LCM, TCD, PCM or TSCD adapter (LCM-LoRA Loader or LCM Adapter Merge)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the initial noise and of the noise re-injected between steps."),
                 io.Int.Input("steps", default=4, min=1, max=50,
