@@ -18,7 +18,8 @@
 //   or the loader's `sampling` pcm / tscd + `phases`) map a latent to the lower edge of its phase:
 //   they want the tcd sampler at γ 0 on their phase edges (LCM KSampler mode auto, or LCM Sampler
 //   auto / tcd at γ 0 + LCM Scheduler schedule pcm / tscd with the adapter's phases) and steps that
-//   are the phases, a divisor or a multiple of them (lcm_core/phased_timesteps.py).
+//   are the phases, a divisor or a multiple of them (lcm_core/phased_timesteps.py). LCM Scheduler
+//   phase edges feeding an LCM / TCD adapter warn too (a PCM LoRA the loader treats as LCM).
 // * Inputs a setting ignores are hidden (ComfyUI 0.3.64's V3 schema has no working dynamic
 //   combo yet): gamma unless mode is tcd, eta in mode lcm, the merge's rank unless method is svd,
 //   the loader's phases unless sampling is pcm / tscd, the scheduler's phases unless its schedule
@@ -266,6 +267,11 @@ function checkGraph(graph = app.graph) {
                                  "steps only, cfg_steps)." });
       }
       continue;
+    }
+    // phase-edge sigmas for an adapter that is not phased: most likely a PCM / TSCD LoRA the loader treats as LCM / TCD
+    const sched = s.schedule?.scheduler;
+    if (PHASED.includes(sched)) {
+      problems.push(`LCM Scheduler schedule ${sched} is for a ${sched.toUpperCase()} adapter (set the loader's sampling to ${sched})`);
     }
     if (source.objective === "tcd") {
       // TCD keeps improving with more steps: no step limit; it wants the tcd sampler.

@@ -169,8 +169,10 @@ def test_warnings_follow_a_phased_recipe(ui):
     assert "999, 739, 499, 239" in case["stock_message"], case["stock_message"]
     assert case["tscd_chosen"] == ["LCM Scheduler schedule pcm is not tscd"], case
     assert "TSCD adapter" in case["tscd_message"] and "arXiv 2404.13686" in case["tscd_message"]
-    # sampling back to auto on an adapter without metadata: LCM, the LCM Sampler's auto mode is fine
-    assert case["auto_no_metadata"] == {"custom": [], "ks_auto": []}, case
+    # sampling back to auto on an adapter without metadata: LCM — the LCM Sampler's auto mode is fine, the
+    # scheduler's phase edges are not (a PCM LoRA the loader treats as LCM)
+    assert case["auto_no_metadata"] == {"custom": ["LCM Scheduler schedule pcm is for a PCM adapter (set the loader's "
+                                                   "sampling to pcm)"], "ks_auto": []}, case
     # hidden inputs: phases unless pcm / tscd; the scheduler's original_steps when its schedule is phased
     hidden = case["hidden"]
     assert "phases" not in hidden["loader_pcm"] and "phases" in hidden["loader_auto"]
