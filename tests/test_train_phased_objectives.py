@@ -234,3 +234,45 @@ def test_print_schema_lists_the_phased_keys(capsys):
     assert "  tscd_segments: [8, 4, 2, 1]  # objective tscd:" in out
     assert "  tscd_stage_steps: null  # objective tscd:" in out
     assert "  solver_guidance: true  # false: the teacher's DDIM step uses the conditional prediction only" in out
+
+
+def _argparse_defaults(path: str) -> dict:
+    import ast
+    from pathlib import Path
+
+    out = {}
+    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args:
+            flag = getattr(node.args[0], "value", None)
+            for kw in node.keywords:
+                if kw.arg == "default" and isinstance(kw.value, ast.Constant) and isinstance(flag, str):
+                    out[flag.lstrip("-")] = kw.value.value
+    return out
+
+
+def test_shipped_phased_configs_follow_their_references():
+    """``configs/pcm_sd15.yaml`` / ``tscd_sd15.yaml`` are pcm / tscd and take the reference scripts' argparse
+    defaults where their launch commands do not override them (read from the sources when the env vars are set)."""
+    import os
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    pcm = load_config(configs / "pcm_sd15.yaml")
+    tscd = load_config(configs / "tscd_sd15.yaml")
+    assert (pcm.lcd.objective, pcm.lcd.phases, pcm.lcd.loss) == ("pcm", 4, "huber")
+    assert (tscd.lcd.objective, tscd.lcd.tscd_segments, tscd.lcd.loss) == ("tscd", [8, 4, 2, 1], "l2")
+    assert tscd_stage_steps(tscd.lcd, tscd.train.max_steps) * 4 == tscd.train.max_steps
+    checked = 0
+    if os.environ.get("PCM_REFERENCE_SCRIPT"):
+        ref = _argparse_defaults(os.environ["PCM_REFERENCE_SCRIPT"])
+        assert (pcm.lcd.num_ddim_timesteps, pcm.lcd.huber_c, pcm.lora.rank, pcm.optim.max_grad_norm) == (
+            ref["num_ddim_timesteps"], ref["huber_c"], ref["lora_rank"], ref["max_grad_norm"])
+        checked += 1
+    if os.environ.get("TSCD_REFERENCE_SCRIPT"):
+        ref = _argparse_defaults(os.environ["TSCD_REFERENCE_SCRIPT"])
+        assert (tscd.lcd.w_min, tscd.lcd.w_max, tscd.lcd.num_ddim_timesteps, tscd.lcd.loss, tscd.lora.rank) == (
+            ref["w_min"], ref["w_max"], ref["num_ddim_timesteps"], ref["loss_type"], ref["lora_rank"])
+        assert ",".join(map(str, tscd.lcd.tscd_segments)) == ref["stage_segments"]
+        checked += 1
+    if not checked:
+        pytest.skip("PCM_REFERENCE_SCRIPT / TSCD_REFERENCE_SCRIPT not set: reference defaults not compared")
