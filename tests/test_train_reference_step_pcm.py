@@ -1,8 +1,7 @@
 """Our PCM loss (``lcd.objective: pcm``) and gradients equal the Phased Consistency Model's LoRA trainer
 step, executed from its own source: G-U-N/Phased-Consistency-Model
 ``code/text_to_image_sd15/train_pcm_lora_sd15.py`` (``$PCM_REFERENCE_SCRIPT``; never committed; e.g.
-``git -C /work/.mirror/G-U-N+Phased-Consistency-Model/repo show HEAD:code/text_to_image_sd15/train_pcm_lora_sd15.py``
-written to a file). ``benchmarks/trainer/reference_step.py`` (kind ``pcm_sd``) runs the script's training
+``git -C PCM_CHECKOUT show HEAD:code/text_to_image_sd15/train_pcm_lora_sd15.py`` written to a file). ``benchmarks/trainer/reference_step.py`` (kind ``pcm_sd``) runs the script's training
 step block on the same tiny SD-like teacher as the LCM/TCD parity tests.
 
 What is compared:
