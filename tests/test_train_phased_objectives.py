@@ -40,6 +40,26 @@ def test_pcm_phase_starts_and_edges_match_the_table(phases):
     assert s[starts].tolist() == t_n.tolist()
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_pcm_target_at_a_phase_start_is_the_teacher_point_bit_for_bit(prediction_type):
+    """The reference's target boundary (c_skip = 1 where the index is a phase start): our map at s = t_n
+    returns its input exactly, whatever the network says; elsewhere it moves it."""
+    from lcm_lora.training.lcd_step import LcdLoss
+
+    solver = _solver()
+    lcd = LcdLoss(solver, prediction_type, objective="pcm")
+    index = torch.arange(50)
+    _, t_n = solver.start_and_target_timesteps(index)
+    s = pcm_end_timesteps(index, solver, 8)
+    gen = torch.Generator().manual_seed(0)
+    x_prev, raw = torch.randn(50, 4, 3, 3, generator=gen), torch.randn(50, 4, 3, 3, generator=gen) * 100
+    out = lcd.consistency(raw, x_prev, t_n, s)
+    start = torch.isin(index, pcm_phase_starts(50, 8))
+    assert torch.equal(start, s == t_n)
+    assert torch.equal(out[start], x_prev[start])
+    assert bool((out[~start] != x_prev[~start]).flatten(1).any(1).all())
+
+
 def test_one_phase_is_consistency_to_zero():
     assert pcm_end_timesteps(torch.arange(50), _solver(), 1).tolist() == [0] * 50
     assert pcm_end_timesteps(torch.arange(10), _solver(10), 1).tolist() == [0] * 10
