@@ -106,7 +106,7 @@ def reference_path(kind: str = "sd") -> Path:
     var = ENV[kind]
     path = os.environ.get(var)
     if not path:
-        raise ReferenceUnavailable(f"{var} is not set (path to diffusers' {SCRIPT_NAMES[kind]})")
+        raise ReferenceUnavailable(f"{var} is not set (path to the reference script {SCRIPT_NAMES[kind]})")
     path = Path(path)
     if not path.is_file():
         raise ReferenceUnavailable(f"{var}={path} does not exist")
