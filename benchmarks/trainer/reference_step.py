@@ -14,9 +14,10 @@ is detected from its content (:func:`detect_script`):
   ``scalings_for_boundary_conditions_online/target``, ``predicted_origin``; ``args.multiphase`` = phases,
   ``args.not_apply_cfg_solver`` = not solver guidance; its teacher runs under a hard-coded
   ``torch.autocast("cuda")`` (a no-op on the CPU, where the parity tests run);
-* ``tscd_sd``: rootonchair ``tscd/train_tscd_distill_lora_sd_wds.py`` (Hyper-SD TSCD-LoRA,
-  ``$TSCD_REFERENCE_SCRIPT``; the TCD helpers plus ``k_list`` / ``global_step`` / ``args.stage_steps``
-  / ``args.stage_segments`` as its ``main()`` sets them; :meth:`ReferenceTrainer.set_global_step`).
+* ``tscd_sd`` / ``tscd_sdxl``: rootonchair ``tscd/train_tscd_distill_lora_sd_wds.py`` /
+  ``tscd/train_tscd_distill_lora_sdxl.py`` (Hyper-SD TSCD-LoRA, ``$TSCD_REFERENCE_SCRIPT[_SDXL]``; the TCD
+  helpers plus ``k_list`` / ``global_step`` / ``args.stage_steps`` / ``args.stage_segments`` as its ``main()``
+  sets them; ``set_global_step`` on either trainer).
 
 Neither can be imported as a module here: they import webdataset/braceexpand/torchvision/datasets
 at the top and keep their training step inline in ``main()``. So this file *executes the
@@ -67,10 +68,11 @@ SDXL_HELPERS = HELPERS + ("import_model_class_from_model_name_or_path",)
 SDXL_NESTED = ("compute_embeddings",)  # defined inside main(); refers to args, accelerator, weight_dtype
 ENV = {"sd": "LCM_REFERENCE_SCRIPT", "sdxl": "LCM_REFERENCE_SCRIPT_SDXL",
        "tcd_sd": "TCD_REFERENCE_SCRIPT", "tcd_sdxl": "TCD_REFERENCE_SCRIPT_SDXL",
-       "pcm_sd": "PCM_REFERENCE_SCRIPT", "tscd_sd": "TSCD_REFERENCE_SCRIPT"}
+       "pcm_sd": "PCM_REFERENCE_SCRIPT", "tscd_sd": "TSCD_REFERENCE_SCRIPT", "tscd_sdxl": "TSCD_REFERENCE_SCRIPT_SDXL"}
 SCRIPT_NAMES = {"sd": "train_lcm_distill_lora_sd_wds.py", "sdxl": "train_lcm_distill_lora_sdxl.py",
                 "tcd_sd": "train_tcd_distill_lora_sd_wds.py", "tcd_sdxl": "train_tcd_distill_lora_sdxl.py",
-                "pcm_sd": "train_pcm_lora_sd15.py", "tscd_sd": "train_tscd_distill_lora_sd_wds.py"}
+                "pcm_sd": "train_pcm_lora_sd15.py", "tscd_sd": "train_tscd_distill_lora_sd_wds.py",
+                "tscd_sdxl": "train_tscd_distill_lora_sdxl.py"}
 # rootonchair/consistency_models_distill tcd/*: the diffusers LoRA scripts with the TCD map and s draw
 # (and, in the SD one, without the boundary scalings); tscd/* likewise with the segmented s draw
 TCD_HELPERS = ("get_predicted_original_sample_tcd", "randint")
@@ -185,7 +187,7 @@ def load_reference(path: Path | None = None, kind: str | None = None) -> tuple[d
     if block is None:
         raise ReferenceUnavailable(f"{path}: training-step block 'with accelerator.accumulate(unet):' not found")
     repairs = []
-    if found.startswith("tcd_"):
+    if found.startswith(("tcd_", "tscd_")):
         fixer = _RepairTcdTargetCall()
         block = ast.fix_missing_locations(fixer.visit(block))
         if fixer.repaired:
@@ -288,7 +290,7 @@ class ReferenceTrainerSDXL:
                  w_max: float = 15.0, loss_type: str = "huber", huber_c: float = 0.001, num_ddim_timesteps: int = 50,
                  mixed_precision: str = "no", device: str | None = None, gradient_checkpointing: bool = False,
                  weight_decay: float = 0.0, vae_encode_batch_size: int = 8, lora_alpha: float | None = None,
-                 max_grad_norm: float = 1.0, kind: str = "sdxl"):
+                 max_grad_norm: float = 1.0, kind: str = "sdxl", stage_segments: str = "8,4,2,1", stage_steps: int = 1000):
         from accelerate import Accelerator
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from diffusers.optimization import get_scheduler
@@ -296,7 +298,7 @@ class ReferenceTrainerSDXL:
         from peft import LoraConfig
         from transformers import AutoTokenizer
 
-        self.ns, self.code = load_reference(reference_path(kind), kind=kind)  # "sdxl" (LCM) or "tcd_sdxl"
+        self.ns, self.code = load_reference(reference_path(kind), kind=kind)  # "sdxl" (LCM), "tcd_sdxl" or "tscd_sdxl"
         ns = self.ns
         teacher = os.fspath(teacher_dir)
         cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
@@ -344,7 +346,9 @@ class ReferenceTrainerSDXL:
         args = types.SimpleNamespace(resolution=resolution, vae_encode_batch_size=vae_encode_batch_size,
                                      num_ddim_timesteps=num_ddim_timesteps, timestep_scaling_factor=10.0, w_min=w_min, w_max=w_max,
                                      loss_type=loss_type, huber_c=huber_c, max_grad_norm=max_grad_norm,
-                                     pretrained_vae_model_name_or_path=None)
+                                     pretrained_vae_model_name_or_path=None,
+                                     stage_segments=stage_segments, stage_steps=stage_steps)  # TSCD
+        ns.update(k_list=[int(i) for i in stage_segments.split(",")], global_step=0)  # TSCD main()
         ns.update(accelerator=accelerator, unet=unet, vae=vae, weight_dtype=weight_dtype, args=args,
                   noise_scheduler=noise_scheduler, solver=solver, alpha_schedule=alpha_schedule, sigma_schedule=sigma_schedule,
                   optimizer=optimizer, lr_scheduler=lr_scheduler, params_to_optimize=params_to_optimize)
@@ -353,6 +357,10 @@ class ReferenceTrainerSDXL:
         self.accelerator = accelerator
         self.device = accelerator.device
         self.resolution = resolution
+
+    def set_global_step(self, step: int) -> None:
+        """The optimizer step the next :meth:`step` runs as (TSCD's stage; see :class:`ReferenceTrainer`)."""
+        self.ns["global_step"] = int(step)
 
     def step(self, images: torch.Tensor, captions: list[str], original_sizes: list[tuple[int, int]] | None = None,
              crop_top_lefts: list[tuple[int, int]] | None = None) -> dict:
