@@ -1,6 +1,7 @@
 """Headless LCM-LoRA distillation trainer (LCM paper Algorithm 1 with LoRA; diffusers'
 ``train_lcm_distill_lora_*`` scripts as the reference); ``lcd.objective: tcd`` trains a TCD-LoRA
-instead (:mod:`.tcd`; rootonchair's ``tcd/train_tcd_distill_lora_*`` as the reference). Never imports ComfyUI.
+instead (:mod:`.tcd`; rootonchair's ``tcd/train_tcd_distill_lora_*`` as the reference), ``pcm`` / ``tscd`` a
+phased (PCM) or segmented (Hyper-SD TSCD) one (:mod:`.phased`). Never imports ComfyUI.
 
 Public API (imported lazily so ``import lcm_lora.training`` stays cheap):
 
