@@ -168,13 +168,18 @@ def _recipe_info(metadata) -> dict:
     and how to sample; ``None`` for adapters that carry none (released LCM-/TCD-LoRAs, Hyper-SD)."""
     import dataclasses
 
-    from ..lcm_core.sampling_recipe import read_recipe
+    from ..lcm_core.errors import LcmLoraError
+    from ..lcm_core.sampling_recipe import read_recipe, recipe_timesteps
 
     recipe = read_recipe(metadata)
     if recipe is None:
         return {"objective": None, "sampling_recipe": None}
     info = dataclasses.asdict(recipe)
     info["w_range"] = list(recipe.w_range) if recipe.w_range is not None else None
+    try:  # pcm / tscd: the phased timesteps of the recommended step count (None for lcm / tcd)
+        info["timesteps"] = recipe_timesteps(recipe, recipe.steps)
+    except LcmLoraError:  # a step count the phases cannot be split into: metadata stays advisory
+        info["timesteps"] = None
     return {"objective": recipe.objective, "sampling_recipe": info}
 
 
@@ -183,6 +188,10 @@ def _recipe_line(info: dict) -> str:
     if recipe is None:
         return "not recorded (no lcm_lora.objective metadata)"
     parts = [f"sampler {recipe['sampler']}", f"{recipe['steps']} steps"]
+    if recipe.get("phases") is not None:  # pcm / tscd: edge-to-edge steps (lcm_core.phased_timesteps)
+        parts.append(f"{recipe['phases']} phases")
+        if recipe.get("timesteps"):
+            parts.append(f"timesteps {'/'.join(map(str, recipe['timesteps']))}")
     if recipe["gamma"] is not None:
         parts.append(f"gamma {recipe['gamma']:g}")
     parts.append(f"cfg {recipe['cfg']:g}")

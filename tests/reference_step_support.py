@@ -19,12 +19,13 @@ class GradTap:
     """Stands in for the reference's optimizer: records the LoRA gradients it applies at ``step()``
     (after the reference's own clipping, if any)."""
 
-    def __init__(self, optimizer, params):
-        self.optimizer, self.params, self.grads = optimizer, params, None
+    def __init__(self, optimizer, params, apply: bool = True):
+        self.optimizer, self.params, self.grads, self.apply = optimizer, params, None, apply
 
     def step(self):
         self.grads = {n: p.grad.detach().clone() for n, p in self.params.items()}
-        self.optimizer.step()
+        if self.apply:  # apply=False: the weights stay as they are (a step may be repeated on other draws)
+            self.optimizer.step()
 
     def zero_grad(self, set_to_none=True):
         self.optimizer.zero_grad(set_to_none=set_to_none)
@@ -41,17 +42,18 @@ def share_random_lora(ours_lora: dict, ref_lora: dict, generator) -> None:
             ref_lora[name].copy_(value)
 
 
-def our_lcd_loss(ours, ns: dict, cond: dict, uncond: dict, loss_type: str, objective: str = "lcm"):
+def our_lcd_loss(ours, ns: dict, cond: dict, uncond: dict, loss_type: str, objective: str = "lcm",
+                 solver_guidance: bool = True):
     """Our LCD loss on the reference step's own draws (``ns``: its index, noise, ω and latents; for
-    ``objective="tcd"`` also its end timesteps s), with the stop-gradient online target and the
+    ``objective`` tcd/pcm/tscd also its end timesteps s), with the stop-gradient online target and the
     adapters-disabled teacher, as the LoRA reference scripts."""
     from lcm_lora.training.ddim_solver import DDIMSolver
     from lcm_lora.training.lcd_step import LcdLoss, LcdRandomness
     from lcm_lora.training.student import adapters_disabled
     from lcm_lora.training.teacher import unet_forward
 
-    lcd = LcdLoss(DDIMSolver(ours.alphas_cumprod, 50), "epsilon", loss_type, 0.001, 10.0, objective)
-    tcd_s = ns["end_timesteps"].cpu() if objective == "tcd" else None
+    lcd = LcdLoss(DDIMSolver(ours.alphas_cumprod, 50), "epsilon", loss_type, 0.001, 10.0, objective, solver_guidance)
+    tcd_s = ns["end_timesteps"].cpu() if objective != "lcm" else None
     rnd = LcdRandomness(ns["index"].cpu(), ns["noise"].float().cpu(), ns["w"].reshape(-1).float().cpu(), tcd_s)
     unet = ours.unet.train()
 

@@ -20,6 +20,13 @@ README's recommended command line) and the LCM paper (Luo et al. 2023, §4.2, Al
   (``uniform``: the reference; ``tdd``: Target-Driven Distillation's draw, ``lcd.tdd_s_ratio`` 0.3,
   ``lcd.tdd_steps`` [4, 8]). TCD-only keys with ``lcm`` are errors naming the key
   (:func:`_validate_objective`); an LCM run's trajectory dict leaves them out.
+* ``lcd.objective = pcm`` (Phased Consistency Model, Wang et al. 2024; :mod:`.phased`) with
+  ``lcd.phases`` 4 (the reference's launch scripts; ``--multiphase``), and ``tscd`` (Hyper-SD's
+  trajectory segmented consistency distillation, Ren et al. 2024; :mod:`.phased`) with
+  ``lcd.tscd_segments`` [8, 4, 2, 1] (``--stage_segments``) and ``lcd.tscd_stage_steps`` (default
+  ``train.max_steps // len(segments)``; the reference has no default). PCM-/TSCD-only keys with
+  another objective are errors naming the key; ``lcd.timestep_scaling`` is LCM-only.
+  ``lcd.solver_guidance: false`` is PCM's "normal CFG" recipe (``--not_apply_cfg_solver``).
 * ``lora.rank = alpha = 64``; targets: the released LCM-LoRA UNet modules (``lcm_core.targets``).
 * ``optim``: AdamW, lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0 (README passes
   ``--adam_weight_decay=0.0``; argparse default 1e-2), grad-norm clip 1.0, constant LR.
@@ -113,13 +120,24 @@ class LcdSection:
     target: str = _f("stopgrad", choices=("stopgrad", "ema"), kind="str", doc="θ⁻: online weights without grad (LoRA reference) or EMA (paper)")
     ema_decay: float = _f(0.95, minimum=0.0, maximum=1.0, kind="float", doc="μ of the EMA target (target: ema)")
     uncond: str = _f("auto", choices=("auto", "empty_prompt", "zeros"), kind="str", doc="auto: zeros for SDXL-type, '' otherwise")
-    objective: str = _f("lcm", choices=("lcm", "tcd"), kind="str",
-                        doc="lcm: consistency to x0 (LCM); tcd: trajectory consistency to an intermediate s (TCD, arXiv 2402.19159)")
+    objective: str = _f("lcm", choices=("lcm", "tcd", "pcm", "tscd"), kind="str",
+                        doc="lcm: consistency to x0 (LCM); tcd: trajectory consistency to an intermediate s (TCD, arXiv 2402.19159); "
+                        "pcm: consistency to the lower edge of the timestep's phase (Phased Consistency Model, arXiv 2405.18407); "
+                        "tscd: consistency to a point of the timestep's trajectory segment, segments halving by stage (Hyper-SD TSCD, arXiv 2404.13686)")
     tcd_s_sampling: str = _f("uniform", choices=("uniform", "tdd"), kind="str",
                              doc="objective tcd: end point s uniform over the DDIM grid <= t_n (TCD reference) or tdd (Target-Driven Distillation)")
     tdd_s_ratio: float = _f(0.3, minimum=0.0, maximum=1.0, kind="float",
                             doc="tcd_s_sampling tdd: s = floor((1 - r*ratio) m), r ~ U[0,1]; match the inference gamma")
     tdd_steps: list = _f([4, 8], kind="intlist", doc="tcd_s_sampling tdd: [min, max] inference step counts whose timesteps s is drawn near")
+    phases: int = _f(4, minimum=1, maximum=1000, kind="int",
+                     doc="objective pcm: number of phases of the solver grid (PCM --multiphase; <= num_ddim_timesteps); sample with this many steps")
+    tscd_segments: list = _f([8, 4, 2, 1], kind="intlist", minimum=1,
+                             doc="objective tscd: trajectory segments per stage (Hyper-SD --stage_segments); each divides the 1000 training timesteps")
+    tscd_stage_steps: int | None = _f(None, minimum=1, kind="int?",
+                                      doc="objective tscd: optimizer steps per stage; null = train.max_steps // len(tscd_segments)")
+    solver_guidance: bool = _f(True, kind="bool",
+                               doc="false: the teacher's DDIM step uses the conditional prediction only, no CFG "
+                               "(PCM --not_apply_cfg_solver, its 'normal CFG' recipe with data.caption_dropout 0.1; sample with cfg > 1)")
 
 
 @dataclass
@@ -483,23 +501,51 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ConfigError(src, "key 'logging.backend' is tensorboard but the tensorboard package is not installed") from None
 
 
-# lcd keys that only apply to the TCD objective, with their defaults (an LCM config must leave them alone)
+# lcd keys that only apply to one objective, with their defaults (another objective's config must leave them alone)
 TCD_ONLY_KEYS = {"tcd_s_sampling": "uniform", "tdd_s_ratio": 0.3, "tdd_steps": [4, 8]}
 _TDD_ONLY_KEYS = ("tdd_s_ratio", "tdd_steps")
+PCM_ONLY_KEYS = {"phases": 4}
+TSCD_ONLY_KEYS = {"tscd_segments": [8, 4, 2, 1], "tscd_stage_steps": None}
+OBJECTIVE_ONLY_KEYS = {"tcd": TCD_ONLY_KEYS, "pcm": PCM_ONLY_KEYS, "tscd": TSCD_ONLY_KEYS}
+# keys added after the first release whose default keeps the trajectory of older runs: left out of the
+# trajectory dict while at their default, so the config hash of those runs does not change
+_TRAJECTORY_DEFAULT_DROPPED = {"solver_guidance": True}
+NUM_TRAIN_TIMESTEPS = 1000  # the SD/SDXL schedules (the trainer checks the teacher's own count again)
+
+
+def tscd_stage_steps(lcd, max_steps: int) -> int:
+    """Optimizer steps per TSCD stage: ``lcd.tscd_stage_steps``, or ``max_steps // len(lcd.tscd_segments)``
+    (at least 1) so that the stages split the run evenly."""
+    if lcd.tscd_stage_steps is not None:
+        return int(lcd.tscd_stage_steps)
+    return max(1, int(max_steps) // max(1, len(lcd.tscd_segments)))
 
 
 def _validate_objective(cfg: TrainConfig) -> None:
     """Combinations of ``lcd.objective`` with the keys that belong to one objective only."""
     src, lcd = cfg.source, cfg.lcd
-    if lcd.objective == "lcm":
-        for name, default in TCD_ONLY_KEYS.items():
+    for owner, keys in OBJECTIVE_ONLY_KEYS.items():
+        if owner == lcd.objective:
+            continue
+        for name, default in keys.items():
             if getattr(lcd, name) != default:
-                raise ConfigError(src, f"key 'lcd.{name}' applies to 'lcd.objective: tcd' only (objective is lcm); "
-                                  f"remove it or set lcd.objective=tcd")
-    else:
+                raise ConfigError(src, f"key 'lcd.{name}' applies to 'lcd.objective: {owner}' only (objective is "
+                                  f"{lcd.objective}); remove it or set lcd.objective={owner}")
+    if lcd.objective != "lcm":
         if lcd.timestep_scaling != 10.0:
-            raise ConfigError(src, "key 'lcd.timestep_scaling' applies to 'lcd.objective: lcm' only (the TCD map has no "
-                              "boundary scalings); remove it or set lcd.objective=lcm")
+            raise ConfigError(src, "key 'lcd.timestep_scaling' applies to 'lcd.objective: lcm' only (the "
+                              f"{lcd.objective} map has no boundary scalings); remove it or set lcd.objective=lcm")
+    if lcd.objective == "pcm" and lcd.phases > lcd.num_ddim_timesteps:
+        raise ConfigError(src, f"key 'lcd.phases' ({lcd.phases}) must not exceed 'lcd.num_ddim_timesteps' "
+                          f"({lcd.num_ddim_timesteps}): each phase needs at least one solver step")
+    if lcd.objective == "tscd":
+        if not lcd.tscd_segments:
+            raise ConfigError(src, "key 'lcd.tscd_segments' must list at least one segment count, e.g. [8, 4, 2, 1]")
+        bad = [k for k in lcd.tscd_segments if k < 1 or NUM_TRAIN_TIMESTEPS % k]
+        if bad:
+            raise ConfigError(src, f"key 'lcd.tscd_segments': every segment count must be >= 1 and divide the "
+                              f"{NUM_TRAIN_TIMESTEPS} training timesteps, got {bad[0]} in {lcd.tscd_segments}")
+    if lcd.objective == "tcd":
         if lcd.tcd_s_sampling != "tdd":
             for name in _TDD_ONLY_KEYS:
                 if getattr(lcd, name) != TCD_ONLY_KEYS[name]:
@@ -546,11 +592,21 @@ def trajectory_dict(cfg: TrainConfig) -> dict:
     d = cfg.to_dict()
     for s in _NON_TRAJECTORY:
         d.pop(s, None)
-    if d["lcd"]["objective"] == "lcm":
-        # keys added with the TCD objective: left out of LCM runs so that their hash and resume check
-        # stay what they were before the keys existed (validation keeps them at their defaults there)
-        for name in ("objective", *TCD_ONLY_KEYS):
-            d["lcd"].pop(name, None)
+    objective = d["lcd"]["objective"]
+    # keys of other objectives (validation keeps them at their defaults) are left out, and LCM runs leave
+    # out the objective too, so that the hash and resume check of LCM and TCD runs stay what they were
+    # before those keys existed
+    for owner, keys in OBJECTIVE_ONLY_KEYS.items():
+        if owner != objective:
+            for name in keys:
+                d["lcd"].pop(name, None)
+    if objective == "lcm":
+        d["lcd"].pop("objective", None)
+    if objective == "tscd":  # the resolved stage length (train.max_steps is not a trajectory key by itself)
+        d["lcd"]["tscd_stage_steps"] = tscd_stage_steps(cfg.lcd, cfg.train.max_steps)
+    for name, default in _TRAJECTORY_DEFAULT_DROPPED.items():
+        if d["lcd"].get(name) == default:
+            d["lcd"].pop(name)
     for key in _NON_TRAJECTORY_KEYS:
         section, name = key.split(".")
         d.get(section, {}).pop(name, None)

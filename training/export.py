@@ -39,22 +39,50 @@ def peft_state_to_adapter(state: dict[str, torch.Tensor], alpha: float, arch: st
     return LoraAdapter(modules=modules, architecture=known)
 
 
+def adapter_phases(cfg) -> int | None:
+    """The phase count a pcm / tscd adapter samples with: ``lcd.phases`` (PCM), the last stage's segment
+    count ``lcd.tscd_segments[-1]`` (TSCD: what training ends on); None for lcm / tcd."""
+    lcd = cfg.lcd
+    if lcd.objective == "pcm":
+        return int(lcd.phases)
+    if lcd.objective == "tscd":
+        return int(lcd.tscd_segments[-1])
+    return None
+
+
 def adapter_recipe(cfg):
     """How the trained adapter wants to be sampled (``lcm_core.sampling_recipe``): the objective, the ω
     range distilled in, and the sampler defaults — LCM: lcm sampler, 4 steps, LCM model sampling; TCD:
     tcd sampler, 4 steps, plain ε model sampling, γ 0.3 (the TCD paper's default) or, with TDD's s
-    draw, γ = ``lcd.tdd_s_ratio`` (the largest γ its training covered; TDD: train and sample with the same γ)."""
+    draw, γ = ``lcd.tdd_s_ratio`` (the largest γ its training covered; TDD: train and sample with the same γ);
+    PCM / TSCD: tcd sampler at γ 0 on the phased timesteps, steps = phases (:func:`adapter_phases`).
+    With ``lcd.solver_guidance: false`` no guidance is distilled in: the recipe's cfg is :data:`NORMAL_CFG`
+    instead of 1 and it has no ω range."""
+    from dataclasses import replace
+
     from ..lcm_core.sampling_recipe import recipe_for_objective
 
     lcd = cfg.lcd
-    gamma = lcd.tdd_s_ratio if (lcd.objective == "tcd" and lcd.tcd_s_sampling == "tdd") else 0.3
-    return recipe_for_objective(lcd.objective, w_range=(lcd.w_min, lcd.w_max), steps=4, gamma=gamma)
+    if lcd.objective in ("pcm", "tscd"):
+        recipe = recipe_for_objective(lcd.objective, w_range=(lcd.w_min, lcd.w_max), phases=adapter_phases(cfg))
+    else:
+        gamma = lcd.tdd_s_ratio if (lcd.objective == "tcd" and lcd.tcd_s_sampling == "tdd") else 0.3
+        recipe = recipe_for_objective(lcd.objective, w_range=(lcd.w_min, lcd.w_max), steps=4, gamma=gamma)
+    if not lcd.solver_guidance:
+        recipe = replace(recipe, cfg=NORMAL_CFG, w_range=None)
+    return recipe
+
+
+# the recommended cfg of an adapter trained without solver guidance: PCM's "Normal CFG" adapters are
+# sampled at 7.5 in its demo (G-U-N/Phased-Consistency-Model demo/app.py)
+NORMAL_CFG = 7.5
 
 
 def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_hash: str, cfg) -> dict[str, str]:
     objective = cfg.lcd.objective
-    comment = ("LCM-LoRA (latent consistency distillation)" if objective == "lcm"
-               else "TCD-LoRA (trajectory consistency distillation)")
+    comment = {"lcm": "LCM-LoRA (latent consistency distillation)", "tcd": "TCD-LoRA (trajectory consistency distillation)",
+               "pcm": "PCM-LoRA (phased consistency distillation)",
+               "tscd": "TSCD-LoRA (trajectory segmented consistency distillation)"}[objective]
     meta = {
         "lcm_lora.base_architecture": arch,
         "lcm_lora.rank": str(rank),
@@ -76,6 +104,15 @@ def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_has
         lcd = cfg.lcd
         meta["lcm_lora.tcd_s_sampling"] = (lcd.tcd_s_sampling if lcd.tcd_s_sampling == "uniform"
                                            else f"tdd(s_ratio={lcd.tdd_s_ratio},steps={lcd.tdd_steps[0]}-{lcd.tdd_steps[1]})")
+    if objective == "tscd":
+        lcd = cfg.lcd
+        from .config import tscd_stage_steps
+
+        meta["lcm_lora.tscd_segments"] = ",".join(str(k) for k in lcd.tscd_segments)
+        meta["lcm_lora.tscd_stage_steps"] = str(tscd_stage_steps(lcd, cfg.train.max_steps))
+    if not cfg.lcd.solver_guidance:  # no ω distilled in: no guidance range to report
+        meta["lcm_lora.solver_guidance"] = "false"
+        meta.pop("lcm_lora.w_range")
     meta.update(adapter_recipe(cfg).to_metadata())  # lcm_lora.objective, recommended_* (shared contract keys)
     if arch in _KOHYA_BASE:
         meta["ss_base_model_version"] = _KOHYA_BASE[arch]

@@ -26,6 +26,14 @@ function ``f(z, t, s)`` (DDIM-form jump to an end timestep s, no c_skip/c_out), 
 sample (``LcdRandomness.tcd_s``) shared by student and target — rootonchair's
 ``tcd/train_tcd_distill_lora_sd_wds.py`` / ``_sdxl.py`` training loop (steps 3, 7, 9).
 
+**Objectives ``pcm`` and ``tscd``** (:mod:`.phased`): the same map as ``tcd``, with s the lower edge
+of the solver index's phase (Phased Consistency Model) or uniform in the trajectory segment below
+t_n (Hyper-SD's TSCD); s is again ``LcdRandomness.tcd_s``.
+
+``solver_guidance=False`` (``lcd.solver_guidance``; PCM's ``--not_apply_cfg_solver``, its "normal
+CFG" recipe): the teacher's DDIM step uses the conditional prediction only (one teacher pass of B
+instead of 2B); ω is still drawn (the stream of draws is unchanged) but not used.
+
 Models are callables ``model(x, t, cond) -> raw network output`` (ε, v or x0 per
 ``prediction_type``); ``cond`` is whatever the model needs (a dict of UNet kwargs here), so the
 same loss drives the tiny closed-form tests and the real UNet.
@@ -42,7 +50,8 @@ from ..lcm_core.boundary import consistency_output
 from .ddim_solver import DDIMSolver
 from .tcd import trajectory_jump
 
-OBJECTIVES = ("lcm", "tcd")
+OBJECTIVES = ("lcm", "tcd", "pcm", "tscd")
+TRAJECTORY_OBJECTIVES = ("tcd", "pcm", "tscd")  # f(x, t, s) (:func:`.tcd.trajectory_jump`) instead of c_skip/c_out
 
 Model = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -54,7 +63,7 @@ class LcdRandomness:
     index: torch.Tensor  # (B,) int64
     noise: torch.Tensor  # (B, C, H, W) float32
     w: torch.Tensor  # (B,) float32
-    tcd_s: torch.Tensor | None = None  # (B,) int64: TCD's end timestep s (objective tcd only; :mod:`.tcd`)
+    tcd_s: torch.Tensor | None = None  # (B,) int64: end timestep s (objectives tcd, pcm, tscd; :mod:`.tcd`, :mod:`.phased`)
 
     def select(self, rows: slice) -> "LcdRandomness":
         tcd_s = None if self.tcd_s is None else self.tcd_s[rows]
@@ -108,10 +117,12 @@ class LcdLoss:
         huber_c: float = 0.001,
         timestep_scaling: float = 10.0,
         objective: str = "lcm",
+        solver_guidance: bool = True,
     ):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.solver = solver
+        self.solver_guidance = solver_guidance
         self.prediction_type = prediction_type
         self.loss = loss
         self.huber_c = huber_c
@@ -122,18 +133,26 @@ class LcdLoss:
         """LCM: ``f(x, t) = c_skip(t) x + c_out(t) x̂0(raw)`` in float32 (Eq. 4 via ``lcm_core.boundary``;
         ref. l. 1265-1272, 1301). TCD: ``f(x, t, s)``, the DDIM-form jump to ``s`` (:func:`.tcd.trajectory_jump`;
         TCD ref. ``get_predicted_original_sample_tcd``, which supports ε only; x̂0 from v/x0 outputs
-        goes through the same ``predicted_x0`` as LCM)."""
+        goes through the same ``predicted_x0`` as LCM). PCM/TSCD: the same map (:mod:`.phased`)."""
         x0 = self.solver.predicted_x0(raw.float(), t, x, self.prediction_type)
-        if self.objective == "tcd":
+        if self.objective in TRAJECTORY_OBJECTIVES:
             if s is None:
-                raise ValueError("the TCD objective needs the end timesteps s (LcdRandomness.tcd_s)")
+                raise ValueError(f"the {self.objective} objective needs the end timesteps s (LcdRandomness.tcd_s)")
             return trajectory_jump(x0, x, t, s, self.solver.alpha_schedule, self.solver.sigma_schedule)
         return consistency_output(x, x0, t, timestep_scaling=self.timestep_scaling)
 
     @torch.no_grad()
     def teacher_step(self, teacher: Model, noisy, start_t, index, w, cond, uncond, autocast=nullcontext) -> torch.Tensor:
-        """Guided teacher estimate at ``t_{n+k}`` and one DDIM step to ``t_n`` (ref. l. 1311-1368)."""
+        """Guided teacher estimate at ``t_{n+k}`` and one DDIM step to ``t_n`` (ref. l. 1311-1368); without
+        ``solver_guidance`` the conditional estimate alone (PCM ref. ``--not_apply_cfg_solver``)."""
         batch = noisy.shape[0]
+        if not self.solver_guidance:
+            with autocast():
+                raw = teacher(noisy, start_t, cond)
+            raw = raw.float()
+            x0 = self.solver.predicted_x0(raw, start_t, noisy, self.prediction_type)
+            eps = self.solver.predicted_eps(raw, start_t, noisy, self.prediction_type)
+            return self.solver.ddim_step(x0, eps, index)
         with autocast():
             raw = teacher(torch.cat([noisy, noisy]), torch.cat([start_t, start_t]), concat_cond(cond, uncond))
         raw = raw.float()
@@ -169,7 +188,7 @@ class LcdLoss:
         # which must not happen between the student's forward and backward.
         x_prev = self.teacher_step(teacher, noisy, start_t, rnd.index, rnd.w, cond, uncond, autocast)
 
-        s = rnd.tcd_s  # TCD: one s per sample, shared by student and target (TCD ref. step 3); None for LCM
+        s = rnd.tcd_s  # TCD/PCM/TSCD: one s per sample, shared by student and target (TCD ref. step 3); None for LCM
         with autocast():
             student_raw = student(noisy, start_t, cond)
         model_pred = self.consistency(student_raw, noisy, start_t, s)

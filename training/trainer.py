@@ -9,8 +9,8 @@ checkpoint and return with ``status="interrupted"``, a non-finite loss stops it 
 
 Per optimizer step (``gradient_accumulation`` micro-steps of the global batch):
 the batch plan yields the next global batch; a generator seeded by (seed, step, micro-step)
-draws the VAE posterior noise and the LCD randomness (i, ε, ω; for ``lcd.objective: tcd`` also the
-end timestep s) for the *whole* global batch;
+draws the VAE posterior noise and the LCD randomness (i, ε, ω; for ``lcd.objective`` tcd, pcm and
+tscd also the end timestep s, :mod:`.phased`) for the *whole* global batch;
 each process takes its rows; :class:`~.lcd_step.LcdLoss` gives the loss; gradients of the
 LoRA weights only are averaged (DDP), clipped (max-norm 1) and AdamW steps. Because all
 randomness is a function of (seed, step) and the data position is checkpointed, an interrupted
@@ -42,7 +42,7 @@ from .ddim_solver import DDIMSolver
 from .distributed import DistContext, init_distributed, no_sync, wrap_ddp
 from .ema import LoraEma
 from .lcd_step import LcdLoss, sample_lcd_randomness
-from .tcd import sample_end_timesteps
+from .phased import objective_end_timesteps
 from .offload import encoders_idle, release_encoders
 from .run_log import RunLog
 from .student import AdapterSwitch, add_lora, lora_state_dict
@@ -233,7 +233,12 @@ class TrainingSession:
 
         self.solver = DDIMSolver(teacher.alphas_cumprod, cfg.lcd.num_ddim_timesteps).to(device)
         self.lcd = LcdLoss(self.solver, teacher.prediction_type, cfg.lcd.loss, cfg.lcd.huber_c, cfg.lcd.timestep_scaling,
-                           cfg.lcd.objective)
+                           cfg.lcd.objective, cfg.lcd.solver_guidance)
+        if cfg.lcd.objective == "tscd":
+            bad = [k for k in cfg.lcd.tscd_segments if self.solver.num_train_timesteps % k]
+            if bad:
+                raise ConfigError(cfg.source, f"key 'lcd.tscd_segments': {bad[0]} does not divide this teacher's "
+                                  f"{self.solver.num_train_timesteps} training timesteps")
         self.optimizer = _optimizer(cfg, self.params, device)
         from diffusers.optimization import get_scheduler
 
@@ -342,9 +347,9 @@ class TrainingSession:
             uncond = self.data.uncond(cfg.lcd.uncond, latents.shape[0], time_ids)
             global_shape = (len(global_items), *latents.shape[1:])
             rnd = sample_lcd_randomness(global_shape, cfg.lcd.num_ddim_timesteps, cfg.lcd.w_min, cfg.lcd.w_max, gen)
-            if cfg.lcd.objective == "tcd":  # drawn after (i, ε, ω): LCM runs draw exactly what they drew before
-                rnd.tcd_s = sample_end_timesteps(rnd.index, self.solver, cfg.lcd.tcd_s_sampling, gen,
-                                                 cfg.lcd.tdd_s_ratio, tuple(cfg.lcd.tdd_steps))
+            # s (tcd/pcm/tscd) is drawn after (i, ε, ω): LCM runs draw exactly what they drew before;
+            # TSCD's stage follows the global optimizer step, so resumed runs draw the same s
+            rnd.tcd_s = objective_end_timesteps(cfg.lcd, rnd.index, self.solver, step, gen, cfg.train.max_steps)
             rnd = rnd.select(self.rows)
             with no_sync(self.model, micro == accum - 1):
                 loss = self.lcd(self._student, self._teacher, self._target, latents, cond, uncond, rnd, self.autocast)

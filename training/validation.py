@@ -10,7 +10,8 @@ Sampling uses the project's own samplers, i.e. what the ComfyUI nodes run: for `
 ``lcm_core.sampling.sample_lcm`` over ``lcm_core.denoisers.EpsDenoiser`` with the diffusers boundary
 convention and ``lcm_core.timesteps.lcm_sigmas``; for ``tcd`` ``sample_tcd`` (γ of the adapter's
 recipe, :func:`.export.adapter_recipe`) over the plain ε denoiser (no boundary condition) and
-``tcd_sigmas`` — TCD's map has no c_skip/c_out, so an LCM boundary would be wrong for it. Without classifier-free
+``tcd_sigmas`` — TCD's map has no c_skip/c_out, so an LCM boundary would be wrong for it; for ``pcm`` /
+``tscd`` ``sample_tcd`` at γ 0 on the phased timesteps (``lcm_core.sampling_recipe.recipe_timesteps``). Without classifier-free
 guidance (the reference's ``log_validation`` samples 4 steps with ``guidance_scale=1.0``, i.e. no
 CFG). Rows are step counts, columns prompts; the noise seed is fixed across validations.
 """
@@ -44,16 +45,18 @@ def _schedule_of(teacher: Teacher):
 @torch.no_grad()
 def sample_student(teacher: Teacher, unet, prompts: list[str], steps: int, resolution: int, seed: int,
                    device, autocast, solver: DDIMSolver, objective: str = "lcm", gamma: float = 0.3,
-                   text: dict | None = None) -> torch.Tensor:
+                   text: dict | None = None, timesteps: list[int] | None = None) -> torch.Tensor:
     """LCM (``objective="lcm"``) or TCD (``"tcd"``, stochasticity ``gamma``) samples of the
-    (LoRA-equipped) ``unet`` → images in [0, 1], (N, C, H, W).
+    (LoRA-equipped) ``unet`` → images in [0, 1], (N, C, H, W). ``timesteps``: the TCD sampler's
+    descending timesteps instead of TCD's own schedule (PCM/TSCD adapters: the phased timesteps,
+    ``lcm_core.sampling_recipe.recipe_timesteps``, at γ 0).
 
     ``text``: the prompts' embeddings encoded before the text encoders were released
     (``training/offload.py``); the VAE decoder is on the device only while it decodes."""
     from .offload import decoder_on
     from ..lcm_core.denoisers import EpsDenoiser
     from ..lcm_core.sampling import sample_lcm, sample_tcd
-    from ..lcm_core.timesteps import lcm_sigmas, tcd_sigmas
+    from ..lcm_core.timesteps import lcm_sigmas, tcd_sigmas, timesteps_to_sigmas
 
     schedule = _schedule_of(teacher)
     if text is None:
@@ -74,11 +77,13 @@ def sample_student(teacher: Teacher, unet, prompts: list[str], steps: int, resol
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((n, teacher.latent_channels, size, size), generator=gen).to(device)
     if objective == "tcd":
-        sigmas = tcd_sigmas(steps, schedule=schedule).to(device)
+        sigmas = (tcd_sigmas(steps, schedule=schedule) if timesteps is None
+                  else timesteps_to_sigmas(timesteps, schedule=schedule)).to(device)
         denoiser = EpsDenoiser(eps_fn, schedule=schedule, boundary=None)
         x = noise * (1.0 + sigmas[0] ** 2) ** 0.5  # sigma space; equals diffusers' unit-variance start
         latents = sample_tcd(denoiser, x, sigmas, extra_args={"seed": seed}, disable=True, gamma=gamma, schedule=schedule)
-        return teacher.decode(latents)
+        with decoder_on(teacher, torch.device(device)):
+            return teacher.decode(latents)
     sigmas = lcm_sigmas(steps, schedule=schedule).to(device)
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5  # sigma space; equals diffusers' unit-variance start
     denoiser = EpsDenoiser(eps_fn, schedule=schedule, boundary="diffusers")
@@ -188,6 +193,7 @@ def run_validation(teacher: Teacher, unet, cfg, step: int, output_dir: Path, dev
     prompts = list(cfg.validation.prompts or []) if prompts is None else prompts
     if _schedule_of(teacher) is None or not prompts:
         return []
+    from ..lcm_core.sampling_recipe import recipe_timesteps
     from .export import adapter_recipe
 
     resolution = cfg.validation.resolution or cfg.data.resolution
@@ -198,7 +204,7 @@ def run_validation(teacher: Teacher, unet, cfg, step: int, output_dir: Path, dev
     try:
         rows = [
             sample_student(teacher, unet, prompts, s, resolution, cfg.validation.seed, device, autocast, solver,
-                           objective=recipe.sampler, gamma=gamma, text=text)
+                           objective=recipe.sampler, gamma=gamma, text=text, timesteps=recipe_timesteps(recipe, s))
             for s in cfg.validation.steps
         ]
     finally:

@@ -8,7 +8,15 @@ is detected from its content (:func:`detect_script`):
 * ``tcd_sd`` / ``tcd_sdxl``: rootonchair/consistency_models_distill ``tcd/train_tcd_distill_lora_sd_wds.py``
   / ``tcd/train_tcd_distill_lora_sdxl.py`` (TCD-LoRA, the same scripts with the TCD map), paths in
   ``$TCD_REFERENCE_SCRIPT`` / ``$TCD_REFERENCE_SCRIPT_SDXL``; their extra helpers
-  ``get_predicted_original_sample_tcd`` and ``randint`` are compiled the same way.
+  ``get_predicted_original_sample_tcd`` and ``randint`` are compiled the same way;
+* ``pcm_sd``: G-U-N/Phased-Consistency-Model ``code/text_to_image_sd15/train_pcm_lora_sd15.py`` (PCM-LoRA,
+  ``$PCM_REFERENCE_SCRIPT``): helpers ``DDIMSolver`` (with ``ddim_style_multiphase_pred``),
+  ``scalings_for_boundary_conditions_online/target``, ``predicted_origin``; ``args.multiphase`` = phases,
+  ``args.not_apply_cfg_solver`` = not solver guidance; its teacher runs under a hard-coded
+  ``torch.autocast("cuda")`` (a no-op on the CPU, where the parity tests run);
+* ``tscd_sd``: rootonchair ``tscd/train_tscd_distill_lora_sd_wds.py`` (Hyper-SD TSCD-LoRA,
+  ``$TSCD_REFERENCE_SCRIPT``; the TCD helpers plus ``k_list`` / ``global_step`` / ``args.stage_steps``
+  / ``args.stage_segments`` as its ``main()`` sets them; :meth:`ReferenceTrainer.set_global_step`).
 
 Neither can be imported as a module here: they import webdataset/braceexpand/torchvision/datasets
 at the top and keep their training step inline in ``main()``. So this file *executes the
@@ -58,12 +66,17 @@ HELPERS = ("DDIMSolver", "scalings_for_boundary_conditions", "get_predicted_orig
 SDXL_HELPERS = HELPERS + ("import_model_class_from_model_name_or_path",)
 SDXL_NESTED = ("compute_embeddings",)  # defined inside main(); refers to args, accelerator, weight_dtype
 ENV = {"sd": "LCM_REFERENCE_SCRIPT", "sdxl": "LCM_REFERENCE_SCRIPT_SDXL",
-       "tcd_sd": "TCD_REFERENCE_SCRIPT", "tcd_sdxl": "TCD_REFERENCE_SCRIPT_SDXL"}
+       "tcd_sd": "TCD_REFERENCE_SCRIPT", "tcd_sdxl": "TCD_REFERENCE_SCRIPT_SDXL",
+       "pcm_sd": "PCM_REFERENCE_SCRIPT", "tscd_sd": "TSCD_REFERENCE_SCRIPT"}
 SCRIPT_NAMES = {"sd": "train_lcm_distill_lora_sd_wds.py", "sdxl": "train_lcm_distill_lora_sdxl.py",
-                "tcd_sd": "train_tcd_distill_lora_sd_wds.py", "tcd_sdxl": "train_tcd_distill_lora_sdxl.py"}
+                "tcd_sd": "train_tcd_distill_lora_sd_wds.py", "tcd_sdxl": "train_tcd_distill_lora_sdxl.py",
+                "pcm_sd": "train_pcm_lora_sd15.py", "tscd_sd": "train_tscd_distill_lora_sd_wds.py"}
 # rootonchair/consistency_models_distill tcd/*: the diffusers LoRA scripts with the TCD map and s draw
-# (and, in the SD one, without the boundary scalings)
+# (and, in the SD one, without the boundary scalings); tscd/* likewise with the segmented s draw
 TCD_HELPERS = ("get_predicted_original_sample_tcd", "randint")
+# G-U-N/Phased-Consistency-Model code/text_to_image_sd15/train_pcm_lora_sd15.py
+PCM_HELPERS = ("DDIMSolver", "scalings_for_boundary_conditions_online", "scalings_for_boundary_conditions_target",
+               "predicted_origin", "extract_into_tensor", "append_dims", "encode_prompt")
 
 
 class ReferenceUnavailable(RuntimeError):
@@ -75,7 +88,12 @@ def detect_script(source: str) -> str | None:
     from the script's content, ``None`` if it is none of these references."""
     if "def main" not in source or "accelerator.accumulate(unet)" not in source:
         return None
+    if "def ddim_style_multiphase_pred" in source:  # PCM: only the SD 1.5 LoRA script is supported
+        sd = "teacher_unet" in source and "StableDiffusionPipeline" in source and "text_encoder_two" not in source
+        return "pcm_sd" if sd else None
     prefix = "tcd_" if "def get_predicted_original_sample_tcd" in source else ""
+    if prefix and "stage_segments" in source:
+        prefix = "tscd_"
     if "StableDiffusionXLPipeline" in source and "text_encoder_two" in source and "disable_adapters" in source:
         return prefix + "sdxl"
     if "teacher_unet" in source and "StableDiffusionPipeline" in source:
@@ -134,8 +152,10 @@ def load_reference(path: Path | None = None, kind: str | None = None) -> tuple[d
         raise ReferenceUnavailable(f"{path}: is the {found} reference ({SCRIPT_NAMES[found]}), expected {SCRIPT_NAMES[kind]}")
     sdxl = found.endswith("sdxl")
     names = SDXL_HELPERS if sdxl else HELPERS
-    if found.startswith("tcd_"):  # the TCD SD script drops the (unused) boundary scalings
+    if found.startswith(("tcd_", "tscd_")):  # the TCD/TSCD SD scripts drop the (unused) boundary scalings
         names = tuple(n for n in names if n != "scalings_for_boundary_conditions") + TCD_HELPERS
+    if found == "pcm_sd":
+        names = PCM_HELPERS
     helpers = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names]
     missing = set(names) - {n.name for n in helpers}
     if missing:
@@ -182,14 +202,15 @@ class ReferenceTrainer:
     def __init__(self, teacher_dir: str | os.PathLike, *, rank: int, lr: float = 1e-4, batch_size: int, w_min: float = 3.0,
                  w_max: float = 15.0, loss_type: str = "huber", huber_c: float = 0.001, num_ddim_timesteps: int = 50,
                  mixed_precision: str = "no", teacher_autocast: bool = True, device: str | None = None,
-                 gradient_checkpointing: bool = False, weight_decay: float = 0.0, kind: str = "sd"):
+                 gradient_checkpointing: bool = False, weight_decay: float = 0.0, kind: str = "sd", phases: int = 4,
+                 solver_guidance: bool = True, stage_segments: str = "8,4,2,1", stage_steps: int = 1000):
         from accelerate import Accelerator
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from diffusers.optimization import get_scheduler
         from peft import LoraConfig, get_peft_model
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        self.ns, self.code = load_reference(kind=kind)  # "sd" (LCM) or "tcd_sd"
+        self.ns, self.code = load_reference(kind=kind)  # "sd" (LCM), "tcd_sd", "pcm_sd" or "tscd_sd"
         teacher_dir = Path(teacher_dir)
         cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
         accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision=mixed_precision, cpu=cpu)
@@ -231,7 +252,11 @@ class ReferenceTrainer:
             return {"prompt_embeds": encode_prompt(prompt_batch, text_encoder, tokenizer, 0, True)}
 
         args = types.SimpleNamespace(vae_encode_batch_size=32, num_ddim_timesteps=num_ddim_timesteps, timestep_scaling_factor=10.0,
-                                     w_min=w_min, w_max=w_max, loss_type=loss_type, huber_c=huber_c, max_grad_norm=1.0)
+                                     w_min=w_min, w_max=w_max, loss_type=loss_type, huber_c=huber_c, max_grad_norm=1.0,
+                                     multiphase=phases, not_apply_cfg_solver=not solver_guidance,  # PCM
+                                     stage_segments=stage_segments, stage_steps=stage_steps)  # TSCD
+        # TSCD main(): k_list from --stage_segments, global_step counted by the loop (set_global_step)
+        self.ns.update(k_list=[int(i) for i in stage_segments.split(",")], global_step=0)
         self.ns.update(
             accelerator=accelerator, unet=unet, teacher_unet=teacher_unet, vae=vae, text_encoder=text_encoder,
             compute_embeddings_fn=compute_embeddings_fn, weight_dtype=weight_dtype, args=args, noise_scheduler=noise_scheduler,
@@ -242,6 +267,11 @@ class ReferenceTrainer:
         )
         self.accelerator = accelerator
         self.device = accelerator.device
+
+    def set_global_step(self, step: int) -> None:
+        """The optimizer step the next :meth:`step` runs as (TSCD's stage is ``global_step // stage_steps``;
+        the block itself does not count: the loop around it does)."""
+        self.ns["global_step"] = int(step)
 
     def step(self, images: torch.Tensor, captions: list[str]) -> dict:
         """Execute the reference's training-step block once; return its local variables."""
