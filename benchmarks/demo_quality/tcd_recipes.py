@@ -313,6 +313,8 @@ def main():
     ap.add_argument("--phases", type=int, default=4, help="--schedule pcm/tscd: phases of the adapter")
     ap.add_argument("--lcm-steps", type=int, default=0,
                     help="goal (a)'s LCM-LoRA: 0 = the cache's; N = train one with train.max_steps=N (the demo's LCM overrides)")
+    ap.add_argument("--lcm-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --lcm-steps: a trainer override for that LCM-LoRA too (e.g. lcd.w_min=0.5); repeatable")
     ap.add_argument("overrides", nargs="*", help="trainer key=value overrides on top of the demo's TCD overrides")
     ap.add_argument("--base-as-finetune", action="store_true",
                     help="diagnostic: run goal (d)'s construction on the base teacher itself (no fine-tune)")
@@ -326,16 +328,17 @@ def main():
                 sec = json.loads(tj.read_text())["seconds"]
     else:
         path, sec = b.train(a.recipe, a.overrides)
+    lcm_tag = f"steps{a.lcm_steps}" + "".join("-" + o.replace("lcd.", "").replace("=", "") for o in a.lcm_override)
     if a.lcm_steps:
-        lcm_path, lcm_sec = b.train(f"steps{a.lcm_steps}", [f"train.max_steps={a.lcm_steps}"], kind="lcm")
-        lcm = b.lcm_row(lcm_path, f"steps{a.lcm_steps}")
+        lcm_path, lcm_sec = b.train(lcm_tag, [f"train.max_steps={a.lcm_steps}", *a.lcm_override], kind="lcm")
+        lcm = b.lcm_row(lcm_path, lcm_tag)
     else:
         lcm_path, lcm_sec = _one(a.cache, "lcm-*/lcm_lora.safetensors"), None
         lcm = b.lcm_row(lcm_path, "cache")
     t0 = time.perf_counter()
     res = b.evaluate(path, lcm, gamma=a.gamma, schedule=a.schedule, phases=a.phases)
-    res["lcm_accel"] = b.lcm_accel(lcm_path, f"steps{a.lcm_steps}" if a.lcm_steps else "cache")
-    out = {"recipe": a.recipe + (" [goal (d) on the base teacher]" if a.base_as_finetune else ""), "overrides": a.overrides, "train_seconds": sec, "lcm_steps": a.lcm_steps or None, "lcm_train_seconds": lcm_sec, "eval_seconds": round(time.perf_counter() - t0, 1),
+    res["lcm_accel"] = b.lcm_accel(lcm_path, lcm_tag if a.lcm_steps else "cache")
+    out = {"recipe": a.recipe + (" [goal (d) on the base teacher]" if a.base_as_finetune else ""), "overrides": a.overrides, "train_seconds": sec, "lcm_steps": a.lcm_steps or None, "lcm_overrides": a.lcm_override, "lcm_train_seconds": lcm_sec, "eval_seconds": round(time.perf_counter() - t0, 1),
            "load": _load_avg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n": a.n, "gamma": a.gamma,
            "schedule": a.schedule, "phases": a.phases if a.schedule != "tcd" else None, **res}
     line = json.dumps(out)
