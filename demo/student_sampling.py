@@ -69,14 +69,15 @@ def sample_lcm_student(unet, cond: torch.Tensor, noise: torch.Tensor, steps: int
 @torch.no_grad()
 def sample_tcd_student(unet, cond: torch.Tensor, noise: torch.Tensor, steps: int, gamma: float = 0.3, seed: int = 0,
                        guidance_scale: float = 1.0, uncond: torch.Tensor | None = None,
-                       cfg_steps: int | None = None) -> SampleResult:
-    """TCD samples (γ = ``gamma``; diffusers ``TCDScheduler`` timesteps on the 50-step grid, plain ε
-    model sampling, diffusers' final step) for per-image embeddings ``cond``."""
+                       cfg_steps: int | None = None, timesteps: list[int] | None = None) -> SampleResult:
+    """TCD samples (γ = ``gamma``; diffusers ``TCDScheduler`` timesteps on the 50-step grid, or the given
+    ``timesteps`` (a phased adapter's, ``lcm_core.phased_timesteps``), plain ε model sampling,
+    diffusers' final step) for per-image embeddings ``cond``."""
     from ..lcm_core.sampling import sample_tcd
     from ..lcm_core.timesteps import tcd_timesteps, timesteps_to_sigmas
 
     start = time.perf_counter()
-    sigmas = timesteps_to_sigmas(tcd_timesteps(steps)).to(noise.device)
+    sigmas = timesteps_to_sigmas(tcd_timesteps(steps) if timesteps is None else timesteps).to(noise.device)
     model, nfe = _denoiser(unet, cond, uncond, guidance_scale, cfg_steps, None, steps)
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5
     out = sample_tcd(model, x, sigmas, extra_args={"seed": seed}, disable=True, gamma=gamma)

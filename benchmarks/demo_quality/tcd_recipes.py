@@ -230,14 +230,16 @@ class Bench:
         timing.write_text(json.dumps({"seconds": sec, "load_start": load0, "load_end": _load_avg()}))
         return adapter, sec
 
-    def evaluate(self, adapter_path: Path, lcm_row: dict, gamma: float = 0.3, gammas=(0.0, 0.3, 0.5)) -> dict:
+    def evaluate(self, adapter_path: Path, lcm_row: dict, gamma: float = 0.3, gammas=(0.0, 0.3, 0.5),
+                 schedule: str = "tcd", phases: int = 4) -> dict:
         cfg, t, inst, plan, bs = self.cfg, self.teacher, self.inst, self.plan, self.cfg.batch_size
         cond = self.cond
         tcd = read_adapter(adapter_path)
+        ts = _timesteps_fn(schedule, phases)
 
         def tcd_fn(unet, gm):
             return lambda sl, k: sample_tcd_student(unet, cond[sl], plan.noise[sl], k, gamma=gm,
-                                                    seed=sampler_seed(cfg.seed + sl.start))
+                                                    seed=sampler_seed(cfg.seed + sl.start), timesteps=ts(k))
 
         student = _unet_with(t.unet, [(tcd, 1.0)])
         rows = list(self.refs["rows"]) + [lcm_row]
@@ -272,7 +274,7 @@ class Bench:
             ref_plan, aplan = self._accel_plans(n)
             acond, _ = t.embed(aplan.labels)
             res = sample_tcd_student(_unet_with(self.ft, [(tcd, 1.0)]), acond, aplan.noise, cfg.accel_steps,
-                                     gamma=gamma, seed=sampler_seed(cfg.seed))
+                                     gamma=gamma, seed=sampler_seed(cfg.seed), timesteps=ts(cfg.accel_steps))
             row = self._accel_row(f"fine-tune + TCD adapter, TCD {cfg.accel_steps} steps", "tcd", "tcd",
                                   cfg.accel_steps, res.images, aplan.labels, a["ref_stats"], n)
             acc = {"rows": a["rows"] + [row], "reference_steps": cfg.accel_reference_steps}
@@ -286,6 +288,16 @@ class Bench:
                 "accel": {str(k): v for k, v in accel.items()}}
 
 
+def _timesteps_fn(schedule: str, phases: int):
+    """``steps -> timesteps`` for the TCD sampler: ``None`` = TCD's own 50-grid pick; ``pcm`` / ``tscd`` =
+    ``lcm_core.phased_timesteps`` (edge-to-edge for a phased adapter)."""
+    if schedule == "tcd":
+        return lambda k: None
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+
+    return lambda k: phased_timesteps(int(k), phases, schedule)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/dcache_cold"))
@@ -296,8 +308,13 @@ def main():
     ap.add_argument("--recipe", required=True, help="a name for the result row")
     ap.add_argument("--adapter", type=Path, help="evaluate this adapter instead of training one")
     ap.add_argument("--gamma", type=float, default=0.3)
+    ap.add_argument("--schedule", choices=("tcd", "pcm", "tscd"), default="tcd",
+                    help="sampling timesteps: TCD's (default) or a phased adapter's edge-to-edge ones")
+    ap.add_argument("--phases", type=int, default=4, help="--schedule pcm/tscd: phases of the adapter")
     ap.add_argument("--lcm-steps", type=int, default=0,
                     help="goal (a)'s LCM-LoRA: 0 = the cache's; N = train one with train.max_steps=N (the demo's LCM overrides)")
+    ap.add_argument("--lcm-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --lcm-steps: a trainer override for that LCM-LoRA too (e.g. lcd.w_min=0.5); repeatable")
     ap.add_argument("overrides", nargs="*", help="trainer key=value overrides on top of the demo's TCD overrides")
     ap.add_argument("--base-as-finetune", action="store_true",
                     help="diagnostic: run goal (d)'s construction on the base teacher itself (no fine-tune)")
@@ -311,17 +328,19 @@ def main():
                 sec = json.loads(tj.read_text())["seconds"]
     else:
         path, sec = b.train(a.recipe, a.overrides)
+    lcm_tag = f"steps{a.lcm_steps}" + "".join("-" + o.replace("lcd.", "").replace("=", "") for o in a.lcm_override)
     if a.lcm_steps:
-        lcm_path, lcm_sec = b.train(f"steps{a.lcm_steps}", [f"train.max_steps={a.lcm_steps}"], kind="lcm")
-        lcm = b.lcm_row(lcm_path, f"steps{a.lcm_steps}")
+        lcm_path, lcm_sec = b.train(lcm_tag, [f"train.max_steps={a.lcm_steps}", *a.lcm_override], kind="lcm")
+        lcm = b.lcm_row(lcm_path, lcm_tag)
     else:
         lcm_path, lcm_sec = _one(a.cache, "lcm-*/lcm_lora.safetensors"), None
         lcm = b.lcm_row(lcm_path, "cache")
     t0 = time.perf_counter()
-    res = b.evaluate(path, lcm, gamma=a.gamma)
-    res["lcm_accel"] = b.lcm_accel(lcm_path, f"steps{a.lcm_steps}" if a.lcm_steps else "cache")
-    out = {"recipe": a.recipe + (" [goal (d) on the base teacher]" if a.base_as_finetune else ""), "overrides": a.overrides, "train_seconds": sec, "lcm_steps": a.lcm_steps or None, "lcm_train_seconds": lcm_sec, "eval_seconds": round(time.perf_counter() - t0, 1),
-           "load": _load_avg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n": a.n, "gamma": a.gamma, **res}
+    res = b.evaluate(path, lcm, gamma=a.gamma, schedule=a.schedule, phases=a.phases)
+    res["lcm_accel"] = b.lcm_accel(lcm_path, lcm_tag if a.lcm_steps else "cache")
+    out = {"recipe": a.recipe + (" [goal (d) on the base teacher]" if a.base_as_finetune else ""), "overrides": a.overrides, "train_seconds": sec, "lcm_steps": a.lcm_steps or None, "lcm_overrides": a.lcm_override, "lcm_train_seconds": lcm_sec, "eval_seconds": round(time.perf_counter() - t0, 1),
+           "load": _load_avg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n": a.n, "gamma": a.gamma,
+           "schedule": a.schedule, "phases": a.phases if a.schedule != "tcd" else None, **res}
     line = json.dumps(out)
     print(line, flush=True)
     with open(a.work / "results.jsonl", "a", encoding="utf-8") as f:
