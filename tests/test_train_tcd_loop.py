@@ -32,7 +32,10 @@ def test_tcd_resume_is_exact_and_objective_is_part_of_the_trajectory(tmp_path):
 
     part = train(TINY, tmp_path / "split", overrides=over, progress=False, on_step=interrupt)
     assert part.status == "interrupted" and part.final_step == 2
+    # A resume keeps the run's own overrides (training/resume_config.py), so resuming "as an LCM run" means
+    # saying so: objective lcm, and the TCD-only s draw back at its default.
+    as_lcm = [o for o in over if not o.startswith("lcd.")] + ["lcd.objective=lcm", "lcd.tcd_s_sampling=uniform"]
     with pytest.raises(ConfigError, match="different configuration"):
-        train(TINY, tmp_path / "split", resume=True, overrides=[o for o in over if not o.startswith("lcd.")], progress=False)
+        train(TINY, tmp_path / "split", resume=True, overrides=as_lcm, progress=False)
     rest = train(TINY, tmp_path / "split", resume=True, overrides=over, progress=False)
     assert part.losses + rest.losses == full.losses
