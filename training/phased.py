@@ -36,7 +36,6 @@ so the stream of draws does not depend on which rows cross.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .ddim_solver import DDIMSolver
@@ -49,8 +48,9 @@ def pcm_phase_starts(num_ddim_timesteps: int, phases: int) -> torch.Tensor:
     """Solver indices where each phase starts: ``floor(linspace(0, N, phases, endpoint=False))``."""
     if not 1 <= phases <= num_ddim_timesteps:
         raise ValueError(f"phases must be in [1, {num_ddim_timesteps}] (the solver grid), got {phases}")
-    starts = np.floor(np.linspace(0, num_ddim_timesteps, num=phases, endpoint=False)).astype(np.int64)
-    return torch.from_numpy(starts)
+    from ..lcm_core.phased_timesteps import pcm_phase_starts as starts_of  # one phase rule for training and sampling
+
+    return torch.tensor(starts_of(phases, num_ddim_timesteps), dtype=torch.int64)
 
 
 def pcm_phase_of_index(index: torch.Tensor, num_ddim_timesteps: int, phases: int) -> torch.Tensor:

@@ -27,7 +27,12 @@ def fmt(r: dict) -> str:
     ts = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "–"
     steps = next((o.split("=")[1] for o in r["overrides"] if o.startswith("train.max_steps=")), "300")
     d300 = acc["300"]
-    gtag = "" if r["gamma"] == 0.3 else " (γ %g)" % r["gamma"]
+    tags = [] if r["gamma"] == 0.3 else ["γ %g" % r["gamma"]]
+    if r.get("schedule", "tcd") != "tcd":
+        tags.append(f"{r['schedule'].upper()} {r['phases']}-phase timesteps")
+    if r.get("lcm_overrides"):
+        tags.append("LCM-LoRA with " + " ".join(r["lcm_overrides"]))
+    gtag = f" ({', '.join(tags)})" if tags else ""
     d1k = acc.get("1000")
     return (f"| {r['recipe']}{gtag} | `{' '.join(o for o in r['overrides'] if not o.startswith('train.max_steps=')) or '–'}` | "
             f"{steps} | {ts} | "
@@ -46,7 +51,7 @@ def main():
     last = {}
     for line in open(sys.argv[1], encoding="utf-8"):
         r = json.loads(line)
-        last[(r["recipe"], r["gamma"])] = r
+        last[(r["recipe"], r["gamma"], r.get("schedule", "tcd"))] = r
     print("| recipe | overrides on the demo's TCD ones | steps | train s | (a) TCD-4 FD±s.e. (γ 0.3 unless named) vs LCM-4; accuracy vs "
           "teacher | (b) FD 8 / 16 steps | (c) merge style / accuracy (ref. 0.831 / 1.000) | (d) n 300: FD on fine-tune vs "
           "its DDIM-8 | (d) n 1000 | γ 0: FD / acc / merge style | γ 0.5: FD / acc |")
