@@ -65,3 +65,31 @@ def our_lcd_loss(ours, ns: dict, cond: dict, uncond: dict, loss_type: str, objec
             return unet_forward(unet, x, t, c)
 
     return lcd(student, teacher, student, ns["latents"].float(), cond, uncond, rnd)
+
+
+def tiny_reference_pair(tmp_path, captions: list, resolution: int, **reference_kwargs):
+    """The reference trainer (``benchmarks/trainer/reference_step.py``) and our teacher on the same tiny SD-like
+    teacher, with the same random non-trivial rank-4 LoRA, the reference's optimizer replaced by a
+    :class:`GradTap` that leaves the weights unchanged (a step may be redrawn), and a batch of images.
+    Returns ``(ref, ours, named_lora, tap, images)``."""
+    import torch
+
+    from lcm_lora.training.student import add_lora
+    from lcm_lora.training.teacher import load_teacher_folder
+    from lcm_lora.training.tiny_models import build_tiny_teacher
+
+    torch.set_num_threads(1)
+    teacher_dir = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
+    batch = len(captions)
+    ref = reference_module().ReferenceTrainer(teacher_dir, rank=4, batch_size=batch, device="cpu", **reference_kwargs)
+    ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
+    ref_lora = {n.replace("base_model.model.", "", 1): p for n, p in ref_unet.named_parameters() if "lora_" in n}
+    ours = load_teacher_folder(Path(teacher_dir))
+    named = dict(add_lora(ours.unet, 4, 4, 0.0, None))
+    assert named.keys() == ref_lora.keys()
+    gen = torch.Generator().manual_seed(0)
+    share_random_lora(named, ref_lora, gen)
+    tap = GradTap(ref.ns["optimizer"], ref_lora, apply=False)
+    ref.ns["optimizer"] = tap
+    images = torch.rand(batch, 3, resolution, resolution, generator=gen) * 2 - 1
+    return ref, ours, named, tap, images

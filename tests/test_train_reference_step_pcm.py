@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
-from reference_step_support import GradTap, our_lcd_loss, reference_module, share_random_lora
+from reference_step_support import our_lcd_loss, reference_module, tiny_reference_pair
 
 VAR = "PCM_REFERENCE_SCRIPT"
 needs_pcm = pytest.mark.skipif(not os.environ.get(VAR), reason=f"{VAR} (G-U-N/Phased-Consistency-Model "
@@ -84,26 +83,8 @@ def test_phase_edges_and_jump_match_the_reference_multiphase_pred(phases):
 def test_pcm_loss_and_gradients_match_the_sd15_reference_step(tmp_path, loss_type, solver_guidance):
     from lcm_lora.training.ddim_solver import DDIMSolver
     from lcm_lora.training.phased import pcm_end_timesteps
-    from lcm_lora.training.student import add_lora
-    from lcm_lora.training.teacher import load_teacher_folder
-    from lcm_lora.training.tiny_models import build_tiny_teacher
-
-    torch.set_num_threads(1)
-    teacher_dir = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
-    batch = len(CAPTIONS)
-    ref = reference_module().ReferenceTrainer(teacher_dir, rank=4, batch_size=batch, loss_type=loss_type, device="cpu",
-                                              kind="pcm_sd", phases=4, solver_guidance=solver_guidance)
-    ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
-    ref_lora = {n.replace("base_model.model.", "", 1): p for n, p in ref_unet.named_parameters() if "lora_" in n}
-
-    ours = load_teacher_folder(Path(teacher_dir))
-    named = dict(add_lora(ours.unet, 4, 4, 0.0, None))
-    assert named.keys() == ref_lora.keys()
-    gen = torch.Generator().manual_seed(0)
-    share_random_lora(named, ref_lora, gen)
-    tap = GradTap(ref.ns["optimizer"], ref_lora, apply=False)  # weights unchanged: a step may be redrawn
-    ref.ns["optimizer"] = tap
-    images = torch.rand(batch, 3, RESOLUTION, RESOLUTION, generator=gen) * 2 - 1
+    ref, ours, named, tap, images = tiny_reference_pair(tmp_path, CAPTIONS, RESOLUTION, loss_type=loss_type, kind="pcm_sd",
+                                                        phases=4, solver_guidance=solver_guidance)
     solver = DDIMSolver(ours.alphas_cumprod, 50)
     for seed in range(40):  # the first draw with both kinds of target: a phase start (x_prev) and a real jump
         torch.manual_seed(seed)  # the reference draws latents, noise, index and ω from torch's global generator

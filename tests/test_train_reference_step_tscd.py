@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_step_support import GradTap, our_lcd_loss, reference_module, share_random_lora
+from reference_step_support import GradTap, our_lcd_loss, reference_module, share_random_lora, tiny_reference_pair
 
 VAR = "TSCD_REFERENCE_SCRIPT"
 needs_tscd = pytest.mark.skipif(not os.environ.get(VAR), reason=f"{VAR} (rootonchair "
@@ -78,26 +78,10 @@ def test_s_draw_matches_the_reference_randint(segments):
 @pytest.mark.parametrize("loss_type,global_step", [("huber", 0), ("l2", 0), ("huber", 5)])
 def test_tscd_loss_and_gradients_match_the_sd_reference_step(tmp_path, loss_type, global_step):
     from lcm_lora.training.phased import tscd_segment_floor, tscd_stage_segments
-    from lcm_lora.training.student import add_lora
-    from lcm_lora.training.teacher import load_teacher_folder
-    from lcm_lora.training.tiny_models import build_tiny_teacher
-
-    torch.set_num_threads(1)
-    teacher_dir = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
-    batch = len(CAPTIONS)
     segments, stage_steps = [8, 4, 2, 1], 2
-    ref = reference_module().ReferenceTrainer(teacher_dir, rank=4, batch_size=batch, loss_type=loss_type, teacher_autocast=False,
-                                              device="cpu", kind="tscd_sd", stage_segments="8,4,2,1", stage_steps=stage_steps)
-    ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
-    ref_lora = {n.replace("base_model.model.", "", 1): p for n, p in ref_unet.named_parameters() if "lora_" in n}
-    ours = load_teacher_folder(Path(teacher_dir))
-    named = dict(add_lora(ours.unet, 4, 4, 0.0, None))
-    assert named.keys() == ref_lora.keys()
-    gen = torch.Generator().manual_seed(0)
-    share_random_lora(named, ref_lora, gen)
-    tap = GradTap(ref.ns["optimizer"], ref_lora, apply=False)  # weights unchanged: a step may be redrawn
-    ref.ns["optimizer"] = tap
-    images = torch.rand(batch, 3, RESOLUTION, RESOLUTION, generator=gen) * 2 - 1
+    ref, ours, named, tap, images = tiny_reference_pair(tmp_path, CAPTIONS, RESOLUTION, loss_type=loss_type,
+                                                        teacher_autocast=False, kind="tscd_sd",
+                                                        stage_segments="8,4,2,1", stage_steps=stage_steps)
     solver = _solver()
     ref.set_global_step(global_step)
     k = tscd_stage_segments(global_step, segments, stage_steps)
