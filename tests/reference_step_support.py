@@ -68,20 +68,28 @@ def our_lcd_loss(ours, ns: dict, cond: dict, uncond: dict, loss_type: str, objec
 
 
 def tiny_reference_pair(tmp_path, captions: list, resolution: int, **reference_kwargs):
-    """The reference trainer (``benchmarks/trainer/reference_step.py``) and our teacher on the same tiny SD-like
-    teacher, with the same random non-trivial rank-4 LoRA, the reference's optimizer replaced by a
-    :class:`GradTap` that leaves the weights unchanged (a step may be redrawn), and a batch of images.
-    Returns ``(ref, ours, named_lora, tap, images)``."""
+    """The reference trainer (``benchmarks/trainer/reference_step.py``) on a tiny SD-like teacher, paired with
+    ours by :func:`pair_with_reference`. Returns ``(ref, ours, named_lora, tap, images)``."""
     import torch
 
-    from lcm_lora.training.student import add_lora
-    from lcm_lora.training.teacher import load_teacher_folder
     from lcm_lora.training.tiny_models import build_tiny_teacher
 
     torch.set_num_threads(1)
     teacher_dir = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
-    batch = len(captions)
-    ref = reference_module().ReferenceTrainer(teacher_dir, rank=4, batch_size=batch, device="cpu", **reference_kwargs)
+    ref = reference_module().ReferenceTrainer(teacher_dir, rank=4, batch_size=len(captions), device="cpu",
+                                              **reference_kwargs)
+    return (ref, *pair_with_reference(ref, teacher_dir, len(captions), resolution))
+
+
+def pair_with_reference(ref, teacher_dir, batch: int, resolution: int):
+    """Our teacher from ``teacher_dir`` with the same random non-trivial rank-4 LoRA as the reference's,
+    the reference's optimizer replaced by a :class:`GradTap` that leaves the weights unchanged (a step
+    may be redrawn), and a batch of images. Returns ``(ours, named_lora, tap, images)``."""
+    import torch
+
+    from lcm_lora.training.student import add_lora
+    from lcm_lora.training.teacher import load_teacher_folder
+
     ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
     ref_lora = {n.replace("base_model.model.", "", 1): p for n, p in ref_unet.named_parameters() if "lora_" in n}
     ours = load_teacher_folder(Path(teacher_dir))
@@ -92,4 +100,4 @@ def tiny_reference_pair(tmp_path, captions: list, resolution: int, **reference_k
     tap = GradTap(ref.ns["optimizer"], ref_lora, apply=False)
     ref.ns["optimizer"] = tap
     images = torch.rand(batch, 3, resolution, resolution, generator=gen) * 2 - 1
-    return ref, ours, named, tap, images
+    return ours, named, tap, images

@@ -54,6 +54,21 @@ def exact_eps(x, t, mu):
     return (g * (x.double() - a * mu) / (a * a * S**2 + g * g)).float()
 
 
+def teacher_trailing_ddim(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """The guided teacher's own ``steps``-step DDIM (diffusers DDIMScheduler, trailing spacing) from ``x`` at t = 999."""
+    sched = DDIMScheduler(**SD, timestep_spacing="trailing", set_alpha_to_one=False, clip_sample=False)
+    sched.set_timesteps(steps)
+    for t in sched.timesteps:
+        tt = torch.full((x.shape[0],), int(t))
+        eps = (1 + OMEGA) * exact_eps(x, tt, MU_C) - OMEGA * exact_eps(x, tt, MU_U)
+        x = sched.step(eps, t, x).prev_sample
+    return x
+
+
+def rms(d: torch.Tensor) -> float:
+    return float(d.pow(2).mean().sqrt())
+
+
 def pf_ode_map(x, t):
     return A[0] * MU_G + (v(torch.zeros_like(t)) / v(t)).sqrt() * (x.double() - A[t, None] * MU_G)
 
@@ -125,10 +140,6 @@ def _on_marginal(t_index, solver, n=4000, seed=1):
     return (A[t, None] * MU_G + v(t).sqrt() * z).float(), t
 
 
-def _rms(d: torch.Tensor) -> float:
-    return float(d.pow(2).mean().sqrt())
-
-
 def test_one_step_map_matches_closed_forms(trained):
     target_kind, student, lcd, solver = trained
     scale = v(torch.tensor([0])).sqrt()[0]
@@ -139,15 +150,15 @@ def test_one_step_map_matches_closed_forms(trained):
         discrete = ddim_chain_map(x, i, solver.timesteps)
         ode = pf_ode_map(x, t)
         err_discrete = (f - discrete) / scale
-        assert _rms(err_discrete) <= 0.05 and err_discrete.abs().max() <= 0.25, (target_kind, i, _rms(err_discrete))
-        gap = _rms((discrete - ode) / scale)
-        assert _rms((f - ode) / scale) <= gap + 0.05, (target_kind, i, gap)
+        assert rms(err_discrete) <= 0.05 and err_discrete.abs().max() <= 0.25, (target_kind, i, rms(err_discrete))
+        gap = rms((discrete - ode) / scale)
+        assert rms((f - ode) / scale) <= gap + 0.05, (target_kind, i, gap)
     x, t = _on_marginal(49, solver)
     teacher_guided = (1 + OMEGA) * exact_eps(x, t, MU_C) - OMEGA * exact_eps(x, t, MU_U)
     teacher_one_step = lcd.consistency(teacher_guided, x, t).double()
     with torch.no_grad():
-        student_err = _rms((lcd.consistency(student(x, t), x, t).double() - pf_ode_map(x, t)) / scale)
-    teacher_err = _rms((teacher_one_step - pf_ode_map(x, t)) / scale)
+        student_err = rms((lcd.consistency(student(x, t), x, t).double() - pf_ode_map(x, t)) / scale)
+    teacher_err = rms((teacher_one_step - pf_ode_map(x, t)) / scale)
     assert teacher_err >= 10 * student_err, (teacher_err, student_err)
 
 
@@ -168,14 +179,7 @@ def test_four_step_student_beats_four_step_teacher(trained):
     noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(3))
 
     def teacher_ddim(steps):
-        sched = DDIMScheduler(**SD, timestep_spacing="trailing", set_alpha_to_one=False, clip_sample=False)
-        sched.set_timesteps(steps)
-        x = noise.clone()
-        for t in sched.timesteps:
-            tt = torch.full((n,), int(t))
-            eps = (1 + OMEGA) * exact_eps(x, tt, MU_C) - OMEGA * exact_eps(x, tt, MU_U)
-            x = sched.step(eps, t, x).prev_sample
-        return x
+        return teacher_trailing_ddim(noise.clone(), steps)
 
     sigmas = lcm_sigmas(4)
     with torch.no_grad():

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train_gaussian_closed_form import AC, MU_C, MU_G, MU_U, OMEGA, SD, A, G, S, exact_eps, v
+from test_train_gaussian_closed_form import AC, MU_C, MU_G, MU_U, OMEGA, A, G, S, exact_eps, rms, teacher_trailing_ddim, v
 
 from lcm_lora.training.ddim_solver import DDIMSolver
 from lcm_lora.training.lcd_step import LcdLoss, sample_lcd_randomness
@@ -175,10 +175,6 @@ def _jump(student, lcd, x, t, s):
         return lcd.consistency(student(x, tt, None), x, tt, ss)
 
 
-def _rms(d):
-    return float(d.pow(2).mean().sqrt())
-
-
 def test_trained_pcm_jumps_to_the_phase_edge_and_samples_the_pf_ode(trained_pcm):
     student, lcd = trained_pcm
     edge = int(pcm_end_timesteps(torch.tensor([N - 1]), lcd.solver, PHASES)[0])
@@ -187,26 +183,18 @@ def test_trained_pcm_jumps_to_the_phase_edge_and_samples_the_pf_ode(trained_pcm)
     f = _jump(student, lcd, x, 999, edge).double()
     scale = v(torch.tensor([edge])).sqrt()[0]
     chain = torch.stack([fixed_point(r[None], 999, edge, K)[0] for r in x])
-    assert _rms((f - chain) / scale) <= 0.01, _rms((f - chain) / scale)
-    gap = _rms((chain - _exact(x, 999, edge)) / scale)
-    assert _rms((f - _exact(x, 999, edge)) / scale) <= gap + 0.01
+    assert rms((f - chain) / scale) <= 0.01, rms((f - chain) / scale)
+    gap = rms((chain - _exact(x, 999, edge)) / scale)
+    assert rms((f - _exact(x, 999, edge)) / scale) <= gap + 0.01
     untrained = _jump(GridTable(), lcd, x, 999, edge).double()
-    assert _rms((untrained - chain) / scale) >= 10 * max(_rms((f - chain) / scale), 1e-3)
+    assert rms((untrained - chain) / scale) >= 10 * max(rms((f - chain) / scale), 1e-3)
 
     # two phased steps (the integrator's phased timesteps for 2 phases: 999 → 499 → 0)
     z = _jump(student, lcd, _jump(student, lcd, x, 999, edge), edge, 0)
     scale0 = v(torch.tensor([0])).sqrt()[0]
     ode = _exact(x, 999, 0)
-    gap0 = _rms((torch.stack([fixed_point(r[None], 999, 0, K)[0] for r in x]) - ode) / scale0)
-    err = _rms((z.double() - ode) / scale0)
+    gap0 = rms((torch.stack([fixed_point(r[None], 999, 0, K)[0] for r in x]) - ode) / scale0)
+    err = rms((z.double() - ode) / scale0)
     assert err <= gap0 + 0.01, (err, gap0)
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler(**SD, timestep_spacing="trailing", set_alpha_to_one=False, clip_sample=False)
-    sched.set_timesteps(2)
-    y = x.clone()
-    for t in sched.timesteps:
-        t2 = torch.full((y.shape[0],), int(t))
-        eps = (1 + OMEGA) * exact_eps(y, t2, MU_C) - OMEGA * exact_eps(y, t2, MU_U)
-        y = sched.step(eps, t, y).prev_sample
-    assert _rms((y.double() - ode) / scale0) > 2 * err, (_rms((y.double() - ode) / scale0), err)
+    y = teacher_trailing_ddim(x.clone(), 2)
+    assert rms((y.double() - ode) / scale0) > 2 * err, (rms((y.double() - ode) / scale0), err)

@@ -22,11 +22,10 @@ The SD script's teacher autocast is turned off so that both sides run in float32
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
-from reference_step_support import GradTap, our_lcd_loss, reference_module, share_random_lora, tiny_reference_pair
+from reference_step_support import our_lcd_loss, pair_with_reference, reference_module, tiny_reference_pair
 
 VAR = "TSCD_REFERENCE_SCRIPT"
 needs_tscd = pytest.mark.skipif(not os.environ.get(VAR), reason=f"{VAR} (rootonchair "
@@ -158,8 +157,7 @@ def test_tscd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_ty
     exhausted ``filter``), so the gradients are compared unclipped; unlike the TCD one it passes
     ``end_timesteps`` to the target map (no repair)."""
     from lcm_lora.training.phased import tscd_segment_floor, tscd_stage_segments
-    from lcm_lora.training.student import add_lora
-    from lcm_lora.training.teacher import build_cond, load_teacher_folder
+    from lcm_lora.training.teacher import build_cond
     from lcm_lora.training.tiny_models import build_tiny_teacher
 
     torch.set_num_threads(1)
@@ -168,16 +166,7 @@ def test_tscd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_ty
     ref = reference_module().ReferenceTrainerSDXL(teacher_dir, rank=4, resolution=RESOLUTION, loss_type=loss_type, device="cpu",
                                                   max_grad_norm=0.01, kind="tscd_sdxl", stage_segments="8,4,2,1", stage_steps=3)
     assert ref.ns["reference_repairs"] == []
-    ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
-    ref_lora = {n: p for n, p in ref_unet.named_parameters() if "lora_" in n}
-    ours = load_teacher_folder(Path(teacher_dir))
-    named = dict(add_lora(ours.unet, 4, 4, 0.0, None))
-    assert named.keys() == ref_lora.keys()
-    gen = torch.Generator().manual_seed(0)
-    share_random_lora(named, ref_lora, gen)
-    tap = GradTap(ref.ns["optimizer"], ref_lora, apply=False)
-    ref.ns["optimizer"] = tap
-    images = torch.rand(batch, 3, RESOLUTION, RESOLUTION, generator=gen) * 2 - 1
+    ours, named, tap, images = pair_with_reference(ref, teacher_dir, batch, RESOLUTION)
     solver = _solver()
     ref.set_global_step(4)  # stage 1: 4 segments
     k = tscd_stage_segments(4, [8, 4, 2, 1], 3)

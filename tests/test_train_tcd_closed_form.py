@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train_gaussian_closed_form import AC, MU_C, MU_G, MU_U, OMEGA, SD, A, G, S, exact_eps, v
+from test_train_gaussian_closed_form import AC, MU_C, MU_G, MU_U, OMEGA, A, G, S, exact_eps, rms, teacher_trailing_ddim, v
 
 from lcm_lora.training.ddim_solver import DDIMSolver
 from lcm_lora.training.lcd_step import LcdLoss, sample_lcd_randomness
@@ -116,10 +116,6 @@ def _marginal(t: int, n=4000, seed=1):
     return (A[tt, None] * MU_G + v(tt).sqrt() * z).float(), tt
 
 
-def _rms(d):
-    return float(d.pow(2).mean().sqrt())
-
-
 def _jump(student, lcd, x, t: int, s: int):
     tt, ss = torch.full((x.shape[0],), t), torch.full((x.shape[0],), s)
     with torch.no_grad():
@@ -134,12 +130,12 @@ def test_one_step_trajectory_map_matches_closed_forms(trained, i, e):
     f = _jump(student, lcd, x, t, s).double()
     scale = v(torch.tensor([s])).sqrt()[0]
     err = (f - ddim_chain(x, i, e)) / scale
-    assert _rms(err) <= 0.01 and float(err.abs().max()) <= 0.05, (i, e, _rms(err))
-    gap = _rms((ddim_chain(x, i, e) - exact_jump(x, tt, torch.full_like(tt, s))) / scale)
-    assert _rms((f - exact_jump(x, tt, torch.full_like(tt, s))) / scale) <= gap + 0.01, (i, e, gap)
+    assert rms(err) <= 0.01 and float(err.abs().max()) <= 0.05, (i, e, rms(err))
+    gap = rms((ddim_chain(x, i, e) - exact_jump(x, tt, torch.full_like(tt, s))) / scale)
+    assert rms((f - exact_jump(x, tt, torch.full_like(tt, s))) / scale) <= gap + 0.01, (i, e, gap)
     if i - e >= 3:  # a long jump: the untrained student (= the teacher's ε in the same map) is far off
         untrained = _jump(PairTable(), lcd, x, t, s).double()
-        assert _rms((untrained - ddim_chain(x, i, e)) / scale) >= 10 * max(_rms(err), 1e-3)
+        assert rms((untrained - ddim_chain(x, i, e)) / scale) >= 10 * max(rms(err), 1e-3)
 
 
 def test_multi_step_deterministic_matches_the_pf_ode_solution(trained):
@@ -151,20 +147,12 @@ def test_multi_step_deterministic_matches_the_pf_ode_solution(trained):
         z = _jump(student, lcd, z, t, s)  # γ = 0: the next point is the trajectory jump itself
     scale = v(torch.tensor([0])).sqrt()[0]
     ode = exact_jump(x, tt, torch.zeros_like(tt))
-    gap = _rms((ddim_chain(x, N - 1, 0) - ode) / scale)
-    err = _rms((z.double() - ode) / scale)
+    gap = rms((ddim_chain(x, N - 1, 0) - ode) / scale)
+    err = rms((z.double() - ode) / scale)
     assert err <= gap + 0.01, (err, gap)
     # the teacher's own 4-step DDIM from the same points is worse
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler(**SD, timestep_spacing="trailing", set_alpha_to_one=False, clip_sample=False)
-    sched.set_timesteps(4)
-    y = x.clone()
-    for t in sched.timesteps:
-        t4 = torch.full((y.shape[0],), int(t))
-        eps = (1 + OMEGA) * exact_eps(y, t4, MU_C) - OMEGA * exact_eps(y, t4, MU_U)
-        y = sched.step(eps, t, y).prev_sample
-    assert _rms((y.double() - ode) / scale) > 2 * err, (_rms((y.double() - ode) / scale), err)
+    y = teacher_trailing_ddim(x.clone(), 4)
+    assert rms((y.double() - ode) / scale) > 2 * err, (rms((y.double() - ode) / scale), err)
 
 
 def _w2(a, mean, std):
