@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from .phased_timesteps import phased_timesteps
+
 OBJECTIVES = ("lcm", "tcd", "pcm", "tscd")
 PHASED = ("pcm", "tscd")  # objectives whose map ends at a phase edge (``lcm_core.phased_timesteps``)
 SAMPLERS = ("lcm", "tcd")
@@ -123,6 +125,4 @@ def recipe_timesteps(recipe: SamplingRecipe | None, steps: int, denoise: float =
     ``None`` for lcm / tcd recipes (their sampler's own schedule) and for no recipe."""
     if recipe is None or recipe.objective not in PHASED:
         return None
-    from .phased_timesteps import phased_timesteps
-
     return phased_timesteps(steps, recipe.phases or DEFAULT_PHASES, recipe.objective, denoise=denoise)

@@ -60,10 +60,10 @@ def adapter_recipe(cfg):
     instead of 1 and it has no ω range."""
     from dataclasses import replace
 
-    from ..lcm_core.sampling_recipe import recipe_for_objective
+    from ..lcm_core.sampling_recipe import PHASED, recipe_for_objective
 
     lcd = cfg.lcd
-    if lcd.objective in ("pcm", "tscd"):
+    if lcd.objective in PHASED:
         recipe = recipe_for_objective(lcd.objective, w_range=(lcd.w_min, lcd.w_max), phases=adapter_phases(cfg))
     else:
         gamma = lcd.tdd_s_ratio if (lcd.objective == "tcd" and lcd.tcd_s_sampling == "tdd") else 0.3
