@@ -26,7 +26,8 @@ README's recommended command line) and the LCM paper (Luo et al. 2023, §4.2, Al
   ``lcd.tscd_segments`` [8, 4, 2, 1] (``--stage_segments``) and ``lcd.tscd_stage_steps`` (default
   ``train.max_steps // len(segments)``; the reference has no default). PCM-/TSCD-only keys with
   another objective are errors naming the key; ``lcd.timestep_scaling`` is LCM-only.
-  ``lcd.solver_guidance: false`` is PCM's "normal CFG" recipe (``--not_apply_cfg_solver``).
+  ``lcd.solver_guidance: false`` is PCM's "normal CFG" recipe (``--not_apply_cfg_solver``); its adapter
+  records ``lcd.normal_cfg`` (default 7.5, PCM's demo value) as the cfg to sample with.
 * ``lora.rank = alpha = 64``; targets: the released LCM-LoRA UNet modules (``lcm_core.targets``).
 * ``optim``: AdamW, lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0 (README passes
   ``--adam_weight_decay=0.0``; argparse default 1e-2), grad-norm clip 1.0, constant LR.
@@ -43,6 +44,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +140,9 @@ class LcdSection:
     solver_guidance: bool = _f(True, kind="bool",
                                doc="false: the teacher's DDIM step uses the conditional prediction only, no CFG "
                                "(PCM --not_apply_cfg_solver, its 'normal CFG' recipe with data.caption_dropout 0.1; sample with cfg > 1)")
+    normal_cfg: float = _f(7.5, kind="float", doc="solver_guidance false only: the cfg the adapter's metadata recommends "
+                           "(lcm_lora.recommended_cfg; > 1, two UNet evaluations per step): the teacher's own usual cfg "
+                           "(7.5 = PCM's SD1.5 demo; SDXL checkpoints often 5-7). Metadata only: not part of the config hash")
 
 
 @dataclass
@@ -254,7 +259,8 @@ SHORTHANDS = {"teacher": "teacher.path", "data": "data.path", "prompts": "data.p
 # Sections that do not change the training trajectory (left out of the resume check / config hash).
 _NON_TRAJECTORY = {"checkpoint", "validation", "logging", "output"}
 _NON_TRAJECTORY_KEYS = {"train.max_steps", "train.device", "train.num_workers", "data.cache_dir", "prompts_only.dir",
-                        "train.offload_encoders", "optim.fallback_optimizer"}
+                        "train.offload_encoders", "optim.fallback_optimizer",
+                        "lcd.normal_cfg"}  # only the exported adapter's recommended cfg
 
 
 def _all_keys() -> list[str]:
@@ -510,6 +516,7 @@ OBJECTIVE_ONLY_KEYS = {"tcd": TCD_ONLY_KEYS, "pcm": PCM_ONLY_KEYS, "tscd": TSCD_
 # keys added after the first release whose default keeps the trajectory of older runs: left out of the
 # trajectory dict while at their default, so the config hash of those runs does not change
 _TRAJECTORY_DEFAULT_DROPPED = {"solver_guidance": True}
+NORMAL_CFG_DEFAULT = 7.5  # lcd.normal_cfg's default: PCM's demo cfg for its normal-CFG SD1.5 adapters (demo/app.py)
 NUM_TRAIN_TIMESTEPS = 1000  # the SD/SDXL schedules (the trainer checks the teacher's own count again)
 
 
@@ -535,6 +542,7 @@ def _validate_objective(cfg: TrainConfig) -> None:
         if lcd.timestep_scaling != 10.0:
             raise ConfigError(src, "key 'lcd.timestep_scaling' applies to 'lcd.objective: lcm' only (the "
                               f"{lcd.objective} map has no boundary scalings); remove it or set lcd.objective=lcm")
+    _validate_normal_cfg(cfg)
     if lcd.objective == "pcm" and lcd.phases > lcd.num_ddim_timesteps:
         raise ConfigError(src, f"key 'lcd.phases' ({lcd.phases}) must not exceed 'lcd.num_ddim_timesteps' "
                           f"({lcd.num_ddim_timesteps}): each phase needs at least one solver step")
@@ -555,6 +563,18 @@ def _validate_objective(cfg: TrainConfig) -> None:
     if len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= lcd.num_ddim_timesteps:
         raise ConfigError(src, f"key 'lcd.tdd_steps' must be [min, max] step counts with 1 <= min <= max <= "
                           f"lcd.num_ddim_timesteps ({lcd.num_ddim_timesteps}), got {steps}")
+
+
+def _validate_normal_cfg(cfg: TrainConfig) -> None:
+    """``lcd.normal_cfg`` belongs to ``lcd.solver_guidance: false`` (a guided adapter is sampled at cfg 1: ω is
+    distilled in) and must exceed 1 (at cfg 1 a normal-CFG adapter samples without guidance)."""
+    src, lcd = cfg.source, cfg.lcd
+    if lcd.solver_guidance and lcd.normal_cfg != NORMAL_CFG_DEFAULT:
+        raise ConfigError(src, "key 'lcd.normal_cfg' applies to 'lcd.solver_guidance: false' only (an adapter distilled "
+                          "with guidance is sampled at cfg 1); remove it or set lcd.solver_guidance=false")
+    if not math.isfinite(lcd.normal_cfg) or lcd.normal_cfg <= 1.0:
+        raise ConfigError(src, f"key 'lcd.normal_cfg' must be a finite cfg > 1 (the teacher's usual cfg; at 1 the "
+                          f"adapter samples without guidance), got {lcd.normal_cfg}")
 
 
 def bitsandbytes_usable(device: str = "auto") -> tuple[bool, str]:

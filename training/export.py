@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..lcm_core.lora import LoraAdapter, LoraModule
+from .config import NORMAL_CFG_DEFAULT
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # kohya / modelspec names of the base model (for tools that read kohya metadata).
@@ -56,8 +57,8 @@ def adapter_recipe(cfg):
     tcd sampler, 4 steps, plain ε model sampling, γ 0.3 (the TCD paper's default) or, with TDD's s
     draw, γ = ``lcd.tdd_s_ratio`` (the largest γ its training covered; TDD: train and sample with the same γ);
     PCM / TSCD: tcd sampler at γ 0 on the phased timesteps, steps = phases (:func:`adapter_phases`).
-    With ``lcd.solver_guidance: false`` no guidance is distilled in: the recipe's cfg is :data:`NORMAL_CFG`
-    instead of 1 and it has no ω range."""
+    With ``lcd.solver_guidance: false`` no guidance is distilled in: the recipe's cfg is ``lcd.normal_cfg``
+    (the teacher's usual cfg; default :data:`NORMAL_CFG`) instead of 1 and it has no ω range."""
     from dataclasses import replace
 
     from ..lcm_core.sampling_recipe import PHASED, recipe_for_objective
@@ -69,13 +70,13 @@ def adapter_recipe(cfg):
         gamma = lcd.tdd_s_ratio if (lcd.objective == "tcd" and lcd.tcd_s_sampling == "tdd") else 0.3
         recipe = recipe_for_objective(lcd.objective, w_range=(lcd.w_min, lcd.w_max), steps=4, gamma=gamma)
     if not lcd.solver_guidance:
-        recipe = replace(recipe, cfg=NORMAL_CFG, w_range=None)
+        recipe = replace(recipe, cfg=float(lcd.normal_cfg), w_range=None)
     return recipe
 
 
-# the recommended cfg of an adapter trained without solver guidance: PCM's "Normal CFG" adapters are
-# sampled at 7.5 in its demo (G-U-N/Phased-Consistency-Model demo/app.py)
-NORMAL_CFG = 7.5
+# the default recommended cfg of an adapter trained without solver guidance (lcd.normal_cfg): PCM's "Normal CFG"
+# adapters are sampled at 7.5 in its demo (G-U-N/Phased-Consistency-Model demo/app.py)
+NORMAL_CFG = NORMAL_CFG_DEFAULT
 
 
 def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_hash: str, cfg) -> dict[str, str]:
