@@ -194,7 +194,10 @@ def _recipe_line(info: dict) -> str:
             parts.append(f"timesteps {'/'.join(map(str, recipe['timesteps']))}")
     if recipe["gamma"] is not None:
         parts.append(f"gamma {recipe['gamma']:g}")
-    parts.append(f"cfg {recipe['cfg']:g}")
+    if recipe["cfg"] > 1:  # lcd.solver_guidance false: no ω distilled in, sampled with real CFG
+        parts.append(f"cfg {recipe['cfg']:g} (normal CFG: sample with cfg > 1, negative prompts work)")
+    else:
+        parts.append(f"cfg {recipe['cfg']:g}")
     if recipe["w_range"] is not None:
         parts.append(f"w {recipe['w_range'][0]:g}-{recipe['w_range'][1]:g}")
     return f"{recipe['objective']} ({', '.join(parts)})"

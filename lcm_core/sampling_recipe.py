@@ -14,7 +14,8 @@ Keys (all strings, written by ``training/export.py``, read by the nodes and ``in
   deterministic edge-to-edge DDIM jump of their map — on the phased timesteps);
 * ``lcm_lora.recommended_steps``: an integer;
 * ``lcm_lora.recommended_gamma``: TCD's γ (stochasticity), only for ``tcd``;
-* ``lcm_lora.recommended_cfg``: the cfg to sample with (1.0 when ω was distilled in);
+* ``lcm_lora.recommended_cfg``: the cfg to sample with (1.0 when ω was distilled in; > 1 for a "normal
+  CFG" adapter, ``lcd.solver_guidance: false`` — sampled with real CFG, ``lcd.normal_cfg``);
 * ``lcm_lora.model_sampling``: ``lcm`` (ComfyUI ModelSamplingDiscrete ``lcm``: consistency
   boundary conditions c_skip/c_out) or ``eps`` (plain ε-prediction; the TCD / PCM / TSCD map has
   no c_skip/c_out, so f(x, t, t) = x by construction).
@@ -24,6 +25,7 @@ from :func:`read_recipe`; callers keep their old behaviour (LCM) and let the use
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -117,6 +119,8 @@ def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
     ms = ms if ms in MODEL_SAMPLINGS else base.model_sampling
     if not (1 <= steps <= 1000):
         steps = base.steps
+    if not math.isfinite(cfg) or cfg < 0:  # "nan", "inf", negative: not a cfg to sample with
+        cfg = base.cfg
     return SamplingRecipe(objective, sampler, steps, gamma, cfg, ms, w_range, phases)
 
 

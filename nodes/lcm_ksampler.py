@@ -17,8 +17,14 @@ interrupt) as ComfyUI's own sampler nodes.
 default ``EVERY_STEP``): ``cfg`` and the negative prompt on the first ``cfg_steps`` steps only, cfg 1
 after (``lcm_cfg_guider.FirstStepsCFGGuider``). When it covers every step the node samples through
 ``comfy.sample.sample_custom`` exactly as before (and as SamplerCustom).
+
+``cfg`` is always the widget's: a "normal CFG" adapter (``lcd.solver_guidance: false``, recipe cfg > 1) is
+sampled with real CFG at the cfg the user sets; at cfg 1 (or ``cfg_steps`` 0) the node logs that it samples
+unguided (``recipe_follow.cfg_advice``).
 """
 from __future__ import annotations
+
+import logging
 
 import comfy.model_management
 import comfy.sample
@@ -53,7 +59,9 @@ class LCMKSampler(io.ComfyNode):
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale. LCM-LoRA wants 1.0-2.0; 1.0 skips the negative "
                                        "prompt and halves the work. With cfg_steps below steps it applies to the first "
-                                       "cfg_steps steps only (e.g. cfg 3 on the first 2 of 4 steps)."),
+                                       "cfg_steps steps only (e.g. cfg 3 on the first 2 of 4 steps). An adapter distilled "
+                                       "without guidance ('normal CFG', the loader shows its recommended cfg) wants that "
+                                       "cfg, e.g. 7.5, on every step."),
                 *mode_inputs(),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="img2img / hires-pass strength (diffusers' strength): 1.0 = from pure noise."),
@@ -75,6 +83,10 @@ class LCMKSampler(io.ComfyNode):
         out = latent_image.copy()
         if len(sigmas) <= 1:  # denoise 0: nothing to do
             return io.NodeOutput(out)
+        # a normal-CFG adapter (distilled without guidance) at cfg 1 samples unguided: say so (cfg is the user's)
+        advice = recipe_follow.cfg_advice(recipe_follow.from_model(model), cfg, guided_step_count(cfg_steps, len(sigmas) - 1))
+        if advice:
+            logging.warning(advice)
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)

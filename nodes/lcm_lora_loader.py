@@ -30,7 +30,8 @@ class LCMLoraLoader(io.ComfyNode):
             display_name="LCM-LoRA Loader",
             category=bridge.CATEGORY,
             description="Apply an LCM-LoRA (kohya, diffusers, peft or ComfyUI format) to MODEL and CLIP "
-                        "and switch the model to LCM sampling, for 2-8 step generation at cfg 1-2.",
+                        "and switch the model to LCM sampling, for 2-8 step generation at cfg 1-2 (an adapter distilled "
+                        "without guidance, 'normal CFG': at the cfg its metadata recommends, shown after it runs).",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (SD 1.x, SD 2.x, SDXL or SSD-1B) to apply the LCM-LoRA to."),
                 io.Clip.Input("clip", optional=True,

@@ -31,7 +31,7 @@ from ..lcm_core.sampling_recipe import (DEFAULT_PHASES, PHASED, SamplingRecipe, 
                                          recipe_timesteps)
 
 __all__ = ["DEFAULT_PHASES", "PHASED", "RECIPE_KEY", "SAMPLING_CHOICES", "attach", "describe", "from_model",
-           "from_model_options", "read_recipe", "recipe_sigmas", "resolve"]
+           "from_model_options", "read_recipe", "recipe_sigmas", "resolve", "is_normal_cfg", "cfg_advice"]
 
 RECIPE_KEY = "lcm_lora_recipe"
 SAMPLING_CHOICES = ("auto", "lcm", "tcd", "pcm", "tscd")
@@ -101,5 +101,25 @@ def describe(recipe: SamplingRecipe, source: str) -> str:
         except LcmLoraError as e:  # metadata steps that do not fit the phases: said, sampling then fails clearly
             ts = e.problem
         phased = f" of {recipe.phases} phases (timesteps {ts})"
-    return (f"sampling: {recipe.objective.upper()} ({source}) — {recipe.sampler} sampler{gamma}, "
+    text = (f"sampling: {recipe.objective.upper()} ({source}) — {recipe.sampler} sampler{gamma}, "
             f"{recipe.steps} steps{phased}, cfg {recipe.cfg:g}, {recipe.model_sampling} model sampling")
+    if is_normal_cfg(recipe):
+        text += (f"\nnormal CFG: distilled without guidance — set the sampler's cfg to about {recipe.cfg:g} (real CFG on "
+                 "every step, two UNet evaluations per step); negative prompts work. At cfg 1 it samples unguided.")
+    return text
+
+
+def is_normal_cfg(recipe: SamplingRecipe | None) -> bool:
+    """Whether ``recipe`` is a "normal CFG" adapter's (``lcd.solver_guidance: false``, PCM's
+    ``--not_apply_cfg_solver``): no ω distilled in, so it is sampled with real CFG at ``recipe.cfg`` > 1."""
+    return recipe is not None and recipe.cfg > 1.0
+
+
+def cfg_advice(recipe: SamplingRecipe | None, cfg: float, guided_steps: int) -> str | None:
+    """A log line when a sampler's cfg leaves a normal-CFG adapter unguided (cfg <= 1, or no guided step);
+    None otherwise — guided adapters and adapters without a recipe keep today's behaviour (no line)."""
+    if not is_normal_cfg(recipe) or (cfg > 1.0 and guided_steps > 0):
+        return None
+    how = f"cfg {cfg:g}" if cfg <= 1.0 else "cfg_steps 0"
+    return (f"[LCM-LoRA] the {recipe.objective.upper()} adapter was distilled without guidance (normal CFG): {how} "
+            f"samples it unguided; use cfg about {recipe.cfg:g} (negative prompts work)")

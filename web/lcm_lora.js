@@ -20,6 +20,12 @@
 //   auto / tcd at γ 0 + LCM Scheduler schedule pcm / tscd with the adapter's phases) and steps that
 //   are the phases, a divisor or a multiple of them (lcm_core/phased_timesteps.py). LCM Scheduler
 //   phase edges feeding an LCM / TCD adapter warn too (a PCM LoRA the loader treats as LCM).
+// * "Normal CFG" adapters (trained with lcd.solver_guidance false, PCM's --not_apply_cfg_solver; metadata
+//   lcm_lora.recommended_cfg R > 1) have no guidance distilled in: they are sampled with real CFG at about R.
+//   For them the cfg check is: no warning up to NORMAL_CFG_FACTOR × R on every step (the slider works as with
+//   the base model, whose usable range reaches about twice its usual cfg: SD1.5 7.5 -> 15, the top of LCM's
+//   distilled ω range), a warning above it, and a warning at cfg <= 1 (or cfg_steps 0): unguided samples.
+//   Guided adapters and adapters without metadata keep the cfg 1-2 check.
 // * Inputs a setting ignores are hidden (ComfyUI 0.3.64's V3 schema has no working dynamic
 //   combo yet): gamma unless mode is tcd, eta in mode lcm, the merge's rank unless method is svd,
 //   the loader's phases unless sampling is pcm / tscd, the scheduler's phases unless its schedule
@@ -32,6 +38,7 @@ import { api } from "../../scripts/api.js";
 const EXT_NAME = "lcm_lora.ui";
 const MAX_CFG = 2;
 const MAX_STEPS = 8;
+const NORMAL_CFG_FACTOR = 2; // normal-CFG adapters: no warning up to this × their recommended cfg (see above)
 const MERGE = "LCMAdapterMerge";
 const MAX_SLOTS = 8;
 const LCM_SAMPLER_NAMES = ["lcm", "tcd"];
@@ -62,8 +69,38 @@ function readRecipe(meta) {
   if (phased && !(phases >= 1 && phases <= 1000)) phases = DEFAULT_PHASES;
   const steps = Number.parseInt(meta["lcm_lora.recommended_steps"], 10);
   const defaultGamma = objective === "tcd" ? 0.3 : (phased ? 0 : null);
+  // lcm_lora.recommended_cfg: read_recipe takes float(text) and falls back to 1 for text that is no finite cfg >= 0
+  const cfgText = meta["lcm_lora.recommended_cfg"];
+  const cfgValue = typeof cfgText === "string" && /^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/.test(cfgText)
+    ? Number(cfgText) : NaN;
+  const cfg = Number.isFinite(cfgValue) && cfgValue >= 0 ? cfgValue : 1;
   return { objective, sampler, gamma: Number.isFinite(gamma) ? gamma : defaultGamma,
-           steps: Number.isFinite(steps) ? steps : (phased ? phases : 4), phases, source: "metadata" };
+           steps: Number.isFinite(steps) ? steps : (phased ? phases : 4), phases, cfg, source: "metadata" };
+}
+
+// The recommended cfg of a "normal CFG" adapter (recipe cfg > 1: distilled without guidance), else null.
+function normalCfg(recipe) {
+  return typeof recipe?.cfg === "number" && recipe.cfg > 1 ? recipe.cfg : null;
+}
+
+// What is wrong with a sampler's cfg for `recipe`: guided adapters and adapters without metadata (null):
+// cfg > MAX_CFG on every step; normal-CFG adapters: cfg <= 1 / cfg_steps 0 (unguided) or cfg > NORMAL_CFG_FACTOR × R.
+function cfgProblems(s, recipe) {
+  if (typeof s.cfg !== "number") return [];
+  const r = normalCfg(recipe);
+  if (r === null) return s.cfg > MAX_CFG && cfgOnEveryStep(s) ? [`cfg ${s.cfg} > ${MAX_CFG}`] : [];
+  if (s.cfg <= 1) return [`cfg ${s.cfg} (unguided)`];
+  if (s.cfgStepsInput && s.cfgSteps === 0) return [`cfg_steps 0 (unguided)`];
+  const bound = NORMAL_CFG_FACTOR * r;
+  return s.cfg > bound && cfgOnEveryStep(s) ? [`cfg ${s.cfg} > ${bound} (${NORMAL_CFG_FACTOR} × its cfg ${r})`] : [];
+}
+
+// The cfg a warning recommends for `recipe`.
+function cfgAdvice(recipe) {
+  const r = normalCfg(recipe);
+  if (r === null) return "cfg 1-2 (higher cfg with a negative prompt: on the first steps only, cfg_steps)";
+  return `cfg ≈ ${r} on every step, at most ${NORMAL_CFG_FACTOR * r} (distilled without guidance: real CFG, ` +
+         "negative prompts work)";
 }
 
 // The timesteps a phased adapter samples at steps = phases (lcm_core/phased_timesteps._phase_tops).
@@ -97,13 +134,13 @@ function adapterRecipe(name) {
 function loaderRecipe(node) {
   const choice = widgetValue(node, "sampling") ?? "auto";
   const stored = adapterRecipe(widgetValue(node, "lora_name"));
-  if (choice === "auto") return stored ?? { objective: "lcm", sampler: "lcm", steps: 4, source: "default" };
+  if (choice === "auto") return stored ?? { objective: "lcm", sampler: "lcm", steps: 4, cfg: 1, source: "default" };
   if (stored && stored.objective === choice) return stored;
   if (PHASED.includes(choice)) {
     const phases = widgetValue(node, "phases") ?? DEFAULT_PHASES;
-    return { objective: choice, sampler: "tcd", gamma: 0, steps: phases, phases, source: "chosen" };
+    return { objective: choice, sampler: "tcd", gamma: 0, steps: phases, phases, cfg: 1, source: "chosen" };
   }
-  return { objective: choice, sampler: choice, gamma: choice === "tcd" ? 0.3 : null, steps: 4, source: "chosen" };
+  return { objective: choice, sampler: choice, gamma: choice === "tcd" ? 0.3 : null, steps: 4, cfg: 1, source: "chosen" };
 }
 
 // -- graph helpers -----------------------------------------------------------------------------
@@ -143,15 +180,17 @@ function lcmSource(graph, node, name = "model", seen = new Set()) {
   }
   if (type === MERGE) {
     // as nodes/adapter_merge.py: the first adapter whose metadata records a recipe decides
+    let first = null;
     for (let i = 1; i <= MAX_SLOTS; i++) {
       const recipe = adapterRecipe(widgetValue(origin, "adapter_" + i));
       if (recipe) {
         if (recipe.objective !== "lcm") return { node: origin, objective: recipe.objective, recipe };
+        first = recipe; // an LCM recipe: its cfg (normal CFG or not) still counts
         break;
       }
     }
     return widgetValue(origin, "patch_sampling") === false ? lcmSource(graph, origin, "model", seen)
-      : { node: origin, objective: "lcm", recipe: null };
+      : { node: origin, objective: "lcm", recipe: first };
   }
   if (type === "ModelSamplingDiscrete") {
     return widgetValue(origin, "sampling") === "lcm" ? { node: origin, objective: "lcm", recipe: null } : null;
@@ -248,8 +287,7 @@ function checkGraph(graph = app.graph) {
     if (!s) continue;
     const source = lcmSource(graph, s.model[0], s.model[1]);
     if (!source) continue;
-    const problems = [];
-    if (typeof s.cfg === "number" && s.cfg > MAX_CFG && cfgOnEveryStep(s)) problems.push(`cfg ${s.cfg} > ${MAX_CFG}`);
+    const problems = cfgProblems(s, source.recipe);
     if (PHASED.includes(source.objective)) {
       const problems2 = phasedProblems(s, source.recipe, problems);
       if (problems2.length) {
@@ -263,8 +301,7 @@ function checkGraph(graph = app.graph) {
                                  `${r.phases} phases) with ${problems2.join(", ")}: a ${name} adapter jumps from phase edge ` +
                                  `to phase edge (${PAPERS[r.objective]}), so it wants the tcd sampler at gamma 0 on its ` +
                                  `phase edges${where}; steps = phases (${r.phases}: ${phaseTops(r.objective, r.phases).join(", ")}), ` +
-                                 "a divisor or a multiple of them; cfg 1-2 (higher cfg with a negative prompt: on the first " +
-                                 "steps only, cfg_steps)." });
+                                 `a divisor or a multiple of them; ${cfgAdvice(r)}.` });
       }
       continue;
     }
@@ -280,8 +317,7 @@ function checkGraph(graph = app.graph) {
       if (problems.length) {
         warnings.push({ nodeId: node.id, nodeType: node.type, sourceId: source.node.id, objective: "tcd", problems,
                         message: `${node.title || node.type} (#${node.id}) samples a TCD adapter (#${source.node.id}) with ` +
-                                 problems.join(", ") + ": a TCD adapter wants cfg 1-2 (higher cfg with a negative " +
-                                 "prompt: on the first steps only, cfg_steps) and the tcd sampler " +
+                                 problems.join(", ") + `: a TCD adapter wants ${cfgAdvice(source.recipe)} and the tcd sampler ` +
                                  "(LCM KSampler or LCM Sampler, mode auto or tcd)." });
       }
       continue;
@@ -291,8 +327,7 @@ function checkGraph(graph = app.graph) {
     if (problems.length) {
       warnings.push({ nodeId: node.id, nodeType: node.type, sourceId: source.node.id, objective: "lcm", problems,
                       message: `${node.title || node.type} (#${node.id}) samples an LCM-patched model (#${source.node.id}) with ` +
-                               problems.join(", ") + ": LCM-LoRA wants 2-8 steps, cfg 1-2 (higher cfg with a negative " +
-                               "prompt: on the first steps only, cfg_steps) and the lcm sampler." });
+                               problems.join(", ") + `: LCM-LoRA wants 2-8 steps, ${cfgAdvice(source.recipe)} and the lcm sampler.` });
     }
   }
   return warnings;
@@ -594,7 +629,8 @@ const extension = {
 };
 
 globalThis.LCMLoRA = { checkGraph, cfgOnEveryStep, refreshWarnings, updateMergeSlots, visibleSlots, updateIgnoredInputs, hiddenWidgets,
-                       adapterRecipe, readRecipe, recipes, phaseTops, samplerSettings, lcmSource, MAX_CFG, MAX_STEPS };
+                       adapterRecipe, readRecipe, recipes, phaseTops, samplerSettings, lcmSource, MAX_CFG, MAX_STEPS,
+                       cfgProblems, cfgAdvice, NORMAL_CFG_FACTOR };
 
 // The pack may be registered twice when its folder name differs from the project name
 // (ComfyUI serves both WEB_DIRECTORY and pyproject's [tool.comfy] web); register once.
