@@ -1,0 +1,102 @@
+"""Adapters distilled without solver guidance ("normal CFG", ``lcd.solver_guidance: false``, PCM's
+``--not_apply_cfg_solver``): ``lcd.normal_cfg`` becomes the adapter's ``lcm_lora.recommended_cfg``, a config
+error naming the key with guidance on, outside the config hash; ``lcm-lora inspect`` says how to sample it;
+``read_recipe`` ignores a recorded cfg that is not a finite number >= 0."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lcm_lora.lcm_core.errors import ConfigError
+from lcm_lora.lcm_core.lora import LoraAdapter, LoraModule, read_adapter, write_adapter
+from lcm_lora.lcm_core.sampling_recipe import read_recipe, recipe_for_objective
+from lcm_lora.training.config import config_hash, load_config, schema_text, trajectory_dict
+from lcm_lora.training.export import adapter_recipe, training_metadata
+
+NORMAL = ["lcd.objective=pcm", "lcd.solver_guidance=false"]
+
+
+def test_normal_cfg_becomes_the_recommended_cfg():
+    default = load_config({}, NORMAL)
+    assert default.lcd.normal_cfg == 7.5 and adapter_recipe(default).cfg == 7.5  # PCM's demo value, as before
+    cfg = load_config({}, [*NORMAL, "lcd.normal_cfg=2"])
+    recipe = adapter_recipe(cfg)
+    assert (recipe.objective, recipe.cfg, recipe.w_range, recipe.phases, recipe.steps) == ("pcm", 2.0, None, 4, 4)
+    md = training_metadata("sd1", 4, 4.0, 10, config_hash(cfg), cfg)
+    assert md["lcm_lora.recommended_cfg"] == "2.0" and md["lcm_lora.solver_guidance"] == "false"
+    assert "lcm_lora.w_range" not in md
+    assert read_recipe(md).cfg == 2.0
+    # every objective: LCM / TCD normal-CFG adapters record it too; guided ones keep cfg 1
+    for objective in ("lcm", "tcd", "tscd"):
+        over = [f"lcd.objective={objective}", "lcd.solver_guidance=false", "lcd.normal_cfg=5"]
+        assert read_recipe(training_metadata("sd1", 4, 4.0, 10, "h", load_config({}, over))).cfg == 5.0, objective
+        assert adapter_recipe(load_config({}, [f"lcd.objective={objective}"])).cfg == 1.0, objective
+
+
+def test_normal_cfg_is_not_part_of_the_config_hash():
+    base = load_config({}, NORMAL)
+    two = load_config({}, [*NORMAL, "lcd.normal_cfg=2"])
+    assert config_hash(base) == config_hash(two)
+    assert "normal_cfg" not in trajectory_dict(two)["lcd"]
+    # a config that never heard of the key hashes as before: the trajectory dict holds no trace of it
+    guided = load_config({}, [])
+    assert "normal_cfg" not in json.dumps(trajectory_dict(guided))
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["lcd.normal_cfg=2"], "applies to 'lcd.solver_guidance: false' only"),
+    (["lcd.objective=pcm", "lcd.normal_cfg=5"], "applies to 'lcd.solver_guidance: false' only"),
+    ([*NORMAL, "lcd.normal_cfg=1"], "must be a finite cfg > 1"),
+    ([*NORMAL, "lcd.normal_cfg=0.5"], "must be a finite cfg > 1"),
+    ([*NORMAL, "lcd.normal_cfg=nan"], "must be a finite cfg > 1"),
+    ([*NORMAL, "lcd.normal_cfg=inf"], "must be a finite cfg > 1"),
+    ([*NORMAL, "lcd.normal_cfg=high"], "must be a number"),
+])
+def test_bad_normal_cfg_is_an_error_naming_the_key(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config({}, overrides)
+    assert "lcd.normal_cfg" in str(e.value) and needle in str(e.value), str(e.value)
+
+
+def test_schema_lists_normal_cfg():
+    line = next(x for x in schema_text().splitlines() if x.strip().startswith("normal_cfg:"))
+    assert line.startswith("  normal_cfg: 7.5  # solver_guidance false only"), line
+
+
+def _adapter(path, metadata):
+    g = torch.Generator().manual_seed(0)
+    modules = {"unet.down_blocks.0.attentions.0.proj_in": LoraModule(torch.randn(4, 32, generator=g),
+                                                                     torch.randn(32, 4, generator=g), 4.0)}
+    write_adapter(LoraAdapter(modules=modules), path, extra_metadata=metadata)
+    return path
+
+
+def test_inspect_says_how_to_sample_a_normal_cfg_adapter(tmp_path, capsys):
+    from lcm_lora.cli.main import main
+
+    cfg = load_config({}, [*NORMAL, "lcd.normal_cfg=2", "lcd.phases=2"])
+    path = _adapter(tmp_path / "normal.safetensors", training_metadata("sd1", 4, 4.0, 10, config_hash(cfg), cfg))
+    assert read_adapter(path).metadata["lcm_lora.recommended_cfg"] == "2.0"
+    assert main(["inspect", "--allow-unknown-arch", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ("objective:     pcm (sampler tcd, 2 steps, 2 phases, timesteps 999/499, gamma 0, "
+            "cfg 2 (normal CFG: sample with cfg > 1, negative prompts work))") in out, out
+    assert main(["inspect", "--json", "--allow-unknown-arch", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sampling_recipe"]["cfg"] == 2.0 and info["sampling_recipe"]["w_range"] is None
+
+    guided = load_config({}, ["lcd.objective=pcm", "lcd.phases=2"])
+    path = _adapter(tmp_path / "guided.safetensors", training_metadata("sd1", 4, 4.0, 10, "h", guided))
+    assert main(["inspect", "--allow-unknown-arch", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "gamma 0, cfg 1, w 3-15)" in out and "normal CFG" not in out, out
+
+
+@pytest.mark.parametrize("text,expected", [("2.5", 2.5), (" 7 ", 7.0), ("0", 0.0), ("nan", 1.0), ("inf", 1.0),
+                                           ("-3", 1.0), ("1e400", 1.0)])
+def test_read_recipe_takes_only_a_finite_cfg(text, expected):
+    md = recipe_for_objective("pcm").to_metadata()
+    md["lcm_lora.recommended_cfg"] = text
+    assert read_recipe(md).cfg == expected
