@@ -19,6 +19,11 @@
 //    /view_metadata, file given by --pcm-lora) wants tcd at γ 0 on its phase edges (LCM KSampler
 //    auto, or LCM Scheduler schedule pcm / tscd with its phases) and steps fitting its phases;
 //    the loader's / scheduler's phases and the scheduler's original_steps are hidden when ignored.
+//  * a "normal CFG" adapter (metadata lcm_lora.recommended_cfg > 1: trained without solver guidance; files
+//    given by --normal-lora, a 4-phase PCM recipe at cfg 2, and --normal-lcm-lora, an LCM recipe at cfg 5)
+//    gets no cfg warning up to 2 × its cfg on every step, one above it, and one at cfg <= 1 / cfg_steps 0;
+//    guided adapters keep the cfg > 2 check; readRecipe's cfg for the metadata in --recipe-metas (a JSON
+//    list, compared with lcm_core.sampling_recipe.read_recipe by the pytest wrapper).
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
@@ -35,6 +40,9 @@ const screenshot = arg("screenshot");
 const executablePath = arg("chromium", process.env.CHROMIUM || "/usr/bin/chromium");
 const tcdLora = arg("tcd-lora", "browser/tcd-recipe.safetensors"); // written by test_comfy_browser.py
 const pcmLora = arg("pcm-lora", "browser/pcm-recipe.safetensors"); // likewise (pcm, 2 phases)
+const normalLora = arg("normal-lora", null); // likewise (pcm, 4 phases, recommended cfg 2)
+const normalLcmLora = arg("normal-lcm-lora", null); // likewise (lcm, recommended cfg 5)
+const recipeMetas = arg("recipe-metas", null) ? JSON.parse(fs.readFileSync(arg("recipe-metas"), "utf8")) : [];
 if (!url || !workflowsDir || !out) {
   console.error("usage: node ui_check.mjs --url URL --workflows DIR --out FILE [--screenshot FILE]");
   process.exit(2);
@@ -339,6 +347,79 @@ try {
       for (const n of [lks, ks]) graph.remove(n);
       return out;
     }, { wf: wfG, pcmLora });
+
+    // "Normal CFG" adapters: the cfg check follows the recipe's cfg.
+    result.normal_cfg_case = await page.evaluate(async ({ wf, normalLora, normalLcmLora, recipeMetas }) => {
+      const app = window.comfyAPI.app.app;
+      const LiteGraph = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
+      await app.loadGraphData(wf, true, false, null);
+      await new Promise((r) => setTimeout(r, 200));
+      const graph = app.graph;
+      const L = globalThis.LCMLoRA;
+      const problems = (id) => L.checkGraph().filter((w) => w.nodeId === id).flatMap((w) => w.problems);
+      const messages = (id) => L.checkGraph().filter((w) => w.nodeId === id).map((w) => w.message);
+      const set = (node, name, value) => {
+        const w = node.widgets.find((x) => x.name === name);
+        w.value = value;
+        w.callback?.(value);
+      };
+      const load = async (loader, name) => {
+        set(loader, "lora_name", name);
+        L.adapterRecipe(name);
+        for (let i = 0; i < 50 && !L.recipes.has(name); i++) await new Promise((r) => setTimeout(r, 100));
+        return L.recipes.get(name) ?? null;
+      };
+      const make = (type) => { const n = LiteGraph.createNode(type); graph.add(n); return n; };
+      const loader = graph._nodes.find((n) => n.type === "LCMLoraLoader");
+      const custom = graph._nodes.find((n) => n.type === "SamplerCustom");
+      const out = { parity: recipeMetas.map((m) => L.readRecipe(m)?.cfg ?? null), factor: L.NORMAL_CFG_FACTOR };
+      // guided: the example (sampling pcm chosen for a file without metadata) keeps today's cfg > 2 check
+      set(custom, "cfg", 3);
+      out.guided = { cfg3: problems(custom.id) };
+      set(custom, "cfg", 1);
+      out.guided.cfg1 = problems(custom.id);
+      if (!normalLora) return out;
+      set(loader, "sampling", "auto");
+      out.recipe = await load(loader, normalLora);
+      out.custom = {};
+      for (const c of [1, 0.5, 1.5, 2, 4, 4.5, 7.5]) {
+        set(custom, "cfg", c);
+        out.custom[String(c)] = problems(custom.id);
+      }
+      set(custom, "cfg", 1);
+      out.custom_message = messages(custom.id)[0] ?? "";
+      const lks = make("LCMKSampler");
+      loader.connect(0, lks, lks.inputs.findIndex((i) => i.name === "model"));
+      out.ks = {};
+      set(lks, "cfg", 2);
+      out.ks.cfg2 = problems(lks.id);
+      set(lks, "cfg", 1);
+      out.ks.cfg1 = problems(lks.id);
+      set(lks, "cfg", 2);
+      set(lks, "cfg_steps", 0);
+      out.ks.cfg_steps_0 = problems(lks.id);
+      set(lks, "cfg", 6);
+      set(lks, "cfg_steps", 2);
+      out.ks.cfg6_first_2 = problems(lks.id);
+      set(lks, "cfg_steps", 10000);
+      out.ks.cfg6_every = problems(lks.id);
+      graph.remove(lks);
+      if (normalLcmLora) {
+        out.lcm = { recipe: await load(loader, normalLcmLora) };
+        const ks = make("KSampler");
+        loader.connect(0, ks, ks.inputs.findIndex((i) => i.name === "model"));
+        set(ks, "steps", 4);
+        set(ks, "sampler_name", "lcm");
+        set(ks, "scheduler", "sgm_uniform");
+        for (const c of [5, 10, 10.5, 1]) {
+          set(ks, "cfg", c);
+          out.lcm[String(c)] = problems(ks.id);
+        }
+        out.lcm.message = messages(ks.id)[0] ?? "";
+        graph.remove(ks);
+      }
+      return out;
+    }, { wf: wfG, normalLora, normalLcmLora, recipeMetas });
   }
 } finally {
   await browser.close();

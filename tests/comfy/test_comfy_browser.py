@@ -19,6 +19,10 @@ pytestmark = pytest.mark.comfyui
 
 TCD_LORA = "browser/tcd-recipe.safetensors"  # ui_check.mjs looks for this name (--tcd-lora)
 PCM_LORA = "browser/pcm-recipe.safetensors"  # likewise (--pcm-lora): a 2-phase PCM recipe
+NORMAL_LORA = "browser/pcm-normal-cfg.safetensors"  # --normal-lora: trained without solver guidance, cfg 2
+NORMAL_LCM_LORA = "browser/lcm-normal-cfg.safetensors"  # --normal-lcm-lora: likewise, LCM objective, cfg 5
+# lcm_lora.recommended_cfg texts whose reading the JS mirror must share with lcm_core.sampling_recipe.read_recipe
+CFG_TEXTS = ["2.0", "7.5", " 3 ", "0", "1", "nan", "inf", "-1", "abc", "1e400", "", None]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,12 +43,35 @@ def tcd_metadata_lora(comfy) -> str:
     pcm_meta = {**meta, **recipe_for_objective("pcm", phases=2).to_metadata()}
     pcm_meta.pop("lcm_lora.recommended_gamma", None)  # a recipe without γ: pcm's default γ 0
     save_file(load_file(str(src)), str(comfy.loras / PCM_LORA), metadata=pcm_meta)
+    # normal-CFG adapters: the trainer's own metadata (lcd.solver_guidance=false, lcd.normal_cfg)
+    from lcm_lora.training.config import load_config
+    from lcm_lora.training.export import training_metadata
+
+    for name, over in ((NORMAL_LORA, ["lcd.objective=pcm", "lcd.normal_cfg=2"]), (NORMAL_LCM_LORA, ["lcd.normal_cfg=5"])):
+        cfg = load_config({}, ["lcd.solver_guidance=false", *over])
+        save_file(load_file(str(src)), str(comfy.loras / name), metadata={**meta, **training_metadata("sd1", 4, 4.0, 10, "h", cfg)})
     return TCD_LORA
 
 
+def _recipe_metas() -> list[dict]:
+    from lcm_lora.lcm_core.sampling_recipe import recipe_for_objective
+
+    metas = []
+    for text in CFG_TEXTS:
+        meta = recipe_for_objective("pcm").to_metadata()
+        meta.pop("lcm_lora.recommended_cfg")
+        if text is not None:
+            meta["lcm_lora.recommended_cfg"] = text
+        metas.append(meta)
+    return metas
+
+
 @pytest.fixture(scope="module")
-def ui(comfy, run_browser):
+def ui(comfy, run_browser, tmp_path_factory):
+    metas = tmp_path_factory.mktemp("recipe_metas") / "metas.json"
+    metas.write_text(json.dumps(_recipe_metas()))
     return run_browser("ui_check.mjs", comfy.url(""), "--workflows", str(H.REPO / "example_workflows"),
+                       "--normal-lora", NORMAL_LORA, "--normal-lcm-lora", NORMAL_LCM_LORA, "--recipe-metas", str(metas),
                        screenshot_env="LCM_LORA_SCREENSHOT", screenshot_name="web_extension.png")
 
 
@@ -184,3 +211,29 @@ def test_warnings_follow_a_phased_recipe(ui):
     assert meta["custom"] == ["LCM Scheduler phases 4 is not 2"], meta
     assert meta["ks_auto"] == [], meta  # 4 steps of 2 phases: a multiple
     assert "999, 499" in meta["message"], meta
+
+
+def test_js_recipe_cfg_mirrors_read_recipe(ui):
+    from lcm_lora.lcm_core.sampling_recipe import read_recipe
+
+    assert ui["normal_cfg_case"]["parity"] == [read_recipe(m).cfg for m in _recipe_metas()], list(zip(CFG_TEXTS, ui["normal_cfg_case"]["parity"]))
+
+
+def test_cfg_check_follows_a_normal_cfg_recipe(ui):
+    """An adapter distilled without guidance (recipe cfg R > 1) is sampled with real CFG: no warning up to 2 R on
+    every step, a warning above; cfg <= 1 or cfg_steps 0 (unguided samples) warn. Guided adapters: cfg > 2 as before."""
+    case = ui["normal_cfg_case"]
+    assert case["factor"] == 2
+    assert case["guided"] == {"cfg3": ["cfg 3 > 2"], "cfg1": []}, case["guided"]
+    assert case["recipe"]["objective"] == "pcm" and case["recipe"]["cfg"] == 2 and case["recipe"]["phases"] == 4
+    assert case["custom"] == {"1": ["cfg 1 (unguided)"], "0.5": ["cfg 0.5 (unguided)"], "1.5": [], "2": [], "4": [],
+                              "4.5": ["cfg 4.5 > 4 (2 × its cfg 2)"], "7.5": ["cfg 7.5 > 4 (2 × its cfg 2)"]}, case["custom"]
+    msg = case["custom_message"]
+    assert "PCM adapter" in msg and "cfg ≈ 2 on every step" in msg and "negative prompts work" in msg, msg
+    assert "cfg 1-2" not in msg, msg
+    assert case["ks"] == {"cfg2": [], "cfg1": ["cfg 1 (unguided)"], "cfg_steps_0": ["cfg_steps 0 (unguided)"],
+                          "cfg6_first_2": [], "cfg6_every": ["cfg 6 > 4 (2 × its cfg 2)"]}, case["ks"]
+    lcm = case["lcm"]
+    assert lcm["recipe"]["objective"] == "lcm" and lcm["recipe"]["cfg"] == 5, lcm
+    assert (lcm["5"], lcm["10"], lcm["10.5"], lcm["1"]) == ([], [], ["cfg 10.5 > 10 (2 × its cfg 5)"], ["cfg 1 (unguided)"]), lcm
+    assert "LCM-LoRA wants 2-8 steps, cfg ≈ 5 on every step" in lcm["message"], lcm["message"]
