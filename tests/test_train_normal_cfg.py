@@ -100,3 +100,25 @@ def test_read_recipe_takes_only_a_finite_cfg(text, expected):
     md = recipe_for_objective("pcm").to_metadata()
     md["lcm_lora.recommended_cfg"] = text
     assert read_recipe(md).cfg == expected
+
+
+def test_normal_cfg_may_change_on_resume(tmp_path):
+    """Metadata only: a resumed run takes a new lcd.normal_cfg (any trajectory key would be refused)."""
+    from pathlib import Path
+
+    from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
+    from lcm_lora.training.trainer import train
+
+    torch.set_num_threads(1)
+    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
+    data = write_tiny_dataset(tmp_path / "data", n=8, size=16)
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    over = [f"teacher={teacher}", f"data={data}", "batch_size=4", "lora.rank=4", "lora.alpha=4", "validation.every=0",
+            "checkpoint.every=0", "logging.progress=false", f"data.cache_dir={tmp_path / 'cache'}", *NORMAL]
+    first = train(tiny, tmp_path / "run", overrides=[*over, "max_steps=2", "lcd.normal_cfg=2"], progress=False)
+    assert read_adapter(first.adapter_path).metadata["lcm_lora.recommended_cfg"] == "2.0"
+    resumed = train(tiny, tmp_path / "run", overrides=[*over, "max_steps=3", "lcd.normal_cfg=3"], progress=False, resume=True)
+    md = read_adapter(resumed.adapter_path).metadata
+    assert (resumed.status, md["lcm_lora.recommended_cfg"], md["lcm_lora.steps"]) == ("finished", "3.0", "3")
+    with pytest.raises(ConfigError, match="different configuration"):  # the check itself is on: a trajectory key
+        train(tiny, tmp_path / "run", overrides=[*over, "max_steps=4", "lcd.phases=2"], progress=False, resume=True)
