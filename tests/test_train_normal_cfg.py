@@ -115,10 +115,64 @@ def test_normal_cfg_may_change_on_resume(tmp_path):
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
     over = [f"teacher={teacher}", f"data={data}", "batch_size=4", "lora.rank=4", "lora.alpha=4", "validation.every=0",
             "checkpoint.every=0", "logging.progress=false", f"data.cache_dir={tmp_path / 'cache'}", *NORMAL]
-    first = train(tiny, tmp_path / "run", overrides=[*over, "max_steps=2", "lcd.normal_cfg=2"], progress=False)
+    from lcm_lora.training import validation
+
+    calls, real = [], validation.sample_student
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("guidance"), kwargs.get("uncond") is not None))
+        return real(*args, **kwargs)
+
+    validation.sample_student = spy  # run_validation looks it up in its module
+    try:  # validation after the encoders were released (tiny config: both caches on): the stored uncond embedding
+        first = train(tiny, tmp_path / "run", overrides=[*over, "max_steps=2", "lcd.normal_cfg=2", "validation.every=2",
+                                                         "validation.steps=[1]"], progress=False)
+    finally:
+        validation.sample_student = real
+    assert calls == [(2.0, True)], calls  # the validation grid of a normal-CFG run is sampled at its cfg
+    assert (tmp_path / "run" / "validation" / "step-00000002.png").exists()
     assert read_adapter(first.adapter_path).metadata["lcm_lora.recommended_cfg"] == "2.0"
     resumed = train(tiny, tmp_path / "run", overrides=[*over, "max_steps=3", "lcd.normal_cfg=3"], progress=False, resume=True)
     md = read_adapter(resumed.adapter_path).metadata
     assert (resumed.status, md["lcm_lora.recommended_cfg"], md["lcm_lora.steps"]) == ("finished", "3.0", "3")
     with pytest.raises(ConfigError, match="different configuration"):  # the check itself is on: a trajectory key
         train(tiny, tmp_path / "run", overrides=[*over, "max_steps=4", "lcd.phases=2"], progress=False, resume=True)
+
+
+@pytest.mark.parametrize("variant", ["sd", "sdxl"])  # sdxl: pooled embeddings and time ids doubled too
+def test_guided_validation_sample_is_affine_in_the_cfg(tmp_path, variant):
+    """ComfyUI's / diffusers' CFG ε = ε_u + g·(ε_c − ε_u): one deterministic TCD step (γ 0, PCM edge 999, then
+    diffusers' last step to timestep 0) is affine in ε, so the guided sample is R_u + g·(R_c − R_u) with R_c / R_u
+    the plain samples of the prompt / the unconditional embedding (closed form; the ω convention
+    cond + g·(cond − uncond) or a guidance left out would both fail it)."""
+    from lcm_lora.lcm_core.sampling_recipe import recipe_for_objective, recipe_timesteps
+    from lcm_lora.training.ddim_solver import DDIMSolver
+    from lcm_lora.training.teacher import load_teacher
+    from lcm_lora.training.tiny_models import build_tiny_teacher
+    from lcm_lora.training.validation import sample_student
+
+    from contextlib import nullcontext
+
+    torch.set_num_threads(1)
+    cfg = load_config({}, [f"teacher={build_tiny_teacher(tmp_path / 'teacher', block_out_channels=(16, 32), variant=variant)}"])
+    teacher = load_teacher(cfg.teacher)
+    teacher.decode = lambda latents: latents  # compare latents (decode clamps)
+    solver = DDIMSolver(teacher.noise_scheduler.alphas_cumprod, 50)
+    prompts = ["a red square", "a blue circle"]
+    text = teacher.encode_text(prompts, "cpu")
+    uncond = teacher.uncond_text("empty_prompt", "cpu")
+    uncond_rows = {k: v.expand(len(prompts), *v.shape[1:]) for k, v in uncond.items()}
+    ts = recipe_timesteps(recipe_for_objective("pcm", phases=4), 1)
+    assert ts == [999]
+
+    def run(txt, **kw):
+        return sample_student(teacher, teacher.unet, prompts, 1, 16, 3, "cpu", nullcontext, solver, objective="tcd",
+                              gamma=0.0, text=txt, timesteps=ts, **kw).double()
+
+    r_c, r_u = run(text), run(uncond_rows)
+    assert (r_c - r_u).norm() / r_c.norm() > 1e-3  # the prompt matters
+    assert torch.equal(run(text, guidance=1.0, uncond=uncond), r_c)  # cfg 1: the unguided path, bit for bit
+    for g in (2.0, 7.5):
+        guided = run(text, guidance=g, uncond=uncond)
+        ref = r_u + g * (r_c - r_u)
+        assert float((guided - ref).norm() / ref.norm()) < 1e-5, g

@@ -47,6 +47,7 @@ def release_encoders(teacher, device: torch.device, validation_prompts: list[str
     Returns ``(uncond_text, validation_text)`` (``validation_text`` is None without prompts)."""
     uncond = teacher.uncond_text(uncond_mode, device)
     validation = teacher.encode_text(list(validation_prompts), device) if validation_prompts else None
+    teacher.released_uncond = (uncond_mode, uncond)  # for guided validation (a normal-CFG run) after the release
     teacher.text_encoders = []
     teacher.released = True
     if teacher.vae is not None:

@@ -85,7 +85,11 @@ class Teacher:
         return result
 
     def uncond_text(self, mode: str, device=None) -> dict[str, torch.Tensor]:
-        """Unconditional embedding for one sample (``mode``: auto | empty_prompt | zeros)."""
+        """Unconditional embedding for one sample (``mode``: auto | empty_prompt | zeros); after
+        ``offload.release_encoders`` the one it encoded before the release."""
+        released = getattr(self, "released_uncond", None)
+        if released is not None and released[0] == mode:
+            return {k: v.to(device) if device is not None else v for k, v in released[1].items()}
         if mode == "auto":
             mode = "zeros" if self.uses_pooled else "empty_prompt"
         emb = self.encode_text([""], device)

@@ -13,7 +13,10 @@ recipe, :func:`.export.adapter_recipe`) over the plain ε denoiser (no boundary 
 ``tcd_sigmas`` — TCD's map has no c_skip/c_out, so an LCM boundary would be wrong for it; for ``pcm`` /
 ``tscd`` ``sample_tcd`` at γ 0 on the phased timesteps (``lcm_core.sampling_recipe.recipe_timesteps``). Without classifier-free
 guidance (the reference's ``log_validation`` samples 4 steps with ``guidance_scale=1.0``, i.e. no
-CFG). Rows are step counts, columns prompts; the noise seed is fixed across validations.
+CFG) — except for a "normal CFG" run (``lcd.solver_guidance: false``: nothing distilled in), sampled at the
+recipe's cfg (``lcd.normal_cfg``) with ComfyUI's / diffusers' convention ε = ε_u + cfg·(ε_c − ε_u) and the
+trainer's unconditional embedding (``lcd.uncond``). Rows are step counts, columns prompts; the noise seed is
+fixed across validations.
 """
 from __future__ import annotations
 
@@ -45,14 +48,17 @@ def _schedule_of(teacher: Teacher):
 @torch.no_grad()
 def sample_student(teacher: Teacher, unet, prompts: list[str], steps: int, resolution: int, seed: int,
                    device, autocast, solver: DDIMSolver, objective: str = "lcm", gamma: float = 0.3,
-                   text: dict | None = None, timesteps: list[int] | None = None) -> torch.Tensor:
+                   text: dict | None = None, timesteps: list[int] | None = None, guidance: float = 1.0,
+                   uncond: dict | None = None) -> torch.Tensor:
     """LCM (``objective="lcm"``) or TCD (``"tcd"``, stochasticity ``gamma``) samples of the
     (LoRA-equipped) ``unet`` → images in [0, 1], (N, C, H, W). ``timesteps``: the TCD sampler's
     descending timesteps instead of TCD's own schedule (PCM/TSCD adapters: the phased timesteps,
     ``lcm_core.sampling_recipe.recipe_timesteps``, at γ 0).
 
     ``text``: the prompts' embeddings encoded before the text encoders were released
-    (``training/offload.py``); the VAE decoder is on the device only while it decodes."""
+    (``training/offload.py``); the VAE decoder is on the device only while it decodes. ``guidance`` ≠ 1 with
+    ``uncond`` (one unconditional embedding, ``Teacher.uncond_text``): classifier-free guidance
+    ε = ε_u + guidance·(ε_c − ε_u) on every step, both branches in one UNet batch."""
     from .offload import decoder_on
     from ..lcm_core.denoisers import EpsDenoiser
     from ..lcm_core.sampling import sample_lcm, sample_tcd
@@ -66,9 +72,20 @@ def sample_student(teacher: Teacher, unet, prompts: list[str], steps: int, resol
     time_ids = None
     if teacher.uses_pooled:
         time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * n, dtype=torch.float32, device=device)
-    cond = build_cond(text, time_ids)
+    guided = guidance != 1.0 and uncond is not None
+    if guided:  # rows: n conditional, then n unconditional (same time ids)
+        both = {k: torch.cat([v, uncond[k].to(device).expand(n, *v.shape[1:])]) for k, v in text.items()}
+        cond = build_cond(both, None if time_ids is None else torch.cat([time_ids, time_ids]))
+    else:
+        cond = build_cond(text, time_ids)
 
     def eps_fn(x_scaled, t, **_):
+        if guided:
+            x_in, t_in = torch.cat([x_scaled, x_scaled]), torch.cat([t, t]).to(device)
+            with autocast():
+                raw = unet_forward(unet, x_in, t_in, cond).float()
+            eps_c, eps_u = solver.predicted_eps(raw, t_in, x_in.float(), teacher.prediction_type).chunk(2)
+            return eps_u + guidance * (eps_c - eps_u)
         with autocast():
             raw = unet_forward(unet, x_scaled, t.to(device), cond).float()
         return solver.predicted_eps(raw, t.to(device), x_scaled.float(), teacher.prediction_type)
@@ -199,12 +216,15 @@ def run_validation(teacher: Teacher, unet, cfg, step: int, output_dir: Path, dev
     resolution = cfg.validation.resolution or cfg.data.resolution
     recipe = adapter_recipe(cfg)
     gamma = recipe.gamma if recipe.gamma is not None else 0.3
+    # a normal-CFG adapter (recipe cfg > 1) is sampled with real CFG; guided ones at cfg 1 as before
+    uncond = teacher.uncond_text(cfg.lcd.uncond, device) if recipe.cfg != 1.0 else None
     was_training = unet.training
     unet.eval()
     try:
         rows = [
             sample_student(teacher, unet, prompts, s, resolution, cfg.validation.seed, device, autocast, solver,
-                           objective=recipe.sampler, gamma=gamma, text=text, timesteps=recipe_timesteps(recipe, s))
+                           objective=recipe.sampler, gamma=gamma, text=text, timesteps=recipe_timesteps(recipe, s),
+                           guidance=recipe.cfg, uncond=uncond)
             for s in cfg.validation.steps
         ]
     finally:
