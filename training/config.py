@@ -516,7 +516,6 @@ OBJECTIVE_ONLY_KEYS = {"tcd": TCD_ONLY_KEYS, "pcm": PCM_ONLY_KEYS, "tscd": TSCD_
 # keys added after the first release whose default keeps the trajectory of older runs: left out of the
 # trajectory dict while at their default, so the config hash of those runs does not change
 _TRAJECTORY_DEFAULT_DROPPED = {"solver_guidance": True}
-NORMAL_CFG_DEFAULT = 7.5  # lcd.normal_cfg's default: PCM's demo cfg for its normal-CFG SD1.5 adapters (demo/app.py)
 NUM_TRAIN_TIMESTEPS = 1000  # the SD/SDXL schedules (the trainer checks the teacher's own count again)
 
 
@@ -563,6 +562,9 @@ def _validate_objective(cfg: TrainConfig) -> None:
     if len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= lcd.num_ddim_timesteps:
         raise ConfigError(src, f"key 'lcd.tdd_steps' must be [min, max] step counts with 1 <= min <= max <= "
                           f"lcd.num_ddim_timesteps ({lcd.num_ddim_timesteps}), got {steps}")
+
+
+NORMAL_CFG_DEFAULT = 7.5  # lcd.normal_cfg's default: PCM's demo cfg for its normal-CFG SD1.5 adapters (demo/app.py)
 
 
 def _validate_normal_cfg(cfg: TrainConfig) -> None:
