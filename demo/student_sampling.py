@@ -5,8 +5,10 @@ Uses exactly what the ComfyUI nodes use: ``lcm_core.timesteps.lcm_timesteps`` /
 ``lcm_core.denoisers.unet_denoiser`` (ε → x0; the LCM boundary condition in diffusers convention
 for an LCM-LoRA, none for a TCD adapter, whose map has no c_skip/c_out) and
 ``lcm_core.sampling.sample_lcm`` (LCM paper Algorithm 1) / ``sample_tcd`` (TCD paper Algorithm 4,
-Strategic Stochastic Sampling with γ). No CFG by default (guidance 1): the adapters were distilled
-with ω baked in, so each step is one UNet evaluation.
+Strategic Stochastic Sampling with γ). A phased adapter (PCM) is sampled as its recipe says
+(``sample_phased_student``): ``sample_tcd`` at γ 0 on ``lcm_core.phased_timesteps``' phase edges.
+No CFG by default (guidance 1): the adapters were distilled with ω baked in, so each step is one
+UNet evaluation.
 
 ``guidance_scale > 1`` with an ``uncond`` (negative) embedding runs real CFG
 (``ε = ε(neg) + g·(ε(cond) − ε(neg))``, two evaluations per step); ``cfg_steps = k`` limits it to the
