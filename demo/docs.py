@@ -54,7 +54,8 @@ def render_results_block(results: dict, source: str) -> str:
     la = env.get("load_average_start"), env.get("load_average_end")
     lines.append(f"Preset **{cfg['preset']}**, seed {cfg['seed']}, {cfg['n_samples']} samples per row; {env['summary']}; "
                  f"total {t.get('total', 0):.0f} s (load average at start {la[0]}, at end {la[1]}). Distillation with the "
-                 f"same step budget: LCM-LoRA {lt.get('seconds', 0):.0f} s, TCD adapter {tc.get('seconds', 0):.0f} s. "
+                 f"same step budget: LCM-LoRA {lt.get('seconds', 0):.0f} s, TCD adapter {tc.get('seconds', 0):.0f} s"
+                 + (f", PCM adapter {results['pcm'].get('seconds', 0):.0f} s" if results.get("pcm") else "") + ". "
                  f"Real-vs-real FD floor {cal['fd_real_vs_real']:.1f} (pixel {cal['fd_pixel_real_vs_real']:.2f}).")
     lines += ["", *_series_table(results["rows"], "fd", 1, "FD ↓ (classifier features)"), ""]
     lines += [*_series_table(results["rows"], "fd_se", 1, "FD bootstrap s.e."), ""]

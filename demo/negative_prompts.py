@@ -74,7 +74,7 @@ def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int
             once(("teacher", steps), lambda steps=steps: sample_teacher(teacher.unet, empty, None, plan.noise, "ddim",
                                                                         steps, sc, teacher_cfg)))
     for name, (unet, fn, sampler) in students.items():
-        seed_fn = sampler_seed if sampler == "tcd" else lcm_seed
+        seed_fn = sampler_seed if sampler in ("tcd", "pcm") else lcm_seed
         plain = once(name, lambda unet=unet, fn=fn: fn(unet, empty, plan.noise, student_steps, seed=seed_fn(seed)))
         for cfg, k in student_configs:
             add(name, sampler, student_steps, cfg, k,

@@ -7,7 +7,7 @@ import numpy as np
 
 from .teacher_samplers import MODEL_LABELS, SAMPLER_LABELS
 
-_COLORS = {"ddim": "tab:blue", "euler": "tab:orange", "dpmpp_2m": "tab:green", "lcm": "tab:red", "tcd": "tab:purple"}
+_COLORS = {"ddim": "tab:blue", "euler": "tab:orange", "dpmpp_2m": "tab:green", "lcm": "tab:red", "tcd": "tab:purple", "pcm": "tab:brown"}
 
 
 def _plt():
@@ -38,7 +38,7 @@ def plot_quality(rows, path: Path, x: str, metric: str = "fd", floor: float | No
     fig, ax = plt.subplots(figsize=(5.6, 4.0), dpi=110)
     for label, (sampler, rs) in _series(rows).items():
         ax.plot([r[x] for r in rs], [r[metric] for r in rs], marker="o", label=label, color=_COLORS.get(sampler),
-                linewidth=2.2 if sampler in ("lcm", "tcd") else 1.4)
+                linewidth=2.2 if sampler in ("lcm", "tcd", "pcm") else 1.4)
     if floor is not None:
         ax.axhline(floor, color="gray", linestyle="--", linewidth=1, label="real vs real")
     ax.set_xscale("log", base=2)

@@ -221,7 +221,9 @@ def build_report(results: dict, readme_link: str = "../demo/README.md") -> Doc:
                  "teacher=DIR/models/teacher data=DIR/models/data\n"
                  "lcm-lora train --config configs/tiny_cpu.yaml --output RUN_TCD "
                  "teacher=DIR/models/teacher data=DIR/models/data lcd.objective=tcd\n"
-                 "(DIR: this report's folder)")
+                 + ("lcm-lora train --config configs/tiny_cpu.yaml --output RUN_PCM "
+                    "teacher=DIR/models/teacher data=DIR/models/data lcd.objective=pcm\n" if results.get("pcm") else "")
+                 + "(DIR: this report's folder)")
         doc.bullets([f"[`{m['path']}`]({m['path']}) — {m['what']}" for m in models])
 
     doc.h("Setup")
@@ -236,6 +238,10 @@ def build_report(results: dict, readme_link: str = "../demo/README.md") -> Doc:
         *([f"TCD adapter: `lcm-lora train` with {results['tcd']['config_file']} and overrides "
            f"`{' '.join(results['tcd']['overrides'])}` (same teacher, data, ω, target and step budget); "
            f"{results['tcd']['seconds']:.0f} s{_load(results['tcd'])}."] if results.get("tcd") else []),
+        *([f"PCM adapter: `lcm-lora train` with {results['pcm']['config_file']} and overrides "
+           f"`{' '.join(results['pcm']['overrides'])}` (same teacher, data, ω, target and step budget), sampled by the "
+           f"TCD sampler at γ 0 on its own phase edges (the adapter's recipe, `lcm_core.phased_timesteps`); "
+           f"{results['pcm']['seconds']:.0f} s{_load(results['pcm'])}."] if results.get("pcm") else []),
         f"Digit classifier (small CNN, trained on the classifier split only): held-out accuracy "
         f"{cal['digit_accuracy_heldout']:.3f}; FD is computed in its 64-d penultimate features (not FID).",
     ])

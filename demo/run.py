@@ -14,7 +14,7 @@ second run reuses models and a changed setting retrains only what it affects):
 7. ``report.md`` / ``report.html`` / ``results.json`` / figures in ``out_dir``.
 
 With ``jobs=2`` (the CLI's default on 2+ cores) independent stages run in a second process
-(:mod:`.parallel`): TCD distillation and the fine-tune beside 2–5, then the acceleration and
+(:mod:`.parallel`): TCD (and, on the full preset, PCM) distillation and the fine-tune beside 2–5, then the acceleration and
 negative-prompt studies (and, where it evens out the work, the style experiment) beside the rest of 6.
 """
 from __future__ import annotations
@@ -55,6 +55,11 @@ class DemoConfig:
     tcd_gammas: tuple = (0.0, 0.3, 0.5)  # γ sweep at tcd_gamma_steps
     tcd_gamma_steps: int = 4
     tcd_overrides: tuple = ("lcd.objective=tcd",)  # on top of lcm_overrides: same teacher, data, ω and step budget
+    # A third adapter, PCM (Phased Consistency Model, lcd.objective=pcm, the trainer's default 4 phases), sampled by
+    # the TCD sampler at γ 0 on its own phase edges (its recipe: lcm_core.phased_timesteps). Full preset only.
+    pcm: bool = False
+    pcm_overrides: tuple = ("lcd.objective=pcm",)  # on top of lcm_overrides, like tcd_overrides
+    pcm_steps: tuple = (1, 2, 4, 8, 16)
     guidance_scale: float = 2.0  # teacher CFG scale g; the LCM-LoRA is distilled at ω = g − 1 (see lcm_overrides)
     lcm_config: str = "configs/tiny_cpu.yaml"
     lcm_overrides: tuple = ()
@@ -91,7 +96,7 @@ class DemoConfig:
 DEMO_LCD_OVERRIDES = ("lcd.target=ema",)
 
 PRESETS = {
-    "full": DemoConfig(lcm_overrides=("train.max_steps=600",)),
+    "full": DemoConfig(lcm_overrides=("train.max_steps=600",), pcm=True),
     "fast": DemoConfig(
         preset="fast", n_samples=200, teacher_steps=(1, 2, 4, 8), samplers=("ddim", "dpmpp_2m"), lcm_steps=(1, 2, 4),
         style=StyleLoraSettings(steps=300, batch_size=32), heat_lambda1=(0.0, 0.8), heat_lambda2=(0.0, 1.0),
@@ -211,14 +216,36 @@ ADAPTER_KINDS = {
     # kind: (cache prefix, file name, what it is)
     "lcm": ("lcm", "lcm_lora.safetensors", "LCM-LoRA"),
     "tcd": ("tcd", "tcd_lora.safetensors", "TCD adapter"),
+    "pcm": ("pcm", "pcm_lora.safetensors", "PCM adapter"),
 }
+
+
+def adapter_overrides(cfg: DemoConfig, teacher_folder: Path, data_folder: Path, kind: str = "lcm") -> list[str]:
+    """The trainer overrides of adapter ``kind``: :func:`lcm_overrides`, plus ``cfg.tcd_overrides`` (``tcd``) or
+    ``cfg.pcm_overrides`` (``pcm``): same teacher, data, ω, target and step budget."""
+    if kind not in ADAPTER_KINDS:
+        raise ValueError(f"adapter kind must be one of {', '.join(ADAPTER_KINDS)}, got {kind!r}")
+    extra = {"lcm": (), "tcd": cfg.tcd_overrides, "pcm": cfg.pcm_overrides}[kind]
+    return lcm_overrides(cfg, teacher_folder, data_folder) + list(extra)
+
+
+def adapter_cache_folder(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data_folder: Path,
+                         kind: str = "lcm") -> Path:
+    """Where adapter ``kind`` is cached: ``<prefix>-<key>``, the key hashing the config file's text, the
+    overrides and :data:`CACHE_VERSION` only (so adding an adapter kind or a preset flag leaves every other
+    kind's cached adapter where it was)."""
+    config_file = (REPO_ROOT / cfg.lcm_config).resolve()
+    overrides = adapter_overrides(cfg, teacher_folder, data_folder, kind)
+    key = _key(config_file.read_text(encoding="utf-8"), overrides, CACHE_VERSION)
+    return Path(cache_dir) / f"{ADAPTER_KINDS[kind][0]}-{key}"
 
 
 def distil_adapter(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data_folder: Path, progress: bool,
                    kind: str = "lcm"):
     """Run the project's trainer (``training.train``, the code behind ``lcm-lora train CONFIG key=value …``)
-    with the preset's config and overrides (``kind="tcd"`` adds ``cfg.tcd_overrides``: same teacher, data, ω,
-    target and step budget); cached by config text + overrides + teacher. Records the wall time."""
+    with the preset's config and overrides (``kind="tcd"`` / ``"pcm"`` adds ``cfg.tcd_overrides`` /
+    ``cfg.pcm_overrides``: same teacher, data, ω, target and step budget); cached by config text + overrides +
+    teacher (:func:`adapter_cache_folder`). Records the wall time."""
     import shutil
 
     from ..lcm_core.lora import read_adapter
@@ -226,11 +253,9 @@ def distil_adapter(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data_
 
     prefix, filename, what = ADAPTER_KINDS[kind]
     config_file = (REPO_ROOT / cfg.lcm_config).resolve()
-    overrides = lcm_overrides(cfg, teacher_folder, data_folder)
-    if kind == "tcd":
-        overrides = overrides + list(cfg.tcd_overrides)
-    key = _key(config_file.read_text(encoding="utf-8"), overrides, CACHE_VERSION)
-    out = cache_dir / f"{prefix}-{key}"
+    overrides = adapter_overrides(cfg, teacher_folder, data_folder, kind)
+    out = adapter_cache_folder(cache_dir, cfg, teacher_folder, data_folder, kind)
+    key = out.name[len(prefix) + 1:]
     result = out / filename
     seconds, cached = None, result.is_file()
     if not cached:
@@ -265,6 +290,11 @@ def distil_lcm_lora(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data
 def distil_tcd(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data_folder: Path, progress: bool):
     """The TCD adapter (:func:`distil_adapter` with ``kind="tcd"``)."""
     return distil_adapter(cache_dir, cfg, teacher_folder, data_folder, progress, kind="tcd")
+
+
+def distil_pcm(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data_folder: Path, progress: bool):
+    """The PCM adapter (:func:`distil_adapter` with ``kind="pcm"``)."""
+    return distil_adapter(cache_dir, cfg, teacher_folder, data_folder, progress, kind="pcm")
 
 
 def _load_average():
@@ -328,7 +358,7 @@ def _unet_with(teacher_unet, adapters_and_strengths):
 
 # ---------------------------------------------------------------------------------------- evaluation
 def side_studies(cfg: DemoConfig, teacher, lcm_adapter, tcd_adapter, finetuned_unet, inst, progress: bool,
-                 style_adapter=None):
+                 style_adapter=None, pcm_adapter=None):
     """The universal-acceleration test and the negative-prompt study (and, given ``style_adapter``, the style
     experiment): they share no samples with the rest of the evaluation, so they can run in the side process
     (same computation wherever they run). Returns ``(style experiment or None, acceleration, negative)``."""
@@ -336,19 +366,24 @@ def side_studies(cfg: DemoConfig, teacher, lcm_adapter, tcd_adapter, finetuned_u
 
     style = None
     if style_adapter is not None:
-        style = style_experiment(cfg, teacher, lcm_adapter, style_adapter, tcd_adapter, inst, progress)
+        style = style_experiment(cfg, teacher, lcm_adapter, style_adapter, tcd_adapter, inst, progress,
+                                 pcm_adapter=pcm_adapter)
 
     from .negative_prompts import negative_prompt_study
-    from .student_sampling import sample_lcm_student, sample_tcd_student
+    from .student_sampling import phased_recipe, sample_lcm_student, sample_phased_student, sample_tcd_student
 
     accel = None
     if finetuned_unet is not None:
-        adapters = {"lcm_lora": (lcm_adapter, "lcm"), **({"tcd": (tcd_adapter, "tcd")} if tcd_adapter is not None else {})}
+        adapters = {"lcm_lora": (lcm_adapter, "lcm"), **({"tcd": (tcd_adapter, "tcd")} if tcd_adapter is not None else {}),
+                    **({"pcm": (pcm_adapter, "pcm")} if pcm_adapter is not None else {})}
         accel = universal_acceleration(cfg, teacher, finetuned_unet, adapters, inst, progress)
     students = {"lcm_lora": (_unet_with(teacher.unet, [(lcm_adapter, 1.0)]), sample_lcm_student, "lcm")}
     if tcd_adapter is not None:
         students["tcd"] = (_unet_with(teacher.unet, [(tcd_adapter, 1.0)]),
                            functools.partial(sample_tcd_student, gamma=cfg.tcd_gamma), "tcd")
+    if pcm_adapter is not None:
+        students["pcm"] = (_unet_with(teacher.unet, [(pcm_adapter, 1.0)]),
+                           functools.partial(sample_phased_student, recipe=phased_recipe(pcm_adapter)), "pcm")
     n_neg = 2 + len(students) * len(cfg.neg_configs)
     with tqdm(total=n_neg, desc="negative prompts", disable=not progress) as bar:
         negative = negative_prompt_study(teacher, students, inst, cfg.neg_samples, cfg.resolution, cfg.seed + 4,
@@ -359,9 +394,10 @@ def side_studies(cfg: DemoConfig, teacher, lcm_adapter, tcd_adapter, finetuned_u
 
 def _sample_fns(cfg: DemoConfig, teacher):
     """The main sample plan and the samplers on it: ``teacher_fn(unet, sampler)``, ``lcm_fn(unet, tag)``,
-    ``tcd_fn(unet, gamma, tag)``, each ``(slice, steps) -> SampleResult``."""
+    ``tcd_fn(unet, gamma, tag)``, ``pcm_fn(unet, recipe, tag)`` (a phased adapter on its recipe's phase edges),
+    each ``(slice, steps) -> SampleResult``."""
     from .evaluate import SamplePlan
-    from .student_sampling import sample_lcm_student, sample_tcd_student
+    from .student_sampling import sample_lcm_student, sample_phased_student, sample_tcd_student
     from .teacher_samplers import sample_teacher
 
     plan = SamplePlan.make(cfg.n_samples, cfg.resolution, cfg.seed)
@@ -398,11 +434,16 @@ def _sample_fns(cfg: DemoConfig, teacher):
                     lambda sl, k: sample_tcd_student(unet, cond[sl], plan.noise[sl], k, gamma=gamma,
                                                      seed=sampler_seed(cfg.seed + sl.start)))
 
-    return plan, teacher_fn, lcm_fn, tcd_fn
+    def pcm_fn(unet, recipe, tag=None):
+        return memo(tag and ("pcm",) + tag,
+                    lambda sl, k: sample_phased_student(unet, cond[sl], plan.noise[sl], k, recipe=recipe,
+                                                        seed=sampler_seed(cfg.seed + sl.start)))
+
+    return plan, teacher_fn, lcm_fn, tcd_fn, pcm_fn
 
 
 def style_experiment(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, tcd_adapter, inst, progress: bool,
-                     fns=None):
+                     fns=None, pcm_adapter=None):
     """The style merge experiment (τ' = λ1·τ_style + λ2·τ_LCM, with each adapter) on the main sample plan;
     ``fns``: :func:`_sample_fns`' result to share (its drawn samples), else its own (same plan, same samples).
     Returns ``(rows, grids, merge_reports, merged_adapters)``."""
@@ -411,11 +452,11 @@ def style_experiment(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, tcd_a
     from ..lcm_core.merge import merge_adapters
     from .evaluate import sample_rows
 
-    plan, teacher_fn, lcm_fn, tcd_fn = fns or _sample_fns(cfg, teacher)
+    plan, teacher_fn, lcm_fn, tcd_fn, pcm_fn = fns or _sample_fns(cfg, teacher)
     l1, l2 = cfg.lambda1, cfg.lambda2
     styled_teacher = _unet_with(teacher.unet, [(style_adapter, l1)])
     style_rows, style_grids, merge_reports, merged_adapters = [], {}, {}, {}
-    n_style = 8 + (4 if tcd_adapter is not None else 0)
+    n_style = 8 + (4 if tcd_adapter is not None else 0) + (4 if pcm_adapter is not None else 0)
     with tqdm(total=n_style, desc="evaluate style merge", disable=not progress) as bar:
         def add(label, short, kind, steps, fn, extra=None):
             r, imgs = sample_rows(label, kind, [steps], fn, plan, inst, cfg.batch_size, bar, extra=extra)
@@ -455,21 +496,42 @@ def style_experiment(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, tcd_a
                 merged_adapters[f"style_tcd_{method}"] = merged
                 add(f"TCD: merged ({method}) λ1={l1:g}, λ2={l2:g}, TCD γ {gm:g}", f"TCD merged ({method})", "tcd", k,
                     tcd_fn(_unet_with(teacher.unet, [(merged, 1.0)])), extra={"merge_relative_error": err})
+        if pcm_adapter is not None:  # same rows and forms as the TCD adapter's, on the PCM adapter's phase edges
+            from .student_sampling import phased_recipe
+            from .teacher_samplers import SAMPLER_LABELS
+
+            recipe, how = phased_recipe(pcm_adapter), SAMPLER_LABELS["pcm"]
+            add(f"PCM adapter only (λ2={l2:g}), {how}", "PCM only", "pcm", k,
+                pcm_fn(_unet_with(teacher.unet, [(pcm_adapter, l2)]), recipe, tag=(float(l2),)))
+            add(f"PCM: style λ1={l1:g} + PCM λ2={l2:g} fused separately, {how}", "PCM fused separately", "pcm", k,
+                pcm_fn(_unet_with(teacher.unet, [(style_adapter, l1), (pcm_adapter, l2)]), recipe))
+            for method in ("concat", "svd"):
+                merged, report = merge_adapters([style_adapter, pcm_adapter], [l1, l2], method=method, rank=cfg.svd_rank,
+                                                progress=False, names=["style", "pcm"])
+                err = float(report.total_relative_error)
+                merge_reports[f"pcm_{method}"] = {"total_relative_error": err, "rank": sorted(merged.ranks())}
+                merged_adapters[f"style_pcm_{method}"] = merged
+                add(f"PCM: merged ({method}) λ1={l1:g}, λ2={l2:g}, {how}", f"PCM merged ({method})", "pcm", k,
+                    pcm_fn(_unet_with(teacher.unet, [(merged, 1.0)]), recipe), extra={"merge_relative_error": err})
 
     return style_rows, style_grids, merge_reports, merged_adapters
 
 
-def style_in_side_process(cfg: DemoConfig, tcd: bool = True, finetune: bool = True) -> bool:
+def style_in_side_process(cfg: DemoConfig, tcd: bool = True, finetune: bool = True, pcm: bool | None = None) -> bool:
     """Whether the style experiment joins the side process's studies: when that evens out the two processes'
-    evaluation work, counted in UNet evaluations × images (fast preset: no; full preset: yes)."""
+    evaluation work, counted in UNet evaluations × images (fast preset: no; full preset: yes).
+    ``pcm``: whether a PCM adapter is evaluated (default ``cfg.pcm``)."""
+    pcm = cfg.pcm if pcm is None else pcm
     n, k = cfg.n_samples, cfg.style_steps
     teacher_evals = 2 * sum(cfg.teacher_steps) * len(cfg.samplers)
     main = n * (teacher_evals + sum(cfg.lcm_steps) + (sum(cfg.tcd_steps) + cfg.tcd_gamma_steps * len(cfg.tcd_gammas)
-                                                      if tcd else 0))
+                                                      if tcd else 0) + (sum(cfg.pcm_steps) if pcm else 0))
     main += cfg.heat_samples * len(cfg.heat_lambda1) * len(cfg.heat_lambda2) * k
-    style = n * (4 * cfg.style_reference_steps + 4 * k + 4 * k + (4 * k if tcd else 0))
-    side = n * (4 * cfg.accel_reference_steps + 2 * sum(cfg.accel_ddim_steps) + 4 * cfg.accel_steps) if finetune else 0
-    n_students = 2 if tcd else 1
+    style = n * (4 * cfg.style_reference_steps + 4 * k + 4 * k + (4 * k if tcd else 0) + (4 * k if pcm else 0))
+    n_adapters = 1 + int(tcd) + int(pcm)
+    side = n * (4 * cfg.accel_reference_steps + 2 * sum(cfg.accel_ddim_steps)
+                + 2 * n_adapters * cfg.accel_steps) if finetune else 0
+    n_students = n_adapters
     nfe = [cfg.neg_student_steps + (min(s, cfg.neg_student_steps) if s is not None else cfg.neg_student_steps)
            for c, s in cfg.neg_configs if c > 1.0]
     side += cfg.neg_samples * (3 * (cfg.neg_teacher_steps + cfg.neg_student_steps)
@@ -478,7 +540,8 @@ def style_in_side_process(cfg: DemoConfig, tcd: bool = True, finetune: bool = Tr
 
 
 def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out_dir: Path, progress: bool,
-                 tcd_adapter=None, finetuned_unet=None, side=None, timings: dict | None = None) -> dict:
+                 tcd_adapter=None, finetuned_unet=None, side=None, timings: dict | None = None,
+                 pcm_adapter=None) -> dict:
     """Every sampling experiment. ``side`` (:class:`~.parallel.SideProcess`) runs :func:`side_studies`
     beside the rest; ``timings`` receives its wall time there."""
     from tqdm.auto import tqdm
@@ -486,21 +549,26 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
     from .parallel import SideProcess
 
     side = side or SideProcess(jobs=1)
-    style_in_side = style_in_side_process(cfg, tcd_adapter is not None, finetuned_unet is not None)
+    style_in_side = style_in_side_process(cfg, tcd_adapter is not None, finetuned_unet is not None,
+                                          pcm_adapter is not None)
     side_job = side.submit(side_studies, cfg, teacher, lcm_adapter, tcd_adapter, finetuned_unet, inst,
-                           progress and not side.parallel, style_adapter if style_in_side else None)
+                           progress and not side.parallel, style_adapter if style_in_side else None, pcm_adapter)
     t_main = time.perf_counter()
 
     from .evaluate import SamplePlan, sample_rows
     from .student_sampling import sample_lcm_student
 
-    plan, teacher_fn, lcm_fn, tcd_fn = _sample_fns(cfg, teacher)
+    fns = _sample_fns(cfg, teacher)
+    plan, teacher_fn, lcm_fn, tcd_fn, pcm_fn = fns
 
     student = _unet_with(teacher.unet, [(lcm_adapter, 1.0)])
     tcd_student = _unet_with(teacher.unet, [(tcd_adapter, 1.0)]) if tcd_adapter is not None else None
+    pcm_student = _unet_with(teacher.unet, [(pcm_adapter, 1.0)]) if pcm_adapter is not None else None
     n_main = len(cfg.samplers) * len(cfg.teacher_steps) + len(cfg.lcm_steps)
     if tcd_student is not None:
         n_main += len(cfg.tcd_steps) + len(cfg.tcd_gammas)
+    if pcm_student is not None:
+        n_main += len(cfg.pcm_steps)
     rows, grids, gamma_rows = [], {}, []
     with tqdm(total=n_main, desc="evaluate samplers", disable=not progress) as bar:
         for sampler in cfg.samplers:
@@ -523,11 +591,19 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
                 gamma_rows += r
                 gamma_imgs[gamma] = imgs[cfg.tcd_gamma_steps]
             grids[("tcd", "gamma")] = gamma_imgs
+        if pcm_student is not None:
+            from .student_sampling import phased_recipe
+
+            recipe = phased_recipe(pcm_adapter)
+            r, imgs = sample_rows("pcm", "pcm", cfg.pcm_steps, pcm_fn(pcm_student, recipe, (1.0,)), plan, inst,
+                                  cfg.batch_size, bar, extra={"phases": recipe.phases})
+            rows += r
+            grids[("pcm", "pcm")] = imgs
 
     l1, l2 = cfg.lambda1, cfg.lambda2
     if not style_in_side:
         style_out = style_experiment(cfg, teacher, lcm_adapter, style_adapter, tcd_adapter, inst, progress,
-                                     fns=(plan, teacher_fn, lcm_fn, tcd_fn))
+                                     fns=fns, pcm_adapter=pcm_adapter)
 
     # --- λ1 × λ2 grid at LCM style_steps (fused separately = exact concat merge)
     hp = SamplePlan.make(cfg.heat_samples, cfg.resolution, cfg.seed + 1)
@@ -584,8 +660,8 @@ def universal_acceleration(cfg: DemoConfig, teacher, ft_unet, adapters: dict, in
 
     from . import metrics
     from .evaluate import SamplePlan
-    from .student_sampling import sample_lcm_student, sample_tcd_student
-    from .teacher_samplers import sample_teacher
+    from .student_sampling import phased_recipe, sample_lcm_student, sample_phased_student, sample_tcd_student
+    from .teacher_samplers import MODEL_LABELS, sample_teacher
 
     g, sc, n = cfg.guidance_scale, teacher.scheduler_config, cfg.n_samples
     ref_plan = SamplePlan.make(n, cfg.resolution, cfg.seed + 3)
@@ -595,6 +671,10 @@ def universal_acceleration(cfg: DemoConfig, teacher, ft_unet, adapters: dict, in
     samplers = {"lcm": lambda u, k: sample_lcm_student(u, cond, plan.noise, k, seed=lcm_seed(cfg.seed)),
                 "tcd": lambda u, k: sample_tcd_student(u, cond, plan.noise, k, gamma=cfg.tcd_gamma,
                                                        seed=sampler_seed(cfg.seed))}
+    if "pcm" in adapters:  # the PCM adapter on its own phase edges (its recipe), fused into the fine-tune or not
+        recipe = phased_recipe(adapters["pcm"][0])
+        samplers["pcm"] = lambda u, k: sample_phased_student(u, cond, plan.noise, k, recipe=recipe,
+                                                             seed=sampler_seed(cfg.seed))
     jobs = [("fine-tune, DDIM (reference, independent noise)", "finetune", "ddim", cfg.accel_reference_steps,
              lambda: sample_teacher(ft_unet, rc, ru, ref_plan.noise, "ddim", cfg.accel_reference_steps, sc, g))]
     jobs.append((f"fine-tune, DDIM {cfg.accel_reference_steps} steps (floor: same sampler, other noise)", "finetune",
@@ -604,7 +684,7 @@ def universal_acceleration(cfg: DemoConfig, teacher, ft_unet, adapters: dict, in
         jobs.append((f"fine-tune, DDIM {_steps_text(k)}", "finetune", "ddim", k,
                      lambda k=k: sample_teacher(ft_unet, cond, uncond, plan.noise, "ddim", k, sc, g)))
     for name, (adapter, sampler) in adapters.items():
-        who = "LCM-LoRA" if name == "lcm_lora" else "TCD adapter"
+        who = MODEL_LABELS.get(name, name)
         jobs.append((f"fine-tune + {who}, {sampler.upper()} {_steps_text(cfg.accel_steps)}", name, sampler,
                      cfg.accel_steps,
                      lambda a=adapter, s=sampler: samplers[s](_unet_with(ft_unet, [(a, 1.0)]), cfg.accel_steps)))
@@ -706,6 +786,7 @@ def check_claims(rows, style: dict, fd_margin: float = 0.1, acc_drop: float = 0.
                 if lcm2.get("fd_pixel") is not None and ddim8.get("fd_pixel") is not None else ""),
             "passed": bool(lcm2["fd"] < ddim8["fd"])}
     claims.update(tcd_claims(rows, style, acc_drop))
+    claims.update(pcm_claims(rows, style, acc_drop))
     if accel:
         claims.update(acceleration_claims(accel))
     if negative:
@@ -721,50 +802,68 @@ def teacher_reference_row(rows):
 
 def tcd_claims(rows, style: dict, acc_drop: float = 0.01) -> dict:
     """Issue 13 goals (a)–(c) for the TCD adapter (γ of its main rows)."""
+    tcd4 = find_row(rows, "tcd", "tcd", 4)
+    return adapter_goal_claims(rows, style, acc_drop, model="tcd", sampler="tcd", who="TCD adapter", key="tcd",
+                               setting=f"γ {tcd4.get('gamma', 0.3):g}" if tcd4 else "", style_prefix="TCD")
+
+
+def pcm_claims(rows, style: dict, acc_drop: float = 0.01) -> dict:
+    """Issue 13 goals (a)–(c) for the PCM adapter (sampled on its phase edges), worded as the TCD adapter's."""
+    pcm4 = find_row(rows, "pcm", "pcm", 4)
+    phases = (pcm4 or {}).get("phases")
+    setting = (f"{phases} phases, " if phases else "") + "phase edges, γ 0"
+    return adapter_goal_claims(rows, style, acc_drop, model="pcm", sampler="pcm", who="PCM adapter", key="pcm",
+                               setting=setting, style_prefix="PCM")
+
+
+def adapter_goal_claims(rows, style: dict, acc_drop: float, model: str, sampler: str, who: str, key: str,
+                        setting: str, style_prefix: str) -> dict:
+    """Issue 13 goals (a)–(c) for one few-step adapter: its main rows are ``(model, sampler)``, its style rows
+    start with ``style_prefix`` (``"<prefix>: merged (concat)"``, ``"<who> only"``); ``setting`` is shown in (a)."""
     claims = {}
-    tcd4, lcm4, teacher = find_row(rows, "tcd", "tcd", 4), find_row(rows, "lcm_lora", "lcm", 4), teacher_reference_row(rows)
-    if tcd4 and lcm4 and teacher:
-        ok_fd, ok_acc = tcd4["fd"] <= lcm4["fd"], tcd4["accuracy"] >= teacher["accuracy"] - 0.005
-        claims["goal_tcd4_vs_lcm4"] = {
-            "statement": f"goal (a): TCD adapter 4 steps (γ {tcd4.get('gamma', 0.3):g}): FD ≤ LCM-LoRA 4 steps, and class "
+    a4, lcm4, teacher = find_row(rows, model, sampler, 4), find_row(rows, "lcm_lora", "lcm", 4), teacher_reference_row(rows)
+    if a4 and lcm4 and teacher:
+        ok_fd, ok_acc = a4["fd"] <= lcm4["fd"], a4["accuracy"] >= teacher["accuracy"] - 0.005
+        claims[f"goal_{key}4_vs_lcm4"] = {
+            "statement": f"goal (a): {who} 4 steps ({setting}): FD ≤ LCM-LoRA 4 steps, and class "
                          f"accuracy ≥ teacher (DDIM {teacher['steps']} steps) − 0.5 point",
-            "detail": f"FD {tcd4['fd']:.1f} vs {lcm4['fd']:.1f}; accuracy {tcd4['accuracy']:.3f} vs {teacher['accuracy']:.3f}",
+            "detail": f"FD {a4['fd']:.1f} vs {lcm4['fd']:.1f}; accuracy {a4['accuracy']:.3f} vs {teacher['accuracy']:.3f}",
             "passed": bool(ok_fd and ok_acc)}
         if not (ok_fd and ok_acc):
-            claims["goal_tcd4_vs_lcm4"]["why"] = f"at γ {tcd4.get('gamma', 0.3):g}: " + " and ".join(
+            claims[f"goal_{key}4_vs_lcm4"]["why"] = f"at {setting}: " + " and ".join(
                 p for p, bad in (("FD above the LCM-LoRA's", not ok_fd), ("accuracy more than 0.5 point below the teacher's",
                                                                         not ok_acc)) if bad)
-    more = [find_row(rows, "tcd", "tcd", k) for k in (8, 16)]
-    if tcd4 and any(more):
-        se = tcd4.get("fd_se") or 0.0
-        bound = tcd4["fd"] + se
+    more = [find_row(rows, model, sampler, k) for k in (8, 16)]
+    if a4 and any(more):
+        se = a4.get("fd_se") or 0.0
+        bound = a4["fd"] + se
         ok = all(r["fd"] <= bound for r in more if r)
-        claims["goal_tcd_more_steps"] = {
-            "statement": "goal (b): TCD adapter does not get worse with more steps: FD at 8 and 16 steps ≤ its 4-step FD "
+        claims[f"goal_{key}_more_steps"] = {
+            "statement": f"goal (b): {who} does not get worse with more steps: FD at 8 and 16 steps ≤ its 4-step FD "
                          "+ one standard error (bootstrap)",
             "detail": "FD " + ", ".join(f"{r['steps']} steps {r['fd']:.1f}" for r in more if r)
-                      + f" vs 4 steps {tcd4['fd']:.1f} + s.e. {se:.1f} = {bound:.1f}",
+                      + f" vs 4 steps {a4['fd']:.1f} + s.e. {se:.1f} = {bound:.1f}",
             "passed": bool(ok)}
         if not ok:
-            claims["goal_tcd_more_steps"]["why"] = "FD rises with more steps beyond the 4-step FD's sampling noise"
+            claims[f"goal_{key}_more_steps"]["why"] = "FD rises with more steps beyond the 4-step FD's sampling noise"
     srows = style.get("rows", []) if style else []
     ref = next((r for r in srows if "(reference)" in r["label"]), None)
-    tm = next((r for r in srows if r["label"].startswith("TCD: merged (concat)")), None)
+    tm = next((r for r in srows if r["label"].startswith(f"{style_prefix}: merged (concat)")), None)
     if ref and tm:
         ok_s = abs(tm["style_score"] - ref["style_score"]) <= 0.05
         ok_a = tm["accuracy"] >= ref["accuracy"] - acc_drop
-        claims["goal_tcd_style_merge"] = {
-            "statement": f"goal (c): style LoRA merged with the TCD adapter at {tm['steps']} steps: style score within ±0.05 "
+        claims[f"goal_{key}_style_merge"] = {
+            "statement": f"goal (c): style LoRA merged with the {who} at {tm['steps']} steps: style score within ±0.05 "
                          f"of the style LoRA with teacher DDIM {ref['steps']} steps, accuracy ≥ reference − 1 point",
             "detail": f"style {tm['style_score']:.3f} vs {ref['style_score']:.3f}; accuracy {tm['accuracy']:.3f} vs "
                       f"{ref['accuracy']:.3f}",
             "passed": bool(ok_s and ok_a)}
         if not (ok_s and ok_a):
-            alone = next((r for r in srows if r["label"].startswith("TCD adapter only")), None)
-            claims["goal_tcd_style_merge"]["why"] = " and ".join(
+            alone = next((r for r in srows if r["label"].startswith(f"{who} only")), None)
+            claims[f"goal_{key}_style_merge"]["why"] = " and ".join(
                 p for p, bad in (("style score off the reference by more than 0.05", not ok_s),
                                  ("accuracy more than 1 point below the reference", not ok_a)) if bad) + (
-                f" (the TCD adapter alone at {alone['steps']} steps: accuracy {alone['accuracy']:.3f})" if alone else "")
+                f" (the {who} alone at {alone['steps']} steps: accuracy {alone['accuracy']:.3f})" if alone else "")
     return claims
 
 
@@ -776,7 +875,7 @@ def acceleration_claims(accel: dict) -> dict:
                   and "floor" not in r["label"]), None)
     if not ddim8:
         return claims
-    for name, who in (("lcm_lora", "LCM-LoRA"), ("tcd", "TCD adapter")):
+    for name, who in (("lcm_lora", "LCM-LoRA"), ("tcd", "TCD adapter"), ("pcm", "PCM adapter")):
         r = next((r for r in rows if r["model"] == name), None)
         if r is None:
             continue
@@ -800,7 +899,7 @@ def acceleration_claims(accel: dict) -> dict:
 def negative_prompt_claims(negative: dict) -> dict:
     """Issue 13 item 5: at least half the teacher's reduction of the negated class, ≤ 2× the UNet evaluations."""
     claims = {}
-    for name, who in (("lcm_lora", "LCM-LoRA"), ("tcd", "TCD adapter")):
+    for name, who in (("lcm_lora", "LCM-LoRA"), ("tcd", "TCD adapter"), ("pcm", "PCM adapter")):
         g = negative["goal"].get(name)
         if not g:
             continue
@@ -914,8 +1013,10 @@ def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None,
     with SideProcess(jobs, share or 1) as side, torch_threads(share), one_blas_thread():
         where = " (side process)" if side.parallel else ""
         if progress and side.parallel:
-            print("[demo] side process: TCD distillation, then the full fine-tune", flush=True)
+            print(f"[demo] side process: TCD {'and PCM ' if cfg.pcm else ''}distillation, then the full fine-tune",
+                  flush=True)
         tcd_job = side.submit(side_distil, cache_dir, cfg, teacher_folder, data_folder, "tcd")
+        pcm_job = side.submit(side_distil, cache_dir, cfg, teacher_folder, data_folder, "pcm") if cfg.pcm else None
         ft_job = side.submit(side_finetune, cache_dir, cfg, teacher_folder)
         inst = st.run("classifiers", build_instruments, cfg.resolution, cfg.split_seed, cfg.style.style,
                       cache_dir / "classifiers", cfg.n_samples, progress)
@@ -927,12 +1028,19 @@ def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None,
         st.record("TCD distillation", seconds, where)
         tcd_adapter, tcd_info = distil_tcd(cache_dir, cfg, teacher_folder, data_folder, progress)
         tcd_info["cached"] = tcd_cached
+        pcm_adapter, pcm_info = None, None
+        if pcm_job is not None:
+            pcm_cached, seconds = pcm_job.result()
+            st.record("PCM distillation", seconds, where)
+            pcm_adapter, pcm_info = distil_pcm(cache_dir, cfg, teacher_folder, data_folder, progress)
+            pcm_info["cached"] = pcm_cached
         ft_cached, seconds = ft_job.result()
         st.record("full fine-tune", seconds, where)
         ft_unet = finetune_or_load(cache_dir, cfg, teacher, teacher_folder.name, progress)[0]
         st.timings["training stages (wall)"] = round(time.perf_counter() - st._start, 2)
         ev = st.run("evaluation", evaluate_all, cfg, teacher, lcm_adapter, style_adapter, inst, out_dir, progress,
-                    tcd_adapter=tcd_adapter, finetuned_unet=ft_unet, side=side, timings=st.timings)
+                    tcd_adapter=tcd_adapter, finetuned_unet=ft_unet, side=side, timings=st.timings,
+                    pcm_adapter=pcm_adapter)
     cal = dict(inst.calibration)
     from .dataset import load_digit_images, split_indices
 
@@ -941,12 +1049,17 @@ def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None,
     from .export_models import export_models
 
     l1, l2 = cfg.lambda1, cfg.lambda2
-    merged_files = {f"merged_{k}.safetensors": (a, f"style LoRA ×{l1:g} + {'TCD adapter' if 'tcd' in k else 'LCM-LoRA'} "
+    from .teacher_samplers import MODEL_LABELS
+
+    merged_files = {f"merged_{k}.safetensors": (a, f"style LoRA ×{l1:g} + "
+                                                   f"{MODEL_LABELS['lcm_lora' if k.split('_')[1] == 'lcm' else k.split('_')[1]]} "
                                                    f"×{l2:g}, {k.rsplit('_', 1)[1]} merge")
                     for k, a in ev["merged_adapters"].items()}
     models = st.run("export models", export_models, out_dir, teacher_folder, data_folder,
                     {"lcm_lora.safetensors": (lcm_info["path"], "the LCM-LoRA (lcm-lora train, objective lcm)"),
-                     "tcd_lora.safetensors": (tcd_info["path"], "the TCD adapter (lcm-lora train, objective tcd)")},
+                     "tcd_lora.safetensors": (tcd_info["path"], "the TCD adapter (lcm-lora train, objective tcd)"),
+                     **({"pcm_lora.safetensors": (pcm_info["path"], "the PCM adapter (lcm-lora train, objective pcm)")}
+                        if pcm_info else {})},
                     {"style_lora.safetensors": (style_adapter, f"the style LoRA ({cfg.style.style} strokes)"),
                      **merged_files}, ft_unet)
     results = {
@@ -956,6 +1069,7 @@ def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None,
         "teacher": teacher_info,
         "lcm_lora": lcm_info,
         "tcd": tcd_info,
+        **({"pcm": pcm_info} if pcm_info else {}),
         "finetune": {**cfg.finetune.to_dict(), "cached": ft_cached},
         "calibration": cal,
         "rows": ev["rows"],

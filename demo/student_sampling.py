@@ -5,8 +5,10 @@ Uses exactly what the ComfyUI nodes use: ``lcm_core.timesteps.lcm_timesteps`` /
 ``lcm_core.denoisers.unet_denoiser`` (ε → x0; the LCM boundary condition in diffusers convention
 for an LCM-LoRA, none for a TCD adapter, whose map has no c_skip/c_out) and
 ``lcm_core.sampling.sample_lcm`` (LCM paper Algorithm 1) / ``sample_tcd`` (TCD paper Algorithm 4,
-Strategic Stochastic Sampling with γ). No CFG by default (guidance 1): the adapters were distilled
-with ω baked in, so each step is one UNet evaluation.
+Strategic Stochastic Sampling with γ). A phased adapter (PCM) is sampled as its recipe says
+(``sample_phased_student``): ``sample_tcd`` at γ 0 on ``lcm_core.phased_timesteps``' phase edges.
+No CFG by default (guidance 1): the adapters were distilled with ω baked in, so each step is one
+UNet evaluation.
 
 ``guidance_scale > 1`` with an ``uncond`` (negative) embedding runs real CFG
 (``ε = ε(neg) + g·(ε(cond) − ε(neg))``, two evaluations per step); ``cfg_steps = k`` limits it to the
@@ -82,3 +84,32 @@ def sample_tcd_student(unet, cond: torch.Tensor, noise: torch.Tensor, steps: int
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5
     out = sample_tcd(model, x, sigmas, extra_args={"seed": seed}, disable=True, gamma=gamma)
     return SampleResult(images=out, nfe=nfe, seconds=time.perf_counter() - start)
+
+
+def phased_recipe(adapter, source: str = "PCM adapter"):
+    """The sampling recipe a phased (PCM / TSCD) adapter carries in its metadata
+    (``lcm_core.sampling_recipe.read_recipe``: objective, phases, γ 0); an error naming ``source`` when
+    the adapter has no phased recipe (the demo then cannot know its phase edges)."""
+    from ..lcm_core.errors import LcmLoraError
+    from ..lcm_core.sampling_recipe import PHASED, read_recipe
+
+    recipe = read_recipe(getattr(adapter, "metadata", None))
+    if recipe is None or recipe.objective not in PHASED:
+        raise LcmLoraError(source, "carries no phased sampling recipe (metadata lcm_lora.objective pcm/tscd and "
+                                   "lcm_lora.phases, written by lcm-lora train with lcd.objective=pcm)")
+    return recipe
+
+
+@torch.no_grad()
+def sample_phased_student(unet, cond: torch.Tensor, noise: torch.Tensor, steps: int, recipe=None, seed: int = 0,
+                          guidance_scale: float = 1.0, uncond: torch.Tensor | None = None,
+                          cfg_steps: int | None = None) -> SampleResult:
+    """A phased adapter's samples: the TCD sampler at the recipe's γ (0: deterministic edge-to-edge jumps) on
+    the recipe's phase edges (``lcm_core.sampling_recipe.recipe_timesteps`` →
+    ``lcm_core.phased_timesteps.phased_timesteps(steps, phases, objective)``), as the LCM KSampler's
+    ``mode: auto`` does for such an adapter in ComfyUI."""
+    from ..lcm_core.sampling_recipe import recipe_timesteps
+
+    return sample_tcd_student(unet, cond, noise, steps, gamma=float(recipe.gamma or 0.0), seed=seed,
+                              guidance_scale=guidance_scale, uncond=uncond, cfg_steps=cfg_steps,
+                              timesteps=recipe_timesteps(recipe, steps))

@@ -24,8 +24,9 @@ from typing import Callable
 import torch
 
 SAMPLERS = ("ddim", "euler", "dpmpp_2m")
-SAMPLER_LABELS = {"ddim": "DDIM", "euler": "Euler", "dpmpp_2m": "DPM++ 2M", "lcm": "LCM", "tcd": "TCD"}
-MODEL_LABELS = {"teacher": "teacher", "lcm_lora": "LCM-LoRA", "tcd": "TCD adapter"}
+SAMPLER_LABELS = {"ddim": "DDIM", "euler": "Euler", "dpmpp_2m": "DPM++ 2M", "lcm": "LCM", "tcd": "TCD",
+                  "pcm": "phase edges, TCD γ 0"}
+MODEL_LABELS = {"teacher": "teacher", "lcm_lora": "LCM-LoRA", "tcd": "TCD adapter", "pcm": "PCM adapter"}
 
 
 def make_scheduler(name: str, scheduler_config: dict):

@@ -1,6 +1,7 @@
 """The demo's side process (demo/parallel.py) changes where stages run, never what they compute.
 
-One tiny end-to-end pipeline (shipped digit teacher, 2-3 training steps per model, 20 samples per row)
+One tiny end-to-end pipeline (shipped digit teacher, 2-3 training steps per model, the PCM adapter included, 20
+samples per row)
 runs twice from empty caches: with the side process (``jobs=2``, and the style experiment sent to it)
 and all in one process (``jobs=1``, style experiment in the main evaluation). Every number in the two
 results.json (rows, style table, heat map, acceleration and negative-prompt studies, claims) and every
@@ -19,7 +20,7 @@ TINY = R.DemoConfig(
     lcm_overrides=("train.max_steps=2", "train.batch_size=4"), style=StyleLoraSettings(steps=2, batch_size=4),
     finetune=FinetuneSettings(steps=2, batch_size=4), heat_lambda1=(0.0, 0.8), heat_lambda2=(1.0,), heat_samples=20,
     neg_samples=20, neg_configs=((1.0, None), (2.0, 1)), style_reference_steps=4, accel_reference_steps=4,
-    neg_teacher_steps=4)
+    neg_teacher_steps=4, pcm=True, pcm_steps=(1, 4, 8))
 
 NOT_RESULTS = {"timings", "seconds", "ms_per_image", "environment", "load_average", "path", "folder", "cached"}
 
@@ -55,7 +56,9 @@ def test_side_process_gives_the_same_results(tmp_path, monkeypatch):
     assert a == b
     from lcm_lora.lcm_core.safetensors_io import read_safetensors
 
-    for name in ("lcm_lora.safetensors", "tcd_lora.safetensors", "style_lora.safetensors", "merged_style_lcm_svd.safetensors"):
+    assert any(r["model"] == "pcm" for r in a["rows"]) and "goal_universal_acceleration_pcm" in a["claims"]
+    for name in ("lcm_lora.safetensors", "tcd_lora.safetensors", "pcm_lora.safetensors", "style_lora.safetensors",
+                 "merged_style_lcm_svd.safetensors", "merged_style_pcm_svd.safetensors"):
         x, y = (read_safetensors(tmp_path / out / "models" / name)[0] for out in ("out2", "out1"))
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
 

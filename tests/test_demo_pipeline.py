@@ -100,3 +100,48 @@ def test_models_are_handed_over_next_to_the_report(tmp_path, tiny_teacher):
     export_models(out, tiny_teacher, data, {}, {}, None)
     assert not (out / "models" / "finetune").exists()
     assert R._steps_text(1) == "1 step" and R._steps_text(4) == "4 steps"
+
+
+def test_pcm_is_a_full_preset_flag_and_leaves_other_cache_keys_alone(tmp_path):
+    """The full preset trains a PCM adapter, the fast one does not; adding it moves no cached teacher, LCM-LoRA or
+    TCD adapter: their cache folders hash the config text, their own overrides and CACHE_VERSION, as before."""
+    assert R.PRESETS["full"].pcm and not R.PRESETS["fast"].pcm
+    assert R.PRESETS["full"].pcm_overrides == ("lcd.objective=pcm",)
+    teacher, data = tmp_path / "teacher-x", tmp_path / "data-y"
+    config_text = (R.REPO_ROOT / "configs" / "tiny_cpu.yaml").read_text(encoding="utf-8")
+    for preset in ("full", "fast"):
+        cfg = R.PRESETS[preset]
+        base = R.lcm_overrides(cfg, teacher, data)
+        # the key as the demo computed it before the PCM adapter existed (an independent recomputation)
+        before = {"lcm": R._key(config_text, base, "1"), "tcd": R._key(config_text, base + ["lcd.objective=tcd"], "1")}
+        folders = {}
+        for pcm in (True, False):
+            c = dataclasses.replace(cfg, pcm=pcm)
+            folders[pcm] = {k: R.adapter_cache_folder(tmp_path, c, teacher, data, k) for k in ("lcm", "tcd", "pcm")}
+            assert folders[pcm]["lcm"] == tmp_path / f"lcm-{before['lcm']}"
+            assert folders[pcm]["tcd"] == tmp_path / f"tcd-{before['tcd']}"
+        assert folders[True] == folders[False]
+        assert R.adapter_overrides(cfg, teacher, data, "pcm") == base + ["lcd.objective=pcm"]
+        assert folders[True]["pcm"].name == "pcm-" + R._key(config_text, base + ["lcd.objective=pcm"], "1")
+    with pytest.raises(ValueError, match="adapter kind"):
+        R.adapter_overrides(R.PRESETS["full"], teacher, data, "tscd")
+
+
+def test_pcm_adapter_is_distilled_by_the_trainer_with_its_recipe(tmp_path, tiny_teacher):
+    """``distil_pcm``: the LCM overrides plus ``lcd.objective=pcm``; the exported adapter carries the PCM recipe
+    (objective, 4 phases) the demo samples by; cached like the other adapters."""
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+    from lcm_lora.lcm_core.sampling_recipe import recipe_timesteps
+    from lcm_lora.demo.student_sampling import phased_recipe
+
+    cfg = dataclasses.replace(R.PRESETS["full"], lcm_overrides=("train.max_steps=1", "train.batch_size=2"))
+    data = R.export_training_data(tmp_path, cfg)
+    pcm, info = R.distil_pcm(tmp_path, cfg, tiny_teacher, data, progress=False)
+    assert not info["cached"] and info["overrides"][-1] == "lcd.objective=pcm" and info["seconds"] > 0
+    assert info["overrides"][:-1] == [o for o in R.lcm_overrides(cfg, tiny_teacher, data)
+                                      if not o.startswith(("teacher.path=", "data.path="))]
+    recipe = phased_recipe(pcm)
+    assert (recipe.objective, recipe.phases, recipe.gamma) == ("pcm", 4, 0.0)
+    assert recipe_timesteps(recipe, 4) == phased_timesteps(4, 4, "pcm") == [999, 739, 499, 239]
+    assert R.distil_pcm(tmp_path, cfg, tiny_teacher, data, progress=False)[1]["cached"]
+    assert not any(p.name.startswith(("lcm-", "tcd-")) for p in tmp_path.iterdir())  # trained nothing else

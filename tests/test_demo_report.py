@@ -161,3 +161,85 @@ def test_fail_claims_are_explained_with_a_link_and_labels_are_honest(tmp_path):
     assert (tmp_path / readme).resolve() == (Path(__file__).resolve().parent.parent / "demo" / "README.md")
     assert "| TCD adapter TCD γ 0.3 | 4 | 4 | 0.996 | 31.0 | 2.0 |" in md
     assert "holds in classifier FD but not in pixel FD" in md
+
+
+def _with_pcm(pcm_fd=(45.0, 29.5, 30.0, 31.0), se=2.0, pcm_acc=1.0, merged=(0.86, 1.0)):
+    res = _with_tcd()
+    for steps, fd in zip((2, 4, 8, 16), pcm_fd):
+        r = _row("pcm", "pcm", steps, fd, pcm_acc)
+        r.update(phases=4, fd_se=se)
+        res["rows"].append(r)
+    res["style"]["rows"][0]["accuracy"] = 1.0
+    for label, score, acc in (("TCD: merged (concat) λ1=0.8, λ2=1, TCD γ 0.3", 0.90, 0.98),
+                              ("PCM adapter only (λ2=1), phase edges, TCD γ 0", 0.05, pcm_acc),
+                              ("PCM: merged (concat) λ1=0.8, λ2=1, phase edges, TCD γ 0", *merged)):
+        r = _style_row(label, "tcd" if label.startswith("TCD") else "pcm", 4, score)
+        r["accuracy"] = acc
+        res["style"]["rows"].append(r)
+    return res
+
+
+def test_pcm_goals_are_the_tcd_goals_naming_the_pcm_adapter():
+    """Goals (a)–(c) for the PCM adapter: same definitions and wording as the TCD adapter's, on its own rows."""
+    from lcm_lora.demo.run import pcm_claims, tcd_claims
+
+    res = _with_pcm()  # PCM-4 29.5 ≤ LCM-4 30.0, accuracy 1.0; 8/16: 30, 31 ≤ 31.5; merge 0.86 vs ref 0.85, acc. 1.0
+    c, t = pcm_claims(res["rows"], res["style"]), tcd_claims(res["rows"], res["style"])
+    assert set(c) == {"goal_pcm4_vs_lcm4", "goal_pcm_more_steps", "goal_pcm_style_merge"}
+    assert all(v["passed"] for v in c.values())
+    for k in ("4_vs_lcm4", "_more_steps", "_style_merge"):  # worded like the TCD goal, naming the PCM adapter
+        pcm, tcd = c["goal_pcm" + k]["statement"], t["goal_tcd" + k]["statement"]
+        assert "PCM adapter" in pcm and "TCD adapter" not in pcm
+        assert pcm.replace("PCM adapter", "TCD adapter").split(" (")[0] == tcd.split(" (")[0]
+    assert c["goal_pcm4_vs_lcm4"]["statement"] == ("goal (a): PCM adapter 4 steps (4 phases, phase edges, γ 0): FD ≤ "
+                                                   "LCM-LoRA 4 steps, and class accuracy ≥ teacher (DDIM 32 steps) − "
+                                                   "0.5 point")
+    assert c["goal_pcm_more_steps"]["statement"] == t["goal_tcd_more_steps"]["statement"].replace("TCD", "PCM")
+    assert c["goal_pcm_style_merge"]["statement"] == t["goal_tcd_style_merge"]["statement"].replace("TCD", "PCM")
+
+    bad = pcm_claims(_with_pcm(pcm_fd=(45.0, 30.1, 30.0, 32.2), pcm_acc=0.994, merged=(0.91, 0.98))["rows"],
+                     _with_pcm(merged=(0.91, 0.98))["style"])
+    assert not bad["goal_pcm4_vs_lcm4"]["passed"]  # FD 30.1 > 30.0 and 0.6 point below the teacher
+    assert bad["goal_pcm4_vs_lcm4"]["why"] == ("at 4 phases, phase edges, γ 0: FD above the LCM-LoRA's and accuracy "
+                                               "more than 0.5 point below the teacher's")
+    assert not bad["goal_pcm_more_steps"]["passed"]  # 16 steps: 32.2 > 30.1 + 2
+    assert not bad["goal_pcm_style_merge"]["passed"]  # style off by 0.06, accuracy 2 points below
+    assert "the PCM adapter alone at 4 steps: accuracy 1.000" in bad["goal_pcm_style_merge"]["why"]
+    # the TCD goals are computed from the TCD rows only: unchanged by the PCM rows
+    assert tcd_claims(_with_pcm()["rows"], _with_pcm()["style"]) == tcd_claims(_with_pcm(pcm_fd=(99.0,) * 4)["rows"],
+                                                                               _with_pcm()["style"])
+
+
+def test_pcm_goal_d_and_negative_prompt_and_report(tmp_path):
+    from lcm_lora.demo.run import acceleration_claims, negative_prompt_claims
+
+    accel = {"reference_steps": 25, "rows": [
+        {"label": "fine-tune, DDIM 8 steps", "model": "finetune", "steps": 8, "fd_vs_reference": 30.0},
+        {"label": "fine-tune + PCM adapter, PCM 4 steps", "model": "pcm", "steps": 4, "fd_vs_reference": 29.0,
+         "style_score": 0.97, "accuracy": 1.0}]}
+    c = acceleration_claims(accel)["goal_universal_acceleration_pcm"]
+    assert c["passed"] and c["statement"].startswith("goal (d): PCM adapter applied to a full fine-tune it never saw")
+    accel["rows"][1]["fd_vs_reference"] = 30.0
+    assert not acceleration_claims(accel)["goal_universal_acceleration_pcm"]["passed"]  # "below", not equal
+    best = {"model": "pcm", "nfe": 6, "reduction": 0.04, "cfg": 3.0, "cfg_steps": 2}
+    neg = {"goal": {"pcm": {"best": best, "teacher_reduction": 0.09, "nfe_budget": 8, "passed": False}}}
+    c = negative_prompt_claims(neg)["goal_negative_prompt_pcm"]
+    assert not c["passed"] and "for the PCM adapter at ≤ 8 UNet evaluations" in c["statement"]
+
+    res = _with_pcm()
+    res["pcm"] = {"config_file": "configs/tiny_cpu.yaml", "overrides": ["train.max_steps=10", "lcd.objective=pcm"],
+                  "seconds": 4.0}
+    res["claims"] = check_claims(res["rows"], res["style"])
+    md = write_report(res, tmp_path)["report.md"].read_text(encoding="utf-8")
+    assert "| PCM adapter phase edges, TCD γ 0 | 4 | 4 | 1.000 | 29.5 | 2.0 |" in md
+    assert "- **PASS** — goal (a): PCM adapter 4 steps (4 phases, phase edges, γ 0)" in md
+    assert "PCM adapter: `lcm-lora train` with configs/tiny_cpu.yaml and overrides `train.max_steps=10 " \
+           "lcd.objective=pcm`" in md
+    from lcm_lora.demo.docs import render_results_block
+
+    res.update(environment={"summary": "CPU"}, config={**res["config"], "seed": 0}, tcd={"seconds": 3.0})
+    block = render_results_block(res, "x.json")
+    assert "LCM-LoRA 3 s, TCD adapter 3 s, PCM adapter 4 s." in block
+    assert "| PCM adapter phase edges, TCD γ 0 | 45.0 | 29.5 | 30.0 | 31.0 |  |" in block
+    del res["pcm"]
+    assert "TCD adapter 3 s. Real-vs-real" in render_results_block(res, "x.json")  # no PCM: the line as before

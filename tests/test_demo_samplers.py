@@ -188,3 +188,60 @@ def test_cfg_with_equal_prompts_is_the_plain_run(which, tmp_path):
     # float rounding only: the CFG batch is twice as large (measured here ≤ 1e-5; bit-identical on the digit
     # teacher at the demo's batch sizes)
     torch.testing.assert_close(guided.images, plain.images, rtol=1e-4, atol=1e-4)
+
+
+class _RecordingUnet(PointMassUnet):
+    """PointMassUnet that records the timesteps it is evaluated at."""
+
+    def __init__(self):
+        super().__init__()
+        self.timesteps = []
+
+    def forward(self, sample, t, encoder_hidden_states, return_dict=False, **kw):
+        self.timesteps.append(int(torch.as_tensor(t).reshape(-1)[0].round()))
+        return super().forward(sample, t, encoder_hidden_states, return_dict, **kw)
+
+
+@pytest.mark.parametrize("phases", [4, 2])
+@pytest.mark.parametrize("steps", [1, 2, 4, 8, 16])
+def test_phased_student_samples_on_the_adapters_phase_edges(steps, phases):
+    """The demo's PCM sampling reads the phases from the adapter's recipe metadata and steps on
+    lcm_core.phased_timesteps' edges with the TCD sampler at γ 0, i.e. diffusers' TCDScheduler (eta 0)
+    on those custom timesteps."""
+    from diffusers import TCDScheduler
+
+    from lcm_lora.lcm_core.lora import LoraAdapter
+    from lcm_lora.lcm_core.phased_timesteps import pcm_phase_edges, phased_timesteps
+    from lcm_lora.lcm_core.sampling_recipe import recipe_for_objective
+    from lcm_lora.demo.student_sampling import phased_recipe, sample_phased_student
+
+    adapter = LoraAdapter(modules={}, metadata=recipe_for_objective("pcm", phases=phases).to_metadata())
+    recipe = phased_recipe(adapter)
+    assert (recipe.objective, recipe.phases, recipe.gamma) == ("pcm", phases, 0.0)
+    g = torch.Generator().manual_seed(steps)
+    x_c = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    noise = torch.randn(2, 1, 4, 4, generator=g)
+    unet = _RecordingUnet()
+    res = sample_phased_student(unet, _emb(x_c), noise, steps, recipe=recipe, seed=7)
+    expected = phased_timesteps(steps, phases, "pcm")
+    assert res.nfe == steps and unet.timesteps == expected
+    if steps == phases:  # edge to edge: T − 1, then every phase edge above 0
+        assert expected == [999] + sorted(pcm_phase_edges(phases)[1:], reverse=True)
+
+    sched = TCDScheduler.from_config(dict(sd_noise_scheduler().config))
+    sched.set_timesteps(timesteps=expected)
+    ref, x = PointMassUnet(), noise * sched.init_noise_sigma
+    for t in sched.timesteps:
+        x = sched.step(ref(x, t.expand(2), _emb(x_c))[0], t, x, eta=0.0).prev_sample
+    torch.testing.assert_close(res.images, x, atol=1e-5, rtol=1e-5)
+
+
+def test_phased_student_needs_a_phased_recipe():
+    from lcm_lora.lcm_core.errors import LcmLoraError
+    from lcm_lora.lcm_core.lora import LoraAdapter
+    from lcm_lora.lcm_core.sampling_recipe import recipe_for_objective
+    from lcm_lora.demo.student_sampling import phased_recipe
+
+    for md in ({}, recipe_for_objective("tcd").to_metadata()):
+        with pytest.raises(LcmLoraError, match="PCM adapter: carries no phased sampling recipe"):
+            phased_recipe(LoraAdapter(modules={}, metadata=md))
