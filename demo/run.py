@@ -57,8 +57,13 @@ class DemoConfig:
     tcd_overrides: tuple = ("lcd.objective=tcd",)  # on top of lcm_overrides: same teacher, data, ω and step budget
     # A third adapter, PCM (Phased Consistency Model, lcd.objective=pcm, the trainer's default 4 phases), sampled by
     # the TCD sampler at γ 0 on its own phase edges (its recipe: lcm_core.phased_timesteps). Full preset only.
+    # PCM's "normal CFG" recipe (its --not_apply_cfg_solver with 10 % empty prompts): no guidance in the teacher's
+    # solver step, so the adapter is sampled with real CFG at the teacher's g on every step (its recipe's cfg,
+    # lcd.normal_cfg = guidance_scale; 2 UNet evaluations per step). Chosen over the guided PCM because it passes
+    # goal (c) and takes negative prompts as the base model does (BENCHMARKS.md "Normal-CFG recipe").
     pcm: bool = False
-    pcm_overrides: tuple = ("lcd.objective=pcm",)  # on top of lcm_overrides, like tcd_overrides
+    pcm_overrides: tuple = ("lcd.objective=pcm", "lcd.solver_guidance=false", "data.caption_dropout=0.1",
+                            "lcd.normal_cfg=2")  # on top of lcm_overrides, like tcd_overrides; normal_cfg = guidance_scale
     pcm_steps: tuple = (1, 2, 4, 8, 16)
     guidance_scale: float = 2.0  # teacher CFG scale g; the LCM-LoRA is distilled at ω = g − 1 (see lcm_overrides)
     lcm_config: str = "configs/tiny_cpu.yaml"
@@ -383,7 +388,9 @@ def side_studies(cfg: DemoConfig, teacher, lcm_adapter, tcd_adapter, finetuned_u
                            functools.partial(sample_tcd_student, gamma=cfg.tcd_gamma), "tcd")
     if pcm_adapter is not None:
         students["pcm"] = (_unet_with(teacher.unet, [(pcm_adapter, 1.0)]),
-                           functools.partial(sample_phased_student, recipe=phased_recipe(pcm_adapter)), "pcm")
+                           # the study sets cfg itself (its configurations); the plain run is unguided
+                           functools.partial(sample_phased_student, recipe=phased_recipe(pcm_adapter),
+                                             guidance_scale=1.0), "pcm")
     n_neg = 2 + len(students) * len(cfg.neg_configs)
     with tqdm(total=n_neg, desc="negative prompts", disable=not progress) as bar:
         negative = negative_prompt_study(teacher, students, inst, cfg.neg_samples, cfg.resolution, cfg.seed + 4,
@@ -437,7 +444,7 @@ def _sample_fns(cfg: DemoConfig, teacher):
     def pcm_fn(unet, recipe, tag=None):
         return memo(tag and ("pcm",) + tag,
                     lambda sl, k: sample_phased_student(unet, cond[sl], plan.noise[sl], k, recipe=recipe,
-                                                        seed=sampler_seed(cfg.seed + sl.start)))
+                                                        seed=sampler_seed(cfg.seed + sl.start), uncond=uncond[sl]))
 
     return plan, teacher_fn, lcm_fn, tcd_fn, pcm_fn
 
@@ -596,7 +603,7 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
 
             recipe = phased_recipe(pcm_adapter)
             r, imgs = sample_rows("pcm", "pcm", cfg.pcm_steps, pcm_fn(pcm_student, recipe, (1.0,)), plan, inst,
-                                  cfg.batch_size, bar, extra={"phases": recipe.phases})
+                                  cfg.batch_size, bar, extra={"phases": recipe.phases, "cfg": recipe.cfg})
             rows += r
             grids[("pcm", "pcm")] = imgs
 
@@ -674,7 +681,7 @@ def universal_acceleration(cfg: DemoConfig, teacher, ft_unet, adapters: dict, in
     if "pcm" in adapters:  # the PCM adapter on its own phase edges (its recipe), fused into the fine-tune or not
         recipe = phased_recipe(adapters["pcm"][0])
         samplers["pcm"] = lambda u, k: sample_phased_student(u, cond, plan.noise, k, recipe=recipe,
-                                                             seed=sampler_seed(cfg.seed))
+                                                             seed=sampler_seed(cfg.seed), uncond=uncond)
     jobs = [("fine-tune, DDIM (reference, independent noise)", "finetune", "ddim", cfg.accel_reference_steps,
              lambda: sample_teacher(ft_unet, rc, ru, ref_plan.noise, "ddim", cfg.accel_reference_steps, sc, g))]
     jobs.append((f"fine-tune, DDIM {cfg.accel_reference_steps} steps (floor: same sampler, other noise)", "finetune",
@@ -810,8 +817,10 @@ def tcd_claims(rows, style: dict, acc_drop: float = 0.01) -> dict:
 def pcm_claims(rows, style: dict, acc_drop: float = 0.01) -> dict:
     """Issue 13 goals (a)–(c) for the PCM adapter (sampled on its phase edges), worded as the TCD adapter's."""
     pcm4 = find_row(rows, "pcm", "pcm", 4)
-    phases = (pcm4 or {}).get("phases")
+    phases, guided = (pcm4 or {}).get("phases"), (pcm4 or {}).get("cfg", 1.0)
     setting = (f"{phases} phases, " if phases else "") + "phase edges, γ 0"
+    if guided > 1.0:  # a normal-CFG adapter: real CFG on every step
+        setting += f", real CFG {guided:g}: {pcm4['nfe']} UNet evaluations"
     return adapter_goal_claims(rows, style, acc_drop, model="pcm", sampler="pcm", who="PCM adapter", key="pcm",
                                setting=setting, style_prefix="PCM")
 

@@ -102,14 +102,21 @@ def phased_recipe(adapter, source: str = "PCM adapter"):
 
 @torch.no_grad()
 def sample_phased_student(unet, cond: torch.Tensor, noise: torch.Tensor, steps: int, recipe=None, seed: int = 0,
-                          guidance_scale: float = 1.0, uncond: torch.Tensor | None = None,
+                          guidance_scale: float | None = None, uncond: torch.Tensor | None = None,
                           cfg_steps: int | None = None) -> SampleResult:
     """A phased adapter's samples: the TCD sampler at the recipe's γ (0: deterministic edge-to-edge jumps) on
     the recipe's phase edges (``lcm_core.sampling_recipe.recipe_timesteps`` →
     ``lcm_core.phased_timesteps.phased_timesteps(steps, phases, objective)``), as the LCM KSampler's
-    ``mode: auto`` does for such an adapter in ComfyUI."""
+    ``mode: auto`` does for such an adapter in ComfyUI.
+
+    ``guidance_scale`` None: the recipe's cfg — 1 for a guided adapter; for a normal-CFG one
+    (``lcd.solver_guidance=false``) its recommended cfg on every step, with ``uncond`` as the negative."""
     from ..lcm_core.sampling_recipe import recipe_timesteps
 
+    if guidance_scale is None:
+        guidance_scale = float(recipe.cfg)
+    if guidance_scale != 1.0 and uncond is None:
+        raise ValueError(f"cfg {guidance_scale:g} needs uncond (the adapter's recipe asks for real CFG)")
     return sample_tcd_student(unet, cond, noise, steps, gamma=float(recipe.gamma or 0.0), seed=seed,
                               guidance_scale=guidance_scale, uncond=uncond, cfg_steps=cfg_steps,
                               timesteps=recipe_timesteps(recipe, steps))

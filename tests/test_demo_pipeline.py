@@ -106,7 +106,11 @@ def test_pcm_is_a_full_preset_flag_and_leaves_other_cache_keys_alone(tmp_path):
     """The full preset trains a PCM adapter, the fast one does not; adding it moves no cached teacher, LCM-LoRA or
     TCD adapter: their cache folders hash the config text, their own overrides and CACHE_VERSION, as before."""
     assert R.PRESETS["full"].pcm and not R.PRESETS["fast"].pcm
-    assert R.PRESETS["full"].pcm_overrides == ("lcd.objective=pcm",)
+    full = R.PRESETS["full"]
+    # PCM's normal-CFG recipe, sampled at the teacher's own CFG
+    assert full.pcm_overrides == ("lcd.objective=pcm", "lcd.solver_guidance=false", "data.caption_dropout=0.1",
+                                  f"lcd.normal_cfg={full.guidance_scale:g}")
+    pcm_extra = list(full.pcm_overrides)
     teacher, data = tmp_path / "teacher-x", tmp_path / "data-y"
     config_text = (R.REPO_ROOT / "configs" / "tiny_cpu.yaml").read_text(encoding="utf-8")
     for preset in ("full", "fast"):
@@ -121,8 +125,8 @@ def test_pcm_is_a_full_preset_flag_and_leaves_other_cache_keys_alone(tmp_path):
             assert folders[pcm]["lcm"] == tmp_path / f"lcm-{before['lcm']}"
             assert folders[pcm]["tcd"] == tmp_path / f"tcd-{before['tcd']}"
         assert folders[True] == folders[False]
-        assert R.adapter_overrides(cfg, teacher, data, "pcm") == base + ["lcd.objective=pcm"]
-        assert folders[True]["pcm"].name == "pcm-" + R._key(config_text, base + ["lcd.objective=pcm"], "1")
+        assert R.adapter_overrides(cfg, teacher, data, "pcm") == base + pcm_extra
+        assert folders[True]["pcm"].name == "pcm-" + R._key(config_text, base + pcm_extra, "1")
     with pytest.raises(ValueError, match="adapter kind"):
         R.adapter_overrides(R.PRESETS["full"], teacher, data, "tscd")
 
@@ -137,11 +141,13 @@ def test_pcm_adapter_is_distilled_by_the_trainer_with_its_recipe(tmp_path, tiny_
     cfg = dataclasses.replace(R.PRESETS["full"], lcm_overrides=("train.max_steps=1", "train.batch_size=2"))
     data = R.export_training_data(tmp_path, cfg)
     pcm, info = R.distil_pcm(tmp_path, cfg, tiny_teacher, data, progress=False)
-    assert not info["cached"] and info["overrides"][-1] == "lcd.objective=pcm" and info["seconds"] > 0
-    assert info["overrides"][:-1] == [o for o in R.lcm_overrides(cfg, tiny_teacher, data)
+    n = len(cfg.pcm_overrides)
+    assert not info["cached"] and info["overrides"][-n:] == list(cfg.pcm_overrides) and info["seconds"] > 0
+    assert info["overrides"][:-n] == [o for o in R.lcm_overrides(cfg, tiny_teacher, data)
                                       if not o.startswith(("teacher.path=", "data.path="))]
     recipe = phased_recipe(pcm)
     assert (recipe.objective, recipe.phases, recipe.gamma) == ("pcm", 4, 0.0)
+    assert recipe.cfg == cfg.guidance_scale  # normal CFG: sampled with real CFG at the teacher's g
     assert recipe_timesteps(recipe, 4) == phased_timesteps(4, 4, "pcm") == [999, 739, 499, 239]
     assert R.distil_pcm(tmp_path, cfg, tiny_teacher, data, progress=False)[1]["cached"]
     assert not any(p.name.startswith(("lcm-", "tcd-")) for p in tmp_path.iterdir())  # trained nothing else

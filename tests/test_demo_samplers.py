@@ -236,6 +236,40 @@ def test_phased_student_samples_on_the_adapters_phase_edges(steps, phases):
     torch.testing.assert_close(res.images, x, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("steps", [2, 4])
+def test_normal_cfg_phased_student_is_guided_at_its_recipes_cfg(steps):
+    """A normal-CFG phased adapter (``lcd.solver_guidance=false``: recipe cfg 2) is sampled with real CFG on
+    every step, ε_u + g·(ε_c − ε_u) (2 evaluations per step): diffusers' TCDScheduler (eta 0) on the phase
+    edges fed that combination. Without ``uncond`` it is an error, not a silently unguided run."""
+    from dataclasses import replace
+
+    from diffusers import TCDScheduler
+
+    from lcm_lora.lcm_core.lora import LoraAdapter
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+    from lcm_lora.lcm_core.sampling_recipe import recipe_for_objective
+    from lcm_lora.demo.student_sampling import phased_recipe, sample_phased_student
+
+    meta = replace(recipe_for_objective("pcm", phases=4), cfg=2.0, w_range=None).to_metadata()
+    recipe = phased_recipe(LoraAdapter(modules={}, metadata=meta))
+    assert recipe.cfg == 2.0
+    g = torch.Generator().manual_seed(steps)
+    x_c, x_u = (torch.rand(2, 1, 4, 4, generator=g) * 2 - 1 for _ in range(2))
+    noise = torch.randn(2, 1, 4, 4, generator=g)
+    res = sample_phased_student(PointMassUnet(), _emb(x_c), noise, steps, recipe=recipe, seed=7, uncond=_emb(x_u))
+    assert res.nfe == 2 * steps
+
+    sched = TCDScheduler.from_config(dict(sd_noise_scheduler().config))
+    sched.set_timesteps(timesteps=phased_timesteps(steps, 4, "pcm"))
+    ref, x = PointMassUnet(), noise * sched.init_noise_sigma
+    for t in sched.timesteps:
+        e_c, e_u = ref(x, t.expand(2), _emb(x_c))[0], ref(x, t.expand(2), _emb(x_u))[0]
+        x = sched.step(e_u + 2.0 * (e_c - e_u), t, x, eta=0.0).prev_sample
+    torch.testing.assert_close(res.images, x, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="uncond"):
+        sample_phased_student(PointMassUnet(), _emb(x_c), noise, steps, recipe=recipe, seed=7)
+
+
 def test_phased_student_needs_a_phased_recipe():
     from lcm_lora.lcm_core.errors import LcmLoraError
     from lcm_lora.lcm_core.lora import LoraAdapter
