@@ -138,6 +138,16 @@ class LcdSection:
     solver_guidance: bool = _f(True, kind="bool",
                                doc="false: the teacher's DDIM step uses the conditional prediction only, no CFG "
                                "(PCM --not_apply_cfg_solver, its 'normal CFG' recipe with data.caption_dropout 0.1; sample with cfg > 1)")
+    adversarial_weight: float = _f(0.0, minimum=0.0, kind="float",
+                                   doc="objective pcm: weight of PCM's adversarial consistency loss (its *_adv.py scripts, "
+                                   "--adv_weight 0.1; training/adversarial.py); 0 = off. A discriminator (frozen teacher UNet + "
+                                   "trainable heads) is updated on even optimizer steps, the LoRA on odd ones")
+    adversarial_lr: float = _f(1e-5, minimum=0.0, kind="float",
+                               doc="adversarial_weight > 0: learning rate of the discriminator heads (PCM --adv_lr; AdamW betas (0, 0.999))")
+    adversarial_real: str = _f("target", choices=("target", "data"), kind="str",
+                               doc="adversarial_weight > 0: the discriminator's real samples: target = the consistency target "
+                               "noise-travelled to the adversarial timestep (the reference); data = the training latents noised "
+                               "to it (computed but unused by the reference; closeness to the data instead of the teacher)")
 
 
 @dataclass
@@ -509,7 +519,11 @@ TSCD_ONLY_KEYS = {"tscd_segments": [8, 4, 2, 1], "tscd_stage_steps": None}
 OBJECTIVE_ONLY_KEYS = {"tcd": TCD_ONLY_KEYS, "pcm": PCM_ONLY_KEYS, "tscd": TSCD_ONLY_KEYS}
 # keys added after the first release whose default keeps the trajectory of older runs: left out of the
 # trajectory dict while at their default, so the config hash of those runs does not change
-_TRAJECTORY_DEFAULT_DROPPED = {"solver_guidance": True}
+_TRAJECTORY_DEFAULT_DROPPED = {"solver_guidance": True, "adversarial_weight": 0.0, "adversarial_lr": 1e-5,
+                               "adversarial_real": "target"}
+# keys that only apply with the adversarial loss on (lcd.adversarial_weight > 0), with their defaults
+ADVERSARIAL_ONLY_KEYS = {"adversarial_lr": 1e-5, "adversarial_real": "target"}
+ADVERSARIAL_OBJECTIVES = ("pcm",)  # the adversarial timestep range [s, s + T/phases) is PCM's phase
 NUM_TRAIN_TIMESTEPS = 1000  # the SD/SDXL schedules (the trainer checks the teacher's own count again)
 
 
@@ -551,6 +565,16 @@ def _validate_objective(cfg: TrainConfig) -> None:
                 if getattr(lcd, name) != TCD_ONLY_KEYS[name]:
                     raise ConfigError(src, f"key 'lcd.{name}' applies to 'lcd.tcd_s_sampling: tdd' only "
                                       f"(tcd_s_sampling is {lcd.tcd_s_sampling})")
+    if lcd.adversarial_weight > 0:
+        if lcd.objective not in ADVERSARIAL_OBJECTIVES:
+            raise ConfigError(src, f"key 'lcd.adversarial_weight' ({lcd.adversarial_weight}) needs 'lcd.objective: pcm' "
+                              f"(objective is {lcd.objective}): PCM's adversarial consistency loss draws its timestep in the "
+                              "phase above s; remove it or set lcd.objective=pcm")
+    else:
+        for name, default in ADVERSARIAL_ONLY_KEYS.items():
+            if getattr(lcd, name) != default:
+                raise ConfigError(src, f"key 'lcd.{name}' applies only with the adversarial loss on (lcd.adversarial_weight "
+                                  "> 0, e.g. 0.1 as PCM's --adv_weight); remove it or set lcd.adversarial_weight")
     steps = lcd.tdd_steps
     if len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= lcd.num_ddim_timesteps:
         raise ConfigError(src, f"key 'lcd.tdd_steps' must be [min, max] step counts with 1 <= min <= max <= "
