@@ -50,6 +50,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .lcd_step import distance
+
 LAYOUTS = {
     # name: (include up-block features, heads per feature, head conv kernel, D weight decay (None = optim.weight_decay))
     "sd15": (True, 4, 3, None),
@@ -236,6 +238,53 @@ class Discriminator:
         if fused:
             kwargs["fused"] = True
         return torch.optim.AdamW(self.parameters(), **kwargs)
+
+
+class AdversarialLoss:
+    """The two adversarial losses of one (micro-)batch on top of an :class:`~.lcd_step.LcdLoss` (PCM objective:
+    ``rnd.tcd_s`` is the phase end s). ``adapters_off``: a context manager factory that turns the UNet's LoRA
+    layers off (the discriminator's UNet is the frozen teacher)."""
+
+    def __init__(self, lcd, disc: Discriminator, weight: float, real: str = "target"):
+        if real not in ("target", "data"):
+            raise ValueError(f"real must be 'target' or 'data', got {real!r}")
+        self.lcd, self.disc, self.weight, self.real = lcd, disc, float(weight), real
+
+    def fake_and_real(self, model_pred, target_pred, latents, rnd, adv: AdversarialRandomness, need_real: bool):
+        s = rnd.tcd_s.to(model_pred.device)
+        alphas = self.lcd.solver.alphas_cumprod
+        fake = noise_travel(model_pred, adv.noise_fake, s, adv.t, alphas)
+        if not need_real:
+            return fake, None
+        if self.real == "target":
+            return fake, noise_travel(target_pred, adv.noise_real, s, adv.t, alphas)
+        return fake, self.lcd.solver.add_noise(latents.float(), adv.noise_data, adv.t)
+
+    def discriminator_loss(self, student, teacher, target, latents, cond, uncond, rnd, adv: AdversarialRandomness,
+                           adapters_off, autocast=nullcontext) -> torch.Tensor:
+        """D step: hinge loss on (fake, real); its backward reaches the heads only (the student runs without
+        autograd; the reference detaches the fake)."""
+        adv = adv.to(latents.device)
+        with torch.no_grad():
+            model_pred, target_pred = self.lcd.predictions(student, teacher, target, latents, cond, uncond, rnd, autocast)
+        fake, real = self.fake_and_real(model_pred, target_pred, latents, rnd, adv, True)
+        with adapters_off():
+            fake_out = self.disc.outputs(fake, adv.t, cond, features_grad=False, autocast=autocast)
+            real_out = self.disc.outputs(real, adv.t, cond, features_grad=False, autocast=autocast)
+        return hinge_d_loss(fake_out, real_out)
+
+    def generator_loss(self, student, teacher, target, latents, cond, uncond, rnd, adv: AdversarialRandomness,
+                       adapters_off, autocast=nullcontext, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """G step: ``(consistency + weight·G`` (value, no graph), a surrogate whose gradient in the LoRA
+        weights is that of the value)``; ``scale``: the fp16 loss scale for the discriminator's backward."""
+        adv = adv.to(latents.device)
+        model_pred, target_pred = self.lcd.predictions(student, teacher, target, latents, cond, uncond, rnd, autocast)
+        consistency = distance(model_pred, target_pred, self.lcd.loss, self.lcd.huber_c)
+        fake, _ = self.fake_and_real(model_pred, target_pred, latents, rnd, adv, False)
+        with adapters_off():
+            g_loss, grad = generator_grad_at(self.disc, fake, adv.t, cond, autocast, scale)
+        surrogate = consistency + self.weight * (fake * grad).sum()  # chain rule through fake (module docstring)
+        return consistency.detach() + self.weight * g_loss, surrogate
 
 
 def generator_grad_at(disc: Discriminator, fake: torch.Tensor, t: torch.Tensor, cond: dict, autocast=nullcontext,

@@ -252,7 +252,7 @@ class TrainingSession:
                                           num_warmup_steps=cfg.optim.lr_warmup_steps, num_training_steps=cfg.train.max_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=(cfg.train.mixed_precision == "fp16"))
         self.ema = LoraEma(self.named_params, cfg.lcd.ema_decay) if cfg.lcd.target == "ema" else None
-        self.discriminator = self.d_optimizer = self.d_scaler = None
+        self.discriminator = self.d_optimizer = self.d_scaler = self.adversarial = None
         if cfg.lcd.adversarial_weight > 0:  # PCM's adversarial consistency loss (training/adversarial.py)
             from .adversarial import Discriminator
 
@@ -260,6 +260,9 @@ class TrainingSession:
             self.d_optimizer = self.discriminator.make_optimizer(cfg.lcd.adversarial_lr, cfg.optim.eps, cfg.optim.weight_decay,
                                                                  fused=device.type in ("cpu", "cuda", "mps", "xpu"))
             self.d_scaler = torch.amp.GradScaler(device.type, enabled=(cfg.train.mixed_precision == "fp16"))
+            from .adversarial import AdversarialLoss
+
+            self.adversarial = AdversarialLoss(self.lcd, self.discriminator, cfg.lcd.adversarial_weight, cfg.lcd.adversarial_real)
 
         records = _records(cfg, teacher, self.output_dir, device, self.autocast, ctx, self.progress_factory)
         from .validation import validation_prompts
@@ -400,14 +403,10 @@ class TrainingSession:
     def _adversarial_step(self, step: int, accum: int) -> float:
         """One optimizer step with PCM's adversarial consistency loss (:mod:`.adversarial`): the discriminator's
         on even steps (returns its hinge loss), the LoRA's on odd steps (returns consistency + weight·G)."""
-        from .adversarial import (generator_grad_at, hinge_d_loss, is_discriminator_step, noise_travel,
-                                  sample_adversarial_randomness)
-        from .lcd_step import distance
+        from .adversarial import is_discriminator_step, sample_adversarial_randomness
 
-        cfg, lcd, disc = self.cfg, self.lcd, self.discriminator
+        cfg, disc = self.cfg, self.discriminator
         d_step = is_discriminator_step(step)
-        weight = cfg.lcd.adversarial_weight
-        alphas = self.solver.alphas_cumprod
         total = 0.0
         for micro in range(accum):
             global_items = self.plan.next()
@@ -418,36 +417,18 @@ class TrainingSession:
             rnd = sample_lcd_randomness(global_shape, cfg.lcd.num_ddim_timesteps, cfg.lcd.w_min, cfg.lcd.w_max, gen)
             rnd.tcd_s = objective_end_timesteps(cfg.lcd, rnd.index, self.solver, step, gen, cfg.train.max_steps)
             adv = sample_adversarial_randomness(global_shape, rnd.tcd_s, cfg.lcd.phases, self.solver.num_train_timesteps, gen)
-            rnd, adv = rnd.select(self.rows), adv.select(self.rows).to(self.device)
-            s = rnd.tcd_s.to(self.device)
+            rnd, adv = rnd.select(self.rows), adv.select(self.rows)
+            models = (self._student, self._teacher, self._target, latents, cond, uncond, rnd, adv)
             if d_step:
-                with torch.no_grad():
-                    model_pred, target_pred = lcd.predictions(self._student, self._teacher, self._target, latents, cond, uncond,
-                                                              rnd, self.autocast)
-                fake = noise_travel(model_pred, adv.noise_fake, s, adv.t, alphas)
-                if cfg.lcd.adversarial_real == "target":
-                    real = noise_travel(target_pred, adv.noise_real, s, adv.t, alphas)
-                else:
-                    real = self.solver.add_noise(latents.float(), adv.noise_data, adv.t)
-                with self.adapters.disabled():
-                    fake_out = disc.outputs(fake, adv.t, cond, features_grad=False, autocast=self.autocast)
-                    real_out = disc.outputs(real, adv.t, cond, features_grad=False, autocast=self.autocast)
-                loss = hinge_d_loss(fake_out, real_out)
+                loss = self.adversarial.discriminator_loss(*models, self.adapters.disabled, self.autocast)
                 self.d_scaler.scale(loss / accum).backward()
                 total += float(loss.detach()) / accum
                 continue
             with no_sync(self.model, micro == accum - 1):
-                model_pred, target_pred = lcd.predictions(self._student, self._teacher, self._target, latents, cond, uncond,
-                                                          rnd, self.autocast)
-                consistency = distance(model_pred, target_pred, lcd.loss, lcd.huber_c)
-                fake = noise_travel(model_pred, adv.noise_fake, s, adv.t, alphas)
                 scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
-                with self.adapters.disabled():  # the discriminator is the frozen teacher UNet + heads
-                    g_loss, grad = generator_grad_at(disc, fake, adv.t, cond, self.autocast, scale)
-                # d/dθ of this surrogate = d/dθ (consistency + weight·G) (chain rule through fake; module docstring)
-                surrogate = consistency + weight * (fake * grad).sum()
+                value, surrogate = self.adversarial.generator_loss(*models, self.adapters.disabled, self.autocast, scale)
                 self.scaler.scale(surrogate / accum).backward()
-            total += (float(consistency.detach()) + weight * float(g_loss)) / accum
+            total += float(value) / accum
         reduce_device = self.device if self.device.type == "cuda" else "cpu"
         loss_value = float(self.ctx.mean(torch.tensor([total], device=reduce_device)).item())
         if not math.isfinite(loss_value):
