@@ -274,3 +274,84 @@ def test_resume_across_a_discriminator_generator_boundary_metadata_and_inspect(a
     assert "adversarial:   PCM adversarial consistency loss, weight 0.1, real samples: target" in out
     assert cli_main(["inspect", "--json", "--allow-unknown-arch", str(full.adapter_path)]) == 0
     assert json.loads(capsys.readouterr().out)["adversarial"] == {"weight": 0.1, "real": "target"}
+
+
+# ------------------------------------------------------------------------------------------- memory estimate
+def _heads_closed_form(channels, heads, kernel):
+    """Parameters of the reference's heads: per head two k×k convs C→C (+bias), two GroupNorms (2C each), a
+    1×1 conv C→1 (+bias): 2k²C² + 7C + 1."""
+    return sum(heads * (2 * kernel**2 * c * c + 7 * c + 1) for c in channels)
+
+
+@pytest.mark.parametrize("arch,channels,heads,kernel", [
+    ("sd1", [320, 640, 1280, 1280, 1280, 1280, 1280, 640, 320], 4, 3),  # discriminator_sd15.py's defaults
+    ("sdxl", [320, 640, 1280, 1280], 1, 1),  # discriminator_sdxl.py's defaults
+])
+def test_discriminator_heads_of_full_size_unets_match_the_references_layout(arch, channels, heads, kernel):
+    from lcm_lora.lcm_core.model_configs import build_unet
+    from lcm_lora.training.adversarial import Discriminator
+
+    unet = build_unet(arch, device="meta")
+    with torch.device("meta"):
+        disc = Discriminator(unet)
+    assert sum(p.numel() for p in disc.parameters()) == _heads_closed_form(channels, heads, kernel)
+
+
+def test_memory_estimate_counts_the_discriminator_heads_and_their_adam_states(assets):
+    from lcm_lora.training.memory_estimate import estimate_memory
+
+    base = _overrides(assets, **{"lcd.objective": "pcm"})
+    off = estimate_memory(load_config(TINY, base), "cuda", activations=False)
+    on = estimate_memory(load_config(TINY, base + ["lcd.adversarial_weight=0.1"]), "cuda", activations=False)
+    expected = 12 * _heads_closed_form([16, 32, 32, 32, 16], 4, 3)  # float32 weights + AdamW's two float32 moments
+    assert on.get("discriminator heads + optimizer states") == expected
+    assert on.total - off.total == expected and off.get("discriminator heads + optimizer states") == 0
+
+
+def test_memory_simulation_runs_the_configured_teacher_and_both_adversarial_steps(assets):
+    """The simulated step calls the UNet as the trainer does: teacher at 2B with solver guidance, at B without;
+    with the adversarial loss the D step (student, target, fake and real feature passes) and the G step."""
+    from lcm_lora.training.adversarial import Discriminator
+    from lcm_lora.training.memory_estimate import _lora_unet, _model_parts, simulate_step
+
+    cfg = load_config(TINY, _overrides(assets, **{"lcd.objective": "pcm", "lora.targets": "[to_q]"}))
+    unet, _ = _lora_unet(_model_parts(cfg), torch.float32, cfg)
+    calls = []
+    unet.register_forward_pre_hook(lambda m, args, kwargs: calls.append(int(args[0].shape[0])), with_kwargs=True)
+    peaks = {}
+    for sg in (True, False):
+        calls.clear()
+        peaks[sg] = simulate_step(unet, 3, (8, 8), 7, None, None, "cpu", objective="pcm", solver_guidance=sg)
+        assert calls == ([6, 3, 3] if sg else [3, 3, 3])  # teacher, student, target
+    assert peaks[False] <= peaks[True]
+    with torch.device("meta"):
+        disc = Discriminator(unet)
+    calls.clear()
+    adv_peak = simulate_step(unet, 3, (8, 8), 7, None, None, "cpu", objective="pcm", discriminator=disc)
+    # D step: teacher, student, target, D(fake), D(real); G step: teacher, student, target, D(fake)
+    assert calls == [6, 3, 3, 3, 3, 6, 3, 3, 3]
+    assert adv_peak > peaks[True]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", [
+    ["lcd.objective=pcm", "lcd.adversarial_weight=0.1"],
+    ["lcd.objective=pcm", "lcd.adversarial_weight=0.1", "lcd.solver_guidance=false"],
+])
+def test_adversarial_memory_estimate_within_15_percent_of_measured_peak(tmp_path, settings):
+    """As ``test_train_memory_estimate.py``: fresh processes measure the peak over a D and a G step
+    (``benchmarks/trainer/memory_check.py --set ...``)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "rows.json"
+    args = [a for s in settings for a in ("--set", s)]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "trainer" / "memory_check.py"), "--model", "tiny",
+                           "--points", "32:1,64:4", *args, "--json", str(out), "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["components_mib"]["discriminator heads + optimizer states"] > 0
+        assert abs(row["error"]) <= 0.15, row
