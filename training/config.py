@@ -27,6 +27,10 @@ README's recommended command line) and the LCM paper (Luo et al. 2023, §4.2, Al
   ``train.max_steps // len(segments)``; the reference has no default). PCM-/TSCD-only keys with
   another objective are errors naming the key; ``lcd.timestep_scaling`` is LCM-only.
   ``lcd.solver_guidance: false`` is PCM's "normal CFG" recipe (``--not_apply_cfg_solver``).
+  ``lcd.adversarial_weight`` (default 0 = off) adds PCM's adversarial consistency loss (its ``*_adv.py``
+  scripts' ``--adv_weight`` 0.1, ``--adv_lr`` 1e-5 → ``lcd.adversarial_lr``; :mod:`.adversarial`), with
+  ``lcd.objective: pcm`` only; ``lcd.adversarial_lr`` / ``adversarial_real`` without it are errors naming the
+  key. The three keys are left out of the trajectory dict at their defaults (hashes of other runs unchanged).
 * ``lora.rank = alpha = 64``; targets: the released LCM-LoRA UNet modules (``lcm_core.targets``).
 * ``optim``: AdamW, lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0 (README passes
   ``--adam_weight_decay=0.0``; argparse default 1e-2), grad-norm clip 1.0, constant LR.
