@@ -355,3 +355,11 @@ def test_adversarial_memory_estimate_within_15_percent_of_measured_peak(tmp_path
     for row in rows:
         assert row["components_mib"]["discriminator heads + optimizer states"] > 0
         assert abs(row["error"]) <= 0.15, row
+
+
+def test_shipped_adversarial_config_follows_the_reference_launch_script():
+    """``configs/pcm_adv_sd15.yaml``: PCM's ``train_pcm_lora_sd15.sh`` adversarial run (``--multiphase=2
+    --adv_weight=0.1 --adv_lr=1e-5 --max_train_steps=10000``)."""
+    cfg = load_config(ROOT / "configs" / "pcm_adv_sd15.yaml")
+    assert (cfg.lcd.objective, cfg.lcd.phases, cfg.lcd.adversarial_weight, cfg.lcd.adversarial_lr) == ("pcm", 2, 0.1, 1e-5)
+    assert cfg.lcd.adversarial_real == "target" and cfg.train.max_steps == 10000 and cfg.optim.learning_rate == 5e-6

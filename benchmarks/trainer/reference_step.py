@@ -14,6 +14,13 @@ is detected from its content (:func:`detect_script`):
   ``scalings_for_boundary_conditions_online/target``, ``predicted_origin``; ``args.multiphase`` = phases,
   ``args.not_apply_cfg_solver`` = not solver guidance; its teacher runs under a hard-coded
   ``torch.autocast("cuda")`` (a no-op on the CPU, where the parity tests run);
+* ``pcm_adv_sd`` / ``pcm_adv_sdxl``: PCM's adversarial scripts ``code/text_to_image_sd15/train_pcm_lora_sd15_adv.py`` /
+  ``code/text_to_image_sdxl/train_pcm_lora_sdxl_adv.py`` (``$PCM_ADV_REFERENCE_SCRIPT`` /
+  ``$PCM_ADV_SDXL_REFERENCE_SCRIPT``), with ``discriminator_sd15.py`` / ``discriminator_sdxl.py`` and
+  ``scheduling_ddpm_modified.py`` read from the script's folder (:func:`load_pcm_adversarial`): the reference's own
+  ``Discriminator(teacher_unet)`` (``adapter_channel_dims`` = the tiny UNet's channels), its ``noise_travel``
+  scheduler, its heads' AdamW; ``global_step`` (``set_global_step``) picks the D (even) or G (odd) branch;
+  ``torch.randn_like`` draws of the block are recorded (:class:`RecordingTorch`). SDXL: :class:`ReferenceTrainerPcmSDXL`;
 * ``tscd_sd`` / ``tscd_sdxl``: rootonchair ``tscd/train_tscd_distill_lora_sd_wds.py`` /
   ``tscd/train_tscd_distill_lora_sdxl.py`` (Hyper-SD TSCD-LoRA, ``$TSCD_REFERENCE_SCRIPT[_SDXL]``; the TCD
   helpers plus ``k_list`` / ``global_step`` / ``args.stage_steps`` / ``args.stage_segments`` as its ``main()``
