@@ -107,9 +107,7 @@ def _tiny_student(variant="sd", channels=(32, 64)):
 
 
 def _batch(unet, variant="sd"):
-    from lcm_lora.training.lcd_step import LcdRandomness
-    from lcm_lora.training.phased import pcm_end_timesteps
-    from lcm_lora.training.tiny_models import TINY_POOLED_DIM, TINY_TEXT_DIM
+    from lcm_lora.training.tiny_models import TINY_POOLED_DIM
 
     gen = torch.Generator().manual_seed(1)
     b = 3
@@ -120,7 +118,6 @@ def _batch(unet, variant="sd"):
         extra = {"text_embeds": torch.randn(b, TINY_POOLED_DIM, generator=gen), "time_ids": torch.tensor([[16., 16, 0, 0, 16, 16]] * b)}
         cond["added_cond_kwargs"] = extra
         uncond["added_cond_kwargs"] = {**extra, "text_embeds": torch.zeros(b, TINY_POOLED_DIM)}
-    assert TINY_TEXT_DIM
     latents = torch.randn(b, 4, 8, 8, generator=gen)
     index = torch.tensor([3, 20, 45])
     return latents, cond, uncond, index, gen
