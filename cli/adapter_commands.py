@@ -157,6 +157,7 @@ def describe(path: str, allow_unknown_arch: bool = False) -> dict:
         "parameters": adapter.num_parameters(),
         "size_bytes": _size_bytes(Path(path)),
         **_recipe_info(adapter.metadata),
+        "adversarial": _adversarial_info(adapter.metadata),
         "metadata": adapter.metadata,
         "algorithms": adapter.algorithms(),
         "module_details": {k: describe_module(m) for k, m in adapter.modules.items()},
@@ -181,6 +182,18 @@ def _recipe_info(metadata) -> dict:
     except LcmLoraError:  # a step count the phases cannot be split into: metadata stays advisory
         info["timesteps"] = None
     return {"objective": recipe.objective, "sampling_recipe": info}
+
+
+def _adversarial_info(metadata) -> dict | None:
+    """PCM's adversarial consistency loss as the trainer records it (``lcm_lora.adversarial_*``), else None."""
+    weight = (metadata or {}).get("lcm_lora.adversarial_weight")
+    if weight is None:
+        return None
+    try:
+        value: float | str = float(weight)
+    except ValueError:
+        value = weight
+    return {"weight": value, "real": metadata.get("lcm_lora.adversarial_real")}
 
 
 def _recipe_line(info: dict) -> str:
@@ -225,6 +238,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"size:          {info['size_bytes']:,} bytes")
     print(f"algorithms:    {', '.join(f'{a} {n}' for a, n in sorted(info['algorithms'].items()))}")
     print(f"objective:     {_recipe_line(info)}")
+    if info["adversarial"] is not None:
+        adv = info["adversarial"]
+        real = f", real samples: {adv['real']}" if adv.get("real") else ""
+        print(f"adversarial:   PCM adversarial consistency loss, weight {adv['weight']}{real}")
     if info["metadata"]:
         print("metadata:")
         for k, v in sorted(info["metadata"].items()):

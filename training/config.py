@@ -28,6 +28,10 @@ README's recommended command line) and the LCM paper (Luo et al. 2023, §4.2, Al
   another objective are errors naming the key; ``lcd.timestep_scaling`` is LCM-only.
   ``lcd.solver_guidance: false`` is PCM's "normal CFG" recipe (``--not_apply_cfg_solver``); its adapter
   records ``lcd.normal_cfg`` (default 7.5, PCM's demo value) as the cfg to sample with.
+  ``lcd.adversarial_weight`` (default 0 = off) adds PCM's adversarial consistency loss (its ``*_adv.py``
+  scripts' ``--adv_weight`` 0.1, ``--adv_lr`` 1e-5 → ``lcd.adversarial_lr``; :mod:`.adversarial`), with
+  ``lcd.objective: pcm`` only; ``lcd.adversarial_lr`` / ``adversarial_real`` without it are errors naming the
+  key. The three keys are left out of the trajectory dict at their defaults (hashes of other runs unchanged).
 * ``lora.rank = alpha = 64``; targets: the released LCM-LoRA UNet modules (``lcm_core.targets``).
 * ``optim``: AdamW, lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0 (README passes
   ``--adam_weight_decay=0.0``; argparse default 1e-2), grad-norm clip 1.0, constant LR.
@@ -143,6 +147,16 @@ class LcdSection:
     normal_cfg: float = _f(7.5, kind="float", doc="solver_guidance false only: the cfg the adapter's metadata recommends "
                            "(lcm_lora.recommended_cfg; > 1, two UNet evaluations per step): the teacher's own usual cfg "
                            "(7.5 = PCM's SD1.5 demo; SDXL checkpoints often 5-7). Metadata only: not part of the config hash")
+    adversarial_weight: float = _f(0.0, minimum=0.0, kind="float",
+                                   doc="objective pcm: weight of PCM's adversarial consistency loss (its *_adv.py scripts, "
+                                   "--adv_weight 0.1; training/adversarial.py); 0 = off. A discriminator (frozen teacher UNet + "
+                                   "trainable heads) is updated on even optimizer steps, the LoRA on odd ones")
+    adversarial_lr: float = _f(1e-5, minimum=0.0, kind="float",
+                               doc="adversarial_weight > 0: learning rate of the discriminator heads (PCM --adv_lr; AdamW betas (0, 0.999))")
+    adversarial_real: str = _f("target", choices=("target", "data"), kind="str",
+                               doc="adversarial_weight > 0: the discriminator's real samples: target = the consistency target "
+                               "noise-travelled to the adversarial timestep (the reference); data = the training latents noised "
+                               "to it (computed but unused by the reference; closeness to the data instead of the teacher)")
 
 
 @dataclass
@@ -515,7 +529,11 @@ TSCD_ONLY_KEYS = {"tscd_segments": [8, 4, 2, 1], "tscd_stage_steps": None}
 OBJECTIVE_ONLY_KEYS = {"tcd": TCD_ONLY_KEYS, "pcm": PCM_ONLY_KEYS, "tscd": TSCD_ONLY_KEYS}
 # keys added after the first release whose default keeps the trajectory of older runs: left out of the
 # trajectory dict while at their default, so the config hash of those runs does not change
-_TRAJECTORY_DEFAULT_DROPPED = {"solver_guidance": True}
+_TRAJECTORY_DEFAULT_DROPPED = {"solver_guidance": True, "adversarial_weight": 0.0, "adversarial_lr": 1e-5,
+                               "adversarial_real": "target"}
+# keys that only apply with the adversarial loss on (lcd.adversarial_weight > 0), with their defaults
+ADVERSARIAL_ONLY_KEYS = {"adversarial_lr": 1e-5, "adversarial_real": "target"}
+ADVERSARIAL_OBJECTIVES = ("pcm",)  # the adversarial timestep range [s, s + T/phases) is PCM's phase
 NUM_TRAIN_TIMESTEPS = 1000  # the SD/SDXL schedules (the trainer checks the teacher's own count again)
 
 
@@ -558,6 +576,16 @@ def _validate_objective(cfg: TrainConfig) -> None:
                 if getattr(lcd, name) != TCD_ONLY_KEYS[name]:
                     raise ConfigError(src, f"key 'lcd.{name}' applies to 'lcd.tcd_s_sampling: tdd' only "
                                       f"(tcd_s_sampling is {lcd.tcd_s_sampling})")
+    if lcd.adversarial_weight > 0:
+        if lcd.objective not in ADVERSARIAL_OBJECTIVES:
+            raise ConfigError(src, f"key 'lcd.adversarial_weight' ({lcd.adversarial_weight}) needs 'lcd.objective: pcm' "
+                              f"(objective is {lcd.objective}): PCM's adversarial consistency loss draws its timestep in the "
+                              "phase above s; remove it or set lcd.objective=pcm")
+    else:
+        for name, default in ADVERSARIAL_ONLY_KEYS.items():
+            if getattr(lcd, name) != default:
+                raise ConfigError(src, f"key 'lcd.{name}' applies only with the adversarial loss on (lcd.adversarial_weight "
+                                  "> 0, e.g. 0.1 as PCM's --adv_weight); remove it or set lcd.adversarial_weight")
     steps = lcd.tdd_steps
     if len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= lcd.num_ddim_timesteps:
         raise ConfigError(src, f"key 'lcd.tdd_steps' must be [min, max] step counts with 1 <= min <= max <= "

@@ -111,6 +111,10 @@ def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_has
 
         meta["lcm_lora.tscd_segments"] = ",".join(str(k) for k in lcd.tscd_segments)
         meta["lcm_lora.tscd_stage_steps"] = str(tscd_stage_steps(lcd, cfg.train.max_steps))
+    if cfg.lcd.adversarial_weight > 0:  # PCM's adversarial consistency loss (training/adversarial.py)
+        meta["lcm_lora.adversarial_weight"] = str(cfg.lcd.adversarial_weight)
+        meta["lcm_lora.adversarial_real"] = cfg.lcd.adversarial_real
+        meta["ss_training_comment"] = f"{comment} with PCM's adversarial consistency loss, lcm_lora.training"
     if not cfg.lcd.solver_guidance:  # no ω distilled in: no guidance range to report
         meta["lcm_lora.solver_guidance"] = "false"
         meta.pop("lcm_lora.w_range")

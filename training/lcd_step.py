@@ -178,6 +178,13 @@ class LcdLoss:
         rnd: LcdRandomness,
         autocast: Callable[[], Any] = nullcontext,
     ) -> torch.Tensor:
+        model_pred, target_pred = self.predictions(student, teacher, target, latents, cond, uncond, rnd, autocast)
+        return distance(model_pred, target_pred, self.loss, self.huber_c)
+
+    def predictions(self, student: Model, teacher: Model, target: Model, latents: torch.Tensor, cond: Any, uncond: Any,
+                    rnd: LcdRandomness, autocast: Callable[[], Any] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student prediction ``f_θ(z_{t_{n+k}})``, target ``f_{θ⁻}(ẑ_{t_n})``), both float32, the target without
+        gradient: the two sides of the distance (the adversarial loss, :mod:`.adversarial`, reads both)."""
         latents = latents.float()
         device = latents.device
         rnd = rnd.to(device)
@@ -197,5 +204,4 @@ class LcdLoss:
             with autocast():
                 target_raw = target(x_prev, end_t, cond)
             target_pred = self.consistency(target_raw, x_prev, end_t, s)
-
-        return distance(model_pred, target_pred, self.loss, self.huber_c)
+        return model_pred, target_pred

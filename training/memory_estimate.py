@@ -18,6 +18,10 @@ diffusers teacher folder), so parameter counts are exact. Components:
   (including the LoRA gradients, which live from the backward to the optimizer step). It is an
   exact count of tensor sizes per op of this UNet config at this resolution and batch — the
   analytic per-block count, done by the model code itself rather than by a hand-written table.
+  The step is the configured one: the teacher pass runs at B instead of 2B with ``lcd.solver_guidance:
+  false`` (no unconditional pass), and with PCM's adversarial loss (``lcd.adversarial_weight``) both steps
+  of its alternation run and the larger peak counts (:func:`simulate_step`); the discriminator heads and
+  their AdamW states are one more component (``discriminator heads + optimizer states``).
 
 Attention is counted as the fused kernels run it (``scaled_dot_product_attention`` →
 flash / memory-efficient: output + log-sum-exp saved, no L×L matrix), autocast as PyTorch's
@@ -307,9 +311,14 @@ def _nbytes(dtype: torch.dtype) -> int:
 # ------------------------------------------------------------------------------------------ the step on meta
 def simulate_step(unet, batch: int, latent_hw: tuple[int, int], seq_len: int, pooled_dim: int | None,
                   autocast_dtype: torch.dtype | None, device_type: str, prediction_type: str = "epsilon",
-                  num_ddim_timesteps: int = 50, loss: str = "huber") -> int:
-    """Peak live bytes of one LCD step (:class:`~.lcd_step.LcdLoss`: teacher at 2B, student, target,
-    loss, backward) of ``unet`` (meta, with LoRA) — everything but the weights and optimizer states."""
+                  num_ddim_timesteps: int = 50, loss: str = "huber", *, objective: str = "lcm",
+                  solver_guidance: bool = True, discriminator=None, adversarial_real: str = "target") -> int:
+    """Peak live bytes of one LCD step (:class:`~.lcd_step.LcdLoss`: teacher at 2B — at B without
+    ``solver_guidance`` —, student, target, loss, backward) of ``unet`` (meta, with LoRA) — everything but
+    the weights and optimizer states. With a ``discriminator`` (:mod:`.adversarial`, heads on meta) both
+    steps of the adversarial alternation run and the larger peak counts: the discriminator step (student and
+    target without autograd, two frozen-UNet feature passes, heads forward/backward, head gradients) and the
+    generator step (the LCD step plus a feature pass kept for the backward into the student)."""
     from .ddim_solver import DDIMSolver
     from .lcd_step import LcdLoss, sample_lcd_randomness
     from .student import AdapterSwitch
@@ -317,7 +326,7 @@ def simulate_step(unet, batch: int, latent_hw: tuple[int, int], seq_len: int, po
 
     meta = torch.device("meta")
     solver = DDIMSolver(sd_noise_scheduler().alphas_cumprod.float(), num_ddim_timesteps).to(meta)
-    lcd = LcdLoss(solver, prediction_type, loss, 0.001, 10.0)
+    lcd = LcdLoss(solver, prediction_type, loss, 0.001, 10.0, objective, solver_guidance)
     switch = AdapterSwitch(unet)
     emulation = EmulatedAutocast(autocast_dtype, device_type)
 
@@ -341,11 +350,32 @@ def simulate_step(unet, batch: int, latent_hw: tuple[int, int], seq_len: int, po
             cond["added_cond_kwargs"] = {"text_embeds": torch.empty(batch, pooled_dim, device=meta), "time_ids": ids}
             uncond["added_cond_kwargs"] = {"text_embeds": torch.empty(1, pooled_dim, device=meta).expand(batch, pooled_dim),
                                            "time_ids": ids}
-        rnd = sample_lcd_randomness((batch, channels, h, w), num_ddim_timesteps, 3.0, 15.0, torch.Generator().manual_seed(0))
-        value = lcd(student, teacher, student, latents, cond, uncond, rnd, autocast=nullcontext)
-        value.backward()
-        del value
-    return counter.peak
+        gen = torch.Generator().manual_seed(0)
+        rnd = sample_lcd_randomness((batch, channels, h, w), num_ddim_timesteps, 3.0, 15.0, gen)
+        if objective != "lcm":  # the end timestep s: its value does not change any size
+            rnd.tcd_s = torch.zeros(batch, dtype=torch.int64)
+        if discriminator is None:
+            value = lcd(student, teacher, student, latents, cond, uncond, rnd, autocast=nullcontext)
+            value.backward()
+            del value
+            return counter.peak
+        from .adversarial import AdversarialLoss, sample_adversarial_randomness
+
+        adv_loss = AdversarialLoss(lcd, discriminator, 0.1, adversarial_real)
+        adv = sample_adversarial_randomness((batch, channels, h, w), rnd.tcd_s, 1, 1000, gen)
+        start = counter.live
+        d_loss = adv_loss.discriminator_loss(student, teacher, student, latents, cond, uncond, rnd, adv, switch.disabled)
+        d_loss.backward()  # the head gradients stay live until the optimizer step: part of this peak
+        del d_loss
+        d_peak = counter.peak
+        for p in discriminator.parameters():
+            p.grad = None
+        assert counter.live <= start + 1024  # nothing of the D step survives it (meta scalars aside)
+        counter.reset_peak()
+        _, surrogate = adv_loss.generator_loss(student, teacher, student, latents, cond, uncond, rnd, adv, switch.disabled)
+        surrogate.backward()
+        del surrogate
+        return max(d_peak, counter.peak)
 
 
 def _lora_unet(parts: _Parts, base_dtype: torch.dtype, cfg):
@@ -420,6 +450,16 @@ def estimate_memory(cfg, device: str | None = None, *, activations: bool = True,
         snote += " + EMA target copy"
     est.components.append(Component("LoRA gradients + optimizer states", lora_params * 4 + states,
                                     f"float32 gradients (backward to optimizer step) + {snote}"))
+    discriminator = None
+    if cfg.lcd.adversarial_weight > 0:  # PCM's adversarial loss: heads (float32) + their AdamW states (training/adversarial.py)
+        from .adversarial import Discriminator
+
+        with torch.device("meta"):
+            discriminator = Discriminator(unet)
+        heads = sum(p.numel() for p in discriminator.parameters())
+        est.components.append(Component("discriminator heads + optimizer states", heads * 12,
+                                        f"{heads / 1e6:.1f} M parameters ({discriminator.layout} layout), float32 + AdamW "
+                                        "(their gradients: in the activations of the discriminator step)"))
 
     # cached tensors: one batch of inputs on the device, the in-memory text cache on the host
     ds = 2 ** (len(parts.vae["block_out_channels"]) - 1) if parts.vae else 1
@@ -448,7 +488,9 @@ def estimate_memory(cfg, device: str | None = None, *, activations: bool = True,
             unet.train()
             for _, p in named:
                 p.grad = None
-            return simulate_step(unet, world_batch, latent_hw, seq, pooled, compute, device_type)
+            return simulate_step(unet, world_batch, latent_hw, seq, pooled, compute, device_type,
+                                 objective=cfg.lcd.objective, solver_guidance=cfg.lcd.solver_guidance,
+                                 discriminator=discriminator, adversarial_real=cfg.lcd.adversarial_real)
 
         dtype_of_autocast = compute
 

@@ -10,11 +10,17 @@ checkpoint and return with ``status="interrupted"``, a non-finite loss stops it 
 Per optimizer step (``gradient_accumulation`` micro-steps of the global batch):
 the batch plan yields the next global batch; a generator seeded by (seed, step, micro-step)
 draws the VAE posterior noise and the LCD randomness (i, ε, ω; for ``lcd.objective`` tcd, pcm and
-tscd also the end timestep s, :mod:`.phased`) for the *whole* global batch;
+tscd also the end timestep s, :mod:`.phased`; with ``lcd.adversarial_weight`` the adversarial
+timestep and noises, :mod:`.adversarial`) for the *whole* global batch;
 each process takes its rows; :class:`~.lcd_step.LcdLoss` gives the loss; gradients of the
 LoRA weights only are averaged (DDP), clipped (max-norm 1) and AdamW steps. Because all
 randomness is a function of (seed, step) and the data position is checkpointed, an interrupted
 and resumed run repeats the uninterrupted run's loss sequence.
+
+With PCM's adversarial consistency loss (``lcd.adversarial_weight`` > 0, :mod:`.adversarial`) even
+optimizer steps update the discriminator heads (their own AdamW) and odd steps the LoRA, as the
+reference's ``global_step % 2``; the heads and their optimizer state are checkpointed
+(``discriminator.*`` tensors, ``optimizer.pt["discriminator"]``) and never exported.
 """
 from __future__ import annotations
 
@@ -246,6 +252,17 @@ class TrainingSession:
                                           num_warmup_steps=cfg.optim.lr_warmup_steps, num_training_steps=cfg.train.max_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=(cfg.train.mixed_precision == "fp16"))
         self.ema = LoraEma(self.named_params, cfg.lcd.ema_decay) if cfg.lcd.target == "ema" else None
+        self.discriminator = self.d_optimizer = self.d_scaler = self.adversarial = None
+        if cfg.lcd.adversarial_weight > 0:  # PCM's adversarial consistency loss (training/adversarial.py)
+            from .adversarial import Discriminator
+
+            self.discriminator = Discriminator(unet, device=device, seed=step_seed(cfg.train.seed, -1, 0))
+            self.d_optimizer = self.discriminator.make_optimizer(cfg.lcd.adversarial_lr, cfg.optim.eps, cfg.optim.weight_decay,
+                                                                 fused=device.type in ("cpu", "cuda", "mps", "xpu"))
+            self.d_scaler = torch.amp.GradScaler(device.type, enabled=(cfg.train.mixed_precision == "fp16"))
+            from .adversarial import AdversarialLoss
+
+            self.adversarial = AdversarialLoss(self.lcd, self.discriminator, cfg.lcd.adversarial_weight, cfg.lcd.adversarial_real)
 
         records = _records(cfg, teacher, self.output_dir, device, self.autocast, ctx, self.progress_factory)
         from .validation import validation_prompts
@@ -291,7 +308,16 @@ class TrainingSession:
                 p.copy_(state.tensors[name])
         if self.ema is not None:
             self.ema.load_state_dict(state.tensors)
-        self.optimizer.load_state_dict(state.optimizer)
+        optimizer_state = dict(state.optimizer)
+        d_state = optimizer_state.pop("discriminator", None)
+        self.optimizer.load_state_dict(optimizer_state)
+        if self.discriminator is not None:
+            if d_state is None:
+                raise ConfigError(path, "the checkpoint holds no discriminator state (lcd.adversarial_weight was 0)")
+            self.discriminator.load_tensors(state.tensors)
+            self.d_optimizer.load_state_dict(d_state)
+            if state.state.get("discriminator_scaler"):
+                self.d_scaler.load_state_dict(state.state["discriminator_scaler"])
         self.lr_scheduler.load_state_dict(state.state["lr_scheduler"])
         if "optim.learning_rate" in changed:
             self._rescale_learning_rate(float(_get(saved, "optim.learning_rate")), path)
@@ -340,6 +366,8 @@ class TrainingSession:
         cfg, step = self.cfg, self.step_count
         accum = cfg.train.gradient_accumulation
         total = 0.0
+        if self.discriminator is not None:
+            return self._adversarial_step(step, accum)
         for micro in range(accum):
             global_items = self.plan.next()
             gen = torch.Generator().manual_seed(step_seed(cfg.train.seed, step, micro))
@@ -372,6 +400,66 @@ class TrainingSession:
         self.step_count += 1
         return loss_value
 
+    def _adversarial_step(self, step: int, accum: int) -> float:
+        """One optimizer step with PCM's adversarial consistency loss (:mod:`.adversarial`): the discriminator's
+        on even steps (returns its hinge loss), the LoRA's on odd steps (returns consistency + weight·G)."""
+        from .adversarial import is_discriminator_step, sample_adversarial_randomness
+
+        cfg, disc = self.cfg, self.discriminator
+        d_step = is_discriminator_step(step)
+        total = 0.0
+        for micro in range(accum):
+            global_items = self.plan.next()
+            gen = torch.Generator().manual_seed(step_seed(cfg.train.seed, step, micro))
+            latents, cond, time_ids = self.data.build(global_items, self.rows, f"{cfg.train.seed}-{step}-{micro}", gen)
+            uncond = self.data.uncond(cfg.lcd.uncond, latents.shape[0], time_ids)
+            global_shape = (len(global_items), *latents.shape[1:])
+            rnd = sample_lcd_randomness(global_shape, cfg.lcd.num_ddim_timesteps, cfg.lcd.w_min, cfg.lcd.w_max, gen)
+            rnd.tcd_s = objective_end_timesteps(cfg.lcd, rnd.index, self.solver, step, gen, cfg.train.max_steps)
+            adv = sample_adversarial_randomness(global_shape, rnd.tcd_s, cfg.lcd.phases, self.solver.num_train_timesteps, gen)
+            rnd, adv = rnd.select(self.rows), adv.select(self.rows)
+            models = (self._student, self._teacher, self._target, latents, cond, uncond, rnd, adv)
+            if d_step:
+                loss = self.adversarial.discriminator_loss(*models, self.adapters.disabled, self.autocast)
+                self.d_scaler.scale(loss / accum).backward()
+                total += float(loss.detach()) / accum
+                continue
+            with no_sync(self.model, micro == accum - 1):
+                scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+                value, surrogate = self.adversarial.generator_loss(*models, self.adapters.disabled, self.autocast, scale)
+                self.scaler.scale(surrogate / accum).backward()
+            total += float(value) / accum
+        reduce_device = self.device if self.device.type == "cuda" else "cpu"
+        loss_value = float(self.ctx.mean(torch.tensor([total], device=reduce_device)).item())
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.d_optimizer.zero_grad(set_to_none=True)
+            return loss_value
+        if d_step:
+            params = disc.parameters()
+            if self.ctx.world > 1:  # the heads are not inside DDP: average their gradients by hand
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.copy_(self.ctx.mean(p.grad))
+            if cfg.optim.max_grad_norm > 0:
+                self.d_scaler.unscale_(self.d_optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+            self.d_scaler.step(self.d_optimizer)
+            self.d_scaler.update()
+            self.d_optimizer.zero_grad(set_to_none=True)
+        else:
+            if cfg.optim.max_grad_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.lr_scheduler.step()  # the reference steps its scheduler in the generator branch only
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update()
+        self.step_count += 1
+        return loss_value
+
     # ---------------------------------------------------------------- checkpoints / export
     def save(self) -> Path | None:
         """Checkpoint the current step (main process writes; all processes wait)."""
@@ -380,12 +468,18 @@ class TrainingSession:
             tensors = {name: p.detach().float() for name, p in self.named_params}
             if self.ema is not None:
                 tensors.update(self.ema.state_dict())
+            optimizer_state = self.optimizer.state_dict()
+            if self.discriminator is not None:  # checkpoint only: the adapter export reads the LoRA layers
+                tensors.update({k: v.detach().float() for k, v in self.discriminator.named_tensors().items()})
+                optimizer_state = dict(optimizer_state, discriminator=self.d_optimizer.state_dict())
             trainer_state = dict(
                 data=self.plan.state_dict(), lr_scheduler=self.lr_scheduler.state_dict(),
                 scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 config_hash=self.config_hash, trajectory=_jsonable(trajectory_dict(self.cfg)), config=_jsonable(self.cfg.to_dict()),
             )
-            path = ckpt.save_checkpoint(self.output_dir, self.step_count, tensors, self.optimizer.state_dict(), trainer_state,
+            if self.d_scaler is not None and self.d_scaler.is_enabled():
+                trainer_state["discriminator_scaler"] = self.d_scaler.state_dict()
+            path = ckpt.save_checkpoint(self.output_dir, self.step_count, tensors, optimizer_state, trainer_state,
                                         self.cfg.checkpoint.keep)
         self.ctx.barrier()
         return path

@@ -8,6 +8,9 @@
     python benchmarks/trainer/memory_check.py --model sdxl --resolutions 512,1024 --batches 1,2 --device cuda \\
         --mixed-precision fp16 --gradient-checkpointing --workdir /tmp/bench                     # GPU
 
+    python benchmarks/trainer/memory_check.py --model tiny --points 32:2 --set lcd.objective=pcm \
+        --set lcd.adversarial_weight=0.1                               # PCM's adversarial loss (discriminator)
+
 Each (resolution, batch) runs in its own fresh process (``--points 32:1,64:4`` picks points instead of the grid): ``TrainingSession.setup()`` (latent + text caches
 on, so the encoders are released), then the peak over ``--steps`` optimizer steps is measured — on CPU the
 peak RSS (VmHWM, reset after setup) minus the RSS after all imports (as ``bench_trainer.py``; glibc set to
@@ -53,7 +56,7 @@ def overrides(a, resolution: int, batch: int) -> list[str]:
             f"train.gradient_checkpointing={str(a.gradient_checkpointing).lower()}",
             "data.cache_latents=true", "data.cache_text=true", f"data.cache_dir={a.data_root}/cache_{resolution}",
             f"max_steps={a.steps + 1}", "validation.every=0", "checkpoint.every=0", "logging.progress=false",
-            "logging.memory_estimate=false", f"train.device={a.device}", "optim.learning_rate=1e-4"]
+            "logging.memory_estimate=false", f"train.device={a.device}", "optim.learning_rate=1e-4", *a.set]
 
 
 def _imports(a) -> None:
@@ -117,6 +120,8 @@ def run(a) -> list[dict]:
                "--mixed-precision", a.mixed_precision, "--steps", str(a.steps), "--device", a.device, "--threads", str(a.threads)]
         if a.gradient_checkpointing:
             cmd.append("--gradient-checkpointing")
+        for item in a.set:
+            cmd += ["--set", item]
         env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:
@@ -137,7 +142,10 @@ def parse(argv=None):
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 8 tiny, 32 mid, 64 full size)")
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--steps", type=int, default=2, help="optimizer steps measured (2: both steps of the adversarial alternation)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="more trainer overrides, e.g. --set lcd.solver_guidance=false --set lcd.objective=pcm "
+                   "--set lcd.adversarial_weight=0.1")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", default=None)

@@ -14,6 +14,13 @@ is detected from its content (:func:`detect_script`):
   ``scalings_for_boundary_conditions_online/target``, ``predicted_origin``; ``args.multiphase`` = phases,
   ``args.not_apply_cfg_solver`` = not solver guidance; its teacher runs under a hard-coded
   ``torch.autocast("cuda")`` (a no-op on the CPU, where the parity tests run);
+* ``pcm_adv_sd`` / ``pcm_adv_sdxl``: PCM's adversarial scripts ``code/text_to_image_sd15/train_pcm_lora_sd15_adv.py`` /
+  ``code/text_to_image_sdxl/train_pcm_lora_sdxl_adv.py`` (``$PCM_ADV_REFERENCE_SCRIPT`` /
+  ``$PCM_ADV_SDXL_REFERENCE_SCRIPT``), with ``discriminator_sd15.py`` / ``discriminator_sdxl.py`` and
+  ``scheduling_ddpm_modified.py`` read from the script's folder (:func:`load_pcm_adversarial`): the reference's own
+  ``Discriminator(teacher_unet)`` (``adapter_channel_dims`` = the tiny UNet's channels), its ``noise_travel``
+  scheduler, its heads' AdamW; ``global_step`` (``set_global_step``) picks the D (even) or G (odd) branch;
+  ``torch.randn_like`` draws of the block are recorded (:class:`RecordingTorch`). SDXL: :class:`ReferenceTrainerPcmSDXL`;
 * ``tscd_sd`` / ``tscd_sdxl``: rootonchair ``tscd/train_tscd_distill_lora_sd_wds.py`` /
   ``tscd/train_tscd_distill_lora_sdxl.py`` (Hyper-SD TSCD-LoRA, ``$TSCD_REFERENCE_SCRIPT[_SDXL]``; the TCD
   helpers plus ``k_list`` / ``global_step`` / ``args.stage_steps`` / ``args.stage_segments`` as its ``main()``
@@ -68,17 +75,23 @@ SDXL_HELPERS = HELPERS + ("import_model_class_from_model_name_or_path",)
 SDXL_NESTED = ("compute_embeddings",)  # defined inside main(); refers to args, accelerator, weight_dtype
 ENV = {"sd": "LCM_REFERENCE_SCRIPT", "sdxl": "LCM_REFERENCE_SCRIPT_SDXL",
        "tcd_sd": "TCD_REFERENCE_SCRIPT", "tcd_sdxl": "TCD_REFERENCE_SCRIPT_SDXL",
-       "pcm_sd": "PCM_REFERENCE_SCRIPT", "tscd_sd": "TSCD_REFERENCE_SCRIPT", "tscd_sdxl": "TSCD_REFERENCE_SCRIPT_SDXL"}
+       "pcm_sd": "PCM_REFERENCE_SCRIPT", "tscd_sd": "TSCD_REFERENCE_SCRIPT", "tscd_sdxl": "TSCD_REFERENCE_SCRIPT_SDXL",
+       "pcm_adv_sd": "PCM_ADV_REFERENCE_SCRIPT", "pcm_adv_sdxl": "PCM_ADV_SDXL_REFERENCE_SCRIPT"}
 SCRIPT_NAMES = {"sd": "train_lcm_distill_lora_sd_wds.py", "sdxl": "train_lcm_distill_lora_sdxl.py",
                 "tcd_sd": "train_tcd_distill_lora_sd_wds.py", "tcd_sdxl": "train_tcd_distill_lora_sdxl.py",
                 "pcm_sd": "train_pcm_lora_sd15.py", "tscd_sd": "train_tscd_distill_lora_sd_wds.py",
-                "tscd_sdxl": "train_tscd_distill_lora_sdxl.py"}
+                "tscd_sdxl": "train_tscd_distill_lora_sdxl.py", "pcm_adv_sd": "train_pcm_lora_sd15_adv.py",
+                "pcm_adv_sdxl": "train_pcm_lora_sdxl_adv.py"}
 # rootonchair/consistency_models_distill tcd/*: the diffusers LoRA scripts with the TCD map and s draw
 # (and, in the SD one, without the boundary scalings); tscd/* likewise with the segmented s draw
 TCD_HELPERS = ("get_predicted_original_sample_tcd", "randint")
 # G-U-N/Phased-Consistency-Model code/text_to_image_sd15/train_pcm_lora_sd15.py
 PCM_HELPERS = ("DDIMSolver", "scalings_for_boundary_conditions_online", "scalings_for_boundary_conditions_target",
                "predicted_origin", "extract_into_tensor", "append_dims", "encode_prompt")
+# G-U-N/Phased-Consistency-Model's adversarial scripts: the discriminator module and the modified DDPM
+# scheduler (``noise_travel``) sit next to each script, which imports them by plain name
+PCM_ADV_MODULES = {"pcm_adv_sd": "discriminator_sd15.py", "pcm_adv_sdxl": "discriminator_sdxl.py"}
+PCM_ADV_DEFS = ("modified_forward", "DiscriminatorHead", "Discriminator")
 
 
 class ReferenceUnavailable(RuntimeError):
@@ -88,6 +101,12 @@ class ReferenceUnavailable(RuntimeError):
 def detect_script(source: str) -> str | None:
     """``"sd"`` / ``"sdxl"`` (diffusers LCM-LoRA) or ``"tcd_sd"`` / ``"tcd_sdxl"`` (rootonchair TCD-LoRA)
     from the script's content, ``None`` if it is none of these references."""
+    if "def main" in source and "from discriminator_sd" in source and "noise_travel" in source:  # PCM adversarial
+        if "def ddim_style_multiphase_pred" in source and "from discriminator_sd15 import" in source:
+            return "pcm_adv_sd"
+        if "def ddim_style_multiphase(" in source and "from discriminator_sdxl import" in source:
+            return "pcm_adv_sdxl"
+        return None
     if "def main" not in source or "accelerator.accumulate(unet)" not in source:
         return None
     if "def ddim_style_multiphase_pred" in source:  # PCM: only the SD 1.5 LoRA script is supported
@@ -156,7 +175,7 @@ def load_reference(path: Path | None = None, kind: str | None = None) -> tuple[d
     names = SDXL_HELPERS if sdxl else HELPERS
     if found.startswith(("tcd_", "tscd_")):  # the TCD/TSCD SD scripts drop the (unused) boundary scalings
         names = tuple(n for n in names if n != "scalings_for_boundary_conditions") + TCD_HELPERS
-    if found == "pcm_sd":
+    if found in ("pcm_sd", "pcm_adv_sd", "pcm_adv_sdxl"):
         names = PCM_HELPERS
     helpers = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names]
     missing = set(names) - {n.name for n in helpers}
@@ -205,7 +224,8 @@ class ReferenceTrainer:
                  w_max: float = 15.0, loss_type: str = "huber", huber_c: float = 0.001, num_ddim_timesteps: int = 50,
                  mixed_precision: str = "no", teacher_autocast: bool = True, device: str | None = None,
                  gradient_checkpointing: bool = False, weight_decay: float = 0.0, kind: str = "sd", phases: int = 4,
-                 solver_guidance: bool = True, stage_segments: str = "8,4,2,1", stage_steps: int = 1000):
+                 solver_guidance: bool = True, stage_segments: str = "8,4,2,1", stage_steps: int = 1000,
+                 adv_weight: float = 0.1, adv_lr: float = 1e-5):
         from accelerate import Accelerator
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from diffusers.optimization import get_scheduler
@@ -267,8 +287,31 @@ class ReferenceTrainer:
             # the reference: torch.autocast(accelerator.device.type) around the teacher passes (fp16 on CUDA, bf16 on CPU)
             autocast_ctx=torch.autocast(accelerator.device.type) if teacher_autocast else nullcontext(),
         )
+        if kind == "pcm_adv_sd":  # train_pcm_lora_sd15_adv.py main(): its scheduler, Discriminator(teacher_unet), optimizer
+            args.adv_weight, args.adv_lr, args.adam_weight_decay, args.adam_epsilon = adv_weight, adv_lr, weight_decay, 1e-8
+            self._setup_adversarial(kind, teacher_dir, teacher_unet, accelerator, args)
         self.accelerator = accelerator
         self.device = accelerator.device
+
+    def _setup_adversarial(self, kind, teacher_dir, teacher_unet, accelerator, args):
+        disc_ns, scheduler_cls = load_pcm_adversarial(reference_path(kind), kind)
+        noise_scheduler = scheduler_cls.from_pretrained(teacher_dir, subfolder="scheduler")  # with noise_travel
+        discriminator = disc_ns["Discriminator"](teacher_unet, adapter_channel_dims=discriminator_channels(teacher_unet, kind))
+        discriminator.unet.requires_grad_(False)
+        discriminator_params = []
+        for param in discriminator.heads.parameters():
+            param.requires_grad = True
+            discriminator_params.append(param)
+        # SD 1.5: --adam_weight_decay for the heads too; SDXL: a fixed 1e-3
+        weight_decay = args.adam_weight_decay if kind == "pcm_adv_sd" else 1e-3
+        optimizer_discriminator = torch.optim.AdamW(discriminator_params, lr=args.adv_lr, betas=(0.0, 0.999),
+                                                    weight_decay=weight_decay, eps=args.adam_epsilon)
+        discriminator, optimizer_discriminator = accelerator.prepare(discriminator, optimizer_discriminator)
+        self.recording_torch = RecordingTorch()
+        self.ns.update(noise_scheduler=noise_scheduler, discriminator=discriminator, torch=self.recording_torch,
+                       optimizer_discriminator=optimizer_discriminator,  # the SD 1.5 script's name
+                       discriminator_optimizer=optimizer_discriminator)  # the SDXL script's name
+        self.discriminator = accelerator.unwrap_model(discriminator)
 
     def set_global_step(self, step: int) -> None:
         """The optimizer step the next :meth:`step` runs as (TSCD's stage is ``global_step // stage_steps``;
@@ -278,6 +321,8 @@ class ReferenceTrainer:
     def step(self, images: torch.Tensor, captions: list[str]) -> dict:
         """Execute the reference's training-step block once; return its local variables."""
         self.ns["batch"] = (images, list(captions))
+        if "recording_torch" in self.__dict__:
+            self.recording_torch.draws.clear()
         exec(self.code, self.ns)
         return self.ns
 
@@ -385,3 +430,161 @@ def make_reference_trainer(kind: str, teacher_dir, *, rank: int, batch_size: int
         kwargs.pop("teacher_autocast", None)
         return ReferenceTrainerSDXL(teacher_dir, rank=rank, resolution=resolution, **kwargs)
     return ReferenceTrainer(teacher_dir, rank=rank, batch_size=batch_size, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PCM adversarial (``pcm_adv_sd`` / ``pcm_adv_sdxl``)
+
+class RecordingTorch(types.ModuleType):
+    """``torch`` as the executed block sees it, recording every ``torch.randn_like`` draw in order
+    (``draws``): the adversarial steps draw their transport noises that way, and the parity tests hand the
+    same numbers to our loss. Everything else is torch itself."""
+
+    def __init__(self):
+        super().__init__("torch")
+        self.draws: list[torch.Tensor] = []
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def randn_like(self, *args, **kwargs):
+        out = torch.randn_like(*args, **kwargs)
+        self.draws.append(out)
+        return out
+
+
+def discriminator_channels(unet, kind: str) -> list[int]:
+    """``adapter_channel_dims`` of the reference's ``Discriminator`` for ``unet``: the channels of the features
+    its ``modified_forward`` returns (down blocks, mid block and, in the SD 1.5 module, up blocks). The
+    reference's defaults are SD 1.5's / SDXL's full-size channels; the constructor takes others."""
+    channels = list(unet.config.block_out_channels)
+    out = channels + [channels[-1]]
+    return out + list(reversed(channels)) if kind == "pcm_adv_sd" else out
+
+
+def load_pcm_adversarial(path: Path, kind: str) -> tuple[dict, type]:
+    """(namespace with the discriminator module's ``modified_forward`` / ``DiscriminatorHead`` /
+    ``Discriminator``, the modified ``DDPMScheduler`` class), both from the script's own folder.
+
+    The discriminator module's top level cannot be imported with current diffusers: it imports
+    ``diffusers.models.unet_2d_condition`` (moved to ``diffusers.models.unets`` and removed in later
+    releases) for a ``__main__`` demo only. So, as for the scripts, its definitions are compiled from
+    its AST, unchanged, with the names they use (torch, nn, F, typing). ``scheduling_ddpm_modified.py``
+    imports as it is."""
+    import importlib.util
+    import typing
+
+    folder = path.parent
+    disc_path, sched_path = folder / PCM_ADV_MODULES[kind], folder / "scheduling_ddpm_modified.py"
+    for p in (disc_path, sched_path):
+        if not p.is_file():
+            raise ReferenceUnavailable(f"{p} not found: {SCRIPT_NAMES[kind]} imports it from its own folder (extract it next to the script)")
+    tree = ast.parse(disc_path.read_text(encoding="utf-8"))
+    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in PCM_ADV_DEFS]
+    missing = set(PCM_ADV_DEFS) - {n.name for n in defs}
+    if missing:
+        raise ReferenceUnavailable(f"{disc_path}: definitions not found: {sorted(missing)}")
+    ns = {"torch": torch, "nn": torch.nn, "F": F, "Union": typing.Union, "Optional": typing.Optional, "Dict": typing.Dict,
+          "Any": typing.Any, "Tuple": typing.Tuple, "__name__": "pcm_reference_discriminator"}
+    _compile_defs(defs, disc_path, ns)
+    spec = importlib.util.spec_from_file_location(f"pcm_reference_scheduling_{kind}", sched_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return ns, module.DDPMScheduler
+
+
+class ReferenceTrainerPcmSDXL(ReferenceTrainer):
+    """``train_pcm_lora_sdxl_adv.py`` (PCM's only SDXL script) around a tiny SDXL-type folder, set up as its
+    ``main()``: a separate frozen ``teacher_unet`` (also the discriminator's), ``get_peft_model`` on the student
+    with the script's targets and default alpha (peft's 8), the modified ``DDPMScheduler``, AdamW for the
+    student (betas 0.9/0.999, eps 1e-8) and for the heads (betas (0, 0.999), weight decay 1e-3),
+    ``compute_embeddings_fn`` = ``functools.partial(compute_embeddings, proportion_empty_prompts=0.0, ...)``.
+
+    One adaptation (documented): ``main()`` builds its unconditional embeddings as
+    ``torch.zeros(train_batch_size, 77, 2048)`` and ``torch.zeros(train_batch_size, 1280)`` (SDXL's full
+    sizes); here they are zeros of the tiny teacher's sizes (sequence length, hidden size, pooled size)."""
+
+    def __init__(self, teacher_dir, *, rank: int, batch_size: int, resolution: int, lr: float = 1e-4, w_min: float = 3.0,
+                 w_max: float = 15.0, loss_type: str = "huber", huber_c: float = 0.001, num_ddim_timesteps: int = 50,
+                 phases: int = 4, solver_guidance: bool = True, adv_weight: float = 0.1, adv_lr: float = 1e-5,
+                 lora_alpha: float | None = None, device: str | None = None, weight_decay: float = 0.0,
+                 kind: str = "pcm_adv_sdxl"):
+        from accelerate import Accelerator
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers.optimization import get_scheduler
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+        self.ns, self.code = load_reference(reference_path(kind), kind=kind)
+        teacher = os.fspath(teacher_dir)
+        cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+        accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision="no", cpu=cpu)
+        _, scheduler_cls = load_pcm_adversarial(reference_path(kind), kind)
+        noise_scheduler = scheduler_cls.from_pretrained(teacher, subfolder="scheduler")
+        alpha_schedule = torch.sqrt(noise_scheduler.alphas_cumprod)
+        sigma_schedule = torch.sqrt(1 - noise_scheduler.alphas_cumprod)
+        solver = self.ns["DDIMSolver"](noise_scheduler.alphas_cumprod.numpy(), timesteps=noise_scheduler.config.num_train_timesteps,
+                                       ddim_timesteps=num_ddim_timesteps)
+        tokenizer_one = AutoTokenizer.from_pretrained(teacher, subfolder="tokenizer", use_fast=False)
+        tokenizer_two = AutoTokenizer.from_pretrained(teacher, subfolder="tokenizer_2", use_fast=False)
+        # the script picks these classes from the configs' ``architectures`` (import_model_class_from_model_name_or_path)
+        text_encoder_one = CLIPTextModel.from_pretrained(teacher, subfolder="text_encoder")
+        text_encoder_two = CLIPTextModelWithProjection.from_pretrained(teacher, subfolder="text_encoder_2")
+        vae = AutoencoderKL.from_pretrained(teacher, subfolder="vae")
+        teacher_unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet")
+        vae.requires_grad_(False)
+        text_encoder_one.requires_grad_(False)
+        text_encoder_two.requires_grad_(False)
+        teacher_unet.requires_grad_(False)
+        unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet")
+        unet.train()
+        targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+                   "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]  # the script's list
+        lora_kwargs = {} if lora_alpha is None else {"lora_alpha": lora_alpha}
+        unet = get_peft_model(unet, LoraConfig(r=rank, target_modules=targets, lora_dropout=0.0, **lora_kwargs))
+        weight_dtype = torch.float32
+        vae.to(accelerator.device)
+        text_encoder_one.to(accelerator.device, dtype=weight_dtype)
+        text_encoder_two.to(accelerator.device, dtype=weight_dtype)
+        teacher_unet.to(accelerator.device)
+        alpha_schedule = alpha_schedule.to(accelerator.device)
+        sigma_schedule = sigma_schedule.to(accelerator.device)
+        solver = solver.to(accelerator.device)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-8)
+        lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0, num_training_steps=10**9)
+        args = types.SimpleNamespace(resolution=resolution, num_ddim_timesteps=num_ddim_timesteps, w_min=w_min, w_max=w_max,
+                                     loss_type=loss_type, huber_c=huber_c, max_grad_norm=1.0, multiphase=phases,
+                                     not_apply_cfg_solver=not solver_guidance, adv_weight=adv_weight, adv_lr=adv_lr,
+                                     adam_weight_decay=weight_decay, adam_epsilon=1e-8, pretrained_vae_model_name_or_path=None)
+        unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+        ns = self.ns
+        ns.update(args=args, accelerator=accelerator)  # compute_embeddings reads them
+        ns["compute_embeddings_fn"] = functools.partial(ns["compute_embeddings"], proportion_empty_prompts=0.0,
+                                                        text_encoders=[text_encoder_one, text_encoder_two],
+                                                        tokenizers=[tokenizer_one, tokenizer_two])
+        with torch.no_grad():  # the shapes of the tiny teacher's embeddings (class docstring)
+            probe = ns["compute_embeddings_fn"]([""], [torch.tensor([resolution]), torch.tensor([resolution])],
+                                                [torch.tensor([0]), torch.tensor([0])])
+        seq, hidden = probe["prompt_embeds"].shape[1:]
+        pooled = probe["text_embeds"].shape[1]
+        ns.update(accelerator=accelerator, unet=unet, teacher_unet=teacher_unet, vae=vae, weight_dtype=weight_dtype, args=args,
+                  noise_scheduler=noise_scheduler, solver=solver, alpha_schedule=alpha_schedule, sigma_schedule=sigma_schedule,
+                  optimizer=optimizer, lr_scheduler=lr_scheduler, global_step=0,
+                  uncond_prompt_embeds=torch.zeros(batch_size, seq, hidden).to(accelerator.device),
+                  uncond_pooled_prompt_embeds=torch.zeros(batch_size, pooled).to(accelerator.device))
+        self._setup_adversarial(kind, teacher, teacher_unet, accelerator, args)
+        self.accelerator = accelerator
+        self.device = accelerator.device
+        self.resolution = resolution
+
+    def step(self, images: torch.Tensor, captions: list[str]) -> dict:
+        """Execute the script's training-step block once on a batch as its data loader collates it
+        (``image, text, orig_size, crop_coords``: sizes and crops as two per-coordinate tensors; uncropped
+        images at the training resolution); return its local variables."""
+        n = images.shape[0]
+        size = torch.full((n,), self.resolution, dtype=torch.long)
+        zero = torch.zeros(n, dtype=torch.long)
+        self.ns["batch"] = (images.float(), list(captions), [size, size], [zero, zero])
+        self.recording_torch.draws.clear()
+        exec(self.code, self.ns)
+        return self.ns

@@ -1,0 +1,108 @@
+"""PCM on SDXL-type UNets against PCM's only SDXL script, G-U-N/Phased-Consistency-Model
+``code/text_to_image_sdxl/train_pcm_lora_sdxl_adv.py`` (``$PCM_ADV_SDXL_REFERENCE_SCRIPT``; never committed; extract
+it with ``discriminator_sdxl.py`` and ``scheduling_ddpm_modified.py`` of the same folder next to it), executed from its
+own source by ``benchmarks/trainer/reference_step.py`` (:class:`ReferenceTrainerPcmSDXL`, kind ``pcm_adv_sdxl``) on a
+tiny SDXL-type teacher (pooled text + time ids, two text encoders):
+
+* **the project's PCM SDXL parity**: with ``--adv_weight 0`` the script's generator step is its consistency loss alone
+  (``loss + 0·g_loss``; the zero-weighted G term adds exact zeros to the gradients); our plain ``lcd.objective: pcm``
+  loss (no adversarial term) must give that loss (rel 1e-5) and every LoRA gradient (rel 1e-4), with and without
+  solver guidance;
+* **the adversarial steps** (``--adv_weight 0.1``): the discriminator step (hinge loss, head gradients) and the generator
+  step (consistency + 0.1·G, LoRA gradients) as in ``test_train_reference_step_pcm_adv.py``, with the SDXL layout of
+  our discriminator (down + mid features, one 1×1-conv head each: ``discriminator_sdxl.py``).
+
+Adaptations (documented): ``main()`` builds all-zero unconditional embeddings with SDXL's full sizes (77 × 2048, 1280);
+the harness builds them at the tiny teacher's sizes. The script's LoRA has peft's default ``lora_alpha`` (8); the test
+gives it alpha = rank = 4 as ours (the LoRA's scale is set-up, not step code). The reference's heads use
+``GroupNorm(32, C)``: the tiny teacher has 32/64 channels.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from reference_step_support import GradTap, our_lcd_loss, pair_with_reference, reference_module
+from test_train_reference_step_pcm_adv import (ADV_WEIGHT, CAPTIONS, RESOLUTION, check_d_step, check_g_step, models,
+                                               our_side, randomness, rel, run_reference)
+
+VAR = "PCM_ADV_SDXL_REFERENCE_SCRIPT"
+needs_ref = pytest.mark.skipif(not os.environ.get(VAR), reason=f"{VAR} (G-U-N/Phased-Consistency-Model "
+                               "code/text_to_image_sdxl/train_pcm_lora_sdxl_adv.py, with discriminator_sdxl.py and "
+                               "scheduling_ddpm_modified.py next to it) not set: PCM SDXL parity NOT checked")
+
+
+def _pair(tmp_path, **kwargs):
+    from lcm_lora.training.tiny_models import build_tiny_teacher
+
+    torch.set_num_threads(1)
+    teacher_dir = build_tiny_teacher(tmp_path / "teacher", variant="sdxl", block_out_channels=(32, 64))
+    ref = reference_module().ReferenceTrainerPcmSDXL(teacher_dir, rank=4, batch_size=len(CAPTIONS), resolution=RESOLUTION,
+                                                     device="cpu", lora_alpha=4, phases=4, **kwargs)
+    ours, named, tap, images = pair_with_reference(ref, teacher_dir, len(CAPTIONS), RESOLUTION)
+    return ref, ours, named, tap, images
+
+
+def _conds(ref, ns):
+    extra = {k: v.float() for k, v in ns["encoded_text"].items()}
+    cond = {"encoder_hidden_states": ns["prompt_embeds"].float(), "added_cond_kwargs": extra}
+    uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"].float(),
+              "added_cond_kwargs": {**extra, "text_embeds": ref.ns["uncond_pooled_prompt_embeds"].float()}}
+    return cond, uncond
+
+
+@needs_ref
+@pytest.mark.parametrize("loss_type,solver_guidance", [("huber", True), ("l2", True), ("huber", False)])
+def test_pcm_sdxl_consistency_step_matches_the_reference_at_adv_weight_0(tmp_path, loss_type, solver_guidance):
+    from lcm_lora.training.ddim_solver import DDIMSolver
+    from lcm_lora.training.phased import pcm_end_timesteps
+
+    ref, ours, named, tap, images = _pair(tmp_path, loss_type=loss_type, solver_guidance=solver_guidance, adv_weight=0.0)
+    ref.ns["discriminator_optimizer"] = GradTap(ref.ns["discriminator_optimizer"], {}, apply=False)  # never stepped at G
+    solver = DDIMSolver(ours.alphas_cumprod, 50)
+    for seed in range(40):  # a draw with both kinds of target: a phase start (x_prev itself) and a real jump
+        ns, _ = run_reference(ref, images, CAPTIONS, 1, seed)
+        index, s = ns["index"].cpu(), ns["end_timesteps"].cpu()
+        _, t_n = solver.start_and_target_timesteps(index)
+        if bool((s == t_n).any()) and bool((s < t_n).any()):
+            break
+    else:
+        pytest.fail("no draw of 40 had both a phase-start index and another one")
+    assert float(ns["g_loss"].detach()) == 0.0
+    assert torch.equal(pcm_end_timesteps(index, solver, 4), s)  # ddim_style_multiphase's edges are ours
+    cond, uncond = _conds(ref, ns)
+    loss = our_lcd_loss(ours, ns, cond, uncond, loss_type, objective="pcm", solver_guidance=solver_guidance)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)
+    assert float(loss.detach()) == pytest.approx(float(ns["loss"].detach()), rel=1e-5)
+    worst = max((rel(p.grad, tap.grads[name]), name) for name, p in named.items())
+    assert worst[0] <= 1e-4, worst
+
+
+@needs_ref
+def test_pcm_adversarial_d_and_g_steps_match_the_sdxl_reference(tmp_path):
+    ref, ours, named, tap, images = _pair(tmp_path, loss_type="huber", solver_guidance=True, adv_weight=ADV_WEIGHT)
+    d_tap = GradTap(ref.ns["discriminator_optimizer"], dict(ref.discriminator.heads.named_parameters()), apply=False)
+    ref.ns["discriminator_optimizer"] = d_tap
+    student, teacher, off = models(ours)
+
+    ns, draws = run_reference(ref, images, CAPTIONS, 0, seed=5)  # D step: noise, then real's and fake's transport noise
+    assert len(draws) == 3 and torch.equal(draws[0], ns["noise"])
+    adv_loss, disc = our_side(ours, ref, "huber", True)
+    assert disc.layout == "sdxl" and len(disc.heads.heads) == 3 and disc.heads.heads_per_feature == 1
+    adv_rnd = randomness(ns, draws[2], draws[1], None)
+    cond, uncond = _conds(ref, ns)
+    check_d_step(ref, ours, d_tap, adv_loss, disc, ns, adv_rnd, cond, uncond, student, teacher, off)
+    ours.unet.zero_grad(set_to_none=True)
+
+    ns, draws = run_reference(ref, images, CAPTIONS, 1, seed=5)
+    adv_loss, disc = our_side(ours, ref, "huber", True)
+    adv_rnd = randomness(ns, draws[2], draws[1], None)
+    cond, uncond = _conds(ref, ns)
+    check_g_step(ours, named, tap, adv_loss, disc, ns, adv_rnd, cond, uncond, student, teacher, off)
+    with torch.no_grad():
+        rnd, adv = adv_rnd
+        model_pred, target_pred = adv_loss.lcd.predictions(student, teacher, student, ns["latents"].float(), cond, uncond, rnd)
+        fake, real = adv_loss.fake_and_real(model_pred, target_pred, ns["latents"].float(), rnd, adv, True)
+    assert rel(fake, ns["fake_gan"].detach().float()) <= 1e-5 and rel(real, ns["real_gan"].detach().float()) <= 1e-5
