@@ -49,13 +49,18 @@ def our_lcd_loss(ours, ns: dict, cond: dict, uncond: dict, loss_type: str, objec
     adapters-disabled teacher, as the LoRA reference scripts."""
     from lcm_lora.training.ddim_solver import DDIMSolver
     from lcm_lora.training.lcd_step import LcdLoss, LcdRandomness
-    from lcm_lora.training.student import adapters_disabled
-    from lcm_lora.training.teacher import unet_forward
 
     lcd = LcdLoss(DDIMSolver(ours.alphas_cumprod, 50), "epsilon", loss_type, 0.001, 10.0, objective, solver_guidance)
     tcd_s = ns["end_timesteps"].cpu() if objective != "lcm" else None
     rnd = LcdRandomness(ns["index"].cpu(), ns["noise"].float().cpu(), ns["w"].reshape(-1).float().cpu(), tcd_s)
-    unet = ours.unet.train()
+    student, teacher = student_and_teacher(ours.unet.train())
+    return lcd(student, teacher, student, ns["latents"].float(), cond, uncond, rnd)
+
+
+def student_and_teacher(unet):
+    """The LoRA student and the frozen teacher (the same UNet with its adapters disabled), as the trainer calls them."""
+    from lcm_lora.training.student import adapters_disabled
+    from lcm_lora.training.teacher import unet_forward
 
     def student(x, t, c):
         return unet_forward(unet, x, t, c)
@@ -64,7 +69,7 @@ def our_lcd_loss(ours, ns: dict, cond: dict, uncond: dict, loss_type: str, objec
         with adapters_disabled(unet):
             return unet_forward(unet, x, t, c)
 
-    return lcd(student, teacher, student, ns["latents"].float(), cond, uncond, rnd)
+    return student, teacher
 
 
 def tiny_reference_pair(tmp_path, captions: list, resolution: int, **reference_kwargs):

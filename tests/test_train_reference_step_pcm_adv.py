@@ -28,7 +28,7 @@ import warnings
 
 import pytest
 import torch
-from reference_step_support import GradTap, pair_with_reference, reference_module
+from reference_step_support import GradTap, pair_with_reference, reference_module, student_and_teacher
 
 VAR = "PCM_ADV_REFERENCE_SCRIPT"
 needs_ref = pytest.mark.skipif(not os.environ.get(VAR), reason=f"{VAR} (G-U-N/Phased-Consistency-Model "
@@ -80,17 +80,9 @@ def our_side(ours, ref, loss_type: str, solver_guidance: bool, real: str = "targ
 
 def models(ours):
     from lcm_lora.training.student import adapters_disabled
-    from lcm_lora.training.teacher import unet_forward
 
     unet = ours.unet.train()
-
-    def student(x, t, c):
-        return unet_forward(unet, x, t, c)
-
-    def teacher(x, t, c):
-        with adapters_disabled(unet):
-            return unet_forward(unet, x, t, c)
-
+    student, teacher = student_and_teacher(unet)
     return student, teacher, (lambda: adapters_disabled(unet))
 
 

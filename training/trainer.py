@@ -369,15 +369,7 @@ class TrainingSession:
         if self.discriminator is not None:
             return self._adversarial_step(step, accum)
         for micro in range(accum):
-            global_items = self.plan.next()
-            gen = torch.Generator().manual_seed(step_seed(cfg.train.seed, step, micro))
-            latents, cond, time_ids = self.data.build(global_items, self.rows, f"{cfg.train.seed}-{step}-{micro}", gen)
-            uncond = self.data.uncond(cfg.lcd.uncond, latents.shape[0], time_ids)
-            global_shape = (len(global_items), *latents.shape[1:])
-            rnd = sample_lcd_randomness(global_shape, cfg.lcd.num_ddim_timesteps, cfg.lcd.w_min, cfg.lcd.w_max, gen)
-            # s (tcd/pcm/tscd) is drawn after (i, ε, ω): LCM runs draw exactly what they drew before;
-            # TSCD's stage follows the global optimizer step, so resumed runs draw the same s
-            rnd.tcd_s = objective_end_timesteps(cfg.lcd, rnd.index, self.solver, step, gen, cfg.train.max_steps)
+            latents, cond, uncond, rnd, _, _ = self._micro_batch(step, micro)
             rnd = rnd.select(self.rows)
             with no_sync(self.model, micro == accum - 1):
                 loss = self.lcd(self._student, self._teacher, self._target, latents, cond, uncond, rnd, self.autocast)
@@ -388,17 +380,37 @@ class TrainingSession:
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             return loss_value
-        if cfg.optim.max_grad_norm > 0:
+        self._lora_update()
+        self.step_count += 1
+        return loss_value
+
+    def _micro_batch(self, step: int, micro: int):
+        """The global micro-batch of optimizer step ``step``: latents, cond, uncond, the LCD randomness (not yet
+        restricted to this process's rows), its generator and the global batch shape — seeded by step, so a
+        resumed run draws the same."""
+        cfg = self.cfg
+        global_items = self.plan.next()
+        gen = torch.Generator().manual_seed(step_seed(cfg.train.seed, step, micro))
+        latents, cond, time_ids = self.data.build(global_items, self.rows, f"{cfg.train.seed}-{step}-{micro}", gen)
+        uncond = self.data.uncond(cfg.lcd.uncond, latents.shape[0], time_ids)
+        global_shape = (len(global_items), *latents.shape[1:])
+        rnd = sample_lcd_randomness(global_shape, cfg.lcd.num_ddim_timesteps, cfg.lcd.w_min, cfg.lcd.w_max, gen)
+        # s (tcd/pcm/tscd) is drawn after (i, ε, ω): LCM runs draw exactly what they drew before;
+        # TSCD's stage follows the global optimizer step, so resumed runs draw the same s
+        rnd.tcd_s = objective_end_timesteps(cfg.lcd, rnd.index, self.solver, step, gen, cfg.train.max_steps)
+        return latents, cond, uncond, rnd, gen, global_shape
+
+    def _lora_update(self) -> None:
+        """Clip, step the LoRA's optimizer and LR schedule, clear gradients, update the EMA target."""
+        if self.cfg.optim.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update()
-        self.step_count += 1
-        return loss_value
 
     def _adversarial_step(self, step: int, accum: int) -> float:
         """One optimizer step with PCM's adversarial consistency loss (:mod:`.adversarial`): the discriminator's
@@ -409,13 +421,7 @@ class TrainingSession:
         d_step = is_discriminator_step(step)
         total = 0.0
         for micro in range(accum):
-            global_items = self.plan.next()
-            gen = torch.Generator().manual_seed(step_seed(cfg.train.seed, step, micro))
-            latents, cond, time_ids = self.data.build(global_items, self.rows, f"{cfg.train.seed}-{step}-{micro}", gen)
-            uncond = self.data.uncond(cfg.lcd.uncond, latents.shape[0], time_ids)
-            global_shape = (len(global_items), *latents.shape[1:])
-            rnd = sample_lcd_randomness(global_shape, cfg.lcd.num_ddim_timesteps, cfg.lcd.w_min, cfg.lcd.w_max, gen)
-            rnd.tcd_s = objective_end_timesteps(cfg.lcd, rnd.index, self.solver, step, gen, cfg.train.max_steps)
+            latents, cond, uncond, rnd, gen, global_shape = self._micro_batch(step, micro)
             adv = sample_adversarial_randomness(global_shape, rnd.tcd_s, cfg.lcd.phases, self.solver.num_train_timesteps, gen)
             rnd, adv = rnd.select(self.rows), adv.select(self.rows)
             models = (self._student, self._teacher, self._target, latents, cond, uncond, rnd, adv)
@@ -436,7 +442,7 @@ class TrainingSession:
             self.d_optimizer.zero_grad(set_to_none=True)
             return loss_value
         if d_step:
-            params = disc.parameters()
+            params = list(disc.parameters())  # used twice below: a list, not a one-shot generator
             if self.ctx.world > 1:  # the heads are not inside DDP: average their gradients by hand
                 for p in params:
                     if p.grad is not None:
@@ -448,15 +454,7 @@ class TrainingSession:
             self.d_scaler.update()
             self.d_optimizer.zero_grad(set_to_none=True)
         else:
-            if cfg.optim.max_grad_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.lr_scheduler.step()  # the reference steps its scheduler in the generator branch only
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update()
+            self._lora_update()  # the reference steps its scheduler in the generator branch only
         self.step_count += 1
         return loss_value
 
