@@ -176,3 +176,20 @@ def test_guided_validation_sample_is_affine_in_the_cfg(tmp_path, variant):
         guided = run(text, guidance=g, uncond=uncond)
         ref = r_u + g * (r_c - r_u)
         assert float((guided - ref).norm() / ref.norm()) < 1e-5, g
+
+
+def test_shipped_normal_cfg_config_is_pcm_sd15_without_solver_guidance():
+    """``configs/pcm_normal_cfg_sd15.yaml`` (the trainer panel lists it): ``pcm_sd15.yaml`` plus PCM's normal-CFG
+    recipe (``--not_apply_cfg_solver``, 10 % empty captions) and nothing else changed but the unused ω range;
+    its adapter recommends cfg 7.5 and records no ω range."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    guided, normal = load_config(configs / "pcm_sd15.yaml"), load_config(configs / "pcm_normal_cfg_sd15.yaml")
+    assert (normal.lcd.objective, normal.lcd.solver_guidance, normal.data.caption_dropout, normal.lcd.normal_cfg) == (
+        "pcm", False, 0.1, 7.5)
+    differ = {(section, key) for section in ("data", "lcd", "lora", "optim", "train", "validation", "output")
+              for key, value in vars(getattr(guided, section)).items() if getattr(getattr(normal, section), key) != value}
+    assert differ == {("data", "caption_dropout"), ("lcd", "solver_guidance"), ("lcd", "w_min"), ("lcd", "w_max")}
+    recipe = adapter_recipe(normal)
+    assert (recipe.objective, recipe.cfg, recipe.w_range, recipe.phases) == ("pcm", 7.5, None, 4)
