@@ -489,37 +489,31 @@ def style_experiment(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, tcd_a
             merged_adapters[f"style_lcm_{method}"] = merged
             add(f"merged ({method}) λ1={l1:g}, λ2={l2:g}, LCM", f"merged ({method}), LCM", "lcm", k,
                 lcm_fn(_unet_with(teacher.unet, [(merged, 1.0)])), extra={"merge_relative_error": err})
-        if tcd_adapter is not None:
-            gm = cfg.tcd_gamma
-            add(f"TCD adapter only (λ2={l2:g}), TCD γ {gm:g}", "TCD only", "tcd", k,
-                tcd_fn(_unet_with(teacher.unet, [(tcd_adapter, l2)]), tag=(float(l2),)))
-            add(f"TCD: style λ1={l1:g} + TCD λ2={l2:g} fused separately, TCD γ {gm:g}", "TCD fused separately", "tcd", k,
-                tcd_fn(_unet_with(teacher.unet, [(style_adapter, l1), (tcd_adapter, l2)])))
+
+        def adapter_rows(name: str, key: str, adapter, sample, how: str):
+            """The adapter alone, fused separately with the style LoRA, and merged (concat / SVD) with it."""
+            add(f"{name} adapter only (λ2={l2:g}), {how}", f"{name} only", key, k,
+                sample(_unet_with(teacher.unet, [(adapter, l2)]), tag=(float(l2),)))
+            add(f"{name}: style λ1={l1:g} + {name} λ2={l2:g} fused separately, {how}", f"{name} fused separately", key, k,
+                sample(_unet_with(teacher.unet, [(style_adapter, l1), (adapter, l2)])))
             for method in ("concat", "svd"):
-                merged, report = merge_adapters([style_adapter, tcd_adapter], [l1, l2], method=method, rank=cfg.svd_rank,
-                                                progress=False, names=["style", "tcd"])
+                merged, report = merge_adapters([style_adapter, adapter], [l1, l2], method=method, rank=cfg.svd_rank,
+                                                progress=False, names=["style", key])
                 err = float(report.total_relative_error)
-                merge_reports[f"tcd_{method}"] = {"total_relative_error": err, "rank": sorted(merged.ranks())}
-                merged_adapters[f"style_tcd_{method}"] = merged
-                add(f"TCD: merged ({method}) λ1={l1:g}, λ2={l2:g}, TCD γ {gm:g}", f"TCD merged ({method})", "tcd", k,
-                    tcd_fn(_unet_with(teacher.unet, [(merged, 1.0)])), extra={"merge_relative_error": err})
+                merge_reports[f"{key}_{method}"] = {"total_relative_error": err, "rank": sorted(merged.ranks())}
+                merged_adapters[f"style_{key}_{method}"] = merged
+                add(f"{name}: merged ({method}) λ1={l1:g}, λ2={l2:g}, {how}", f"{name} merged ({method})", key, k,
+                    sample(_unet_with(teacher.unet, [(merged, 1.0)])), extra={"merge_relative_error": err})
+
+        if tcd_adapter is not None:
+            adapter_rows("TCD", "tcd", tcd_adapter, lambda unet, tag=None: tcd_fn(unet, tag=tag), f"TCD γ {cfg.tcd_gamma:g}")
         if pcm_adapter is not None:  # same rows and forms as the TCD adapter's, on the PCM adapter's phase edges
             from .student_sampling import phased_recipe
             from .teacher_samplers import SAMPLER_LABELS
 
-            recipe, how = phased_recipe(pcm_adapter), SAMPLER_LABELS["pcm"]
-            add(f"PCM adapter only (λ2={l2:g}), {how}", "PCM only", "pcm", k,
-                pcm_fn(_unet_with(teacher.unet, [(pcm_adapter, l2)]), recipe, tag=(float(l2),)))
-            add(f"PCM: style λ1={l1:g} + PCM λ2={l2:g} fused separately, {how}", "PCM fused separately", "pcm", k,
-                pcm_fn(_unet_with(teacher.unet, [(style_adapter, l1), (pcm_adapter, l2)]), recipe))
-            for method in ("concat", "svd"):
-                merged, report = merge_adapters([style_adapter, pcm_adapter], [l1, l2], method=method, rank=cfg.svd_rank,
-                                                progress=False, names=["style", "pcm"])
-                err = float(report.total_relative_error)
-                merge_reports[f"pcm_{method}"] = {"total_relative_error": err, "rank": sorted(merged.ranks())}
-                merged_adapters[f"style_pcm_{method}"] = merged
-                add(f"PCM: merged ({method}) λ1={l1:g}, λ2={l2:g}, {how}", f"PCM merged ({method})", "pcm", k,
-                    pcm_fn(_unet_with(teacher.unet, [(merged, 1.0)]), recipe), extra={"merge_relative_error": err})
+            recipe = phased_recipe(pcm_adapter)
+            adapter_rows("PCM", "pcm", pcm_adapter, lambda unet, tag=None: pcm_fn(unet, recipe, tag=tag),
+                         SAMPLER_LABELS["pcm"])
 
     return style_rows, style_grids, merge_reports, merged_adapters
 

@@ -106,3 +106,17 @@ def pair_with_reference(ref, teacher_dir, batch: int, resolution: int):
     ref.ns["optimizer"] = tap
     images = torch.rand(batch, 3, resolution, resolution, generator=gen) * 2 - 1
     return ours, named, tap, images
+
+
+def first_draw_with_both_targets(draw, solver, tries: int = 40) -> dict:
+    """``draw(seed)`` (the reference step's namespace) for the first seed whose batch has both kinds of PCM target:
+    a phase start (the end point s is t_n itself, the target is x_prev) and a real jump (s < t_n)."""
+    import pytest
+
+    for seed in range(tries):
+        ns = draw(seed)
+        _, t_n = solver.start_and_target_timesteps(ns["index"].cpu())
+        s = ns["end_timesteps"].cpu()
+        if bool((s == t_n).any()) and bool((s < t_n).any()):
+            return ns
+    pytest.fail(f"no draw of {tries} had both a phase-start index and another one")

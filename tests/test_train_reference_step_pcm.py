@@ -26,7 +26,7 @@ import warnings
 
 import pytest
 import torch
-from reference_step_support import our_lcd_loss, reference_module, tiny_reference_pair
+from reference_step_support import first_draw_with_both_targets, our_lcd_loss, reference_module, tiny_reference_pair
 
 VAR = "PCM_REFERENCE_SCRIPT"
 needs_pcm = pytest.mark.skipif(not os.environ.get(VAR), reason=f"{VAR} (G-U-N/Phased-Consistency-Model "
@@ -86,17 +86,15 @@ def test_pcm_loss_and_gradients_match_the_sd15_reference_step(tmp_path, loss_typ
     ref, ours, named, tap, images = tiny_reference_pair(tmp_path, CAPTIONS, RESOLUTION, loss_type=loss_type, kind="pcm_sd",
                                                         phases=4, solver_guidance=solver_guidance)
     solver = DDIMSolver(ours.alphas_cumprod, 50)
-    for seed in range(40):  # the first draw with both kinds of target: a phase start (x_prev) and a real jump
+
+    def draw(seed):
         torch.manual_seed(seed)  # the reference draws latents, noise, index and ω from torch's global generator
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*CUDA is not available.*")  # its torch.autocast("cuda")
-            ns = ref.step(images, CAPTIONS)
-        index, s = ns["index"].cpu(), ns["end_timesteps"].cpu()
-        _, t_n = solver.start_and_target_timesteps(index)
-        if bool((s == t_n).any()) and bool((s < t_n).any()):
-            break
-    else:
-        pytest.fail("no draw of 40 had both a phase-start index and another one")
+            return ref.step(images, CAPTIONS)
+
+    ns = first_draw_with_both_targets(draw, solver)
+    index, s = ns["index"].cpu(), ns["end_timesteps"].cpu()
     ref_loss = float(ns["loss"].detach())
     ours_s = pcm_end_timesteps(index, solver, 4)
     assert torch.equal(ours_s, s)  # our rule gives the reference's s

@@ -23,7 +23,7 @@ import os
 
 import pytest
 import torch
-from reference_step_support import GradTap, our_lcd_loss, pair_with_reference, reference_module
+from reference_step_support import GradTap, first_draw_with_both_targets, our_lcd_loss, pair_with_reference, reference_module
 from test_train_reference_step_pcm_adv import (ADV_WEIGHT, CAPTIONS, RESOLUTION, check_d_step, check_g_step, models,
                                                our_side, randomness, rel, run_reference)
 
@@ -61,14 +61,8 @@ def test_pcm_sdxl_consistency_step_matches_the_reference_at_adv_weight_0(tmp_pat
     ref, ours, named, tap, images = _pair(tmp_path, loss_type=loss_type, solver_guidance=solver_guidance, adv_weight=0.0)
     ref.ns["discriminator_optimizer"] = GradTap(ref.ns["discriminator_optimizer"], {}, apply=False)  # never stepped at G
     solver = DDIMSolver(ours.alphas_cumprod, 50)
-    for seed in range(40):  # a draw with both kinds of target: a phase start (x_prev itself) and a real jump
-        ns, _ = run_reference(ref, images, CAPTIONS, 1, seed)
-        index, s = ns["index"].cpu(), ns["end_timesteps"].cpu()
-        _, t_n = solver.start_and_target_timesteps(index)
-        if bool((s == t_n).any()) and bool((s < t_n).any()):
-            break
-    else:
-        pytest.fail("no draw of 40 had both a phase-start index and another one")
+    ns = first_draw_with_both_targets(lambda seed: run_reference(ref, images, CAPTIONS, 1, seed)[0], solver)
+    index, s = ns["index"].cpu(), ns["end_timesteps"].cpu()
     assert float(ns["g_loss"].detach()) == 0.0
     assert torch.equal(pcm_end_timesteps(index, solver, 4), s)  # ddim_style_multiphase's edges are ours
     cond, uncond = _conds(ref, ns)

@@ -71,6 +71,24 @@ try {
     return window.comfyAPI?.app?.app?.graph && globalThis.LCMLoRA &&
       LiteGraph?.registered_node_types?.LCMAdapterMerge && LiteGraph.registered_node_types.KSampler;
   }, null, { timeout: 120000 });
+  // page-side helpers the graph cases below share (page.evaluate bodies cannot close over Node-side functions)
+  await page.evaluate(() => {
+    const L = () => globalThis.LCMLoRA;
+    window.__lcmCheck = {
+      problems: (id) => L().checkGraph().filter((w) => w.nodeId === id).flatMap((w) => w.problems),
+      messages: (id) => L().checkGraph().filter((w) => w.nodeId === id).map((w) => w.message),
+      set: (node, name, value) => {
+        const w = node.widgets.find((x) => x.name === name);
+        w.value = value;
+        w.callback?.(value);
+      },
+      // load an API workflow into the canvas and let the extension's checks settle
+      load: async (wf) => {
+        await window.comfyAPI.app.app.loadGraphData(wf, true, false, null);
+        await new Promise((r) => setTimeout(r, 200));
+      },
+    };
+  });
   result.extension_registered = await page.evaluate(() => {
     const app = window.comfyAPI.app.app;
     const names = (app.extensions ?? []).map((e) => e.name);
@@ -265,17 +283,10 @@ try {
     result.phased_case = await page.evaluate(async ({ wf, pcmLora }) => {
       const app = window.comfyAPI.app.app;
       const LiteGraph = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
-      await app.loadGraphData(wf, true, false, null);
-      await new Promise((r) => setTimeout(r, 200));
+      const { problems, messages, set, load } = window.__lcmCheck;
+      await load(wf);
       const graph = app.graph;
       const L = globalThis.LCMLoRA;
-      const problems = (id) => L.checkGraph().filter((w) => w.nodeId === id).flatMap((w) => w.problems);
-      const messages = (id) => L.checkGraph().filter((w) => w.nodeId === id).map((w) => w.message);
-      const set = (node, name, value) => {
-        const w = node.widgets.find((x) => x.name === name);
-        w.value = value;
-        w.callback?.(value);
-      };
       const find = (type) => graph._nodes.find((n) => n.type === type);
       const loader = find("LCMLoraLoader");
       const sched = find("LCMScheduler");
@@ -352,17 +363,10 @@ try {
     result.normal_cfg_case = await page.evaluate(async ({ wf, normalLora, normalLcmLora, recipeMetas }) => {
       const app = window.comfyAPI.app.app;
       const LiteGraph = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
-      await app.loadGraphData(wf, true, false, null);
-      await new Promise((r) => setTimeout(r, 200));
+      const { problems, messages, set } = window.__lcmCheck;
+      await window.__lcmCheck.load(wf);
       const graph = app.graph;
       const L = globalThis.LCMLoRA;
-      const problems = (id) => L.checkGraph().filter((w) => w.nodeId === id).flatMap((w) => w.problems);
-      const messages = (id) => L.checkGraph().filter((w) => w.nodeId === id).map((w) => w.message);
-      const set = (node, name, value) => {
-        const w = node.widgets.find((x) => x.name === name);
-        w.value = value;
-        w.callback?.(value);
-      };
       const load = async (loader, name) => {
         set(loader, "lora_name", name);
         L.adapterRecipe(name);

@@ -67,6 +67,38 @@ def saved_latent(output_dir: Path, result, node: str = "save") -> torch.Tensor:
     return load_file(str(path))["latent_tensor"]
 
 
+def copy_lora_with_metadata(loras_dir: Path, src: str, name: str, metadata: dict) -> str:
+    """Write ``src``'s tensors to ``loras_dir/name`` with its metadata updated by ``metadata`` (a fixture adapter
+    carrying a sampling recipe); returns ``name``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(Path(loras_dir) / src), "pt") as f:
+        meta = dict(f.metadata() or {})
+    meta.update(metadata)
+    out = Path(loras_dir) / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(load_file(str(Path(loras_dir) / src)), str(out), metadata=meta)
+    return name
+
+
+def sigmas_per_setup(ckpt: str, setups: dict) -> dict:
+    """One graph holding every set-up's nodes (ids prefixed by the set-up's name; ``["l", 0]`` refers to its own
+    loader) and, per set-up, BasicScheduler's sigmas of its model ("ms" if it has one, else "l") shown by
+    PreviewAny as ``<name>_show``: the model sampling each set-up ends with."""
+    import json
+
+    g = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
+    for name, nodes in setups.items():
+        model = "ms" if "ms" in nodes else "l"
+        for node_id, node in nodes.items():
+            g[f"{name}_{node_id}"] = json.loads(json.dumps(node).replace('["l", 0]', f'["{name}_l", 0]'))
+        g[f"{name}_sigmas"] = {"class_type": "BasicScheduler", "inputs": {
+            "model": [f"{name}_{model}", 0], "scheduler": "simple", "steps": 3, "denoise": 1.0}}
+        g[f"{name}_show"] = {"class_type": "PreviewAny", "inputs": {"source": [f"{name}_sigmas", 0]}}
+    return g
+
+
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))

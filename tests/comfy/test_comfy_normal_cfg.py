@@ -16,8 +16,6 @@ import math
 
 import numpy as np
 import pytest
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 import graphs as G
 from conftest import LCM_SD15, SD15_CKPT
@@ -34,15 +32,8 @@ def _write(comfy, name: str, overrides: list[str]) -> str:
     from lcm_lora.training.config import config_hash, load_config
     from lcm_lora.training.export import training_metadata
 
-    src = comfy.loras / LCM_SD15
-    with safe_open(str(src), "pt") as f:
-        meta = dict(f.metadata() or {})
     cfg = load_config({}, ["lcd.objective=pcm", *overrides])
-    meta.update(training_metadata("sd1", 4, 4.0, 600, config_hash(cfg), cfg))
-    out = comfy.loras / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(load_file(str(src)), str(out), metadata=meta)
-    return name
+    return G.copy_lora_with_metadata(comfy.loras, LCM_SD15, name, training_metadata("sd1", 4, 4.0, 600, config_hash(cfg), cfg))
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,12 @@ edge (TCD at γ 0) on ``lcm_core.phased_timesteps``.
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 import graphs as G
 from conftest import LCM_SD15, SD15_CKPT, STYLE_SD15, merge_node
@@ -45,15 +43,9 @@ SEED = 11
 def _write(comfy, name: str, objective: str, phases: int) -> str:
     from lcm_lora.lcm_core.sampling_recipe import recipe_for_objective
 
-    src = comfy.loras / LCM_SD15
-    with safe_open(str(src), "pt") as f:
-        meta = dict(f.metadata() or {})
-    meta.update(recipe_for_objective(objective, w_range=(3.0, 15.0), phases=phases).to_metadata())
+    meta = recipe_for_objective(objective, w_range=(3.0, 15.0), phases=phases).to_metadata()
     assert meta["lcm_lora.objective"] == objective and meta["lcm_lora.phases"] == str(phases)
-    out = comfy.loras / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(load_file(str(src)), str(out), metadata=meta)
-    return name
+    return G.copy_lora_with_metadata(comfy.loras, LCM_SD15, name, meta)
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +81,7 @@ def model_sampling(comfy, phased_loras) -> dict:
     }
     setups["ours_nometa_pcm"]["l"]["inputs"].update(sampling="pcm", phases=2)
     setups["ours_nometa_tscd"]["l"]["inputs"]["sampling"] = "tscd"  # no phases input: the default 4
-    g = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CKPT}}}
-    for name, nodes in setups.items():
-        model = ("ms", 0) if "ms" in nodes else ("l", 0)
-        for node_id, node in nodes.items():
-            node = json.loads(json.dumps(node).replace('["l", 0]', f'["{name}_l", 0]'))
-            g[f"{name}_{node_id}"] = node
-        g[f"{name}_sigmas"] = {"class_type": "BasicScheduler", "inputs": {
-            "model": [f"{name}_{model[0]}", 0], "scheduler": "simple", "steps": 3, "denoise": 1.0}}
-        g[f"{name}_show"] = {"class_type": "PreviewAny", "inputs": {"source": [f"{name}_sigmas", 0]}}
+    g = G.sigmas_per_setup(SD15_CKPT, setups)
     g["merge_save"] = {"class_type": "LCMAdapterSave", "inputs": {  # the merged adapter keeps the recipe
         "adapter": ["merge_pcm_l", 2], "filename_prefix": G.unique("phased/merged"), "dtype": "fp32"}}
     result = run(comfy, g)

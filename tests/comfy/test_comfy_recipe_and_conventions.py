@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 import comfy_harness as H
 import graphs as G
@@ -39,14 +38,8 @@ def tcd_lora(comfy) -> str:
     """The LCM fixture adapter's tensors with a TCD sampling recipe in its metadata."""
     from lcm_lora.lcm_core.sampling_recipe import recipe_for_objective
 
-    src = comfy.loras / LCM_SD15
-    with safe_open(str(src), "pt") as f:
-        meta = dict(f.metadata() or {})
-    meta.update(recipe_for_objective("tcd", w_range=(3.0, 15.0), steps=4, gamma=TCD_GAMMA).to_metadata())
-    out = comfy.loras / TCD_LORA
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(load_file(str(src)), str(out), metadata=meta)
-    return TCD_LORA
+    return G.copy_lora_with_metadata(comfy.loras, LCM_SD15, TCD_LORA, recipe_for_objective(
+        "tcd", w_range=(3.0, 15.0), steps=4, gamma=TCD_GAMMA).to_metadata())
 
 
 def _save(g: dict, src: str, prefix: str) -> dict:
@@ -77,15 +70,7 @@ def model_sampling(comfy, tcd_lora) -> dict:
     }
     setups["ours_nometa_tcd"]["l"]["inputs"]["sampling"] = "tcd"
     setups["ours_tcd_forced_lcm"]["l"]["inputs"]["sampling"] = "lcm"
-    g = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CKPT}}}
-    for name, nodes in setups.items():
-        model = ("ms", 0) if "ms" in nodes else ("l", 0)
-        for node_id, node in nodes.items():
-            node = json.loads(json.dumps(node).replace('["l", 0]', f'["{name}_l", 0]'))
-            g[f"{name}_{node_id}"] = node
-        g[f"{name}_sigmas"] = {"class_type": "BasicScheduler", "inputs": {
-            "model": [f"{name}_{model[0]}", 0], "scheduler": "simple", "steps": 3, "denoise": 1.0}}
-        g[f"{name}_show"] = {"class_type": "PreviewAny", "inputs": {"source": [f"{name}_sigmas", 0]}}
+    g = G.sigmas_per_setup(SD15_CKPT, setups)
     result = comfy.run(g)
     assert result.status == "success", f"{result.message()}\n{result.log[-3000:]}"
     out = {name: result.outputs[f"{name}_show"]["text"][0] for name in setups}
