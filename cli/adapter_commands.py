@@ -177,11 +177,23 @@ def _recipe_info(metadata) -> dict:
         return {"objective": None, "sampling_recipe": None}
     info = dataclasses.asdict(recipe)
     info["w_range"] = list(recipe.w_range) if recipe.w_range is not None else None
+    info["guidance_interval"] = _guidance_interval(metadata)
     try:  # pcm / tscd: the phased timesteps of the recommended step count (None for lcm / tcd)
         info["timesteps"] = recipe_timesteps(recipe, recipe.steps)
     except LcmLoraError:  # a step count the phases cannot be split into: metadata stays advisory
         info["timesteps"] = None
     return {"objective": recipe.objective, "sampling_recipe": info}
+
+
+def _guidance_interval(metadata) -> list[int] | None:
+    """The teacher timesteps ``[lo, hi]`` the trainer guided (``lcm_lora.guidance_interval``, ``lcd.guidance_interval``);
+    None when recorded as every timestep (the key is absent) or unreadable (metadata is advisory)."""
+    text = (metadata or {}).get("lcm_lora.guidance_interval")
+    try:
+        lo, hi = (int(v) for v in str(text).split(","))
+    except ValueError:
+        return None
+    return [lo, hi]
 
 
 def _adversarial_info(metadata) -> dict | None:
@@ -213,6 +225,8 @@ def _recipe_line(info: dict) -> str:
         parts.append(f"cfg {recipe['cfg']:g}")
     if recipe["w_range"] is not None:
         parts.append(f"w {recipe['w_range'][0]:g}-{recipe['w_range'][1]:g}")
+    if recipe.get("guidance_interval") is not None:
+        parts.append("guided on teacher timesteps {}-{}".format(*recipe["guidance_interval"]))
     return f"{recipe['objective']} ({', '.join(parts)})"
 
 

@@ -13,7 +13,9 @@ UNet evaluation.
 ``guidance_scale > 1`` with an ``uncond`` (negative) embedding runs real CFG
 (``ε = ε(neg) + g·(ε(cond) − ε(neg))``, two evaluations per step); ``cfg_steps = k`` limits it to the
 first k steps (the negative prompt shapes the layout while the noise is high; later steps cost one
-evaluation), so a run costs ``steps + k`` UNet evaluations.
+evaluation), so a run costs ``steps + k`` UNet evaluations. ``cfg_interval = (lo, hi)`` instead guides the
+steps whose timestep lies in ``[lo, hi]`` (guidance in a limited interval, Kynkäänniemi et al. 2024,
+arXiv 2404.07724): no guidance at the highest noise, where it costs diversity.
 """
 from __future__ import annotations
 
@@ -24,20 +26,22 @@ import torch
 from .teacher_samplers import SampleResult
 
 
-class _FirstStepsCfg:
-    """A k-diffusion denoiser that is ``guided`` for its first ``k`` calls and ``plain`` afterwards."""
+class _CfgOnSteps:
+    """A k-diffusion denoiser that is ``guided`` on the calls (steps) numbered in ``steps`` and ``plain`` otherwise."""
 
-    def __init__(self, guided, plain, k: int):
-        self.guided, self.plain, self.k, self.calls = guided, plain, int(k), 0
+    def __init__(self, guided, plain, steps: set[int]):
+        self.guided, self.plain, self.steps, self.calls = guided, plain, set(steps), 0
 
     def __call__(self, x, sigma, **kwargs):
-        fn = self.guided if self.calls < self.k else self.plain
+        fn = self.guided if self.calls in self.steps else self.plain
         self.calls += 1
         return fn(x, sigma, **kwargs)
 
 
-def _denoiser(unet, cond, uncond, guidance_scale: float, cfg_steps: int | None, boundary, steps: int):
-    """The denoiser and its UNet evaluations per image for ``steps`` steps."""
+def _denoiser(unet, cond, uncond, guidance_scale: float, cfg_steps: int | None, boundary, steps: int,
+              cfg_interval: tuple[int, int] | None = None, timesteps: list[int] | None = None):
+    """The denoiser and its UNet evaluations per image for ``steps`` steps (``timesteps``: the steps' own, needed
+    with ``cfg_interval``)."""
     from ..lcm_core.denoisers import unet_denoiser
 
     plain = unet_denoiser(unet, cond, boundary=boundary)
@@ -45,24 +49,29 @@ def _denoiser(unet, cond, uncond, guidance_scale: float, cfg_steps: int | None, 
         return plain, steps
     guided = unet_denoiser(unet, cond, boundary=boundary, negative_encoder_hidden_states=uncond,
                            guidance_scale=guidance_scale)
-    k = steps if cfg_steps is None else max(0, min(int(cfg_steps), steps))
-    if k >= steps:
+    if cfg_interval is not None:
+        on = {i for i, t in enumerate(timesteps[:steps]) if cfg_interval[0] <= int(t) <= cfg_interval[1]}
+    else:
+        on = set(range(steps if cfg_steps is None else max(0, min(int(cfg_steps), steps))))
+    if len(on) >= steps:
         return guided, 2 * steps
-    return _FirstStepsCfg(guided, plain, k), steps + k
+    return _CfgOnSteps(guided, plain, on), steps + len(on)
 
 
 @torch.no_grad()
 def sample_lcm_student(unet, cond: torch.Tensor, noise: torch.Tensor, steps: int, seed: int = 0,
                        original_inference_steps: int = 50, guidance_scale: float = 1.0,
-                       uncond: torch.Tensor | None = None, cfg_steps: int | None = None) -> SampleResult:
+                       uncond: torch.Tensor | None = None, cfg_steps: int | None = None,
+                       cfg_interval: tuple[int, int] | None = None) -> SampleResult:
     """LCM samples for per-image embeddings ``cond``; ``noise`` unit Gaussian (diffusers start:
     ``sample = noise``, i.e. ``x = noise·sqrt(1 + σ_max²)`` in sigma space)."""
     from ..lcm_core.sampling import sample_lcm
     from ..lcm_core.timesteps import lcm_timesteps, timesteps_to_sigmas
 
     start = time.perf_counter()
-    sigmas = timesteps_to_sigmas(lcm_timesteps(steps, original_inference_steps)).to(noise.device)
-    model, nfe = _denoiser(unet, cond, uncond, guidance_scale, cfg_steps, "diffusers", steps)
+    ts = lcm_timesteps(steps, original_inference_steps)
+    sigmas = timesteps_to_sigmas(ts).to(noise.device)
+    model, nfe = _denoiser(unet, cond, uncond, guidance_scale, cfg_steps, "diffusers", steps, cfg_interval, list(ts))
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5
     out = sample_lcm(model, x, sigmas, extra_args={"seed": seed}, disable=True)
     return SampleResult(images=out, nfe=nfe, seconds=time.perf_counter() - start)
@@ -71,7 +80,8 @@ def sample_lcm_student(unet, cond: torch.Tensor, noise: torch.Tensor, steps: int
 @torch.no_grad()
 def sample_tcd_student(unet, cond: torch.Tensor, noise: torch.Tensor, steps: int, gamma: float = 0.3, seed: int = 0,
                        guidance_scale: float = 1.0, uncond: torch.Tensor | None = None,
-                       cfg_steps: int | None = None, timesteps: list[int] | None = None) -> SampleResult:
+                       cfg_steps: int | None = None, timesteps: list[int] | None = None,
+                       cfg_interval: tuple[int, int] | None = None) -> SampleResult:
     """TCD samples (γ = ``gamma``; diffusers ``TCDScheduler`` timesteps on the 50-step grid, or the given
     ``timesteps`` (a phased adapter's, ``lcm_core.phased_timesteps``), plain ε model sampling,
     diffusers' final step) for per-image embeddings ``cond``."""
@@ -79,8 +89,9 @@ def sample_tcd_student(unet, cond: torch.Tensor, noise: torch.Tensor, steps: int
     from ..lcm_core.timesteps import tcd_timesteps, timesteps_to_sigmas
 
     start = time.perf_counter()
-    sigmas = timesteps_to_sigmas(tcd_timesteps(steps) if timesteps is None else timesteps).to(noise.device)
-    model, nfe = _denoiser(unet, cond, uncond, guidance_scale, cfg_steps, None, steps)
+    ts = tcd_timesteps(steps) if timesteps is None else timesteps
+    sigmas = timesteps_to_sigmas(ts).to(noise.device)
+    model, nfe = _denoiser(unet, cond, uncond, guidance_scale, cfg_steps, None, steps, cfg_interval, list(ts))
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5
     out = sample_tcd(model, x, sigmas, extra_args={"seed": seed}, disable=True, gamma=gamma)
     return SampleResult(images=out, nfe=nfe, seconds=time.perf_counter() - start)

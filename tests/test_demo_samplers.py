@@ -140,6 +140,30 @@ def test_cfg_on_the_first_steps_only(which):
     torch.testing.assert_close(off.images, plain.images)
 
 
+@pytest.mark.parametrize("which", ["lcm", "tcd"])
+def test_cfg_interval_guides_the_steps_whose_timestep_is_inside(which):
+    """cfg_interval = (lo, hi): real CFG on the steps at timesteps in [lo, hi] only (4 steps: LCM 999/759/499/259,
+    TCD 999/759/499/259 on its 50-grid); (700, 999) is cfg_steps = 2, (0, 600) guides the last two steps."""
+    from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
+
+    fn = sample_lcm_student if which == "lcm" else sample_tcd_student
+    g = torch.Generator().manual_seed(2)
+    x_c = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    x_u = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    noise = torch.randn(2, 1, 4, 4, generator=g)
+    tol = dict(atol=1e-4, rtol=1e-4) if which == "lcm" else dict(atol=0.15, rtol=0)
+    first = fn(PointMassUnet(), _emb(x_c), noise, 4, guidance_scale=2.0, uncond=_emb(x_u), cfg_steps=2)
+    early = fn(PointMassUnet(), _emb(x_c), noise, 4, guidance_scale=2.0, uncond=_emb(x_u), cfg_interval=(700, 999))
+    assert early.nfe == 6
+    torch.testing.assert_close(early.images, first.images, rtol=0, atol=0)
+    unet = PointMassUnet()
+    late = fn(unet, _emb(x_c), noise, 4, guidance_scale=2.0, uncond=_emb(x_u), cfg_interval=(0, 600))
+    assert late.nfe == 6 and unet.calls == 4
+    torch.testing.assert_close(late.images, x_u + 2.0 * (x_c - x_u), **tol)  # the last (guided) step decides
+    every = fn(PointMassUnet(), _emb(x_c), noise, 4, guidance_scale=2.0, uncond=_emb(x_u), cfg_interval=(0, 999))
+    assert every.nfe == 8
+
+
 def test_sampler_noise_stream_is_independent_of_the_plan_noise():
     """A sampler re-noising from a generator seeded like the plan would re-inject the initial noise
     (the bug behind TCD's γ 0.3 dip, demo/README.md); run.sampler_seed keeps the streams apart."""

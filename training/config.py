@@ -147,6 +147,11 @@ class LcdSection:
     normal_cfg: float = _f(7.5, kind="float", doc="solver_guidance false only: the cfg the adapter's metadata recommends "
                            "(lcm_lora.recommended_cfg; > 1, two UNet evaluations per step): the teacher's own usual cfg "
                            "(7.5 = PCM's SD1.5 demo; SDXL checkpoints often 5-7). Metadata only: not part of the config hash")
+    guidance_interval: list = _f([0, 999], kind="intlist", minimum=0,
+                                 doc="[lo, hi]: the teacher's solver step is guided (ω) only where its start timestep t_n+k is "
+                                 "in [lo, hi], unguided elsewhere (guidance in a limited interval, Kynkaanniemi et al. 2024, "
+                                 "arXiv 2404.07724: keeps CFG's prompt fidelity without its loss of diversity at high noise); "
+                                 "[0, 999] = every step, as the references")
     adversarial_weight: float = _f(0.0, minimum=0.0, kind="float",
                                    doc="objective pcm: weight of PCM's adversarial consistency loss (its *_adv.py scripts, "
                                    "--adv_weight 0.1; training/adversarial.py); 0 = off. A discriminator (frozen teacher UNet + "
@@ -530,11 +535,12 @@ OBJECTIVE_ONLY_KEYS = {"tcd": TCD_ONLY_KEYS, "pcm": PCM_ONLY_KEYS, "tscd": TSCD_
 # keys added after the first release whose default keeps the trajectory of older runs: left out of the
 # trajectory dict while at their default, so the config hash of those runs does not change
 _TRAJECTORY_DEFAULT_DROPPED = {"solver_guidance": True, "adversarial_weight": 0.0, "adversarial_lr": 1e-5,
-                               "adversarial_real": "target"}
+                               "adversarial_real": "target", "guidance_interval": [0, 999]}
 # keys that only apply with the adversarial loss on (lcd.adversarial_weight > 0), with their defaults
 ADVERSARIAL_ONLY_KEYS = {"adversarial_lr": 1e-5, "adversarial_real": "target"}
 ADVERSARIAL_OBJECTIVES = ("pcm",)  # the adversarial timestep range [s, s + T/phases) is PCM's phase
 NUM_TRAIN_TIMESTEPS = 1000  # the SD/SDXL schedules (the trainer checks the teacher's own count again)
+GUIDANCE_INTERVAL_ALL = [0, NUM_TRAIN_TIMESTEPS - 1]  # lcd.guidance_interval's default: guidance at every timestep
 
 
 def tscd_stage_steps(lcd, max_steps: int) -> int:
@@ -560,6 +566,7 @@ def _validate_objective(cfg: TrainConfig) -> None:
             raise ConfigError(src, "key 'lcd.timestep_scaling' applies to 'lcd.objective: lcm' only (the "
                               f"{lcd.objective} map has no boundary scalings); remove it or set lcd.objective=lcm")
     _validate_normal_cfg(cfg)
+    _validate_guidance_interval(cfg)
     if lcd.objective == "pcm" and lcd.phases > lcd.num_ddim_timesteps:
         raise ConfigError(src, f"key 'lcd.phases' ({lcd.phases}) must not exceed 'lcd.num_ddim_timesteps' "
                           f"({lcd.num_ddim_timesteps}): each phase needs at least one solver step")
@@ -605,6 +612,24 @@ def _validate_normal_cfg(cfg: TrainConfig) -> None:
     if not math.isfinite(lcd.normal_cfg) or lcd.normal_cfg <= 1.0:
         raise ConfigError(src, f"key 'lcd.normal_cfg' must be a finite cfg > 1 (the teacher's usual cfg; at 1 the "
                           f"adapter samples without guidance), got {lcd.normal_cfg}")
+
+
+def _validate_guidance_interval(cfg: TrainConfig) -> None:
+    """``lcd.guidance_interval`` is ``[lo, hi]`` with ``0 <= lo <= hi <= 999`` and needs the guided solver step."""
+    src, lcd = cfg.source, cfg.lcd
+    iv = list(lcd.guidance_interval)
+    if len(iv) != 2 or not 0 <= iv[0] <= iv[1] <= NUM_TRAIN_TIMESTEPS - 1:
+        raise ConfigError(src, f"key 'lcd.guidance_interval' must be [lo, hi] timesteps with 0 <= lo <= hi <= "
+                          f"{NUM_TRAIN_TIMESTEPS - 1} (e.g. [200, 700]), got {iv}")
+    if iv != GUIDANCE_INTERVAL_ALL and not lcd.solver_guidance:
+        raise ConfigError(src, "key 'lcd.guidance_interval' limits the guidance of the teacher's solver step, which "
+                          "'lcd.solver_guidance: false' turns off; remove one of them")
+
+
+def guidance_interval(lcd) -> tuple[int, int] | None:
+    """``lcd.guidance_interval`` as the loss takes it: ``None`` when it covers every timestep (the default)."""
+    iv = [int(v) for v in lcd.guidance_interval]
+    return None if iv == GUIDANCE_INTERVAL_ALL else (iv[0], iv[1])
 
 
 def bitsandbytes_usable(device: str = "auto") -> tuple[bool, str]:

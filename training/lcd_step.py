@@ -34,6 +34,12 @@ t_n (Hyper-SD's TSCD); s is again ``LcdRandomness.tcd_s``.
 CFG" recipe): the teacher's DDIM step uses the conditional prediction only (one teacher pass of B
 instead of 2B); ω is still drawn (the stream of draws is unchanged) but not used.
 
+``guidance_interval=(lo, hi)`` (``lcd.guidance_interval``; Kynkäänniemi et al. 2024, "Applying Guidance in a
+Limited Interval Improves Sample and Distribution Quality in Diffusion Models", arXiv 2404.07724): the teacher's
+step is guided only where its start timestep ``t_{n+k}`` lies in ``[lo, hi]`` (ω → 0 elsewhere: the conditional
+prediction alone), so the adapter distils a teacher that keeps CFG's class fidelity without its loss of diversity
+at high noise. ``None`` (the default) guides every step, as the references do.
+
 Models are callables ``model(x, t, cond) -> raw network output`` (ε, v or x0 per
 ``prediction_type``); ``cond`` is whatever the model needs (a dict of UNet kwargs here), so the
 same loss drives the tiny closed-form tests and the real UNet.
@@ -118,11 +124,13 @@ class LcdLoss:
         timestep_scaling: float = 10.0,
         objective: str = "lcm",
         solver_guidance: bool = True,
+        guidance_interval: tuple[int, int] | None = None,
     ):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.solver = solver
         self.solver_guidance = solver_guidance
+        self.guidance_interval = guidance_interval
         self.prediction_type = prediction_type
         self.loss = loss
         self.huber_c = huber_c
@@ -160,6 +168,9 @@ class LcdLoss:
         both_t = torch.cat([start_t, start_t])
         x0 = self.solver.predicted_x0(raw, both_t, both_x, self.prediction_type)
         eps = self.solver.predicted_eps(raw, both_t, both_x, self.prediction_type)
+        if self.guidance_interval is not None:  # ω only where t_{n+k} is in the interval (arXiv 2404.07724)
+            lo, hi = self.guidance_interval
+            w = w.to(start_t.device) * ((start_t >= lo) & (start_t <= hi)).to(torch.float32)
         w = w.reshape(batch, *((1,) * (noisy.ndim - 1)))
         x0_c, x0_u = x0[:batch], x0[batch:]
         eps_c, eps_u = eps[:batch], eps[batch:]

@@ -43,7 +43,7 @@ from ..lcm_core.errors import ConfigError, LcmLoraError, OutputExistsError
 from . import checkpoint as ckpt
 from .batch_plan import BatchPlan
 from .batches import TrainingData
-from .config import TrainConfig, config_hash, dump_config, require_inputs, trajectory_dict
+from .config import TrainConfig, config_hash, dump_config, guidance_interval, require_inputs, trajectory_dict
 from .ddim_solver import DDIMSolver
 from .distributed import DistContext, init_distributed, no_sync, wrap_ddp
 from .ema import LoraEma
@@ -239,7 +239,7 @@ class TrainingSession:
 
         self.solver = DDIMSolver(teacher.alphas_cumprod, cfg.lcd.num_ddim_timesteps).to(device)
         self.lcd = LcdLoss(self.solver, teacher.prediction_type, cfg.lcd.loss, cfg.lcd.huber_c, cfg.lcd.timestep_scaling,
-                           cfg.lcd.objective, cfg.lcd.solver_guidance)
+                           cfg.lcd.objective, cfg.lcd.solver_guidance, guidance_interval(cfg.lcd))
         if cfg.lcd.objective == "tscd":
             bad = [k for k in cfg.lcd.tscd_segments if self.solver.num_train_timesteps % k]
             if bad:

@@ -31,7 +31,8 @@ def fmt(r: dict) -> str:
     if r.get("schedule", "tcd") != "tcd":
         tags.append(f"{r['schedule'].upper()} {r['phases']}-phase timesteps")
     if r.get("cfg", 1.0) != 1.0:
-        guided = f"first {r['cfg_steps']} steps" if r.get("cfg_steps") else "every step"
+        guided = (f"first {r['cfg_steps']} steps" if r.get("cfg_steps") else
+                  "steps at t in [{}, {}]".format(*r["cfg_interval"]) if r.get("cfg_interval") else "every step")
         tags.append(f"real CFG {r['cfg']:g} on {guided}: {t4['nfe']} evaluations at 4 steps")
     if r.get("lcm_overrides"):
         tags.append("LCM-LoRA with " + " ".join(r["lcm_overrides"]))
@@ -54,7 +55,8 @@ def main():
     last = {}
     for line in open(sys.argv[1], encoding="utf-8"):
         r = json.loads(line)
-        last[(r["recipe"], r["gamma"], r.get("schedule", "tcd"), r.get("cfg", 1.0), r.get("cfg_steps"))] = r
+        last[(r["recipe"], r["gamma"], r.get("schedule", "tcd"), r.get("cfg", 1.0), r.get("cfg_steps"),
+              tuple(r.get("cfg_interval") or ()))] = r
     print("| recipe | overrides on the demo's TCD ones | steps | train s | (a) TCD-4 FD±s.e. (γ 0.3 unless named) vs LCM-4; accuracy vs "
           "teacher | (b) FD 8 / 16 steps | (c) merge style / accuracy (ref. 0.831 / 1.000) | (d) n 300: FD on fine-tune vs "
           "its DDIM-8 | (d) n 1000 | γ 0: FD / acc / merge style | γ 0.5: FD / acc |")

@@ -231,7 +231,8 @@ class Bench:
         return adapter, sec
 
     def evaluate(self, adapter_path: Path, lcm_row: dict, gamma: float = 0.3, gammas=(0.0, 0.3, 0.5),
-                 schedule: str = "tcd", phases: int = 4, cfg_scale: float = 1.0, cfg_steps: int | None = None) -> dict:
+                 schedule: str = "tcd", phases: int = 4, cfg_scale: float = 1.0, cfg_steps: int | None = None,
+                 cfg_interval: tuple[int, int] | None = None) -> dict:
         """``cfg_scale`` > 1: the adapter is sampled with real classifier-free guidance (the student's own
         unconditional branch; ``cfg_steps``: only on the first steps) — for adapters distilled without
         guidance in the solver (``lcd.solver_guidance=false``, PCM's "normal CFG" recipe)."""
@@ -245,7 +246,7 @@ class Bench:
             return lambda sl, k: sample_tcd_student(unet, cond[sl], plan.noise[sl], k, gamma=gm,
                                                     seed=sampler_seed(cfg.seed + sl.start), timesteps=ts(k),
                                                     guidance_scale=cfg_scale, uncond=uncond[sl] if guided else None,
-                                                    cfg_steps=cfg_steps)
+                                                    cfg_steps=cfg_steps, cfg_interval=cfg_interval)
 
         student = _unet_with(t.unet, [(tcd, 1.0)])
         rows = list(self.refs["rows"]) + [lcm_row]
@@ -281,7 +282,8 @@ class Bench:
             acond, auncond = t.embed(aplan.labels)
             res = sample_tcd_student(_unet_with(self.ft, [(tcd, 1.0)]), acond, aplan.noise, cfg.accel_steps,
                                      gamma=gamma, seed=sampler_seed(cfg.seed), timesteps=ts(cfg.accel_steps),
-                                     guidance_scale=cfg_scale, uncond=auncond if guided else None, cfg_steps=cfg_steps)
+                                     guidance_scale=cfg_scale, uncond=auncond if guided else None, cfg_steps=cfg_steps,
+                                     cfg_interval=cfg_interval)
             row = self._accel_row(f"fine-tune + TCD adapter, TCD {cfg.accel_steps} steps", "tcd", "tcd",
                                   cfg.accel_steps, res.images, aplan.labels, a["ref_stats"], n)
             acc = {"rows": a["rows"] + [row], "reference_steps": cfg.accel_reference_steps}
@@ -322,6 +324,8 @@ def main():
                     help="sample the adapter with real CFG at this scale (2 evaluations per guided step), e.g. for "
                          "an adapter trained with lcd.solver_guidance=false")
     ap.add_argument("--cfg-steps", type=int, default=None, help="with --cfg: guide only the first N steps")
+    ap.add_argument("--cfg-interval", default=None, metavar="LO,HI",
+                    help="with --cfg: guide only the steps whose timestep is in [LO, HI] (arXiv 2404.07724)")
     ap.add_argument("--lcm-steps", type=int, default=0,
                     help="goal (a)'s LCM-LoRA: 0 = the cache's; N = train one with train.max_steps=N (the demo's LCM overrides)")
     ap.add_argument("--lcm-override", action="append", default=[], metavar="KEY=VALUE",
@@ -347,13 +351,14 @@ def main():
         lcm_path, lcm_sec = _one(a.cache, "lcm-*/lcm_lora.safetensors"), None
         lcm = b.lcm_row(lcm_path, "cache")
     t0 = time.perf_counter()
+    interval = tuple(int(v) for v in a.cfg_interval.split(",")) if a.cfg_interval else None
     res = b.evaluate(path, lcm, gamma=a.gamma, schedule=a.schedule, phases=a.phases, cfg_scale=a.cfg,
-                     cfg_steps=a.cfg_steps)
+                     cfg_steps=a.cfg_steps, cfg_interval=interval)
     res["lcm_accel"] = b.lcm_accel(lcm_path, lcm_tag if a.lcm_steps else "cache")
     out = {"recipe": a.recipe + (" [goal (d) on the base teacher]" if a.base_as_finetune else ""), "overrides": a.overrides, "train_seconds": sec, "lcm_steps": a.lcm_steps or None, "lcm_overrides": a.lcm_override, "lcm_train_seconds": lcm_sec, "eval_seconds": round(time.perf_counter() - t0, 1),
            "load": _load_avg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n": a.n, "gamma": a.gamma,
            "schedule": a.schedule, "phases": a.phases if a.schedule != "tcd" else None,
-           "cfg": a.cfg, "cfg_steps": a.cfg_steps, **res}
+           "cfg": a.cfg, "cfg_steps": a.cfg_steps, "cfg_interval": interval, **res}
     line = json.dumps(out)
     print(line, flush=True)
     with open(a.work / "results.jsonl", "a", encoding="utf-8") as f:
