@@ -152,3 +152,34 @@ def test_schema_and_inspect_show_the_interval(tmp_path, capsys):
     assert "cfg 1, w 3-15, guided on teacher timesteps 200-700)" in capsys.readouterr().out
     assert main(["inspect", "--json", "--allow-unknown-arch", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["sampling_recipe"]["guidance_interval"] == [200, 700]
+
+
+def test_trainer_run_with_an_interval_that_guides_no_step_equals_omega_zero(tmp_path):
+    """End to end through ``training.train`` on the tiny teacher: an interval holding no solver timestep
+    ([0, 0]; the 50-grid starts at 19) gives the losses of ω = 0 exactly, and differs from guiding every step;
+    the adapter records the interval."""
+    from pathlib import Path
+
+    from lcm_lora.lcm_core.lora import read_adapter
+    from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
+    from lcm_lora.training.trainer import train
+
+    torch.set_num_threads(1)
+    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
+    data = write_tiny_dataset(tmp_path / "data", n=8, size=16)
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    over = [f"teacher={teacher}", f"data={data}", "batch_size=4", "lora.rank=4", "lora.alpha=4", "validation.every=0",
+            "checkpoint.every=0", "logging.progress=false", f"data.cache_dir={tmp_path / 'cache'}", "max_steps=3",
+            "lcd.w_min=2", "lcd.w_max=4"]
+
+    def losses(name, *extra):
+        res = train(tiny, tmp_path / name, overrides=[*over, *extra], progress=False)
+        rows = (tmp_path / name / "metrics.csv").read_text().splitlines()[1:]
+        return res, [float(r.split(",")[1]) for r in rows]
+
+    res, none = losses("none", "lcd.guidance_interval=[0,0]")
+    _, zero = losses("zero", "lcd.w_min=0", "lcd.w_max=0")
+    _, every = losses("every")
+    assert len(none) == 3 and none == zero, (none, zero)
+    assert none != every
+    assert read_adapter(res.adapter_path).metadata["lcm_lora.guidance_interval"] == "0,0"
