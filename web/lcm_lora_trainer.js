@@ -142,7 +142,8 @@ function formView() {
 
 // Fields that belong to some configs only (normal_cfg: configs with lcd.solver_guidance false) are shown and
 // enabled for those; hidden ones keep what was typed but are not sent (readForm skips disabled inputs), so a
-// guided config never gets the key and keeps its config hash. The placeholder is the chosen config's value.
+// guided config never gets the key (the trainer refuses it there) and runs as shipped. The placeholder is the
+// chosen config's value (empty = that value).
 function syncConfigFields(form) {
   const config = form.querySelector("[data-field=config]")?.value;
   const cfgs = state.options?.normal_cfg_configs ?? {};
