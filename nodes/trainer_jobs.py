@@ -46,7 +46,8 @@ from typing import Any, Callable
 from ..lcm_core.atomic_write import atomic_file
 from ..lcm_core.errors import ConfigError, LcmLoraError, OutputExistsError
 from ..lcm_core.safe_names import check_folder_links, is_inside, name_in_root, resolve_in_roots, safe_output_path, walk_confined
-from .trainer_requests import JOB_ID, RequestError, StartRequest, check_job_id, job_config, override_schema, parse_start_request
+from .trainer_requests import (JOB_ID, RequestError, StartRequest, check_job_id, job_config, normal_cfg_configs, override_schema,
+                               parse_start_request)
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 LAUNCHER = Path(__file__).resolve().parent / "trainer_launch.py"
@@ -275,8 +276,11 @@ class JobManager:
 
     def options(self) -> dict:
         f = self.folders
+        configs = self.configs()
         return {
-            "configs": self.configs(),
+            "configs": configs,
+            # configs with lcd.solver_guidance false → their lcd.normal_cfg (the panel's cfg field)
+            "normal_cfg_configs": normal_cfg_configs([self.pack_dir / "configs" / c for c in configs]),
             "teachers": [{"type": "checkpoint", "name": n} for n in f.list_checkpoints()]
                         + [{"type": "diffusers", "name": n} for n in f.list_diffusers()],
             "data_folders": f.list_data_folders(),

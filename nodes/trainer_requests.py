@@ -85,7 +85,9 @@ def parse_start_request(body: Any) -> StartRequest:
     """Type-check a start request body (a decoded JSON object); :class:`RequestError` 400 otherwise.
 
     The overrides are checked against the trainer's schema with its defaults here (early, before any
-    file is resolved); :func:`job_config` checks them again on the chosen config."""
+    file is resolved); :func:`job_config` checks them again on the chosen config. ``normal_cfg`` belongs to
+    configs with ``lcd.solver_guidance: false``: it is checked early on the defaults with that setting,
+    and :func:`job_config` refuses it (the trainer's message naming ``lcd.normal_cfg``) for a guided config."""
     if not isinstance(body, dict):
         raise RequestError("request body", f"must be a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - START_KEYS)
@@ -116,8 +118,11 @@ def parse_start_request(body: Any) -> StartRequest:
         prompts = [_check_prompt(p, f"prompts[{i}]") for i, p in enumerate(value)]
     overrides = body.get("overrides")
     overrides = {} if overrides is None else overrides
+    early = TrainConfig(source="overrides")
+    if isinstance(overrides, dict) and "normal_cfg" in overrides:
+        early.lcd.solver_guidance = False  # whether the chosen config is a normal-CFG one: job_config
     try:
-        apply_panel_overrides(TrainConfig(source="overrides"), overrides)
+        apply_panel_overrides(early, overrides)
     except ConfigError as e:
         raise RequestError.of(e) from None
     return StartRequest(config, teacher, teacher_type, output_name, data, prompts, dict(overrides))
@@ -141,6 +146,28 @@ def job_config(req: StartRequest, config_file: Path, *, teacher: Path, data: Pat
         return apply_panel_overrides(cfg, req.overrides or {})
     except ConfigError as e:
         raise RequestError.of(e) from None
+
+
+def normal_cfg_configs(config_files: list[Path]) -> dict[str, float]:
+    """``{file name: lcd.normal_cfg}`` of the configs with ``lcd.solver_guidance: false`` (PCM's normal-CFG
+    recipe), loaded with the trainer's ``load_config``: the panel offers its ``normal_cfg`` field (the
+    adapter's recommended cfg) for these only and shows their value. A config that does not load is left
+    out with a warning in ComfyUI's log (starting a job with it reports the trainer's error)."""
+    import logging
+    import warnings
+
+    out = {}
+    for path in config_files:
+        try:
+            with warnings.catch_warnings():  # e.g. "adamw8bit is not usable here": the job's own log says it
+                warnings.simplefilter("ignore")
+                cfg = load_config(path)
+        except (ConfigError, OSError) as e:
+            logging.warning("LCM-LoRA trainer panel: %s", e)
+            continue
+        if not cfg.lcd.solver_guidance:
+            out[Path(path).name] = float(cfg.lcd.normal_cfg)
+    return out
 
 
 def override_schema() -> dict:

@@ -102,6 +102,22 @@ def test_offload_lowers_the_estimate_by_the_encoders_size():
     assert text_and_vae > 0.3 * GIB and off.total - on.total == text_and_vae  # peak falls by their size
 
 
+@pytest.mark.filterwarnings("ignore:.*adamw8bit is not usable here:UserWarning")
+def test_validation_pass_is_named_as_not_counted():
+    """The validation grids are not estimated (the memory checks run with validation.every=0): the estimate
+    says so, with the batch that pass samples — doubled for a normal-CFG run (real CFG, training/validation.py)."""
+    def notes(config, *over):
+        return [n for n in estimate_memory(load_config(ROOT / "configs" / config, list(over)), "cuda", activations=False).notes
+                if n.startswith("validation grids are not counted")]
+
+    guided, normal = notes("sd15.yaml"), notes("pcm_normal_cfg_sd15.yaml")
+    assert len(guided) == len(normal) == 1
+    assert "4 validation prompt(s) in one batch at 512 px, 1 UNet row per prompt" in guided[0], guided
+    assert "2 UNet rows per prompt (real CFG at lcd.normal_cfg" in normal[0], normal
+    assert "at 256 px" in notes("sd15.yaml", "validation.resolution=256")[0]
+    assert notes("sd15.yaml", "validation.every=0") == []
+
+
 def test_warning_when_the_device_has_less_free_memory():
     est = estimate_memory(load_config(ROOT / "configs" / "sd15.yaml", []), "cuda", activations=False)
     assert check_fits(est, est.total + 1) is None

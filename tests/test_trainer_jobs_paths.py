@@ -75,7 +75,9 @@ def test_job_config_is_read_back_exactly_by_the_trainer(tmp_path):
     config: shipped values, resolved paths, and every override the panel allows."""
     from lcm_lora.training.config import dump_config, load_config, panel_overrides
 
-    assert set(RAW) == set(panel_overrides()) == set(TR.override_schema())  # every allowed override is exercised
+    # every allowed override is exercised: here on a guided config, normal_cfg (normal-CFG configs only, a
+    # ConfigError on this one) on configs/pcm_normal_cfg_sd15.yaml in test_trainer_panel_normal_cfg.py
+    assert set(RAW) | {"normal_cfg"} == set(panel_overrides()) == set(TR.override_schema())
     req = TR.parse_start_request(_body(overrides=RAW))
     teacher, data = tmp_path / "teacher", tmp_path / "data"
     cfg = TR.job_config(req, ROOT / "configs" / "tiny_cpu.yaml", teacher=teacher, data=data, adapter_name="adapter.safetensors")
@@ -83,6 +85,8 @@ def test_job_config_is_read_back_exactly_by_the_trainer(tmp_path):
     back = load_config(tmp_path / "config.yaml")
     assert back == cfg  # dataclass equality (source excluded)
     for name, spec in panel_overrides().items():
+        if name == "normal_cfg":
+            continue
         section, key = spec["key"].split(".")
         assert getattr(getattr(back, section), key) == RAW[name], name
     shipped = load_config(ROOT / "configs" / "tiny_cpu.yaml")

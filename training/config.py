@@ -146,7 +146,8 @@ class LcdSection:
                                "(PCM --not_apply_cfg_solver, its 'normal CFG' recipe with data.caption_dropout 0.1; sample with cfg > 1)")
     normal_cfg: float = _f(7.5, kind="float", doc="solver_guidance false only: the cfg the adapter's metadata recommends "
                            "(lcm_lora.recommended_cfg; > 1, two UNet evaluations per step): the teacher's own usual cfg "
-                           "(7.5 = PCM's SD1.5 demo; SDXL checkpoints often 5-7). Metadata only: not part of the config hash")
+                           "(7.5 = PCM's SD1.5 demo; SDXL checkpoints often 5-7). Metadata only: not part of the config hash",
+                           panel=_panel("normal_cfg", minimum=1.01, maximum=30.0))  # trainer: > 1
     guidance_interval: list = _f([0, 999], kind="intlist", minimum=0,
                                  doc="[lo, hi]: the teacher's solver step is guided (ω) only where its start timestep t_n+k is "
                                  "in [lo, hi], unguided elsewhere (guidance in a limited interval, Kynkaanniemi et al. 2024, "

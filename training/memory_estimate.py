@@ -23,6 +23,13 @@ diffusers teacher folder), so parameter counts are exact. Components:
   of its alternation run and the larger peak counts (:func:`simulate_step`); the discriminator heads and
   their AdamW states are one more component (``discriminator heads + optimizer states``).
 
+Not estimated: the validation pass (``validation.every`` > 0, :func:`.validation.sample_student`): no-grad
+sampling of all validation prompts in one UNet batch at ``validation.resolution`` — two rows per prompt
+(conditional + unconditional, real CFG at ``lcd.normal_cfg``) for a normal-CFG run (``lcd.solver_guidance:
+false``) — and the VAE decode of the samples. Its peak is not simulated or measured here (the memory
+checks of ``benchmarks/trainer/memory_check.py`` run with ``validation.every=0``); the estimate says so in a
+note when validation is on (:func:`_validation_note`).
+
 Attention is counted as the fused kernels run it (``scaled_dot_product_attention`` →
 flash / memory-efficient: output + log-sum-exp saved, no L×L matrix), autocast as PyTorch's
 lower-precision op list (conv, linear, matmul, bmm, baddbmm, addmm, attention; CUDA: norms and
@@ -522,7 +529,20 @@ def estimate_memory(cfg, device: str | None = None, *, activations: bool = True,
         est.notes.append("CUDA context, kernels and allocator caching are not included (typically 0.5-1.5 GiB more)")
     if cfg.train.gradient_accumulation > 1:
         est.notes.append("gradient accumulation does not change the per-step peak")
+    if cfg.validation.every > 0:
+        est.notes.append(_validation_note(cfg))
     return est
+
+
+def _validation_note(cfg) -> str:
+    """What the estimate leaves out of a run with validation: the grid's sampling batch (see the module docstring)."""
+    prompts = (f"{len(cfg.validation.prompts)} validation prompt(s)" if cfg.validation.prompts
+               else "up to 4 data captions (validation.prompts null)")
+    rows = ("2 UNet rows per prompt (real CFG at lcd.normal_cfg: cond + uncond)" if not cfg.lcd.solver_guidance
+            else "1 UNet row per prompt")
+    res = cfg.validation.resolution or cfg.data.resolution
+    return (f"validation grids are not counted: no-grad sampling of {prompts} in one batch at {res} px, {rows}, "
+            f"then the VAE decode; fewer validation.prompts or a lower validation.resolution lowers that pass")
 
 
 def _process_overhead(unet) -> int:

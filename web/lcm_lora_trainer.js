@@ -21,7 +21,11 @@ const FORM_OVERRIDES = [
   ["resolution", "resolution (px)", 8],
   ["validation_every", "validate every", 1],
   ["checkpoint_every", "checkpoint every", 1],
+  ["normal_cfg", "recommended cfg", "any"],
 ];
+// shown (and sent) only for configs with lcd.solver_guidance false, PCM's "normal CFG" recipe (GET /options
+// lists them in normal_cfg_configs with their cfg): the cfg the adapter's metadata recommends
+const NORMAL_CFG_ONLY = new Set(["normal_cfg"]);
 
 const state = { options: null, jobs: [], jobId: null, job: null, events: [], next: 0, error: "", timer: null, root: null, images: [] };
 
@@ -120,8 +124,9 @@ function formView() {
     state.root.querySelector("[data-field=data]").parentElement.style.display = e.target.value === "data" ? "" : "none";
     state.root.querySelector("[data-field=prompts]").parentElement.style.display = e.target.value === "prompts" ? "" : "none";
   } }, el("option", { value: "data" }, "image folder (ComfyUI input/)"), el("option", { value: "prompts" }, "prompts only"));
-  return el("fieldset", {},
-    el("label", {}, "config", el("select", { "data-field": "config" }, (o?.configs ?? []).map((c) => el("option", { value: c }, c)))),
+  const form = el("fieldset", {},
+    el("label", {}, "config", el("select", { "data-field": "config", onchange: (e) => syncConfigFields(e.target.closest("fieldset")) },
+      (o?.configs ?? []).map((c) => el("option", { value: c }, c)))),
     el("label", {}, "teacher", el("select", { "data-field": "teacher" }, teacherOpts)),
     el("label", {}, "training data", mode),
     el("label", {}, "data folder", el("select", { "data-field": "data" }, (o?.data_folders ?? []).map((d) => el("option", { value: d }, d)))),
@@ -131,6 +136,24 @@ function formView() {
     el("div", { class: "row" }, el("button", { "data-action": "start", onclick: startJob }, "Start training"),
       el("button", { onclick: refreshOptions, title: "re-read configs, models and folders" }, "↻")),
   );
+  syncConfigFields(form);
+  return form;
+}
+
+// Fields that belong to some configs only (normal_cfg: configs with lcd.solver_guidance false) are shown and
+// enabled for those; hidden ones keep what was typed but are not sent (readForm skips disabled inputs), so a
+// guided config never gets the key (the trainer refuses it there) and runs as shipped. The placeholder is the
+// chosen config's value (empty = that value).
+function syncConfigFields(form) {
+  const config = form.querySelector("[data-field=config]")?.value;
+  const cfgs = state.options?.normal_cfg_configs ?? {};
+  for (const input of form.querySelectorAll("[data-override]")) {
+    if (!NORMAL_CFG_ONLY.has(input.dataset.override)) continue;
+    const on = Object.hasOwn(cfgs, config ?? "");
+    input.disabled = !on;
+    input.parentElement.style.display = on ? "" : "none";
+    input.placeholder = on ? `config: ${cfgs[config]}` : "normal-CFG configs only";
+  }
 }
 
 function readForm() {
@@ -141,7 +164,7 @@ function readForm() {
   else body.prompts = q("prompts").value.split("\n").map((s) => s.trim()).filter(Boolean);
   const overrides = {};
   for (const input of state.root.querySelectorAll("[data-override]")) {
-    if (input.value === "") continue;
+    if (input.value === "" || input.disabled) continue; // empty: the config's value; disabled: not for this config
     overrides[input.dataset.override] = Number(input.value);
   }
   body.overrides = overrides;

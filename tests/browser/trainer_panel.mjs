@@ -7,6 +7,9 @@
 // Steps: open the panel (sidebar tab); a bad LoRA name ("../evil") must show the server's refusal;
 // fill the form, Start, wait until the job is done while the loss chart and the validation grid
 // fill in; screenshot; report the states seen, chart points, image size and console errors.
+// The "recommended cfg" field (override normal_cfg): shown only for a normal-CFG config (--normal-config), kept
+// but hidden and never sent for the guided one; after the job, with the normal-CFG config, a cfg of 1 shows
+// the server's refusal naming lcd.normal_cfg and a cfg of 3 is sent (refused only for the taken LoRA name).
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 
@@ -21,17 +24,21 @@ const screenshot = arg("screenshot");
 const executablePath = arg("chromium", process.env.CHROMIUM || "/usr/bin/chromium");
 const form = { teacher: arg("teacher"), data: arg("data"), config: arg("config"), name: arg("name") };
 const maxSteps = arg("max-steps", "12");
+const normalConfig = arg("normal-config", "pcm_normal_cfg_sd15.yaml");
 if (!url || !out || !form.teacher) {
   console.error("usage: node trainer_panel.mjs --url URL --teacher TYPE|NAME --data DIR --config FILE --name NAME --out FILE");
   process.exit(2);
 }
 
-const result = { console_errors: [], page_errors: [], statuses: [], chart_points_while_running: 0 };
+const result = { console_errors: [], page_errors: [], statuses: [], chart_points_while_running: 0, start_bodies: [], normal_cfg_field: {} };
 const browser = await chromium.launch({ executablePath, headless: true, args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
 try {
   const page = await browser.newPage({ viewport: { width: 1500, height: 950 } });
   page.on("console", (m) => { if (m.type() === "error") result.console_errors.push(`${m.text()} @ ${m.location()?.url ?? ""}`); });
   page.on("pageerror", (e) => result.page_errors.push(`${e} ${(e.stack ?? "").split("\n").slice(1, 3).join(" ")}`));
+  page.on("request", (r) => { // every start request the panel sends, as sent
+    if (r.method() === "POST" && new URL(r.url()).pathname.endsWith("/lcm_lora/train/jobs")) result.start_bodies.push(JSON.parse(r.postData()));
+  });
   const host = new URL(url).hostname;
   await page.route("**/*", (route) => (new URL(route.request().url()).hostname === host ? route.continue() : route.abort()));
   await page.goto(url, { waitUntil: "domcontentloaded", timeout: 120000 });
@@ -50,6 +57,19 @@ try {
     teachers: [...root.querySelectorAll("select[data-field=teacher] option")].map((o) => o.value),
     data: [...root.querySelectorAll("select[data-field=data] option")].map((o) => o.value),
   }));
+
+  // the normal-CFG field follows the chosen config
+  const cfgField = () => panel.evaluate((root) => {
+    const input = root.querySelector("input[data-override=normal_cfg]");
+    return input && { shown: input.offsetParent !== null, disabled: input.disabled, placeholder: input.placeholder, value: input.value,
+                      min: input.min, max: input.max, title: input.parentElement.title };
+  });
+  result.normal_cfg_configs = await page.evaluate(() => globalThis.LCMLoRATrainer.state.options.normal_cfg_configs);
+  await panel.locator("select[data-field=config]").selectOption(normalConfig);
+  result.normal_cfg_field.normal = await cfgField();
+  await panel.locator("input[data-override=normal_cfg]").fill("3");
+  await panel.locator("select[data-field=config]").selectOption(form.config);
+  result.normal_cfg_field.guided = await cfgField();
 
   await panel.locator("select[data-field=config]").selectOption(form.config);
   await panel.locator("select[data-field=teacher]").selectOption(form.teacher);
@@ -118,6 +138,22 @@ try {
     await page.screenshot({ path: screenshot, fullPage: false });
     result.screenshot = screenshot;
   }
+
+  // the normal-CFG config again: the typed cfg is back; 1 is refused by the server naming the key
+  const errorText = () => panel.evaluate((root) => root.querySelector("[data-error]")?.innerText ?? "");
+  await panel.locator("select[data-field=config]").selectOption(normalConfig);
+  result.normal_cfg_field.normal_again = await cfgField();
+  await panel.locator("input[data-override=normal_cfg]").fill("1");
+  await panel.locator("button[data-action=start]").click();
+  await page.waitForFunction(() => (document.querySelector("[data-lcm-trainer] [data-error]")?.innerText ?? "").includes("normal_cfg"),
+    null, { timeout: 30000 });
+  result.normal_cfg_refusal = await errorText();
+  // 3 is sent as a number; the server refuses the request only for the LoRA name the job above took
+  await panel.locator("input[data-override=normal_cfg]").fill("3");
+  await panel.locator("button[data-action=start]").click();
+  await page.waitForFunction(() => (document.querySelector("[data-lcm-trainer] [data-error]")?.innerText ?? "").includes("already exists"),
+    null, { timeout: 30000 });
+  result.taken_name_refusal = await errorText();
 } finally {
   await browser.close();
   fs.writeFileSync(out, JSON.stringify(result, null, 1));

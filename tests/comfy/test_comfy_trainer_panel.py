@@ -76,6 +76,22 @@ def test_options_list_only_what_lies_inside_comfyui_folders(panel):
     from lcm_lora.training.config import panel_overrides
 
     assert opts["overrides"] == json.loads(json.dumps(panel_overrides()))  # the trainer's schema, as JSON
+    assert opts["normal_cfg_configs"] == _normal_cfg_configs_by_yaml() and NORMAL_CFG_CONFIG in opts["normal_cfg_configs"]
+
+
+NORMAL_CFG_CONFIG = "pcm_normal_cfg_sd15.yaml"
+
+
+def _normal_cfg_configs_by_yaml() -> dict:
+    """The shipped configs with ``lcd.solver_guidance: false`` and their ``lcd.normal_cfg``, read as plain YAML."""
+    import yaml
+
+    out = {}
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        lcd = yaml.safe_load(path.read_text(encoding="utf-8")).get("lcd") or {}
+        if lcd.get("solver_guidance", True) is False:
+            out[path.name] = float(lcd.get("normal_cfg", 7.5))
+    return out
 
 
 # ------------------------------------------------------------------ a finished job
@@ -170,6 +186,30 @@ def test_failed_run_reports_the_trainer_error(panel, finished_job):
     assert sorted(os.listdir(panel.loras)) == loras_before
 
 
+@pytest.mark.filterwarnings("ignore:.*adamw8bit is not usable here:UserWarning")  # the shipped PCM config's optimizer
+def test_normal_cfg_reaches_the_jobs_config(panel, finished_job):
+    """The normal-CFG config with the panel's ``normal_cfg`` 3: the job's config.yaml (what the trainer runs)
+    has lcd.normal_cfg 3.0 and otherwise the shipped config's trajectory (the key is outside the config
+    hash). The tiny teacher is no SD1.5 checkpoint (the config says ``teacher.arch: sd1``), so the run stops
+    at the trainer's architecture check; the adapter it writes is the slow test below."""
+    from lcm_lora.training.config import config_hash, load_config
+
+    over = {"normal_cfg": 3, "max_steps": 1, "batch_size": 1, "rank": 4, "resolution": 64, "validation_every": 0,
+            "checkpoint_every": 0, "device": "cpu"}
+    job = panel.start(config=NORMAL_CFG_CONFIG, teacher=TEACHER, teacher_type="diffusers", data=DATA,
+                      output_name="tiny normal cfg", overrides=over)
+    try:
+        cfg = load_config(panel.jobs_root / job["id"] / "config.yaml")
+        assert (cfg.lcd.solver_guidance, cfg.lcd.normal_cfg, cfg.lcd.objective) == (False, 3.0, "pcm")
+        assert job["request"]["overrides"] == over
+        same = load_config(cfg, ["lcd.normal_cfg=7.5"])  # the shipped cfg: same trajectory
+        assert config_hash(same) == config_hash(cfg) and load_config(ROOT / "configs" / NORMAL_CFG_CONFIG).lcd == same.lcd
+    finally:
+        final = panel.wait(job["id"], timeout=300)
+    assert final["status"] == "failed" and "architecture" in final["message"], final  # (see the docstring)
+    assert not (panel.loras / "tiny normal cfg.safetensors").exists()
+
+
 # ------------------------------------------------------------------ cancel
 def test_cancel_saves_a_checkpoint_and_stops_the_process(panel, finished_job):
     """A long prompts-only run (the teacher makes its own training images first), cancelled after its first step."""
@@ -232,6 +272,13 @@ BAD_BODIES = [
     ("prompts not list", dict({k: v for k, v in GOOD.items() if k != "data"}, prompts="a cat"), 400, "list"),
     ("body not object", [1, 2], 400, "JSON object"),
     ("missing field", {k: v for k, v in GOOD.items() if k != "teacher"}, 400, "missing field 'teacher'"),
+    # normal_cfg: configs with lcd.solver_guidance false only (the trainer's message), within the panel's bounds
+    ("normal_cfg on a guided config", dict(GOOD, overrides={"normal_cfg": 3}), 400,
+     "key 'lcd.normal_cfg' applies to 'lcd.solver_guidance: false' only"),
+    ("normal_cfg 1", dict(GOOD, config=NORMAL_CFG_CONFIG, overrides={"normal_cfg": 1}), 400, "key 'lcd.normal_cfg' must be >= 1.01"),
+    ("normal_cfg 31", dict(GOOD, config=NORMAL_CFG_CONFIG, overrides={"normal_cfg": 31}), 400, "key 'lcd.normal_cfg' must be <= 30"),
+    ("normal_cfg text", dict(GOOD, config=NORMAL_CFG_CONFIG, overrides={"normal_cfg": "7"}), 400,
+     "key 'lcd.normal_cfg' must be a number"),
 ]
 
 
@@ -328,11 +375,7 @@ def test_refusals_touch_nothing_and_server_still_runs_prompts(panel, finished_jo
 
 
 # ------------------------------------------------------------------ full size (slow)
-@pytest.mark.slow
-def test_sd15_checkpoint_from_comfyui_trains_and_loads_in_loraloader(panel, sd15_checkpoint):
-    """The real flow: a full-size SD1.5 single file from ComfyUI's checkpoints folder → one step
-    through the panel → the adapter in ComfyUI's stock LoraLoader on that same checkpoint, with no
-    "lora key not loaded" and no shape-mismatch warnings while ComfyUI patches the weights."""
+def _sd15_teacher(panel, sd15_checkpoint) -> str:
     name = "sd15-panel-teacher.safetensors"
     target = panel.checkpoints / name
     if not target.exists():  # a hard link (a symlink out of the folder would be refused, by design)
@@ -342,6 +385,35 @@ def test_sd15_checkpoint_from_comfyui_trains_and_loads_in_loraloader(panel, sd15
             import shutil
 
             shutil.copyfile(sd15_checkpoint, target)
+    return name
+
+
+@pytest.mark.slow
+def test_normal_cfg_job_writes_the_panels_recommended_cfg(panel, sd15_checkpoint):
+    """The normal-CFG config from the panel with ``normal_cfg`` 3 on a full-size SD1.5 checkpoint, one step:
+    the published adapter records ``lcm_lora.recommended_cfg`` "3.0" (and no ω range), which the nodes follow."""
+    from safetensors import safe_open
+
+    from lcm_lora.lcm_core.sampling_recipe import read_recipe
+
+    name = _sd15_teacher(panel, sd15_checkpoint)
+    job = panel.start(config=NORMAL_CFG_CONFIG, teacher=name, teacher_type="checkpoint", data=DATA, output_name="sd15 panel normal cfg",
+                      overrides={"normal_cfg": 3, "max_steps": 1, "batch_size": 1, "rank": 4, "resolution": 64, "validation_every": 0,
+                                 "checkpoint_every": 0, "device": "cpu", "mixed_precision": "bf16"})
+    final = panel.wait(job["id"], timeout=1500)
+    assert final["status"] == "done", final
+    with safe_open(panel.loras / final["lora_name"], "pt") as f:
+        md = f.metadata()
+    assert md["lcm_lora.recommended_cfg"] == "3.0" and md["lcm_lora.solver_guidance"] == "false", md
+    assert "lcm_lora.w_range" not in md and read_recipe(md).cfg == 3.0
+
+
+@pytest.mark.slow
+def test_sd15_checkpoint_from_comfyui_trains_and_loads_in_loraloader(panel, sd15_checkpoint):
+    """The real flow: a full-size SD1.5 single file from ComfyUI's checkpoints folder → one step
+    through the panel → the adapter in ComfyUI's stock LoraLoader on that same checkpoint, with no
+    "lora key not loaded" and no shape-mismatch warnings while ComfyUI patches the weights."""
+    name = _sd15_teacher(panel, sd15_checkpoint)
     _, opts = panel.get("/lcm_lora/train/options")
     assert {"type": "checkpoint", "name": name} in opts["teachers"]
     job = panel.start(config="sd15.yaml", teacher=name, teacher_type="checkpoint", data=DATA, output_name="sd15 panel lcm",

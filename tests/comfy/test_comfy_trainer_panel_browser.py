@@ -3,7 +3,8 @@
 
 The panel is opened from its sidebar tab, a refused name shows the server's message, a tiny job is
 started from the form and followed to the end (live loss chart, validation grid), and the
-adapter it announces is in ComfyUI's ``loras`` folder. Needs ``chromium`` and
+adapter it announces is in ComfyUI's ``loras`` folder; the normal-CFG "recommended cfg" field follows the chosen
+config. Needs ``chromium`` and
 ``npm --prefix tests/browser ci``; skips loudly otherwise. Set
 ``LCM_LORA_TRAINER_SCREENSHOT=docs/trainer_panel.png`` to refresh the screenshot in ``docs/``.
 """
@@ -20,13 +21,14 @@ from trainer_panel_env import CONFIG, DATA, TEACHER  # noqa: E402
 
 pytest_plugins = ("trainer_panel_env",)
 pytestmark = pytest.mark.comfyui
+NORMAL_CFG = "pcm_normal_cfg_sd15.yaml"
 MAX_STEPS = 6
 VALIDATION_EVERY = 3
 @pytest.fixture(scope="module")
 def ui(panel, run_browser):
     return run_browser("trainer_panel.mjs", panel.url(""), "--teacher", f"diffusers|{TEACHER}", "--data", DATA,
                        "--config", CONFIG, "--name", "panel lcm", "--max-steps", str(MAX_STEPS),
-                       "--validation-every", str(VALIDATION_EVERY),
+                       "--validation-every", str(VALIDATION_EVERY), "--normal-config", NORMAL_CFG,
                        screenshot_env="LCM_LORA_TRAINER_SCREENSHOT", screenshot_name="trainer_panel.png")
 
 
@@ -53,6 +55,34 @@ def test_job_from_the_panel_shows_live_loss_and_validation(ui, panel):
     assert ui["loraloader_lists_it"]  # the panel refreshed ComfyUI's node definitions
     assert final["lora_name"] == "panel lcm.safetensors" and (panel.loras / final["lora_name"]).is_file()
     ours = [e for e in ui["page_errors"] + ui["console_errors"] if "lcm" in e.lower()]
-    refusal = [e for e in ours if e.startswith("Failed to load resource") and "400" in e and e.endswith("/lcm_lora/train/jobs")]
-    assert len(refusal) == 1 and ours == refusal, ours  # only the browser's note of the deliberate "../evil" refusal
+    refusal = [e for e in ours if e.startswith("Failed to load resource") and e.endswith("/lcm_lora/train/jobs")]
+    # only the browser's notes of the deliberate refusals: "../evil", normal_cfg 1 (400) and the taken name (409)
+    assert [next(c for c in ("400", "409") if c in e) for e in refusal] == ["400", "400", "409"] and ours == refusal, ours
     assert Path(ui["_screenshot_path"]).stat().st_size > 10_000
+
+
+def test_normal_cfg_field_follows_the_chosen_config(ui, panel):
+    """The "recommended cfg" field (override ``normal_cfg``, ``lcd.normal_cfg``) is shown and sent only for a
+    config with ``lcd.solver_guidance: false``; with a guided config a typed value stays hidden and is never
+    sent (the guided run keeps its config and hash); the server's refusal of a bad value names the key."""
+    from lcm_lora.training.config import panel_overrides
+
+    _, opts = panel.get("/lcm_lora/train/options")
+    assert ui["normal_cfg_configs"] == opts["normal_cfg_configs"] and NORMAL_CFG in opts["normal_cfg_configs"]
+    spec = panel_overrides()["normal_cfg"]
+    field = ui["normal_cfg_field"]
+    normal, guided, again = field["normal"], field["guided"], field["normal_again"]
+    assert normal["shown"] and not normal["disabled"] and normal["value"] == ""
+    assert normal["placeholder"] == f"config: {opts['normal_cfg_configs'][NORMAL_CFG]:g}", normal
+    assert (float(normal["min"]), float(normal["max"])) == (spec["min"], spec["max"]) and "lcd.normal_cfg" in normal["title"]
+    assert not guided["shown"] and guided["disabled"] and guided["value"] == "3", guided  # kept, hidden, not sent
+    assert again["shown"] and not again["disabled"] and again["value"] == "3"
+    bodies = ui["start_bodies"]
+    assert [b["config"] for b in bodies] == [CONFIG, CONFIG, NORMAL_CFG, NORMAL_CFG], bodies
+    assert all("normal_cfg" not in b["overrides"] for b in bodies[:2]), bodies[:2]  # guided: never sent
+    assert [b["overrides"]["normal_cfg"] for b in bodies[2:]] == [1, 3]  # numbers, as typed
+    assert "key 'lcd.normal_cfg' must be >= 1.01" in ui["normal_cfg_refusal"], ui["normal_cfg_refusal"]
+    assert "already exists" in ui["taken_name_refusal"], ui["taken_name_refusal"]
+    # the guided job ran its config as shipped (plus the form's overrides): no normal_cfg in it
+    job = next(j for j in panel.get("/lcm_lora/train/jobs")[1]["jobs"] if j["lora_name"] == ui["final"]["lora_name"])
+    assert "normal_cfg" not in job["request"]["overrides"], job["request"]
