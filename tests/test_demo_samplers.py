@@ -116,17 +116,24 @@ def test_tcd_student_sampler_matches_diffusers_tcd_scheduler(steps, gamma):
     torch.testing.assert_close(res.images, x_c, atol=0.15, rtol=0)
 
 
-@pytest.mark.parametrize("which", ["lcm", "tcd"])
-def test_cfg_on_the_first_steps_only(which):
-    """cfg_steps = k: real CFG (negative prompt) on the first k steps, plain steps after; steps + k evaluations."""
+def _cfg_setup(which: str, seed: int):
+    """The student sampler for ``which`` and two point masses (conditional, negative), noise and the sampler's
+    tolerance: LCM lands exactly on the point, TCD up to diffusers' final re-noising."""
     from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
 
-    fn = sample_lcm_student if which == "lcm" else sample_tcd_student
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     x_c = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
     x_u = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
     noise = torch.randn(2, 1, 4, 4, generator=g)
-    tol = dict(atol=1e-4, rtol=1e-4) if which == "lcm" else dict(atol=0.15, rtol=0)
+    if which == "lcm":
+        return sample_lcm_student, x_c, x_u, noise, dict(atol=1e-4, rtol=1e-4)
+    return sample_tcd_student, x_c, x_u, noise, dict(atol=0.15, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["lcm", "tcd"])
+def test_cfg_on_the_first_steps_only(which):
+    """cfg_steps = k: real CFG (negative prompt) on the first k steps, plain steps after; steps + k evaluations."""
+    fn, x_c, x_u, noise, tol = _cfg_setup(which, 1)
     full = fn(PointMassUnet(), _emb(x_c), noise, 4, guidance_scale=2.0, uncond=_emb(x_u))
     torch.testing.assert_close(full.images, x_u + 2.0 * (x_c - x_u), **tol)
     assert full.nfe == 8
@@ -144,14 +151,7 @@ def test_cfg_on_the_first_steps_only(which):
 def test_cfg_interval_guides_the_steps_whose_timestep_is_inside(which):
     """cfg_interval = (lo, hi): real CFG on the steps at timesteps in [lo, hi] only (4 steps: LCM 999/759/499/259,
     TCD 999/759/499/259 on its 50-grid); (700, 999) is cfg_steps = 2, (0, 600) guides the last two steps."""
-    from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
-
-    fn = sample_lcm_student if which == "lcm" else sample_tcd_student
-    g = torch.Generator().manual_seed(2)
-    x_c = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
-    x_u = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
-    noise = torch.randn(2, 1, 4, 4, generator=g)
-    tol = dict(atol=1e-4, rtol=1e-4) if which == "lcm" else dict(atol=0.15, rtol=0)
+    fn, x_c, x_u, noise, tol = _cfg_setup(which, 2)
     first = fn(PointMassUnet(), _emb(x_c), noise, 4, guidance_scale=2.0, uncond=_emb(x_u), cfg_steps=2)
     early = fn(PointMassUnet(), _emb(x_c), noise, 4, guidance_scale=2.0, uncond=_emb(x_u), cfg_interval=(700, 999))
     assert early.nfe == 6
