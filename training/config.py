@@ -151,7 +151,7 @@ class LcdSection:
     guidance_interval: list = _f([0, 999], kind="intlist", minimum=0,
                                  doc="[lo, hi]: the teacher's solver step is guided (ω) only where its start timestep t_n+k is "
                                  "in [lo, hi], unguided elsewhere (guidance in a limited interval, Kynkaanniemi et al. 2024, "
-                                 "arXiv 2404.07724: keeps CFG's prompt fidelity without its loss of diversity at high noise); "
+                                 "arXiv 2404.07724: CFG at the highest noise mostly costs diversity); "
                                  "[0, 999] = every step, as the references")
     adversarial_weight: float = _f(0.0, minimum=0.0, kind="float",
                                    doc="objective pcm: weight of PCM's adversarial consistency loss (its *_adv.py scripts, "

@@ -37,8 +37,9 @@ instead of 2B); ω is still drawn (the stream of draws is unchanged) but not use
 ``guidance_interval=(lo, hi)`` (``lcd.guidance_interval``; Kynkäänniemi et al. 2024, "Applying Guidance in a
 Limited Interval Improves Sample and Distribution Quality in Diffusion Models", arXiv 2404.07724): the teacher's
 step is guided only where its start timestep ``t_{n+k}`` lies in ``[lo, hi]`` (ω → 0 elsewhere: the conditional
-prediction alone), so the adapter distils a teacher that keeps CFG's class fidelity without its loss of diversity
-at high noise. ``None`` (the default) guides every step, as the references do.
+prediction alone): CFG at the highest noise levels mostly costs diversity, so such a teacher keeps its prompt
+fidelity at a lower FD (the paper; measured for the digit teacher in demo/README.md, where its few-step students
+still lose some class accuracy). ``None`` (the default) guides every step, as the references do.
 
 Models are callables ``model(x, t, cond) -> raw network output`` (ε, v or x0 per
 ``prediction_type``); ``cond`` is whatever the model needs (a dict of UNet kwargs here), so the

@@ -232,7 +232,7 @@ class Bench:
 
     def evaluate(self, adapter_path: Path, lcm_row: dict, gamma: float = 0.3, gammas=(0.0, 0.3, 0.5),
                  schedule: str = "tcd", phases: int = 4, cfg_scale: float = 1.0, cfg_steps: int | None = None,
-                 cfg_interval: tuple[int, int] | None = None) -> dict:
+                 cfg_interval: tuple[int, int] | None = None, accel_strength: float = 1.0) -> dict:
         """``cfg_scale`` > 1: the adapter is sampled with real classifier-free guidance (the student's own
         unconditional branch; ``cfg_steps``: only on the first steps) — for adapters distilled without
         guidance in the solver (``lcd.solver_guidance=false``, PCM's "normal CFG" recipe)."""
@@ -280,7 +280,7 @@ class Bench:
         for n, a in self.refs["accel"].items():
             ref_plan, aplan = self._accel_plans(n)
             acond, auncond = t.embed(aplan.labels)
-            res = sample_tcd_student(_unet_with(self.ft, [(tcd, 1.0)]), acond, aplan.noise, cfg.accel_steps,
+            res = sample_tcd_student(_unet_with(self.ft, [(tcd, accel_strength)]), acond, aplan.noise, cfg.accel_steps,
                                      gamma=gamma, seed=sampler_seed(cfg.seed), timesteps=ts(cfg.accel_steps),
                                      guidance_scale=cfg_scale, uncond=auncond if guided else None, cfg_steps=cfg_steps,
                                      cfg_interval=cfg_interval)
@@ -330,6 +330,8 @@ def main():
                     help="goal (a)'s LCM-LoRA: 0 = the cache's; N = train one with train.max_steps=N (the demo's LCM overrides)")
     ap.add_argument("--lcm-override", action="append", default=[], metavar="KEY=VALUE",
                     help="with --lcm-steps: a trainer override for that LCM-LoRA too (e.g. lcd.w_min=0.5); repeatable")
+    ap.add_argument("--accel-strength", type=float, default=1.0,
+                    help="diagnostic: goal (d) fuses the adapter into the fine-tune at this strength (default 1)")
     ap.add_argument("overrides", nargs="*", help="trainer key=value overrides on top of the demo's TCD overrides")
     ap.add_argument("--base-as-finetune", action="store_true",
                     help="diagnostic: run goal (d)'s construction on the base teacher itself (no fine-tune)")
@@ -353,12 +355,13 @@ def main():
     t0 = time.perf_counter()
     interval = tuple(int(v) for v in a.cfg_interval.split(",")) if a.cfg_interval else None
     res = b.evaluate(path, lcm, gamma=a.gamma, schedule=a.schedule, phases=a.phases, cfg_scale=a.cfg,
-                     cfg_steps=a.cfg_steps, cfg_interval=interval)
+                     cfg_steps=a.cfg_steps, cfg_interval=interval, accel_strength=a.accel_strength)
     res["lcm_accel"] = b.lcm_accel(lcm_path, lcm_tag if a.lcm_steps else "cache")
     out = {"recipe": a.recipe + (" [goal (d) on the base teacher]" if a.base_as_finetune else ""), "overrides": a.overrides, "train_seconds": sec, "lcm_steps": a.lcm_steps or None, "lcm_overrides": a.lcm_override, "lcm_train_seconds": lcm_sec, "eval_seconds": round(time.perf_counter() - t0, 1),
            "load": _load_avg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n": a.n, "gamma": a.gamma,
            "schedule": a.schedule, "phases": a.phases if a.schedule != "tcd" else None,
-           "cfg": a.cfg, "cfg_steps": a.cfg_steps, "cfg_interval": interval, **res}
+           "cfg": a.cfg, "cfg_steps": a.cfg_steps, "cfg_interval": interval,
+           "accel_strength": a.accel_strength, **res}
     line = json.dumps(out)
     print(line, flush=True)
     with open(a.work / "results.jsonl", "a", encoding="utf-8") as f:
