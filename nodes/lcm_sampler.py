@@ -5,7 +5,11 @@
   ``lcm`` by construction. ``lcm_core.sampling.sample_lcm`` (its numerically identical twin)
   stays for the demo, trainer validation and the parity tests.
 * ``tcd``: ``lcm_core.sampling.sample_tcd`` (TCD strategic stochastic sampling, Zheng et al.
-  2024, Algorithm 4; diffusers ``TCDScheduler.step``) in ``comfy.samplers.KSAMPLER``.
+  2024, Algorithm 4; diffusers ``TCDScheduler.step``) in ``comfy.samplers.KSAMPLER``, through
+  ``sample_tcd_comfyui``: on the CPU its re-noising stream is seeded with
+  ``independent_noise_seed(seed)``, because there ComfyUI's ``default_noise_sampler(x, seed)`` would
+  replay the initial noise of ``comfy.sample.prepare_noise`` as the first "fresh" noise (too much noise
+  after the first step); on a GPU the stream is the device's own, as before.
 * ``auto``: decided at sampling time from the sampling recipe the MODEL carries
   (``recipe_follow``: set by the LCM-LoRA Loader from the adapter's metadata or its
   ``sampling`` input): ``tcd`` with the recipe's γ for a TCD adapter, else ``lcm``. A PCM /
@@ -24,7 +28,7 @@ from comfy.k_diffusion import sampling as k_diffusion_sampling
 from comfy_api.latest import io
 
 from ..lcm_core.errors import ConfigError
-from ..lcm_core.sampling import sample_tcd
+from ..lcm_core.sampling import sample_tcd_comfyui
 from ..lcm_core.schedule import DiscreteSchedule
 from . import comfy_bridge as bridge
 from . import recipe_follow
@@ -48,8 +52,8 @@ def sample_auto(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     """``mode: auto``: the sampler the model's recipe asks for (``extra_args["model_options"]``)."""
     sampler, gamma = picked("auto", (extra_args or {}).get("model_options"), gamma)
     if sampler == "tcd":
-        return sample_tcd(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                          noise_sampler=noise_sampler, gamma=gamma, eta=eta, schedule=schedule)
+        return sample_tcd_comfyui(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                                  noise_sampler=noise_sampler, gamma=gamma, eta=eta, schedule=schedule)
     return k_diffusion_sampling.sample_lcm(model, x, sigmas, extra_args=extra_args, callback=callback,
                                            disable=disable, noise_sampler=noise_sampler)
 
@@ -58,13 +62,16 @@ def build_sampler(mode: str, gamma: float = 0.3, eta: float = 1.0):
     """The ComfyUI SAMPLER object for ``mode``.
 
     TCD needs σ ↔ timestep on the full 1000-step SD schedule; ComfyUI's float64-derived table
-    (``convention="comfyui"``) is the one its model sampling uses.
+    (``convention="comfyui"``) is the one its model sampling uses. TCD (``tcd``, and ``auto`` when it
+    picks tcd) runs ``sample_tcd_comfyui``: when ComfyUI gives no noise sampler and the latent is on the
+    CPU, the re-noising stream is seeded with ``independent_noise_seed(seed)``, not with the seed of the
+    initial noise (on the CPU that stream would re-inject the initial noise); other devices unchanged.
     """
     if mode == "lcm":
         return comfy.samplers.ksampler("lcm")
     options = {"gamma": float(gamma), "eta": float(eta), "schedule": DiscreteSchedule(convention="comfyui")}
     if mode == "tcd":
-        return comfy.samplers.KSAMPLER(sample_tcd, extra_options=options)
+        return comfy.samplers.KSAMPLER(sample_tcd_comfyui, extra_options=options)
     if mode == "auto":
         return comfy.samplers.KSAMPLER(sample_auto, extra_options=options)
     raise ConfigError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")

@@ -7,7 +7,8 @@ Usage: ``cfg_steps_check.py --comfyui DIR --repo DIR``; prints one JSON line (se
 * Reference for k steps of CFG: two stock ``comfy.samplers.sample`` calls (ComfyUI's own CFGGuider),
   cfg on ``sigmas[:k+1]`` then cfg 1.0 on ``sigmas[k:]`` starting from the first call's output
   without new noise. Both calls share ONE noise sampler (ComfyUI's ``default_noise_sampler`` seeded
-  with the seed, handed to the sampler function as ``noise_sampler``), so the re-noising between
+  with the seed — for TCD with ``independent_noise_seed(seed)``, the stream the pack's TCD sampler uses
+  on the CPU — handed to the sampler function as ``noise_sampler``), so the re-noising between
   steps draws the same stream as the single run: without that, each sampler call seeds its own
   generator from the seed and the second call would replay the first call's noise.
 * UNet evaluations: a ``model_function_wrapper`` records every UNet call's ``cond_or_uncond``
@@ -91,13 +92,15 @@ def main() -> None:
         ``share_noise=False``: each call seeds its own (what chaining two sampler nodes does)."""
         latent = comfy.sample.fix_empty_latent_channels(model, empty["samples"])
         noise = comfy.sample.prepare_noise(latent, SEED)
-        shared = {"noise_sampler": kds.default_noise_sampler(noise, seed=SEED)} if share_noise else {}
+        # TCD on the CPU re-noises from independent_noise_seed(seed) (lcm_core.sampling.comfyui_tcd_noise_sampler)
+        stream_seed = SEED if mode == "lcm" else pack.lcm_core.sampling.independent_noise_seed(SEED)
+        shared = {"noise_sampler": kds.default_noise_sampler(noise, seed=stream_seed)} if share_noise else {}
         if mode == "lcm":
             sampler = comfy.samplers.KSAMPLER(kds.sample_lcm, extra_options=shared)
         else:
             opts = {"gamma": 0.3, "eta": 1.0, "schedule": pack.lcm_core.schedule.DiscreteSchedule(convention="comfyui"),
                     **shared}
-            sampler = comfy.samplers.KSAMPLER(pack.lcm_core.sampling.sample_tcd, extra_options=opts)
+            sampler = comfy.samplers.KSAMPLER(pack.lcm_core.sampling.sample_tcd_comfyui, extra_options=opts)
         x, start_noise = latent, noise
         if k > 0:
             x = comfy.samplers.sample(model, start_noise, pos, neg, CFG, device, sampler, sigmas[:k + 1], latent_image=x,
