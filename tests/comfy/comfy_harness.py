@@ -98,6 +98,15 @@ def run_comfy_side(comfy_path: Path, python: Path, *args: str, timeout: float = 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_pack_script(comfy_env, script: str, timeout: float = 600) -> dict:
+    """Run ``scripts/<script>`` (``--comfyui``, ``--repo``) in ComfyUI's python; its last stdout line as JSON."""
+    comfy_path, python = comfy_env
+    cmd = [str(python), str(SCRIPTS / script), "--comfyui", str(comfy_path), "--repo", str(REPO)]
+    proc = subprocess.run(cmd, cwd=str(comfy_path), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def make_checkpoint(comfy_path: Path, python: Path, arch: str, out: Path, workdir: Path, seed: int = 0) -> dict:
     shapes = diffusers_unet_shapes(arch, workdir / f"{arch}_unet_shapes.json")
     return run_comfy_side(comfy_path, python, "checkpoint", "--arch", arch, "--shapes", str(shapes), "--out", str(out),

@@ -20,8 +20,6 @@ first k steps and cfg 1.0 after, where ComfyUI's ``sampling_function`` skips the
 """
 from __future__ import annotations
 
-import json
-import subprocess
 
 import pytest
 import torch
@@ -37,11 +35,7 @@ EVERY_STEP = 10000
 
 @pytest.fixture(scope="module")
 def in_process(comfy_env) -> dict:
-    comfy_path, python = comfy_env
-    cmd = [str(python), str(H.SCRIPTS / "cfg_steps_check.py"), "--comfyui", str(comfy_path), "--repo", str(H.REPO)]
-    proc = subprocess.run(cmd, cwd=str(comfy_path), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return H.run_pack_script(comfy_env, "cfg_steps_check.py")
 
 
 @pytest.mark.parametrize("mode", ["lcm", "tcd"])

@@ -19,8 +19,6 @@ does ComfyUI's own ``euler_ancestral`` (recorded: the same CPU-mode property, wh
 """
 from __future__ import annotations
 
-import json
-import subprocess
 
 import pytest
 
@@ -33,11 +31,7 @@ FIXED = ("custom_tcd", "ks_tcd", "ks_auto")
 
 @pytest.fixture(scope="module")
 def check(comfy_env) -> dict:
-    comfy_path, python = comfy_env
-    cmd = [str(python), str(H.SCRIPTS / "tcd_seed_check.py"), "--comfyui", str(comfy_path), "--repo", str(H.REPO)]
-    proc = subprocess.run(cmd, cwd=str(comfy_path), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return H.run_pack_script(comfy_env, "tcd_seed_check.py")
 
 
 def fresh(r: dict) -> bool:

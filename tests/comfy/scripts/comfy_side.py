@@ -58,6 +58,41 @@ def _import_comfy(comfy_path: str):
     import comfy.supported_models  # noqa: F401
 
 
+def boot_pack_script():
+    """For a check script run by ``comfy_harness.run_pack_script``: parse ``--comfyui`` / ``--repo``, import
+    ComfyUI (``--cpu``) and then the pack; one torch thread (tiny models). Returns the pack module."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--comfyui", required=True)
+    ap.add_argument("--repo", required=True)
+    a = ap.parse_args()
+    _import_comfy(a.comfyui)
+    import torch
+
+    torch.set_num_threads(1)  # a tiny model: threads only add overhead on a shared machine
+    return _import_pack(a.repo)
+
+
+def tiny_sd15_model(device, seed: int = 0):
+    """A tiny SD1.5-like model: ComfyUI's own UNetModel and SD15 model config with random weights (fan-in scaled),
+    as a ``ModelPatcher`` on ``device``; returns it and the generator that drew the weights (for conditioning)."""
+    import torch
+
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet_config = {"context_dim": 32, "model_channels": 32, "use_linear_in_transformer": False, "adm_in_channels": None,
+                   "use_temporal_attention": False, "in_channels": 4, "out_channels": 4, "num_res_blocks": [1, 1],
+                   "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "channel_mult": [1, 2],
+                   "transformer_depth_middle": 1, "use_spatial_transformer": True, "image_size": 32, "use_checkpoint": False,
+                   "legacy": False, "num_heads": 2, "num_head_channels": -1}
+    base = comfy.supported_models.SD15(unet_config).get_model({})
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in base.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / max(1, p[0].numel()) ** 0.5)
+    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device), gen
+
+
 def _meta_from_shapes(path: str):
     import torch
 

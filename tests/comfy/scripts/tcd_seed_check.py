@@ -21,7 +21,6 @@ Paths, each with ComfyUI's initial noise (``comfy.sample.prepare_noise``) and se
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -32,38 +31,20 @@ SHAPE = (4, 4, 32, 32)  # 16384 values (std(x₁) to ~0.6 %); one prepare_noise 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--comfyui", required=True)
-    ap.add_argument("--repo", required=True)
-    a = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from comfy_side import _import_comfy, _import_pack
+    from comfy_side import boot_pack_script, tiny_sd15_model
 
-    _import_comfy(a.comfyui)
+    pack = boot_pack_script()
     import torch
     import comfy.model_management
-    import comfy.model_patcher
     import comfy.sample
     import comfy.samplers
-    import comfy.supported_models
     from comfy.k_diffusion import sampling as kds
 
-    pack = _import_pack(a.repo)
     nodes = pack.nodes
-    torch.set_num_threads(1)
     device = comfy.model_management.get_torch_device()
 
-    unet_config = {"context_dim": 32, "model_channels": 32, "use_linear_in_transformer": False, "adm_in_channels": None,
-                   "use_temporal_attention": False, "in_channels": 4, "out_channels": 4, "num_res_blocks": [1, 1],
-                   "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "channel_mult": [1, 2],
-                   "transformer_depth_middle": 1, "use_spatial_transformer": True, "image_size": 32, "use_checkpoint": False,
-                   "legacy": False, "num_heads": 2, "num_head_channels": -1}
-    base = comfy.supported_models.SD15(unet_config).get_model({})
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in base.diffusion_model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) / max(1, p[0].numel()) ** 0.5)
-    model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+    model, gen = tiny_sd15_model(device)
     model.set_model_sampler_post_cfg_function(lambda args: torch.zeros_like(args["denoised"]))  # denoised = 0
     pos = [[3 * torch.randn(1, 77, 32, generator=gen), {}]]
     neg = [[3 * torch.randn(1, 77, 32, generator=gen), {}]]
