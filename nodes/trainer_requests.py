@@ -14,8 +14,10 @@ become :class:`RequestError` 400 (unsafe) or 404 (not found).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,9 +155,6 @@ def normal_cfg_configs(config_files: list[Path]) -> dict[str, float]:
     recipe), loaded with the trainer's ``load_config``: the panel offers its ``normal_cfg`` field (the
     adapter's recommended cfg) for these only and shows their value. A config that does not load is left
     out with a warning in ComfyUI's log (starting a job with it reports the trainer's error)."""
-    import logging
-    import warnings
-
     out = {}
     for path in config_files:
         try:

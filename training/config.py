@@ -57,6 +57,8 @@ from typing import Any, Iterable, Mapping
 from ..lcm_core.errors import ConfigError
 
 ARCHS = ("auto", "sd1", "sd2", "sdxl", "ssd1b")
+NUM_TRAIN_TIMESTEPS = 1000  # the SD/SDXL schedules (the trainer checks the teacher's own count again)
+GUIDANCE_INTERVAL_ALL = [0, NUM_TRAIN_TIMESTEPS - 1]  # lcd.guidance_interval's default: guidance at every timestep
 
 
 def _f(default, *, choices=None, path=False, minimum=None, maximum=None, kind=None, doc="", panel=None):
@@ -148,7 +150,7 @@ class LcdSection:
                            "(lcm_lora.recommended_cfg; > 1, two UNet evaluations per step): the teacher's own usual cfg "
                            "(7.5 = PCM's SD1.5 demo; SDXL checkpoints often 5-7). Metadata only: not part of the config hash",
                            panel=_panel("normal_cfg", minimum=1.01, maximum=30.0))  # trainer: > 1
-    guidance_interval: list = _f([0, 999], kind="intlist", minimum=0,
+    guidance_interval: list = _f(list(GUIDANCE_INTERVAL_ALL), kind="intlist", minimum=0,
                                  doc="[lo, hi]: the teacher's solver step is guided (ω) only where its start timestep t_n+k is "
                                  "in [lo, hi], unguided elsewhere (guidance in a limited interval, Kynkaanniemi et al. 2024, "
                                  "arXiv 2404.07724: CFG at the highest noise mostly costs diversity); "
@@ -536,12 +538,10 @@ OBJECTIVE_ONLY_KEYS = {"tcd": TCD_ONLY_KEYS, "pcm": PCM_ONLY_KEYS, "tscd": TSCD_
 # keys added after the first release whose default keeps the trajectory of older runs: left out of the
 # trajectory dict while at their default, so the config hash of those runs does not change
 _TRAJECTORY_DEFAULT_DROPPED = {"solver_guidance": True, "adversarial_weight": 0.0, "adversarial_lr": 1e-5,
-                               "adversarial_real": "target", "guidance_interval": [0, 999]}
+                               "adversarial_real": "target", "guidance_interval": GUIDANCE_INTERVAL_ALL}
 # keys that only apply with the adversarial loss on (lcd.adversarial_weight > 0), with their defaults
 ADVERSARIAL_ONLY_KEYS = {"adversarial_lr": 1e-5, "adversarial_real": "target"}
 ADVERSARIAL_OBJECTIVES = ("pcm",)  # the adversarial timestep range [s, s + T/phases) is PCM's phase
-NUM_TRAIN_TIMESTEPS = 1000  # the SD/SDXL schedules (the trainer checks the teacher's own count again)
-GUIDANCE_INTERVAL_ALL = [0, NUM_TRAIN_TIMESTEPS - 1]  # lcd.guidance_interval's default: guidance at every timestep
 
 
 def tscd_stage_steps(lcd, max_steps: int) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..lcm_core.lora import LoraAdapter, LoraModule
-from .config import GUIDANCE_INTERVAL_ALL, NORMAL_CFG_DEFAULT
+from .config import NORMAL_CFG_DEFAULT, guidance_interval
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # kohya / modelspec names of the base model (for tools that read kohya metadata).
@@ -115,8 +115,9 @@ def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_has
         meta["lcm_lora.adversarial_weight"] = str(cfg.lcd.adversarial_weight)
         meta["lcm_lora.adversarial_real"] = cfg.lcd.adversarial_real
         meta["ss_training_comment"] = f"{comment} with PCM's adversarial consistency loss, lcm_lora.training"
-    if list(cfg.lcd.guidance_interval) != GUIDANCE_INTERVAL_ALL:  # ω distilled in on these teacher timesteps only
-        meta["lcm_lora.guidance_interval"] = ",".join(str(int(v)) for v in cfg.lcd.guidance_interval)
+    interval = guidance_interval(cfg.lcd)
+    if interval is not None:  # ω distilled in on these teacher timesteps only
+        meta["lcm_lora.guidance_interval"] = f"{interval[0]},{interval[1]}"
     if not cfg.lcd.solver_guidance:  # no ω distilled in: no guidance range to report
         meta["lcm_lora.solver_guidance"] = "false"
         meta.pop("lcm_lora.w_range")
