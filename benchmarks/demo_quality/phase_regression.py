@@ -1,0 +1,127 @@
+"""Diagnostic: a phased (PCM) student without the consistency bootstrap. Is the bootstrap what costs accuracy?
+
+PCM (Wang et al. 2024, arXiv 2405.18407, Eq. 8) trains the edge-to-edge map against one guided teacher DDIM step
+followed by the EMA target's own map to the edge. Here the same student (the teacher's UNet + a rank-8 LoRA,
+ε-prediction, one DDIM jump from t to the phase edge below t) is regressed directly on the teacher's *full*
+DDIM solve from t to that edge on the 50-point grid (skip 20; guided with CFG ``--cfg`` where a step's start
+timestep is in ``--interval``; the last phase ends at timestep 0): no target network, no bootstrap, about 7
+teacher CFG evaluations per sample instead of one. Pseudo-Huber loss (c 0.001), AdamW lr 1e-3, batch 16, one
+grid timestep per batch (so the teacher solve stays batched), the demo's training split. Then the student is
+sampled and measured as ``tcd_recipes.py`` does (TCD sampler on the phase edges, γ 0 / 0.3 / 0.4 / 0.5; the
+demo's prompts, noise and metrics at ``--n`` samples).
+
+This is a hand-written training loop on purpose: the trainer has no such objective (it would cost ≈ 4× per
+step on real models); it answers one question and is not a recipe.
+
+    nice -n 5 .venv/bin/python benchmarks/demo_quality/phase_regression.py --cache /tmp/q13cache \
+        --work /tmp/q13work --steps 600 --interval 200,700
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def _sibling(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def phase_end(t: int, edges: list[int]) -> int:
+    """The phase edge below timestep ``t`` (``edges`` descending phase starts, e.g. 999 / 739 / 499 / 239); 0 in
+    the last phase."""
+    return next((e for e in edges[1:] if t > e), 0)
+
+
+@torch.no_grad()
+def teacher_solve(unet, x, t: int, end: int, cond, uncond, alphas_cumprod, g: float, interval, skip: int = 20):
+    """Guided DDIM from grid timestep ``t`` down to ``end`` in steps of ``skip`` (the last step lands on ``end``)."""
+    jump = _sibling("phase_swap")._ddim_jump
+    path = list(range(t, end, -skip)) + [end]
+    for u, v in zip(path[:-1], path[1:]):
+        ub = torch.full((x.shape[0],), u)
+        if g > 1.0 and interval[0] <= u <= interval[1]:
+            out = unet(torch.cat([x, x]), torch.cat([ub, ub]), torch.cat([uncond, cond]), return_dict=False)[0]
+            eps_u, eps_c = out.chunk(2)
+            eps = eps_u + g * (eps_c - eps_u)
+        else:
+            eps = unet(x, ub, cond, return_dict=False)[0]
+        x = jump(x, eps, alphas_cumprod[u], alphas_cumprod[v])
+    return x
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--work", type=Path, default=Path("/tmp/q13work"))
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--cfg", type=float, default=2.0)
+    p.add_argument("--interval", default="0,999")
+    p.add_argument("--gammas", default="0,0.3,0.4,0.5")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    m = _sibling("tcd_recipes")
+    jump = _sibling("phase_swap")._ddim_jump
+    from lcm_lora.demo.dataset import load_digit_images, split_indices
+    from lcm_lora.demo.sampler_seeds import sampler_seed
+    from lcm_lora.demo.student_sampling import sample_tcd_student
+    from lcm_lora.demo.teacher_samplers import make_scheduler
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+    from lcm_lora.training.student import AdapterSwitch, add_lora
+
+    bench = m.Bench(args.cache, args.work, args.n, 0, "fast")
+    teacher = bench.teacher
+    alphas = make_scheduler("ddim", teacher.scheduler_config).alphas_cumprod.double()
+    lo, hi = (int(v) for v in args.interval.split(","))
+    edges = phased_timesteps(4, 4, "pcm")
+    images, labels = load_digit_images(bench.cfg.resolution)
+    train_idx = torch.as_tensor(split_indices(labels, seed=bench.cfg.split_seed).train)
+    cond_all, uncond_all = teacher.embed(torch.arange(10))
+    unet = copy.deepcopy(teacher.unet)
+    params = [p for _, p in add_lora(unet, 8, 8, 0.0, None)]
+    switch = AdapterSwitch(unet)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    grid = torch.arange(1, 51) * 20 - 1
+    gen = torch.Generator().manual_seed(0)
+    start = time.time()
+    for step in range(args.steps):
+        idx = train_idx[torch.randint(len(train_idx), (16,), generator=gen)]
+        x0, cond, uncond = images[idx], cond_all[labels[idx]], uncond_all[labels[idx]]
+        t = int(grid[int(torch.randint(50, (1,), generator=gen))])
+        end = phase_end(t, edges)
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = (alphas[t].sqrt() * x0 + (1 - alphas[t]).sqrt() * noise).float()
+        with switch.disabled():
+            target = teacher_solve(unet, x_t, t, end, cond, uncond, alphas, args.cfg, (lo, hi))
+        pred = jump(x_t, unet(x_t, torch.full((16,), t), cond, return_dict=False)[0], alphas[t], alphas[end])
+        loss = (((pred - target) ** 2 + 1e-6).sqrt() - 1e-3).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    train_seconds = time.time() - start
+    unet.eval()
+    for gamma in (float(v) for v in args.gammas.split(",")):
+        def fn(sl, k, gamma=gamma):
+            return sample_tcd_student(unet, bench.cond[sl], bench.plan.noise[sl], k, gamma=gamma,
+                                      seed=sampler_seed(bench.cfg.seed + sl.start),
+                                      timesteps=phased_timesteps(k, 4, "pcm"))
+
+        row = m.sample_rows("regressed", "tcd", [4], fn, bench.plan, bench.inst, bench.cfg.batch_size,
+                            keep_images=False)[0][0]
+        print(json.dumps({"steps": args.steps, "cfg": args.cfg, "interval": [lo, hi], "gamma": gamma, "n": args.n,
+                          "fd": round(row["fd"], 2), "fd_se": round(row["fd_se"], 2), "accuracy": row["accuracy"],
+                          "train_seconds": round(train_seconds)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

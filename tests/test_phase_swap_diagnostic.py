@@ -1,0 +1,93 @@
+"""``benchmarks/demo_quality/phase_swap.py`` (teacher and student swapped phase by phase) against closed forms.
+
+With the exact ε of a point mass at x0 (``PointMassUnet``), every DDIM jump follows the probability-flow ODE
+exactly: x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε₀, with ε₀ fixed by the start x_999 = noise. A CFG-g teacher is the exact ε of the point
+x0_u + g·(x0_c − x0_u). So each all-teacher or all-student variant ends at timestep 0 on a known latent, and the
+student's variant equals the project's own phased sampler (TCD at γ 0 on the phase edges).
+"""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from lcm_lora.demo.student_sampling import sample_tcd_student
+from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+from tests.test_demo_samplers import ACS, PointMassUnet, _emb
+
+ROOT = Path(__file__).resolve().parents[1]
+EDGES = phased_timesteps(4, 4, "pcm") + [0]
+
+
+def _phase_swap():
+    spec = importlib.util.spec_from_file_location("phase_swap", ROOT / "benchmarks/demo_quality/phase_swap.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _setup(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x_c, x_u = (torch.rand(3, 1, 4, 4, generator=g) * 2 - 1 for _ in range(2))
+    noise = torch.randn(3, 1, 4, 4, generator=g)
+    return x_c, x_u, noise
+
+
+def _at_t0(x0, noise):
+    """The ODE's latent at timestep 0 through x_999 = noise."""
+    eps0 = (noise - ACS[999].sqrt() * x0) / (1 - ACS[999]).sqrt()
+    return ACS[0].sqrt() * x0 + (1 - ACS[0]).sqrt() * eps0
+
+
+@pytest.mark.parametrize("variant, steps_per_phase", [("tttt", 5), ("dddd", 1)])
+@pytest.mark.parametrize("interval, guided", [((0, 999), True), ((1000, 1000), False)])
+def test_teacher_variant_follows_the_guided_ode(variant, steps_per_phase, interval, guided):
+    x_c, x_u, noise = _setup()
+    g = 2.0
+    res = _phase_swap().sample_swapped(variant, PointMassUnet(), PointMassUnet(), _emb(x_c), _emb(x_u), noise,
+                                       ACS.double(), EDGES, g, interval, substeps=5)
+    target = x_u + g * (x_c - x_u) if guided else x_c
+    torch.testing.assert_close(res.images, _at_t0(target, noise), atol=1e-5, rtol=0)
+    assert res.nfe == 4 * steps_per_phase * (2 if guided else 1)
+
+
+def test_student_variant_is_the_phased_sampler():
+    x_c, x_u, noise = _setup(1)
+    student = PointMassUnet()
+    # a student that is not the teacher: its point is shifted, so a swapped phase would show
+    res = _phase_swap().sample_swapped("ssss", PointMassUnet(), student, _emb(x_c + 0.5), _emb(x_u), noise,
+                                       ACS.double(), EDGES, 2.0, (0, 999), substeps=5)
+    ref = sample_tcd_student(student, _emb(x_c + 0.5), noise, 4, gamma=0.0, timesteps=EDGES[:-1])
+    torch.testing.assert_close(res.images, ref.images, atol=1e-5, rtol=0)
+    assert res.nfe == 4
+
+
+def test_a_swapped_phase_moves_the_sample():
+    """Teacher on the first phase, student after: between the all-student and the all-teacher endings."""
+    x_c, x_u, noise = _setup(2)
+    swap = _phase_swap().sample_swapped
+    args = (_emb(x_c), _emb(x_u), noise, ACS.double(), EDGES, 2.0, (0, 999))
+    out = {v: swap(v, PointMassUnet(), PointMassUnet(), *args, substeps=5).images for v in ("ssss", "tsss", "tttt")}
+    assert not torch.allclose(out["tsss"], out["ssss"], atol=1e-3)
+    assert not torch.allclose(out["tsss"], out["tttt"], atol=1e-3)
+
+
+def _phase_regression():
+    spec = importlib.util.spec_from_file_location("phase_regression",
+                                                  ROOT / "benchmarks/demo_quality/phase_regression.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("t, end", [(999, 739), (739, 499), (519, 499), (239, 0), (19, 0)])
+def test_regression_target_is_the_ode_at_the_phase_edge(t, end):
+    """phase_regression.py's target: the guided teacher's DDIM solve from grid timestep t to the phase edge below."""
+    module = _phase_regression()
+    assert module.phase_end(t, EDGES[:-1]) == end
+    x_c, x_u, noise = _setup(3)
+    g = 2.0
+    point = x_u + g * (x_c - x_u)
+    x_t = ACS[t].sqrt() * point + (1 - ACS[t]).sqrt() * noise
+    out = module.teacher_solve(PointMassUnet(), x_t, t, end, _emb(x_c), _emb(x_u), ACS.double(), g, (0, 999))
+    torch.testing.assert_close(out, ACS[end].sqrt() * point + (1 - ACS[end]).sqrt() * noise, atol=1e-5, rtol=0)
