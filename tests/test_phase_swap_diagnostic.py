@@ -91,3 +91,19 @@ def test_regression_target_is_the_ode_at_the_phase_edge(t, end):
     x_t = ACS[t].sqrt() * point + (1 - ACS[t]).sqrt() * noise
     out = module.teacher_solve(PointMassUnet(), x_t, t, end, _emb(x_c), _emb(x_u), ACS.double(), g, (0, 999))
     torch.testing.assert_close(out, ACS[end].sqrt() * point + (1 - ACS[end]).sqrt() * noise, atol=1e-5, rtol=0)
+
+
+def test_dmd_real_score_is_cfg_inside_the_interval_only():
+    """dmd_finetune.py's ε_real: the teacher's CFG-g ε at timesteps inside the interval, the conditional ε outside."""
+    spec = importlib.util.spec_from_file_location("dmd_finetune", ROOT / "benchmarks/demo_quality/dmd_finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from lcm_lora.lcm_core.denoisers import unet_eps_fn
+
+    x_c, x_u, noise = _setup(4)
+    t = torch.tensor([100, 300, 900])
+    got = module.guided_eps(PointMassUnet(), noise, t, _emb(x_c), _emb(x_u), 2.5, (200, 700))
+    guided = unet_eps_fn(PointMassUnet(), _emb(x_c), negative_encoder_hidden_states=_emb(x_u), guidance_scale=2.5)
+    plain = unet_eps_fn(PointMassUnet(), _emb(x_c))
+    want = torch.where((t == 300).view(-1, 1, 1, 1), guided(noise, t), plain(noise, t))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)

@@ -1,0 +1,153 @@
+"""Diagnostic: does distribution matching recover the accuracy a 4-step PCM student loses against its teacher?
+
+Every consistency-distilled 4-step student of the digit teacher loses ≈ 1.5 points of class accuracy against its
+own teacher (BENCHMARKS.md, "Why goal (a) still fails"). Distribution Matching Distillation (DMD2, Yin et al.
+2024, arXiv 2405.14867, Eq. 2 and §4.1) corrects a generator's *distribution* instead of its trajectories:
+the gradient of KL(p_fake ‖ p_real) w.r.t. a generated image x̂ is E_t[w_t (x̂0_fake(x_t) − x̂0_real(x_t))] with
+x_t = x̂ noised at a random t, ε_real the teacher (here: CFG ``--cfg`` on ``--interval``, the teacher whose own
+samples meet goal (a)) and ε_fake a copy of the teacher trained online to denoise the generator's samples
+(two-time-scale update: ``--fake-updates`` fake steps per generator step, DMD2 §4.1).
+
+The generator is a trained PCM adapter (``--adapter``) fused into the teacher, plus a fresh rank-8 LoRA (so it
+starts as that student). Backward simulation as DMD2 §4.5: a random number of the student's own 4 phase-edge
+steps is run without gradient, then one step with gradient gives x̂ (its x0 prediction). DMD2's normalisation
+w_t = 1 / mean|x̂ − x̂0_real(x_t)|. No GAN term. Then the student is sampled and measured as ``tcd_recipes.py``
+does (TCD sampler on the phase edges, γ ``--gammas``; the demo's prompts, noise and metrics at ``--n``).
+
+A hand-written training loop on purpose: it answers one question and is not a trainer objective.
+
+    nice -n 5 .venv/bin/python benchmarks/demo_quality/dmd_finetune.py --cache /tmp/q13cache --work /tmp/q13work \
+        --adapter /tmp/q13work/tcd-pcm4-600-gi200-700-w1.5/tcd_lora.safetensors --cfg 2.5 --interval 200,700
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def _sibling(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def guided_eps(unet, x, t, cond, uncond, g: float, interval):
+    """The teacher's ε at integer timesteps ``t`` (one per sample): CFG ``g`` where t ∈ ``interval``, else conditional."""
+    out = unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]), return_dict=False)[0]
+    eps_u, eps_c = out.chunk(2)
+    inside = ((t >= interval[0]) & (t <= interval[1])).float().view(-1, 1, 1, 1)
+    return eps_c + inside * (g - 1.0) * (eps_c - eps_u)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--work", type=Path, default=Path("/tmp/q13work"))
+    p.add_argument("--adapter", type=Path, required=True, help="a 4-phase PCM adapter (the generator's start)")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=300, help="generator steps")
+    p.add_argument("--fake-updates", type=int, default=5)
+    p.add_argument("--lr", type=float, default=1e-4, help="generator LoRA learning rate")
+    p.add_argument("--fake-lr", type=float, default=1e-4)
+    p.add_argument("--cfg", type=float, default=2.5)
+    p.add_argument("--interval", default="200,700")
+    p.add_argument("--gammas", default="0,0.3")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    m = _sibling("tcd_recipes")
+    jump = _sibling("phase_swap")._ddim_jump
+    from lcm_lora.demo.sampler_seeds import sampler_seed
+    from lcm_lora.demo.student_sampling import sample_tcd_student
+    from lcm_lora.demo.teacher_samplers import make_scheduler
+    from lcm_lora.lcm_core.lora import read_adapter
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+    from lcm_lora.training.student import add_lora
+
+    bench = m.Bench(args.cache, args.work, args.n, 0, "fast")
+    teacher = bench.teacher
+    alphas = make_scheduler("ddim", teacher.scheduler_config).alphas_cumprod
+    interval = tuple(int(v) for v in args.interval.split(","))
+    edges = phased_timesteps(4, 4, "pcm") + [0]
+    cond_all, uncond_all = teacher.embed(torch.arange(10))
+    real = teacher.unet.eval().requires_grad_(False)
+    gen = m._unet_with(real, [(read_adapter(args.adapter), 1.0)])
+    gen_params = [p for _, p in add_lora(gen, 8, 8, 0.0, None)]
+    fake = copy.deepcopy(real).train().requires_grad_(True)
+    opt_g = torch.optim.AdamW(gen_params, lr=args.lr, weight_decay=0.0)
+    opt_f = torch.optim.AdamW(fake.parameters(), lr=args.fake_lr, weight_decay=0.0)
+    rng = torch.Generator().manual_seed(0)
+    batch, start, log = 16, time.time(), []
+
+    def generate(labels):
+        """Backward simulation: k ∈ {0..3} student steps without gradient, then one with gradient → x̂0."""
+        cond = cond_all[labels]
+        x = torch.randn((batch, 1, 16, 16), generator=rng)
+        k = int(torch.randint(4, (1,), generator=rng))
+        with torch.no_grad():
+            for i in range(k):
+                eps = gen(x, torch.full((batch,), edges[i]), cond, return_dict=False)[0]
+                x = jump(x, eps, alphas[edges[i]].double(), alphas[edges[i + 1]].double())
+        a = alphas[edges[k]]
+        eps = gen(x, torch.full((batch,), edges[k]), cond, return_dict=False)[0]
+        return (x - (1 - a).sqrt() * eps) / a.sqrt()
+
+    def noised(x0):
+        t = torch.randint(20, 981, (batch,), generator=rng)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noise = torch.randn(x0.shape, generator=rng)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, noise, a
+
+    for step in range(args.steps):
+        for _ in range(args.fake_updates):  # the fake score denoises the generator's current samples
+            labels = torch.randint(10, (batch,), generator=rng)
+            with torch.no_grad():
+                x0 = generate(labels)
+            x_t, t, noise, _ = noised(x0)
+            loss_f = ((fake(x_t, t, cond_all[labels], return_dict=False)[0] - noise) ** 2).mean()
+            opt_f.zero_grad()
+            loss_f.backward()
+            opt_f.step()
+        labels = torch.randint(10, (batch,), generator=rng)
+        cond, uncond = cond_all[labels], uncond_all[labels]
+        x0 = generate(labels)
+        with torch.no_grad():
+            x_t, t, _, a = noised(x0)
+            eps_real = guided_eps(real, x_t, t, cond, uncond, args.cfg, interval)
+            eps_fake = fake(x_t, t, cond, return_dict=False)[0]
+            x0_real = (x_t - (1 - a).sqrt() * eps_real) / a.sqrt()
+            x0_fake = (x_t - (1 - a).sqrt() * eps_fake) / a.sqrt()
+            # DMD2's step (its distribution-matching loss): x̂ moves along x0_real − x0_fake, normalised per sample
+            grad = (x0_fake - x0_real) / (x0 - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-4)
+            grad = torch.nan_to_num(grad)
+        loss_g = 0.5 * ((x0 - (x0 - grad).detach()) ** 2).mean()
+        opt_g.zero_grad()
+        loss_g.backward()
+        torch.nn.utils.clip_grad_norm_(gen_params, 1.0)
+        opt_g.step()
+        if step % 50 == 0:
+            log.append({"step": step, "loss_fake": round(loss_f.item(), 5), "loss_gen": round(loss_g.item(), 5)})
+            print(json.dumps(log[-1]), flush=True)
+    train_seconds = time.time() - start
+    gen.eval()
+    for gamma in (float(v) for v in args.gammas.split(",")):
+        def fn(sl, k, gamma=gamma):
+            return sample_tcd_student(gen, bench.cond[sl], bench.plan.noise[sl], k, gamma=gamma,
+                                      seed=sampler_seed(bench.cfg.seed + sl.start),
+                                      timesteps=phased_timesteps(k, 4, "pcm"))
+
+        row = m.sample_rows("dmd", "tcd", [4], fn, bench.plan, bench.inst, bench.cfg.batch_size,
+                            keep_images=False)[0][0]
+        print(json.dumps({"steps": args.steps, "lr": args.lr, "cfg": args.cfg, "interval": list(interval),
+                          "gamma": gamma, "n": args.n, "fd": round(row["fd"], 2), "fd_se": round(row["fd_se"], 2),
+                          "accuracy": row["accuracy"], "train_seconds": round(train_seconds)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
