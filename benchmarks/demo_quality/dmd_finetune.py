@@ -21,21 +21,17 @@ A hand-written training loop on purpose: it answers one question and is not a tr
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-
-def _sibling(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts of benchmarks/demo_quality
+from phase_regression import load_bench, measure_student  # noqa: E402
+from phase_swap import _ddim_jump, bench_arguments  # noqa: E402
 
 
 def guided_eps(unet, x, t, cond, uncond, g: float, interval):
@@ -47,11 +43,8 @@ def guided_eps(unet, x, t, cond, uncond, g: float, interval):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--work", type=Path, default=Path("/tmp/q13work"))
+    p = bench_arguments(__doc__.splitlines()[0])
     p.add_argument("--adapter", type=Path, required=True, help="a 4-phase PCM adapter (the generator's start)")
-    p.add_argument("--n", type=int, default=1000)
     p.add_argument("--steps", type=int, default=300, help="generator steps")
     p.add_argument("--fake-updates", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-4, help="generator LoRA learning rate")
@@ -60,24 +53,18 @@ def main():
     p.add_argument("--interval", default="200,700")
     p.add_argument("--gammas", default="0,0.3")
     args = p.parse_args()
-    torch.set_num_threads(1)
-    m = _sibling("tcd_recipes")
-    jump = _sibling("phase_swap")._ddim_jump
-    from lcm_lora.demo.sampler_seeds import sampler_seed
-    from lcm_lora.demo.student_sampling import sample_tcd_student
-    from lcm_lora.demo.teacher_samplers import make_scheduler
     from lcm_lora.lcm_core.lora import read_adapter
     from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
     from lcm_lora.training.student import add_lora
 
-    bench = m.Bench(args.cache, args.work, args.n, 0, "fast")
+    recipes, bench, alphas = load_bench(args)
+    alphas = alphas.float()
     teacher = bench.teacher
-    alphas = make_scheduler("ddim", teacher.scheduler_config).alphas_cumprod
     interval = tuple(int(v) for v in args.interval.split(","))
     edges = phased_timesteps(4, 4, "pcm") + [0]
     cond_all, uncond_all = teacher.embed(torch.arange(10))
     real = teacher.unet.eval().requires_grad_(False)
-    gen = m._unet_with(real, [(read_adapter(args.adapter), 1.0)])
+    gen = recipes._unet_with(real, [(read_adapter(args.adapter), 1.0)])
     gen_params = [p for _, p in add_lora(gen, 8, 8, 0.0, None)]
     fake = copy.deepcopy(real).train().requires_grad_(True)
     opt_g = torch.optim.AdamW(gen_params, lr=args.lr, weight_decay=0.0)
@@ -93,7 +80,7 @@ def main():
         with torch.no_grad():
             for i in range(k):
                 eps = gen(x, torch.full((batch,), edges[i]), cond, return_dict=False)[0]
-                x = jump(x, eps, alphas[edges[i]].double(), alphas[edges[i + 1]].double())
+                x = _ddim_jump(x, eps, alphas[edges[i]].double(), alphas[edges[i + 1]].double())
         a = alphas[edges[k]]
         eps = gen(x, torch.full((batch,), edges[k]), cond, return_dict=False)[0]
         return (x - (1 - a).sqrt() * eps) / a.sqrt()
@@ -136,18 +123,8 @@ def main():
             print(json.dumps(log[-1]), flush=True)
     train_seconds = time.time() - start
     gen.eval()
-    for gamma in (float(v) for v in args.gammas.split(",")):
-        def fn(sl, k, gamma=gamma):
-            return sample_tcd_student(gen, bench.cond[sl], bench.plan.noise[sl], k, gamma=gamma,
-                                      seed=sampler_seed(bench.cfg.seed + sl.start),
-                                      timesteps=phased_timesteps(k, 4, "pcm"))
-
-        row = m.sample_rows("dmd", "tcd", [4], fn, bench.plan, bench.inst, bench.cfg.batch_size,
-                            keep_images=False)[0][0]
-        print(json.dumps({"steps": args.steps, "lr": args.lr, "cfg": args.cfg, "interval": list(interval),
-                          "gamma": gamma, "n": args.n, "fd": round(row["fd"], 2), "fd_se": round(row["fd_se"], 2),
-                          "accuracy": row["accuracy"], "train_seconds": round(train_seconds)}), flush=True)
-
+    measure_student(recipes, bench, gen, [float(v) for v in args.gammas.split(",")], steps=args.steps, lr=args.lr,
+                    cfg=args.cfg, interval=list(interval), train_seconds=round(train_seconds))
 
 if __name__ == "__main__":
     main()

@@ -18,21 +18,47 @@ step on real models); it answers one question and is not a recipe.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts of benchmarks/demo_quality
+from phase_swap import _ddim_jump, bench_arguments  # noqa: E402
 
-def _sibling(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
+def load_bench(args):
+    """``tcd_recipes``, its ``Bench`` on ``args.cache`` / ``args.work`` at ``args.n`` samples, and the teacher's ᾱ
+    (float64); one torch thread, as every script here."""
+    import tcd_recipes
+    from lcm_lora.demo.teacher_samplers import make_scheduler
+
+    torch.set_num_threads(1)
+    bench = tcd_recipes.Bench(args.cache, args.work, args.n, 0, "fast")
+    alphas = make_scheduler("ddim", bench.teacher.scheduler_config).alphas_cumprod.double()
+    return tcd_recipes, bench, alphas
+
+
+def measure_student(recipes, bench, unet, gammas, **info):
+    """Sample ``unet`` (a 4-phase student) as ``tcd_recipes.py`` does — the TCD sampler on the phase edges at each γ,
+    the demo's prompts, noise and metrics — and print one JSON line per γ (``info`` added)."""
+    from lcm_lora.demo.sampler_seeds import sampler_seed
+    from lcm_lora.demo.student_sampling import sample_tcd_student
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+
+    for gamma in gammas:
+        def fn(sl, k, gamma=gamma):
+            return sample_tcd_student(unet, bench.cond[sl], bench.plan.noise[sl], k, gamma=gamma,
+                                      seed=sampler_seed(bench.cfg.seed + sl.start),
+                                      timesteps=phased_timesteps(k, 4, "pcm"))
+
+        row = recipes.sample_rows("student", "tcd", [4], fn, bench.plan, bench.inst, bench.cfg.batch_size,
+                                  keep_images=False)[0][0]
+        print(json.dumps({**info, "gamma": gamma, "n": len(bench.plan.labels), "fd": round(row["fd"], 2),
+                          "fd_se": round(row["fd_se"], 2), "accuracy": row["accuracy"]}), flush=True)
 
 
 def phase_end(t: int, edges: list[int]) -> int:
@@ -44,7 +70,6 @@ def phase_end(t: int, edges: list[int]) -> int:
 @torch.no_grad()
 def teacher_solve(unet, x, t: int, end: int, cond, uncond, alphas_cumprod, g: float, interval, skip: int = 20):
     """Guided DDIM from grid timestep ``t`` down to ``end`` in steps of ``skip`` (the last step lands on ``end``)."""
-    jump = _sibling("phase_swap")._ddim_jump
     path = list(range(t, end, -skip)) + [end]
     for u, v in zip(path[:-1], path[1:]):
         ub = torch.full((x.shape[0],), u)
@@ -54,33 +79,23 @@ def teacher_solve(unet, x, t: int, end: int, cond, uncond, alphas_cumprod, g: fl
             eps = eps_u + g * (eps_c - eps_u)
         else:
             eps = unet(x, ub, cond, return_dict=False)[0]
-        x = jump(x, eps, alphas_cumprod[u], alphas_cumprod[v])
+        x = _ddim_jump(x, eps, alphas_cumprod[u], alphas_cumprod[v])
     return x
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--work", type=Path, default=Path("/tmp/q13work"))
-    p.add_argument("--n", type=int, default=1000)
+    p = bench_arguments(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--cfg", type=float, default=2.0)
     p.add_argument("--interval", default="0,999")
     p.add_argument("--gammas", default="0,0.3,0.4,0.5")
     args = p.parse_args()
-    torch.set_num_threads(1)
-    m = _sibling("tcd_recipes")
-    jump = _sibling("phase_swap")._ddim_jump
     from lcm_lora.demo.dataset import load_digit_images, split_indices
-    from lcm_lora.demo.sampler_seeds import sampler_seed
-    from lcm_lora.demo.student_sampling import sample_tcd_student
-    from lcm_lora.demo.teacher_samplers import make_scheduler
     from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
     from lcm_lora.training.student import AdapterSwitch, add_lora
 
-    bench = m.Bench(args.cache, args.work, args.n, 0, "fast")
+    recipes, bench, alphas = load_bench(args)
     teacher = bench.teacher
-    alphas = make_scheduler("ddim", teacher.scheduler_config).alphas_cumprod.double()
     lo, hi = (int(v) for v in args.interval.split(","))
     edges = phased_timesteps(4, 4, "pcm")
     images, labels = load_digit_images(bench.cfg.resolution)
@@ -102,7 +117,7 @@ def main():
         x_t = (alphas[t].sqrt() * x0 + (1 - alphas[t]).sqrt() * noise).float()
         with switch.disabled():
             target = teacher_solve(unet, x_t, t, end, cond, uncond, alphas, args.cfg, (lo, hi))
-        pred = jump(x_t, unet(x_t, torch.full((16,), t), cond, return_dict=False)[0], alphas[t], alphas[end])
+        pred = _ddim_jump(x_t, unet(x_t, torch.full((16,), t), cond, return_dict=False)[0], alphas[t], alphas[end])
         loss = (((pred - target) ** 2 + 1e-6).sqrt() - 1e-3).mean()
         opt.zero_grad()
         loss.backward()
@@ -110,18 +125,8 @@ def main():
         opt.step()
     train_seconds = time.time() - start
     unet.eval()
-    for gamma in (float(v) for v in args.gammas.split(",")):
-        def fn(sl, k, gamma=gamma):
-            return sample_tcd_student(unet, bench.cond[sl], bench.plan.noise[sl], k, gamma=gamma,
-                                      seed=sampler_seed(bench.cfg.seed + sl.start),
-                                      timesteps=phased_timesteps(k, 4, "pcm"))
-
-        row = m.sample_rows("regressed", "tcd", [4], fn, bench.plan, bench.inst, bench.cfg.batch_size,
-                            keep_images=False)[0][0]
-        print(json.dumps({"steps": args.steps, "cfg": args.cfg, "interval": [lo, hi], "gamma": gamma, "n": args.n,
-                          "fd": round(row["fd"], 2), "fd_se": round(row["fd_se"], 2), "accuracy": row["accuracy"],
-                          "train_seconds": round(train_seconds)}), flush=True)
-
+    measure_student(recipes, bench, unet, [float(v) for v in args.gammas.split(",")], steps=args.steps, cfg=args.cfg,
+                    interval=[lo, hi], train_seconds=round(train_seconds))
 
 if __name__ == "__main__":
     main()

@@ -69,12 +69,19 @@ def sample_swapped(variant: str, teacher_unet, student_unet, cond, uncond, noise
     return SampleResult(images=x, nfe=nfe, seconds=0.0)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments every diagnostic here shares: the demo cache, the work folder (references cached there), the
+    samples per row."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--work", type=Path, default=Path("/tmp/q13work"))
-    p.add_argument("--adapter", type=Path, required=True, help="a PCM adapter (the student)")
     p.add_argument("--n", type=int, default=1000)
+    return p
+
+
+def main():
+    p = bench_arguments(__doc__.splitlines()[0])
+    p.add_argument("--adapter", type=Path, required=True, help="a PCM adapter (the student)")
     p.add_argument("--phases", type=int, default=4)
     p.add_argument("--cfg", type=float, default=2.0, help="the teacher's CFG scale g (the demo's: 2)")
     p.add_argument("--interval", default="0,999", help="LO,HI: timesteps where the teacher is guided")
