@@ -65,6 +65,7 @@ def main():
     cond_all, uncond_all = teacher.embed(torch.arange(10))
     real = teacher.unet.eval().requires_grad_(False)
     gen = recipes._unet_with(real, [(read_adapter(args.adapter), 1.0)])
+    torch.manual_seed(0)  # peft's LoRA init draws from the global generator
     gen_params = [p for _, p in add_lora(gen, 8, 8, 0.0, None)]
     fake = copy.deepcopy(real).train().requires_grad_(True)
     opt_g = torch.optim.AdamW(gen_params, lr=args.lr, weight_decay=0.0)

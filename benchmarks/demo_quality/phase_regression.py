@@ -102,6 +102,7 @@ def main():
     train_idx = torch.as_tensor(split_indices(labels, seed=bench.cfg.split_seed).train)
     cond_all, uncond_all = teacher.embed(torch.arange(10))
     unet = copy.deepcopy(teacher.unet)
+    torch.manual_seed(0)  # peft's LoRA init draws from the global generator
     params = [p for _, p in add_lora(unet, 8, 8, 0.0, None)]
     switch = AdapterSwitch(unet)
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
