@@ -53,6 +53,7 @@ def main():
     p.add_argument("--interval", default="200,700")
     p.add_argument("--gammas", default="0,0.3")
     args = p.parse_args()
+    from lcm_lora.demo.run import _unet_with
     from lcm_lora.lcm_core.lora import read_adapter
     from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
     from lcm_lora.training.student import add_lora
@@ -64,7 +65,7 @@ def main():
     edges = phased_timesteps(4, 4, "pcm") + [0]
     cond_all, uncond_all = teacher.embed(torch.arange(10))
     real = teacher.unet.eval().requires_grad_(False)
-    gen = recipes._unet_with(real, [(read_adapter(args.adapter), 1.0)])
+    gen = _unet_with(real, [(read_adapter(args.adapter), 1.0)])
     torch.manual_seed(0)  # peft's LoRA init draws from the global generator
     gen_params = [p for _, p in add_lora(gen, 8, 8, 0.0, None)]
     fake = copy.deepcopy(real).train().requires_grad_(True)

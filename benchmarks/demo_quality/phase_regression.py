@@ -61,25 +61,25 @@ def measure_student(recipes, bench, unet, gammas, **info):
                           "fd_se": round(row["fd_se"], 2), "accuracy": row["accuracy"]}), flush=True)
 
 
-def phase_end(t: int, edges: list[int]) -> int:
-    """The phase edge below timestep ``t`` (``edges`` descending phase starts, e.g. 999 / 739 / 499 / 239); 0 in
-    the last phase."""
-    return next((e for e in edges[1:] if t > e), 0)
+def phase_end(t: int, phases: int = 4) -> int:
+    """The phase edge below timestep ``t``: the largest of PCM's lower phase edges
+    (``lcm_core.phased_timesteps.pcm_phase_edges``: 0 / 239 / 499 / 739 for 4 phases) under ``t``."""
+    from lcm_lora.lcm_core.phased_timesteps import pcm_phase_edges
+
+    return max(e for e in pcm_phase_edges(phases) if e < t)
 
 
 @torch.no_grad()
 def teacher_solve(unet, x, t: int, end: int, cond, uncond, alphas_cumprod, g: float, interval, skip: int = 20):
     """Guided DDIM from grid timestep ``t`` down to ``end`` in steps of ``skip`` (the last step lands on ``end``)."""
+    from lcm_lora.lcm_core.denoisers import unet_eps_fn
+
+    guided = unet_eps_fn(unet, cond, negative_encoder_hidden_states=uncond, guidance_scale=g)
+    plain = unet_eps_fn(unet, cond)
     path = list(range(t, end, -skip)) + [end]
     for u, v in zip(path[:-1], path[1:]):
-        ub = torch.full((x.shape[0],), u)
-        if g > 1.0 and interval[0] <= u <= interval[1]:
-            out = unet(torch.cat([x, x]), torch.cat([ub, ub]), torch.cat([uncond, cond]), return_dict=False)[0]
-            eps_u, eps_c = out.chunk(2)
-            eps = eps_u + g * (eps_c - eps_u)
-        else:
-            eps = unet(x, ub, cond, return_dict=False)[0]
-        x = _ddim_jump(x, eps, alphas_cumprod[u], alphas_cumprod[v])
+        eps_fn = guided if g > 1.0 and interval[0] <= u <= interval[1] else plain
+        x = _ddim_jump(x, eps_fn(x, torch.full((x.shape[0],), u)), alphas_cumprod[u], alphas_cumprod[v])
     return x
 
 
@@ -91,13 +91,11 @@ def main():
     p.add_argument("--gammas", default="0,0.3,0.4,0.5")
     args = p.parse_args()
     from lcm_lora.demo.dataset import load_digit_images, split_indices
-    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
     from lcm_lora.training.student import AdapterSwitch, add_lora
 
     recipes, bench, alphas = load_bench(args)
     teacher = bench.teacher
     lo, hi = (int(v) for v in args.interval.split(","))
-    edges = phased_timesteps(4, 4, "pcm")
     images, labels = load_digit_images(bench.cfg.resolution)
     train_idx = torch.as_tensor(split_indices(labels, seed=bench.cfg.split_seed).train)
     cond_all, uncond_all = teacher.embed(torch.arange(10))
@@ -113,7 +111,7 @@ def main():
         idx = train_idx[torch.randint(len(train_idx), (16,), generator=gen)]
         x0, cond, uncond = images[idx], cond_all[labels[idx]], uncond_all[labels[idx]]
         t = int(grid[int(torch.randint(50, (1,), generator=gen))])
-        end = phase_end(t, edges)
+        end = phase_end(t)
         noise = torch.randn(x0.shape, generator=gen)
         x_t = (alphas[t].sqrt() * x0 + (1 - alphas[t]).sqrt() * noise).float()
         with switch.disabled():

@@ -22,18 +22,13 @@ Reads a demo cache like ``tcd_recipes.py`` (same ``--cache`` / ``--work``; its r
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-
-def _recipes():
-    spec = importlib.util.spec_from_file_location("tcd_recipes", Path(__file__).with_name("tcd_recipes.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts of benchmarks/demo_quality
 
 
 def _ddim_jump(x, eps, alpha_from, alpha_to):
@@ -90,7 +85,7 @@ def main():
     p.add_argument("--variants", default="ssss,tttt,tsss,ttss,ttts,sttt,sstt,ssst")
     args = p.parse_args()
     torch.set_num_threads(1)
-    m = _recipes()
+    import tcd_recipes as m
     from lcm_lora.demo.teacher_samplers import make_scheduler
     from lcm_lora.lcm_core.lora import read_adapter
     from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
