@@ -107,3 +107,50 @@ def test_dmd_real_score_is_cfg_inside_the_interval_only():
     plain = unet_eps_fn(PointMassUnet(), _emb(x_c))
     want = torch.where((t == 300).view(-1, 1, 1, 1), guided(noise, t), plain(noise, t))
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def _dmd_finetune():
+    spec = importlib.util.spec_from_file_location("dmd_finetune", ROOT / "benchmarks/demo_quality/dmd_finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dmd_gan_head_reads_the_fake_unets_bottleneck():
+    """DMD2's realism logit = the head on the mid-block output of a *full* forward of the fake UNet (the helper stops
+    the forward after the mid block; the result must be the same), one logit per image."""
+    from diffusers import UNet2DConditionModel
+
+    from lcm_lora.demo.teacher_training import teacher_unet_config
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**teacher_unet_config()).eval()
+    module = _dmd_finetune()
+    head = module.bottleneck_head(unet.config.block_out_channels[-1], unet.config.norm_num_groups)
+    x = torch.randn(3, 1, 16, 16)
+    t = torch.tensor([10, 500, 990])
+    cond = torch.randn(3, 4, unet.config.cross_attention_dim)
+    seen = []
+    handle = unet.mid_block.register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.no_grad():
+        unet(x, t, cond)
+        want = head(seen[0]).flatten(1).mean(1)
+        got = module.realism(unet, head, x, t, cond)
+    handle.remove()
+    assert got.shape == (3,)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_dmd_gan_real_images_are_the_teachers_training_split():
+    """The GAN's real images are the demo's ``train`` split (what the teacher learnt from), never the reference
+    images the FD is measured against."""
+    from types import SimpleNamespace
+
+    from lcm_lora.demo.dataset import load_digit_images, split_indices
+
+    images, labels = load_digit_images(16)
+    split = split_indices(labels, seed=0)
+    x, y = _dmd_finetune().real_training_images(SimpleNamespace(cfg=SimpleNamespace(resolution=16, split_seed=0)))
+    assert len(x) == len(split.train) and not set(split.train) & set(split.reference)
+    torch.testing.assert_close(x, images[split.train])
+    assert torch.equal(y, labels[split.train])
