@@ -5,6 +5,7 @@ exactly: x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε₀, with ε₀ fixed by the sta
 x0_u + g·(x0_c − x0_u). So each all-teacher or all-student variant ends at timestep 0 on a known latent, and the
 student's variant equals the project's own phased sampler (TCD at γ 0 on the phase edges).
 """
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -154,3 +155,39 @@ def test_dmd_gan_real_images_are_the_teachers_training_split():
     assert len(x) == len(split.train) and not set(split.train) & set(split.reference)
     torch.testing.assert_close(x, images[split.train])
     assert torch.equal(y, labels[split.train])
+
+
+def test_augmentation_teachers_share_one_lora():
+    """phase_regression.py's teacher augmentation: the second teacher's LoRA layers hold the *same* parameter
+    objects as the student's, so a step on either model moves one adapter, and the second model's LoRA output
+    (its forward with minus without the adapter) equals the one its own copy of those weights would give."""
+    from diffusers import UNet2DConditionModel
+
+    from lcm_lora.demo.teacher_training import teacher_unet_config
+    from lcm_lora.training.student import AdapterSwitch, add_lora
+
+    spec = importlib.util.spec_from_file_location("phase_regression", ROOT / "benchmarks/demo_quality/phase_regression.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    base, other = (UNet2DConditionModel(**teacher_unet_config()).eval() for _ in range(2))
+    named = add_lora(base, 4, 4, 0.0, None)
+    for _, p in named:  # peft starts lora_B at zero; give the adapter an effect
+        torch.nn.init.normal_(p, std=0.05)
+    ref = copy.deepcopy(other)
+    shared = module.with_shared_lora(other, named)
+    own = {n: p for n, p in shared.named_parameters() if "lora_" in n}
+    assert set(own) == {n for n, _ in named} and all(own[n] is p for n, p in named)
+    x, t, cond = torch.randn(2, 1, 16, 16), torch.tensor([100, 700]), torch.randn(2, 4, 32)
+    loss = shared(x, t, cond).sample.square().mean()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in named)
+    ref_named = add_lora(ref, 4, 4, 0.0, None)
+    with torch.no_grad():
+        for (_, q), (_, p) in zip(ref_named, named):
+            q.copy_(p)
+        switch = AdapterSwitch(shared)
+        with switch.disabled():
+            plain = shared(x, t, cond).sample
+        torch.testing.assert_close(shared(x, t, cond).sample, ref(x, t, cond).sample, atol=1e-6, rtol=0)
+        assert (shared(x, t, cond).sample - plain).abs().max() > 1e-4

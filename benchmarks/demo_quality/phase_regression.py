@@ -10,6 +10,13 @@ grid timestep per batch (so the teacher solve stays batched), the demo's trainin
 sampled and measured as ``tcd_recipes.py`` does (TCD sampler on the phase edges, γ 0 / 0.3 / 0.4 / 0.5; the
 demo's prompts, noise and metrics at ``--n`` samples).
 
+``--augment-style inverted`` tests *teacher augmentation* for goal (d) (an adapter that accelerates checkpoints it
+never saw): a second teacher, the demo's teacher fully fine-tuned on that style of the training digits
+(``demo.finetune.finetune_teacher`` with the preset's fine-tune settings), is drawn for a share ``--augment-prob``
+of the batches, with its style's images; both teachers carry the *same* LoRA parameters, so one adapter learns
+to map both. Goal (d) is then measured on the demo's bold fine-tune, which neither teacher is (FD to its 25-step
+DDIM samples, seed 0, as ``tcd_recipes.py``; printed for every run).
+
 This is a hand-written training loop on purpose: the trainer has no such objective (it would cost ≈ 4× per
 step on real models); it answers one question and is not a recipe.
 
@@ -89,8 +96,10 @@ def main():
     p.add_argument("--cfg", type=float, default=2.0)
     p.add_argument("--interval", default="0,999")
     p.add_argument("--gammas", default="0,0.3,0.4,0.5")
+    p.add_argument("--augment-style", default=None, help="a second teacher fine-tuned on this style (e.g. inverted)")
+    p.add_argument("--augment-prob", type=float, default=0.5)
     args = p.parse_args()
-    from lcm_lora.demo.dataset import load_digit_images, split_indices
+    from lcm_lora.demo.dataset import apply_style, load_digit_images, split_indices
     from lcm_lora.training.student import AdapterSwitch, add_lora
 
     recipes, bench, alphas = load_bench(args)
@@ -103,6 +112,11 @@ def main():
     torch.manual_seed(0)  # peft's LoRA init draws from the global generator
     params = [p for _, p in add_lora(unet, 8, 8, 0.0, None)]
     switch = AdapterSwitch(unet)
+    named = [(n, q) for n, q in unet.named_parameters() if q.requires_grad]
+    aug = None
+    if args.augment_style:
+        aug = with_shared_lora(augment_teacher(bench, args.augment_style), named)
+        aug_switch = AdapterSwitch(aug)
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     grid = torch.arange(1, 51) * 20 - 1
     gen = torch.Generator().manual_seed(0)
@@ -113,10 +127,14 @@ def main():
         t = int(grid[int(torch.randint(50, (1,), generator=gen))])
         end = phase_end(t)
         noise = torch.randn(x0.shape, generator=gen)
+        use_aug = aug is not None and float(torch.rand((), generator=gen)) < args.augment_prob
+        model, model_switch = (aug, aug_switch) if use_aug else (unet, switch)
+        if use_aug:
+            x0 = apply_style(x0, args.augment_style)
         x_t = (alphas[t].sqrt() * x0 + (1 - alphas[t]).sqrt() * noise).float()
-        with switch.disabled():
-            target = teacher_solve(unet, x_t, t, end, cond, uncond, alphas, args.cfg, (lo, hi))
-        pred = _ddim_jump(x_t, unet(x_t, torch.full((16,), t), cond, return_dict=False)[0], alphas[t], alphas[end])
+        with model_switch.disabled():
+            target = teacher_solve(model, x_t, t, end, cond, uncond, alphas, args.cfg, (lo, hi))
+        pred = _ddim_jump(x_t, model(x_t, torch.full((16,), t), cond, return_dict=False)[0], alphas[t], alphas[end])
         loss = (((pred - target) ** 2 + 1e-6).sqrt() - 1e-3).mean()
         opt.zero_grad()
         loss.backward()
@@ -124,8 +142,60 @@ def main():
         opt.step()
     train_seconds = time.time() - start
     unet.eval()
-    measure_student(recipes, bench, unet, [float(v) for v in args.gammas.split(",")], steps=args.steps, cfg=args.cfg,
-                    interval=[lo, hi], train_seconds=round(train_seconds))
+    info = dict(steps=args.steps, cfg=args.cfg, interval=[lo, hi], augment_style=args.augment_style,
+                augment_prob=args.augment_prob if args.augment_style else None, train_seconds=round(train_seconds))
+    measure_student(recipes, bench, unet, [float(v) for v in args.gammas.split(",")], **info)
+    measure_on_finetune(bench, with_shared_lora(copy.deepcopy(bench.ft), named).eval(), **info)
+
+
+def augment_teacher(bench, style: str):
+    """The demo's teacher fully fine-tuned on ``style`` with the preset's fine-tune settings (cached in ``--work``)."""
+    import dataclasses
+
+    from lcm_lora.demo.finetune import finetune_teacher
+    from safetensors.torch import load_file, save_file
+
+    path = bench.work / f"augment-finetune-{style}.safetensors"
+    if not path.is_file():
+        save_file(finetune_teacher(bench.teacher, dataclasses.replace(bench.cfg.finetune, style=style), progress=False),
+                  str(path))
+    unet = copy.deepcopy(bench.teacher.unet)
+    unet.load_state_dict(load_file(str(path)))
+    return unet.eval()
+
+
+def with_shared_lora(unet, named):
+    """``unet`` with LoRA layers whose parameters *are* the given ``(name, parameter)`` pairs (shared, not copied)."""
+    from lcm_lora.training.student import add_lora
+
+    rank = next(q for n, q in named if "lora_A" in n).shape[0]
+    add_lora(unet, rank, rank, 0.0, None)
+    modules = dict(unet.named_modules())
+    for name, param in named:
+        owner, attr = name.rsplit(".", 1)
+        setattr(modules[owner], attr, param)
+    return unet
+
+
+@torch.no_grad()
+def measure_on_finetune(bench, unet, **info):
+    """Goal (d) at 4 steps (γ 0, phase edges) for a 4-phase student built on the bold fine-tune: FD to the
+    fine-tune's 25-step DDIM samples, as ``tcd_recipes.py`` (seed 0 plans, cached references)."""
+    from lcm_lora.demo.sampler_seeds import sampler_seed
+    from lcm_lora.demo.student_sampling import sample_tcd_student
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+
+    cfg, n = bench.cfg, bench.n
+    refs = bench.refs["accel"][n]
+    _, plan = bench._accel_plans(n)
+    cond, _ = bench.teacher.embed(plan.labels)
+    res = sample_tcd_student(unet, cond, plan.noise, cfg.accel_steps, gamma=0.0, seed=sampler_seed(cfg.seed),
+                             timesteps=phased_timesteps(cfg.accel_steps, 4, "pcm"))
+    row = bench._accel_row("student on the fine-tune", "student", "tcd", cfg.accel_steps, res.images, plan.labels,
+                           refs["ref_stats"], n)
+    ddim8 = next(r for r in refs["rows"] if r.get("steps") == 8 and "floor" not in r["label"])
+    print(json.dumps({**info, "goal_d_fd": round(row["fd_vs_reference"], 2), "goal_d_accuracy": row["accuracy"],
+                      "finetune_ddim8_fd": round(ddim8["fd_vs_reference"], 2)}), flush=True)
 
 if __name__ == "__main__":
     main()
