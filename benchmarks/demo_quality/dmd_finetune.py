@@ -108,12 +108,12 @@ def main():
     torch.manual_seed(0)  # peft's LoRA init draws from the global generator
     gen_params = [p for _, p in add_lora(gen, 8, 8, 0.0, None)]
     fake = copy.deepcopy(real).train().requires_grad_(True)
-    head = bottleneck_head(fake.config.block_out_channels[-1], fake.config.norm_num_groups)
-    gan = args.gan_weight > 0
+    gan = args.gan_weight > 0  # without it, the run is the one before the GAN term existed (same draws)
+    head = bottleneck_head(fake.config.block_out_channels[-1], fake.config.norm_num_groups) if gan else None
     opt_g = torch.optim.AdamW(gen_params, lr=args.lr, weight_decay=0.0)
     opt_f = torch.optim.AdamW(list(fake.parameters()) + (list(head.parameters()) if gan else []),
                               lr=args.fake_lr, weight_decay=0.0)
-    real_x, real_y = real_training_images(bench)
+    real_x, real_y = real_training_images(bench) if gan else (None, None)
     rng = torch.Generator().manual_seed(0)
     batch, start, log = 16, time.time(), []
 
