@@ -20,11 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 EDGES = phased_timesteps(4, 4, "pcm") + [0]
 
 
-def _phase_swap():
-    spec = importlib.util.spec_from_file_location("phase_swap", ROOT / "benchmarks/demo_quality/phase_swap.py")
+def _script(name: str):
+    """A script of ``benchmarks/demo_quality`` loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"benchmarks/demo_quality/{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _phase_swap():
+    return _script("phase_swap")
 
 
 def _setup(seed=0):
@@ -74,11 +79,11 @@ def test_a_swapped_phase_moves_the_sample():
 
 
 def _phase_regression():
-    spec = importlib.util.spec_from_file_location("phase_regression",
-                                                  ROOT / "benchmarks/demo_quality/phase_regression.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("phase_regression")
+
+
+def _dmd_finetune():
+    return _script("dmd_finetune")
 
 
 @pytest.mark.parametrize("t, end", [(999, 739), (739, 499), (519, 499), (239, 0), (19, 0)])
@@ -96,9 +101,7 @@ def test_regression_target_is_the_ode_at_the_phase_edge(t, end):
 
 def test_dmd_real_score_is_cfg_inside_the_interval_only():
     """dmd_finetune.py's ε_real: the teacher's CFG-g ε at timesteps inside the interval, the conditional ε outside."""
-    spec = importlib.util.spec_from_file_location("dmd_finetune", ROOT / "benchmarks/demo_quality/dmd_finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _dmd_finetune()
     from lcm_lora.lcm_core.denoisers import unet_eps_fn
 
     x_c, x_u, noise = _setup(4)
@@ -108,13 +111,6 @@ def test_dmd_real_score_is_cfg_inside_the_interval_only():
     plain = unet_eps_fn(PointMassUnet(), _emb(x_c))
     want = torch.where((t == 300).view(-1, 1, 1, 1), guided(noise, t), plain(noise, t))
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
-
-
-def _dmd_finetune():
-    spec = importlib.util.spec_from_file_location("dmd_finetune", ROOT / "benchmarks/demo_quality/dmd_finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_dmd_gan_head_reads_the_fake_unets_bottleneck():
@@ -166,9 +162,7 @@ def test_augmentation_teachers_share_one_lora():
     from lcm_lora.demo.teacher_training import teacher_unet_config
     from lcm_lora.training.student import AdapterSwitch, add_lora
 
-    spec = importlib.util.spec_from_file_location("phase_regression", ROOT / "benchmarks/demo_quality/phase_regression.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _phase_regression()
     torch.manual_seed(0)
     base, other = (UNet2DConditionModel(**teacher_unet_config()).eval() for _ in range(2))
     named = add_lora(base, 4, 4, 0.0, None)

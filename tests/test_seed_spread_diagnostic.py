@@ -15,12 +15,11 @@ import torch
 from lcm_lora.demo.student_sampling import sample_tcd_student
 from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
 from tests.test_demo_samplers import PointMassUnet, _emb
+from tests.test_samplers import SD_CONFIG  # SD's scheduler config, as the diffusers parity tests
 
 diffusers = pytest.importorskip("diffusers")
 ROOT = Path(__file__).resolve().parents[1]
 EDGES = phased_timesteps(4, 4, "pcm")  # 999, 739, 499, 239
-SD_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False,
-                 steps_offset=1, clip_sample=False)
 
 
 def _seed_spread():

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts of benchmarks/demo_quality
-from phase_regression import load_bench, measure_student  # noqa: E402
+from phase_regression import load_bench, measure_student, real_training_images  # noqa: E402
 from phase_swap import _ddim_jump, bench_arguments  # noqa: E402
 
 
@@ -67,15 +67,6 @@ def realism(fake, head, x_t, t, cond):
 
     mid = unet_features(fake, x_t, t, {"encoder_hidden_states": cond}, with_up=False)[-1]
     return head(mid).flatten(1).mean(1)
-
-
-def real_training_images(bench):
-    """The demo's training split (the only real images the teacher learnt from) and its labels."""
-    from lcm_lora.demo.dataset import load_digit_images, split_indices
-
-    images, labels = load_digit_images(bench.cfg.resolution)
-    train = torch.from_numpy(split_indices(labels, seed=bench.cfg.split_seed).train)
-    return images[train], labels[train]
 
 
 def main():

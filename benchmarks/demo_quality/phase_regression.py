@@ -68,6 +68,15 @@ def measure_student(recipes, bench, unet, gammas, **info):
                           "fd_se": round(row["fd_se"], 2), "accuracy": row["accuracy"]}), flush=True)
 
 
+def real_training_images(bench):
+    """The demo's training split (the only real images the teacher learnt from) and its labels."""
+    from lcm_lora.demo.dataset import load_digit_images, split_indices
+
+    images, labels = load_digit_images(bench.cfg.resolution)
+    train = torch.from_numpy(split_indices(labels, seed=bench.cfg.split_seed).train)
+    return images[train], labels[train]
+
+
 def phase_end(t: int, phases: int = 4) -> int:
     """The phase edge below timestep ``t``: the largest of PCM's lower phase edges
     (``lcm_core.phased_timesteps.pcm_phase_edges``: 0 / 239 / 499 / 739 for 4 phases) under ``t``."""
@@ -99,20 +108,19 @@ def main():
     p.add_argument("--augment-style", default=None, help="a second teacher fine-tuned on this style (e.g. inverted)")
     p.add_argument("--augment-prob", type=float, default=0.5)
     args = p.parse_args()
-    from lcm_lora.demo.dataset import apply_style, load_digit_images, split_indices
+    from lcm_lora.demo.dataset import apply_style
     from lcm_lora.training.student import AdapterSwitch, add_lora
 
     recipes, bench, alphas = load_bench(args)
     teacher = bench.teacher
     lo, hi = (int(v) for v in args.interval.split(","))
-    images, labels = load_digit_images(bench.cfg.resolution)
-    train_idx = torch.as_tensor(split_indices(labels, seed=bench.cfg.split_seed).train)
+    images, labels = real_training_images(bench)
     cond_all, uncond_all = teacher.embed(torch.arange(10))
     unet = copy.deepcopy(teacher.unet)
     torch.manual_seed(0)  # peft's LoRA init draws from the global generator
-    params = [p for _, p in add_lora(unet, 8, 8, 0.0, None)]
+    named = add_lora(unet, 8, 8, 0.0, None)
+    params = [p for _, p in named]
     switch = AdapterSwitch(unet)
-    named = [(n, q) for n, q in unet.named_parameters() if q.requires_grad]
     aug = None
     if args.augment_style:
         aug = with_shared_lora(augment_teacher(bench, args.augment_style), named)
@@ -122,7 +130,7 @@ def main():
     gen = torch.Generator().manual_seed(0)
     start = time.time()
     for step in range(args.steps):
-        idx = train_idx[torch.randint(len(train_idx), (16,), generator=gen)]
+        idx = torch.randint(len(images), (16,), generator=gen)
         x0, cond, uncond = images[idx], cond_all[labels[idx]], uncond_all[labels[idx]]
         t = int(grid[int(torch.randint(50, (1,), generator=gen))])
         end = phase_end(t)

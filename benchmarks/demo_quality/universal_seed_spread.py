@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts of benchmarks/demo_quality
 from phase_regression import load_bench  # noqa: E402
 from phase_swap import bench_arguments  # noqa: E402
+from seed_spread import with_seed  # noqa: E402
 
 
 def main():
@@ -40,7 +41,6 @@ def main():
     if len(args.adapter_cfg) != len(args.adapter):
         raise SystemExit("give one --adapter-cfg per --adapter")
     from lcm_lora.demo import metrics
-    from lcm_lora.demo.evaluate import SamplePlan
     from lcm_lora.demo.run import _unet_with
     from lcm_lora.demo.sampler_seeds import lcm_seed, sampler_seed
     from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
@@ -61,8 +61,8 @@ def main():
         return round(metrics.frechet_distance(*metrics.feature_statistics(feats), *ref_stats), 2)
 
     for seed in (int(s) for s in args.seeds.split(",")):
-        ref_plan = SamplePlan.make(args.n, cfg.resolution, seed + 3)
-        plan = SamplePlan.make(args.n, cfg.resolution, seed)
+        with_seed(bench, seed)
+        ref_plan, plan = bench._accel_plans(args.n)  # reference from seed + 3, the rest from seed (as the demo)
         rc, ru = teacher.embed(ref_plan.labels)
         cond, uncond = teacher.embed(plan.labels)
         _, ref_feats = bench.inst.features(sample_teacher(ft, rc, ru, ref_plan.noise, "ddim",
