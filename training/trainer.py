@@ -252,6 +252,8 @@ class TrainingSession:
                                           num_warmup_steps=cfg.optim.lr_warmup_steps, num_training_steps=cfg.train.max_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=(cfg.train.mixed_precision == "fp16"))
         self.ema = LoraEma(self.named_params, cfg.lcd.ema_decay) if cfg.lcd.target == "ema" else None
+        self.export_ema = (LoraEma(self.named_params, cfg.output.ema_decay, warmup=True, prefix="export_ema.")
+                           if cfg.output.ema_decay > 0 else None)  # the weights written to the adapter, not the target
         self.discriminator = self.d_optimizer = self.d_scaler = self.adversarial = None
         if cfg.lcd.adversarial_weight > 0:  # PCM's adversarial consistency loss (training/adversarial.py)
             from .adversarial import Discriminator
@@ -308,6 +310,13 @@ class TrainingSession:
                 p.copy_(state.tensors[name])
         if self.ema is not None:
             self.ema.load_state_dict(state.tensors)
+        if self.export_ema is not None:
+            if "export_ema.updates" in state.tensors:
+                self.export_ema.load_state_dict(state.tensors)
+            else:  # output.ema_decay set on resume (output.* may change): the average starts here
+                self.export_ema.shadow = {n: p.detach().clone().float() for n, p in self.named_params}
+                warnings.warn(f"{path}: the checkpoint has no exported-EMA weights (output.ema_decay was 0); "
+                              "the EMA written to the adapter averages from this step on", stacklevel=2)
         optimizer_state = dict(state.optimizer)
         d_state = optimizer_state.pop("discriminator", None)
         self.optimizer.load_state_dict(optimizer_state)
@@ -411,6 +420,8 @@ class TrainingSession:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update()
+        if self.export_ema is not None:
+            self.export_ema.update()
 
     def _adversarial_step(self, step: int, accum: int) -> float:
         """One optimizer step with PCM's adversarial consistency loss (:mod:`.adversarial`): the discriminator's
@@ -466,6 +477,8 @@ class TrainingSession:
             tensors = {name: p.detach().float() for name, p in self.named_params}
             if self.ema is not None:
                 tensors.update(self.ema.state_dict())
+            if self.export_ema is not None:
+                tensors.update(self.export_ema.state_dict())
             optimizer_state = self.optimizer.state_dict()
             if self.discriminator is not None:  # checkpoint only: the adapter export reads the LoRA layers
                 tensors.update({k: v.detach().float() for k, v in self.discriminator.named_tensors().items()})
@@ -483,7 +496,10 @@ class TrainingSession:
         return path
 
     def export(self) -> Path:
-        return _export(self.unet, self.teacher, self.cfg, self.step_count, self.config_hash, self.output_dir)
+        if self.export_ema is None:
+            return _export(self.unet, self.teacher, self.cfg, self.step_count, self.config_hash, self.output_dir)
+        with self.export_ema.swapped_in():  # output.ema_decay: the averaged weights go into the adapter
+            return _export(self.unet, self.teacher, self.cfg, self.step_count, self.config_hash, self.output_dir)
 
 
 def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, ctx: DistContext,
