@@ -99,3 +99,21 @@ def test_pooled_rows_and_goal_a():
     assert m.goal_a({"fd": 19.0, "accuracy": 0.995}, lcm, teacher)
     assert not m.goal_a({"fd": 19.1, "accuracy": 1.0}, lcm, teacher)
     assert not m.goal_a({"fd": 10.0, "accuracy": 0.9949}, lcm, teacher)
+
+
+def test_lcm_seedings_the_demos_reuses_the_initial_noise_the_independent_does_not():
+    """--lcm-seeding: "plan" is the demo's LCM stream, whose first re-noise draw is the plan's initial noise ε₀;
+    "independent" (diffusers' LCMScheduler, ComfyUI on a GPU) draws apart from it."""
+    from lcm_lora.demo.evaluate import SamplePlan
+    from lcm_lora.demo.sampler_seeds import lcm_seed, sampler_seed
+    from lcm_lora.lcm_core.sampling import default_noise_sampler
+
+    m = _seed_spread()
+    fns = m._lcm_seed_fns()
+    assert fns == {"plan": lcm_seed, "independent": sampler_seed}
+    assert set(m.LCM_ROW) == set(fns) and m.LCM_SEEDINGS["both"] == ("plan", "independent")
+    plan = SamplePlan.make(8, 16, 5)
+    x = plan.noise.clone()
+    first = {k: default_noise_sampler(x, seed=fn(5))(None, None) for k, fn in fns.items()}
+    assert torch.equal(first["plan"], plan.noise)
+    assert not torch.allclose(first["independent"], plan.noise)

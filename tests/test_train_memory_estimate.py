@@ -102,6 +102,15 @@ def test_offload_lowers_the_estimate_by_the_encoders_size():
     assert text_and_vae > 0.3 * GIB and off.total - on.total == text_and_vae  # peak falls by their size
 
 
+def test_exported_ema_adds_one_float32_copy_of_the_lora():
+    base = ["data.resolution=256", "batch_size=2", "train.mixed_precision=fp16"]
+    plain = estimate_memory(load_config(ROOT / "configs" / "sd15.yaml", base), "cuda", activations=False)
+    averaged = estimate_memory(load_config(ROOT / "configs" / "sd15.yaml", base + ["output.ema_decay=0.99"]), "cuda",
+                               activations=False)
+    lora_bytes = plain.get("LoRA weights")  # float32 LoRA parameters
+    assert lora_bytes > 0 and averaged.total - plain.total == lora_bytes
+
+
 @pytest.mark.filterwarnings("ignore:.*adamw8bit is not usable here:UserWarning")
 def test_validation_pass_is_named_as_not_counted():
     """The validation grids are not estimated (the memory checks run with validation.every=0): the estimate

@@ -7,7 +7,9 @@ and 1000 samples). This script re-draws the demo's prompts and noise (``SamplePl
 demo does for its own seed) for each ``--seeds`` value and measures, with the demo's metrics:
 
 * the teacher's DDIM 8 at the demo's CFG 2 (goal (a)'s accuracy reference);
-* the LCM-LoRA ``--lcm`` at 4 LCM steps (goal (a)'s FD bar);
+* the LCM-LoRA ``--lcm`` at 4 LCM steps (goal (a)'s FD bar), re-noised as the demo does (its first re-noise is the
+  initial noise ε₀) or, with ``--lcm-seeding independent|both``, from a stream apart from ε₀ as diffusers'
+  ``LCMScheduler`` and ComfyUI on a GPU draw it;
 * each 4-phase adapter ``--adapter`` (repeatable) at 4 steps on its phase edges with the TCD sampler at each
   ``--gammas`` entry: one γ for every step (``0.3``) or one per step (``0,0.3,0.8,0``: γ changes only the
   re-noising target of each step; the last step's γ has no effect, it lands on timestep 0).
@@ -88,19 +90,34 @@ def goal_a(adapter: dict, lcm: dict, teacher: dict) -> bool:
     return adapter["fd"] <= lcm["fd"] and adapter["accuracy"] >= teacher["accuracy"] - 0.005
 
 
+LCM_SEEDINGS = {"plan": ("plan",), "independent": ("independent",), "both": ("plan", "independent")}
+LCM_ROW = {"plan": "LCM-LoRA LCM 4", "independent": "LCM-LoRA LCM 4 (independent re-noising)"}
+
+
+def _lcm_seed_fns():
+    from lcm_lora.demo.sampler_seeds import lcm_seed, sampler_seed
+
+    return {"plan": lcm_seed, "independent": sampler_seed}
+
+
 def main():
     p = bench_arguments(__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--lcm", type=Path, required=True, help="the LCM-LoRA (goal (a)'s FD bar)")
     p.add_argument("--adapter", type=Path, action="append", default=[], help="a 4-phase PCM adapter (repeatable)")
     p.add_argument("--gammas", default="0;0.3", help="';'-separated γ entries: one value, or one per step")
+    p.add_argument("--lcm-seeding", choices=("plan", "independent", "both"), default="plan",
+                   help="the LCM-LoRA's re-noising stream: plan = the demo's (its first re-noise is the initial noise "
+                   "ε₀, demo.sampler_seeds.lcm_seed); independent = a stream apart from ε₀, as diffusers' LCMScheduler "
+                   "and ComfyUI on a GPU draw it (demo.sampler_seeds.sampler_seed, the TCD rows' own); both = two rows")
     args = p.parse_args()
     from lcm_lora.demo.run import _unet_with
-    from lcm_lora.demo.sampler_seeds import lcm_seed, sampler_seed
+    from lcm_lora.demo.sampler_seeds import sampler_seed
     from lcm_lora.demo.student_sampling import sample_lcm_student
     from lcm_lora.demo.teacher_samplers import sample_teacher
     from lcm_lora.lcm_core.lora import read_adapter
 
+    seed_fns = _lcm_seed_fns()
     recipes, bench, _ = load_bench(args)
     gamma_rows = parse_gammas(args.gammas)
     teacher = bench.teacher
@@ -123,18 +140,22 @@ def main():
         t8 = measure("teacher DDIM 8", lambda sl, k: sample_teacher(
             teacher.unet, bench.cond[sl], bench.uncond[sl], plan.noise[sl], "ddim", 8, teacher.scheduler_config,
             cfg.guidance_scale), seed)
-        l4 = measure("LCM-LoRA LCM 4", lambda sl, k: sample_lcm_student(
-            lcm, bench.cond[sl], plan.noise[sl], k, seed=lcm_seed(cfg.seed + sl.start)), seed)
+        bars = {}
+        for seeding in LCM_SEEDINGS[args.lcm_seeding]:
+            bars[seeding] = measure(LCM_ROW[seeding], lambda sl, k, fn=seed_fns[seeding]: sample_lcm_student(
+                lcm, bench.cond[sl], plan.noise[sl], k, seed=fn(cfg.seed + sl.start)), seed)
         for path, unet in students.items():
             for gammas in gamma_rows:
                 name = f"{Path(path).parent.name} γ {','.join(f'{g:g}' for g in gammas)}"
                 row = measure(name, lambda sl, k, unet=unet, gammas=gammas: sample_phased_per_step_gamma(
                     unet, bench.cond[sl], plan.noise[sl], gammas, sampler_seed(cfg.seed + sl.start)), seed)
-                print(json.dumps({"seed": seed, "model": name, "goal_a": goal_a(row, l4, t8)}), flush=True)
+                print(json.dumps({"seed": seed, "model": name, **{f"goal_a_vs_lcm_{k}": goal_a(row, bar, t8)
+                                                                   for k, bar in bars.items()}}), flush=True)
     summary = {name: pooled(rows) for name, rows in table.items()}
     for name, row in summary.items():
-        verdict = {} if name in ("teacher DDIM 8", "LCM-LoRA LCM 4") else {
-            "goal_a_pooled": goal_a(row, summary["LCM-LoRA LCM 4"], summary["teacher DDIM 8"])}
+        verdict = {} if name == "teacher DDIM 8" or name in LCM_ROW.values() else {
+            f"goal_a_pooled_vs_lcm_{k}": goal_a(row, summary[LCM_ROW[k]], summary["teacher DDIM 8"])
+            for k in LCM_SEEDINGS[args.lcm_seeding]}
         print(json.dumps({"pooled": name, **row, **verdict}), flush=True)
 
 
