@@ -148,3 +148,17 @@ def test_default_writes_the_online_weights(assets, tmp_path):
     assert not any(k.startswith("export_ema.") for k in last)
     torch.testing.assert_close(_fused_output(teacher_dir, result.adapter_path), _student_output(teacher_dir, last),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_ema_switched_on_at_resume_averages_from_there(assets, tmp_path):
+    """output.* may change on resume: a checkpoint without the average starts it at the resumed step (warned)."""
+    def interrupt(step, loss):
+        if step == 2:
+            signal.raise_signal(signal.SIGTERM)
+
+    plain = _overrides(assets, **{"checkpoint.every": 0})
+    assert train(TINY, tmp_path / "run", overrides=plain, progress=False, on_step=interrupt).status == "interrupted"
+    with pytest.warns(UserWarning, match="no exported-EMA weights"):
+        rest = train(TINY, tmp_path / "run", resume=True, overrides=plain + [f"output.ema_decay={MU}"], progress=False)
+    last = ckpt.load_checkpoint(rest.checkpoint).tensors
+    assert int(last["export_ema.updates"]) == 3  # steps 3, 4, 5: the average began at the resumed step
