@@ -1,4 +1,4 @@
-"""``output.ema_decay``: the adapter holds an EMA of the online LoRA weights (training/ema.py).
+"""``output.export_ema_decay``: the adapter holds an EMA of the online LoRA weights (training/ema.py).
 
 References: diffusers' ``EMAModel`` (its decay schedule, step by step) and the online weights of
 every step's checkpoint (the EMA recomputed from them must be what the adapter holds)."""
@@ -99,7 +99,7 @@ def test_adapter_is_the_ema_of_every_steps_online_weights(assets, tmp_path):
     from lcm_lora.lcm_core.lora import read_adapter
 
     _, teacher_dir, _ = assets
-    result = train(TINY, tmp_path / "run", overrides=_overrides(assets, **{"output.ema_decay": MU}), progress=False)
+    result = train(TINY, tmp_path / "run", overrides=_overrides(assets, **{"output.export_ema_decay": MU}), progress=False)
     steps = [ckpt.load_checkpoint(p).tensors for _, p in ckpt.list_checkpoints(tmp_path / "run")]
     assert len(steps) == 5
     names = sorted(_online(steps[0]))
@@ -120,11 +120,11 @@ def test_adapter_is_the_ema_of_every_steps_online_weights(assets, tmp_path):
     torch.testing.assert_close(fused, _student_output(teacher_dir, expected), rtol=1e-4, atol=1e-5)
     online_out = _student_output(teacher_dir, _online(last))
     assert (fused - online_out).abs().max() > 1e-3  # the averaged weights, not the last ones
-    assert read_adapter(result.adapter_path).metadata["lcm_lora.ema_decay"] == str(MU)
+    assert read_adapter(result.adapter_path).metadata["lcm_lora.export_ema_decay"] == str(MU)
 
 
 def test_resumed_run_writes_the_same_averaged_adapter(assets, tmp_path):
-    over = _overrides(assets, **{"output.ema_decay": MU, "checkpoint.every": 0})
+    over = _overrides(assets, **{"output.export_ema_decay": MU, "checkpoint.every": 0})
     full = train(TINY, tmp_path / "full", overrides=over, progress=False)
 
     def interrupt(step, loss):
@@ -159,6 +159,14 @@ def test_ema_switched_on_at_resume_averages_from_there(assets, tmp_path):
     plain = _overrides(assets, **{"checkpoint.every": 0})
     assert train(TINY, tmp_path / "run", overrides=plain, progress=False, on_step=interrupt).status == "interrupted"
     with pytest.warns(UserWarning, match="no exported-EMA weights"):
-        rest = train(TINY, tmp_path / "run", resume=True, overrides=plain + [f"output.ema_decay={MU}"], progress=False)
+        rest = train(TINY, tmp_path / "run", resume=True, overrides=plain + [f"output.export_ema_decay={MU}"], progress=False)
     last = ckpt.load_checkpoint(rest.checkpoint).tensors
     assert int(last["export_ema.updates"]) == 3  # steps 3, 4, 5: the average began at the resumed step
+
+
+def test_bare_keys_stay_unambiguous():
+    """``ema_decay=`` (the EMA target's μ) still resolves to ``lcd.ema_decay``; the exported average has its own name."""
+    from lcm_lora.training.config import load_config
+
+    cfg = load_config(TINY, ["ema_decay=0.5", "export_ema_decay=0.9"])
+    assert cfg.lcd.ema_decay == 0.5 and cfg.output.export_ema_decay == 0.9

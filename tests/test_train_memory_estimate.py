@@ -105,7 +105,7 @@ def test_offload_lowers_the_estimate_by_the_encoders_size():
 def test_exported_ema_adds_one_float32_copy_of_the_lora():
     base = ["data.resolution=256", "batch_size=2", "train.mixed_precision=fp16"]
     plain = estimate_memory(load_config(ROOT / "configs" / "sd15.yaml", base), "cuda", activations=False)
-    averaged = estimate_memory(load_config(ROOT / "configs" / "sd15.yaml", base + ["output.ema_decay=0.99"]), "cuda",
+    averaged = estimate_memory(load_config(ROOT / "configs" / "sd15.yaml", base + ["output.export_ema_decay=0.99"]), "cuda",
                                activations=False)
     lora_bytes = plain.get("LoRA weights")  # float32 LoRA parameters
     assert lora_bytes > 0 and averaged.total - plain.total == lora_bytes

@@ -240,7 +240,7 @@ class OutputSection:
     format: str = _f("kohya", choices=("kohya", "diffusers", "peft"), kind="str")
     name: str = _f("lcm_lora.safetensors", kind="str", doc="file (kohya/diffusers) or folder (peft) name in the output folder")
     dtype: str = _f("fp16", choices=("fp16", "bf16", "fp32"), kind="str", panel=_panel("output_dtype"))
-    ema_decay: float = _f(0.0, minimum=0.0, maximum=0.99999, kind="float",
+    export_ema_decay: float = _f(0.0, minimum=0.0, maximum=0.99999, kind="float",
                           doc="0 = write the final weights (the references); μ in (0, 1) = write an EMA of the weights over "
                           "training instead (consistency models are evaluated on an EMA, arXiv 2303.01469 §6), decay per "
                           "update min(μ, (1 + n) / (10 + n)) as diffusers' EMAModel; training itself is unchanged")

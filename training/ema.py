@@ -8,7 +8,7 @@ no second UNet is held in memory. The update matches diffusers' ``update_ema``
 The diffusers LoRA scripts use no EMA (``target: stopgrad``, the online weights under
 ``no_grad``); this class is used when the config asks for ``lcd.target: ema``.
 
-The same class with ``warmup=True`` is the *exported* EMA (``output.ema_decay``): an average of the
+The same class with ``warmup=True`` is the *exported* EMA (``output.export_ema_decay``): an average of the
 online weights that is written to the adapter instead of the last ones, as consistency models are
 evaluated on an EMA of their weights (Song et al. 2023, arXiv 2303.01469, §6). Its decay per update
 is diffusers' ``EMAModel.get_decay`` without ``use_ema_warmup``: 0 for the first update (a copy),

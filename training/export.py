@@ -115,8 +115,8 @@ def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_has
         meta["lcm_lora.adversarial_weight"] = str(cfg.lcd.adversarial_weight)
         meta["lcm_lora.adversarial_real"] = cfg.lcd.adversarial_real
         meta["ss_training_comment"] = f"{comment} with PCM's adversarial consistency loss, lcm_lora.training"
-    if cfg.output.ema_decay > 0:  # the weights written are an EMA of the online ones (training/ema.py)
-        meta["lcm_lora.ema_decay"] = str(cfg.output.ema_decay)
+    if cfg.output.export_ema_decay > 0:  # the weights written are an EMA of the online ones (training/ema.py)
+        meta["lcm_lora.export_ema_decay"] = str(cfg.output.export_ema_decay)
     interval = guidance_interval(cfg.lcd)
     if interval is not None:  # ω distilled in on these teacher timesteps only
         meta["lcm_lora.guidance_interval"] = f"{interval[0]},{interval[1]}"

@@ -455,7 +455,7 @@ def estimate_memory(cfg, device: str | None = None, *, activations: bool = True,
     if cfg.lcd.target == "ema":
         states += lora_params * 4
         snote += " + EMA target copy"
-    if cfg.output.ema_decay > 0:
+    if cfg.output.export_ema_decay > 0:
         states += lora_params * 4
         snote += " + exported-EMA copy"
     est.components.append(Component("LoRA gradients + optimizer states", lora_params * 4 + states,

@@ -252,8 +252,8 @@ class TrainingSession:
                                           num_warmup_steps=cfg.optim.lr_warmup_steps, num_training_steps=cfg.train.max_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=(cfg.train.mixed_precision == "fp16"))
         self.ema = LoraEma(self.named_params, cfg.lcd.ema_decay) if cfg.lcd.target == "ema" else None
-        self.export_ema = (LoraEma(self.named_params, cfg.output.ema_decay, warmup=True, prefix="export_ema.")
-                           if cfg.output.ema_decay > 0 else None)  # the weights written to the adapter, not the target
+        self.export_ema = (LoraEma(self.named_params, cfg.output.export_ema_decay, warmup=True, prefix="export_ema.")
+                           if cfg.output.export_ema_decay > 0 else None)  # the weights written to the adapter, not the target
         self.discriminator = self.d_optimizer = self.d_scaler = self.adversarial = None
         if cfg.lcd.adversarial_weight > 0:  # PCM's adversarial consistency loss (training/adversarial.py)
             from .adversarial import Discriminator
@@ -313,9 +313,9 @@ class TrainingSession:
         if self.export_ema is not None:
             if "export_ema.updates" in state.tensors:
                 self.export_ema.load_state_dict(state.tensors)
-            else:  # output.ema_decay set on resume (output.* may change): the average starts here
+            else:  # output.export_ema_decay set on resume (output.* may change): the average starts here
                 self.export_ema.shadow = {n: p.detach().clone().float() for n, p in self.named_params}
-                warnings.warn(f"{path}: the checkpoint has no exported-EMA weights (output.ema_decay was 0); "
+                warnings.warn(f"{path}: the checkpoint has no exported-EMA weights (output.export_ema_decay was 0); "
                               "the EMA written to the adapter averages from this step on", stacklevel=2)
         optimizer_state = dict(state.optimizer)
         d_state = optimizer_state.pop("discriminator", None)
@@ -498,7 +498,7 @@ class TrainingSession:
     def export(self) -> Path:
         if self.export_ema is None:
             return _export(self.unet, self.teacher, self.cfg, self.step_count, self.config_hash, self.output_dir)
-        with self.export_ema.swapped_in():  # output.ema_decay: the averaged weights go into the adapter
+        with self.export_ema.swapped_in():  # output.export_ema_decay: the averaged weights go into the adapter
             return _export(self.unet, self.teacher, self.cfg, self.step_count, self.config_hash, self.output_dir)
 
 
