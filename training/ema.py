@@ -29,8 +29,12 @@ class LoraEma:
         self.decay = float(decay)
         self.warmup = warmup
         self.prefix = prefix
-        self.updates = 0
         self.params = {name: p for name, p in named_params}
+        self.restart()
+
+    def restart(self) -> None:
+        """Start the average over from the current online weights (no updates yet)."""
+        self.updates = 0
         self.shadow = {name: p.detach().clone().float() for name, p in self.params.items()}
 
     def current_decay(self) -> float:

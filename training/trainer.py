@@ -314,7 +314,7 @@ class TrainingSession:
             if "export_ema.updates" in state.tensors:
                 self.export_ema.load_state_dict(state.tensors)
             else:  # output.export_ema_decay set on resume (output.* may change): the average starts here
-                self.export_ema.shadow = {n: p.detach().clone().float() for n, p in self.named_params}
+                self.export_ema.restart()
                 warnings.warn(f"{path}: the checkpoint has no exported-EMA weights (output.export_ema_decay was 0); "
                               "the EMA written to the adapter averages from this step on", stacklevel=2)
         optimizer_state = dict(state.optimizer)
