@@ -48,7 +48,8 @@ class LCMKSampler(io.ComfyNode):
             display_name="LCM KSampler",
             category=bridge.CATEGORY,
             description="All-in-one LCM / TCD sampler with LCM timesteps: 4 steps at cfg 1.0 by default; mode auto "
-                        "follows the adapter's sampling recipe (LCM, TCD, or PCM / TSCD: tcd at gamma 0 on the phase edges).",
+                        "follows the adapter's sampling recipe (LCM, TCD, or PCM / TSCD: tcd on the phase edges at the gamma the "
+                        "adapter records, else 0).",
             inputs=[
                 io.Model.Input("model", tooltip="A model with an LCM, TCD, PCM or TSCD adapter (LCM-LoRA Loader or LCM Adapter Merge)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,

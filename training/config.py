@@ -244,6 +244,10 @@ class OutputSection:
                           doc="0 = write the final weights (the references); μ in (0, 1) = write an EMA of the weights over "
                           "training instead (consistency models are evaluated on an EMA, arXiv 2303.01469 §6), decay per "
                           "update min(μ, (1 + n) / (10 + n)) as diffusers' EMAModel; training itself is unchanged")
+    recommended_gamma: float | None = _f(None, minimum=0.0, maximum=1.0, kind="float?",
+                                          doc="the γ (TCD's stochasticity) the adapter's metadata recommends; default = the "
+                                          "objective's (tcd 0.3, or lcd.tdd_s_ratio with the TDD s draw; pcm / tscd 0); "
+                                          "not for lcd.objective lcm (its sampler has no γ)")
 
 
 @dataclass
@@ -493,6 +497,8 @@ def validate_config(cfg: TrainConfig) -> None:
             items = value if isinstance(value, list) else [value]
             for item in items:
                 if isinstance(item, (int, float)) and not isinstance(item, bool):
+                    if item != item and (meta["minimum"] is not None or meta["maximum"] is not None):
+                        raise ConfigError(src, f"key '{key}' must be a number in its range, got nan")  # nan passes < / >
                     if meta["minimum"] is not None and item < meta["minimum"]:
                         raise ConfigError(src, f"key '{key}' must be >= {meta['minimum']}, got {item}")
                     if meta["maximum"] is not None and item > meta["maximum"]:
@@ -572,6 +578,9 @@ def _validate_objective(cfg: TrainConfig) -> None:
                               f"{lcd.objective} map has no boundary scalings); remove it or set lcd.objective=lcm")
     _validate_normal_cfg(cfg)
     _validate_guidance_interval(cfg)
+    if cfg.output.recommended_gamma is not None and cfg.lcd.objective == "lcm":
+        raise ConfigError(src, "key 'output.recommended_gamma' applies to the TCD sampler's adapters (lcd.objective "
+                          "tcd, pcm or tscd); an LCM-LoRA is sampled by the LCM sampler, which has no γ")
     if lcd.objective == "pcm" and lcd.phases > lcd.num_ddim_timesteps:
         raise ConfigError(src, f"key 'lcd.phases' ({lcd.phases}) must not exceed 'lcd.num_ddim_timesteps' "
                           f"({lcd.num_ddim_timesteps}): each phase needs at least one solver step")

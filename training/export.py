@@ -58,7 +58,8 @@ def adapter_recipe(cfg):
     draw, γ = ``lcd.tdd_s_ratio`` (the largest γ its training covered; TDD: train and sample with the same γ);
     PCM / TSCD: tcd sampler at γ 0 on the phased timesteps, steps = phases (:func:`adapter_phases`).
     With ``lcd.solver_guidance: false`` no guidance is distilled in: the recipe's cfg is ``lcd.normal_cfg``
-    (the teacher's usual cfg; default :data:`NORMAL_CFG`) instead of 1 and it has no ω range."""
+    (the teacher's usual cfg; default :data:`NORMAL_CFG`) instead of 1 and it has no ω range. ``output.recommended_gamma``
+    replaces the objective's γ (e.g. the γ a user measured best for a phased adapter)."""
     from dataclasses import replace
 
     from ..lcm_core.sampling_recipe import PHASED, recipe_for_objective
@@ -71,6 +72,8 @@ def adapter_recipe(cfg):
         recipe = recipe_for_objective(lcd.objective, w_range=(lcd.w_min, lcd.w_max), steps=4, gamma=gamma)
     if not lcd.solver_guidance:
         recipe = replace(recipe, cfg=float(lcd.normal_cfg), w_range=None)
+    if cfg.output.recommended_gamma is not None:
+        recipe = replace(recipe, gamma=float(cfg.output.recommended_gamma))
     return recipe
 
 

@@ -316,6 +316,12 @@ try {
       out.tcd_gamma_03 = problems(custom.id);
       set(sampler, "gamma", 0);
       out.tcd_gamma_0 = problems(custom.id);
+      // an adapter that records its own γ (output.recommended_gamma): that γ is the one the warning wants
+      const gammaRecipe = L.readRecipe({ "lcm_lora.objective": "pcm", "lcm_lora.phases": "4",
+                                         "lcm_lora.recommended_gamma": "0.5" });
+      out.recipe_gamma = { gamma: gammaRecipe.gamma,
+                           at_05: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0.5 }, gammaRecipe, []),
+                           at_0: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0 }, gammaRecipe, []) };
       set(sampler, "mode", "lcm");
       out.mode_lcm = problems(custom.id);
       set(sampler, "mode", "auto");

@@ -175,7 +175,8 @@ def test_no_cfg_warning_when_cfg_applies_to_the_first_steps_only(ui):
 
 
 def test_warnings_follow_a_phased_recipe(ui):
-    """PCM / TSCD adapters want tcd at γ 0 on their phase edges with steps fitting their phases."""
+    """PCM / TSCD adapters want tcd at γ 0 (or the γ their recipe records) on their phase edges with steps fitting
+    their phases."""
     from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
 
     case = ui["phased_case"]
@@ -189,6 +190,7 @@ def test_warnings_follow_a_phased_recipe(ui):
     assert case["steps_3"] == ["steps 3 is neither a divisor nor a multiple of 4 phases"], case
     assert case["ks_auto_5"] == ["steps 5 is neither a divisor nor a multiple of 4 phases"], case
     assert case["tcd_gamma_03"] == ["gamma 0.3 is not 0"], case
+    assert case["recipe_gamma"] == {"gamma": 0.5, "at_05": [], "at_0": ["gamma 0 is not 0.5"]}, case
     assert case["mode_lcm"] == ["sampler 'lcm' is not TCD"], case
     assert case["ks_tcd"] == ["mode tcd samples LCM timesteps, not the phase edges"], case
     assert case["stock"] == ["sampler 'lcm' is not TCD", "sgm_uniform sigmas are not the phase edges"], case
