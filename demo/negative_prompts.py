@@ -34,7 +34,7 @@ def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int
     prompt), share_without (same configuration without it) and reduction.
     """
     from .evaluate import SamplePlan
-    from .sampler_seeds import lcm_seed, sampler_seed
+    from .sampler_seeds import sampler_seed
     from .teacher_samplers import sample_teacher
 
     plan = SamplePlan.make(n, resolution, seed)
@@ -74,12 +74,11 @@ def negative_prompt_study(teacher, students: dict, inst, n: int, resolution: int
             once(("teacher", steps), lambda steps=steps: sample_teacher(teacher.unet, empty, None, plan.noise, "ddim",
                                                                         steps, sc, teacher_cfg)))
     for name, (unet, fn, sampler) in students.items():
-        seed_fn = sampler_seed if sampler in ("tcd", "pcm") else lcm_seed
-        plain = once(name, lambda unet=unet, fn=fn: fn(unet, empty, plan.noise, student_steps, seed=seed_fn(seed)))
+        plain = once(name, lambda unet=unet, fn=fn: fn(unet, empty, plan.noise, student_steps, seed=sampler_seed(seed)))
         for cfg, k in student_configs:
             add(name, sampler, student_steps, cfg, k,
                 (lambda neg: plain()) if cfg <= 1.0 else  # cfg 1: the negative prompt is never evaluated
-                lambda neg, unet=unet, fn=fn, cfg=cfg, k=k: fn(unet, empty, plan.noise, student_steps, seed=seed_fn(seed),
+                lambda neg, unet=unet, fn=fn, cfg=cfg, k=k: fn(unet, empty, plan.noise, student_steps, seed=sampler_seed(seed),
                                                               guidance_scale=cfg, uncond=neg, cfg_steps=k), plain)
     teacher_red = rows[0]["reduction"]
     budget = 2 * student_steps

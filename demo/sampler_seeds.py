@@ -1,4 +1,6 @@
-"""Seeds of the few-step samplers' re-noising streams (shared by ``run`` and ``negative_prompts``)."""
+"""Seeds of the few-step samplers' re-noising streams (shared by ``run`` and ``negative_prompts``): every few-step
+sampler of the demo (LCM, TCD, phased) re-noises from a stream independent of the plan's initial noise, as
+diffusers' schedulers (one generator advancing past the initial latents) and ComfyUI on a GPU do."""
 from __future__ import annotations
 
 from ..lcm_core.sampling import INDEPENDENT_NOISE_SEED_OFFSET, independent_noise_seed
@@ -18,9 +20,10 @@ def sampler_seed(seed: int) -> int:
     return independent_noise_seed(seed)
 
 
-def lcm_seed(seed: int) -> int:
-    """The LCM sampler's re-noising seed: the plan's own (as in every earlier run). For LCM the collision is
-    variance-neutral (x = x̂0 + σ_next·ε₀ has the right noise level; only the first re-noise reuses ε₀), and
-    keeping it keeps the LCM rows comparable with earlier runs. An independent stream measured (fast preset):
-    LCM 2 steps FD 43.7 vs 36.1, merged style+LCM accuracy 0.980 vs 0.995 (demo/README.md)."""
+def plan_seed(seed: int) -> int:
+    """The re-noising seed earlier runs gave the demo's LCM sampler: the plan's own, so its first re-noise *is*
+    the initial noise ε₀. Not neutral (``benchmarks/demo_quality/seed_spread.py --lcm-seeding both``, 12 seeds ×
+    1000 samples: LCM-LoRA 4 steps FD 20.1 / 20.6 vs 23.8 / 23.8 with an independent stream), and neither
+    diffusers' ``LCMScheduler`` nor ComfyUI on a GPU samples that way, so every sampler of the demo now re-noises
+    from :func:`sampler_seed`; this one stays for that diagnostic (BENCHMARKS.md)."""
     return int(seed)

@@ -101,16 +101,16 @@ def test_pooled_rows_and_goal_a():
     assert not m.goal_a({"fd": 10.0, "accuracy": 0.9949}, lcm, teacher)
 
 
-def test_lcm_seedings_the_demos_reuses_the_initial_noise_the_independent_does_not():
-    """--lcm-seeding: "plan" is the demo's LCM stream, whose first re-noise draw is the plan's initial noise ε₀;
-    "independent" (diffusers' LCMScheduler, ComfyUI on a GPU) draws apart from it."""
+def test_lcm_seedings_plan_reuses_the_initial_noise_independent_does_not():
+    """--lcm-seeding: "plan" is earlier demo runs' LCM stream, whose first re-noise draw is the plan's initial noise
+    ε₀; "independent" (the demo's now, diffusers' LCMScheduler, ComfyUI on a GPU) draws apart from it."""
     from lcm_lora.demo.evaluate import SamplePlan
-    from lcm_lora.demo.sampler_seeds import lcm_seed, sampler_seed
+    from lcm_lora.demo.sampler_seeds import plan_seed, sampler_seed
     from lcm_lora.lcm_core.sampling import default_noise_sampler
 
     m = _seed_spread()
     fns = m._lcm_seed_fns()
-    assert fns == {"plan": lcm_seed, "independent": sampler_seed}
+    assert fns == {"plan": plan_seed, "independent": sampler_seed}
     assert set(m.LCM_ROW) == set(fns) and m.LCM_SEEDINGS["both"] == ("plan", "independent")
     plan = SamplePlan.make(8, 16, 5)
     x = plan.noise.clone()

@@ -7,9 +7,9 @@ and 1000 samples). This script re-draws the demo's prompts and noise (``SamplePl
 demo does for its own seed) for each ``--seeds`` value and measures, with the demo's metrics:
 
 * the teacher's DDIM 8 at the demo's CFG 2 (goal (a)'s accuracy reference);
-* the LCM-LoRA ``--lcm`` at 4 LCM steps (goal (a)'s FD bar), re-noised as the demo does (its first re-noise is the
-  initial noise ε₀) or, with ``--lcm-seeding independent|both``, from a stream apart from ε₀ as diffusers'
-  ``LCMScheduler`` and ComfyUI on a GPU draw it;
+* the LCM-LoRA ``--lcm`` at 4 LCM steps (goal (a)'s FD bar), re-noised as the demo does, from a stream apart from
+  the initial noise ε₀ as diffusers' ``LCMScheduler`` and ComfyUI on a GPU draw it, or, with ``--lcm-seeding
+  plan|both``, as earlier demo runs did (its first re-noise is ε₀);
 * each 4-phase adapter ``--adapter`` (repeatable) at 4 steps on its phase edges with the TCD sampler at each
   ``--gammas`` entry: one γ for every step (``0.3``) or one per step (``0,0.3,0.8,0``: γ changes only the
   re-noising target of each step; the last step's γ has no effect, it lands on timestep 0).
@@ -91,13 +91,13 @@ def goal_a(adapter: dict, lcm: dict, teacher: dict) -> bool:
 
 
 LCM_SEEDINGS = {"plan": ("plan",), "independent": ("independent",), "both": ("plan", "independent")}
-LCM_ROW = {"plan": "LCM-LoRA LCM 4", "independent": "LCM-LoRA LCM 4 (independent re-noising)"}
+LCM_ROW = {"plan": "LCM-LoRA LCM 4 (re-noised from ε₀, earlier demo runs)", "independent": "LCM-LoRA LCM 4"}
 
 
 def _lcm_seed_fns():
-    from lcm_lora.demo.sampler_seeds import lcm_seed, sampler_seed
+    from lcm_lora.demo.sampler_seeds import plan_seed, sampler_seed
 
-    return {"plan": lcm_seed, "independent": sampler_seed}
+    return {"plan": plan_seed, "independent": sampler_seed}
 
 
 def main():
@@ -106,10 +106,11 @@ def main():
     p.add_argument("--lcm", type=Path, required=True, help="the LCM-LoRA (goal (a)'s FD bar)")
     p.add_argument("--adapter", type=Path, action="append", default=[], help="a 4-phase PCM adapter (repeatable)")
     p.add_argument("--gammas", default="0;0.3", help="';'-separated γ entries: one value, or one per step")
-    p.add_argument("--lcm-seeding", choices=("plan", "independent", "both"), default="plan",
-                   help="the LCM-LoRA's re-noising stream: plan = the demo's (its first re-noise is the initial noise "
-                   "ε₀, demo.sampler_seeds.lcm_seed); independent = a stream apart from ε₀, as diffusers' LCMScheduler "
-                   "and ComfyUI on a GPU draw it (demo.sampler_seeds.sampler_seed, the TCD rows' own); both = two rows")
+    p.add_argument("--lcm-seeding", choices=("plan", "independent", "both"), default="independent",
+                   help="the LCM-LoRA's re-noising stream: independent (default) = the demo's, a stream apart from "
+                   "the initial noise ε₀, as diffusers' LCMScheduler and ComfyUI on a GPU draw it "
+                   "(demo.sampler_seeds.sampler_seed); plan = earlier demo runs' (its first re-noise is ε₀, "
+                   "demo.sampler_seeds.plan_seed); both = two rows")
     args = p.parse_args()
     from lcm_lora.demo.run import _unet_with
     from lcm_lora.demo.sampler_seeds import sampler_seed

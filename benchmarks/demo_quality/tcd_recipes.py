@@ -34,7 +34,7 @@ import torch
 from lcm_lora.demo import metrics
 from lcm_lora.demo.evaluate import SamplePlan, build_instruments, load_teacher, sample_rows
 from lcm_lora.demo.run import (PRESETS, REPO_ROOT, _unet_with, acceleration_claims, lcm_overrides, tcd_claims)
-from lcm_lora.demo.sampler_seeds import lcm_seed, sampler_seed
+from lcm_lora.demo.sampler_seeds import sampler_seed
 from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
 from lcm_lora.demo.teacher_samplers import sample_teacher
 from lcm_lora.lcm_core.atomic_write import atomic_file
@@ -145,7 +145,7 @@ class Bench:
         cfg, plan = self.cfg, self.plan
         student = _unet_with(self.teacher.unet, [(read_adapter(lcm_path), 1.0)])
         r, _ = sample_rows("lcm_lora", "lcm", [4], lambda sl, k: sample_lcm_student(
-            student, self.cond[sl], plan.noise[sl], k, seed=lcm_seed(cfg.seed + sl.start)), plan, self.inst,
+            student, self.cond[sl], plan.noise[sl], k, seed=sampler_seed(cfg.seed + sl.start)), plan, self.inst,
             cfg.batch_size, keep_images=False)
         _save_cache(r[0], path)
         return r[0]
@@ -160,7 +160,7 @@ class Bench:
         for n, a in self.refs["accel"].items():
             _, aplan = self._accel_plans(n)
             acond, _ = self.teacher.embed(aplan.labels)
-            res = sample_lcm_student(unet, acond, aplan.noise, cfg.accel_steps, seed=lcm_seed(cfg.seed))
+            res = sample_lcm_student(unet, acond, aplan.noise, cfg.accel_steps, seed=sampler_seed(cfg.seed))
             row = self._accel_row(f"fine-tune + LCM-LoRA, LCM {cfg.accel_steps} steps", "lcm_lora", "lcm",
                                   cfg.accel_steps, res.images, aplan.labels, a["ref_stats"], n)
             c = acceleration_claims({"rows": a["rows"] + [row], "reference_steps": cfg.accel_reference_steps})

@@ -42,7 +42,7 @@ def main():
         raise SystemExit("give one --adapter-cfg per --adapter")
     from lcm_lora.demo import metrics
     from lcm_lora.demo.run import _unet_with
-    from lcm_lora.demo.sampler_seeds import lcm_seed, sampler_seed
+    from lcm_lora.demo.sampler_seeds import sampler_seed
     from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
     from lcm_lora.demo.teacher_samplers import sample_teacher
     from lcm_lora.lcm_core.lora import read_adapter
@@ -73,7 +73,7 @@ def main():
         print(json.dumps({"seed": seed, "model": "fine-tune DDIM 8", "fd_vs_ft_ddim25": ddim8}), flush=True)
         for name, unet, c in models:
             if c is None:
-                images = sample_lcm_student(unet, cond, plan.noise, steps, seed=lcm_seed(seed)).images
+                images = sample_lcm_student(unet, cond, plan.noise, steps, seed=sampler_seed(seed)).images
             else:
                 images = sample_tcd_student(unet, cond, plan.noise, steps, gamma=0.0, seed=sampler_seed(seed),
                                             timesteps=phased_timesteps(steps, 4, "pcm"), guidance_scale=c,
