@@ -83,7 +83,8 @@ def mode_inputs() -> list:
                        tooltip="auto: what the adapter's sampling recipe says (set by the LCM-LoRA Loader from the "
                                "adapter's metadata or its 'sampling' input): tcd with the recipe's gamma for TCD adapters "
                                "(PCM / TSCD adapters: tcd at the gamma the adapter records, else 0; give it LCM "
-                               "Scheduler schedule pcm / tscd sigmas), lcm otherwise. lcm: ComfyUI's LCM sampler (re-noise to the next sigma each step). "
+                               "Scheduler schedule pcm / tscd sigmas), lcm otherwise. "
+                               "lcm: ComfyUI's LCM sampler (re-noise to the next sigma each step). "
                                "tcd: Trajectory Consistency Distillation sampling (gamma controls the stochasticity)."),
         io.Float.Input("gamma", default=DEFAULT_GAMMA, min=0.0, max=1.0, step=0.01,
                        tooltip="TCD gamma (diffusers' TCDScheduler 'eta'): 0 = deterministic, 1 = fully stochastic. "

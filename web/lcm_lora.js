@@ -299,7 +299,7 @@ function checkGraph(graph = app.graph) {
                         problems: problems2,
                         message: `${node.title || node.type} (#${node.id}) samples a ${name} adapter (#${source.node.id}, ` +
                                  `${r.phases} phases) with ${problems2.join(", ")}: a ${name} adapter jumps from phase edge ` +
-                                 `to phase edge (${PAPERS[r.objective]}), so it wants the tcd sampler at gamma ${recipePhasedGamma(r)} on its ` +
+                                 `to phase edge (${PAPERS[r.objective]}), so it wants the tcd sampler at gamma ${r.gamma ?? 0} on its ` +
                                  `phase edges${where}; steps = phases (${r.phases}: ${phaseTops(r.objective, r.phases).join(", ")}), ` +
                                  `a divisor or a multiple of them; ${cfgAdvice(r)}.` });
       }
@@ -333,18 +333,13 @@ function checkGraph(graph = app.graph) {
   return warnings;
 }
 
-// The γ a phased adapter is sampled at: its recipe's (metadata lcm_lora.recommended_gamma), else 0.
-function recipePhasedGamma(recipe) {
-  return typeof recipe?.gamma === "number" && Number.isFinite(recipe.gamma) ? recipe.gamma : 0;
-}
-
 // What a phased (PCM / TSCD) adapter's sampler does wrong: not TCD, γ other than the recipe's (0 unless the adapter
 // records one, output.recommended_gamma), sigmas that are not its phase edges, a step count that is neither a
 // divisor nor a multiple of its phases. `problems`: the cfg ones so far.
 function phasedProblems(s, recipe, problems) {
   const out = [...problems];
   const phases = recipe.phases ?? DEFAULT_PHASES;
-  const wantGamma = recipePhasedGamma(recipe);
+  const wantGamma = recipe.gamma ?? 0; // readRecipe: lcm_lora.recommended_gamma, else 0 for a phased objective
   const isTcd = s.ours ? s.samplerName !== "lcm" : typeof s.samplerName === "string" && s.samplerName.toLowerCase().includes("tcd");
   if (s.samplerName !== undefined && !isTcd) out.push(`sampler '${s.samplerName}' is not TCD`);
   else if (typeof s.gamma === "number" && s.gamma !== wantGamma) out.push(`gamma ${s.gamma} is not ${wantGamma}`);
