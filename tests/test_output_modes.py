@@ -75,12 +75,10 @@ def test_atomic_outputs_and_adapters_get_ordinary_modes(umask, tmp_path):
 @pytest.mark.parametrize("umask", [0o022], indirect=True)
 def test_trainer_run_folder_gets_ordinary_modes(umask, tmp_path):
     """A whole run (checkpoints, caches, logs, validation grid, config, adapter; peft output)."""
-    from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
     from lcm_lora.training.trainer import train
+    from tiny_training import tiny_teacher_and_data
 
-    torch.set_num_threads(1)
-    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
-    data = write_tiny_dataset(tmp_path / "data", n=8, size=16)
+    teacher, data = tiny_teacher_and_data(tmp_path, n=8, size=16)
     run = tmp_path / "run"
     train(ROOT / "configs" / "tiny_cpu.yaml", run, progress=False, overrides=[
         f"teacher={teacher}", f"data={data}", "max_steps=2", "batch_size=4", "lora.rank=2", "lora.alpha=2",

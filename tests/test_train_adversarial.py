@@ -19,12 +19,10 @@ TINY = ROOT / "configs" / "tiny_cpu.yaml"
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
+    from tiny_training import tiny_teacher_and_data
 
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("adv")
-    teacher = build_tiny_teacher(root / "teacher", block_out_channels=(16, 32))
-    data = write_tiny_dataset(root / "data", n=12, size=20)
+    teacher, data = tiny_teacher_and_data(root, n=12, size=20)
     return root, teacher, data
 
 

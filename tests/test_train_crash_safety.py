@@ -35,8 +35,8 @@ from safetensors.torch import load_file
 
 from lcm_lora.training import checkpoint as ckpt
 from lcm_lora.training.run_log import read_events
-from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
 from lcm_lora.training.trainer import train
+from tiny_training import tiny_teacher_and_data
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 MAX_STEPS = 8
@@ -127,10 +127,8 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("crash")
-    teacher = build_tiny_teacher(root / "teacher", block_out_channels=(16, 32))
-    data = write_tiny_dataset(root / "data", n=8, size=16)
+    teacher, data = tiny_teacher_and_data(root, n=8, size=16)
     child = root / "crash_child.py"
     child.write_text(CHILD)
     overrides = [f"teacher={teacher}", f"data={data}", f"max_steps={MAX_STEPS}", "batch_size=2", "lora.rank=4",

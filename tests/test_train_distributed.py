@@ -9,16 +9,14 @@ import torch
 from lcm_lora.training import checkpoint as ckpt
 from lcm_lora.training.distributed import spawn_local
 from lcm_lora.training.run_log import read_events
-from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
 from lcm_lora.training.trainer import train
+from tiny_training import tiny_teacher_and_data
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
 def test_two_processes_match_one_process_with_the_whole_batch(tmp_path):
-    torch.set_num_threads(1)
-    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
-    data = write_tiny_dataset(tmp_path / "data", n=12, size=16)
+    teacher, data = tiny_teacher_and_data(tmp_path, n=12, size=16)
     overrides = [f"teacher={teacher}", f"data={data}", "max_steps=3", "batch_size=8", "lora.rank=4", "lora.alpha=4",
                  "validation.every=0", "checkpoint.every=0", "logging.progress=false", "data.cache_latents=false",
                  "data.cache_text=false", "train.gradient_accumulation=2",
@@ -56,9 +54,7 @@ def test_two_nodes_rendezvous_on_localhost_match_one_process(tmp_path):
     import subprocess
     import sys
 
-    torch.set_num_threads(1)
-    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
-    data = write_tiny_dataset(tmp_path / "data", n=12, size=16)
+    teacher, data = tiny_teacher_and_data(tmp_path, n=12, size=16)
     overrides = [f"teacher={teacher}", f"data={data}", "max_steps=2", "batch_size=8", "lora.rank=4", "lora.alpha=4",
                  "validation.every=0", "checkpoint.every=0", "logging.progress=false", "data.cache_latents=false",
                  "data.cache_text=false", "optim.learning_rate=1", "optim.eps=1", "train.device=cpu"]

@@ -11,8 +11,8 @@ import torch
 from lcm_lora.lcm_core.errors import ConfigError, OutputExistsError
 from lcm_lora.training import checkpoint as ckpt
 from lcm_lora.training.run_log import read_events
-from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
 from lcm_lora.training.trainer import NonFiniteLossError, train
+from tiny_training import tiny_teacher_and_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
@@ -20,10 +20,8 @@ TINY = ROOT / "configs" / "tiny_cpu.yaml"
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny")
-    teacher = build_tiny_teacher(root / "teacher", block_out_channels=(16, 32))
-    data = write_tiny_dataset(root / "data", n=12, size=20)  # 20 px: resized + cropped to 16
+    teacher, data = tiny_teacher_and_data(root, n=12, size=20)  # 20 px: resized + cropped to 16
     return root, teacher, data
 
 

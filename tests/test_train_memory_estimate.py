@@ -197,11 +197,10 @@ def test_memory_presets(name, arch, monkeypatch):
 def test_trainer_prints_the_estimate_and_warns_when_memory_is_short(tmp_path, monkeypatch, capsys):
     from lcm_lora.training import memory_estimate
     from lcm_lora.training.run_log import read_events
-    from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
     from lcm_lora.training.trainer import MemoryWarning, train
+    from tiny_training import tiny_teacher_and_data
 
-    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
-    data = write_tiny_dataset(tmp_path / "data", n=4, size=16)
+    teacher, data = tiny_teacher_and_data(tmp_path, n=4, size=16)
     monkeypatch.setattr(memory_estimate, "free_device_memory", lambda device: 1024)  # the device "has" 1 KiB free
     overrides = [f"teacher={teacher}", f"data={data}", "max_steps=1", "batch_size=2", "lora.rank=4", "validation.every=0",
                  "checkpoint.every=0", "logging.progress=false", "logging.memory_estimate=true"]

@@ -106,12 +106,10 @@ def test_normal_cfg_may_change_on_resume(tmp_path):
     """Metadata only: a resumed run takes a new lcd.normal_cfg (any trajectory key would be refused)."""
     from pathlib import Path
 
-    from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
     from lcm_lora.training.trainer import train
+    from tiny_training import tiny_teacher_and_data
 
-    torch.set_num_threads(1)
-    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
-    data = write_tiny_dataset(tmp_path / "data", n=8, size=16)
+    teacher, data = tiny_teacher_and_data(tmp_path, n=8, size=16)
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
     over = [f"teacher={teacher}", f"data={data}", "batch_size=4", "lora.rank=4", "lora.alpha=4", "validation.every=0",
             "checkpoint.every=0", "logging.progress=false", f"data.cache_dir={tmp_path / 'cache'}", *NORMAL]

@@ -13,8 +13,8 @@ import torch
 from lcm_lora.training.config import load_config
 from lcm_lora.training.distributed import init_distributed
 from lcm_lora.training.offload import EncodersReleased, decoder_on
-from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
 from lcm_lora.training.trainer import TrainingSession, train
+from tiny_training import tiny_teacher_and_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
@@ -22,10 +22,8 @@ TINY = ROOT / "configs" / "tiny_cpu.yaml"
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("offload")
-    teacher = build_tiny_teacher(root / "teacher", block_out_channels=(16, 32), variant="sdxl")  # two text encoders + VAE
-    data = write_tiny_dataset(root / "data", n=8, size=16)
+    teacher, data = tiny_teacher_and_data(root, n=8, size=16, variant="sdxl")  # two text encoders + VAE
     return root, teacher, data
 
 

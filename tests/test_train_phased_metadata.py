@@ -9,23 +9,20 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 from lcm_lora.lcm_core.lora import read_adapter
 from lcm_lora.lcm_core.sampling_recipe import read_recipe
 from lcm_lora.lcm_core.timesteps import sigmas_to_timesteps
-from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
 from lcm_lora.training.trainer import train
+from tiny_training import tiny_teacher_and_data
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny_phased")
-    teacher = build_tiny_teacher(root / "teacher", block_out_channels=(16, 32))
-    data = write_tiny_dataset(root / "data", n=8, size=16)
+    teacher, data = tiny_teacher_and_data(root, n=8, size=16)
     return root, teacher, data
 
 

@@ -12,14 +12,13 @@ from pathlib import Path
 
 from lcm_lora.training import checkpoint as ckpt
 from lcm_lora.training.run_log import read_events
-from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
+from tiny_training import tiny_teacher_and_data
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
-    data = write_tiny_dataset(tmp_path / "data", n=8, size=16)
+    teacher, data = tiny_teacher_and_data(tmp_path, n=8, size=16)
     out = tmp_path / "run"
     common = [sys.executable, "-m", "lcm_lora.training", "--config", str(TINY), "--output", str(out), "--no-progress",
               f"teacher={teacher}", f"data={data}", "batch_size=2", "lora.rank=4", "validation.every=0", "checkpoint.every=0"]

@@ -7,20 +7,17 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 from lcm_lora.lcm_core.errors import ConfigError
-from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
 from lcm_lora.training.trainer import train
+from tiny_training import tiny_teacher_and_data
 
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
 def test_tcd_resume_is_exact_and_objective_is_part_of_the_trajectory(tmp_path):
-    torch.set_num_threads(1)
-    teacher = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
-    data = write_tiny_dataset(tmp_path / "data", n=8, size=16)
+    teacher, data = tiny_teacher_and_data(tmp_path, n=8, size=16)
     over = [f"teacher={teacher}", f"data={data}", "max_steps=4", "batch_size=4", "lora.rank=4", "lora.alpha=4",
             "validation.every=0", "checkpoint.every=0", "logging.progress=false", f"data.cache_dir={tmp_path / 'cache'}",
             "lcd.objective=tcd", "lcd.tcd_s_sampling=tdd"]

@@ -12,7 +12,10 @@ demo does for its own seed) for each ``--seeds`` value and measures, with the de
   plan|both``, as earlier demo runs did (its first re-noise is ε₀);
 * each 4-phase adapter ``--adapter`` (repeatable) at 4 steps on its phase edges with the TCD sampler at each
   ``--gammas`` entry: one γ for every step (``0.3``) or one per step (``0,0.3,0.8,0``: γ changes only the
-  re-noising target of each step; the last step's γ has no effect, it lands on timestep 0).
+  re-noising target of each step; the last step's γ has no effect, it lands on timestep 0);
+* each TCD adapter ``--tcd`` (repeatable; the demo's TCD schedule, ``demo.student_sampling.sample_tcd_student``)
+  at each single-valued ``--gammas`` entry, optionally with real CFG ``--cfg`` on the first ``--cfg-steps`` steps
+  (the empty prompt as the unconditional branch: 4 + ``--cfg-steps`` UNet evaluations at 4 steps).
 
 It prints one JSON line per (seed, model) and then the rows pooled over the seeds (FD averaged, accuracy over all
 samples) with goal (a)'s verdict per seed and pooled.
@@ -20,6 +23,8 @@ samples) with goal (a)'s verdict per seed and pooled.
     nice -n 5 .venv/bin/python benchmarks/demo_quality/seed_spread.py --cache /tmp/q13cache --work /tmp/q13work \\
         --n 1000 --seeds 0,1,2 --lcm /tmp/q13work/lcm-steps600/lcm_lora.safetensors \\
         --adapter /tmp/q13work/tcd-pcm4-600-gi200-700-w1.5/tcd_lora.safetensors --gammas "0;0.3;0,0,0.8,0"
+    # the demo's TCD adapter with cfg 1.5 on its first step: --tcd CACHE/tcd-*/tcd_lora.safetensors --gammas 0.3 \
+    #     --cfg 1.5 --cfg-steps 1
 """
 from __future__ import annotations
 
@@ -105,7 +110,12 @@ def main():
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--lcm", type=Path, required=True, help="the LCM-LoRA (goal (a)'s FD bar)")
     p.add_argument("--adapter", type=Path, action="append", default=[], help="a 4-phase PCM adapter (repeatable)")
+    p.add_argument("--tcd", type=Path, action="append", default=[],
+                   help="a TCD adapter, sampled on the demo's TCD schedule at each single-valued --gammas entry (repeatable)")
     p.add_argument("--gammas", default="0;0.3", help="';'-separated γ entries: one value, or one per step")
+    p.add_argument("--cfg", type=float, default=1.0,
+                   help="--tcd rows: real CFG at this scale, the empty prompt as the unconditional branch")
+    p.add_argument("--cfg-steps", type=int, default=None, help="--tcd rows with --cfg: guide only the first N steps")
     p.add_argument("--lcm-seeding", choices=("plan", "independent", "both"), default="independent",
                    help="the LCM-LoRA's re-noising stream: independent (default) = the demo's, a stream apart from "
                    "the initial noise ε₀, as diffusers' LCMScheduler and ComfyUI on a GPU draw it "
@@ -114,7 +124,7 @@ def main():
     args = p.parse_args()
     from lcm_lora.demo.run import _unet_with
     from lcm_lora.demo.sampler_seeds import sampler_seed
-    from lcm_lora.demo.student_sampling import sample_lcm_student
+    from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
     from lcm_lora.demo.teacher_samplers import sample_teacher
     from lcm_lora.lcm_core.lora import read_adapter
 
@@ -124,6 +134,9 @@ def main():
     teacher = bench.teacher
     lcm = _unet_with(teacher.unet, [(read_adapter(args.lcm), 1.0)])
     students = {str(a): _unet_with(teacher.unet, [(read_adapter(a), 1.0)]) for a in args.adapter}
+    tcd_students = {str(a): _unet_with(teacher.unet, [(read_adapter(a), 1.0)]) for a in args.tcd}
+    tcd_gammas = [g[0] for g in gamma_rows if len(set(g)) == 1]
+    cfg_text = f" cfg {args.cfg:g}" + (f" on {args.cfg_steps} step(s)" if args.cfg_steps else "") if args.cfg != 1.0 else ""
     table: dict[str, list[dict]] = {}
 
     def measure(name, fn, seed):
@@ -150,6 +163,14 @@ def main():
                 name = f"{Path(path).parent.name} γ {','.join(f'{g:g}' for g in gammas)}"
                 row = measure(name, lambda sl, k, unet=unet, gammas=gammas: sample_phased_per_step_gamma(
                     unet, bench.cond[sl], plan.noise[sl], gammas, sampler_seed(cfg.seed + sl.start)), seed)
+                print(json.dumps({"seed": seed, "model": name, **{f"goal_a_vs_lcm_{k}": goal_a(row, bar, t8)
+                                                                   for k, bar in bars.items()}}), flush=True)
+        for path, unet in tcd_students.items():
+            for gamma in tcd_gammas:
+                name = f"{Path(path).parent.name} TCD γ {gamma:g}{cfg_text}"
+                row = measure(name, lambda sl, k, unet=unet, gamma=gamma: sample_tcd_student(
+                    unet, bench.cond[sl], plan.noise[sl], k, gamma=gamma, seed=sampler_seed(cfg.seed + sl.start),
+                    guidance_scale=args.cfg, uncond=bench.uncond[sl], cfg_steps=args.cfg_steps), seed)
                 print(json.dumps({"seed": seed, "model": name, **{f"goal_a_vs_lcm_{k}": goal_a(row, bar, t8)
                                                                    for k, bar in bars.items()}}), flush=True)
     summary = {name: pooled(rows) for name, rows in table.items()}
