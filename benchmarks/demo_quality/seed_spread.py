@@ -23,7 +23,7 @@ samples) with goal (a)'s verdict per seed and pooled.
     nice -n 5 .venv/bin/python benchmarks/demo_quality/seed_spread.py --cache /tmp/q13cache --work /tmp/q13work \\
         --n 1000 --seeds 0,1,2 --lcm /tmp/q13work/lcm-steps600/lcm_lora.safetensors \\
         --adapter /tmp/q13work/tcd-pcm4-600-gi200-700-w1.5/tcd_lora.safetensors --gammas "0;0.3;0,0,0.8,0"
-    # the demo's TCD adapter with cfg 1.5 on its first step: --tcd CACHE/tcd-*/tcd_lora.safetensors --gammas 0.3 \
+    # the demo's TCD adapter with cfg 1.5 on its first step: --tcd CACHE/tcd-*/tcd_lora.safetensors --gammas 0.3 \\
     #     --cfg 1.5 --cfg-steps 1
 """
 from __future__ import annotations
