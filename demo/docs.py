@@ -66,6 +66,13 @@ def render_results_block(results: dict, source: str) -> str:
         lines += [f"TCD γ sweep at {gam[0]['steps']} steps: " + "; ".join(
             f"γ {r['gamma']:g}: FD {r['fd']:.1f} (s.e. {_f(r.get('fd_se'), 1)}), accuracy {r['accuracy']:.3f}" for r in gam)
             + ".", ""]
+    ga = results.get("goal_a")
+    if ga:
+        from .goal_a import row_label
+
+        lines += [f"Goal (a) on {ga['n']} samples ({ga['n_main']} above + {ga['n'] - ga['n_main']} more, pooled), 4 steps: "
+                  + "; ".join(f"{row_label(r)}: FD {r['fd']:.1f} (s.e. {_f(r.get('fd_se'), 1)}), accuracy "
+                              f"{r['accuracy']:.3f}" for r in ga["rows"]) + ".", ""]
     st = results.get("style")
     if st:
         lines += ["| style experiment | steps | style score | class accuracy |", "|---|---|---|---|"]

@@ -151,6 +151,16 @@ def build_report(results: dict, readme_link: str = "../demo/README.md") -> Doc:
         doc.table(["γ", "steps", "UNet evals", "class accuracy", "FD ↓", "FD s.e.", "pixel FD ↓"],
                   [[f"{r['gamma']:g}", r["steps"], r["nfe"], _f(r["accuracy"], 3), _f(r["fd"], 1), _f(r.get("fd_se"), 1),
                     _f(r["fd_pixel"], 2)] for r in gam])
+    ga = results.get("goal_a")
+    if ga:
+        from .goal_a import row_label
+
+        doc.p(f"Goal (a) on {ga['n']} samples: the {ga['n_main']} samples above and {ga['n'] - ga['n_main']} more (a plan of "
+              f"their own, seed {ga['extra_seed']}), measured together; the accuracy reference is the teacher's DDIM "
+              f"{ga['reference_steps']}. A 0.5-point accuracy margin is decided by one or two digits at 300 samples.")
+        doc.table(["configuration", "samples", "UNet evals", "class accuracy", "FD ↓", "FD s.e.", "pixel FD ↓"],
+                  [[row_label(r), r["n"], r["nfe"], _f(r["accuracy"], 3), _f(r["fd"], 1), _f(r.get("fd_se"), 1),
+                    _f(r["fd_pixel"], 2)] for r in ga["rows"]])
     for name, alt in results.get("figures", {}).get("quality", []):
         doc.img(name, alt)
 
