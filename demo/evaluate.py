@@ -160,7 +160,8 @@ def load_teacher(folder: str | Path) -> Teacher:
     return Teacher(unet, text_encoder, tokenizer, scheduler_config, folder)
 
 
-def _chunks(n: int, size: int):
+def batch_slices(n: int, size: int):
+    """Consecutive slices of at most ``size`` items covering ``range(n)`` (the samplers' batches)."""
     for i in range(0, n, size):
         yield slice(i, min(n, i + size))
 
@@ -172,7 +173,7 @@ def sample_rows(name: str, sampler: str, steps_list, sample_fn, plan: SamplePlan
     rows, images_by_steps = [], {}
     for steps in steps_list:
         parts, seconds, nfe = [], 0.0, 0
-        for sl in _chunks(len(plan.labels), batch_size):
+        for sl in batch_slices(len(plan.labels), batch_size):
             res = sample_fn(sl, steps)
             parts.append(res.images.float().cpu())
             seconds += res.seconds

@@ -29,10 +29,10 @@ def pooled_row(name: str, sampler: str, steps: int, main_images: torch.Tensor, e
                extra_labels: torch.Tensor, inst, batch_size: int, extra: dict | None = None) -> dict:
     """Metrics of ``main_images`` (the main rows' samples) together with ``extra_fn(slice, steps)``'s samples of the
     extra plan, measured as one set (``inst.measure`` with the bootstrap FD s.e.)."""
-    from .evaluate import _chunks
+    from .evaluate import batch_slices
 
     parts, nfe = [main_images.float().cpu()], 0
-    for sl in _chunks(len(extra_labels), batch_size):
+    for sl in batch_slices(len(extra_labels), batch_size):
         res = extra_fn(sl, steps)
         parts.append(res.images.float().cpu())
         nfe = res.nfe
@@ -44,19 +44,19 @@ def pooled_row(name: str, sampler: str, steps: int, main_images: torch.Tensor, e
     return row
 
 
-def goal_a_study(cfg, teacher, plan, grids: dict, inst, students: dict, progress: bool = False) -> dict | None:
+def goal_a_study(cfg, teacher, plan, grids: dict, inst, students: dict, sample_fns, progress: bool = False) -> dict | None:
     """The pooled rows (see the module docstring); ``grids`` the main rows' images by (model, sampler) and steps (γ
-    for ``("tcd", "gamma")``), ``students`` the fused UNets ``lcm`` / ``tcd`` / ``pcm`` (with ``pcm_recipe``)."""
+    for ``("tcd", "gamma")``), ``students`` the fused UNets ``lcm`` / ``tcd`` / ``pcm`` (with ``pcm_recipe``),
+    ``sample_fns(cfg, teacher, plan)`` the main rows' samplers on a plan (``run._sample_fns``)."""
     from tqdm.auto import tqdm
 
     from .evaluate import SamplePlan
-    from .run import _sample_fns
 
     n_extra = int(cfg.goal_a_samples) - len(plan.labels)
     if n_extra <= 0:
         return None
     extra_plan = SamplePlan.make(n_extra, cfg.resolution, cfg.seed + SEED_OFFSET)
-    _, teacher_fn, lcm_fn, tcd_fn, pcm_fn = _sample_fns(cfg, teacher, extra_plan)
+    _, teacher_fn, lcm_fn, tcd_fn, pcm_fn = sample_fns(cfg, teacher, extra_plan)
     jobs = [("teacher", "ddim", REFERENCE_STEPS, grids[("teacher", "ddim")][REFERENCE_STEPS],
              teacher_fn(teacher.unet, "ddim"), None),
             ("lcm_lora", "lcm", 4, grids[("lcm_lora", "lcm")][4], lcm_fn(students["lcm"]), None)]

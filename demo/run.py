@@ -609,7 +609,7 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
 
     goal_a = goal_a_study(cfg, teacher, plan, grids, inst,
                           {"lcm": student, "tcd": tcd_student, "pcm": pcm_student,
-                           "pcm_recipe": recipe if pcm_student is not None else None}, progress)
+                           "pcm_recipe": recipe if pcm_student is not None else None}, _sample_fns, progress)
 
     l1, l2 = cfg.lambda1, cfg.lambda2
     if not style_in_side:

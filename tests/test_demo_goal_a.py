@@ -75,7 +75,7 @@ def test_only_the_full_preset_pools_and_a_study_below_the_main_sample_count_is_o
     assert PRESETS["full"].goal_a_samples == 1000 and PRESETS["full"].goal_a_samples > PRESETS["full"].n_samples
     assert PRESETS["fast"].goal_a_samples == 0
     plan = SimpleNamespace(labels=torch.zeros(300))
-    assert goal_a_study(PRESETS["fast"], None, plan, {}, None, {}) is None
+    assert goal_a_study(PRESETS["fast"], None, plan, {}, None, {}, sample_fns=None) is None
 
 
 def test_report_and_docs_show_the_pooled_rows(tmp_path):
