@@ -77,6 +77,36 @@ def goal_a_study(cfg, teacher, plan, grids: dict, inst, students: dict, sample_f
             "reference_steps": REFERENCE_STEPS, "rows": rows}
 
 
+def meets_goal_a(row: dict, lcm: dict, teacher: dict) -> tuple[bool, bool]:
+    """Goal (a)'s two parts for ``row``: (FD ≤ the LCM-LoRA's, accuracy ≥ the teacher's − 0.5 point)."""
+    return row["fd"] <= lcm["fd"], row["accuracy"] >= teacher["accuracy"] - ACCURACY_MARGIN
+
+
+def goal_a_claim(row: dict, lcm: dict, teacher: dict, who: str, setting: str, scope: str = "", why_scope: str = "") -> dict:
+    """Goal (a) as a report claim for one adapter row; ``scope`` follows "goal (a)" in the statement (e.g. the sample
+    count), ``why_scope`` follows the setting in the ``why`` line of a failing claim."""
+    ok_fd, ok_acc = meets_goal_a(row, lcm, teacher)
+    claim = {
+        "statement": f"goal (a){scope}: {who} {row['steps']} steps ({setting}): FD ≤ LCM-LoRA 4 steps, and class "
+                     f"accuracy ≥ teacher (DDIM {teacher['steps']} steps) − 0.5 point",
+        "detail": f"FD {row['fd']:.1f} vs {lcm['fd']:.1f}; accuracy {row['accuracy']:.3f} vs {teacher['accuracy']:.3f}",
+        "passed": bool(ok_fd and ok_acc)}
+    if not claim["passed"]:
+        claim["why"] = f"at {setting}{why_scope}: " + " and ".join(
+            p for p, bad in (("FD above the LCM-LoRA's", not ok_fd),
+                             ("accuracy more than 0.5 point below the teacher's", not ok_acc)) if bad)
+    return claim
+
+
+def phased_setting(row: dict) -> str:
+    """How a phased (PCM) adapter's row was sampled, for its claims: phases, phase edges, γ 0, real CFG if any."""
+    phases, guided = row.get("phases"), row.get("cfg", 1.0)
+    setting = (f"{phases} phases, " if phases else "") + "phase edges, γ 0"
+    if guided > 1.0:  # a normal-CFG adapter: real CFG on every step
+        setting += f", real CFG {guided:g}: {row['nfe']} UNet evaluations"
+    return setting
+
+
 def goal_a_claims(study: dict | None) -> dict:
     """Goal (a) for every adapter row of the pooled study: FD ≤ the LCM-LoRA's, accuracy ≥ teacher DDIM 8 − 0.5 point."""
     if not study:
@@ -92,23 +122,11 @@ def goal_a_claims(study: dict | None) -> dict:
         if r["model"] == "tcd":
             who, setting, key = "TCD adapter", f"γ {r['gamma']:g}", f"goal_tcd4_vs_lcm4_n{n}_gamma{r['gamma']:g}"
         elif r["model"] == "pcm":
-            setting = "phase edges, γ 0" + (f", real CFG {r['cfg']:g}: {r['nfe']} UNet evaluations"
-                                            if r.get("cfg", 1.0) > 1.0 else "")
-            who, key = "PCM adapter", f"goal_pcm4_vs_lcm4_n{n}"
+            who, setting, key = "PCM adapter", phased_setting(r), f"goal_pcm4_vs_lcm4_n{n}"
         else:
             continue
-        ok_fd = r["fd"] <= lcm["fd"]
-        ok_acc = r["accuracy"] >= teacher["accuracy"] - ACCURACY_MARGIN
-        claim = {
-            "statement": f"goal (a) on {n} samples ({n_main} + {n - n_main} more): {who} {r['steps']} steps ({setting}): "
-                         f"FD ≤ LCM-LoRA 4 steps, and class accuracy ≥ teacher (DDIM {teacher['steps']} steps) − 0.5 point",
-            "detail": f"FD {r['fd']:.1f} vs {lcm['fd']:.1f}; accuracy {r['accuracy']:.3f} vs {teacher['accuracy']:.3f}",
-            "passed": bool(ok_fd and ok_acc)}
-        if not claim["passed"]:
-            claim["why"] = f"at {setting}, {n} samples: " + " and ".join(
-                p for p, bad in (("FD above the LCM-LoRA's", not ok_fd),
-                                 ("accuracy more than 0.5 point below the teacher's", not ok_acc)) if bad)
-        claims[key] = claim
+        claims[key] = goal_a_claim(r, lcm, teacher, who, setting, scope=f" on {n} samples ({n_main} + {n - n_main} more)",
+                                   why_scope=f", {n} samples")
     return claims
 
 

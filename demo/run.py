@@ -831,32 +831,23 @@ def tcd_claims(rows, style: dict, acc_drop: float = 0.01) -> dict:
 
 def pcm_claims(rows, style: dict, acc_drop: float = 0.01) -> dict:
     """Issue 13 goals (a)–(c) for the PCM adapter (sampled on its phase edges), worded as the TCD adapter's."""
+    from .goal_a import phased_setting
+
     pcm4 = find_row(rows, "pcm", "pcm", 4)
-    phases, guided = (pcm4 or {}).get("phases"), (pcm4 or {}).get("cfg", 1.0)
-    setting = (f"{phases} phases, " if phases else "") + "phase edges, γ 0"
-    if guided > 1.0:  # a normal-CFG adapter: real CFG on every step
-        setting += f", real CFG {guided:g}: {pcm4['nfe']} UNet evaluations"
     return adapter_goal_claims(rows, style, acc_drop, model="pcm", sampler="pcm", who="PCM adapter", key="pcm",
-                               setting=setting, style_prefix="PCM")
+                               setting=phased_setting(pcm4 or {}), style_prefix="PCM")
 
 
 def adapter_goal_claims(rows, style: dict, acc_drop: float, model: str, sampler: str, who: str, key: str,
                         setting: str, style_prefix: str) -> dict:
     """Issue 13 goals (a)–(c) for one few-step adapter: its main rows are ``(model, sampler)``, its style rows
     start with ``style_prefix`` (``"<prefix>: merged (concat)"``, ``"<who> only"``); ``setting`` is shown in (a)."""
+    from .goal_a import goal_a_claim
+
     claims = {}
     a4, lcm4, teacher = find_row(rows, model, sampler, 4), find_row(rows, "lcm_lora", "lcm", 4), teacher_reference_row(rows)
     if a4 and lcm4 and teacher:
-        ok_fd, ok_acc = a4["fd"] <= lcm4["fd"], a4["accuracy"] >= teacher["accuracy"] - 0.005
-        claims[f"goal_{key}4_vs_lcm4"] = {
-            "statement": f"goal (a): {who} 4 steps ({setting}): FD ≤ LCM-LoRA 4 steps, and class "
-                         f"accuracy ≥ teacher (DDIM {teacher['steps']} steps) − 0.5 point",
-            "detail": f"FD {a4['fd']:.1f} vs {lcm4['fd']:.1f}; accuracy {a4['accuracy']:.3f} vs {teacher['accuracy']:.3f}",
-            "passed": bool(ok_fd and ok_acc)}
-        if not (ok_fd and ok_acc):
-            claims[f"goal_{key}4_vs_lcm4"]["why"] = f"at {setting}: " + " and ".join(
-                p for p, bad in (("FD above the LCM-LoRA's", not ok_fd), ("accuracy more than 0.5 point below the teacher's",
-                                                                        not ok_acc)) if bad)
+        claims[f"goal_{key}4_vs_lcm4"] = goal_a_claim(a4, lcm4, teacher, who, setting)
     more = [find_row(rows, model, sampler, k) for k in (8, 16)]
     if a4 and any(more):
         se = a4.get("fd_se") or 0.0

@@ -91,8 +91,11 @@ def pooled(rows: list[dict]) -> dict:
 
 
 def goal_a(adapter: dict, lcm: dict, teacher: dict) -> bool:
-    """Goal (a): FD ≤ the LCM-LoRA's and accuracy ≥ the teacher's DDIM 8 − 0.5 point (as ``demo.run.tcd_claims``)."""
-    return adapter["fd"] <= lcm["fd"] and adapter["accuracy"] >= teacher["accuracy"] - 0.005
+    """Goal (a): FD ≤ the LCM-LoRA's and accuracy ≥ the teacher's DDIM 8 − 0.5 point (the demo's rule,
+    ``demo.goal_a.meets_goal_a``)."""
+    from lcm_lora.demo.goal_a import meets_goal_a
+
+    return all(meets_goal_a(adapter, lcm, teacher))
 
 
 LCM_SEEDINGS = {"plan": ("plan",), "independent": ("independent",), "both": ("plan", "independent")}
@@ -148,6 +151,12 @@ def main():
         print(json.dumps(out), flush=True)
         return out
 
+    def measure_adapter(name, fn, seed, bars, t8):
+        """An adapter's row and its goal-(a) verdict against each LCM-LoRA bar of this seed."""
+        row = measure(name, fn, seed)
+        print(json.dumps({"seed": seed, "model": name, **{f"goal_a_vs_lcm_{k}": goal_a(row, bar, t8)
+                                                           for k, bar in bars.items()}}), flush=True)
+
     for seed in (int(s) for s in args.seeds.split(",")):
         with_seed(bench, seed)
         cfg, plan = bench.cfg, bench.plan
@@ -161,18 +170,14 @@ def main():
         for path, unet in students.items():
             for gammas in gamma_rows:
                 name = f"{Path(path).parent.name} γ {','.join(f'{g:g}' for g in gammas)}"
-                row = measure(name, lambda sl, k, unet=unet, gammas=gammas: sample_phased_per_step_gamma(
-                    unet, bench.cond[sl], plan.noise[sl], gammas, sampler_seed(cfg.seed + sl.start)), seed)
-                print(json.dumps({"seed": seed, "model": name, **{f"goal_a_vs_lcm_{k}": goal_a(row, bar, t8)
-                                                                   for k, bar in bars.items()}}), flush=True)
+                measure_adapter(name, lambda sl, k, unet=unet, gammas=gammas: sample_phased_per_step_gamma(
+                    unet, bench.cond[sl], plan.noise[sl], gammas, sampler_seed(cfg.seed + sl.start)), seed, bars, t8)
         for path, unet in tcd_students.items():
             for gamma in tcd_gammas:
                 name = f"{Path(path).parent.name} TCD γ {gamma:g}{cfg_text}"
-                row = measure(name, lambda sl, k, unet=unet, gamma=gamma: sample_tcd_student(
+                measure_adapter(name, lambda sl, k, unet=unet, gamma=gamma: sample_tcd_student(
                     unet, bench.cond[sl], plan.noise[sl], k, gamma=gamma, seed=sampler_seed(cfg.seed + sl.start),
-                    guidance_scale=args.cfg, uncond=bench.uncond[sl], cfg_steps=args.cfg_steps), seed)
-                print(json.dumps({"seed": seed, "model": name, **{f"goal_a_vs_lcm_{k}": goal_a(row, bar, t8)
-                                                                   for k, bar in bars.items()}}), flush=True)
+                    guidance_scale=args.cfg, uncond=bench.uncond[sl], cfg_steps=args.cfg_steps), seed, bars, t8)
     summary = {name: pooled(rows) for name, rows in table.items()}
     for name, row in summary.items():
         verdict = {} if name == "teacher DDIM 8" or name in LCM_ROW.values() else {
