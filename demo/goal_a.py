@@ -44,6 +44,24 @@ def pooled_row(name: str, sampler: str, steps: int, main_images: torch.Tensor, e
     return row
 
 
+def check_goal_a_config(cfg) -> None:
+    """With ``goal_a_samples`` on, the main rows the pooled study extends must exist: a ``ConfigError`` naming the
+    key otherwise (raised before any training, not after it)."""
+    from ..lcm_core.errors import ConfigError
+
+    if int(cfg.goal_a_samples) <= 0:
+        return
+    needs = [("samplers", "ddim" in cfg.samplers, "'ddim'"),
+             ("teacher_steps", REFERENCE_STEPS in cfg.teacher_steps, str(REFERENCE_STEPS)),
+             ("lcm_steps", 4 in cfg.lcm_steps, "4")]
+    if cfg.pcm:
+        needs.append(("pcm_steps", 4 in cfg.pcm_steps, "4"))
+    for key, ok, value in needs:
+        if not ok:
+            raise ConfigError(key, f"must contain {value} while goal_a_samples is {cfg.goal_a_samples} (the pooled "
+                                   "goal-(a) study extends that row); or set goal_a_samples=0")
+
+
 def goal_a_study(cfg, teacher, plan, grids: dict, inst, students: dict, sample_fns, progress: bool = False) -> dict | None:
     """The pooled rows (see the module docstring); ``grids`` the main rows' images by (model, sampler) and steps (γ
     for ``("tcd", "gamma")``), ``students`` the fused UNets ``lcm`` / ``tcd`` / ``pcm`` (with ``pcm_recipe``),
@@ -55,6 +73,7 @@ def goal_a_study(cfg, teacher, plan, grids: dict, inst, students: dict, sample_f
     n_extra = int(cfg.goal_a_samples) - len(plan.labels)
     if n_extra <= 0:
         return None
+    check_goal_a_config(cfg)
     extra_plan = SamplePlan.make(n_extra, cfg.resolution, cfg.seed + SEED_OFFSET)
     _, teacher_fn, lcm_fn, tcd_fn, pcm_fn = sample_fns(cfg, teacher, extra_plan)
     jobs = [("teacher", "ddim", REFERENCE_STEPS, grids[("teacher", "ddim")][REFERENCE_STEPS],

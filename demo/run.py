@@ -528,11 +528,16 @@ def style_in_side_process(cfg: DemoConfig, tcd: bool = True, finetune: bool = Tr
     ``pcm``: whether a PCM adapter is evaluated (default ``cfg.pcm``)."""
     pcm = cfg.pcm if pcm is None else pcm
     n, k = cfg.n_samples, cfg.style_steps
+    pcm_per_step = 2 if "lcd.solver_guidance=false" in cfg.pcm_overrides else 1  # normal CFG: real CFG on every step
     teacher_evals = 2 * sum(cfg.teacher_steps) * len(cfg.samplers)
     main = n * (teacher_evals + sum(cfg.lcm_steps) + (sum(cfg.tcd_steps) + cfg.tcd_gamma_steps * len(cfg.tcd_gammas)
-                                                      if tcd else 0) + (sum(cfg.pcm_steps) if pcm else 0))
+                                                      if tcd else 0) + (pcm_per_step * sum(cfg.pcm_steps) if pcm else 0))
     main += cfg.heat_samples * len(cfg.heat_lambda1) * len(cfg.heat_lambda2) * k
-    style = n * (4 * cfg.style_reference_steps + 4 * k + 4 * k + (4 * k if tcd else 0) + (4 * k if pcm else 0))
+    from .goal_a import REFERENCE_STEPS
+
+    main += max(0, cfg.goal_a_samples - n) * (2 * REFERENCE_STEPS + 4 + (cfg.tcd_gamma_steps * len(cfg.tcd_gammas)
+                                                                      if tcd else 0) + (pcm_per_step * 4 if pcm else 0))
+    style = n * (4 * cfg.style_reference_steps + 4 * k + 4 * k + (4 * k if tcd else 0) + (4 * k * pcm_per_step if pcm else 0))
     n_adapters = 1 + int(tcd) + int(pcm)
     side = n * (4 * cfg.accel_reference_steps + 2 * sum(cfg.accel_ddim_steps)
                 + 2 * n_adapters * cfg.accel_steps) if finetune else 0
@@ -1003,6 +1008,9 @@ def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None,
     from .report import write_report
 
     cfg = cfg or PRESETS["full"]
+    from .goal_a import check_goal_a_config
+
+    check_goal_a_config(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()

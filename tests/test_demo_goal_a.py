@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import torch
 
-from lcm_lora.demo.goal_a import goal_a_claims, goal_a_study, pooled_row, row_label
+from lcm_lora.demo.goal_a import check_goal_a_config, goal_a_claims, goal_a_study, pooled_row, row_label
 from lcm_lora.demo.run import PRESETS, check_claims
 
 
@@ -76,6 +76,29 @@ def test_only_the_full_preset_pools_and_a_study_below_the_main_sample_count_is_o
     assert PRESETS["fast"].goal_a_samples == 0
     plan = SimpleNamespace(labels=torch.zeros(300))
     assert goal_a_study(PRESETS["fast"], None, plan, {}, None, {}, sample_fns=None) is None
+
+
+def test_a_config_without_the_rows_the_study_extends_is_refused_before_any_work(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from lcm_lora.demo.run import run_demo_pipeline
+    from lcm_lora.lcm_core.errors import ConfigError
+
+    full = PRESETS["full"]
+    for preset in PRESETS.values():
+        check_goal_a_config(preset)
+    check_goal_a_config(dataclasses.replace(full, goal_a_samples=0, teacher_steps=(1, 2, 4)))  # study off: no need
+    for change, key in (({"teacher_steps": (1, 2, 4, 16)}, "teacher_steps"), ({"samplers": ("euler",)}, "samplers"),
+                        ({"lcm_steps": (1, 2, 8)}, "lcm_steps"), ({"pcm_steps": (2, 8)}, "pcm_steps")):
+        bad = dataclasses.replace(full, **change)
+        with pytest.raises(ConfigError, match=f"^{key}: must contain .* goal_a_samples is 1000"):
+            check_goal_a_config(bad)
+        with pytest.raises(ConfigError, match=f"^{key}: "):  # the pipeline's first step: nothing trained or written
+            run_demo_pipeline(tmp_path / "out", bad, cache_dir=tmp_path / "cache", progress=False)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+    check_goal_a_config(dataclasses.replace(full, pcm=False, pcm_steps=(2, 8)))  # no PCM adapter: no PCM row needed
 
 
 def test_report_and_docs_show_the_pooled_rows(tmp_path):

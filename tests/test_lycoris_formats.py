@@ -282,6 +282,23 @@ def test_mixed_architecture_files_are_refused_everywhere(tmp_path, capsys):
     assert info["architecture"] == "unknown"
 
 
+def test_unknown_architecture_error_names_a_custom_base_from_its_metadata(tmp_path, capsys):
+    """An adapter lcm-lora train wrote for a model of its own (metadata base_architecture custom, e.g. the demo's
+    digit teacher) is refused without --allow-unknown-arch like any other, but not called a damaged file."""
+    from safetensors.torch import load_file
+
+    mixed = _mixed_file(tmp_path)
+    custom = tmp_path / "custom.safetensors"
+    save_file(load_file(mixed), custom, metadata={"lcm_lora.base_architecture": "custom"})
+    assert cli(["inspect", str(mixed)]) == 2
+    assert "mixed or damaged file?" in capsys.readouterr().err
+    assert cli(["inspect", str(custom)]) == 2
+    err = capsys.readouterr().err
+    assert "lcm_lora.base_architecture: custom" in err and "not a damaged file" in err
+    assert "mixed or damaged" not in err and "--allow-unknown-arch reads it" in err
+    assert cli(["inspect", str(custom), "--allow-unknown-arch"]) == 0
+
+
 def test_cli_inspect_convert_merge_lycoris(tmp_path, capsys):
     good = _good_file(tmp_path)
     assert cli(["inspect", str(good)]) == 0

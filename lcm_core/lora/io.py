@@ -285,9 +285,14 @@ def check_one_architecture(source, adapter: LoraAdapter, det=None, names: dict |
     best, fit, foreign = _architecture.foreign_modules(shapes)
     names = names or {}
     shown = ", ".join(names.get(k, k) for k in foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+    if (adapter.metadata or {}).get("lcm_lora.base_architecture") == "custom":
+        # written by lcm-lora train for a teacher that is no SD architecture (e.g. the demo's digit teacher)
+        why = ("its metadata says lcm_lora.base_architecture: custom — lcm-lora train wrote it for a model of its own "
+               "(e.g. the demo's digit teacher), not a damaged file; --allow-unknown-arch reads it")
+    else:
+        why = "mixed or damaged file? --allow-unknown-arch accepts adapters of other models"
     raise AdapterFileError(source, f"its modules do not all fit one supported architecture (sd1, sd2, sdxl, ssd1b): "
-                                   f"{fit} of {len(shapes)} fit {best}, {len(foreign)} foreign: {shown} "
-                                   "(mixed or damaged file? --allow-unknown-arch accepts adapters of other models)")
+                                   f"{fit} of {len(shapes)} fit {best}, {len(foreign)} foreign: {shown} ({why})")
 
 
 def _apply_detection(adapter, det, source, expected_arch, require_known_arch, names=None,
