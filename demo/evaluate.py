@@ -68,7 +68,12 @@ def build_instruments(resolution: int = 16, split_seed: int = 0, style: str = "b
         dp = cache_dir / f"digit_classifier_r{resolution}_s{split_seed}.safetensors"
         sp = cache_dir / f"style_classifier_{style}_r{resolution}_s{split_seed}.safetensors"
         if dp.is_file() and sp.is_file():
-            digit, style_clf = load_classifier(dp), load_classifier(sp)
+            from .cache_errors import reading_cache_entry
+
+            with reading_cache_entry(dp, "digit classifier"):
+                digit = load_classifier(dp)
+            with reading_cache_entry(sp, "style classifier"):
+                style_clf = load_classifier(sp)
     if digit is None:
         digit = train_classifier(x_clf, y_clf, NUM_CLASSES, progress=progress)
         styled = apply_style(x_clf, style)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cache_errors import reading_cache_entry
 from .finetune import FinetuneSettings
 from .style_lora import StyleLoraSettings
 
@@ -287,7 +288,8 @@ def distil_adapter(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data_
     info = {"config_file": cfg.lcm_config, "overrides": shown, "path": str(result),
             "seconds": timing.get("seconds", seconds) or 0.0, "load_average": timing.get("load_average"),
             "cached": cached}
-    return read_adapter(result), info
+    with reading_cache_entry(out, what):
+        return read_adapter(result), info
 
 
 def distil_lcm_lora(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data_folder: Path, progress: bool):
@@ -323,9 +325,9 @@ def finetune_or_load(cache_dir: Path, cfg: DemoConfig, teacher, teacher_id: str,
         write_safetensors(path, finetune_teacher(teacher, cfg.finetune, progress=progress),
                           metadata={"lcm_lora_demo": "full fine-tune", **{k: str(v) for k, v in cfg.finetune.to_dict().items()}},
                           overwrite=True)
-    state, _ = read_safetensors(path)
     unet = copy.deepcopy(teacher.unet)
-    unet.load_state_dict(state)
+    with reading_cache_entry(path, "full fine-tune"):
+        unet.load_state_dict(read_safetensors(path)[0])
     return unet.eval(), cached
 
 
@@ -334,11 +336,11 @@ def train_or_load_style(cache_dir: Path, cfg: DemoConfig, teacher, teacher_id: s
     from .style_lora import train_style_lora
 
     path = cache_dir / f"style-{_key(cfg.style.to_dict(), teacher_id, CACHE_VERSION)}.safetensors"
-    if path.is_file():
-        return read_adapter(path), True
-    adapter = train_style_lora(teacher, cfg.style, progress=progress)
-    write_adapter(adapter, path, format="kohya", overwrite=True)
-    return read_adapter(path), False
+    cached = path.is_file()
+    if not cached:
+        write_adapter(train_style_lora(teacher, cfg.style, progress=progress), path, format="kohya", overwrite=True)
+    with reading_cache_entry(path, "style LoRA"):
+        return read_adapter(path), cached
 
 
 def side_distil(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data_folder: Path, kind: str) -> bool:
