@@ -113,14 +113,64 @@ def test_every_command_block_is_marked():
             parse_directive(d)  # raises on a malformed marker
 
 
+def environment_variables_read(*sources: str) -> set[str]:
+    """Names of the environment variables the ``sources`` read (``os.environ.get(X)``, ``os.getenv(X)``,
+    ``os.environ[X]``), where X is a string, or a name bound to strings in them (``VAR = "..."``,
+    ``A, B = "...", "..."``, a parameter given as ``name="..."`` in a call, also in another of the sources):
+    ``?name`` for one it cannot resolve."""
+    import ast
+
+    trees = [ast.parse(source) for source in sources]
+    strings: dict[str, set[str]] = {}
+
+    def bind(target, value):
+        if isinstance(target, ast.Name) and isinstance(value, ast.Constant) and isinstance(value.value, str):
+            strings.setdefault(target.id, set()).add(value.value)
+        elif isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):
+            for t, v in zip(target.elts, value.elts):
+                bind(t, v)
+
+    for node in (n for tree in trees for n in ast.walk(tree)):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                bind(target, node.value)
+        elif isinstance(node, ast.Call):
+            for kw in node.keywords:
+                if kw.arg:
+                    bind(ast.Name(id=kw.arg), kw.value)
+    read = set()
+    for node in (n for tree in trees for n in ast.walk(tree)):
+        key = None
+        if isinstance(node, ast.Call) and node.args and isinstance(node.func, ast.Attribute):
+            f = node.func
+            if f.attr == "getenv" or (f.attr == "get" and isinstance(f.value, ast.Attribute) and f.value.attr == "environ"):
+                key = node.args[0]
+        elif (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Attribute)
+              and node.value.attr == "environ"):
+            key = node.slice
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            read.add(key.value)
+        elif isinstance(key, ast.Name):
+            read |= strings.get(key.id, {f"?{key.id}"})
+        elif key is not None:
+            read.add("?" + ast.unparse(key))
+    return read
+
+
+def test_environment_variable_scan_follows_names():
+    src = ("import os\nA, B = 'X_ONE', 'X_TWO'\nVAR = 'X_THREE'\nos.environ.get(A); os.getenv(B); os.environ[VAR]\n"
+           "def f(env):\n    return os.environ.get(env)\nf(env='X_FOUR')\nos.environ.get('X_FIVE')\nos.environ['SET'] = '1'\n"
+           "os.environ.get(unknown)\n")
+    assert environment_variables_read(src) == {"X_ONE", "X_TWO", "X_THREE", "X_FOUR", "X_FIVE", "?unknown"}
+    assert environment_variables_read("import os\nos.environ.get(name)\n", "g(name='X_SIX')\n") == {"X_SIX"}
+
+
 def test_readme_lists_every_environment_variable_the_tests_read():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     set_by_tests = {"PATH", "HOME", "OMP_WAIT_POLICY", "LCM_CRASH_FAULT", "LCM_LORA_TRAIN_PYTHON", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONUNBUFFERED"}
-    read = set()
-    for path in (ROOT / "tests").rglob("*.py"):
-        text = path.read_text(encoding="utf-8")
-        read |= set(re.findall(r"""(?:environ\.get|getenv)\(\s*["']([A-Z0-9_]+)["']""", text))
-        read |= set(re.findall(r"""environ\[\s*["']([A-Z0-9_]+)["']\s*\](?!\s*=)""", text))
+    read = environment_variables_read(*(path.read_text(encoding="utf-8") for path in (ROOT / "tests").rglob("*.py")))
+    unresolved = sorted(v for v in read if v.startswith("?"))
+    assert not unresolved, f"environment lookups whose variable the scan cannot name: {unresolved}"
     missing = sorted(v for v in read - set_by_tests if f"`{v}`" not in readme)
     assert not missing, f"README.md does not document these test variables: {missing}"
 
