@@ -56,8 +56,14 @@ def _fill(gen, t):
     return None if t is None else torch.randn(t.shape, generator=gen) * 0.1
 
 
+def _float64(*tensors):
+    """The file's float32 factors in float64, so the reference ΔW is lycoris' formula evaluated (almost) exactly:
+    what ours computes in float32 is compared with the exact value, not with another float32 rounding of it."""
+    return tuple(None if t is None else t.double() for t in tensors)
+
+
 def module_tensors(algo: str, shape, rank: int, gen, has_bias: bool = True) -> tuple[dict, "callable"]:
-    """(tensors by kohya suffix, reference ΔW function of alpha) for one module."""
+    """(tensors by kohya suffix, reference ΔW function of alpha, float64) for one module."""
     from lycoris.functional import loha, lokr
 
     org = torch.empty(shape, device="meta")
@@ -75,9 +81,10 @@ def module_tensors(algo: str, shape, rank: int, gen, has_bias: bool = True) -> t
 
         def ref(alpha):
             gamma = 1.0 if alpha is None else alpha / rank
+            a1, b1, a2, b2, c1, c2 = _float64(w1d, w1u, w2d, w2u, t1, t2)
             if t1 is not None:
-                return loha.diff_weight(w1d, w1u, w2d, w2u, t1, t2, gamma=gamma).reshape(shape)
-            return loha.make_weight(w1d, w1u, w2d, w2u, gamma).reshape(shape)
+                return loha.diff_weight(a1, b1, a2, b2, c1, c2, gamma=gamma).reshape(shape)
+            return loha.make_weight(a1, b1, a2, b2, gamma).reshape(shape)
         return tensors, ref
     if algo.startswith("lokr"):
         kw = {"lokr": {}, "lokr_both": {"decompose_both": True}, "lokr_full": {"full_matrix": True},
@@ -98,7 +105,7 @@ def module_tensors(algo: str, shape, rank: int, gen, has_bias: bool = True) -> t
             scale = alpha / dim if (alpha is not None and dim is not None) else 1.0
             lyc_rank = w1a.shape[1] if w1a is not None else (w2a.shape[1] if w2a is not None else None)
             gamma = scale * lyc_rank if lyc_rank is not None else 1.0
-            out = lokr.diff_weight(w1, w1a, w1b, w2, w2a, w2b, t2, gamma=gamma)
+            out = lokr.diff_weight(*_float64(w1, w1a, w1b, w2, w2a, w2b, t2), gamma=gamma)
             return out.reshape(shape) * (scale if lyc_rank is None else 1.0)
         return tensors, ref
     if algo == "full":
@@ -107,7 +114,7 @@ def module_tensors(algo: str, shape, rank: int, gen, has_bias: bool = True) -> t
         out = {"diff": diff}
         if has_bias:  # LyCORIS writes diff_b only for modules with a bias
             out["diff_b"] = bias
-        return out, (lambda alpha: diff)
+        return out, (lambda alpha: diff.double())
     raise ValueError(algo)
 
 
