@@ -43,18 +43,31 @@ def share_random_lora(ours_lora: dict, ref_lora: dict, generator) -> None:
 
 
 def our_lcd_loss(ours, ns: dict, cond: dict, uncond: dict, loss_type: str, objective: str = "lcm",
-                 solver_guidance: bool = True):
+                 solver_guidance: bool = True, dtype=None):
     """Our LCD loss on the reference step's own draws (``ns``: its index, noise, ω and latents; for
     ``objective`` tcd/pcm/tscd also its end timesteps s), with the stop-gradient online target and the
-    adapters-disabled teacher, as the LoRA reference scripts."""
+    adapters-disabled teacher, as the LoRA reference scripts.
+
+    ``dtype`` float64: the same step with our UNet (moved in place), the draws, the conditions and the schedule in
+    float64 — the exact value that both float32 computations (ours and the reference's) round."""
+    import torch
+
     from lcm_lora.training.ddim_solver import DDIMSolver
     from lcm_lora.training.lcd_step import LcdLoss, LcdRandomness
 
-    lcd = LcdLoss(DDIMSolver(ours.alphas_cumprod, 50), "epsilon", loss_type, 0.001, 10.0, objective, solver_guidance)
+    dtype = dtype or torch.float32
+
+    def cast(x):
+        if isinstance(x, dict):
+            return {k: cast(v) for k, v in x.items()}
+        return x.to(dtype) if torch.is_tensor(x) and torch.is_floating_point(x) else x
+
+    alphas = ours.alphas_cumprod.double() if dtype == torch.float64 else ours.alphas_cumprod
+    lcd = LcdLoss(DDIMSolver(alphas, 50), "epsilon", loss_type, 0.001, 10.0, objective, solver_guidance)
     tcd_s = ns["end_timesteps"].cpu() if objective != "lcm" else None
-    rnd = LcdRandomness(ns["index"].cpu(), ns["noise"].float().cpu(), ns["w"].reshape(-1).float().cpu(), tcd_s)
-    student, teacher = student_and_teacher(ours.unet.train())
-    return lcd(student, teacher, student, ns["latents"].float(), cond, uncond, rnd)
+    rnd = LcdRandomness(ns["index"].cpu(), ns["noise"].to(dtype).cpu(), ns["w"].reshape(-1).to(dtype).cpu(), tcd_s)
+    student, teacher = student_and_teacher(ours.unet.to(dtype).train())
+    return lcd(student, teacher, student, ns["latents"].to(dtype), cast(cond), cast(uncond), rnd)
 
 
 def student_and_teacher(unet):

@@ -53,11 +53,33 @@ def _check_s_draw(ns, solver) -> None:
     assert bool((s <= t_n).all()) and bool((s < t_n).any()), (s, t_n)
 
 
-def _assert_parity(loss, ref_loss, named, tap):
-    assert float(loss.detach()) == pytest.approx(ref_loss, rel=1e-5)
-    for name, p in named.items():
-        err = float((p.grad - tap.grads[name]).norm() / tap.grads[name].norm().clamp_min(1e-12))
-        assert err <= 1e-4, (name, err)
+def _assert_parity(ours, ns, cond, uncond, loss_type, named, tap, clip: float | None = None):
+    """Loss within rel 1e-5 and every LoRA gradient within rel 1e-4 (issue 13's tolerances) of the exact step —
+    our step evaluated in float64 — for the reference's float32 step and for ours.
+
+    Two float32 computations of this step are compared with the exact value, not with each other: with the
+    pseudo-Huber loss (c = 0.001) the gradient divides by √(d² + c²) for prediction differences d of the order of
+    c, so each float32 computation is off by up to ≈ 7e-5 in some LoRA gradient (measured on this test's SDXL case:
+    ours 6.2e-5, the reference 7.3e-5 from the float64 step), and the two differ from each other by up to twice
+    that (1.3e-4 on a 2-core AVX2 VM, 2026-12-07)."""
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        for p in named.values():
+            p.grad = None
+        loss = our_lcd_loss(ours, ns, cond, uncond, loss_type, objective="tcd", dtype=dtype)
+        loss.backward()
+        if clip is not None:  # the SD script's clipping works (the SDXL one clips nothing)
+            torch.nn.utils.clip_grad_norm_(list(named.values()), clip)
+        grads[dtype] = (float(loss.detach()), {n: p.grad.detach().double().clone() for n, p in named.items()})
+    ours.unet.float()
+    exact_loss, exact = grads[torch.float64]
+    ref = (float(ns["loss"].detach()), {n: g.double() for n, g in tap.grads.items()})
+    for who, (loss, got) in (("reference", ref), ("ours", grads[torch.float32])):
+        assert loss == pytest.approx(exact_loss, rel=1e-5), who
+        for name, g in got.items():
+            err = float((g - exact[name]).norm() / exact[name].norm().clamp_min(1e-30))
+            assert err <= 1e-4, (who, name, err)
+    return exact
 
 
 
@@ -112,16 +134,12 @@ def test_tcd_loss_and_gradients_match_the_sd_reference_step(tmp_path, loss_type)
     named, tap, images = _same_lora_and_images(ours, ref, ref_lora, batch)
     torch.manual_seed(1)  # the reference draws index, s, noise and ω from torch's global generator
     ns = ref.step(images, CAPTIONS)
-    ref_loss = float(ns["loss"].detach())
     assert ns["reference_repairs"] == []  # the SD script runs exactly as published
     _check_s_draw(ns, DDIMSolver(ours.alphas_cumprod, 50))
 
     cond = {"encoder_hidden_states": ns["prompt_embeds"].float()}
     uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"].float()}
-    loss = our_lcd_loss(ours, ns, cond, uncond, loss_type, objective="tcd")
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)  # the SD script's clipping works
-    _assert_parity(loss, ref_loss, named, tap)
+    _assert_parity(ours, ns, cond, uncond, loss_type, named, tap, clip=1.0)  # the SD script's clipping works
 
 
 @needs_sdxl
@@ -145,7 +163,6 @@ def test_tcd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_typ
     named, tap, images = _same_lora_and_images(ours, ref, ref_lora, batch)
     torch.manual_seed(1)
     ns = ref.step(images, CAPTIONS, ORIGINAL_SIZES, CROP_TOP_LEFTS)
-    ref_loss = float(ns["loss"].detach())
     assert list(ns["params_to_optimize"]) == []  # the reference's clip received an exhausted iterator
     assert ns["reference_repairs"] == ["get_predicted_original_sample_tcd: end_timesteps inserted in 1 call(s)"]
     _check_s_draw(ns, DDIMSolver(ours.alphas_cumprod, 50))
@@ -158,8 +175,6 @@ def test_tcd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_typ
     uncond_one = ours.uncond_text("auto")
     uncond = build_cond({k: v.expand(batch, *v.shape[1:]) for k, v in uncond_one.items()}, time_ids)
 
-    loss = our_lcd_loss(ours, ns, cond, uncond, loss_type, objective="tcd")
-    loss.backward()  # unclipped: the reference's clip is a no-op (module docstring)
-    _assert_parity(loss, ref_loss, named, tap)
+    _assert_parity(ours, ns, cond, uncond, loss_type, named, tap)  # unclipped: the reference's clip is a no-op
     total = torch.linalg.vector_norm(torch.stack([g.norm() for g in tap.grads.values()]))
     assert total > 10 * ref.ns["args"].max_grad_norm
