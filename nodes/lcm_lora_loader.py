@@ -73,9 +73,11 @@ class LCMLoraLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model, lora_name, strength_model=1.0, strength_clip=1.0, patch_sampling=True, clip=None,
                 sampling="auto", phases=recipe_follow.DEFAULT_PHASES) -> io.NodeOutput:
-        if clip is None and clip_output_used(cls.hidden.prompt, cls.hidden.unique_id):
+        # ComfyUI's executor fills cls.hidden; a direct call (a script, another node pack) leaves it None
+        prompt, unique_id = getattr(cls.hidden, "prompt", None), getattr(cls.hidden, "unique_id", None)
+        if clip is None and clip_output_used(prompt, unique_id):
             raise ConfigError(
-                f"LCM-LoRA Loader (#{cls.hidden.unique_id}) CLIP output",
+                f"LCM-LoRA Loader (#{unique_id}) CLIP output",
                 "is connected but the clip input is not: connect your checkpoint loader's CLIP output to this "
                 "node's clip input (or take CLIP for the text encoders straight from the checkpoint loader)")
         if sampling not in recipe_follow.SAMPLING_CHOICES:
