@@ -46,7 +46,7 @@ def pooled_row(name: str, sampler: str, steps: int, main_images: torch.Tensor, e
 
 def check_goal_a_config(cfg) -> None:
     """With ``goal_a_samples`` on, the main rows the pooled study extends must exist: a ``ConfigError`` naming the
-    key otherwise (raised before any training, not after it)."""
+    key otherwise. Called once, at the start of ``run.run_demo_pipeline`` (before any training, not after it)."""
     from ..lcm_core.errors import ConfigError
 
     if int(cfg.goal_a_samples) <= 0:
@@ -73,7 +73,6 @@ def goal_a_study(cfg, teacher, plan, grids: dict, inst, students: dict, sample_f
     n_extra = int(cfg.goal_a_samples) - len(plan.labels)
     if n_extra <= 0:
         return None
-    check_goal_a_config(cfg)
     extra_plan = SamplePlan.make(n_extra, cfg.resolution, cfg.seed + SEED_OFFSET)
     _, teacher_fn, lcm_fn, tcd_fn, pcm_fn = sample_fns(cfg, teacher, extra_plan)
     jobs = [("teacher", "ddim", REFERENCE_STEPS, grids[("teacher", "ddim")][REFERENCE_STEPS],
