@@ -80,3 +80,37 @@ def test_distances():
     c = 0.001
     torch.testing.assert_close(distance(a, b, "huber", c), (((a - b) ** 2 + c * c).sqrt() - c).mean())
     torch.testing.assert_close(distance(a, b, "l2"), torch.nn.functional.mse_loss(a, b))
+
+
+@pytest.mark.parametrize("objective", ["lcm", "tcd"])
+def test_the_step_keeps_float64_and_float32_as_given(objective):
+    """The training step computes in float32 (half-precision outputs are promoted) and stays float64 when given
+    float64 — the exact step the reference-step parity tests compare — and the two agree to float32 rounding. The
+    schedules follow the alphas' dtype (the trainer's are float32: unchanged)."""
+    from lcm_lora.training.lcd_step import LcdRandomness
+
+    alphas = DDPMScheduler(**SD).alphas_cumprod
+    assert DDIMSolver(alphas, 50).alpha_schedule.dtype == torch.float32
+    assert DDIMSolver(alphas.double(), 50).alpha_schedule.dtype == torch.float64
+    gen = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    cond = torch.randn(3, 5, generator=gen)
+    index, s = torch.tensor([3, 20, 49]), torch.tensor([19, 199, 379])
+
+    def model(x, t, c):  # a smooth stand-in for a UNet: depends on x, t and the condition
+        return torch.tanh(x * (1 + t.reshape(-1, 1, 1, 1) / 1000) + c.mean(dim=1).reshape(-1, 1, 1, 1))
+
+    losses = {}
+    for dtype in (torch.bfloat16, torch.float32, torch.float64):
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        lcd = LcdLoss(DDIMSolver(alphas.to(work), 50), "epsilon", "huber", 0.001, 10.0, objective)
+        rnd = LcdRandomness(index, noise.to(work), torch.full((3,), 1.0, dtype=work), s if objective == "tcd" else None)
+
+        def m(x, t, c, dtype=dtype):
+            return model(x, t, c).to(dtype)  # a half-precision model hands back bf16 outputs
+
+        pred, target = lcd.predictions(m, m, m, latents.to(work), cond.to(work), cond.to(work), rnd)
+        assert pred.dtype == target.dtype == work
+        losses[dtype] = lcd(m, m, m, latents.to(work), cond.to(work), cond.to(work), rnd)
+        assert losses[dtype].dtype == work
+    assert float(losses[torch.float32]) == pytest.approx(float(losses[torch.float64]), rel=1e-4)

@@ -24,6 +24,7 @@ autocast is turned off so both sides run in float32, as in the LCM parity test.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -54,14 +55,22 @@ def _check_s_draw(ns, solver) -> None:
 
 
 def _assert_parity(ours, ns, cond, uncond, loss_type, named, tap, clip: float | None = None):
-    """Loss within rel 1e-5 and every LoRA gradient within rel 1e-4 (issue 13's tolerances) of the exact step —
-    our step evaluated in float64 — for the reference's float32 step and for ours.
+    """``ns``: one run of the reference's step. The exact step is ours in float64 on the run's draws.
 
-    Two float32 computations of this step are compared with the exact value, not with each other: with the
-    pseudo-Huber loss (c = 0.001) the gradient divides by √(d² + c²) for prediction differences d of the order of
-    c, so each float32 computation is off by up to ≈ 7e-5 in some LoRA gradient (measured on this test's SDXL case:
-    ours 6.2e-5, the reference 7.3e-5 from the float64 step), and the two differ from each other by up to twice
-    that (1.3e-4 on a 2-core AVX2 VM, 2026-12-07)."""
+    * A **float64 run** of the reference (``float64=True``: the script's own block with its models, schedules and
+      ``.float()`` casts in float64) must give the exact step's loss within rel 1e-5 and every LoRA gradient within
+      rel 1e-4 — issue 13's tolerances for the parity of the two steps (measured: ≈ 1e-14).
+    * A **float32 run** (the script as published): its loss and our float32 loss within rel 1e-5 of the exact one;
+      with the L2 loss also every LoRA gradient of both within rel 1e-4 of the exact ones.
+
+    Why the pseudo-Huber float32 gradients are not held to 1e-4: with c = 0.001 the gradient divides by √(d² + c²)
+    for prediction differences d of the order of c, so float32 rounding of d (≈ 1e-7) moves some LoRA gradients by
+    ≈ 1e-4 in any float32 computation of this step, by how much depending on the draw and the CPU's kernels. SDXL
+    case, worst gradient vs the exact step (2026-12-07, 2-core AMD EPYC): AVX2 kernels ours 4.7e-5, the reference's
+    1.34e-4; SSE kernels (``ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2``)
+    ours 2.2e-4, the reference's 1.39e-4; ours on the float64 run's draws 4.2e-4 (L2: 1.2e-5 to 2.4e-5 throughout).
+    The float64 run compares the two steps where arithmetic cannot hide a difference. Returns the worst relative
+    gradient errors."""
     grads = {}
     for dtype in (torch.float32, torch.float64):
         for p in named.values():
@@ -73,14 +82,30 @@ def _assert_parity(ours, ns, cond, uncond, loss_type, named, tap, clip: float | 
         grads[dtype] = (float(loss.detach()), {n: p.grad.detach().double().clone() for n, p in named.items()})
     ours.unet.float()
     exact_loss, exact = grads[torch.float64]
-    ref = (float(ns["loss"].detach()), {n: g.double() for n, g in tap.grads.items()})
-    for who, (loss, got) in (("reference", ref), ("ours", grads[torch.float32])):
-        assert loss == pytest.approx(exact_loss, rel=1e-5), who
-        for name, g in got.items():
-            err = float((g - exact[name]).norm() / exact[name].norm().clamp_min(1e-30))
-            assert err <= 1e-4, (who, name, err)
-    return exact
 
+    def errors(got):
+        return {n: float((g.double() - exact[n]).norm() / exact[n].norm().clamp_min(1e-30)) for n, g in got.items()}
+
+    ref_loss, ref_err = float(ns["loss"].detach()), errors(tap.grads)
+    assert ref_loss == pytest.approx(exact_loss, rel=1e-5), "reference"
+    if ns["loss"].dtype == torch.float64:
+        assert all(g.dtype == torch.float64 for g in tap.grads.values())
+        worst = max((e, n) for n, e in ref_err.items())
+        assert worst[0] <= 1e-4, worst
+        return {"reference (float64)": worst[0]}
+    our_loss, our_err = grads[torch.float32][0], errors(grads[torch.float32][1])
+    assert our_loss == pytest.approx(exact_loss, rel=1e-5), "ours"
+    if loss_type == "l2":
+        for who, err in (("ours", our_err), ("reference", ref_err)):
+            worst = max((e, n) for n, e in err.items())
+            assert worst[0] <= 1e-4, (who, *worst)
+    return {"ours (float32)": max(our_err.values()), "reference (float32)": max(ref_err.values())}
+
+
+def _without_float64_casts(repairs: list[str]) -> list[str]:
+    """The harness's repairs other than the float64 run's casts, which must be the last and have touched some."""
+    assert repairs and re.fullmatch(r"float64 run: \.float\(\) -> \.double\(\) in [1-9][0-9]* place\(s\)", repairs[-1]), repairs
+    return repairs[:-1]
 
 
 def _same_lora_and_images(ours, ref, ref_lora, batch):
@@ -125,21 +150,23 @@ def test_tcd_loss_and_gradients_match_the_sd_reference_step(tmp_path, loss_type)
     ref_mod = reference_module()
     teacher_dir = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(16, 32))
     batch = len(CAPTIONS)
-    ref = ref_mod.ReferenceTrainer(teacher_dir, rank=4, batch_size=batch, loss_type=loss_type, teacher_autocast=False,
-                                   device="cpu", kind="tcd_sd")
-    ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
-    ref_lora = {n.replace("base_model.model.", "", 1): p for n, p in ref_unet.named_parameters() if "lora_" in n}
+    for float64 in (True, False):  # the exact parity, then the script as published (see _assert_parity)
+        ref = ref_mod.ReferenceTrainer(teacher_dir, rank=4, batch_size=batch, loss_type=loss_type, teacher_autocast=False,
+                                       device="cpu", kind="tcd_sd", float64=float64)
+        ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
+        ref_lora = {n.replace("base_model.model.", "", 1): p for n, p in ref_unet.named_parameters() if "lora_" in n}
 
-    ours = load_teacher_folder(Path(teacher_dir))
-    named, tap, images = _same_lora_and_images(ours, ref, ref_lora, batch)
-    torch.manual_seed(1)  # the reference draws index, s, noise and ω from torch's global generator
-    ns = ref.step(images, CAPTIONS)
-    assert ns["reference_repairs"] == []  # the SD script runs exactly as published
-    _check_s_draw(ns, DDIMSolver(ours.alphas_cumprod, 50))
+        ours = load_teacher_folder(Path(teacher_dir))
+        named, tap, images = _same_lora_and_images(ours, ref, ref_lora, batch)
+        torch.manual_seed(1)  # the reference draws index, s, noise and ω from torch's global generator
+        ns = ref.step(images, CAPTIONS)
+        repairs = _without_float64_casts(ns["reference_repairs"]) if float64 else ns["reference_repairs"]
+        assert repairs == []  # otherwise the SD script runs exactly as published
+        _check_s_draw(ns, DDIMSolver(ours.alphas_cumprod, 50))
 
-    cond = {"encoder_hidden_states": ns["prompt_embeds"].float()}
-    uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"].float()}
-    _assert_parity(ours, ns, cond, uncond, loss_type, named, tap, clip=1.0)  # the SD script's clipping works
+        cond = {"encoder_hidden_states": ns["prompt_embeds"]}
+        uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"]}
+        _assert_parity(ours, ns, cond, uncond, loss_type, named, tap, clip=1.0)  # the SD script's clipping works
 
 
 @needs_sdxl
@@ -153,28 +180,34 @@ def test_tcd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_typ
     ref_mod = reference_module()
     teacher_dir = build_tiny_teacher(tmp_path / "teacher", variant="sdxl", image_size=RESOLUTION, block_out_channels=(16, 32))
     batch = len(CAPTIONS)
-    ref = ref_mod.ReferenceTrainerSDXL(teacher_dir, rank=4, resolution=RESOLUTION, loss_type=loss_type, device="cpu",
-                                       max_grad_norm=0.01, kind="tcd_sdxl")
-    ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
-    ref_lora = {n: p for n, p in ref_unet.named_parameters() if "lora_" in n}
+    for float64 in (True, False):  # the exact parity, then the script as published (see _assert_parity)
+        ref = ref_mod.ReferenceTrainerSDXL(teacher_dir, rank=4, resolution=RESOLUTION, loss_type=loss_type, device="cpu",
+                                           max_grad_norm=0.01, kind="tcd_sdxl", float64=float64)
+        ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
+        ref_lora = {n: p for n, p in ref_unet.named_parameters() if "lora_" in n}
 
-    ours = load_teacher_folder(Path(teacher_dir))
-    assert ours.uses_pooled and len(ours.text_encoders) == 2
-    named, tap, images = _same_lora_and_images(ours, ref, ref_lora, batch)
-    torch.manual_seed(1)
-    ns = ref.step(images, CAPTIONS, ORIGINAL_SIZES, CROP_TOP_LEFTS)
-    assert list(ns["params_to_optimize"]) == []  # the reference's clip received an exhausted iterator
-    assert ns["reference_repairs"] == ["get_predicted_original_sample_tcd: end_timesteps inserted in 1 call(s)"]
-    _check_s_draw(ns, DDIMSolver(ours.alphas_cumprod, 50))
+        ours = load_teacher_folder(Path(teacher_dir))
+        assert ours.uses_pooled and len(ours.text_encoders) == 2
+        named, tap, images = _same_lora_and_images(ours, ref, ref_lora, batch)
+        torch.manual_seed(1)
+        ns = ref.step(images, CAPTIONS, ORIGINAL_SIZES, CROP_TOP_LEFTS)
+        assert list(ns["params_to_optimize"]) == []  # the reference's clip received an exhausted iterator
+        repairs = _without_float64_casts(ns["reference_repairs"]) if float64 else ns["reference_repairs"]
+        assert repairs == ["get_predicted_original_sample_tcd: end_timesteps inserted in 1 call(s)"]
+        _check_s_draw(ns, DDIMSolver(ours.alphas_cumprod, 50))
 
-    text = ours.encode_text(CAPTIONS)
-    torch.testing.assert_close(text["hidden"], ns["prompt_embeds"].float(), rtol=1e-6, atol=1e-6)
-    time_ids = torch.tensor([[*o, *c, RESOLUTION, RESOLUTION] for o, c in zip(ORIGINAL_SIZES, CROP_TOP_LEFTS)], dtype=torch.float32)
-    torch.testing.assert_close(time_ids, ns["encoded_text"]["time_ids"].float(), rtol=0, atol=0)
-    cond = build_cond(text, time_ids)
-    uncond_one = ours.uncond_text("auto")
-    uncond = build_cond({k: v.expand(batch, *v.shape[1:]) for k, v in uncond_one.items()}, time_ids)
+        text = ours.encode_text(CAPTIONS)  # our text encoding is the reference's
+        torch.testing.assert_close(text["hidden"], ns["prompt_embeds"].float(), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(text["pooled"], ns["encoded_text"]["text_embeds"].float(), rtol=1e-6, atol=1e-6)
+        time_ids = torch.tensor([[*o, *c, RESOLUTION, RESOLUTION] for o, c in zip(ORIGINAL_SIZES, CROP_TOP_LEFTS)],
+                                dtype=ns["prompt_embeds"].dtype)
+        torch.testing.assert_close(time_ids, ns["encoded_text"]["time_ids"], rtol=0, atol=0)
+        # the step itself on the reference's own text, so that the exact step has the run's exact inputs
+        cond = build_cond({"hidden": ns["prompt_embeds"], "pooled": ns["encoded_text"]["text_embeds"]}, time_ids)
+        uncond_one = ours.uncond_text("auto")
+        assert all(bool((v == 0).all()) for v in uncond_one.values())  # SDXL's empty prompt is zeros, as the script's
+        uncond = build_cond({k: v.expand(batch, *v.shape[1:]).to(time_ids.dtype) for k, v in uncond_one.items()}, time_ids)
 
-    _assert_parity(ours, ns, cond, uncond, loss_type, named, tap)  # unclipped: the reference's clip is a no-op
-    total = torch.linalg.vector_norm(torch.stack([g.norm() for g in tap.grads.values()]))
-    assert total > 10 * ref.ns["args"].max_grad_norm
+        _assert_parity(ours, ns, cond, uncond, loss_type, named, tap)  # unclipped: the reference's clip is a no-op
+        total = torch.linalg.vector_norm(torch.stack([g.norm() for g in tap.grads.values()]))
+        assert total > 10 * ref.ns["args"].max_grad_norm

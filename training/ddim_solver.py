@@ -12,7 +12,8 @@ Follows diffusers ``examples/consistency_distillation/train_lcm_distill_lora_sd_
   and ``ᾱ[0]`` for i = 0 (the reference's ``ddim_alpha_cumprods_prev``), i.e. exactly
   ``ᾱ[t_n]``.
 
-Everything is computed in float32 schedule tensors, as the reference.
+Everything is computed in float32 schedule tensors, as the reference; a float64 ``alphas_cumprod`` keeps float64
+(the exact step, which the reference-step parity tests compare with the reference's own float64 run).
 """
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ def gather_at(values: torch.Tensor, index: torch.Tensor, ndim: int) -> torch.Ten
 
 
 class DDIMSolver:
-    """DDIM on the ``num_ddim_timesteps`` grid of a discrete schedule ``alphas_cumprod`` (float32, length T)."""
+    """DDIM on the ``num_ddim_timesteps`` grid of a discrete schedule ``alphas_cumprod`` (length T; float32, or float64
+    when given float64)."""
 
     def __init__(self, alphas_cumprod: torch.Tensor, num_ddim_timesteps: int = 50):
-        alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float32).cpu()
+        alphas_cumprod = torch.as_tensor(alphas_cumprod).cpu()
+        alphas_cumprod = alphas_cumprod.to(torch.float64 if alphas_cumprod.dtype == torch.float64 else torch.float32)
         num_train = alphas_cumprod.shape[0]
         if not 1 <= num_ddim_timesteps <= num_train:
             raise ValueError(f"num_ddim_timesteps must be in [1, {num_train}], got {num_ddim_timesteps}")

@@ -55,6 +55,7 @@ import torch
 
 from ..lcm_core.boundary import consistency_output
 from .ddim_solver import DDIMSolver
+from .precision import at_least_float32
 from .tcd import trajectory_jump
 
 OBJECTIVES = ("lcm", "tcd", "pcm", "tscd")
@@ -105,7 +106,7 @@ def concat_cond(a: Any, b: Any) -> Any:
 
 def distance(a: torch.Tensor, b: torch.Tensor, kind: str = "huber", huber_c: float = 0.001) -> torch.Tensor:
     """Pseudo-Huber (Song & Dhariwal 2023; ref. l. 1391-1396) or L2, averaged over all elements."""
-    a, b = a.float(), b.float()
+    a, b = at_least_float32(a), at_least_float32(b)
     if kind == "huber":
         return torch.mean(torch.sqrt((a - b) ** 2 + huber_c**2) - huber_c)
     if kind == "l2":
@@ -139,11 +140,11 @@ class LcdLoss:
         self.objective = objective
 
     def consistency(self, raw: torch.Tensor, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
-        """LCM: ``f(x, t) = c_skip(t) x + c_out(t) x̂0(raw)`` in float32 (Eq. 4 via ``lcm_core.boundary``;
+        """LCM: ``f(x, t) = c_skip(t) x + c_out(t) x̂0(raw)`` in float32 or float64 (Eq. 4 via ``lcm_core.boundary``;
         ref. l. 1265-1272, 1301). TCD: ``f(x, t, s)``, the DDIM-form jump to ``s`` (:func:`.tcd.trajectory_jump`;
         TCD ref. ``get_predicted_original_sample_tcd``, which supports ε only; x̂0 from v/x0 outputs
         goes through the same ``predicted_x0`` as LCM). PCM/TSCD: the same map (:mod:`.phased`)."""
-        x0 = self.solver.predicted_x0(raw.float(), t, x, self.prediction_type)
+        x0 = self.solver.predicted_x0(at_least_float32(raw), t, x, self.prediction_type)
         if self.objective in TRAJECTORY_OBJECTIVES:
             if s is None:
                 raise ValueError(f"the {self.objective} objective needs the end timesteps s (LcdRandomness.tcd_s)")
@@ -158,13 +159,13 @@ class LcdLoss:
         if not self.solver_guidance:
             with autocast():
                 raw = teacher(noisy, start_t, cond)
-            raw = raw.float()
+            raw = at_least_float32(raw)
             x0 = self.solver.predicted_x0(raw, start_t, noisy, self.prediction_type)
             eps = self.solver.predicted_eps(raw, start_t, noisy, self.prediction_type)
             return self.solver.ddim_step(x0, eps, index)
         with autocast():
             raw = teacher(torch.cat([noisy, noisy]), torch.cat([start_t, start_t]), concat_cond(cond, uncond))
-        raw = raw.float()
+        raw = at_least_float32(raw)
         both_x = torch.cat([noisy, noisy])
         both_t = torch.cat([start_t, start_t])
         x0 = self.solver.predicted_x0(raw, both_t, both_x, self.prediction_type)
@@ -197,7 +198,7 @@ class LcdLoss:
                     rnd: LcdRandomness, autocast: Callable[[], Any] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
         """(student prediction ``f_θ(z_{t_{n+k}})``, target ``f_{θ⁻}(ẑ_{t_n})``), both float32, the target without
         gradient: the two sides of the distance (the adversarial loss, :mod:`.adversarial`, reads both)."""
-        latents = latents.float()
+        latents = at_least_float32(latents)
         device = latents.device
         rnd = rnd.to(device)
         start_t, end_t = self.solver.start_and_target_timesteps(rnd.index)

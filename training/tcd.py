@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .ddim_solver import DDIMSolver, gather_at
+from .precision import at_least_float32
 
 S_SAMPLINGS = ("uniform", "tdd")
 TDD_WINDOW = 260  # TDD's ``select_s`` lower bound: candidates within 260 timesteps below u_b (hard-coded there)
@@ -49,8 +50,8 @@ TDD_WINDOW = 260  # TDD's ``select_s`` lower bound: candidates within 260 timest
 def trajectory_jump(x0: torch.Tensor, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                     alpha_schedule: torch.Tensor, sigma_schedule: torch.Tensor) -> torch.Tensor:
     """``f(x_t, t, s) = (σ_s/σ_t)·x_t − α_s·(e^{−h} − 1)·x̂0`` in float32 (reference
-    ``get_predicted_original_sample_tcd``; see the module docstring)."""
-    x0, x = x0.float(), x.float()
+    ``get_predicted_original_sample_tcd``; see the module docstring); float64 inputs stay float64."""
+    x0, x = at_least_float32(x0), at_least_float32(x)
     a_t = gather_at(alpha_schedule, t, x.ndim)
     s_t = gather_at(sigma_schedule, t, x.ndim)
     a_s = gather_at(alpha_schedule, s, x.ndim)

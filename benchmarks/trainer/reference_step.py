@@ -50,6 +50,11 @@ reference's own source*, never its module top level:
   ``(resolution, resolution)``); its unconditional branch is built inside the step (all-zero
   prompt and pooled embeddings, same time ids).
 
+``float64=True`` (not for the adversarial SD kind) runs the same block in float64 (:func:`run_in_float64`; its
+``.float()`` casts become ``.double()``, recorded in ``reference_repairs``): the exact value of the step, which the
+parity tests compare with ours in float64 where float32 rounding of the pseudo-Huber gradient (≈ 1e-4) would hide
+a difference.
+
 Batches are handed over in memory (the reference's data loaders are not used), which can only
 flatter the reference. Nothing of the reference is copied into this repository; the paths come
 from the environment.
@@ -153,15 +158,32 @@ class _RepairTcdTargetCall(ast.NodeTransformer):
         return node
 
 
+class _Float64Casts(ast.NodeTransformer):
+    """For a float64 run only (``load_reference(..., float64=True)``): the block's ``x.float()`` casts — there to
+    compute the loss in at least float32 when the models run in fp16/bf16 — become ``x.double()``, so that a float64
+    run stays float64 to the loss. ``replaced`` counts them."""
+
+    def __init__(self):
+        self.replaced = 0
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "float" and not node.args and not node.keywords:
+            node.func.attr = "double"
+            self.replaced += 1
+        return node
+
+
 def _compile_defs(nodes: list, path: Path, namespace: dict) -> None:
     exec(compile(ast.Module(body=nodes, type_ignores=[]), str(path), "exec"), namespace)
 
 
-def load_reference(path: Path | None = None, kind: str | None = None) -> tuple[dict, types.CodeType]:
+def load_reference(path: Path | None = None, kind: str | None = None, float64: bool = False) -> tuple[dict, types.CodeType]:
     """(namespace with the reference helpers, compiled training-step block).
 
     ``kind`` ("sd"/"sdxl") picks the environment variable when ``path`` is not given and must
-    match the script's content when given; by default ``sd``.
+    match the script's content when given; by default ``sd``. ``float64``: the block's ``.float()`` casts
+    become ``.double()`` (:class:`_Float64Casts`; recorded in ``reference_repairs``).
     """
     path = path or reference_path(kind or "sd")
     source = path.read_text(encoding="utf-8")
@@ -211,10 +233,36 @@ def load_reference(path: Path | None = None, kind: str | None = None) -> tuple[d
         block = ast.fix_missing_locations(fixer.visit(block))
         if fixer.repaired:
             repairs.append(f"get_predicted_original_sample_tcd: end_timesteps inserted in {fixer.repaired} call(s)")
+    if float64:
+        casts = _Float64Casts()
+        block = ast.fix_missing_locations(casts.visit(block))
+        repairs.append(f"float64 run: .float() -> .double() in {casts.replaced} place(s)")
     code = compile(ast.Module(body=[block], type_ignores=[]), str(path), "exec")
     namespace["reference_kind"] = found
     namespace["reference_repairs"] = repairs  # departures from the script's text (documented above)
     return namespace, code
+
+
+def run_in_float64(ns: dict, alphas_cumprod: torch.Tensor, num_ddim_timesteps: int, timesteps: int) -> None:
+    """Turn a set-up reference trainer's namespace into a float64 run: its UNets, VAE and text encoders (in place, so
+    the optimizer and the LoRA parameters handed out stay the same objects), ``weight_dtype``, the unconditional
+    embeddings, and the schedules rebuilt from the float64 ``alphas_cumprod`` (the float32 values upcast: the same
+    numbers our float64 step uses). With the block's ``.float()`` casts made ``.double()`` (``load_reference(...,
+    float64=True)``) the whole step runs in float64: the exact value its float32 run rounds."""
+    alphas = alphas_cumprod.double()
+    for name in ("unet", "teacher_unet", "vae", "text_encoder"):
+        if name in ns:
+            ns[name].double()
+    embed = ns.get("compute_embeddings_fn")
+    for encoder in (getattr(embed, "keywords", None) or {}).get("text_encoders", []):
+        encoder.double()
+    for name in ("uncond_prompt_embeds", "uncond_pooled_prompt_embeds"):
+        if name in ns:
+            ns[name] = ns[name].double()
+    ns["weight_dtype"] = torch.float64
+    ns["solver"] = ns["DDIMSolver"](alphas.numpy(), timesteps=timesteps, ddim_timesteps=num_ddim_timesteps)
+    ns["alpha_schedule"] = torch.sqrt(alphas)
+    ns["sigma_schedule"] = torch.sqrt(1 - alphas)
 
 
 class ReferenceTrainer:
@@ -225,14 +273,14 @@ class ReferenceTrainer:
                  mixed_precision: str = "no", teacher_autocast: bool = True, device: str | None = None,
                  gradient_checkpointing: bool = False, weight_decay: float = 0.0, kind: str = "sd", phases: int = 4,
                  solver_guidance: bool = True, stage_segments: str = "8,4,2,1", stage_steps: int = 1000,
-                 adv_weight: float = 0.1, adv_lr: float = 1e-5):
+                 adv_weight: float = 0.1, adv_lr: float = 1e-5, float64: bool = False):
         from accelerate import Accelerator
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from diffusers.optimization import get_scheduler
         from peft import LoraConfig, get_peft_model
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        self.ns, self.code = load_reference(kind=kind)  # "sd" (LCM), "tcd_sd", "pcm_sd" or "tscd_sd"
+        self.ns, self.code = load_reference(kind=kind, float64=float64)  # "sd" (LCM), "tcd_sd", "pcm_sd" or "tscd_sd"
         teacher_dir = Path(teacher_dir)
         cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
         accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision=mixed_precision, cpu=cpu)
@@ -287,6 +335,10 @@ class ReferenceTrainer:
             # the reference: torch.autocast(accelerator.device.type) around the teacher passes (fp16 on CUDA, bf16 on CPU)
             autocast_ctx=torch.autocast(accelerator.device.type) if teacher_autocast else nullcontext(),
         )
+        if float64:  # the exact step (run_in_float64); not with the adversarial kinds' discriminator
+            if kind.startswith("pcm_adv") or mixed_precision != "no":
+                raise ValueError("float64 runs: not with the adversarial kinds or mixed precision")
+            run_in_float64(self.ns, noise_scheduler.alphas_cumprod, num_ddim_timesteps, noise_scheduler.config.num_train_timesteps)
         if kind == "pcm_adv_sd":  # train_pcm_lora_sd15_adv.py main(): its scheduler, Discriminator(teacher_unet), optimizer
             args.adv_weight, args.adv_lr, args.adam_weight_decay, args.adam_epsilon = adv_weight, adv_lr, weight_decay, 1e-8
             self._setup_adversarial(kind, teacher_dir, teacher_unet, accelerator, args)
@@ -335,7 +387,8 @@ class ReferenceTrainerSDXL:
                  w_max: float = 15.0, loss_type: str = "huber", huber_c: float = 0.001, num_ddim_timesteps: int = 50,
                  mixed_precision: str = "no", device: str | None = None, gradient_checkpointing: bool = False,
                  weight_decay: float = 0.0, vae_encode_batch_size: int = 8, lora_alpha: float | None = None,
-                 max_grad_norm: float = 1.0, kind: str = "sdxl", stage_segments: str = "8,4,2,1", stage_steps: int = 1000):
+                 max_grad_norm: float = 1.0, kind: str = "sdxl", stage_segments: str = "8,4,2,1", stage_steps: int = 1000,
+                 float64: bool = False):
         from accelerate import Accelerator
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from diffusers.optimization import get_scheduler
@@ -343,7 +396,7 @@ class ReferenceTrainerSDXL:
         from peft import LoraConfig
         from transformers import AutoTokenizer
 
-        self.ns, self.code = load_reference(reference_path(kind), kind=kind)  # "sdxl" (LCM), "tcd_sdxl" or "tscd_sdxl"
+        self.ns, self.code = load_reference(reference_path(kind), kind=kind, float64=float64)  # "sdxl" (LCM), "tcd_sdxl", "tscd_sdxl"
         ns = self.ns
         teacher = os.fspath(teacher_dir)
         cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
@@ -399,6 +452,10 @@ class ReferenceTrainerSDXL:
                   optimizer=optimizer, lr_scheduler=lr_scheduler, params_to_optimize=params_to_optimize)
         ns["compute_embeddings_fn"] = functools.partial(ns["compute_embeddings"], text_encoders=[text_encoder_one, text_encoder_two],
                                                         tokenizers=[tokenizer_one, tokenizer_two])
+        if float64:  # the exact step (run_in_float64)
+            if mixed_precision != "no":
+                raise ValueError("float64 runs: not with mixed precision")
+            run_in_float64(ns, noise_scheduler.alphas_cumprod, num_ddim_timesteps, noise_scheduler.config.num_train_timesteps)
         self.accelerator = accelerator
         self.device = accelerator.device
         self.resolution = resolution
@@ -508,14 +565,14 @@ class ReferenceTrainerPcmSDXL(ReferenceTrainer):
                  w_max: float = 15.0, loss_type: str = "huber", huber_c: float = 0.001, num_ddim_timesteps: int = 50,
                  phases: int = 4, solver_guidance: bool = True, adv_weight: float = 0.1, adv_lr: float = 1e-5,
                  lora_alpha: float | None = None, device: str | None = None, weight_decay: float = 0.0,
-                 kind: str = "pcm_adv_sdxl"):
+                 kind: str = "pcm_adv_sdxl", float64: bool = False):
         from accelerate import Accelerator
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from diffusers.optimization import get_scheduler
         from peft import LoraConfig, get_peft_model
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-        self.ns, self.code = load_reference(reference_path(kind), kind=kind)
+        self.ns, self.code = load_reference(reference_path(kind), kind=kind, float64=float64)
         teacher = os.fspath(teacher_dir)
         cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
         accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision="no", cpu=cpu)
@@ -573,6 +630,10 @@ class ReferenceTrainerPcmSDXL(ReferenceTrainer):
                   uncond_prompt_embeds=torch.zeros(batch_size, seq, hidden).to(accelerator.device),
                   uncond_pooled_prompt_embeds=torch.zeros(batch_size, pooled).to(accelerator.device))
         self._setup_adversarial(kind, teacher, teacher_unet, accelerator, args)
+        if float64:  # the exact consistency step (run_in_float64), the discriminator with it (its heads too)
+            run_in_float64(ns, noise_scheduler.alphas_cumprod, num_ddim_timesteps, noise_scheduler.config.num_train_timesteps)
+            self.discriminator.double()
+        self.image_dtype = torch.float64 if float64 else torch.float32  # the block hands the images to the VAE as they come
         self.accelerator = accelerator
         self.device = accelerator.device
         self.resolution = resolution
@@ -584,7 +645,7 @@ class ReferenceTrainerPcmSDXL(ReferenceTrainer):
         n = images.shape[0]
         size = torch.full((n,), self.resolution, dtype=torch.long)
         zero = torch.zeros(n, dtype=torch.long)
-        self.ns["batch"] = (images.float(), list(captions), [size, size], [zero, zero])
+        self.ns["batch"] = (images.to(self.image_dtype), list(captions), [size, size], [zero, zero])
         self.recording_torch.draws.clear()
         exec(self.code, self.ns)
         return self.ns
