@@ -26,7 +26,8 @@ import warnings
 
 import pytest
 import torch
-from reference_step_support import first_draw_with_both_targets, our_lcd_loss, reference_module, tiny_reference_pair
+from reference_step_support import (assert_exact_parity, first_draw_with_both_targets, our_lcd_loss, reference_module,
+                                    tiny_reference_pair)
 
 VAR = "PCM_REFERENCE_SCRIPT"
 needs_pcm = pytest.mark.skipif(not os.environ.get(VAR), reason=f"{VAR} (G-U-N/Phased-Consistency-Model "
@@ -80,11 +81,14 @@ def test_phase_edges_and_jump_match_the_reference_multiphase_pred(phases):
 
 @needs_pcm
 @pytest.mark.parametrize("loss_type,solver_guidance", [("huber", True), ("l2", True), ("huber", False)])
-def test_pcm_loss_and_gradients_match_the_sd15_reference_step(tmp_path, loss_type, solver_guidance):
+@pytest.mark.parametrize("float64", [False, True], ids=["as-published", "float64"])
+def test_pcm_loss_and_gradients_match_the_sd15_reference_step(tmp_path, loss_type, solver_guidance, float64):
+    """float32 (the script as published) against our float32 step; float64: both steps in float64
+    (``assert_exact_parity``), where float32 rounding cannot hide a difference."""
     from lcm_lora.training.ddim_solver import DDIMSolver
     from lcm_lora.training.phased import pcm_end_timesteps
     ref, ours, named, tap, images = tiny_reference_pair(tmp_path, CAPTIONS, RESOLUTION, loss_type=loss_type, kind="pcm_sd",
-                                                        phases=4, solver_guidance=solver_guidance)
+                                                        phases=4, solver_guidance=solver_guidance, float64=float64)
     solver = DDIMSolver(ours.alphas_cumprod, 50)
 
     def draw(seed):
@@ -98,6 +102,12 @@ def test_pcm_loss_and_gradients_match_the_sd15_reference_step(tmp_path, loss_typ
     ref_loss = float(ns["loss"].detach())
     ours_s = pcm_end_timesteps(index, solver, 4)
     assert torch.equal(ours_s, s)  # our rule gives the reference's s
+    if float64:
+        cond = {"encoder_hidden_states": ns["prompt_embeds"]}
+        uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"]}
+        assert_exact_parity(ours, ns, cond, uncond, loss_type, named, tap, objective="pcm", solver_guidance=solver_guidance,
+                            clip=1.0)  # the reference clips at max_grad_norm 1
+        return
 
     cond = {"encoder_hidden_states": ns["prompt_embeds"].float()}
     uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"].float()}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_step_support import GradTap, our_lcd_loss, reference_module, share_random_lora
+from reference_step_support import GradTap, assert_exact_parity, our_lcd_loss, reference_module, share_random_lora
 
 pytestmark = pytest.mark.skipif(not os.environ.get("LCM_REFERENCE_SCRIPT_SDXL"),
                                 reason="LCM_REFERENCE_SCRIPT_SDXL (diffusers train_lcm_distill_lora_sdxl.py) not set")
@@ -36,7 +36,10 @@ CROP_TOP_LEFTS = [(0, 0), (4, 2), (12, 0), (0, 8)]  # (y, x)
 
 
 @pytest.mark.parametrize("loss_type", ["huber", "l2"])
-def test_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_type):
+@pytest.mark.parametrize("float64", [False, True], ids=["as-published", "float64"])
+def test_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_type, float64):
+    """float32 (the script as published) against our float32 step; float64: both steps in float64
+    (``assert_exact_parity``), on the reference's own text, where float32 rounding cannot hide a difference."""
     from lcm_lora.training.student import add_lora
     from lcm_lora.training.teacher import build_cond, load_teacher_folder
     from lcm_lora.training.tiny_models import build_tiny_teacher
@@ -48,7 +51,7 @@ def test_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_type):
     # --max_grad_norm far below the gradient norm (≈0.2-0.8 here): were the reference's clip effective,
     # its gradients would be scaled down ≥ 10x and could not equal our unclipped ones.
     ref = ref_mod.ReferenceTrainerSDXL(teacher_dir, rank=4, resolution=RESOLUTION, loss_type=loss_type, device="cpu",
-                                       max_grad_norm=0.01)
+                                       max_grad_norm=0.01, float64=float64)
     ref_unet = ref.accelerator.unwrap_model(ref.ns["unet"])
     ref_lora = {n: p for n, p in ref_unet.named_parameters() if "lora_" in n}
 
@@ -72,8 +75,14 @@ def test_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_type):
     torch.testing.assert_close(text["pooled"], ns["encoded_text"]["text_embeds"].float(), rtol=1e-6, atol=1e-6)
     time_ids = torch.tensor([[*o, *c, RESOLUTION, RESOLUTION] for o, c in zip(ORIGINAL_SIZES, CROP_TOP_LEFTS)], dtype=torch.float32)
     torch.testing.assert_close(time_ids, ns["encoded_text"]["time_ids"].float(), rtol=0, atol=0)
-    cond = build_cond(text, time_ids)
     uncond_one = ours.uncond_text("auto")  # SDXL-type: zeros (the reference's torch.zeros_like)
+    if float64:
+        assert all(bool((v == 0).all()) for v in uncond_one.values())
+        cond = build_cond({"hidden": ns["prompt_embeds"], "pooled": ns["encoded_text"]["text_embeds"]}, time_ids.double())
+        uncond = build_cond({k: v.expand(batch, *v.shape[1:]).double() for k, v in uncond_one.items()}, time_ids.double())
+        assert_exact_parity(ours, ns, cond, uncond, loss_type, named, tap)  # unclipped, as the reference's no-op clip
+        return
+    cond = build_cond(text, time_ids)
     uncond = build_cond({k: v.expand(batch, *v.shape[1:]) for k, v in uncond_one.items()}, time_ids)
 
     loss = our_lcd_loss(ours, ns, cond, uncond, loss_type)

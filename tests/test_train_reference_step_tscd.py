@@ -25,7 +25,7 @@ import os
 
 import pytest
 import torch
-from reference_step_support import our_lcd_loss, pair_with_reference, reference_module, tiny_reference_pair
+from reference_step_support import assert_exact_parity, our_lcd_loss, pair_with_reference, reference_module, tiny_reference_pair
 
 VAR = "TSCD_REFERENCE_SCRIPT"
 needs_tscd = pytest.mark.skipif(not os.environ.get(VAR), reason=f"{VAR} (rootonchair "
@@ -75,12 +75,15 @@ def test_s_draw_matches_the_reference_randint(segments):
 
 @needs_tscd
 @pytest.mark.parametrize("loss_type,global_step", [("huber", 0), ("l2", 0), ("huber", 5)])
-def test_tscd_loss_and_gradients_match_the_sd_reference_step(tmp_path, loss_type, global_step):
+@pytest.mark.parametrize("float64", [False, True], ids=["as-published", "float64"])
+def test_tscd_loss_and_gradients_match_the_sd_reference_step(tmp_path, loss_type, global_step, float64):
+    """float32 (the script as published) against our float32 step; float64: both steps in float64
+    (``assert_exact_parity``), where float32 rounding cannot hide a difference."""
     from lcm_lora.training.phased import tscd_segment_floor, tscd_stage_segments
     segments, stage_steps = [8, 4, 2, 1], 2
     ref, ours, named, tap, images = tiny_reference_pair(tmp_path, CAPTIONS, RESOLUTION, loss_type=loss_type,
                                                         teacher_autocast=False, kind="tscd_sd",
-                                                        stage_segments="8,4,2,1", stage_steps=stage_steps)
+                                                        stage_segments="8,4,2,1", stage_steps=stage_steps, float64=float64)
     solver = _solver()
     ref.set_global_step(global_step)
     k = tscd_stage_segments(global_step, segments, stage_steps)
@@ -106,6 +109,11 @@ def test_tscd_loss_and_gradients_match_the_sd_reference_step(tmp_path, loss_type
     else:
         pytest.fail("no well-defined reference draw in 60 seeds")
     ref_loss = float(ns["loss"].detach())
+    if float64:
+        cond = {"encoder_hidden_states": ns["prompt_embeds"]}
+        uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"]}
+        assert_exact_parity(ours, ns, cond, uncond, loss_type, named, tap, objective="tscd", clip=1.0)
+        return
 
     cond = {"encoder_hidden_states": ns["prompt_embeds"].float()}
     uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"].float()}
@@ -151,7 +159,8 @@ SDXL_VAR = "TSCD_REFERENCE_SCRIPT_SDXL"
 @pytest.mark.skipif(not os.environ.get(SDXL_VAR), reason=f"{SDXL_VAR} (rootonchair tscd/train_tscd_distill_lora_sdxl.py) "
                     "not set: TSCD SDXL parity NOT checked")
 @pytest.mark.parametrize("loss_type", ["huber", "l2"])
-def test_tscd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_type):
+@pytest.mark.parametrize("float64", [False, True], ids=["as-published", "float64"])
+def test_tscd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_type, float64):
     """The SDXL script (two text encoders, pooled embeddings and time ids, one UNet whose adapters are disabled
     for the teacher). As in the TCD SDXL script its gradient clipping is a no-op (``params_to_optimize`` is an
     exhausted ``filter``), so the gradients are compared unclipped; unlike the TCD one it passes
@@ -164,8 +173,11 @@ def test_tscd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_ty
     teacher_dir = build_tiny_teacher(tmp_path / "teacher", variant="sdxl", image_size=RESOLUTION, block_out_channels=(16, 32))
     batch = len(CAPTIONS)
     ref = reference_module().ReferenceTrainerSDXL(teacher_dir, rank=4, resolution=RESOLUTION, loss_type=loss_type, device="cpu",
-                                                  max_grad_norm=0.01, kind="tscd_sdxl", stage_segments="8,4,2,1", stage_steps=3)
-    assert ref.ns["reference_repairs"] == []
+                                                  max_grad_norm=0.01, kind="tscd_sdxl", stage_segments="8,4,2,1", stage_steps=3,
+                                                  float64=float64)
+    repairs = ref.ns["reference_repairs"]
+    assert [r for r in repairs if not r.startswith("float64 run:")] == []  # otherwise the script runs as published
+    assert float64 == any(r.startswith("float64 run:") for r in repairs)
     ours, named, tap, images = pair_with_reference(ref, teacher_dir, batch, RESOLUTION)
     solver = _solver()
     ref.set_global_step(4)  # stage 1: 4 segments
@@ -193,8 +205,14 @@ def test_tscd_loss_and_gradients_match_the_sdxl_reference_step(tmp_path, loss_ty
     text = ours.encode_text(CAPTIONS)
     time_ids = torch.tensor([[RESOLUTION, RESOLUTION, 0, 0, RESOLUTION, RESOLUTION]] * batch, dtype=torch.float32)
     torch.testing.assert_close(time_ids, ns["encoded_text"]["time_ids"].float(), rtol=0, atol=0)
-    cond = build_cond(text, time_ids)
     uncond_one = ours.uncond_text("auto")
+    if float64:  # the step on the run's own (float64) text: the exact step needs exact inputs
+        assert all(bool((v == 0).all()) for v in uncond_one.values())
+        cond = build_cond({"hidden": ns["prompt_embeds"], "pooled": ns["encoded_text"]["text_embeds"]}, time_ids.double())
+        uncond = build_cond({key: v.expand(batch, *v.shape[1:]).double() for key, v in uncond_one.items()}, time_ids.double())
+        assert_exact_parity(ours, ns, cond, uncond, loss_type, named, tap, objective="tscd")  # unclipped (no-op clip)
+        return
+    cond = build_cond(text, time_ids)
     uncond = build_cond({key: v.expand(batch, *v.shape[1:]) for key, v in uncond_one.items()}, time_ids)
     loss = our_lcd_loss(ours, ns, cond, uncond, loss_type, objective="tscd")
     loss.backward()  # unclipped: the reference's clip is a no-op
