@@ -134,10 +134,10 @@ def test_warning_when_the_device_has_less_free_memory():
     assert message and "sd15_8gb.yaml" in message
 
 
-def _memory_check(tmp_path, *args) -> list[dict]:
+def _memory_check(tmp_path, *args, timeout: int = 900) -> list[dict]:
     out = tmp_path / "rows.json"
     proc = subprocess.run([sys.executable, str(CHECK), *args, "--json", str(out), "--workdir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())["rows"]
 
@@ -166,12 +166,16 @@ def test_estimate_within_15_percent_on_the_full_grid(tmp_path, model, resolution
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model,extra", [
-    ("sd15", ["--mixed-precision", "bf16"]),
-    ("sdxl", ["--mixed-precision", "bf16", "--gradient-checkpointing"]),
+@pytest.mark.parametrize("model,extra,timeout", [
+    ("sd15", ["--mixed-precision", "bf16"], 3600),
+    ("sdxl", ["--mixed-precision", "bf16", "--gradient-checkpointing"], 7200),
 ])
-def test_full_size_estimate_within_15_percent(tmp_path, model, extra):
-    rows = _memory_check(tmp_path, "--model", model, "--resolutions", "64,128", "--batches", "1,2", *extra)
+def test_full_size_estimate_within_15_percent(tmp_path, model, extra, timeout):
+    """Real bf16 training steps of a full-size model at each of the four grid points. On a CPU without native bf16 (AVX2)
+    they are slow: on a 2-core AMD EPYC the SD 1.5 grid took 28.8 min (2026-12-07; the 128-px points beside another job)
+    and the SDXL grid 53.5 min, so the limits are about twice that (the small checks keep 900 s)."""
+    rows = _memory_check(tmp_path, "--model", model, "--resolutions", "64,128", "--batches", "1,2", *extra,
+                         timeout=timeout)
     for row in rows:
         assert abs(row["error"]) <= 0.15, row
 
