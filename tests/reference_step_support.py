@@ -62,8 +62,7 @@ def our_lcd_loss(ours, ns: dict, cond: dict, uncond: dict, loss_type: str, objec
             return {k: cast(v) for k, v in x.items()}
         return x.to(dtype) if torch.is_tensor(x) and torch.is_floating_point(x) else x
 
-    alphas = ours.alphas_cumprod.double() if dtype == torch.float64 else ours.alphas_cumprod
-    lcd = LcdLoss(DDIMSolver(alphas, 50), "epsilon", loss_type, 0.001, 10.0, objective, solver_guidance)
+    lcd = LcdLoss(DDIMSolver(ours.alphas_cumprod.to(dtype), 50), "epsilon", loss_type, 0.001, 10.0, objective, solver_guidance)
     tcd_s = ns["end_timesteps"].cpu() if objective != "lcm" else None
     rnd = LcdRandomness(ns["index"].cpu(), ns["noise"].to(dtype).cpu(), ns["w"].reshape(-1).to(dtype).cpu(), tcd_s)
     student, teacher = student_and_teacher(ours.unet.to(dtype).train())

@@ -196,8 +196,8 @@ class LcdLoss:
 
     def predictions(self, student: Model, teacher: Model, target: Model, latents: torch.Tensor, cond: Any, uncond: Any,
                     rnd: LcdRandomness, autocast: Callable[[], Any] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
-        """(student prediction ``f_θ(z_{t_{n+k}})``, target ``f_{θ⁻}(ẑ_{t_n})``), both float32, the target without
-        gradient: the two sides of the distance (the adversarial loss, :mod:`.adversarial`, reads both)."""
+        """(student prediction ``f_θ(z_{t_{n+k}})``, target ``f_{θ⁻}(ẑ_{t_n})``), both float32 (float64 for float64
+        latents), the target without gradient: the two sides of the distance (the adversarial loss, :mod:`.adversarial`, reads both)."""
         latents = at_least_float32(latents)
         device = latents.device
         rnd = rnd.to(device)
