@@ -66,31 +66,33 @@ def run_reference(ref, images, captions, global_step: int, seed: int):
     return ns, list(ref.recording_torch.draws)
 
 
-def our_side(ours, ref, loss_type: str, solver_guidance: bool, real: str = "target"):
-    """Our :class:`AdversarialLoss` with heads holding the reference's head weights."""
+def our_side(ours, ref, loss_type: str, solver_guidance: bool, real: str = "target", dtype=torch.float32):
+    """Our :class:`AdversarialLoss` with heads holding the reference's head weights (float64: heads and schedule in
+    float64, for the exact step)."""
     from lcm_lora.training.adversarial import AdversarialLoss, Discriminator
     from lcm_lora.training.ddim_solver import DDIMSolver
     from lcm_lora.training.lcd_step import LcdLoss
 
     disc = Discriminator(ours.unet)
+    disc.heads.to(dtype)
     disc.heads.heads.load_state_dict(ref.discriminator.heads.state_dict())
-    lcd = LcdLoss(DDIMSolver(ours.alphas_cumprod, 50), "epsilon", loss_type, 0.001, 10.0, "pcm", solver_guidance)
+    lcd = LcdLoss(DDIMSolver(ours.alphas_cumprod.to(dtype), 50), "epsilon", loss_type, 0.001, 10.0, "pcm", solver_guidance)
     return AdversarialLoss(lcd, disc, ADV_WEIGHT, real), disc
 
 
-def models(ours):
+def models(ours, dtype=torch.float32):
     from lcm_lora.training.student import adapters_disabled
 
-    unet = ours.unet.train()
+    unet = ours.unet.to(dtype).train()
     student, teacher = student_and_teacher(unet)
     return student, teacher, (lambda: adapters_disabled(unet))
 
 
-def randomness(ns, fake_noise, real_noise, data_noise):
+def randomness(ns, fake_noise, real_noise, data_noise, dtype=torch.float32):
     from lcm_lora.training.adversarial import AdversarialRandomness
     from lcm_lora.training.lcd_step import LcdRandomness
 
-    rnd = LcdRandomness(ns["index"].cpu(), ns["noise"].float().cpu(), ns["w"].reshape(-1).float().cpu(),
+    rnd = LcdRandomness(ns["index"].cpu(), ns["noise"].to(dtype).cpu(), ns["w"].reshape(-1).to(dtype).cpu(),
                         ns["end_timesteps"].cpu())
     t = ns["adv_timesteps"] if "adv_timesteps" in ns else ns["gan_timesteps"]
     unused = torch.full_like(fake_noise, float("nan"))  # a draw the step does not make must not be read
@@ -101,7 +103,8 @@ def randomness(ns, fake_noise, real_noise, data_noise):
 def check_d_step(ref, ours, d_tap, adv_loss, disc, ns, adv_rnd, cond, uncond, student, teacher, off):
     """Our D loss and head gradients (clipped at 1, as the reference's ``clip_grad_norm_(discriminator.parameters())``)."""
     rnd, adv = adv_rnd
-    loss = adv_loss.discriminator_loss(student, teacher, student, ns["latents"].float(), cond, uncond, rnd, adv, off)
+    latents = ns["latents"].to(cond["encoder_hidden_states"].dtype)
+    loss = adv_loss.discriminator_loss(student, teacher, student, latents, cond, uncond, rnd, adv, off)
     loss.backward()
     params = dict(disc.heads.heads.named_parameters())
     assert all(p.grad is not None for p in params.values())
@@ -115,7 +118,8 @@ def check_d_step(ref, ours, d_tap, adv_loss, disc, ns, adv_rnd, cond, uncond, st
 
 def check_g_step(ours, named, tap, adv_loss, disc, ns, adv_rnd, cond, uncond, student, teacher, off):
     rnd, adv = adv_rnd
-    value, surrogate = adv_loss.generator_loss(student, teacher, student, ns["latents"].float(), cond, uncond, rnd, adv, off)
+    latents = ns["latents"].to(cond["encoder_hidden_states"].dtype)
+    value, surrogate = adv_loss.generator_loss(student, teacher, student, latents, cond, uncond, rnd, adv, off)
     surrogate.backward()
     torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)  # the reference clips unet.parameters() at max_grad_norm 1
     assert float(value) == pytest.approx(float(ns["loss"].detach()), rel=1e-5)
@@ -130,26 +134,32 @@ def check_g_step(ours, named, tap, adv_loss, disc, ns, adv_rnd, cond, uncond, st
 
 @needs_ref
 @pytest.mark.parametrize("loss_type,solver_guidance", [("huber", True), ("l2", False)])
-def test_pcm_adversarial_d_and_g_steps_match_the_sd15_reference(tmp_path, loss_type, solver_guidance):
+@pytest.mark.parametrize("float64", [False, True], ids=["as-published", "float64"])
+def test_pcm_adversarial_d_and_g_steps_match_the_sd15_reference(tmp_path, loss_type, solver_guidance, float64):
+    """float32: the script as published against our float32 steps. float64: the script's block and its discriminator
+    (models, heads, schedules, ``.float()`` casts) in float64 against ours in float64 — the exact steps, where no CPU's
+    float32 rounding can hide a difference or make one; same tolerances."""
     from lcm_lora.training.tiny_models import build_tiny_teacher
 
+    dtype = torch.float64 if float64 else torch.float32
     torch.set_num_threads(1)
     teacher_dir = build_tiny_teacher(tmp_path / "teacher", block_out_channels=(32, 64))
     ref = reference_module().ReferenceTrainer(teacher_dir, rank=4, batch_size=len(CAPTIONS), device="cpu", kind="pcm_adv_sd",
                                               phases=4, solver_guidance=solver_guidance, loss_type=loss_type,
-                                              adv_weight=ADV_WEIGHT)
+                                              adv_weight=ADV_WEIGHT, float64=float64)
     ours, named, tap, images = pair_with_reference(ref, teacher_dir, len(CAPTIONS), RESOLUTION)
     d_tap = GradTap(ref.ns["optimizer_discriminator"], dict(ref.discriminator.heads.named_parameters()), apply=False)
     ref.ns["optimizer_discriminator"] = d_tap
-    student, teacher, off = models(ours)
-    uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"].float()}
+    student, teacher, off = models(ours, dtype)
+    uncond = {"encoder_hidden_states": ref.ns["uncond_prompt_embeds"].to(dtype)}
 
     # D step (global_step 0): draws noise, [unused data noise, fake noise], then the real's noise
     ns, draws = run_reference(ref, images, CAPTIONS, 0, seed=3)
     assert len(draws) == 4 and torch.equal(draws[0], ns["noise"])
-    adv_loss, disc = our_side(ours, ref, loss_type, solver_guidance)
-    adv_rnd = randomness(ns, draws[2], draws[3], draws[1])
-    cond = {"encoder_hidden_states": ns["prompt_embeds"].float()}
+    assert ns["loss"].dtype == dtype and all(d.dtype == dtype for d in draws)
+    adv_loss, disc = our_side(ours, ref, loss_type, solver_guidance, dtype=dtype)
+    adv_rnd = randomness(ns, draws[2], draws[3], draws[1], dtype)
+    cond = {"encoder_hidden_states": ns["prompt_embeds"].to(dtype)}
     s, t = adv_rnd[0].tcd_s, adv_rnd[1].t
     assert bool(((t >= s) & (t < s + 250)).all())  # [end_t, end_t + T // phases)
     check_d_step(ref, ours, d_tap, adv_loss, disc, ns, adv_rnd, cond, uncond, student, teacher, off)
@@ -158,18 +168,21 @@ def test_pcm_adversarial_d_and_g_steps_match_the_sd15_reference(tmp_path, loss_t
     # G step (global_step 1) on the same draws (the reference's heads are unchanged: its D optimizer is tapped)
     ns, draws = run_reference(ref, images, CAPTIONS, 1, seed=3)
     assert len(draws) == 3
-    adv_loss, disc = our_side(ours, ref, loss_type, solver_guidance)
-    adv_rnd = randomness(ns, draws[2], None, draws[1])
-    cond = {"encoder_hidden_states": ns["prompt_embeds"].float()}
+    adv_loss, disc = our_side(ours, ref, loss_type, solver_guidance, dtype=dtype)
+    adv_rnd = randomness(ns, draws[2], None, draws[1], dtype)
+    cond = {"encoder_hidden_states": ns["prompt_embeds"].to(dtype)}
     check_g_step(ours, named, tap, adv_loss, disc, ns, adv_rnd, cond, uncond, student, teacher, off)
+    assert all(g.dtype == dtype for g in tap.grads.values())
 
     # the tensors themselves: our fake is the block's fake_adv, our data-real is its unused real_adv
     with torch.no_grad():
         from lcm_lora.training.adversarial import AdversarialLoss
 
         rnd, adv = adv_rnd
-        model_pred, target_pred = adv_loss.lcd.predictions(student, teacher, student, ns["latents"].float(), cond, uncond, rnd)
+        latents = ns["latents"].to(dtype)
+        model_pred, target_pred = adv_loss.lcd.predictions(student, teacher, student, latents, cond, uncond, rnd)
         data_loss = AdversarialLoss(adv_loss.lcd, disc, ADV_WEIGHT, "data")
-        fake, real = data_loss.fake_and_real(model_pred, target_pred, ns["latents"].float(), rnd, adv, True)
-    assert rel(fake, ns["fake_adv"].detach().float()) <= 1e-5
-    assert rel(real, ns["real_adv"].float()) <= 1e-6
+        fake, real = data_loss.fake_and_real(model_pred, target_pred, latents, rnd, adv, True)
+    assert fake.dtype == real.dtype == dtype
+    assert rel(fake, ns["fake_adv"].detach().to(dtype)) <= 1e-5
+    assert rel(real, ns["real_adv"].to(dtype)) <= 1e-6

@@ -85,28 +85,37 @@ def test_pcm_sdxl_consistency_step_matches_the_reference_at_adv_weight_0(tmp_pat
 
 
 @needs_ref
-def test_pcm_adversarial_d_and_g_steps_match_the_sdxl_reference(tmp_path):
-    ref, ours, named, tap, images = _pair(tmp_path, loss_type="huber", solver_guidance=True, adv_weight=ADV_WEIGHT)
+@pytest.mark.parametrize("float64", [False, True], ids=["as-published", "float64"])
+def test_pcm_adversarial_d_and_g_steps_match_the_sdxl_reference(tmp_path, float64):
+    """float32: the script as published; float64: its block and discriminator in float64 against ours in float64
+    (the exact steps; same tolerances)."""
+    dtype = torch.float64 if float64 else torch.float32
+    ref, ours, named, tap, images = _pair(tmp_path, loss_type="huber", solver_guidance=True, adv_weight=ADV_WEIGHT,
+                                          float64=float64)
     d_tap = GradTap(ref.ns["discriminator_optimizer"], dict(ref.discriminator.heads.named_parameters()), apply=False)
     ref.ns["discriminator_optimizer"] = d_tap
-    student, teacher, off = models(ours)
+    student, teacher, off = models(ours, dtype)
 
     ns, draws = run_reference(ref, images, CAPTIONS, 0, seed=5)  # D step: noise, then real's and fake's transport noise
     assert len(draws) == 3 and torch.equal(draws[0], ns["noise"])
-    adv_loss, disc = our_side(ours, ref, "huber", True)
+    assert ns["loss"].dtype == dtype and all(d.dtype == dtype for d in draws)
+    adv_loss, disc = our_side(ours, ref, "huber", True, dtype=dtype)
     assert disc.layout == "sdxl" and len(disc.heads.heads) == 3 and disc.heads.heads_per_feature == 1
-    adv_rnd = randomness(ns, draws[2], draws[1], None)
-    cond, uncond = _conds(ref, ns)
+    adv_rnd = randomness(ns, draws[2], draws[1], None, dtype)
+    cond, uncond = _conds(ref, ns, dtype)
     check_d_step(ref, ours, d_tap, adv_loss, disc, ns, adv_rnd, cond, uncond, student, teacher, off)
     ours.unet.zero_grad(set_to_none=True)
 
     ns, draws = run_reference(ref, images, CAPTIONS, 1, seed=5)
-    adv_loss, disc = our_side(ours, ref, "huber", True)
-    adv_rnd = randomness(ns, draws[2], draws[1], None)
-    cond, uncond = _conds(ref, ns)
+    adv_loss, disc = our_side(ours, ref, "huber", True, dtype=dtype)
+    adv_rnd = randomness(ns, draws[2], draws[1], None, dtype)
+    cond, uncond = _conds(ref, ns, dtype)
     check_g_step(ours, named, tap, adv_loss, disc, ns, adv_rnd, cond, uncond, student, teacher, off)
+    assert all(g.dtype == dtype for g in tap.grads.values())
     with torch.no_grad():
         rnd, adv = adv_rnd
-        model_pred, target_pred = adv_loss.lcd.predictions(student, teacher, student, ns["latents"].float(), cond, uncond, rnd)
-        fake, real = adv_loss.fake_and_real(model_pred, target_pred, ns["latents"].float(), rnd, adv, True)
-    assert rel(fake, ns["fake_gan"].detach().float()) <= 1e-5 and rel(real, ns["real_gan"].detach().float()) <= 1e-5
+        latents = ns["latents"].to(dtype)
+        model_pred, target_pred = adv_loss.lcd.predictions(student, teacher, student, latents, cond, uncond, rnd)
+        fake, real = adv_loss.fake_and_real(model_pred, target_pred, latents, rnd, adv, True)
+    assert fake.dtype == real.dtype == dtype
+    assert rel(fake, ns["fake_gan"].detach().to(dtype)) <= 1e-5 and rel(real, ns["real_gan"].detach().to(dtype)) <= 1e-5

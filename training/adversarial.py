@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from .lcd_step import distance
+from .precision import at_least_float32
 
 LAYOUTS = {
     # name: (include up-block features, heads per feature, head conv kernel, D weight decay (None = optim.weight_decay))
@@ -141,14 +142,14 @@ def unet_features(unet, x: torch.Tensor, t: torch.Tensor, cond: dict, with_up: b
 def hinge_d_loss(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
     """``Discriminator.d_loss``: Σ_heads [mean relu(1 + D(fake)) + mean relu(1 − D(real))] / heads."""
     n = len(fake)
-    return sum((torch.mean(torch.relu(f.float() + 1)) + torch.mean(torch.relu(1 - r.float()))) / n
+    return sum((torch.mean(torch.relu(at_least_float32(f) + 1)) + torch.mean(torch.relu(1 - at_least_float32(r)))) / n
                for f, r in zip(fake, real))
 
 
 def hinge_g_loss(fake: list[torch.Tensor]) -> torch.Tensor:
     """``Discriminator.g_loss``: Σ_heads mean relu(1 − D(fake)) / heads."""
     n = len(fake)
-    return sum(torch.mean(torch.relu(1 - f.float())) / n for f in fake)
+    return sum(torch.mean(torch.relu(1 - at_least_float32(f))) / n for f in fake)
 
 
 def noise_travel(x: torch.Tensor, noise: torch.Tensor, s: torch.Tensor, t: torch.Tensor,
@@ -258,7 +259,7 @@ class AdversarialLoss:
             return fake, None
         if self.real == "target":
             return fake, noise_travel(target_pred, adv.noise_real, s, adv.t, alphas)
-        return fake, self.lcd.solver.add_noise(latents.float(), adv.noise_data, adv.t)
+        return fake, self.lcd.solver.add_noise(at_least_float32(latents), adv.noise_data, adv.t)
 
     def discriminator_loss(self, student, teacher, target, latents, cond, uncond, rnd, adv: AdversarialRandomness,
                            adapters_off, autocast=nullcontext) -> torch.Tensor:

@@ -50,10 +50,10 @@ reference's own source*, never its module top level:
   ``(resolution, resolution)``); its unconditional branch is built inside the step (all-zero
   prompt and pooled embeddings, same time ids).
 
-``float64=True`` (not for the adversarial SD kind) runs the same block in float64 (:func:`run_in_float64`; its
-``.float()`` casts become ``.double()``, recorded in ``reference_repairs``): the exact value of the step, which the
-parity tests compare with ours in float64 where float32 rounding of the pseudo-Huber gradient (≈ 1e-4) would hide
-a difference.
+``float64=True`` runs the same block in float64 (:func:`run_in_float64`; its ``.float()`` casts become ``.double()``,
+recorded in ``reference_repairs``; for PCM's adversarial kinds the discriminator module's too, and its heads run in
+float64): the exact value of the step, which the parity tests compare with ours in float64 where float32 rounding of
+the pseudo-Huber gradient (≈ 1e-4) would hide a difference.
 
 Batches are handed over in memory (the reference's data loaders are not used), which can only
 flatter the reference. Nothing of the reference is copied into this repository; the paths come
@@ -335,20 +335,23 @@ class ReferenceTrainer:
             # the reference: torch.autocast(accelerator.device.type) around the teacher passes (fp16 on CUDA, bf16 on CPU)
             autocast_ctx=torch.autocast(accelerator.device.type) if teacher_autocast else nullcontext(),
         )
-        if float64:  # the exact step (run_in_float64); not with the adversarial kinds' discriminator
-            if kind.startswith("pcm_adv") or mixed_precision != "no":
-                raise ValueError("float64 runs: not with the adversarial kinds or mixed precision")
+        if float64:  # the exact step (run_in_float64)
+            if mixed_precision != "no":
+                raise ValueError("float64 runs: not with mixed precision")
             run_in_float64(self.ns, noise_scheduler.alphas_cumprod, num_ddim_timesteps, noise_scheduler.config.num_train_timesteps)
         if kind == "pcm_adv_sd":  # train_pcm_lora_sd15_adv.py main(): its scheduler, Discriminator(teacher_unet), optimizer
             args.adv_weight, args.adv_lr, args.adam_weight_decay, args.adam_epsilon = adv_weight, adv_lr, weight_decay, 1e-8
-            self._setup_adversarial(kind, teacher_dir, teacher_unet, accelerator, args)
+            self._setup_adversarial(kind, teacher_dir, teacher_unet, accelerator, args, float64)
         self.accelerator = accelerator
         self.device = accelerator.device
 
-    def _setup_adversarial(self, kind, teacher_dir, teacher_unet, accelerator, args):
-        disc_ns, scheduler_cls = load_pcm_adversarial(reference_path(kind), kind)
+    def _setup_adversarial(self, kind, teacher_dir, teacher_unet, accelerator, args, float64: bool = False):
+        disc_ns, scheduler_cls = load_pcm_adversarial(reference_path(kind), kind, float64)
         noise_scheduler = scheduler_cls.from_pretrained(teacher_dir, subfolder="scheduler")  # with noise_travel
         discriminator = disc_ns["Discriminator"](teacher_unet, adapter_channel_dims=discriminator_channels(teacher_unet, kind))
+        if float64:  # its heads too (the frozen UNet already is)
+            discriminator.double()
+        self.ns["reference_repairs"].extend(disc_ns["reference_repairs"])
         discriminator.unet.requires_grad_(False)
         discriminator_params = []
         for param in discriminator.heads.parameters():
@@ -519,7 +522,7 @@ def discriminator_channels(unet, kind: str) -> list[int]:
     return out + list(reversed(channels)) if kind == "pcm_adv_sd" else out
 
 
-def load_pcm_adversarial(path: Path, kind: str) -> tuple[dict, type]:
+def load_pcm_adversarial(path: Path, kind: str, float64: bool = False) -> tuple[dict, type]:
     """(namespace with the discriminator module's ``modified_forward`` / ``DiscriminatorHead`` /
     ``Discriminator``, the modified ``DDPMScheduler`` class), both from the script's own folder.
 
@@ -527,7 +530,8 @@ def load_pcm_adversarial(path: Path, kind: str) -> tuple[dict, type]:
     ``diffusers.models.unet_2d_condition`` (moved to ``diffusers.models.unets`` and removed in later
     releases) for a ``__main__`` demo only. So, as for the scripts, its definitions are compiled from
     its AST, unchanged, with the names they use (torch, nn, F, typing). ``scheduling_ddpm_modified.py``
-    imports as it is."""
+    imports as it is. ``float64``: the hinge losses' ``.float()`` casts become ``.double()`` (:class:`_Float64Casts`,
+    recorded in the namespace's ``reference_repairs``)."""
     import importlib.util
     import typing
 
@@ -541,8 +545,13 @@ def load_pcm_adversarial(path: Path, kind: str) -> tuple[dict, type]:
     missing = set(PCM_ADV_DEFS) - {n.name for n in defs}
     if missing:
         raise ReferenceUnavailable(f"{disc_path}: definitions not found: {sorted(missing)}")
+    repairs = []
+    if float64:
+        casts = _Float64Casts()
+        defs = [ast.fix_missing_locations(casts.visit(n)) for n in defs]
+        repairs.append(f"float64 run: {disc_path.name}: .float() -> .double() in {casts.replaced} place(s)")
     ns = {"torch": torch, "nn": torch.nn, "F": F, "Union": typing.Union, "Optional": typing.Optional, "Dict": typing.Dict,
-          "Any": typing.Any, "Tuple": typing.Tuple, "__name__": "pcm_reference_discriminator"}
+          "Any": typing.Any, "Tuple": typing.Tuple, "__name__": "pcm_reference_discriminator", "reference_repairs": repairs}
     _compile_defs(defs, disc_path, ns)
     spec = importlib.util.spec_from_file_location(f"pcm_reference_scheduling_{kind}", sched_path)
     module = importlib.util.module_from_spec(spec)
@@ -629,10 +638,9 @@ class ReferenceTrainerPcmSDXL(ReferenceTrainer):
                   optimizer=optimizer, lr_scheduler=lr_scheduler, global_step=0,
                   uncond_prompt_embeds=torch.zeros(batch_size, seq, hidden).to(accelerator.device),
                   uncond_pooled_prompt_embeds=torch.zeros(batch_size, pooled).to(accelerator.device))
-        self._setup_adversarial(kind, teacher, teacher_unet, accelerator, args)
-        if float64:  # the exact consistency step (run_in_float64), the discriminator with it (its heads too)
+        if float64:  # the exact step (run_in_float64); the discriminator's heads follow in _setup_adversarial
             run_in_float64(ns, noise_scheduler.alphas_cumprod, num_ddim_timesteps, noise_scheduler.config.num_train_timesteps)
-            self.discriminator.double()
+        self._setup_adversarial(kind, teacher, teacher_unet, accelerator, args, float64)
         self.image_dtype = torch.float64 if float64 else torch.float32  # the block hands the images to the VAE as they come
         self.accelerator = accelerator
         self.device = accelerator.device
