@@ -25,7 +25,8 @@ observed (FD 35.9 vs 44.7, 20 % lower; demo/README.md), so the test does not hin
 """
 import pytest
 
-from lcm_lora.demo.run import PRESETS, find_row, run_demo_pipeline
+from lcm_lora.demo.claims import find_row
+from lcm_lora.demo.run import PRESETS, run_demo_pipeline
 
 FD_MARGIN = 0.1
 ACCURACY_DROP = 0.01
@@ -109,7 +110,7 @@ def test_report_and_cache(fast_run, tmp_path):
 
 
 def _tcd(res):
-    from lcm_lora.demo.run import teacher_reference_row
+    from lcm_lora.demo.claims import teacher_reference_row
 
     rows = res["rows"]
     return ({k: find_row(rows, "tcd", "tcd", k) for k in (1, 2, 4, 8, 16)}, find_row(rows, "lcm_lora", "lcm", 4),

@@ -4,7 +4,8 @@ from types import SimpleNamespace
 import torch
 
 from lcm_lora.demo.goal_a import check_goal_a_config, goal_a_claims, goal_a_study, pooled_row, row_label
-from lcm_lora.demo.run import PRESETS, check_claims
+from lcm_lora.demo.claims import check_claims
+from lcm_lora.demo.run import PRESETS
 
 
 class RecordingInstruments:

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 import pytest
 
 from lcm_lora.demo.report import build_report, write_report
-from lcm_lora.demo.run import check_claims
+from lcm_lora.demo.claims import check_claims
 
 
 def _row(model, sampler, steps, fd, acc, nfe=None):
@@ -117,7 +117,7 @@ def _with_tcd(tcd_fd=(40.0, 28.0, 29.0, 30.0), se=2.0, tcd_acc=0.996):
 
 
 def test_tcd_goals_a_and_b_follow_their_definitions():
-    from lcm_lora.demo.run import tcd_claims
+    from lcm_lora.demo.claims import tcd_claims
 
     res = _with_tcd()  # TCD-4 28.0 <= LCM-4 30.0; accuracy 0.996 >= 1.000 - 0.005; 8/16: 29, 30 <= 28 + 2
     c = tcd_claims(res["rows"], res["style"])
@@ -131,7 +131,7 @@ def test_tcd_goals_a_and_b_follow_their_definitions():
 
 
 def test_negative_prompt_and_acceleration_goals():
-    from lcm_lora.demo.run import acceleration_claims, negative_prompt_claims
+    from lcm_lora.demo.claims import acceleration_claims, negative_prompt_claims
 
     def nrow(model, nfe, red, cfg=2.0, k=None):
         return {"model": model, "nfe": nfe, "reduction": red, "cfg": cfg, "cfg_steps": k, "share": 0.1 - red}
@@ -185,7 +185,7 @@ def _with_pcm(pcm_fd=(45.0, 29.5, 30.0, 31.0), se=2.0, pcm_acc=1.0, merged=(0.86
 
 def test_pcm_goals_are_the_tcd_goals_naming_the_pcm_adapter():
     """Goals (a)–(c) for the PCM adapter: same definitions and wording as the TCD adapter's, on its own rows."""
-    from lcm_lora.demo.run import pcm_claims, tcd_claims
+    from lcm_lora.demo.claims import pcm_claims, tcd_claims
 
     res = _with_pcm()  # PCM-4 29.5 ≤ LCM-4 30.0, accuracy 1.0; 8/16: 30, 31 ≤ 31.5; merge 0.86 vs ref 0.85, acc. 1.0
     c, t = pcm_claims(res["rows"], res["style"]), tcd_claims(res["rows"], res["style"])
@@ -215,7 +215,7 @@ def test_pcm_goals_are_the_tcd_goals_naming_the_pcm_adapter():
 
 
 def test_pcm_goal_d_and_negative_prompt_and_report(tmp_path):
-    from lcm_lora.demo.run import acceleration_claims, negative_prompt_claims
+    from lcm_lora.demo.claims import acceleration_claims, negative_prompt_claims
 
     accel = {"reference_steps": 25, "rows": [
         {"label": "fine-tune, DDIM 8 steps", "model": "finetune", "steps": 8, "fd_vs_reference": 30.0},

@@ -4,7 +4,7 @@
   step (its γ is called eta), the same ε and the same noise stream; with one γ for every step it is the demo's own
   ``sample_tcd_student`` bit for bit.
 * Other seeds are the demo's own prompts and noise for that seed (``SamplePlan.make``).
-* The pooled row and goal (a)'s verdict follow ``demo.run.tcd_claims``' rule.
+* The pooled row and goal (a)'s verdict follow ``demo.claims.tcd_claims``' rule.
 """
 import importlib.util
 from pathlib import Path

@@ -33,7 +33,8 @@ import torch
 
 from lcm_lora.demo import metrics
 from lcm_lora.demo.evaluate import SamplePlan, build_instruments, load_teacher, sample_rows
-from lcm_lora.demo.run import (PRESETS, REPO_ROOT, _unet_with, acceleration_claims, lcm_overrides, tcd_claims)
+from lcm_lora.demo.claims import acceleration_claims, tcd_claims
+from lcm_lora.demo.run import PRESETS, REPO_ROOT, _unet_with, lcm_overrides
 from lcm_lora.demo.sampler_seeds import sampler_seed
 from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
 from lcm_lora.demo.teacher_samplers import sample_teacher
