@@ -65,7 +65,7 @@ def check_goal_a_config(cfg) -> None:
 def goal_a_study(cfg, teacher, plan, grids: dict, inst, students: dict, sample_fns, progress: bool = False) -> dict | None:
     """The pooled rows (see the module docstring); ``grids`` the main rows' images by (model, sampler) and steps (γ
     for ``("tcd", "gamma")``), ``students`` the fused UNets ``lcm`` / ``tcd`` / ``pcm`` (with ``pcm_recipe``),
-    ``sample_fns(cfg, teacher, plan)`` the main rows' samplers on a plan (``run._sample_fns``)."""
+    ``sample_fns(cfg, teacher, plan)`` the main rows' samplers on a plan (:func:`.sample_fns.sample_fns`)."""
     from tqdm.auto import tqdm
 
     from .evaluate import SamplePlan

@@ -20,14 +20,12 @@ negative-prompt studies (and, where it evens out the work, the style experiment)
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import hashlib
 import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,88 +33,15 @@ import torch
 
 from .cache_errors import reading_cache_entry
 from .claims import check_claims
-from .finetune import FinetuneSettings
-from .style_lora import StyleLoraSettings
+from .config import DEMO_LCD_OVERRIDES, PRESETS, DemoConfig
+from .fused_unet import unet_with
+from .sample_fns import sample_fns
+from .style_experiment import style_experiment
+from .teacher_samplers import steps_text
+from .universal_acceleration import universal_acceleration
 
 CACHE_VERSION = "1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class DemoConfig:
-    """A demo preset. ``full`` is the README's main job (≤ 15 min on 2 cores); ``fast`` ≤ 5 min."""
-
-    preset: str = "full"
-    n_samples: int = 300
-    resolution: int = 16
-    samplers: tuple = ("ddim", "euler", "dpmpp_2m")
-    teacher_steps: tuple = (1, 2, 4, 8, 16, 32)
-    lcm_steps: tuple = (1, 2, 4, 8)
-    tcd_steps: tuple = (1, 2, 4, 8, 16)
-    tcd_gamma: float = 0.3  # the TCD paper's default γ
-    tcd_gammas: tuple = (0.0, 0.3, 0.5)  # γ sweep at tcd_gamma_steps
-    tcd_gamma_steps: int = 4
-    tcd_overrides: tuple = ("lcd.objective=tcd",)  # on top of lcm_overrides: same teacher, data, ω and step budget
-    # A third adapter, PCM (Phased Consistency Model, lcd.objective=pcm, the trainer's default 4 phases), sampled by
-    # the TCD sampler at γ 0 on its own phase edges (its recipe: lcm_core.phased_timesteps). Full preset only.
-    # PCM's "normal CFG" recipe (its --not_apply_cfg_solver with 10 % empty prompts): no guidance in the teacher's
-    # solver step, so the adapter is sampled with real CFG at the teacher's g on every step (its recipe's cfg,
-    # lcd.normal_cfg = guidance_scale; 2 UNet evaluations per step). Chosen over the guided PCM because it passes
-    # goal (c) and takes negative prompts as the base model does (BENCHMARKS.md "Normal-CFG recipe").
-    pcm: bool = False
-    pcm_overrides: tuple = ("lcd.objective=pcm", "lcd.solver_guidance=false", "data.caption_dropout=0.1",
-                            "lcd.normal_cfg=2")  # on top of lcm_overrides, like tcd_overrides; normal_cfg = guidance_scale
-    pcm_steps: tuple = (1, 2, 4, 8, 16)
-    # Goal (a) of issue 13 also on this many samples: the main rows' n_samples plus more from a plan of their own,
-    # pooled (demo/goal_a.py); 0 = off. A 0.5-point accuracy margin is not resolved by 300 samples.
-    goal_a_samples: int = 0
-    guidance_scale: float = 2.0  # teacher CFG scale g; the LCM-LoRA is distilled at ω = g − 1 (see lcm_overrides)
-    lcm_config: str = "configs/tiny_cpu.yaml"
-    lcm_overrides: tuple = ()
-    style: StyleLoraSettings = field(default_factory=StyleLoraSettings)
-    lambda1: float = 0.8
-    lambda2: float = 1.0
-    style_reference_steps: int = 25
-    style_steps: int = 4
-    svd_rank: int | None = None  # None: max of the input ranks
-    heat_lambda1: tuple = (0.0, 0.4, 0.8, 1.2)
-    heat_lambda2: tuple = (0.0, 0.5, 1.0, 1.5)
-    heat_samples: int = 150
-    batch_size: int = 600
-    seed: int = 0
-    split_seed: int = 0
-    teacher_retrain_steps: int | None = None  # None: TeacherSettings' default, i.e. the shipped teacher's recipe
-    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)  # universal-acceleration fine-tune
-    accel_steps: int = 4  # adapters on the fine-tune
-    accel_reference_steps: int = 25  # the fine-tune's own DDIM reference
-    accel_ddim_steps: tuple = (4, 8)
-    neg_samples: int = 300
-    neg_teacher_steps: int = 25
-    neg_student_steps: int = 4
-    # (cfg, cfg_steps): cfg_steps None = CFG on every step; k = real CFG on the first k steps only
-    neg_configs: tuple = ((1.0, None), (1.5, None), (2.0, None), (2.0, 1), (3.0, 1), (3.0, 2), (4.0, 2))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# LCD settings for the digit teacher, on top of configs/tiny_cpu.yaml (what was tried: demo/README.md).
-# The EMA target network θ⁻ ← μθ⁻ + (1 − μ)θ (LCM paper Algorithm 1, μ = 0.95) instead of the LoRA
-# scripts' stop-gradient online target: at lr 1e-3 the online target drifts (FD at 4 steps 84 vs 36).
-DEMO_LCD_OVERRIDES = ("lcd.target=ema",)
-
-PRESETS = {
-    "full": DemoConfig(lcm_overrides=("train.max_steps=600",), pcm=True, goal_a_samples=1000),
-    "fast": DemoConfig(
-        preset="fast", n_samples=200, teacher_steps=(1, 2, 4, 8), samplers=("ddim", "dpmpp_2m"), lcm_steps=(1, 2, 4),
-        style=StyleLoraSettings(steps=300, batch_size=32), heat_lambda1=(0.0, 0.8), heat_lambda2=(0.0, 1.0),
-        heat_samples=100, finetune=FinetuneSettings(steps=200, batch_size=32), neg_samples=200,
-        neg_configs=((1.0, None), (2.0, None), (2.0, 1), (3.0, 2)),
-    ),
-}
-
-
-from .sampler_seeds import SAMPLER_SEED_OFFSET, sampler_seed  # noqa: E402,F401 (re-exported)
 
 
 def default_cache_dir() -> Path:
@@ -356,17 +281,6 @@ def side_finetune(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path) -> boo
     return finetune_or_load(cache_dir, cfg, load_teacher(teacher_folder), teacher_folder.name, False)[1]
 
 
-def _unet_with(teacher_unet, adapters_and_strengths):
-    """A float32 copy of the teacher UNet with LoRA updates fused in (θ + Σ λ ΔW)."""
-    from ..lcm_core.fuse import fuse_into_module
-
-    unet = copy.deepcopy(teacher_unet)
-    for adapter, strength in adapters_and_strengths:
-        if strength:
-            fuse_into_module(unet, adapter, float(strength), component="unet", strict=True)
-    return unet.eval()
-
-
 # ---------------------------------------------------------------------------------------- evaluation
 def side_studies(cfg: DemoConfig, teacher, lcm_adapter, tcd_adapter, finetuned_unet, inst, progress: bool,
                  style_adapter=None, pcm_adapter=None):
@@ -388,12 +302,12 @@ def side_studies(cfg: DemoConfig, teacher, lcm_adapter, tcd_adapter, finetuned_u
         adapters = {"lcm_lora": (lcm_adapter, "lcm"), **({"tcd": (tcd_adapter, "tcd")} if tcd_adapter is not None else {}),
                     **({"pcm": (pcm_adapter, "pcm")} if pcm_adapter is not None else {})}
         accel = universal_acceleration(cfg, teacher, finetuned_unet, adapters, inst, progress)
-    students = {"lcm_lora": (_unet_with(teacher.unet, [(lcm_adapter, 1.0)]), sample_lcm_student, "lcm")}
+    students = {"lcm_lora": (unet_with(teacher.unet, [(lcm_adapter, 1.0)]), sample_lcm_student, "lcm")}
     if tcd_adapter is not None:
-        students["tcd"] = (_unet_with(teacher.unet, [(tcd_adapter, 1.0)]),
+        students["tcd"] = (unet_with(teacher.unet, [(tcd_adapter, 1.0)]),
                            functools.partial(sample_tcd_student, gamma=cfg.tcd_gamma), "tcd")
     if pcm_adapter is not None:
-        students["pcm"] = (_unet_with(teacher.unet, [(pcm_adapter, 1.0)]),
+        students["pcm"] = (unet_with(teacher.unet, [(pcm_adapter, 1.0)]),
                            # the study sets cfg itself (its configurations); the plain run is unguided
                            functools.partial(sample_phased_student, recipe=phased_recipe(pcm_adapter),
                                              guidance_scale=1.0), "pcm")
@@ -403,126 +317,6 @@ def side_studies(cfg: DemoConfig, teacher, lcm_adapter, tcd_adapter, finetuned_u
                                          cfg.neg_teacher_steps, cfg.guidance_scale, cfg.neg_student_steps,
                                          cfg.neg_configs, bar)
     return style, accel, negative
-
-
-def _sample_fns(cfg: DemoConfig, teacher, plan=None):
-    """The main sample plan (or ``plan``) and the samplers on it: ``teacher_fn(unet, sampler)``, ``lcm_fn(unet, tag)``,
-    ``tcd_fn(unet, gamma, tag)``, ``pcm_fn(unet, recipe, tag)`` (a phased adapter on its recipe's phase edges),
-    each ``(slice, steps) -> SampleResult``; the students re-noise from ``sampler_seed(plan.seed + slice start)``."""
-    from .evaluate import SamplePlan
-    from .student_sampling import sample_lcm_student, sample_phased_student, sample_tcd_student
-    from .teacher_samplers import sample_teacher
-
-    if plan is None:
-        plan = SamplePlan.make(cfg.n_samples, cfg.resolution, cfg.seed)
-    cond, uncond = teacher.embed(plan.labels)
-    g = cfg.guidance_scale
-    sc = teacher.scheduler_config
-
-    def teacher_fn(unet, sampler):
-        return lambda sl, k: sample_teacher(unet, cond[sl], uncond[sl], plan.noise[sl], sampler, k, sc, g)
-
-    # Samples of the same fused model, sampler, γ, steps, prompts and noise are drawn once and reused
-    # (LCM-LoRA / TCD adapter alone at λ2 = 1 in the style table, γ = tcd_gamma in the γ sweep): the same
-    # call on the same inputs, so the same images.
-    drawn = {}
-
-    def memo(tag, fn):
-        if tag is None:
-            return fn
-
-        def sample(sl, k):
-            key = (tag, sl.start, sl.stop, int(k))
-            if key not in drawn:
-                drawn[key] = fn(sl, k)
-            return drawn[key]
-
-        return sample
-
-    def lcm_fn(unet, tag=None):
-        return memo(tag and ("lcm",) + tag, lambda sl, k: sample_lcm_student(unet, cond[sl], plan.noise[sl], k,
-                                                                            seed=sampler_seed(plan.seed + sl.start)))
-
-    def tcd_fn(unet, gamma=cfg.tcd_gamma, tag=None):
-        return memo(tag and ("tcd", float(gamma)) + tag,
-                    lambda sl, k: sample_tcd_student(unet, cond[sl], plan.noise[sl], k, gamma=gamma,
-                                                     seed=sampler_seed(plan.seed + sl.start)))
-
-    def pcm_fn(unet, recipe, tag=None):
-        return memo(tag and ("pcm",) + tag,
-                    lambda sl, k: sample_phased_student(unet, cond[sl], plan.noise[sl], k, recipe=recipe,
-                                                        seed=sampler_seed(plan.seed + sl.start), uncond=uncond[sl]))
-
-    return plan, teacher_fn, lcm_fn, tcd_fn, pcm_fn
-
-
-def style_experiment(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, tcd_adapter, inst, progress: bool,
-                     fns=None, pcm_adapter=None):
-    """The style merge experiment (τ' = λ1·τ_style + λ2·τ_LCM, with each adapter) on the main sample plan;
-    ``fns``: :func:`_sample_fns`' result to share (its drawn samples), else its own (same plan, same samples).
-    Returns ``(rows, grids, merge_reports, merged_adapters)``."""
-    from tqdm.auto import tqdm
-
-    from ..lcm_core.merge import merge_adapters
-    from .evaluate import sample_rows
-
-    plan, teacher_fn, lcm_fn, tcd_fn, pcm_fn = fns or _sample_fns(cfg, teacher)
-    l1, l2 = cfg.lambda1, cfg.lambda2
-    styled_teacher = _unet_with(teacher.unet, [(style_adapter, l1)])
-    style_rows, style_grids, merge_reports, merged_adapters = [], {}, {}, {}
-    n_style = 8 + (4 if tcd_adapter is not None else 0) + (4 if pcm_adapter is not None else 0)
-    with tqdm(total=n_style, desc="evaluate style merge", disable=not progress) as bar:
-        def add(label, short, kind, steps, fn, extra=None):
-            r, imgs = sample_rows(label, kind, [steps], fn, plan, inst, cfg.batch_size, bar, extra=extra)
-            r[0]["label"] = label
-            style_rows.append(r[0])
-            style_grids[f"{short}, {_steps_text(steps)}"] = imgs[steps]
-
-        ref_steps, k = cfg.style_reference_steps, cfg.style_steps
-        add(f"teacher + style λ1={l1:g}, DDIM (reference)", "style, DDIM (ref.)", "ddim", ref_steps,
-            teacher_fn(styled_teacher, "ddim"))
-        add(f"teacher + style λ1={l1:g}, DDIM", "style, DDIM", "ddim", k, teacher_fn(styled_teacher, "ddim"))
-        add(f"teacher + style λ1={l1:g}, DPM++ 2M", "style, DPM++ 2M", "dpmpp_2m", k, teacher_fn(styled_teacher, "dpmpp_2m"))
-        add("teacher (no style), DDIM", "no style, DDIM", "ddim", ref_steps, teacher_fn(teacher.unet, "ddim"))
-        add(f"LCM-LoRA only (λ2={l2:g}), LCM", "LCM-LoRA only", "lcm", k,
-            lcm_fn(_unet_with(teacher.unet, [(lcm_adapter, l2)]), (float(l2),)))
-        add(f"style λ1={l1:g} + LCM λ2={l2:g} fused separately, LCM", "fused separately", "lcm", k,
-            lcm_fn(_unet_with(teacher.unet, [(style_adapter, l1), (lcm_adapter, l2)])))
-        for method in ("concat", "svd"):
-            merged, report = merge_adapters([style_adapter, lcm_adapter], [l1, l2], method=method, rank=cfg.svd_rank,
-                                            progress=False, names=["style", "lcm"])
-            err = float(report.total_relative_error)
-            merge_reports[method] = {"total_relative_error": err, "rank": sorted(merged.ranks())}
-            merged_adapters[f"style_lcm_{method}"] = merged
-            add(f"merged ({method}) λ1={l1:g}, λ2={l2:g}, LCM", f"merged ({method}), LCM", "lcm", k,
-                lcm_fn(_unet_with(teacher.unet, [(merged, 1.0)])), extra={"merge_relative_error": err})
-
-        def adapter_rows(name: str, key: str, adapter, sample, how: str):
-            """The adapter alone, fused separately with the style LoRA, and merged (concat / SVD) with it."""
-            add(f"{name} adapter only (λ2={l2:g}), {how}", f"{name} only", key, k,
-                sample(_unet_with(teacher.unet, [(adapter, l2)]), tag=(float(l2),)))
-            add(f"{name}: style λ1={l1:g} + {name} λ2={l2:g} fused separately, {how}", f"{name} fused separately", key, k,
-                sample(_unet_with(teacher.unet, [(style_adapter, l1), (adapter, l2)])))
-            for method in ("concat", "svd"):
-                merged, report = merge_adapters([style_adapter, adapter], [l1, l2], method=method, rank=cfg.svd_rank,
-                                                progress=False, names=["style", key])
-                err = float(report.total_relative_error)
-                merge_reports[f"{key}_{method}"] = {"total_relative_error": err, "rank": sorted(merged.ranks())}
-                merged_adapters[f"style_{key}_{method}"] = merged
-                add(f"{name}: merged ({method}) λ1={l1:g}, λ2={l2:g}, {how}", f"{name} merged ({method})", key, k,
-                    sample(_unet_with(teacher.unet, [(merged, 1.0)])), extra={"merge_relative_error": err})
-
-        if tcd_adapter is not None:
-            adapter_rows("TCD", "tcd", tcd_adapter, lambda unet, tag=None: tcd_fn(unet, tag=tag), f"TCD γ {cfg.tcd_gamma:g}")
-        if pcm_adapter is not None:  # same rows and forms as the TCD adapter's, on the PCM adapter's phase edges
-            from .student_sampling import phased_recipe
-            from .teacher_samplers import SAMPLER_LABELS
-
-            recipe = phased_recipe(pcm_adapter)
-            adapter_rows("PCM", "pcm", pcm_adapter, lambda unet, tag=None: pcm_fn(unet, recipe, tag=tag),
-                         SAMPLER_LABELS["pcm"])
-
-    return style_rows, style_grids, merge_reports, merged_adapters
 
 
 def style_in_side_process(cfg: DemoConfig, tcd: bool = True, finetune: bool = True, pcm: bool | None = None) -> bool:
@@ -571,12 +365,12 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
     from .evaluate import SamplePlan, sample_rows
     from .student_sampling import sample_lcm_student
 
-    fns = _sample_fns(cfg, teacher)
+    fns = sample_fns(cfg, teacher)
     plan, teacher_fn, lcm_fn, tcd_fn, pcm_fn = fns
 
-    student = _unet_with(teacher.unet, [(lcm_adapter, 1.0)])
-    tcd_student = _unet_with(teacher.unet, [(tcd_adapter, 1.0)]) if tcd_adapter is not None else None
-    pcm_student = _unet_with(teacher.unet, [(pcm_adapter, 1.0)]) if pcm_adapter is not None else None
+    student = unet_with(teacher.unet, [(lcm_adapter, 1.0)])
+    tcd_student = unet_with(teacher.unet, [(tcd_adapter, 1.0)]) if tcd_adapter is not None else None
+    pcm_student = unet_with(teacher.unet, [(pcm_adapter, 1.0)]) if pcm_adapter is not None else None
     n_main = len(cfg.samplers) * len(cfg.teacher_steps) + len(cfg.lcm_steps)
     if tcd_student is not None:
         n_main += len(cfg.tcd_steps) + len(cfg.tcd_gammas)
@@ -617,7 +411,7 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
 
     goal_a = goal_a_study(cfg, teacher, plan, grids, inst,
                           {"lcm": student, "tcd": tcd_student, "pcm": pcm_student,
-                           "pcm_recipe": recipe if pcm_student is not None else None}, _sample_fns, progress)
+                           "pcm_recipe": recipe if pcm_student is not None else None}, sample_fns, progress)
 
     l1, l2 = cfg.lambda1, cfg.lambda2
     if not style_in_side:
@@ -631,7 +425,7 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
     with tqdm(total=heat["fd"].size, desc="λ1×λ2 grid", disable=not progress) as bar:
         for i, a in enumerate(cfg.heat_lambda1):
             for j, b in enumerate(cfg.heat_lambda2):
-                unet = _unet_with(teacher.unet, [(style_adapter, a), (lcm_adapter, b)])
+                unet = unet_with(teacher.unet, [(style_adapter, a), (lcm_adapter, b)])
                 res = sample_lcm_student(unet, hcond, hp.noise, cfg.style_steps, seed=cfg.seed)
                 m = inst.measure(res.images, hp.labels)
                 for key in heat:
@@ -660,77 +454,6 @@ def evaluate_all(cfg: DemoConfig, teacher, lcm_adapter, style_adapter, inst, out
     }
 
 
-def _steps_text(k: int) -> str:
-    return f"{k} step" if k == 1 else f"{k} steps"
-
-
-def universal_acceleration(cfg: DemoConfig, teacher, ft_unet, adapters: dict, inst, progress: bool) -> dict:
-    """The TCD paper's "universal acceleration" test on a full fine-tune the adapters never saw.
-
-    Reference: the fine-tune's own DDIM at ``accel_reference_steps`` with CFG, sampled from an
-    *independent* noise draw (seed + 3), so every configuration, the fine-tune's own 25-step DDIM
-    included, pays the same finite-sample FD bias: that row ("floor") is what a sampler identical
-    to the reference reaches. Rows: the fine-tune's DDIM at ``accel_ddim_steps`` (CFG), each
-    adapter fused into the fine-tune at ``accel_steps`` (its own sampler, no CFG), and each adapter
-    on the *base* teacher (no fine-tune: how far the style moves the samples). FD in the digit
-    classifier's features between the row's samples and the reference samples; s.e. by bootstrap.
-    """
-    from tqdm.auto import tqdm
-
-    from . import metrics
-    from .evaluate import SamplePlan
-    from .student_sampling import phased_recipe, sample_lcm_student, sample_phased_student, sample_tcd_student
-    from .teacher_samplers import MODEL_LABELS, sample_teacher
-
-    g, sc, n = cfg.guidance_scale, teacher.scheduler_config, cfg.n_samples
-    ref_plan = SamplePlan.make(n, cfg.resolution, cfg.seed + 3)
-    plan = SamplePlan.make(n, cfg.resolution, cfg.seed)
-    rc, ru = teacher.embed(ref_plan.labels)
-    cond, uncond = teacher.embed(plan.labels)
-    samplers = {"lcm": lambda u, k: sample_lcm_student(u, cond, plan.noise, k, seed=sampler_seed(cfg.seed)),
-                "tcd": lambda u, k: sample_tcd_student(u, cond, plan.noise, k, gamma=cfg.tcd_gamma,
-                                                       seed=sampler_seed(cfg.seed))}
-    if "pcm" in adapters:  # the PCM adapter on its own phase edges (its recipe), fused into the fine-tune or not
-        recipe = phased_recipe(adapters["pcm"][0])
-        samplers["pcm"] = lambda u, k: sample_phased_student(u, cond, plan.noise, k, recipe=recipe,
-                                                             seed=sampler_seed(cfg.seed), uncond=uncond)
-    jobs = [("fine-tune, DDIM (reference, independent noise)", "finetune", "ddim", cfg.accel_reference_steps,
-             lambda: sample_teacher(ft_unet, rc, ru, ref_plan.noise, "ddim", cfg.accel_reference_steps, sc, g))]
-    jobs.append((f"fine-tune, DDIM {cfg.accel_reference_steps} steps (floor: same sampler, other noise)", "finetune",
-                 "ddim", cfg.accel_reference_steps,
-                 lambda: sample_teacher(ft_unet, cond, uncond, plan.noise, "ddim", cfg.accel_reference_steps, sc, g)))
-    for k in cfg.accel_ddim_steps:
-        jobs.append((f"fine-tune, DDIM {_steps_text(k)}", "finetune", "ddim", k,
-                     lambda k=k: sample_teacher(ft_unet, cond, uncond, plan.noise, "ddim", k, sc, g)))
-    for name, (adapter, sampler) in adapters.items():
-        who = MODEL_LABELS.get(name, name)
-        jobs.append((f"fine-tune + {who}, {sampler.upper()} {_steps_text(cfg.accel_steps)}", name, sampler,
-                     cfg.accel_steps,
-                     lambda a=adapter, s=sampler: samplers[s](_unet_with(ft_unet, [(a, 1.0)]), cfg.accel_steps)))
-        jobs.append((f"base teacher + {who} (no fine-tune), {sampler.upper()} {_steps_text(cfg.accel_steps)}",
-                     name + "_base", sampler, cfg.accel_steps,
-                     lambda a=adapter, s=sampler: samplers[s](_unet_with(teacher.unet, [(a, 1.0)]), cfg.accel_steps)))
-    rows, ref_stats = [], None
-    with tqdm(total=len(jobs), desc="universal acceleration", disable=not progress) as bar:
-        for label, model, sampler, steps, fn in jobs:
-            res = fn()
-            labels = ref_plan.labels if ref_stats is None else plan.labels
-            logits, feats = inst.features(res.images)
-            m = inst.measure(res.images, labels)
-            row = {"label": label, "model": model, "sampler": sampler, "steps": steps, "nfe": res.nfe, "n": n,
-                   "accuracy": round(m["accuracy"], 5), "style_score": round(m["style_score"], 5)}
-            if ref_stats is None:
-                ref_stats = metrics.feature_statistics(feats)
-                row["role"] = "reference"
-            else:
-                row["fd_vs_reference"] = round(metrics.frechet_distance(*metrics.feature_statistics(feats), *ref_stats), 5)
-                row["fd_vs_reference_se"] = round(metrics.frechet_distance_bootstrap_se(feats, *ref_stats), 5)
-            rows.append(row)
-            bar.update(1)
-    return {"rows": rows, "finetune": cfg.finetune.to_dict(), "reference_steps": cfg.accel_reference_steps,
-            "steps": cfg.accel_steps, "gamma": cfg.tcd_gamma}
-
-
 # ---------------------------------------------------------------------------------------- figures
 def write_figures(out_dir: Path, ev: dict, cal: dict, cfg: DemoConfig) -> dict:
     from .plots import plot_heatmap, plot_quality, save_image_grid
@@ -755,13 +478,13 @@ def write_figures(out_dir: Path, ev: dict, cal: dict, cfg: DemoConfig) -> dict:
         who = MODEL_LABELS.get(model, model)
         name = f"grid_{model}_{sampler}.png"
         if sampler == "gamma":
-            save_image_grid([(f"γ {gm:g}, {_steps_text(cfg.tcd_gamma_steps)}", v[pick]) for gm, v in sorted(imgs.items())],
+            save_image_grid([(f"γ {gm:g}, {steps_text(cfg.tcd_gamma_steps)}", v[pick]) for gm, v in sorted(imgs.items())],
                             out_dir / name, title=f"{who}: γ sweep (same prompts and noise in every row)")
-            figs["grids"].append((name, f"{who} samples at {_steps_text(cfg.tcd_gamma_steps)}, γ "
+            figs["grids"].append((name, f"{who} samples at {steps_text(cfg.tcd_gamma_steps)}, γ "
                                         f"{' / '.join(f'{g:g}' for g in sorted(imgs))}, digits 0–9"))
             continue
         label = SAMPLER_LABELS.get(sampler, sampler) + (f" γ {cfg.tcd_gamma:g}" if sampler == "tcd" else "")
-        save_image_grid([(_steps_text(k), v[pick]) for k, v in sorted(imgs.items())], out_dir / name,
+        save_image_grid([(steps_text(k), v[pick]) for k, v in sorted(imgs.items())], out_dir / name,
                         title=f"{who} {label} (same prompts and noise in every row)")
         figs["grids"].append((name, f"{who} {label} samples, digits 0–9"))
     save_image_grid([(label, v[pick]) for label, v in ev["style_grids"].items()], out_dir / "grid_style.png",
@@ -772,7 +495,7 @@ def write_figures(out_dir: Path, ev: dict, cal: dict, cfg: DemoConfig) -> dict:
                                ("accuracy", "{:.2f}", "class accuracy")):
         name = f"heatmap_{metric}.png"
         plot_heatmap(np.array(hm[metric]), hm["lambda1"], hm["lambda2"], out_dir / name,
-                     f"{title}, LCM {_steps_text(hm['steps'])}, τ = λ1·τ_style + λ2·τ_LCM\n"
+                     f"{title}, LCM {steps_text(hm['steps'])}, τ = λ1·τ_style + λ2·τ_LCM\n"
                      f"{hm['n']} samples per cell (own noise draw)", fmt=fmt)
         figs["style"].append((name, f"λ1×λ2 heat map: {title}; {hm['n']} samples per cell from their own noise draw, "
                                     f"so a cell differs from the table's {n}-sample row at the same λ"))

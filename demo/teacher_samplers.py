@@ -29,6 +29,11 @@ SAMPLER_LABELS = {"ddim": "DDIM", "euler": "Euler", "dpmpp_2m": "DPM++ 2M", "lcm
 MODEL_LABELS = {"teacher": "teacher", "lcm_lora": "LCM-LoRA", "tcd": "TCD adapter", "pcm": "PCM adapter"}
 
 
+def steps_text(k: int) -> str:
+    """"1 step", "4 steps": the step count in the demo's labels."""
+    return f"{k} step" if k == 1 else f"{k} steps"
+
+
 def make_scheduler(name: str, scheduler_config: dict):
     """A fresh diffusers scheduler for ``name`` from the teacher's ``scheduler_config``."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler

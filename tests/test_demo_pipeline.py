@@ -8,7 +8,9 @@ import torch
 
 from lcm_lora.demo import run as R
 from lcm_lora.demo.evaluate import load_teacher
+from lcm_lora.demo.fused_unet import unet_with
 from lcm_lora.demo.style_lora import StyleLoraSettings
+from lcm_lora.demo.teacher_samplers import steps_text
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,8 @@ def test_trainer_style_lora_merge_and_cache(tmp_path, tiny_teacher):
     from lcm_lora.lcm_core.merge import merge_adapters
 
     merged, report = merge_adapters([style, lcm], [0.8, 1.0], method="concat", progress=False)
-    a = R._unet_with(teacher.unet, [(style, 0.8), (lcm, 1.0)]).state_dict()
-    b = R._unet_with(teacher.unet, [(merged, 1.0)]).state_dict()
+    a = unet_with(teacher.unet, [(style, 0.8), (lcm, 1.0)]).state_dict()
+    b = unet_with(teacher.unet, [(merged, 1.0)]).state_dict()
     base = teacher.unet.state_dict()
     for k in base:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
@@ -77,7 +79,7 @@ def test_models_are_handed_over_next_to_the_report(tmp_path, tiny_teacher):
     data = R.export_training_data(tmp_path / "cache", cfg)
     lcm, info = R.distil_lcm_lora(tmp_path / "cache", cfg, tiny_teacher, data, progress=False)
     teacher = load_teacher(tiny_teacher)
-    ft = R._unet_with(teacher.unet, [(lcm, 0.5)])  # any UNet stands in for the fine-tune
+    ft = unet_with(teacher.unet, [(lcm, 0.5)])  # any UNet stands in for the fine-tune
     out = tmp_path / "out"
     out.mkdir()
     listing = export_models(out, tiny_teacher, data, {"lcm_lora.safetensors": (info["path"], "the LCM-LoRA")},
@@ -99,7 +101,7 @@ def test_models_are_handed_over_next_to_the_report(tmp_path, tiny_teacher):
     # a second run replaces the folder
     export_models(out, tiny_teacher, data, {}, {}, None)
     assert not (out / "models" / "finetune").exists()
-    assert R._steps_text(1) == "1 step" and R._steps_text(4) == "4 steps"
+    assert steps_text(1) == "1 step" and steps_text(4) == "4 steps"
 
 
 def test_pcm_is_a_full_preset_flag_and_leaves_other_cache_keys_alone(tmp_path):

@@ -166,9 +166,9 @@ def test_cfg_interval_guides_the_steps_whose_timestep_is_inside(which):
 
 def test_sampler_noise_stream_is_independent_of_the_plan_noise():
     """A sampler re-noising from a generator seeded like the plan would re-inject the initial noise
-    (the bug behind TCD's γ 0.3 dip, demo/README.md); run.sampler_seed keeps the streams apart."""
+    (the bug behind TCD's γ 0.3 dip, demo/README.md); sampler_seeds.sampler_seed keeps the streams apart."""
     from lcm_lora.demo.evaluate import SamplePlan
-    from lcm_lora.demo.run import sampler_seed
+    from lcm_lora.demo.sampler_seeds import sampler_seed
     from lcm_lora.lcm_core.sampling import default_noise_sampler
 
     plan = SamplePlan.make(50, 16, seed=3)

@@ -83,7 +83,7 @@ def main():
     p.add_argument("--gan-d-weight", type=float, default=1e-2, help="DMD2's classifier weight in the fake update")
     p.add_argument("--save", type=Path, default=None, help="write the generator's LoRA here (safetensors)")
     args = p.parse_args()
-    from lcm_lora.demo.run import _unet_with
+    from lcm_lora.demo.fused_unet import unet_with
     from lcm_lora.lcm_core.lora import read_adapter
     from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
     from lcm_lora.training.student import add_lora
@@ -95,7 +95,7 @@ def main():
     edges = phased_timesteps(4, 4, "pcm") + [0]
     cond_all, uncond_all = teacher.embed(torch.arange(10))
     real = teacher.unet.eval().requires_grad_(False)
-    gen = _unet_with(real, [(read_adapter(args.adapter), 1.0)])
+    gen = unet_with(real, [(read_adapter(args.adapter), 1.0)])
     torch.manual_seed(0)  # peft's LoRA init draws from the global generator
     gen_params = [p for _, p in add_lora(gen, 8, 8, 0.0, None)]
     fake = copy.deepcopy(real).train().requires_grad_(True)

@@ -12,7 +12,6 @@ Prints one JSON line: the teacher's reduction, and the adapter's share / share w
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import time
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from lcm_lora.demo.config import PRESETS
 from lcm_lora.demo.evaluate import build_instruments, load_teacher
+from lcm_lora.demo.fused_unet import unet_with
 from lcm_lora.demo.negative_prompts import negative_prompt_study
-from lcm_lora.demo.run import PRESETS, _unet_with
 from lcm_lora.demo.student_sampling import sample_tcd_student
 from lcm_lora.lcm_core.lora import read_adapter
 
@@ -46,7 +46,7 @@ def main():
 
         timesteps = phased_timesteps(cfg.neg_student_steps, a.phases, a.schedule)
     sample = functools.partial(sample_tcd_student, gamma=a.gamma, timesteps=timesteps)
-    students = {"adapter": (_unet_with(teacher.unet, [(read_adapter(a.adapter), 1.0)]), sample, "tcd")}
+    students = {"adapter": (unet_with(teacher.unet, [(read_adapter(a.adapter), 1.0)]), sample, "tcd")}
     t0 = time.perf_counter()
     out = negative_prompt_study(teacher, students, inst, cfg.neg_samples, cfg.resolution, cfg.seed + 4,
                                 cfg.neg_teacher_steps, cfg.guidance_scale, cfg.neg_student_steps, cfg.neg_configs)

@@ -95,7 +95,7 @@ def main():
     alphas = make_scheduler("ddim", teacher.scheduler_config).alphas_cumprod.double()
     edges = phased_timesteps(args.phases, args.phases, "pcm") + [0]
     base = bench.ft if args.on_finetune else teacher.unet
-    student = m._unet_with(base, [(read_adapter(args.adapter), 1.0)])
+    student = m.unet_with(base, [(read_adapter(args.adapter), 1.0)])
     lo, hi = (int(v) for v in args.interval.split(","))
     for variant in args.variants.split(","):
         if len(variant) != args.phases or set(variant) - {"s", "t", "d"}:

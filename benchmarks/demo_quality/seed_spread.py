@@ -125,7 +125,7 @@ def main():
                    "(demo.sampler_seeds.sampler_seed); plan = earlier demo runs' (its first re-noise is ε₀, "
                    "demo.sampler_seeds.plan_seed); both = two rows")
     args = p.parse_args()
-    from lcm_lora.demo.run import _unet_with
+    from lcm_lora.demo.fused_unet import unet_with
     from lcm_lora.demo.sampler_seeds import sampler_seed
     from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
     from lcm_lora.demo.teacher_samplers import sample_teacher
@@ -135,9 +135,9 @@ def main():
     recipes, bench, _ = load_bench(args)
     gamma_rows = parse_gammas(args.gammas)
     teacher = bench.teacher
-    lcm = _unet_with(teacher.unet, [(read_adapter(args.lcm), 1.0)])
-    students = {str(a): _unet_with(teacher.unet, [(read_adapter(a), 1.0)]) for a in args.adapter}
-    tcd_students = {str(a): _unet_with(teacher.unet, [(read_adapter(a), 1.0)]) for a in args.tcd}
+    lcm = unet_with(teacher.unet, [(read_adapter(args.lcm), 1.0)])
+    students = {str(a): unet_with(teacher.unet, [(read_adapter(a), 1.0)]) for a in args.adapter}
+    tcd_students = {str(a): unet_with(teacher.unet, [(read_adapter(a), 1.0)]) for a in args.tcd}
     tcd_gammas = [g[0] for g in gamma_rows if len(set(g)) == 1]
     cfg_text = f" cfg {args.cfg:g}" + (f" on {args.cfg_steps} step(s)" if args.cfg_steps else "") if args.cfg != 1.0 else ""
     table: dict[str, list[dict]] = {}

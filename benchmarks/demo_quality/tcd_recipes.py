@@ -32,9 +32,11 @@ import numpy as np
 import torch
 
 from lcm_lora.demo import metrics
-from lcm_lora.demo.evaluate import SamplePlan, build_instruments, load_teacher, sample_rows
 from lcm_lora.demo.claims import acceleration_claims, tcd_claims
-from lcm_lora.demo.run import PRESETS, REPO_ROOT, _unet_with, lcm_overrides
+from lcm_lora.demo.config import PRESETS
+from lcm_lora.demo.evaluate import SamplePlan, build_instruments, load_teacher, sample_rows
+from lcm_lora.demo.fused_unet import unet_with
+from lcm_lora.demo.run import REPO_ROOT, lcm_overrides
 from lcm_lora.demo.sampler_seeds import sampler_seed
 from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
 from lcm_lora.demo.teacher_samplers import sample_teacher
@@ -129,7 +131,7 @@ class Bench:
         r, _ = sample_rows("teacher", "ddim", [ts], lambda sl, k: sample_teacher(
             t.unet, cond[sl], uncond[sl], plan.noise[sl], "ddim", k, sc, g), plan, inst, bs, keep_images=False)
         rows += r
-        styled = _unet_with(t.unet, [(self.style, cfg.lambda1)])
+        styled = unet_with(t.unet, [(self.style, cfg.lambda1)])
         r, _ = sample_rows("style_ref", "ddim", [cfg.style_reference_steps], lambda sl, k: sample_teacher(
             styled, cond[sl], uncond[sl], plan.noise[sl], "ddim", k, sc, g), plan, inst, bs, keep_images=False)
         r[0]["label"] = f"teacher + style λ1={cfg.lambda1:g}, DDIM (reference)"
@@ -144,7 +146,7 @@ class Bench:
         if path.is_file():
             return _load_cache(path)
         cfg, plan = self.cfg, self.plan
-        student = _unet_with(self.teacher.unet, [(read_adapter(lcm_path), 1.0)])
+        student = unet_with(self.teacher.unet, [(read_adapter(lcm_path), 1.0)])
         r, _ = sample_rows("lcm_lora", "lcm", [4], lambda sl, k: sample_lcm_student(
             student, self.cond[sl], plan.noise[sl], k, seed=sampler_seed(cfg.seed + sl.start)), plan, self.inst,
             cfg.batch_size, keep_images=False)
@@ -157,7 +159,7 @@ class Bench:
         if path.is_file():
             return _load_cache(path)
         cfg, out = self.cfg, {}
-        unet = _unet_with(self.ft, [(read_adapter(lcm_path), 1.0)])
+        unet = unet_with(self.ft, [(read_adapter(lcm_path), 1.0)])
         for n, a in self.refs["accel"].items():
             _, aplan = self._accel_plans(n)
             acond, _ = self.teacher.embed(aplan.labels)
@@ -249,7 +251,7 @@ class Bench:
                                                     guidance_scale=cfg_scale, uncond=uncond[sl] if guided else None,
                                                     cfg_steps=cfg_steps, cfg_interval=cfg_interval)
 
-        student = _unet_with(t.unet, [(tcd, 1.0)])
+        student = unet_with(t.unet, [(tcd, 1.0)])
         rows = list(self.refs["rows"]) + [lcm_row]
         r, _ = sample_rows("tcd", "tcd", [4, 8, 16], tcd_fn(student, gamma), plan, inst, bs, keep_images=False,
                            extra={"gamma": gamma})
@@ -264,11 +266,11 @@ class Bench:
             gamma_rows += gr
         merged, _ = merge_adapters([self.style, tcd], [cfg.lambda1, cfg.lambda2], method="concat", progress=False,
                                    names=["style", "tcd"])
-        mr, _ = sample_rows("tcd_merged", "tcd", [cfg.style_steps], tcd_fn(_unet_with(t.unet, [(merged, 1.0)]), gamma),
+        mr, _ = sample_rows("tcd_merged", "tcd", [cfg.style_steps], tcd_fn(unet_with(t.unet, [(merged, 1.0)]), gamma),
                             plan, inst, bs, keep_images=False)
         mr[0]["label"] = f"TCD: merged (concat) λ1={cfg.lambda1:g}, λ2={cfg.lambda2:g}, TCD γ {gamma:g}"
         style = {"rows": [self.refs["style_ref"], mr[0]]}
-        merged_unet = _unet_with(t.unet, [(merged, 1.0)])
+        merged_unet = unet_with(t.unet, [(merged, 1.0)])
         merged_gamma = []  # extra evidence: the merge's style score across γ (the goal is at γ of the main rows)
         for gm in gammas:
             if gm == gamma:
@@ -281,7 +283,7 @@ class Bench:
         for n, a in self.refs["accel"].items():
             ref_plan, aplan = self._accel_plans(n)
             acond, auncond = t.embed(aplan.labels)
-            res = sample_tcd_student(_unet_with(self.ft, [(tcd, accel_strength)]), acond, aplan.noise, cfg.accel_steps,
+            res = sample_tcd_student(unet_with(self.ft, [(tcd, accel_strength)]), acond, aplan.noise, cfg.accel_steps,
                                      gamma=gamma, seed=sampler_seed(cfg.seed), timesteps=ts(cfg.accel_steps),
                                      guidance_scale=cfg_scale, uncond=auncond if guided else None, cfg_steps=cfg_steps,
                                      cfg_interval=cfg_interval)

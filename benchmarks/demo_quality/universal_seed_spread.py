@@ -41,7 +41,7 @@ def main():
     if len(args.adapter_cfg) != len(args.adapter):
         raise SystemExit("give one --adapter-cfg per --adapter")
     from lcm_lora.demo import metrics
-    from lcm_lora.demo.run import _unet_with
+    from lcm_lora.demo.fused_unet import unet_with
     from lcm_lora.demo.sampler_seeds import sampler_seed
     from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
     from lcm_lora.demo.teacher_samplers import sample_teacher
@@ -51,8 +51,8 @@ def main():
     _, bench, _ = load_bench(args)
     cfg, teacher, ft = bench.cfg, bench.teacher, bench.ft
     g, sc, steps = cfg.guidance_scale, teacher.scheduler_config, cfg.accel_steps
-    models = [("LCM-LoRA", _unet_with(ft, [(read_adapter(args.lcm), 1.0)]), None)]
-    models += [(f"{a.parent.name} cfg {c:g}", _unet_with(ft, [(read_adapter(a), 1.0)]), c)
+    models = [("LCM-LoRA", unet_with(ft, [(read_adapter(args.lcm), 1.0)]), None)]
+    models += [(f"{a.parent.name} cfg {c:g}", unet_with(ft, [(read_adapter(a), 1.0)]), c)
                for a, c in zip(args.adapter, args.adapter_cfg)]
     table: dict[str, list[float]] = {}
 
