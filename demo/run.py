@@ -508,10 +508,13 @@ def environment(threads: int | None = None, processes: int = 1) -> dict:
     process ran stages beside this one."""
     threads = threads or torch.get_num_threads()
     procs = f"{processes} processes × " if processes > 1 else ""
+    # The kernel set torch picked (AVX2 / AVX512 / DEFAULT): training on another set gives other float
+    # roundings, so a cold run's numbers differ from another CPU's by sampling noise (BENCHMARKS.md).
+    kernels = torch.backends.cpu.get_cpu_capability()
     return {"torch": torch.__version__, "threads": threads, "processes": processes, "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "summary": f"CPU, {procs}{threads} torch thread{'s' if threads != 1 else ''}, {os.cpu_count()} cores visible, "
-                       f"torch {torch.__version__}"}
+            "platform": platform.platform(), "cpu_capability": kernels,
+            "summary": f"CPU ({kernels} kernels), {procs}{threads} torch thread{'s' if threads != 1 else ''}, "
+                       f"{os.cpu_count()} cores visible, torch {torch.__version__}"}
 
 
 def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None, cache_dir: str | os.PathLike | None = None,

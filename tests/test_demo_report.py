@@ -247,3 +247,18 @@ def test_pcm_goal_d_and_negative_prompt_and_report(tmp_path):
     assert "| PCM adapter phase edges, TCD γ 0 | 45.0 | 29.5 | 30.0 | 31.0 |  |" in block
     del res["pcm"]
     assert "TCD adapter 3 s. Real-vs-real" in render_results_block(res, "x.json")  # no PCM: the line as before
+
+
+@pytest.mark.parametrize("kernels", ["avx2", "default"])
+def test_results_environment_names_the_cpu_kernels(kernels):
+    """The kernel set decides a cold run's numbers (BENCHMARKS.md, "The committed results reproduce on AVX2
+    kernels"), so results.json records it; torch's ATEN_CPU_CAPABILITY switch is the reference."""
+    import os
+    import subprocess
+    import sys
+    code = "import json; from lcm_lora.demo.run import environment; print(json.dumps(environment(1)))"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ATEN_CPU_CAPABILITY": kernels},
+                         check=True, capture_output=True, text=True).stdout
+    env = json.loads(out.strip().splitlines()[-1])
+    assert env["cpu_capability"] == kernels.upper()
+    assert f"({kernels.upper()} kernels)" in env["summary"]

@@ -73,7 +73,8 @@ def parse_blocks(path: Path) -> list[Block]:
                 directives.append(hit.group(1))
             k -= 1
         first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")), "")
-        if lang in COMMAND_LANGS or (lang == "" and first.startswith(COMMAND_PREFIXES)):
+        env_prefixed = re.match(r"[A-Z_][A-Z0-9_]*=\S*\s", first)  # VAR=value command ...
+        if lang in COMMAND_LANGS or (lang == "" and (first.startswith(COMMAND_PREFIXES) or env_prefixed)):
             blocks.append(Block(path, start + 1, lang, text, directives))
         i = j + 1
     return blocks
