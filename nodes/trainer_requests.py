@@ -2,10 +2,10 @@
 
 No aiohttp and no ComfyUI here (unit-tested without either). A start request names a shipped
 config, a teacher, the training data (a folder, or prompts) and a LoRA name, plus overrides whose
-names, kinds and bounds are the trainer's own schema (``training.config.panel_overrides``: the
+names, kinds and bounds are the trainer's own schema (``training.config_panel.panel_overrides``: the
 fields marked ``panel=``). :func:`job_config` loads the shipped config with the trainer's
 ``load_config``, sets the resolved paths and applies the overrides with
-``training.config.apply_panel_overrides``: every message about a value is the trainer's own. The job
+``training.config_panel.apply_panel_overrides``: every message about a value is the trainer's own. The job
 then writes that config with ``dump_config`` and starts ``lcm-lora train --config <that file>``.
 
 Names are confined by :mod:`lcm_core.safe_names` (the project's one module for that); its errors
@@ -24,7 +24,8 @@ from typing import Any
 
 from ..lcm_core.errors import ConfigError, LcmLoraError
 from ..lcm_core.safe_names import NameNotFoundError, check_relative_name
-from ..training.config import PANEL_TEXT_CHARS, TrainConfig, apply_panel_overrides, load_config, panel_overrides
+from ..training.config import TrainConfig, load_config
+from ..training.config_panel import PANEL_TEXT_CHARS, apply_panel_overrides, panel_overrides
 
 START_KEYS = {"config", "teacher", "teacher_type", "data", "prompts", "output_name", "overrides"}
 MAX_PROMPTS = 1000

@@ -142,6 +142,6 @@ def test_hash_ignores_logging_but_not_lcd():
 def test_printed_schema_is_a_valid_config_with_the_defaults():
     import yaml
 
-    from lcm_lora.training.config import schema_text
+    from lcm_lora.training.config_schema import schema_text
 
     assert load_config(yaml.safe_load(schema_text())).to_dict() == TrainConfig().to_dict()

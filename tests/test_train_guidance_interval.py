@@ -18,7 +18,9 @@ import torch
 from diffusers import DDIMScheduler
 
 from lcm_lora.lcm_core.errors import ConfigError
-from lcm_lora.training.config import config_hash, guidance_interval, load_config, schema_text, trajectory_dict
+from lcm_lora.training.config import config_hash, load_config, trajectory_dict
+from lcm_lora.training.config_rules import guidance_interval
+from lcm_lora.training.config_schema import schema_text
 from lcm_lora.training.ddim_solver import DDIMSolver
 from lcm_lora.training.export import training_metadata
 from lcm_lora.training.lcd_step import LcdLoss, sample_lcd_randomness

@@ -184,7 +184,7 @@ def test_full_size_estimate_within_15_percent(tmp_path, model, extra, timeout):
 def test_memory_presets(name, arch, monkeypatch):
     """Presets: checkpointing, half-precision frozen weights (fp32 LoRA is the trainer's rule), both caches +
     offload, 8-bit AdamW when bitsandbytes is usable, else a warning naming the reason and float32 AdamW."""
-    from lcm_lora.training import config as config_module
+    from lcm_lora.training import config_rules as config_module
 
     path = ROOT / "configs" / name
     monkeypatch.setattr(config_module, "bitsandbytes_usable", lambda device="auto": (False, "bitsandbytes is not installed"))

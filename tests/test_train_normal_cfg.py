@@ -12,7 +12,8 @@ import torch
 from lcm_lora.lcm_core.errors import ConfigError
 from lcm_lora.lcm_core.lora import LoraAdapter, LoraModule, read_adapter, write_adapter
 from lcm_lora.lcm_core.sampling_recipe import read_recipe, recipe_for_objective
-from lcm_lora.training.config import config_hash, load_config, schema_text, trajectory_dict
+from lcm_lora.training.config import config_hash, load_config, trajectory_dict
+from lcm_lora.training.config_schema import schema_text
 from lcm_lora.training.export import adapter_recipe, training_metadata
 
 NORMAL = ["lcd.objective=pcm", "lcd.solver_guidance=false"]

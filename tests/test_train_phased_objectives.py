@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lcm_lora.lcm_core.errors import ConfigError
-from lcm_lora.training.config import config_hash, load_config, trajectory_dict, tscd_stage_steps
+from lcm_lora.training.config import config_hash, load_config, trajectory_dict
+from lcm_lora.training.config_rules import tscd_stage_steps
 from lcm_lora.training.ddim_solver import DDIMSolver
 from lcm_lora.training.phased import (objective_end_timesteps, pcm_end_timesteps, pcm_phase_starts, tscd_end_timesteps,
                                       tscd_segment_floor, tscd_stage_segments)

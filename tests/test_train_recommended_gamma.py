@@ -13,7 +13,8 @@ import torch
 from lcm_lora.lcm_core.errors import ConfigError
 from lcm_lora.lcm_core.lora import LoraAdapter, LoraModule, write_adapter
 from lcm_lora.lcm_core.sampling_recipe import read_recipe
-from lcm_lora.training.config import config_hash, load_config, schema_text
+from lcm_lora.training.config import config_hash, load_config
+from lcm_lora.training.config_schema import schema_text
 from lcm_lora.training.export import adapter_recipe, training_metadata
 
 

@@ -73,7 +73,8 @@ RAW = {"max_steps": 7, "learning_rate": 1e-5, "rank": 3, "alpha": 1.5, "batch_si
 def test_job_config_is_read_back_exactly_by_the_trainer(tmp_path):
     """The job's config.yaml (trainer's dump_config) loads with the trainer's load_config to the same
     config: shipped values, resolved paths, and every override the panel allows."""
-    from lcm_lora.training.config import dump_config, load_config, panel_overrides
+    from lcm_lora.training.config import dump_config, load_config
+    from lcm_lora.training.config_panel import panel_overrides
 
     # every allowed override is exercised: here on a guided config, normal_cfg (normal-CFG configs only, a
     # ConfigError on this one) on configs/pcm_normal_cfg_sd15.yaml in test_trainer_panel_normal_cfg.py

@@ -18,7 +18,8 @@ from test_trainer_jobs_paths import TR
 
 from lcm_lora.lcm_core.errors import ConfigError
 from lcm_lora.lcm_core.sampling_recipe import read_recipe
-from lcm_lora.training.config import config_hash, dump_config, load_config, panel_overrides
+from lcm_lora.training.config import config_hash, dump_config, load_config
+from lcm_lora.training.config_panel import panel_overrides
 from lcm_lora.training.export import training_metadata
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ Public API (imported lazily so ``import lcm_lora.training`` stays cheap):
 
 * ``train(config, output_dir, resume=None, overrides=(), progress=True) -> TrainResult``
   (:mod:`.trainer`); ``TrainResult(adapter_path, final_step, losses, status, output_dir, checkpoint)``.
-* ``load_config(source, overrides=()) -> TrainConfig`` (:mod:`.config`; schema and defaults there).
+* ``load_config(source, overrides=()) -> TrainConfig`` (:mod:`.config`; schema and defaults in :mod:`.config_schema`).
 * ``read_events(output_dir) -> list[dict]`` — the run's ``events.jsonl`` (:mod:`.run_log`).
 * ``build_tiny_teacher(folder, ...)`` — tiny random-weight teachers (:mod:`.tiny_models`).
 * CLI: ``add_train_parser(subparsers)`` and ``run_train(args) -> int`` (:mod:`.cli`);

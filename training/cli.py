@@ -123,7 +123,7 @@ def _estimate(config, overrides) -> int:
 def run_train(args: argparse.Namespace) -> int:
     """Run the ``train`` sub-command; returns the exit status."""
     if getattr(args, "print_schema", False):
-        from .config import schema_text
+        from .config_schema import schema_text
 
         print(schema_text(), end="")
         return EXIT_OK

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from ..lcm_core.lora import LoraAdapter, LoraModule
-from .config import NORMAL_CFG_DEFAULT, guidance_interval
+from .config_rules import guidance_interval
+from .config_schema import NORMAL_CFG_DEFAULT
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # kohya / modelspec names of the base model (for tools that read kohya metadata).
@@ -110,7 +111,7 @@ def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_has
                                            else f"tdd(s_ratio={lcd.tdd_s_ratio},steps={lcd.tdd_steps[0]}-{lcd.tdd_steps[1]})")
     if objective == "tscd":
         lcd = cfg.lcd
-        from .config import tscd_stage_steps
+        from .config_rules import tscd_stage_steps
 
         meta["lcm_lora.tscd_segments"] = ",".join(str(k) for k in lcd.tscd_segments)
         meta["lcm_lora.tscd_stage_steps"] = str(tscd_stage_steps(lcd, cfg.train.max_steps))

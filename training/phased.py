@@ -95,7 +95,7 @@ def objective_end_timesteps(lcd, index: torch.Tensor, solver: DDIMSolver, step: 
                             max_steps: int) -> torch.Tensor | None:
     """s per sample for the trainer's objective (``lcd``: the config's ``lcd`` section), drawn after (i, ε, ω)
     from the same per-micro-step generator; None for ``lcm``. ``step`` is the global optimizer step."""
-    from .config import tscd_stage_steps
+    from .config_rules import tscd_stage_steps
     from .tcd import sample_end_timesteps
 
     if lcd.objective == "tcd":

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..lcm_core.errors import ConfigError
-from .config import TrainConfig, set_value, load_config, parse_override, validate_config
+from .config import TrainConfig, load_config, parse_override
+from .config_rules import validate_config
+from .config_values import set_value
 
 SAVED_CONFIG = "config.yaml"
 SOURCE_RECORD = "config.source.json"

@@ -43,7 +43,8 @@ from ..lcm_core.errors import ConfigError, LcmLoraError, OutputExistsError
 from . import checkpoint as ckpt
 from .batch_plan import BatchPlan
 from .batches import TrainingData
-from .config import TrainConfig, config_hash, dump_config, guidance_interval, require_inputs, trajectory_dict
+from .config import TrainConfig, config_hash, dump_config, trajectory_dict
+from .config_rules import guidance_interval, require_inputs
 from .ddim_solver import DDIMSolver
 from .distributed import DistContext, init_distributed, no_sync, wrap_ddp
 from .ema import LoraEma

@@ -113,7 +113,7 @@ function drawChart(canvas, points) {
 function formView() {
   const o = state.options;
   const teacherOpts = (o?.teachers ?? []).map((t) => el("option", { value: `${t.type}|${t.name}` }, `${t.name}${t.type === "diffusers" ? " (diffusers)" : ""}`));
-  // bounds and meaning come from the trainer's config schema (training/config.py, fields marked panel=)
+  // bounds and meaning come from the trainer's config schema (training/config_schema.py, fields marked panel=)
   const schema = o?.overrides ?? {};
   const overrides = FORM_OVERRIDES.filter(([key]) => !o || key in schema).map(([key, label, step]) => {
     const spec = schema[key] ?? {};

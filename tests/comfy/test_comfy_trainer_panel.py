@@ -73,7 +73,7 @@ def test_options_list_only_what_lies_inside_comfyui_folders(panel):
     assert ("diffusers", TEACHER) in teachers
     assert not any("escape" in name for _, name in teachers), teachers  # symlinks out of the model folders
     assert DATA in opts["data_folders"] and "escape_data" not in opts["data_folders"]
-    from lcm_lora.training.config import panel_overrides
+    from lcm_lora.training.config_panel import panel_overrides
 
     assert opts["overrides"] == json.loads(json.dumps(panel_overrides()))  # the trainer's schema, as JSON
     assert opts["normal_cfg_configs"] == _normal_cfg_configs_by_yaml() and NORMAL_CFG_CONFIG in opts["normal_cfg_configs"]

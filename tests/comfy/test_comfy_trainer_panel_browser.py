@@ -65,7 +65,7 @@ def test_normal_cfg_field_follows_the_chosen_config(ui, panel):
     """The "recommended cfg" field (override ``normal_cfg``, ``lcd.normal_cfg``) is shown and sent only for a
     config with ``lcd.solver_guidance: false``; with a guided config a typed value stays hidden and is never
     sent (the guided run keeps its config and hash); the server's refusal of a bad value names the key."""
-    from lcm_lora.training.config import panel_overrides
+    from lcm_lora.training.config_panel import panel_overrides
 
     _, opts = panel.get("/lcm_lora/train/options")
     assert ui["normal_cfg_configs"] == opts["normal_cfg_configs"] and NORMAL_CFG in opts["normal_cfg_configs"]
