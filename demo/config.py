@@ -78,6 +78,6 @@ PRESETS = {
         preset="fast", n_samples=200, teacher_steps=(1, 2, 4, 8), samplers=("ddim", "dpmpp_2m"), lcm_steps=(1, 2, 4),
         style=StyleLoraSettings(steps=300, batch_size=32), heat_lambda1=(0.0, 0.8), heat_lambda2=(0.0, 1.0),
         heat_samples=100, finetune=FinetuneSettings(steps=200, batch_size=32), neg_samples=200,
-        neg_configs=((1.0, None), (2.0, None), (2.0, 1), (3.0, 2)),
+        neg_configs=((1.0, None), (2.0, None), (2.0, 1), (3.0, 2)), goal_a_samples=1000,
     ),
 }

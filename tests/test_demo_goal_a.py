@@ -1,4 +1,5 @@
 """Goal (a) on pooled samples (``demo/goal_a.py``): the pooling, the claims' rule, the report and the docs block."""
+import dataclasses
 from types import SimpleNamespace
 
 import torch
@@ -72,11 +73,14 @@ def test_check_claims_adds_them_beside_the_main_rows_claims():
     assert not any("_n1000" in k for k in check_claims([], {}))
 
 
-def test_only_the_full_preset_pools_and_a_study_below_the_main_sample_count_is_off():
-    assert PRESETS["full"].goal_a_samples == 1000 and PRESETS["full"].goal_a_samples > PRESETS["full"].n_samples
-    assert PRESETS["fast"].goal_a_samples == 0
+def test_both_presets_pool_and_a_study_below_the_main_sample_count_is_off():
+    for preset in PRESETS.values():
+        assert preset.goal_a_samples == 1000 and preset.goal_a_samples > preset.n_samples
     plan = SimpleNamespace(labels=torch.zeros(300))
-    assert goal_a_study(PRESETS["fast"], None, plan, {}, None, {}, sample_fns=None) is None
+    off = dataclasses.replace(PRESETS["fast"], goal_a_samples=0)
+    assert goal_a_study(off, None, plan, {}, None, {}, sample_fns=None) is None
+    below = dataclasses.replace(PRESETS["fast"], goal_a_samples=300)  # not more than the main rows: nothing to pool
+    assert goal_a_study(below, None, plan, {}, None, {}, sample_fns=None) is None
 
 
 def test_a_config_without_the_rows_the_study_extends_is_refused_before_any_work(tmp_path):
