@@ -17,8 +17,8 @@ from typing import Any, Iterable, Mapping
 
 from ..lcm_core.errors import ConfigError
 from .config_rules import OBJECTIVE_ONLY_KEYS, tscd_stage_steps, validate_config
-from .config_schema import (GUIDANCE_INTERVAL_ALL, NON_TRAJECTORY_KEYS, NON_TRAJECTORY_SECTIONS, SECTION_CLASSES,
-                            SHORTHANDS, TrainConfig, all_keys, field_meta)
+from .config_schema import (NON_TRAJECTORY_KEYS, NON_TRAJECTORY_SECTIONS, SECTION_CLASSES, SHORTHANDS, TrainConfig,
+                            all_keys, field_meta, lcd_defaults)
 from .config_values import set_value, suggest_key
 
 __all__ = ["TrainConfig", "config_hash", "dump_config", "load_config", "parse_override", "read_config_file",
@@ -26,8 +26,8 @@ __all__ = ["TrainConfig", "config_hash", "dump_config", "load_config", "parse_ov
 
 # keys added after the first release whose default keeps the trajectory of older runs: left out of the
 # trajectory dict while at their default, so the config hash of those runs does not change
-_TRAJECTORY_DEFAULT_DROPPED = {"solver_guidance": True, "adversarial_weight": 0.0, "adversarial_lr": 1e-5,
-                               "adversarial_real": "target", "guidance_interval": GUIDANCE_INTERVAL_ALL}
+_TRAJECTORY_DEFAULT_DROPPED = lcd_defaults("solver_guidance", "adversarial_weight", "adversarial_lr", "adversarial_real",
+                                           "guidance_interval")
 
 
 def _apply_mapping(cfg: TrainConfig, data: Mapping, source: str, base_dir: Path | None) -> None:

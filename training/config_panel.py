@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from ..lcm_core.errors import ConfigError
 from .config_rules import validate_config
-from .config_schema import SECTION_CLASSES, TrainConfig
+from .config_schema import SECTION_CLASSES, TrainConfig, field_default
 from .config_values import set_value
 
 
@@ -27,7 +27,6 @@ def panel_overrides() -> dict[str, dict]:
                 continue
             meta = f.metadata
             choices = p["choices"] or meta["choices"]
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             out[p["name"]] = {
                 "key": f"{section}.{f.name}",
                 "kind": "choice" if choices else meta["kind"].rstrip("?"),
@@ -35,7 +34,7 @@ def panel_overrides() -> dict[str, dict]:
                 "max": p["maximum"] if p["maximum"] is not None else meta["maximum"],
                 "choices": list(choices) if choices else None,
                 "max_items": p["max_items"],
-                "default": default,
+                "default": field_default(f),
                 "doc": meta["doc"],
             }
     return out

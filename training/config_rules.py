@@ -8,7 +8,8 @@ import math
 import os
 
 from ..lcm_core.errors import ConfigError
-from .config_schema import GUIDANCE_INTERVAL_ALL, NORMAL_CFG_DEFAULT, NUM_TRAIN_TIMESTEPS, SECTION_CLASSES, TrainConfig
+from .config_schema import (GUIDANCE_INTERVAL_ALL, NORMAL_CFG_DEFAULT, NUM_TRAIN_TIMESTEPS, SECTION_CLASSES, TrainConfig,
+                            lcd_defaults)
 from .config_values import coerce_value
 
 
@@ -73,13 +74,14 @@ def validate_config(cfg: TrainConfig) -> None:
 
 
 # lcd keys that only apply to one objective, with their defaults (another objective's config must leave them alone)
-TCD_ONLY_KEYS = {"tcd_s_sampling": "uniform", "tdd_s_ratio": 0.3, "tdd_steps": [4, 8]}
+TCD_ONLY_KEYS = lcd_defaults("tcd_s_sampling", "tdd_s_ratio", "tdd_steps")
 _TDD_ONLY_KEYS = ("tdd_s_ratio", "tdd_steps")
-PCM_ONLY_KEYS = {"phases": 4}
-TSCD_ONLY_KEYS = {"tscd_segments": [8, 4, 2, 1], "tscd_stage_steps": None}
+PCM_ONLY_KEYS = lcd_defaults("phases")
+TSCD_ONLY_KEYS = lcd_defaults("tscd_segments", "tscd_stage_steps")
+LCM_ONLY_KEYS = lcd_defaults("timestep_scaling")  # checked apart: kept in other objectives' trajectory dicts (hashes)
 OBJECTIVE_ONLY_KEYS = {"tcd": TCD_ONLY_KEYS, "pcm": PCM_ONLY_KEYS, "tscd": TSCD_ONLY_KEYS}
 # keys that only apply with the adversarial loss on (lcd.adversarial_weight > 0), with their defaults
-ADVERSARIAL_ONLY_KEYS = {"adversarial_lr": 1e-5, "adversarial_real": "target"}
+ADVERSARIAL_ONLY_KEYS = lcd_defaults("adversarial_lr", "adversarial_real")
 ADVERSARIAL_OBJECTIVES = ("pcm",)  # the adversarial timestep range [s, s + T/phases) is PCM's phase
 
 
@@ -102,7 +104,7 @@ def _validate_objective(cfg: TrainConfig) -> None:
                 raise ConfigError(src, f"key 'lcd.{name}' applies to 'lcd.objective: {owner}' only (objective is "
                                   f"{lcd.objective}); remove it or set lcd.objective={owner}")
     if lcd.objective != "lcm":
-        if lcd.timestep_scaling != 10.0:
+        if lcd.timestep_scaling != LCM_ONLY_KEYS["timestep_scaling"]:
             raise ConfigError(src, "key 'lcd.timestep_scaling' applies to 'lcd.objective: lcm' only (the "
                               f"{lcd.objective} map has no boundary scalings); remove it or set lcd.objective=lcm")
     _validate_normal_cfg(cfg)

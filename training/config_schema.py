@@ -299,6 +299,18 @@ def field_meta(dotted: str):
     raise KeyError(dotted)
 
 
+def field_default(f: dataclasses.Field):
+    """A schema field's default (lists as a fresh copy)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def lcd_defaults(*names: str) -> dict:
+    """``{name: default}`` of these ``lcd`` keys, read from the schema (the rules and the trajectory dict compare
+    values with them)."""
+    fields = {f.name: f for f in dataclasses.fields(LcdSection)}
+    return {name: field_default(fields[name]) for name in names}
+
+
 def schema_text() -> str:
     """The full schema as commented YAML: every key with its default, choices and meaning."""
     import yaml
@@ -307,8 +319,7 @@ def schema_text() -> str:
     for section, cls in SECTION_CLASSES.items():
         lines.append(f"{section}:")
         for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            value = yaml.safe_dump(field_default(f), default_flow_style=True).strip().removesuffix("...").strip()
             notes = []
             if f.metadata.get("choices"):
                 notes.append("one of " + ", ".join(map(str, f.metadata["choices"])))
