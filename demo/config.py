@@ -37,6 +37,9 @@ class DemoConfig:
     # Goal (a) of issue 13 also on this many samples: the main rows' n_samples plus more from a plan of their own,
     # pooled (demo/goal_a.py); 0 = off. A 0.5-point accuracy margin is not resolved by 300 samples.
     goal_a_samples: int = 0
+    # Goal (d) also on this many samples (demo/goal_d.py; 0 = off): the acceleration rows' n_samples plus more, pooled.
+    # Full preset only: on the fast preset its ≈ 60 k extra UNet evaluations would overrun the 5-minute budget.
+    goal_d_samples: int = 0
     guidance_scale: float = 2.0  # teacher CFG scale g; the LCM-LoRA is distilled at ω = g − 1 (see lcm_overrides)
     lcm_config: str = "configs/tiny_cpu.yaml"
     lcm_overrides: tuple = ()
@@ -73,7 +76,7 @@ class DemoConfig:
 DEMO_LCD_OVERRIDES = ("lcd.target=ema",)
 
 PRESETS = {
-    "full": DemoConfig(lcm_overrides=("train.max_steps=600",), pcm=True, goal_a_samples=1000),
+    "full": DemoConfig(lcm_overrides=("train.max_steps=600",), pcm=True, goal_a_samples=1000, goal_d_samples=1000),
     "fast": DemoConfig(
         preset="fast", n_samples=200, teacher_steps=(1, 2, 4, 8), samplers=("ddim", "dpmpp_2m"), lcm_steps=(1, 2, 4),
         style=StyleLoraSettings(steps=300, batch_size=32), heat_lambda1=(0.0, 0.8), heat_lambda2=(0.0, 1.0),

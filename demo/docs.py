@@ -85,6 +85,12 @@ def render_results_block(results: dict, source: str) -> str:
         lines += [f"| {r['label']} | {r['steps']} | {_f(r.get('fd_vs_reference'), 1)} | {_f(r.get('fd_vs_reference_se'), 1)} "
                   f"| {r['accuracy']:.3f} |" for r in acc["rows"]]
         lines.append("")
+        po = acc.get("pooled")
+        if po:
+            lines += [f"Goal (d) on {po['n']} samples ({po['n_main']} above + {po['n'] - po['n_main']} more, pooled), FD to "
+                      f"the fine-tune's DDIM {po['reference_steps']}: " + "; ".join(
+                          f"{r['label']}: FD {r['fd_vs_reference']:.1f} (s.e. {_f(r.get('fd_vs_reference_se'), 1)}), "
+                          f"accuracy {r['accuracy']:.3f}" for r in po["rows"] if "fd_vs_reference" in r) + ".", ""]
     neg = results.get("negative_prompts")
     if neg:
         lines += ["| negative prompt (empty prompt, negative names class c) | steps | cfg | CFG on | UNet evals | share of c "

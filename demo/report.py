@@ -204,6 +204,17 @@ def build_report(results: dict, readme_link: str = "../demo/README.md") -> Doc:
         doc.table(["configuration", "steps", "UNet evals", "FD to reference ↓", "s.e.", "class accuracy", "style score"],
                   [[r["label"], r["steps"], r["nfe"], _f(r.get("fd_vs_reference"), 1), _f(r.get("fd_vs_reference_se"), 1),
                     _f(r["accuracy"], 3), _f(r["style_score"], 3)] for r in acc["rows"]])
+        po = acc.get("pooled")
+        if po:
+            doc.p(f"Goal (d) on {po['n']} samples: the reference, the fine-tune's DDIM 8 and each adapter on the fine-tune, "
+                  f"the {po['n_main']} samples above and {po['n'] - po['n_main']} more each (the reference's from a plan "
+                  f"of its own, seed {po['reference_seed']}; the rows' from goal (a)'s extra plan, seed "
+                  f"{po['extra_seed']}), measured together. The floor row is not pooled (it would cost as much as the "
+                  f"reference).")
+            doc.table(["configuration", "samples", "UNet evals", "FD to reference ↓", "s.e.", "class accuracy",
+                       "style score"],
+                      [[r["label"], r["n"], r["nfe"], _f(r.get("fd_vs_reference"), 1), _f(r.get("fd_vs_reference_se"), 1),
+                        _f(r["accuracy"], 3), _f(r["style_score"], 3)] for r in po["rows"]])
 
     neg = results.get("negative_prompts")
     if neg:

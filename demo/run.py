@@ -338,6 +338,11 @@ def style_in_side_process(cfg: DemoConfig, tcd: bool = True, finetune: bool = Tr
     n_adapters = 1 + int(tcd) + int(pcm)
     side = n * (4 * cfg.accel_reference_steps + 2 * sum(cfg.accel_ddim_steps)
                 + 2 * n_adapters * cfg.accel_steps) if finetune else 0
+    from .goal_d import BAR_STEPS
+
+    # goal (d) pooled (demo/goal_d.py): the reference, the fine-tune's DDIM 8, each adapter on the fine-tune
+    side += max(0, cfg.goal_d_samples - n) * (2 * cfg.accel_reference_steps + 2 * BAR_STEPS + (
+        n_adapters + (pcm_per_step - 1 if pcm else 0)) * cfg.accel_steps) if finetune else 0
     n_students = n_adapters
     nfe = [cfg.neg_student_steps + (min(s, cfg.neg_student_steps) if s is not None else cfg.neg_student_steps)
            for c, s in cfg.neg_configs if c > 1.0]
@@ -529,8 +534,10 @@ def run_demo_pipeline(out_dir: str | os.PathLike, cfg: DemoConfig | None = None,
 
     cfg = cfg or PRESETS["full"]
     from .goal_a import check_goal_a_config
+    from .goal_d import check_goal_d_config
 
     check_goal_a_config(cfg)
+    check_goal_d_config(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()

@@ -18,11 +18,14 @@ def universal_acceleration(cfg: DemoConfig, teacher, ft_unet, adapters: dict, in
     adapter fused into the fine-tune at ``accel_steps`` (its own sampler, no CFG), and each adapter
     on the *base* teacher (no fine-tune: how far the style moves the samples). FD in the digit
     classifier's features between the row's samples and the reference samples; s.e. by bootstrap.
+    With ``cfg.goal_d_samples`` above ``n_samples`` the rows that decide goal (d) are also measured on that many
+    samples (``"pooled"``, :func:`.goal_d.goal_d_study`).
     """
     from tqdm.auto import tqdm
 
-    from . import metrics
     from .evaluate import SamplePlan
+    from .fd_to_reference import fd_to_reference_row
+    from .goal_d import BAR_STEPS, goal_d_study
     from .student_sampling import phased_recipe, sample_lcm_student, sample_phased_student, sample_tcd_student
     from .teacher_samplers import MODEL_LABELS, sample_teacher
 
@@ -38,38 +41,39 @@ def universal_acceleration(cfg: DemoConfig, teacher, ft_unet, adapters: dict, in
         recipe = phased_recipe(adapters["pcm"][0])
         samplers["pcm"] = lambda u, k: sample_phased_student(u, cond, plan.noise, k, recipe=recipe,
                                                              seed=sampler_seed(cfg.seed), uncond=uncond)
-    jobs = [("fine-tune, DDIM (reference, independent noise)", "finetune", "ddim", cfg.accel_reference_steps,
+    fused = {name: unet_with(ft_unet, [(adapter, 1.0)]) for name, (adapter, _) in adapters.items()}
+    # (the row's key in the pooled goal-(d) study, demo/goal_d.py, or None; label, model, sampler, steps, sample)
+    jobs = [("reference", "fine-tune, DDIM (reference, independent noise)", "finetune", "ddim", cfg.accel_reference_steps,
              lambda: sample_teacher(ft_unet, rc, ru, ref_plan.noise, "ddim", cfg.accel_reference_steps, sc, g))]
-    jobs.append((f"fine-tune, DDIM {cfg.accel_reference_steps} steps (floor: same sampler, other noise)", "finetune",
-                 "ddim", cfg.accel_reference_steps,
+    jobs.append((None, f"fine-tune, DDIM {cfg.accel_reference_steps} steps (floor: same sampler, other noise)",
+                 "finetune", "ddim", cfg.accel_reference_steps,
                  lambda: sample_teacher(ft_unet, cond, uncond, plan.noise, "ddim", cfg.accel_reference_steps, sc, g)))
     for k in cfg.accel_ddim_steps:
-        jobs.append((f"fine-tune, DDIM {steps_text(k)}", "finetune", "ddim", k,
+        jobs.append(("ddim8" if k == BAR_STEPS else None, f"fine-tune, DDIM {steps_text(k)}", "finetune", "ddim", k,
                      lambda k=k: sample_teacher(ft_unet, cond, uncond, plan.noise, "ddim", k, sc, g)))
     for name, (adapter, sampler) in adapters.items():
         who = MODEL_LABELS.get(name, name)
-        jobs.append((f"fine-tune + {who}, {sampler.upper()} {steps_text(cfg.accel_steps)}", name, sampler,
-                     cfg.accel_steps,
-                     lambda a=adapter, s=sampler: samplers[s](unet_with(ft_unet, [(a, 1.0)]), cfg.accel_steps)))
-        jobs.append((f"base teacher + {who} (no fine-tune), {sampler.upper()} {steps_text(cfg.accel_steps)}",
+        jobs.append((name, f"fine-tune + {who}, {sampler.upper()} {steps_text(cfg.accel_steps)}", name, sampler,
+                     cfg.accel_steps, lambda n=name, s=sampler: samplers[s](fused[n], cfg.accel_steps)))
+        jobs.append((None, f"base teacher + {who} (no fine-tune), {sampler.upper()} {steps_text(cfg.accel_steps)}",
                      name + "_base", sampler, cfg.accel_steps,
                      lambda a=adapter, s=sampler: samplers[s](unet_with(teacher.unet, [(a, 1.0)]), cfg.accel_steps)))
-    rows, ref_stats = [], None
+    rows, ref_stats, kept = [], None, {}
     with tqdm(total=len(jobs), desc="universal acceleration", disable=not progress) as bar:
-        for label, model, sampler, steps, fn in jobs:
+        for key, label, model, sampler, steps, fn in jobs:
             res = fn()
             labels = ref_plan.labels if ref_stats is None else plan.labels
-            logits, feats = inst.features(res.images)
-            m = inst.measure(res.images, labels)
-            row = {"label": label, "model": model, "sampler": sampler, "steps": steps, "nfe": res.nfe, "n": n,
-                   "accuracy": round(m["accuracy"], 5), "style_score": round(m["style_score"], 5)}
-            if ref_stats is None:
-                ref_stats = metrics.feature_statistics(feats)
-                row["role"] = "reference"
-            else:
-                row["fd_vs_reference"] = round(metrics.frechet_distance(*metrics.feature_statistics(feats), *ref_stats), 5)
-                row["fd_vs_reference_se"] = round(metrics.frechet_distance_bootstrap_se(feats, *ref_stats), 5)
+            if key is not None:
+                kept[key] = (label, model, sampler, steps, res.images, labels)
+            row, ref_stats = fd_to_reference_row(inst, res.images, labels, ref_stats, {
+                "label": label, "model": model, "sampler": sampler, "steps": steps, "nfe": res.nfe, "n": n})
             rows.append(row)
             bar.update(1)
-    return {"rows": rows, "finetune": cfg.finetune.to_dict(), "reference_steps": cfg.accel_reference_steps,
-            "steps": cfg.accel_steps, "gamma": cfg.tcd_gamma}
+    out = {"rows": rows, "finetune": cfg.finetune.to_dict(), "reference_steps": cfg.accel_reference_steps,
+           "steps": cfg.accel_steps, "gamma": cfg.tcd_gamma}
+    students = {name: (fused[name], sampler, recipe if sampler == "pcm" else None)
+                for name, (_, sampler) in adapters.items()}
+    pooled = goal_d_study(cfg, teacher, ft_unet, kept, students, inst, progress)
+    if pooled:
+        out["pooled"] = pooled
+    return out

@@ -66,6 +66,19 @@ def test_one_gamma_for_every_step_is_the_demos_sampler(gamma):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.3])
+def test_on_the_tcd_schedule_one_gamma_is_the_demos_tcd_sampler(gamma):
+    """``timesteps=tcd_timesteps(4)`` (``tcd_merge_gammas.py``): the demo's TCD adapter sampler, bit for bit."""
+    from lcm_lora.lcm_core.timesteps import tcd_timesteps
+
+    cond, noise = _case(3)
+    unet = ShiftedPointMass()
+    got = _seed_spread().sample_phased_per_step_gamma(unet, cond, noise, [gamma] * 4, seed=5,
+                                                      timesteps=tcd_timesteps(4)).images
+    assert torch.equal(got, sample_tcd_student(unet, cond, noise, 4, gamma=gamma, seed=5).images)
+    assert not torch.equal(got, sample_tcd_student(unet, cond, noise, 4, gamma=gamma, seed=5, timesteps=EDGES).images)
+
+
 def test_parse_gammas():
     parse = _seed_spread().parse_gammas
     assert parse("0;0.3;0,0.3,0.8,0") == [[0.0] * 4, [0.3] * 4, [0.0, 0.3, 0.8, 0.0]]

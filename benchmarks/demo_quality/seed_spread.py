@@ -54,8 +54,10 @@ def parse_gammas(text: str, steps: int = 4) -> list[list[float]]:
 
 
 @torch.no_grad()
-def sample_phased_per_step_gamma(unet, cond, noise, gammas: list[float], seed: int, phases: int = 4):
-    """The 4-phase student on its phase edges with the TCD sampler, γ ``gammas[i]`` on step i: one
+def sample_phased_per_step_gamma(unet, cond, noise, gammas: list[float], seed: int, phases: int = 4,
+                                 timesteps: list[int] | None = None):
+    """The 4-phase student on its phase edges (or on ``timesteps``, e.g. the TCD schedule
+    ``lcm_core.timesteps.tcd_timesteps``) with the TCD sampler, γ ``gammas[i]`` on step i: one
     ``lcm_core.sampling.sample_tcd`` call per step sharing one noise stream, so equal γs reproduce a single call
     (and the demo's ``sample_tcd_student``) exactly."""
     from lcm_lora.demo.student_sampling import SampleResult, _denoiser
@@ -63,7 +65,7 @@ def sample_phased_per_step_gamma(unet, cond, noise, gammas: list[float], seed: i
     from lcm_lora.lcm_core.sampling import default_noise_sampler, sample_tcd
     from lcm_lora.lcm_core.timesteps import timesteps_to_sigmas
 
-    ts = phased_timesteps(len(gammas), phases, "pcm")
+    ts = phased_timesteps(len(gammas), phases, "pcm") if timesteps is None else timesteps
     sigmas = timesteps_to_sigmas(ts).to(noise.device)
     model, nfe = _denoiser(unet, cond, None, 1.0, None, None, len(gammas), None, list(ts))
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5
