@@ -16,7 +16,6 @@ import copy
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..lcm_core.cpu_threads import training_threads
 
@@ -80,8 +79,9 @@ def diffusion_finetune(unet, params, teacher, s, desc: str = "fine-tune", progre
 
 
 def _steps(unet, opt, s, x_train, y_train, emb_table, noise_scheduler, acs, g, desc, progress) -> None:
-    from diffusers.training_utils import compute_snr
     from tqdm.auto import tqdm
+
+    from .min_snr_loss import min_snr_eps_loss
 
     for _ in tqdm(range(s.steps), desc=desc, disable=not progress, leave=False):
         idx = torch.randint(0, len(x_train), (s.batch_size,), generator=g)
@@ -91,11 +91,7 @@ def _steps(unet, opt, s, x_train, y_train, emb_table, noise_scheduler, acs, g, d
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (s.batch_size,), generator=g)
         a = acs[t].view(-1, 1, 1, 1)
         pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=emb_table[cls], return_dict=False)[0]
-        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        if s.snr_gamma:
-            snr = compute_snr(noise_scheduler, t)
-            per = per * torch.clamp(snr, max=s.snr_gamma) / snr
-        loss = per.mean()
+        loss = min_snr_eps_loss(pred, noise, t, noise_scheduler, s.snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

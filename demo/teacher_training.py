@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
 def teacher_unet_config(resolution: int = 16, block_out_channels=(16, 32, 64), layers_per_block: int = 1,
@@ -100,13 +99,14 @@ def train_teacher(folder: str | os.PathLike, settings: TeacherSettings | None = 
     the EMA weights at that step — the same weights a snapshot at that step holds.
     """
     from diffusers import DDPMScheduler, UNet2DConditionModel
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from ..lcm_core.atomic_write import atomic_dir
     from ..training.tiny_models import build_tiny_teacher
     from .dataset import load_digit_images, prompt_for, split_indices
+    from .min_snr_loss import min_snr_eps_loss
 
     s = settings or TeacherSettings()
     folder = Path(folder)
@@ -155,11 +155,7 @@ def train_teacher(folder: str | os.PathLike, settings: TeacherSettings | None = 
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
             emb = _encode(text_encoder, ids)[cls]
             pred = unet(xt, t, encoder_hidden_states=emb, return_dict=False)[0]
-            per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-            if s.snr_gamma:
-                snr = compute_snr(noise_scheduler, t)
-                per = per * torch.clamp(snr, max=s.snr_gamma) / snr
-            loss = per.mean()
+            loss = min_snr_eps_loss(pred, noise, t, noise_scheduler, s.snr_gamma)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(all_params, 1.0)
