@@ -25,18 +25,24 @@ REFERENCE_STEPS = 8  # the teacher's DDIM steps of the accuracy reference
 ACCURACY_MARGIN = 0.005  # goal (a): accuracy ≥ teacher − 0.5 point
 
 
+def pooled_images(main_images: torch.Tensor, extra_fn, n_extra: int, steps: int, batch_size: int):
+    """``main_images`` followed by ``extra_fn(slice, steps)``'s samples of the extra plan (``n_extra`` of them, in
+    batches of ``batch_size``); returns ``(images, nfe)``. Shared with goal (d)'s pooled rows (:mod:`.goal_d`)."""
+    from .evaluate import batch_slices
+
+    parts, nfe = [main_images.float().cpu()], 0
+    for sl in batch_slices(n_extra, batch_size):
+        res = extra_fn(sl, steps)
+        parts.append(res.images.float().cpu())
+        nfe = res.nfe
+    return torch.cat(parts), nfe
+
+
 def pooled_row(name: str, sampler: str, steps: int, main_images: torch.Tensor, extra_fn, main_labels: torch.Tensor,
                extra_labels: torch.Tensor, inst, batch_size: int, extra: dict | None = None) -> dict:
     """Metrics of ``main_images`` (the main rows' samples) together with ``extra_fn(slice, steps)``'s samples of the
     extra plan, measured as one set (``inst.measure`` with the bootstrap FD s.e.)."""
-    from .evaluate import batch_slices
-
-    parts, nfe = [main_images.float().cpu()], 0
-    for sl in batch_slices(len(extra_labels), batch_size):
-        res = extra_fn(sl, steps)
-        parts.append(res.images.float().cpu())
-        nfe = res.nfe
-    images = torch.cat(parts)
+    images, nfe = pooled_images(main_images, extra_fn, len(extra_labels), steps, batch_size)
     labels = torch.cat([main_labels, extra_labels])
     row = {"model": name, "sampler": sampler, "steps": int(steps), "nfe": int(nfe), "n": len(images),
            "n_main": len(main_labels), **(extra or {})}

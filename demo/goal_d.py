@@ -28,19 +28,6 @@ REFERENCE_SEED_OFFSET = 6  # the extra reference plan: cfg.seed + 6 (main refere
 BAR_STEPS = 8  # goal (d)'s bar: the fine-tune's own DDIM at this many steps
 
 
-def pooled_images(main_images: torch.Tensor, extra_fn, n_extra: int, steps: int, batch_size: int):
-    """``main_images`` followed by ``extra_fn(slice, steps)``'s samples of the extra plan (``n_extra`` of them, in
-    batches of ``batch_size``); returns ``(images, nfe)``."""
-    from .evaluate import batch_slices
-
-    parts, nfe = [main_images.float().cpu()], 0
-    for sl in batch_slices(n_extra, batch_size):
-        res = extra_fn(sl, steps)
-        parts.append(res.images.float().cpu())
-        nfe = res.nfe
-    return torch.cat(parts), nfe
-
-
 def check_goal_d_config(cfg) -> None:
     """With ``goal_d_samples`` on, the fine-tune's DDIM 8 row the goal is judged against must exist: a
     ``ConfigError`` naming the key otherwise (called before any work, as :func:`.goal_a.check_goal_a_config`)."""
@@ -60,7 +47,7 @@ def goal_d_study(cfg, teacher, ft_unet, main: dict, students: dict, inst, progre
 
     from .evaluate import SamplePlan
     from .fd_to_reference import fd_to_reference_row
-    from .goal_a import SEED_OFFSET
+    from .goal_a import SEED_OFFSET, pooled_images
     from .sample_fns import sample_fns
 
     n_main = len(main["reference"][5])
@@ -73,8 +60,8 @@ def goal_d_study(cfg, teacher, ft_unet, main: dict, students: dict, inst, progre
     _, teacher_fn, lcm_fn, tcd_fn, pcm_fn = sample_fns(cfg, teacher, extra_plan)
     extra_fns = {"reference": ref_teacher_fn(ft_unet, "ddim"), "ddim8": teacher_fn(ft_unet, "ddim")}
     for name, (unet, kind, recipe) in students.items():
-        extra_fns[name] = {"lcm": lambda u: lcm_fn(u), "tcd": lambda u: tcd_fn(u, cfg.tcd_gamma),
-                           "pcm": lambda u: pcm_fn(u, recipe)}[kind](unet)
+        extra_fns[name] = (lcm_fn(unet) if kind == "lcm" else tcd_fn(unet, cfg.tcd_gamma) if kind == "tcd"
+                           else pcm_fn(unet, recipe))
     rows, ref_stats = [], None
     keys = [k for k in ("reference", "ddim8", *students) if k in main]
     with tqdm(total=len(keys), desc=f"goal (d) on {cfg.goal_d_samples} samples", disable=not progress) as bar:

@@ -10,7 +10,8 @@ import torch
 from lcm_lora.demo import metrics
 from lcm_lora.demo import run as R
 from lcm_lora.demo.claims import acceleration_claims, check_claims
-from lcm_lora.demo.goal_d import REFERENCE_SEED_OFFSET, check_goal_d_config, pooled_images
+from lcm_lora.demo.goal_a import pooled_images
+from lcm_lora.demo.goal_d import REFERENCE_SEED_OFFSET, check_goal_d_config
 
 
 class PixelInstruments:
