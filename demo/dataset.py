@@ -27,7 +27,7 @@ PROMPT_TEMPLATE = "a handwritten digit {label}"
 NUM_CLASSES = 10
 DEFAULT_RESOLUTION = 16
 SPLIT_FRACTIONS = (0.5, 0.25, 0.25)
-STYLES = ("bold", "inverted")
+STYLES = ("bold", "inverted", "plain")
 
 
 def prompt_for(label: int) -> str:
@@ -82,8 +82,11 @@ def apply_style(images: torch.Tensor, style: str = "bold") -> torch.Tensor:
 
     * ``bold``: thick strokes, a grey-scale dilation with a plus-shaped 3×3 element
       (each ink pixel spreads one pixel up/down/left/right; max filter);
-    * ``inverted``: dark ink on white paper (``-x``).
+    * ``inverted``: dark ink on white paper (``-x``);
+    * ``plain``: the images unchanged (a fine-tune on the teacher's own data: a change of weights, not of look).
     """
+    if style == "plain":
+        return images
     if style == "inverted":
         return -images
     if style == "bold":

@@ -47,6 +47,7 @@ def test_bold_style_is_a_plus_shaped_grey_dilation():
         ref = ndimage.grey_dilation(x[i, 0].numpy(), footprint=plus, mode="constant", cval=-1.0)
         np.testing.assert_allclose(bold[i, 0].numpy(), ref, atol=1e-7)
     assert torch.equal(dataset.apply_style(x[:3], "inverted"), -x[:3])
+    assert torch.equal(dataset.apply_style(x[:3], "plain"), x[:3])
     with pytest.raises(ValueError):
         dataset.apply_style(x[:1], "wavy")
 

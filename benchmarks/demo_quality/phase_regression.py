@@ -14,7 +14,10 @@ demo's prompts, noise and metrics at ``--n`` samples).
 never saw): a second teacher, the demo's teacher fully fine-tuned on that style of the training digits
 (``demo.finetune.finetune_teacher`` with the preset's fine-tune settings), is drawn for a share ``--augment-prob``
 of the batches, with its style's images; both teachers carry the *same* LoRA parameters, so one adapter learns
-to map both. Goal (d) is then measured on the demo's bold fine-tune, which neither teacher is (FD to its 25-step
+to map both. The option repeats, and ``STYLE:SEED`` sets the fine-tune's seed: ``--augment-style plain:11
+--augment-style plain:12 ...`` adds *style-neutral* fine-tunes (the teacher's own data, other seeds): weight
+changes of a fine-tune's size and kind (the same AdamW steps) without a new look, drawn uniformly within the
+augmented share. Goal (d) is then measured on the demo's bold fine-tune, which no teacher is (FD to its 25-step
 DDIM samples, seed 0, as ``tcd_recipes.py``; printed for every run).
 
 This is a hand-written training loop on purpose: the trainer has no such objective (it would cost ≈ 4× per
@@ -105,8 +108,10 @@ def main():
     p.add_argument("--cfg", type=float, default=2.0)
     p.add_argument("--interval", default="0,999")
     p.add_argument("--gammas", default="0,0.3,0.4,0.5")
-    p.add_argument("--augment-style", default=None, help="a second teacher fine-tuned on this style (e.g. inverted)")
+    p.add_argument("--augment-style", action="append", default=[],
+                   help="STYLE[:SEED]: a further teacher fine-tuned on this style (e.g. inverted, plain:11); repeats")
     p.add_argument("--augment-prob", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0, help="LoRA init and batch draws")
     args = p.parse_args()
     from lcm_lora.demo.dataset import apply_style
     from lcm_lora.training.student import AdapterSwitch, add_lora
@@ -117,17 +122,18 @@ def main():
     images, labels = real_training_images(bench)
     cond_all, uncond_all = teacher.embed(torch.arange(10))
     unet = copy.deepcopy(teacher.unet)
-    torch.manual_seed(0)  # peft's LoRA init draws from the global generator
+    torch.manual_seed(args.seed)  # peft's LoRA init draws from the global generator
     named = add_lora(unet, 8, 8, 0.0, None)
     params = [p for _, p in named]
     switch = AdapterSwitch(unet)
-    aug = None
-    if args.augment_style:
-        aug = with_shared_lora(augment_teacher(bench, args.augment_style), named)
-        aug_switch = AdapterSwitch(aug)
+    augmented = []  # (style, teacher sharing the LoRA, its switch)
+    for spec in args.augment_style:
+        style, _, seed = spec.partition(":")
+        aug = with_shared_lora(augment_teacher(bench, style, int(seed) if seed else None), named)
+        augmented.append((style, aug, AdapterSwitch(aug)))
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     grid = torch.arange(1, 51) * 20 - 1
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
     for step in range(args.steps):
         idx = torch.randint(len(images), (16,), generator=gen)
@@ -135,10 +141,11 @@ def main():
         t = int(grid[int(torch.randint(50, (1,), generator=gen))])
         end = phase_end(t)
         noise = torch.randn(x0.shape, generator=gen)
-        use_aug = aug is not None and float(torch.rand((), generator=gen)) < args.augment_prob
-        model, model_switch = (aug, aug_switch) if use_aug else (unet, switch)
+        use_aug = bool(augmented) and float(torch.rand((), generator=gen)) < args.augment_prob
+        model, model_switch = unet, switch
         if use_aug:
-            x0 = apply_style(x0, args.augment_style)
+            style, model, model_switch = augmented[int(torch.randint(len(augmented), (1,), generator=gen))]
+            x0 = apply_style(x0, style)
         x_t = (alphas[t].sqrt() * x0 + (1 - alphas[t]).sqrt() * noise).float()
         with model_switch.disabled():
             target = teacher_solve(model, x_t, t, end, cond, uncond, alphas, args.cfg, (lo, hi))
@@ -150,23 +157,26 @@ def main():
         opt.step()
     train_seconds = time.time() - start
     unet.eval()
-    info = dict(steps=args.steps, cfg=args.cfg, interval=[lo, hi], augment_style=args.augment_style,
+    info = dict(steps=args.steps, seed=args.seed, cfg=args.cfg, interval=[lo, hi], augment_style=args.augment_style or None,
                 augment_prob=args.augment_prob if args.augment_style else None, train_seconds=round(train_seconds))
     measure_student(recipes, bench, unet, [float(v) for v in args.gammas.split(",")], **info)
     measure_on_finetune(bench, with_shared_lora(copy.deepcopy(bench.ft), named).eval(), **info)
 
 
-def augment_teacher(bench, style: str):
-    """The demo's teacher fully fine-tuned on ``style`` with the preset's fine-tune settings (cached in ``--work``)."""
+def augment_teacher(bench, style: str, seed: int | None = None):
+    """The demo's teacher fully fine-tuned on ``style`` with the preset's fine-tune settings, at ``seed`` if given
+    (cached in ``--work``)."""
     import dataclasses
 
     from lcm_lora.demo.finetune import finetune_teacher
     from safetensors.torch import load_file, save_file
 
-    path = bench.work / f"augment-finetune-{style}.safetensors"
+    settings = dataclasses.replace(bench.cfg.finetune, style=style)
+    if seed is not None:
+        settings = dataclasses.replace(settings, seed=seed)
+    path = bench.work / f"augment-finetune-{style}{'' if seed is None else f'-s{seed}'}.safetensors"
     if not path.is_file():
-        save_file(finetune_teacher(bench.teacher, dataclasses.replace(bench.cfg.finetune, style=style), progress=False),
-                  str(path))
+        save_file(finetune_teacher(bench.teacher, settings, progress=False), str(path))
     unet = copy.deepcopy(bench.teacher.unet)
     unet.load_state_dict(load_file(str(path)))
     return unet.eval()

@@ -1,0 +1,134 @@
+"""Diagnostic: distil over several base checkpoints — does an adapter then transfer better to an unseen fine-tune?
+
+Goal (d) ("universal acceleration") fuses an adapter into a fine-tune it never saw. Its gap follows the
+interaction of the adapter's weight change with the fine-tune's, and it varies a lot with the distillation's
+own seed. Here the trainer (``training.train``, the demo's PCM normal-CFG recipe on the preset's overrides) runs
+with its frozen base weights swapped, for a share ``--augment-prob`` of the optimizer steps, for those of one of
+``--nulls`` *style-neutral* fine-tunes: the teacher fully fine-tuned on its own training data (``apply_style``
+``plain``; the preset's fine-tune settings, seeds 11, 12, …). They are weight changes of a fine-tune's size and
+kind (the same AdamW steps; ‖Δ‖/‖W‖ ≈ 0.75 of the bold fine-tune's, nearly orthogonal to it) without a new look.
+Teacher, student and EMA target all use the swapped base on that step; the LoRA is shared. The bold fine-tune
+of goal (d) is none of them.
+
+The swap is a wrapper around ``TrainingSession.step`` in this script, not a trainer option: it answers one
+question. For each ``--train-seeds`` value both the plain recipe and the augmented one are trained, and each
+printed: goal (d) (FD to the fine-tune's 25-step DDIM at ``--n`` samples, seed-0 plan, 4 steps on the phase
+edges, γ 0, real CFG 2 — as the demo samples its PCM adapter) and the adapter on the base teacher (FD to the
+reference split, class accuracy).
+
+    nice -n 5 .venv/bin/python benchmarks/demo_quality/augmented_bases.py --cache /tmp/fastcache_avx2 \\
+        --work /tmp/q13n --train-seeds 0,1,2 --nulls 3
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts of benchmarks/demo_quality
+from phase_regression import augment_teacher  # noqa: E402
+from phase_swap import bench_arguments  # noqa: E402
+
+
+@contextlib.contextmanager
+def augmented_bases(states: list[dict], prob: float, seed: int):
+    """While active, each ``TrainingSession.step`` runs, with probability ``prob``, on the base weights of one of
+    ``states`` (plain UNet state dicts), drawn uniformly; the teacher's weights are put back after the step."""
+    from lcm_lora.training import trainer
+
+    original = trainer.TrainingSession.step
+    rng = random.Random(seed)
+
+    def step(self):
+        if not states or rng.random() >= prob:
+            return original(self)
+        state = states[rng.randrange(len(states))]
+        frozen = [(n, p) for n, p in self.unet.named_parameters() if "lora_" not in n]
+        saved = [p.detach().clone() for _, p in frozen]
+        with torch.no_grad():
+            for name, p in frozen:
+                p.copy_(state[name.replace(".base_layer", "")])
+        try:
+            return original(self)
+        finally:
+            with torch.no_grad():
+                for (_, p), v in zip(frozen, saved):
+                    p.copy_(v)
+
+    trainer.TrainingSession.step = step
+    try:
+        yield
+    finally:
+        trainer.TrainingSession.step = original
+
+
+def main():
+    p = bench_arguments(__doc__.splitlines()[0])
+    p.add_argument("--preset", default="fast")
+    p.add_argument("--train-seeds", default="0,1,2")
+    p.add_argument("--nulls", type=int, default=3)
+    p.add_argument("--augment-prob", type=float, default=0.5)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--variants", default="plain,augmented")
+    p.add_argument("--soup", action="store_true", help="also measure the average of the seeds' adapters")
+    p.add_argument("--soup-only", action="store_true", help="with --soup: measure only the average")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    import tcd_recipes
+    from lcm_lora.demo.fused_unet import unet_with
+    from lcm_lora.demo.sampler_seeds import sampler_seed
+    from lcm_lora.demo.student_sampling import sample_tcd_student
+    from lcm_lora.lcm_core.lora import read_adapter
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+
+    bench = tcd_recipes.Bench(args.cache, args.work, args.n, 0, args.preset)
+    cfg = bench.cfg
+    states = [{k: v.detach().clone() for k, v in augment_teacher(bench, "plain", 11 + i).state_dict().items()}
+              for i in range(args.nulls)]
+    refs = bench.refs["accel"][args.n]
+    ddim8 = next(r for r in refs["rows"] if r.get("steps") == 8 and "floor" not in r["label"])
+    _, aplan = bench._accel_plans(args.n)
+    acond, auncond = bench.teacher.embed(aplan.labels)
+    timesteps = phased_timesteps(cfg.accel_steps, 4, "pcm")
+
+    def measure(parts: list, **info) -> None:
+        """Print goal (d) and the base-teacher row for the adapters ``parts`` ((adapter, strength) pairs) fused."""
+        on_ft = sample_tcd_student(unet_with(bench.ft, parts), acond, aplan.noise, cfg.accel_steps, gamma=0.0,
+                                   seed=sampler_seed(cfg.seed), timesteps=timesteps,
+                                   guidance_scale=cfg.guidance_scale, uncond=auncond)
+        row = bench._accel_row("adapter on the fine-tune", "pcm", "pcm", cfg.accel_steps, on_ft.images,
+                               aplan.labels, refs["ref_stats"], args.n)
+        student = unet_with(bench.teacher.unet, parts)
+
+        def base_fn(sl, k):
+            return sample_tcd_student(student, bench.cond[sl], bench.plan.noise[sl], k, gamma=0.0,
+                                      seed=sampler_seed(cfg.seed + sl.start), timesteps=phased_timesteps(k, 4, "pcm"),
+                                      guidance_scale=cfg.guidance_scale, uncond=bench.uncond[sl])
+
+        base = tcd_recipes.sample_rows("student", "pcm", [cfg.accel_steps], base_fn, bench.plan, bench.inst,
+                                       cfg.batch_size, keep_images=False)[0][0]
+        print(json.dumps({**info, "goal_d_fd": round(row["fd_vs_reference"], 2), "goal_d_accuracy": row["accuracy"],
+                          "finetune_ddim8_fd": round(ddim8["fd_vs_reference"], 2), "base_fd": round(base["fd"], 2),
+                          "base_accuracy": base["accuracy"], "n": args.n}), flush=True)
+
+    seeds = [int(s) for s in args.train_seeds.split(",")]
+    for variant in args.variants.split(","):
+        tag = "plain" if variant == "plain" else f"nulls{args.nulls}-p{args.augment_prob:g}"
+        adapters = []
+        for seed in seeds:
+            with augmented_bases(states if variant != "plain" else [], args.augment_prob, seed):
+                path, seconds = bench.train(f"ncfg-{args.steps}-{tag}-s{seed}",
+                                            [f"train.max_steps={args.steps}", *cfg.pcm_overrides, f"train.seed={seed}"],
+                                            kind="pcm")
+            adapters.append(read_adapter(path))
+            if not args.soup_only:
+                measure([(adapters[-1], 1.0)], variant=tag, train_seed=seed, train_seconds=round(seconds or 0))
+        if args.soup and len(adapters) > 1:  # the seeds' weight changes averaged (a "model soup" of the adapters)
+            measure([(a, 1.0 / len(adapters)) for a in adapters], variant=tag, soup_of_train_seeds=seeds)
+
+if __name__ == "__main__":
+    main()
