@@ -21,46 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OMEGA = 1.0
 
 
-def _fit_teacher(folder: Path, data: Path, steps: int = 800) -> None:
-    """Plain ε-prediction DDPM training of the tiny pixel UNet on the synthetic shapes (10 % uncond)."""
-    from lcm_lora.training.data import load_image, scan_image_folder
-    from lcm_lora.training.config import load_config
-    from lcm_lora.training.teacher import build_cond, load_teacher_folder, unet_forward
-    import random
-
-    teacher = load_teacher_folder(folder)
-    cfg = load_config({"data": {"path": str(data), "resolution": 8, "buckets": False}}).data
-    records = scan_image_folder(cfg)
-    images = torch.stack([load_image(r, (8, 8), 1, "center", False, random.Random(0))[0] for r in records])
-    text = teacher.encode_text([r.captions[0] for r in records])
-    empty = teacher.encode_text([""])
-    unet = teacher.unet.train()
-    unet.requires_grad_(True)
-    opt = torch.optim.AdamW(unet.parameters(), lr=2e-3, weight_decay=0.0)
-    ac = teacher.alphas_cumprod
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, len(records), (64,), generator=gen)
-        x0 = images[idx]
-        hidden = text["hidden"][idx].clone()
-        drop = torch.rand(64, generator=gen) < 0.1
-        hidden[drop] = empty["hidden"][0]
-        t = torch.randint(0, 1000, (64,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = ac[t].sqrt().reshape(-1, 1, 1, 1)
-        s = (1 - ac[t]).sqrt().reshape(-1, 1, 1, 1)
-        loss = torch.nn.functional.mse_loss(unet_forward(unet, a * x0 + s * noise, t, build_cond({"hidden": hidden})), noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    unet.save_pretrained(folder / "unet")
-
-
-def _w2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    return float(((a.mean(0) - b.mean(0)) ** 2 + (a.std(0) - b.std(0)) ** 2).sum().sqrt())
-
-
 @pytest.fixture(scope="module")
 def distances(tmp_path_factory):
     """W2 to the 50-step reference of (LCM-k, DDIM-k) for k = 2, 4 — one teacher fit and one distillation."""
@@ -73,6 +33,7 @@ def distances(tmp_path_factory):
     from lcm_lora.lcm_core.timesteps import lcm_sigmas
     from lcm_lora.training.teacher import build_cond, load_teacher_folder, unet_forward
     from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
+    from lcm_lora.training.tiny_teacher_fit import fit_tiny_teacher, per_pixel_w2
     from lcm_lora.training.trainer import train
 
     tmp_path = tmp_path_factory.mktemp("tiny_quality")
@@ -80,7 +41,7 @@ def distances(tmp_path_factory):
     torch.manual_seed(0)
     folder = build_tiny_teacher(tmp_path / "teacher", with_vae=False, image_channels=1, image_size=8, block_out_channels=(32, 64))
     data = write_tiny_dataset(tmp_path / "data", n=64, size=8, channels=1)
-    _fit_teacher(folder, data)
+    fit_tiny_teacher(folder, data)
 
     over = [f"teacher={folder}", f"data={data}", "data.resolution=8", "data.buckets=false", "max_steps=400", "batch_size=16",
             "lora.rank=16", "lora.alpha=16", f"lcd.w_min={OMEGA}", f"lcd.w_max={OMEGA}", "optim.learning_rate=1e-3",
@@ -116,7 +77,7 @@ def distances(tmp_path_factory):
         return sample_lcm(denoiser, noise * (1 + sigmas[0] ** 2) ** 0.5, sigmas, extra_args={"seed": 0}, disable=True)
 
     reference = teacher_ddim(50, ref_noise)
-    return {k: (_w2(student_lcm(k), reference), _w2(teacher_ddim(k, noise), reference)) for k in (2, 4)}
+    return {k: (per_pixel_w2(student_lcm(k), reference), per_pixel_w2(teacher_ddim(k, noise), reference)) for k in (2, 4)}
 
 
 def test_two_step_student_beats_two_step_teacher_on_a_tiny_unet(distances):

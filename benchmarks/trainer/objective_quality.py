@@ -15,7 +15,6 @@ Prints one table (rows: sampler, columns: step counts) and the wall time of each
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import tempfile
 import time
@@ -26,42 +25,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 OMEGA = 1.0
 STEPS = (1, 2, 4, 8, 16)
-
-
-def fit_teacher(folder: Path, data: Path, steps: int) -> None:
-    """Plain ε-prediction DDPM fit of the tiny pixel UNet (10 % empty prompts)."""
-    from lcm_lora.training.config import load_config
-    from lcm_lora.training.data import load_image, scan_image_folder
-    from lcm_lora.training.teacher import build_cond, load_teacher_folder, unet_forward
-
-    teacher = load_teacher_folder(folder)
-    cfg = load_config({"data": {"path": str(data), "resolution": 8, "buckets": False}}).data
-    records = scan_image_folder(cfg)
-    images = torch.stack([load_image(r, (8, 8), 1, "center", False, random.Random(0))[0] for r in records])
-    text = teacher.encode_text([r.captions[0] for r in records])
-    empty = teacher.encode_text([""])
-    unet = teacher.unet.train()
-    unet.requires_grad_(True)
-    opt = torch.optim.AdamW(unet.parameters(), lr=2e-3, weight_decay=0.0)
-    ac = teacher.alphas_cumprod
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, len(records), (64,), generator=gen)
-        hidden = text["hidden"][idx].clone()
-        hidden[torch.rand(64, generator=gen) < 0.1] = empty["hidden"][0]
-        t = torch.randint(0, 1000, (64,), generator=gen)
-        noise = torch.randn(images[idx].shape, generator=gen)
-        a, s = ac[t].sqrt().reshape(-1, 1, 1, 1), (1 - ac[t]).sqrt().reshape(-1, 1, 1, 1)
-        loss = torch.nn.functional.mse_loss(unet_forward(unet, a * images[idx] + s * noise, t, build_cond({"hidden": hidden})), noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    unet.save_pretrained(folder / "unet")
-
-
-def w2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    return float(((a.mean(0) - b.mean(0)) ** 2 + (a.std(0) - b.std(0)) ** 2).sum().sqrt())
 
 
 def main(argv=None) -> int:
@@ -84,6 +47,7 @@ def main(argv=None) -> int:
     from lcm_lora.lcm_core.timesteps import lcm_sigmas, tcd_sigmas, timesteps_to_sigmas
     from lcm_lora.training.teacher import build_cond, load_teacher_folder, unet_forward
     from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
+    from lcm_lora.training.tiny_teacher_fit import fit_tiny_teacher, per_pixel_w2
     from lcm_lora.training.trainer import train
 
     torch.set_num_threads(1)
@@ -94,7 +58,7 @@ def main(argv=None) -> int:
         build_tiny_teacher(folder, with_vae=False, image_channels=1, image_size=8, block_out_channels=(32, 64))
         write_tiny_dataset(data, n=64, size=8, channels=1)
         t0 = time.perf_counter()
-        fit_teacher(folder, data, args.teacher_steps)
+        fit_tiny_teacher(folder, data, args.teacher_steps)
         (folder / "FITTED").write_text(f"{args.teacher_steps}\n")
         print(f"teacher fit: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
@@ -131,7 +95,7 @@ def main(argv=None) -> int:
         return x
 
     reference = teacher_ddim(50, ref_noise)
-    rows = {"teacher ddim": [w2(teacher_ddim(k, noise), reference) for k in STEPS]}
+    rows = {"teacher ddim": [per_pixel_w2(teacher_ddim(k, noise), reference) for k in STEPS]}
     times = {}
     for name, extra in runs.items():
         adapter_path = tmp / name / "lcm_lora.safetensors"
@@ -150,19 +114,19 @@ def main(argv=None) -> int:
         with torch.no_grad():
             if recipe.sampler == "lcm":
                 den = EpsDenoiser(eps, boundary="diffusers")
-                rows[f"{name} (lcm)"] = [w2(sample_lcm(den, noise * (1 + lcm_sigmas(k)[0] ** 2) ** 0.5, lcm_sigmas(k),
+                rows[f"{name} (lcm)"] = [per_pixel_w2(sample_lcm(den, noise * (1 + lcm_sigmas(k)[0] ** 2) ** 0.5, lcm_sigmas(k),
                                                        extra_args={"seed": 0}, disable=True), reference) for k in STEPS]
             elif recipe.phases is not None:  # pcm / tscd: γ 0 on the phased timesteps (lcm_core.phased_timesteps)
                 den = EpsDenoiser(eps, boundary=None)
                 sig = {k: timesteps_to_sigmas(recipe_timesteps(recipe, k)) for k in STEPS}
                 rows[f"{name} (tcd g=0, {recipe.phases} phases)"] = [
-                    w2(sample_tcd(den, noise * (1 + sig[k][0] ** 2) ** 0.5, sig[k], extra_args={"seed": 0}, disable=True,
+                    per_pixel_w2(sample_tcd(den, noise * (1 + sig[k][0] ** 2) ** 0.5, sig[k], extra_args={"seed": 0}, disable=True,
                                   gamma=0.0), reference) for k in STEPS]
             else:
                 den = EpsDenoiser(eps, boundary=None)
                 for gamma in sorted({0.0, recipe.gamma, 0.5}):
                     rows[f"{name} (tcd g={gamma:g})"] = [
-                        w2(sample_tcd(den, noise * (1 + tcd_sigmas(k)[0] ** 2) ** 0.5, tcd_sigmas(k), extra_args={"seed": 0},
+                        per_pixel_w2(sample_tcd(den, noise * (1 + tcd_sigmas(k)[0] ** 2) ** 0.5, tcd_sigmas(k), extra_args={"seed": 0},
                                       disable=True, gamma=gamma), reference) for k in STEPS]
     print(f"W2 to the teacher's 50-step DDIM ({n} samples; lower is better), {args.steps} distillation steps each")
     print(f"| sampler | {' | '.join(f'{k} steps' for k in STEPS)} |")
