@@ -24,8 +24,6 @@ OMEGA = 1.0
 @pytest.fixture(scope="module")
 def distances(tmp_path_factory):
     """W2 to the 50-step reference of (LCM-k, DDIM-k) for k = 2, 4 — one teacher fit and one distillation."""
-    from diffusers import DDIMScheduler
-
     from lcm_lora.lcm_core.denoisers import EpsDenoiser
     from lcm_lora.lcm_core.lora import read_adapter
     from lcm_lora.lcm_core.fuse import fuse_into_module
@@ -33,7 +31,7 @@ def distances(tmp_path_factory):
     from lcm_lora.lcm_core.timesteps import lcm_sigmas
     from lcm_lora.training.teacher import build_cond, load_teacher_folder, unet_forward
     from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
-    from lcm_lora.training.tiny_teacher_fit import fit_tiny_teacher, per_pixel_w2
+    from lcm_lora.training.tiny_teacher_quality import fit_tiny_teacher, guided_ddim, per_pixel_w2
     from lcm_lora.training.trainer import train
 
     tmp_path = tmp_path_factory.mktemp("tiny_quality")
@@ -57,18 +55,8 @@ def distances(tmp_path_factory):
     ref_noise = torch.randn(len(prompts), 1, 8, 8, generator=torch.Generator().manual_seed(1))
     noise = torch.randn(len(prompts), 1, 8, 8, generator=torch.Generator().manual_seed(2))
 
-    @torch.no_grad()
     def teacher_ddim(steps, x):
-        sched = DDIMScheduler.from_config(teacher.noise_scheduler.config, timestep_spacing="trailing", set_alpha_to_one=False,
-                                          clip_sample=False)
-        sched.set_timesteps(steps)
-        x = x.clone()
-        for t in sched.timesteps:
-            tt = torch.full((len(prompts),), int(t))
-            e_c = unet_forward(teacher.unet, x, tt, cond)
-            e_u = unet_forward(teacher.unet, x, tt, uncond)
-            x = sched.step(e_u + (1 + OMEGA) * (e_c - e_u), t, x).prev_sample
-        return x
+        return guided_ddim(teacher, cond, uncond, x, steps, OMEGA)
 
     @torch.no_grad()
     def student_lcm(steps):

@@ -37,8 +37,6 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", help="keep the fitted teacher and the adapters here and reuse them on a rerun")
     args = p.parse_args(argv)
 
-    from diffusers import DDIMScheduler
-
     from lcm_lora.lcm_core.denoisers import EpsDenoiser
     from lcm_lora.lcm_core.fuse import fuse_into_module
     from lcm_lora.lcm_core.lora import read_adapter
@@ -47,7 +45,7 @@ def main(argv=None) -> int:
     from lcm_lora.lcm_core.timesteps import lcm_sigmas, tcd_sigmas, timesteps_to_sigmas
     from lcm_lora.training.teacher import build_cond, load_teacher_folder, unet_forward
     from lcm_lora.training.tiny_models import build_tiny_teacher, write_tiny_dataset
-    from lcm_lora.training.tiny_teacher_fit import fit_tiny_teacher, per_pixel_w2
+    from lcm_lora.training.tiny_teacher_quality import fit_tiny_teacher, guided_ddim, per_pixel_w2
     from lcm_lora.training.trainer import train
 
     torch.set_num_threads(1)
@@ -82,17 +80,8 @@ def main(argv=None) -> int:
     ref_noise = torch.randn(len(prompts), 1, 8, 8, generator=torch.Generator().manual_seed(1))
     noise = torch.randn(len(prompts), 1, 8, 8, generator=torch.Generator().manual_seed(2))
 
-    @torch.no_grad()
     def teacher_ddim(steps, x):
-        sched = DDIMScheduler.from_config(teacher.noise_scheduler.config, timestep_spacing="trailing", set_alpha_to_one=False,
-                                          clip_sample=False)
-        sched.set_timesteps(steps)
-        x = x.clone()
-        for t in sched.timesteps:
-            tt = torch.full((len(prompts),), int(t))
-            e_c, e_u = unet_forward(teacher.unet, x, tt, cond), unet_forward(teacher.unet, x, tt, uncond)
-            x = sched.step(e_u + (1 + OMEGA) * (e_c - e_u), t, x).prev_sample
-        return x
+        return guided_ddim(teacher, cond, uncond, x, steps, OMEGA)
 
     reference = teacher_ddim(50, ref_noise)
     rows = {"teacher ddim": [per_pixel_w2(teacher_ddim(k, noise), reference) for k in STEPS]}

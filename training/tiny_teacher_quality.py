@@ -1,8 +1,11 @@
-"""Fit a tiny pixel-space teacher (:mod:`.tiny_models`) to a tiny image folder, and the distance that judges its
-samples. The setting of ``tests/test_train_tiny_sample_quality.py`` and ``benchmarks/trainer/objective_quality.py``.
+"""A tiny pixel-space teacher (:mod:`.tiny_models`) fitted to a tiny image folder, its guided DDIM samples and the
+distance that judges few-step samples against them: the setting of ``tests/test_train_tiny_sample_quality.py``
+and ``benchmarks/trainer/objective_quality.py``.
 
 * :func:`fit_tiny_teacher`: plain ε-prediction DDPM training (Ho et al. 2020, Eq. 14), 10 % empty prompts so the
   teacher supports classifier-free guidance; AdamW lr 2e-3, batch 64, 8×8 one-channel images.
+* :func:`guided_ddim`: the teacher's own samples, diffusers' ``DDIMScheduler`` (trailing spacing) with CFG in
+  the LCM paper's form ε_u + (1 + ω)(ε_c − ε_u) (Eq. 9).
 * :func:`per_pixel_w2`: the 2-Wasserstein distance between per-pixel Gaussian fits of two sample sets,
   sqrt(Σ_pixels (Δmean² + Δstd²)) (the closed form for independent 1-D Gaussians).
 """
@@ -44,6 +47,24 @@ def fit_tiny_teacher(folder: Path, data: Path, steps: int = 800) -> None:
         loss.backward()
         opt.step()
     unet.save_pretrained(folder / "unet")
+
+
+@torch.no_grad()
+def guided_ddim(teacher, cond: dict, uncond: dict, x: torch.Tensor, steps: int, omega: float) -> torch.Tensor:
+    """``steps`` DDIM steps of ``teacher`` from noise ``x`` with guidance ω = ``omega``; the samples."""
+    from diffusers import DDIMScheduler
+
+    from .teacher import unet_forward
+
+    sched = DDIMScheduler.from_config(teacher.noise_scheduler.config, timestep_spacing="trailing", set_alpha_to_one=False,
+                                      clip_sample=False)
+    sched.set_timesteps(steps)
+    x = x.clone()
+    for t in sched.timesteps:
+        tt = torch.full((x.shape[0],), int(t))
+        e_c, e_u = unet_forward(teacher.unet, x, tt, cond), unet_forward(teacher.unet, x, tt, uncond)
+        x = sched.step(e_u + (1 + omega) * (e_c - e_u), t, x).prev_sample
+    return x
 
 
 def per_pixel_w2(a: torch.Tensor, b: torch.Tensor) -> float:
