@@ -144,7 +144,9 @@ def main():
         use_aug = bool(augmented) and float(torch.rand((), generator=gen)) < args.augment_prob
         model, model_switch = unet, switch
         if use_aug:
-            style, model, model_switch = augmented[int(torch.randint(len(augmented), (1,), generator=gen))]
+            # one extra teacher draws no index, so the earlier single-teacher runs draw as they did
+            pick = int(torch.randint(len(augmented), (1,), generator=gen)) if len(augmented) > 1 else 0
+            style, model, model_switch = augmented[pick]
             x0 = apply_style(x0, style)
         x_t = (alphas[t].sqrt() * x0 + (1 - alphas[t]).sqrt() * noise).float()
         with model_switch.disabled():
