@@ -42,13 +42,16 @@ def augmented_bases(states: list[dict], prob: float, seed: int):
 
     original = trainer.TrainingSession.step
     rng = random.Random(seed)
+    teachers = {}  # id(unet) → (its frozen (name, parameter) pairs, their teacher values): frozen, so kept once
 
     def step(self):
         if not states or rng.random() >= prob:
             return original(self)
         state = states[rng.randrange(len(states))]
-        frozen = [(n, p) for n, p in self.unet.named_parameters() if "lora_" not in n]
-        saved = [p.detach().clone() for _, p in frozen]
+        if id(self.unet) not in teachers:
+            pairs = [(n, p) for n, p in self.unet.named_parameters() if "lora_" not in n]
+            teachers[id(self.unet)] = (pairs, [p.detach().clone() for _, p in pairs])
+        frozen, saved = teachers[id(self.unet)]
         with torch.no_grad():
             for name, p in frozen:
                 p.copy_(state[name.replace(".base_layer", "")])
@@ -87,8 +90,7 @@ def main():
 
     bench = tcd_recipes.Bench(args.cache, args.work, args.n, 0, args.preset)
     cfg = bench.cfg
-    states = [{k: v.detach().clone() for k, v in augment_teacher(bench, "plain", 11 + i).state_dict().items()}
-              for i in range(args.nulls)]
+    states = [augment_teacher(bench, "plain", 11 + i).state_dict() for i in range(args.nulls)]
     refs = bench.refs["accel"][args.n]
     ddim8 = next(r for r in refs["rows"] if r.get("steps") == 8 and "floor" not in r["label"])
     _, aplan = bench._accel_plans(args.n)
