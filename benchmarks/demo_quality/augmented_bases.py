@@ -18,6 +18,12 @@ reference split, class accuracy).
 
     nice -n 5 .venv/bin/python benchmarks/demo_quality/augmented_bases.py --cache /tmp/fastcache_avx2 \\
         --work /tmp/q13n --train-seeds 0,1,2 --nulls 3
+
+Also here, to split goal (d)'s gap into the student's fidelity and the transfer (each a flag, see ``--help``):
+``--on-base`` measures the adapter on the base teacher against the teacher's own DDIM 25 (no transfer);
+``--oracle`` distils on the bold fine-tune itself, with its own bold images (an upper bound: no transfer to do);
+``--override KEY=VALUE --tag NAME`` changes the recipe (e.g. ``lora.targets``, or the guided PCM with
+``lcd.solver_guidance=true --cfg 1``); ``--student-cfg`` distils a real-CFG student (:func:`student_cfg_predictions`).
 """
 from __future__ import annotations
 
@@ -69,6 +75,70 @@ def augmented_bases(states: list[dict], prob: float, seed: int):
         trainer.TrainingSession.step = original
 
 
+@contextlib.contextmanager
+def student_cfg_predictions():
+    """While active, ``LcdLoss.predictions`` distils a *real-CFG student*: the teacher's solver step is guided as
+    usual (ω per sample), and the student's and the target's predictions are their own CFG combinations at
+    g = 1 + ω, ``f_∅ + g·(f_c − f_∅)`` (one pass of 2B each, conditional and unconditional). An adapter sampled
+    with real CFG g then reproduces the guided jump itself, where the normal-CFG recipe (no guidance in the solver)
+    combines two unguided jumps. The consistency map is affine in x̂0 with the x-coefficient independent of x̂0, so
+    the combination of two maps is the map of the combined x̂0 (the CFG that samplers apply to x̂0)."""
+    from lcm_lora.training import lcd_step
+    from lcm_lora.training.precision import at_least_float32
+
+    original = lcd_step.LcdLoss.predictions
+
+    def combined(self, model, x, t, s, cond, uncond, w, autocast):
+        batch = x.shape[0]
+        two = lambda v: None if v is None else torch.cat([v, v])  # noqa: E731
+        with autocast():
+            raw = model(two(x), two(t), lcd_step.concat_cond(cond, uncond))
+        f = self.consistency(raw, two(x), two(t), two(s))
+        g = (1.0 + w.to(f.dtype)).reshape(batch, *((1,) * (x.ndim - 1)))
+        return f[batch:] + g * (f[:batch] - f[batch:])
+
+    def predictions(self, student, teacher, target, latents, cond, uncond, rnd, autocast=contextlib.nullcontext):
+        if not self.solver_guidance:
+            raise SystemExit("--student-cfg distils the guided solve: add --override lcd.solver_guidance=true")
+        latents = at_least_float32(latents)
+        rnd = rnd.to(latents.device)
+        start_t, end_t = self.solver.start_and_target_timesteps(rnd.index)
+        noisy = self.solver.add_noise(latents, rnd.noise, start_t)
+        x_prev = self.teacher_step(teacher, noisy, start_t, rnd.index, rnd.w, cond, uncond, autocast)
+        model_pred = combined(self, student, noisy, start_t, rnd.tcd_s, cond, uncond, rnd.w, autocast)
+        with torch.no_grad():
+            target_pred = combined(self, target, x_prev, end_t, rnd.tcd_s, cond, uncond, rnd.w, autocast)
+        return model_pred, target_pred
+
+    lcd_step.LcdLoss.predictions = predictions
+    try:
+        yield
+    finally:
+        lcd_step.LcdLoss.predictions = original
+
+
+def styled_data_folder(folder: Path, work: Path, style: str) -> Path:
+    """``folder`` (PNG + ``metadata.jsonl``) with ``apply_style`` applied to every image — the fine-tune's own
+    training images (the same split the preset fine-tunes on), cached in ``work``."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from lcm_lora.demo.dataset import apply_style
+
+    out = work / f"{folder.name}-{style}"
+    if (out / "metadata.jsonl").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for png in sorted(folder.glob("*.png")):
+        x = torch.from_numpy(np.asarray(Image.open(png), dtype=np.float32)) / 127.5 - 1.0
+        y = apply_style(x[None, None], style)[0, 0]
+        Image.fromarray(((y + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy(), mode="L").save(out / png.name)
+    shutil.copy(folder / "metadata.jsonl", out / "metadata.jsonl")
+    return out
+
+
 def main():
     p = bench_arguments(__doc__.splitlines()[0])
     p.add_argument("--preset", default="fast")
@@ -79,6 +149,20 @@ def main():
     p.add_argument("--variants", default="plain,augmented")
     p.add_argument("--soup", action="store_true", help="also measure the average of the seeds' adapters")
     p.add_argument("--soup-only", action="store_true", help="with --soup: measure only the average")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further trainer override for every variant (repeatable), e.g. lora.targets=to_q,to_k")
+    p.add_argument("--oracle", action="store_true",
+                   help="upper bound, not goal (d): distil on the bold fine-tune itself (its weights as the base of "
+                        "every step, its own bold training images as the data); the adapter has seen the fine-tune")
+    p.add_argument("--on-base", action="store_true",
+                   help="measure on the base teacher instead of the fine-tune: FD of the adapter on the teacher to "
+                        "the teacher's own DDIM 25 (the student's fidelity, no transfer); bar: the teacher's DDIM 8")
+    p.add_argument("--student-cfg", action="store_true",
+                   help="distil a real-CFG student (student_cfg_predictions): the guided solver, the student's own "
+                        "CFG at 1 + ω in the loss; needs lcd.solver_guidance=true (an --override) and --cfg 1 + ω")
+    p.add_argument("--cfg", type=float, default=None, help="real CFG scale of the 4-step sampling (default: the "
+                                                                      "preset's, the adapter's recorded cfg)")
+    p.add_argument("--tag", default="", help="names the --override recipe in the adapters' folders and the output")
     args = p.parse_args()
     torch.set_num_threads(1)
     import tcd_recipes
@@ -88,20 +172,26 @@ def main():
     from lcm_lora.lcm_core.lora import read_adapter
     from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
 
-    bench = tcd_recipes.Bench(args.cache, args.work, args.n, 0, args.preset)
+    if args.on_base and args.oracle:
+        raise SystemExit("--on-base and --oracle: the oracle is distilled on the fine-tune; measure it there")
+    bench = tcd_recipes.Bench(args.cache, args.work, args.n, 0, args.preset, base_as_finetune=args.on_base)
     cfg = bench.cfg
     states = [augment_teacher(bench, "plain", 11 + i).state_dict() for i in range(args.nulls)]
+    if args.oracle:
+        states, args.augment_prob, args.variants = [bench.ft.state_dict()], 1.0, "oracle"
+        bench.data_folder = styled_data_folder(bench.data_folder, bench.work, cfg.finetune.style)
     refs = bench.refs["accel"][args.n]
     ddim8 = next(r for r in refs["rows"] if r.get("steps") == 8 and "floor" not in r["label"])
     _, aplan = bench._accel_plans(args.n)
     acond, auncond = bench.teacher.embed(aplan.labels)
     timesteps = phased_timesteps(cfg.accel_steps, 4, "pcm")
+    scale = cfg.guidance_scale if args.cfg is None else args.cfg
 
     def measure(parts: list, **info) -> None:
         """Print goal (d) and the base-teacher row for the adapters ``parts`` ((adapter, strength) pairs) fused."""
         on_ft = sample_tcd_student(unet_with(bench.ft, parts), acond, aplan.noise, cfg.accel_steps, gamma=0.0,
                                    seed=sampler_seed(cfg.seed), timesteps=timesteps,
-                                   guidance_scale=cfg.guidance_scale, uncond=auncond)
+                                   guidance_scale=scale, uncond=auncond)
         row = bench._accel_row("adapter on the fine-tune", "pcm", "pcm", cfg.accel_steps, on_ft.images,
                                aplan.labels, refs["ref_stats"], args.n)
         student = unet_with(bench.teacher.unet, parts)
@@ -109,22 +199,28 @@ def main():
         def base_fn(sl, k):
             return sample_tcd_student(student, bench.cond[sl], bench.plan.noise[sl], k, gamma=0.0,
                                       seed=sampler_seed(cfg.seed + sl.start), timesteps=phased_timesteps(k, 4, "pcm"),
-                                      guidance_scale=cfg.guidance_scale, uncond=bench.uncond[sl])
+                                      guidance_scale=scale, uncond=bench.uncond[sl])
 
         base = tcd_recipes.sample_rows("student", "pcm", [cfg.accel_steps], base_fn, bench.plan, bench.inst,
                                        cfg.batch_size, keep_images=False)[0][0]
-        print(json.dumps({**info, "goal_d_fd": round(row["fd_vs_reference"], 2), "goal_d_accuracy": row["accuracy"],
+        print(json.dumps({**info, "measured_on": "base teacher" if args.on_base else "fine-tune", "cfg": scale,
+                          "goal_d_fd": round(row["fd_vs_reference"], 2), "goal_d_accuracy": row["accuracy"],
                           "finetune_ddim8_fd": round(ddim8["fd_vs_reference"], 2), "base_fd": round(base["fd"], 2),
                           "base_accuracy": base["accuracy"], "n": args.n}), flush=True)
 
     seeds = [int(s) for s in args.train_seeds.split(",")]
     for variant in args.variants.split(","):
-        tag = "plain" if variant == "plain" else f"nulls{args.nulls}-p{args.augment_prob:g}"
+        tag = variant if variant in ("plain", "oracle") else f"nulls{args.nulls}-p{args.augment_prob:g}"
+        if (args.override or args.student_cfg) and not args.tag:
+            raise SystemExit("--override and --student-cfg need a --tag (the adapters are cached by name)")
+        tag += f"-{args.tag}" if args.tag else ""
         adapters = []
         for seed in seeds:
-            with augmented_bases(states if variant != "plain" else [], args.augment_prob, seed):
+            with augmented_bases(states if variant != "plain" else [], args.augment_prob, seed), \
+                    (student_cfg_predictions() if args.student_cfg else contextlib.nullcontext()):
                 path, seconds = bench.train(f"ncfg-{args.steps}-{tag}-s{seed}",
-                                            [f"train.max_steps={args.steps}", *cfg.pcm_overrides, f"train.seed={seed}"],
+                                            [f"train.max_steps={args.steps}", *cfg.pcm_overrides, f"train.seed={seed}",
+                                             *args.override],
                                             kind="pcm")
             adapters.append(read_adapter(path))
             if not args.soup_only:
