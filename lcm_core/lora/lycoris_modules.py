@@ -69,7 +69,9 @@ def dora_apply(weight: torch.Tensor, dora_scale: torch.Tensor, diff: torch.Tenso
     """ComfyUI ``comfy.weight_adapter.base.weight_decompose`` on a float32 working weight."""
     m = dora_scale.to(weight.dtype)
     calc = weight + diff * scale
-    if m.shape[0] == calc.shape[0]:  # output axis: ComfyUI takes the norm of the weight *before* the update
+    # Output axis: ComfyUI takes the norm of the weight *before* the update, m·(W+ΔW)/‖W‖, where peft's DoRA uses
+    # ‖W+ΔW‖ (upstream PR Comfy-Org/ComfyUI#15458 proposes the latter; if it lands, follow it here and in the tests).
+    if m.shape[0] == calc.shape[0]:
         norm = weight.reshape(weight.shape[0], -1).norm(dim=1, keepdim=True).reshape(
             weight.shape[0], *[1] * (weight.dim() - 1))
     else:
