@@ -81,34 +81,27 @@ def student_cfg_predictions():
     usual (ω per sample), and the student's and the target's predictions are their own CFG combinations at
     g = 1 + ω, ``f_∅ + g·(f_c − f_∅)`` (one pass of 2B each, conditional and unconditional). An adapter sampled
     with real CFG g then reproduces the guided jump itself, where the normal-CFG recipe (no guidance in the solver)
-    combines two unguided jumps. The consistency map is affine in x̂0 with the x-coefficient independent of x̂0, so
-    the combination of two maps is the map of the combined x̂0 (the CFG that samplers apply to x̂0)."""
+    combines two unguided jumps. x̂0 is affine in the raw output (ε or v) and the consistency map affine in x̂0,
+    with x-coefficients free of them, so combining the raw outputs combines the maps: the student and the target
+    are wrapped, and the trainer's own ``predictions`` does the rest."""
     from lcm_lora.training import lcd_step
     from lcm_lora.training.precision import at_least_float32
 
     original = lcd_step.LcdLoss.predictions
 
-    def combined(self, model, x, t, s, cond, uncond, w, autocast):
-        batch = x.shape[0]
-        two = lambda v: None if v is None else torch.cat([v, v])  # noqa: E731
-        with autocast():
-            raw = model(two(x), two(t), lcd_step.concat_cond(cond, uncond))
-        f = self.consistency(raw, two(x), two(t), two(s))
-        g = (1.0 + w.to(f.dtype)).reshape(batch, *((1,) * (x.ndim - 1)))
-        return f[batch:] + g * (f[:batch] - f[batch:])
+    def with_cfg(model, uncond, w):
+        def run(x, t, cond):
+            raw = at_least_float32(model(torch.cat([x, x]), torch.cat([t, t]), lcd_step.concat_cond(cond, uncond)))
+            r_c, r_u = raw.chunk(2)
+            g = (1.0 + w.to(raw.device, raw.dtype)).reshape(len(x), *((1,) * (x.ndim - 1)))
+            return r_u + g * (r_c - r_u)
+        return run
 
     def predictions(self, student, teacher, target, latents, cond, uncond, rnd, autocast=contextlib.nullcontext):
         if not self.solver_guidance:
             raise SystemExit("--student-cfg distils the guided solve: add --override lcd.solver_guidance=true")
-        latents = at_least_float32(latents)
-        rnd = rnd.to(latents.device)
-        start_t, end_t = self.solver.start_and_target_timesteps(rnd.index)
-        noisy = self.solver.add_noise(latents, rnd.noise, start_t)
-        x_prev = self.teacher_step(teacher, noisy, start_t, rnd.index, rnd.w, cond, uncond, autocast)
-        model_pred = combined(self, student, noisy, start_t, rnd.tcd_s, cond, uncond, rnd.w, autocast)
-        with torch.no_grad():
-            target_pred = combined(self, target, x_prev, end_t, rnd.tcd_s, cond, uncond, rnd.w, autocast)
-        return model_pred, target_pred
+        return original(self, with_cfg(student, uncond, rnd.w), teacher, with_cfg(target, uncond, rnd.w), latents,
+                        cond, uncond, rnd, autocast)
 
     lcd_step.LcdLoss.predictions = predictions
     try:
@@ -125,7 +118,7 @@ def styled_data_folder(folder: Path, work: Path, style: str) -> Path:
     import numpy as np
     from PIL import Image
 
-    from lcm_lora.demo.dataset import apply_style
+    from lcm_lora.demo.dataset import apply_style, to_uint8
 
     out = work / f"{folder.name}-{style}"
     if (out / "metadata.jsonl").is_file():
@@ -133,8 +126,7 @@ def styled_data_folder(folder: Path, work: Path, style: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for png in sorted(folder.glob("*.png")):
         x = torch.from_numpy(np.asarray(Image.open(png), dtype=np.float32)) / 127.5 - 1.0
-        y = apply_style(x[None, None], style)[0, 0]
-        Image.fromarray(((y + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy(), mode="L").save(out / png.name)
+        Image.fromarray(to_uint8(apply_style(x[None, None], style))[0], mode="L").save(out / png.name)
     shutil.copy(folder / "metadata.jsonl", out / "metadata.jsonl")
     return out
 
@@ -164,6 +156,10 @@ def main():
                                                                       "preset's, the adapter's recorded cfg)")
     p.add_argument("--tag", default="", help="names the --override recipe in the adapters' folders and the output")
     args = p.parse_args()
+    if args.on_base and args.oracle:
+        raise SystemExit("--on-base and --oracle: the oracle is distilled on the fine-tune; measure it there")
+    if (args.override or args.student_cfg) and not args.tag:
+        raise SystemExit("--override and --student-cfg need a --tag (the adapters are cached by name)")
     torch.set_num_threads(1)
     import tcd_recipes
     from lcm_lora.demo.fused_unet import unet_with
@@ -172,14 +168,14 @@ def main():
     from lcm_lora.lcm_core.lora import read_adapter
     from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
 
-    if args.on_base and args.oracle:
-        raise SystemExit("--on-base and --oracle: the oracle is distilled on the fine-tune; measure it there")
     bench = tcd_recipes.Bench(args.cache, args.work, args.n, 0, args.preset, base_as_finetune=args.on_base)
     cfg = bench.cfg
-    states = [augment_teacher(bench, "plain", 11 + i).state_dict() for i in range(args.nulls)]
     if args.oracle:
         states, args.augment_prob, args.variants = [bench.ft.state_dict()], 1.0, "oracle"
         bench.data_folder = styled_data_folder(bench.data_folder, bench.work, cfg.finetune.style)
+    else:  # the style-neutral fine-tunes, only where a variant swaps them in
+        nulls = args.nulls if set(args.variants.split(",")) - {"plain"} else 0
+        states = [augment_teacher(bench, "plain", 11 + i).state_dict() for i in range(nulls)]
     refs = bench.refs["accel"][args.n]
     ddim8 = next(r for r in refs["rows"] if r.get("steps") == 8 and "floor" not in r["label"])
     _, aplan = bench._accel_plans(args.n)
@@ -211,8 +207,6 @@ def main():
     seeds = [int(s) for s in args.train_seeds.split(",")]
     for variant in args.variants.split(","):
         tag = variant if variant in ("plain", "oracle") else f"nulls{args.nulls}-p{args.augment_prob:g}"
-        if (args.override or args.student_cfg) and not args.tag:
-            raise SystemExit("--override and --student-cfg need a --tag (the adapters are cached by name)")
         tag += f"-{args.tag}" if args.tag else ""
         adapters = []
         for seed in seeds:
