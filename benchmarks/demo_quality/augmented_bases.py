@@ -23,7 +23,8 @@ Also here, to split goal (d)'s gap into the student's fidelity and the transfer 
 ``--on-base`` measures the adapter on the base teacher against the teacher's own DDIM 25 (no transfer);
 ``--oracle`` distils on the bold fine-tune itself, with its own bold images (an upper bound: no transfer to do);
 ``--override KEY=VALUE --tag NAME`` changes the recipe (e.g. ``lora.targets``, or the guided PCM with
-``lcd.solver_guidance=true --cfg 1``); ``--student-cfg`` distils a real-CFG student (:func:`student_cfg_predictions`).
+``lcd.solver_guidance=true --cfg 1``); ``--student-cfg`` distils a real-CFG student (:func:`student_cfg_predictions`);
+``--phase-starts`` moves PCM's phase edges for training and sampling alike (:func:`moved_phase_starts`).
 """
 from __future__ import annotations
 
@@ -110,6 +111,36 @@ def student_cfg_predictions():
         lcd_step.LcdLoss.predictions = original
 
 
+@contextlib.contextmanager
+def moved_phase_starts(starts: list[int] | None):
+    """While active, a ``len(starts)``-phase PCM adapter's phases start at the solver indices ``starts`` instead of
+    PCM's even split ``floor(linspace(0, N, phases, endpoint=False))``. Training (``training.phased``) and sampling
+    (``lcm_core.phased_timesteps``) both read ``pcm_phase_starts``, so the adapter is distilled and sampled on the
+    same moved edges (an edge is ``e·k − 1``: starts 0, 19, 34, 44 sample at 999 → 879 → 679 → 379 → 0). A
+    diagnostic, not a trainer option: the adapter file does not record them."""
+    from lcm_lora.lcm_core import phased_timesteps
+
+    if not starts:
+        yield
+        return
+    if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+        raise SystemExit(f"--phase-starts must start at 0 and increase, got {starts}")
+    original = phased_timesteps.pcm_phase_starts
+
+    def moved(phases: int, num_ddim_timesteps: int = 50) -> list[int]:
+        if int(phases) != len(starts):
+            return original(phases, num_ddim_timesteps)
+        if starts[-1] >= num_ddim_timesteps:
+            raise SystemExit(f"--phase-starts {starts} must lie below the {num_ddim_timesteps}-point solver grid")
+        return list(starts)
+
+    phased_timesteps.pcm_phase_starts = moved
+    try:
+        yield
+    finally:
+        phased_timesteps.pcm_phase_starts = original
+
+
 def styled_data_folder(folder: Path, work: Path, style: str) -> Path:
     """``folder`` (PNG + ``metadata.jsonl``) with ``apply_style`` applied to every image — the fine-tune's own
     training images (the same split the preset fine-tunes on), cached in ``work``."""
@@ -154,12 +185,21 @@ def main():
                         "CFG at 1 + ω in the loss; needs lcd.solver_guidance=true (an --override) and --cfg 1 + ω")
     p.add_argument("--cfg", type=float, default=None, help="real CFG scale of the 4-step sampling (default: the "
                                                                       "preset's, the adapter's recorded cfg)")
+    p.add_argument("--phase-starts", default="", metavar="I,I,...",
+                   help="distil and sample the PCM adapter with its phases starting at these solver indices "
+                        "(moved_phase_starts), e.g. 0,19,34,44; needs a --tag")
     p.add_argument("--tag", default="", help="names the --override recipe in the adapters' folders and the output")
     args = p.parse_args()
     if args.on_base and args.oracle:
         raise SystemExit("--on-base and --oracle: the oracle is distilled on the fine-tune; measure it there")
-    if (args.override or args.student_cfg) and not args.tag:
-        raise SystemExit("--override and --student-cfg need a --tag (the adapters are cached by name)")
+    if (args.override or args.student_cfg or args.phase_starts) and not args.tag:
+        raise SystemExit("--override, --student-cfg and --phase-starts need a --tag (the adapters are cached by name)")
+    starts = [int(i) for i in args.phase_starts.split(",")] if args.phase_starts else None
+    with moved_phase_starts(starts):
+        run(args)
+
+
+def run(args):
     torch.set_num_threads(1)
     import tcd_recipes
     from lcm_lora.demo.fused_unet import unet_with
