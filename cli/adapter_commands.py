@@ -215,6 +215,8 @@ def _recipe_line(info: dict) -> str:
     parts = [f"sampler {recipe['sampler']}", f"{recipe['steps']} steps"]
     if recipe.get("phases") is not None:  # pcm / tscd: edge-to-edge steps (lcm_core.phased_timesteps)
         parts.append(f"{recipe['phases']} phases")
+        if recipe.get("phase_starts"):  # lcd.phase_starts: phases of other lengths than PCM's even split
+            parts.append(f"starting at solver indices {'/'.join(map(str, recipe['phase_starts']))}")
         if recipe.get("timesteps"):
             parts.append(f"timesteps {'/'.join(map(str, recipe['timesteps']))}")
     if recipe["gamma"] is not None:

@@ -29,15 +29,35 @@ from .errors import ConfigError
 FAMILIES = ("pcm", "tscd")
 
 
-def pcm_phase_starts(phases: int, num_ddim_timesteps: int = 50) -> list[int]:
-    """Solver indices where PCM's phases start (reference ``inference_indices``)."""
+def pcm_phase_starts(phases: int, num_ddim_timesteps: int = 50, starts=None) -> list[int]:
+    """Solver indices where PCM's phases start: the reference's even split (``inference_indices``), or
+    ``starts`` — phases of other lengths (``lcd.phase_starts``; checked by :func:`check_phase_starts`)."""
+    if starts:
+        return check_phase_starts(starts, phases, num_ddim_timesteps)
     return [int(i) for i in np.floor(np.linspace(0, num_ddim_timesteps, num=int(phases), endpoint=False))]
 
 
-def pcm_phase_edges(phases: int, num_ddim_timesteps: int = 50, num_train_timesteps: int = 1000) -> list[int]:
+def check_phase_starts(starts, phases: int, num_ddim_timesteps: int = 50, name: str = "phase_starts") -> list[int]:
+    """``starts`` as a list of ints: one per phase, the first 0, strictly increasing, on the solver grid."""
+    try:
+        out = [int(i) for i in starts]
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"must be a list of solver indices, got {starts!r}") from None
+    if len(out) != int(phases):
+        raise ConfigError(name, f"needs one start per phase ({int(phases)}), got {len(out)}: {out}")
+    if out[0] != 0 or any(b <= a for a, b in zip(out, out[1:])):
+        raise ConfigError(name, f"must start at 0 and increase, got {out}")
+    if out[-1] >= int(num_ddim_timesteps):
+        raise ConfigError(name, f"must lie on the {int(num_ddim_timesteps)}-point solver grid (indices 0 to "
+                                f"{int(num_ddim_timesteps) - 1}), got {out}")
+    return out
+
+
+def pcm_phase_edges(phases: int, num_ddim_timesteps: int = 50, num_train_timesteps: int = 1000,
+                    starts=None) -> list[int]:
     """Ascending lower edges of PCM's phases: ``max(e_m·k − 1, 0)``."""
     k = num_train_timesteps // num_ddim_timesteps
-    return [max(e * k - 1, 0) for e in pcm_phase_starts(phases, num_ddim_timesteps)]
+    return [max(e * k - 1, 0) for e in pcm_phase_starts(phases, num_ddim_timesteps, starts)]
 
 
 def tscd_segment_edges(segments: int, num_train_timesteps: int = 1000) -> list[int]:
@@ -65,10 +85,11 @@ def _trailing(steps: int, num_train_timesteps: int) -> list[int]:
     return [int(t) for t in ts]
 
 
-def _phase_tops(phases: int, family: str, num_ddim_timesteps: int, num_train_timesteps: int) -> list[int]:
+def _phase_tops(phases: int, family: str, num_ddim_timesteps: int, num_train_timesteps: int,
+                starts=None) -> list[int]:
     """Descending sampling points at ``steps == phases``: T − 1, then each edge above 0 (PCM) or edge − 1 (TSCD)."""
     if family == "pcm":
-        upper = pcm_phase_edges(phases, num_ddim_timesteps, num_train_timesteps)[1:]
+        upper = pcm_phase_edges(phases, num_ddim_timesteps, num_train_timesteps, starts)[1:]
     else:
         upper = [e - 1 for e in tscd_segment_edges(phases, num_train_timesteps)[1:]]
     return [num_train_timesteps - 1] + sorted(upper, reverse=True)
@@ -93,19 +114,22 @@ def _split_phases(tops: list[int], per_phase: int, family: str, num_ddim_timeste
 
 
 def phased_timesteps(steps: int, phases: int, family: str = "pcm", denoise: float = 1.0,
-                     num_ddim_timesteps: int = 50, num_train_timesteps: int = 1000) -> list[int]:
+                     num_ddim_timesteps: int = 50, num_train_timesteps: int = 1000, starts=None) -> list[int]:
     """Descending inference timesteps for a ``phases``-phase PCM / ``phases``-segment TSCD adapter.
 
-    ``denoise < 1`` (img2img) follows ComfyUI's KSampler: the schedule of ``int(steps / denoise)``
-    steps, keeping its last ``steps`` timesteps.
+    ``starts``: a PCM adapter distilled on phases of other lengths (``lcd.phase_starts``, recorded as
+    ``lcm_lora.phase_starts``) samples on its own edges. ``denoise < 1`` (img2img) follows ComfyUI's
+    KSampler: the schedule of ``int(steps / denoise)`` steps, keeping its last ``steps`` timesteps.
     """
     name = "phased_timesteps"
     if not 0.0 < float(denoise) <= 1.0:
         raise ConfigError(name, f"denoise must be in (0, 1], got {denoise}")
     total = int(int(steps) / float(denoise))
     _check(name, total, phases, num_ddim_timesteps, num_train_timesteps, family)
+    if starts and family != "pcm":
+        raise ConfigError(name, f"phase starts are a PCM setting, not {family}'s")
     steps, phases = int(steps), int(phases)
-    tops = _phase_tops(phases, family, num_ddim_timesteps, num_train_timesteps)
+    tops = _phase_tops(phases, family, num_ddim_timesteps, num_train_timesteps, starts)
     if total == phases:
         out = tops
     elif phases % total == 0:

@@ -9,6 +9,8 @@ Keys (all strings, written by ``training/export.py``, read by the nodes and ``in
   consistency, Ren et al. 2024, arXiv 2404.13686);
 * ``lcm_lora.phases``: pcm / tscd only — the number of phases (segments) of the last training
   stage; the sampler steps from edge to edge (``lcm_core.phased_timesteps``);
+* ``lcm_lora.phase_starts``: pcm only, when the phases are not PCM's even split (``lcd.phase_starts``) —
+  ``"0,15,30,41"``, the solver indices where they start; the sampler steps on those edges;
 * ``lcm_lora.w_range``: ``"w_min,w_max"`` (the guidance range distilled in, LCM form);
 * ``lcm_lora.recommended_sampler``: ``lcm`` or ``tcd`` (pcm / tscd: ``tcd`` at γ 0 — the
   deterministic edge-to-edge DDIM jump of their map — on the phased timesteps);
@@ -29,7 +31,8 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
-from .phased_timesteps import phased_timesteps
+from .errors import ConfigError
+from .phased_timesteps import check_phase_starts, phased_timesteps
 
 OBJECTIVES = ("lcm", "tcd", "pcm", "tscd")
 PHASED = ("pcm", "tscd")  # objectives whose map ends at a phase edge (``lcm_core.phased_timesteps``)
@@ -45,6 +48,7 @@ KEY_GAMMA = "lcm_lora.recommended_gamma"
 KEY_CFG = "lcm_lora.recommended_cfg"
 KEY_MODEL_SAMPLING = "lcm_lora.model_sampling"
 KEY_PHASES = "lcm_lora.phases"
+KEY_PHASE_STARTS = "lcm_lora.phase_starts"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class SamplingRecipe:
     model_sampling: str = "lcm"
     w_range: tuple[float, float] | None = None
     phases: int | None = None  # pcm / tscd: phases of the map (sample edge to edge)
+    phase_starts: tuple[int, ...] | None = None  # pcm: solver indices of the phase starts; None = the even split
 
     def to_metadata(self) -> dict[str, str]:
         md = {KEY_OBJECTIVE: self.objective, KEY_SAMPLER: self.sampler, KEY_STEPS: str(int(self.steps)),
@@ -67,12 +72,14 @@ class SamplingRecipe:
             md[KEY_W_RANGE] = f"{self.w_range[0]},{self.w_range[1]}"
         if self.phases is not None:
             md[KEY_PHASES] = str(int(self.phases))
+        if self.phase_starts:
+            md[KEY_PHASE_STARTS] = ",".join(str(int(i)) for i in self.phase_starts)
         return md
 
 
 def recipe_for_objective(objective: str, w_range: tuple[float, float] | None = None,
                          steps: int | None = None, gamma: float | None = None,
-                         phases: int | None = None) -> SamplingRecipe:
+                         phases: int | None = None, phase_starts: tuple[int, ...] | None = None) -> SamplingRecipe:
     """Defaults per objective: LCM → lcm sampler + LCM model sampling, 4 steps; TCD → tcd sampler
     (γ 0.3, the TCD paper's default) + plain ε model sampling, 4 steps; PCM / TSCD → tcd sampler
     at γ 0 (deterministic edge-to-edge jumps) + plain ε model sampling, steps = phases (default 4)."""
@@ -84,7 +91,7 @@ def recipe_for_objective(objective: str, w_range: tuple[float, float] | None = N
     if objective in PHASED:
         ph = DEFAULT_PHASES if phases is None else int(phases)
         return SamplingRecipe(objective, "tcd", ph if steps is None else steps, 0.0 if gamma is None else gamma, 1.0,
-                              "eps", w_range, ph)
+                              "eps", w_range, ph, tuple(phase_starts) if phase_starts and objective == "pcm" else None)
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
@@ -103,6 +110,12 @@ def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
             phases = base.phases
         phases = phases if 1 <= phases <= 1000 else base.phases
         base = recipe_for_objective(objective, phases=phases)
+        if objective == "pcm" and metadata.get(KEY_PHASE_STARTS):
+            try:  # unreadable starts: the even split (advisory, as every key here)
+                starts = tuple(check_phase_starts(metadata[KEY_PHASE_STARTS].split(","), phases))
+                base = recipe_for_objective(objective, phases=phases, phase_starts=starts)
+            except ConfigError:
+                pass
     try:
         steps = int(metadata.get(KEY_STEPS, base.steps))
         cfg = float(metadata.get(KEY_CFG, base.cfg))
@@ -121,7 +134,7 @@ def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
         steps = base.steps
     if not math.isfinite(cfg) or cfg < 0:  # "nan", "inf", negative: not a cfg to sample with
         cfg = base.cfg
-    return SamplingRecipe(objective, sampler, steps, gamma, cfg, ms, w_range, phases)
+    return SamplingRecipe(objective, sampler, steps, gamma, cfg, ms, w_range, phases, base.phase_starts)
 
 
 def recipe_timesteps(recipe: SamplingRecipe | None, steps: int, denoise: float = 1.0) -> list[int] | None:
@@ -129,4 +142,5 @@ def recipe_timesteps(recipe: SamplingRecipe | None, steps: int, denoise: float =
     ``None`` for lcm / tcd recipes (their sampler's own schedule) and for no recipe."""
     if recipe is None or recipe.objective not in PHASED:
         return None
-    return phased_timesteps(steps, recipe.phases or DEFAULT_PHASES, recipe.objective, denoise=denoise)
+    return phased_timesteps(steps, recipe.phases or DEFAULT_PHASES, recipe.objective, denoise=denoise,
+                            starts=recipe.phase_starts)

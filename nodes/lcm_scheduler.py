@@ -13,8 +13,10 @@ timesteps a phased adapter samples on, from the top of each phase to the next ph
 phases; Hyper-SD TSCD, Ren et al. 2024, arXiv 2404.13686: 999, 749, 499, 249 for 4 segments).
 ``phases`` is the adapter's phase / segment count; steps = phases is what it was trained for, a
 divisor of it takes every (phases/steps)-th edge, a multiple splits each phase, anything else
-falls back to trailing spacing. ``original_steps`` is ignored then. Pair with LCM Sampler in mode
-auto (a pcm / tscd recipe: TCD at γ 0) or tcd at gamma 0.
+falls back to trailing spacing. ``original_steps`` is ignored then. ``phase_starts`` (pcm, optional,
+default empty: PCM's even split): the solver indices where a PCM adapter's phases start, for an adapter
+trained with ``lcd.phase_starts`` (``lcm-lora inspect`` shows them; the LCM KSampler reads them from its
+metadata). Pair with LCM Sampler in mode auto (a pcm / tscd recipe: TCD at γ 0) or tcd at gamma 0.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 from comfy_api.latest import io
 
 from ..lcm_core.errors import ConfigError
-from ..lcm_core.phased_timesteps import FAMILIES, phased_timesteps
+from ..lcm_core.phased_timesteps import FAMILIES, check_phase_starts, phased_timesteps
 from ..lcm_core.sampling_recipe import DEFAULT_PHASES
 from ..lcm_core.schedule import DiscreteSchedule
 from ..lcm_core.timesteps import lcm_sigmas, timesteps_to_sigmas
@@ -64,9 +66,11 @@ def scheduler_sigmas(steps: int, original_steps: int = 50, denoise: float = 1.0,
     return lcm_sigmas(int(steps), int(original_steps), float(denoise), schedule=DiscreteSchedule(convention="comfyui"))
 
 
-def phased_sigmas(family: str, phases: int, steps: int, denoise: float = 1.0, node: str = "LCM Scheduler"):
-    """SIGMAS at ``phased_timesteps(steps, phases, family, denoise)`` on ComfyUI's schedule table;
-    denoise 0 gives no steps (an empty SIGMAS, as ComfyUI's BasicScheduler)."""
+def phased_sigmas(family: str, phases: int, steps: int, denoise: float = 1.0, node: str = "LCM Scheduler",
+                  starts=None):
+    """SIGMAS at ``phased_timesteps(steps, phases, family, denoise, starts=starts)`` on ComfyUI's schedule
+    table (``starts``: a PCM adapter's recorded phase starts); denoise 0 gives no steps (an empty SIGMAS, as
+    ComfyUI's BasicScheduler)."""
     steps, phases, denoise = int(steps), int(phases), float(denoise)
     if family not in FAMILIES:
         raise ConfigError(f"{node} schedule", f"must be one of {', '.join(SCHEDULES)}, got {family!r}")
@@ -79,7 +83,7 @@ def phased_sigmas(family: str, phases: int, steps: int, denoise: float = 1.0, no
     if denoise <= 0.0:
         return torch.zeros(0, dtype=torch.float32)
     try:
-        timesteps = phased_timesteps(steps, phases, family, denoise=denoise)
+        timesteps = phased_timesteps(steps, phases, family, denoise=denoise, starts=starts)
     except ConfigError as e:
         raise ConfigError(f"{node} steps", f"{steps} steps at denoise {denoise:g} with {phases} {family} phases: "
                                            f"{e.problem}") from None  # lcm_core's words, the node's input names first
@@ -111,12 +115,30 @@ class LCMScheduler(io.ComfyNode):
                              tooltip="schedule pcm / tscd: the adapter's number of phases (segments). steps = phases is what "
                                      "it was trained for; a divisor takes every other edge, a multiple splits each phase, "
                                      "other counts fall back to evenly spaced (trailing) timesteps. Ignored by lcm."),
+                io.String.Input("phase_starts", default="", optional=True,
+                                tooltip="schedule pcm: empty for PCM's even phases (every released PCM adapter). An adapter "
+                                        "trained with lcd.phase_starts: its starts, e.g. 0,15,30,41 (999, 819, 599, 299 for "
+                                        "4 steps; lcm-lora inspect shows them). Ignored by lcm and tscd."),
             ],
             outputs=[io.Sigmas.Output(display_name="SIGMAS", tooltip="Descending sigmas ending in 0, for SamplerCustom.")],
         )
 
     @classmethod
-    def execute(cls, steps=4, original_steps=50, denoise=1.0, schedule="lcm", phases=DEFAULT_PHASES) -> io.NodeOutput:
+    def execute(cls, steps=4, original_steps=50, denoise=1.0, schedule="lcm", phases=DEFAULT_PHASES,
+                phase_starts="") -> io.NodeOutput:
         if schedule == "lcm":
             return io.NodeOutput(scheduler_sigmas(steps, original_steps, denoise))
-        return io.NodeOutput(phased_sigmas(schedule, phases, steps, denoise))
+        starts = read_phase_starts(phase_starts, phases) if schedule == "pcm" else None
+        return io.NodeOutput(phased_sigmas(schedule, phases, steps, denoise, starts=starts))
+
+
+def read_phase_starts(text, phases: int, node: str = "LCM Scheduler") -> list[int] | None:
+    """The ``phase_starts`` input: empty → None (PCM's even split); else one solver index per phase, 0 first,
+    increasing, on the 50-point grid (``lcm_core.phased_timesteps.check_phase_starts``), or an error naming it."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    try:
+        return check_phase_starts([v for v in text.replace(" ", "").split(",")], int(phases))
+    except ConfigError as e:
+        raise ConfigError(f"{node} phase_starts", f"{e.problem} (phases {int(phases)})") from None

@@ -66,7 +66,8 @@ def recipe_sigmas(recipe: SamplingRecipe | None, steps: int, denoise: float = 1.
         return None
     from .lcm_scheduler import phased_sigmas
 
-    return phased_sigmas(recipe.objective, recipe.phases or DEFAULT_PHASES, steps, denoise, node=node)
+    return phased_sigmas(recipe.objective, recipe.phases or DEFAULT_PHASES, steps, denoise, node=node,
+                         starts=recipe.phase_starts)
 
 
 def attach(model, recipe: SamplingRecipe):
@@ -81,8 +82,9 @@ def from_model_options(model_options: Mapping | None) -> SamplingRecipe | None:
     if not isinstance(data, dict):
         return None
     try:
-        w = data.get("w_range")
-        return SamplingRecipe(**{**data, "w_range": tuple(w) if w is not None else None})
+        w, starts = data.get("w_range"), data.get("phase_starts")
+        return SamplingRecipe(**{**data, "w_range": tuple(w) if w is not None else None,
+                                 "phase_starts": tuple(starts) if starts else None})
     except TypeError:
         return None
 

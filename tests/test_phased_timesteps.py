@@ -89,3 +89,38 @@ def test_phased_recipe_round_trip_and_timesteps(objective):
     assert recipe_timesteps(None, 4) is None
     bad = {**md, "lcm_lora.phases": "zero"}
     assert read_recipe(bad).phases == 4
+
+
+def test_phase_starts_move_the_pcm_edges():
+    """``starts`` (lcd.phase_starts): phase m's edge is max(e_m·k − 1, 0) with k = 1000 / 50, closed form."""
+    starts = [0, 15, 30, 41]
+    assert pcm_phase_starts(4, starts=starts) == starts
+    assert pcm_phase_edges(4, starts=starts) == [0, 299, 599, 819]
+    assert phased_timesteps(4, 4, "pcm", starts=starts) == [999, 819, 599, 299]
+    assert phased_timesteps(2, 4, "pcm", starts=starts) == [999, 599]  # a divisor: every other edge
+    assert phased_timesteps(2, 4, "pcm", denoise=0.5, starts=starts) == [599, 299]  # img2img: the tail
+    # a multiple halves each phase on the DDIM grid (τ_i = 20(i + 1) − 1): 999 → 819 (indices 49 → 40) at 45 (919),
+    # 299 → 0 (index 14 → below the grid) at 7 (159)
+    assert phased_timesteps(8, 4, "pcm", starts=starts) == [999, 919, 819, 719, 599, 459, 299, 159]
+    assert phased_timesteps(4, 4, "pcm", starts=None) == [999, 739, 499, 239]
+
+
+@pytest.mark.parametrize("starts,match", [([0, 15, 30], "one start per phase"), ([1, 15, 30, 41], "start at 0"),
+                                          ([0, 30, 15, 41], "increase"), ([0, 15, 30, 50], "solver grid"),
+                                          (["0", "x", "30", "41"], "list of solver indices")])
+def test_bad_phase_starts_are_config_errors(starts, match):
+    with pytest.raises(ConfigError, match=match):
+        phased_timesteps(4, 4, "pcm", starts=starts)
+
+
+def test_phase_starts_are_pcm_only_and_round_trip_in_the_recipe():
+    with pytest.raises(ConfigError, match="PCM setting"):
+        phased_timesteps(4, 4, "tscd", starts=[0, 15, 30, 41])
+    r = recipe_for_objective("pcm", phases=4, phase_starts=(0, 15, 30, 41))
+    md = r.to_metadata()
+    assert md["lcm_lora.phase_starts"] == "0,15,30,41"
+    assert read_recipe(md) == r and recipe_timesteps(r, 4) == [999, 819, 599, 299]
+    assert "lcm_lora.phase_starts" not in recipe_for_objective("pcm", phases=4).to_metadata()
+    assert recipe_for_objective("tscd", phases=4, phase_starts=(0, 15, 30, 41)).phase_starts is None
+    for bad in ("0,15,30", "0,15,x,41", "0,15,30,60"):  # unreadable: advisory, the even split
+        assert read_recipe({**md, "lcm_lora.phase_starts": bad}) == recipe_for_objective("pcm", phases=4)

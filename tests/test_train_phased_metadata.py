@@ -71,6 +71,22 @@ def test_pcm_run_records_objective_and_phases(assets, tmp_path, monkeypatch, cap
     assert info["sampling_recipe"]["timesteps"] == [999, 739, 499, 239]
 
 
+def test_pcm_with_moved_phase_starts_records_and_samples_them(assets, tmp_path, monkeypatch, capsys):
+    """``lcd.phase_starts`` [0, 15, 30, 41]: the validation grid samples on the moved edges (2 steps: every other
+    one, 999 → 599), the adapter records them, and ``inspect`` shows them with the timesteps they give."""
+    from lcm_lora.cli.main import main
+
+    calls = _spy_tcd(monkeypatch)
+    result = train(TINY, tmp_path / "pcm_starts", overrides=_overrides(assets, "lcd.objective=pcm",
+                                                                         "lcd.phase_starts=[0, 15, 30, 41]"), progress=False)
+    assert calls == [{"gamma": 0.0, "timesteps": [999]}, {"gamma": 0.0, "timesteps": [999, 599]}]
+    md = read_adapter(result.adapter_path).metadata
+    assert md["lcm_lora.phase_starts"] == "0,15,30,41" and read_recipe(md).phase_starts == (0, 15, 30, 41)
+    assert main(["inspect", "--allow-unknown-arch", str(result.adapter_path)]) == 0
+    assert ("4 phases, starting at solver indices 0/15/30/41, timesteps 999/819/599/299, gamma 0"
+            in capsys.readouterr().out)
+
+
 def test_pcm_without_solver_guidance_records_normal_cfg(assets, tmp_path):
     result = train(TINY, tmp_path / "pcm_cfg", overrides=_overrides(assets, "lcd.objective=pcm", "lcd.phases=2",
                                                                        "lcd.solver_guidance=false", validation=0), progress=False)

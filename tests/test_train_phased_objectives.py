@@ -79,6 +79,24 @@ def test_pcm_training_edges_are_the_inference_timesteps(phases):
     assert pcm_end_timesteps(index, _solver(), phases).tolist() == ts[1:] + [0]
 
 
+def test_phase_starts_move_the_training_edges_onto_the_inference_timesteps():
+    """``lcd.phase_starts``: index i maps to the edge max(e·20 − 1, 0) of the largest start e ≤ i (by hand below), and
+    sampling on the moved edges visits exactly the points training maps onto each other (as for the even split)."""
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+
+    starts = [0, 15, 30, 41]
+    assert pcm_phase_starts(50, 4, starts).tolist() == starts
+    s = pcm_end_timesteps(torch.arange(50), _solver(), 4, starts)
+    assert s.tolist() == [0] * 15 + [299] * 15 + [599] * 11 + [819] * 9
+    ts = phased_timesteps(4, 4, "pcm", starts=starts)
+    index = torch.tensor([(t + 1) // 20 - 1 for t in ts])
+    assert torch.equal(_solver().timesteps[index], torch.tensor(ts))
+    assert pcm_end_timesteps(index, _solver(), 4, starts).tolist() == ts[1:] + [0]
+    lcd = load_config({}, ["lcd.objective=pcm", "lcd.phase_starts=0,15,30,41"]).lcd
+    draw = objective_end_timesteps(lcd, torch.arange(50), _solver(), 0, torch.Generator(), 100)
+    assert draw.tolist() == s.tolist()  # the trainer's draw takes the configured starts
+
+
 def test_pcm_phases_out_of_range():
     with pytest.raises(ValueError, match="phases"):
         pcm_phase_starts(50, 51)
@@ -210,6 +228,12 @@ def test_solver_guidance_off_uses_the_conditional_teacher_only():
     (["lcd.objective=tscd", "lcd.timestep_scaling=5"], "lcd.timestep_scaling"),
     (["lcd.objective=pcm", "lcd.tcd_s_sampling=tdd"], "lcd.tcd_s_sampling"),
     (["lcd.objective=tscd", "lcd.tdd_s_ratio=0.2"], "lcd.tdd_s_ratio"),
+    (["lcd.phase_starts=[0, 15, 30, 41]"], "lcd.phase_starts"),  # an LCM run
+    (["lcd.objective=tscd", "lcd.phase_starts=[0, 15, 30, 41]"], "lcd.phase_starts"),
+    (["lcd.objective=pcm", "lcd.phase_starts=[0, 15, 30]"], "lcd.phase_starts"),  # one start per phase (4)
+    (["lcd.objective=pcm", "lcd.phase_starts=[1, 15, 30, 41]"], "lcd.phase_starts"),
+    (["lcd.objective=pcm", "lcd.phase_starts=[0, 30, 15, 41]"], "lcd.phase_starts"),
+    (["lcd.objective=pcm", "lcd.num_ddim_timesteps=40", "lcd.phase_starts=[0, 15, 30, 41]"], "lcd.phase_starts"),
 ])
 def test_invalid_phased_configs_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=f"key '{key}'"):
@@ -223,6 +247,10 @@ def test_valid_phased_configs_and_their_trajectory():
     assert traj["objective"] == "pcm" and traj["phases"] == 8 and traj["solver_guidance"] is False
     assert not {"tcd_s_sampling", "tdd_s_ratio", "tdd_steps", "tscd_segments", "tscd_stage_steps"} & traj.keys()
     assert config_hash(pcm) != config_hash(load_config({}, ["lcd.objective=pcm", "phases=4"]))
+    even = load_config({}, ["lcd.objective=pcm"])
+    assert "phase_starts" not in trajectory_dict(even)["lcd"]  # the default: hashes of earlier PCM runs unchanged
+    moved = load_config({}, ["lcd.objective=pcm", "lcd.phase_starts=[0, 15, 30, 41]"])
+    assert trajectory_dict(moved)["lcd"]["phase_starts"] == [0, 15, 30, 41] and config_hash(moved) != config_hash(even)
 
     tscd = load_config({"train": {"max_steps": 800}}, ["lcd.objective=tscd", "lcd.tscd_segments=[4, 2]"])
     traj = trajectory_dict(tscd)["lcd"]
@@ -252,6 +280,7 @@ def test_print_schema_lists_the_phased_keys(capsys):
     out = capsys.readouterr().out
     assert "  objective: lcm  # one of lcm, tcd, pcm, tscd;" in out
     assert "  phases: 4  # objective pcm:" in out
+    assert "  phase_starts: []  # objective pcm: solver indices where the phases start" in out
     assert "  tscd_segments: [8, 4, 2, 1]  # objective tscd:" in out
     assert "  tscd_stage_steps: null  # objective tscd:" in out
     assert "  solver_guidance: true  # false: the teacher's DDIM step uses the conditional prediction only" in out

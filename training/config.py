@@ -27,7 +27,7 @@ __all__ = ["TrainConfig", "config_hash", "dump_config", "load_config", "parse_ov
 # keys added after the first release whose default keeps the trajectory of older runs: left out of the
 # trajectory dict while at their default, so the config hash of those runs does not change
 _TRAJECTORY_DEFAULT_DROPPED = lcd_defaults("solver_guidance", "adversarial_weight", "adversarial_lr", "adversarial_real",
-                                           "guidance_interval")
+                                           "guidance_interval", "phase_starts")
 
 
 def _apply_mapping(cfg: TrainConfig, data: Mapping, source: str, base_dir: Path | None) -> None:

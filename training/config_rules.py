@@ -76,7 +76,7 @@ def validate_config(cfg: TrainConfig) -> None:
 # lcd keys that only apply to one objective, with their defaults (another objective's config must leave them alone)
 TCD_ONLY_KEYS = lcd_defaults("tcd_s_sampling", "tdd_s_ratio", "tdd_steps")
 _TDD_ONLY_KEYS = ("tdd_s_ratio", "tdd_steps")
-PCM_ONLY_KEYS = lcd_defaults("phases")
+PCM_ONLY_KEYS = lcd_defaults("phases", "phase_starts")
 TSCD_ONLY_KEYS = lcd_defaults("tscd_segments", "tscd_stage_steps")
 LCM_ONLY_KEYS = lcd_defaults("timestep_scaling")  # checked apart: kept in other objectives' trajectory dicts (hashes)
 OBJECTIVE_ONLY_KEYS = {"tcd": TCD_ONLY_KEYS, "pcm": PCM_ONLY_KEYS, "tscd": TSCD_ONLY_KEYS}
@@ -115,6 +115,14 @@ def _validate_objective(cfg: TrainConfig) -> None:
     if lcd.objective == "pcm" and lcd.phases > lcd.num_ddim_timesteps:
         raise ConfigError(src, f"key 'lcd.phases' ({lcd.phases}) must not exceed 'lcd.num_ddim_timesteps' "
                           f"({lcd.num_ddim_timesteps}): each phase needs at least one solver step")
+    if lcd.objective == "pcm" and lcd.phase_starts:
+        from ..lcm_core.phased_timesteps import check_phase_starts
+
+        try:
+            check_phase_starts(lcd.phase_starts, lcd.phases, lcd.num_ddim_timesteps)
+        except ConfigError as e:
+            raise ConfigError(src, f"key 'lcd.phase_starts' {e.problem} (lcd.phases {lcd.phases}, "
+                              f"lcd.num_ddim_timesteps {lcd.num_ddim_timesteps})") from None
     if lcd.objective == "tscd":
         if not lcd.tscd_segments:
             raise ConfigError(src, "key 'lcd.tscd_segments' must list at least one segment count, e.g. [8, 4, 2, 1]")

@@ -131,6 +131,10 @@ class LcdSection:
     tdd_steps: list = _f([4, 8], kind="intlist", doc="tcd_s_sampling tdd: [min, max] inference step counts whose timesteps s is drawn near")
     phases: int = _f(4, minimum=1, maximum=1000, kind="int",
                      doc="objective pcm: number of phases of the solver grid (PCM --multiphase; <= num_ddim_timesteps); sample with this many steps")
+    phase_starts: list = _f([], kind="intlist",
+                            doc="objective pcm: solver indices where the phases start (one per phase, the first 0, increasing); "
+                            "[] = PCM's even split. [0, 15, 30, 41] samples at 999, 819, 599, 299 instead of 999, 739, 499, 239 "
+                            "(BENCHMARKS.md: closer to an unseen fine-tune's own 25 steps); recorded in the adapter")
     tscd_segments: list = _f([8, 4, 2, 1], kind="intlist", minimum=1,
                              doc="objective tscd: trajectory segments per stage (Hyper-SD --stage_segments); each divides the 1000 training timesteps")
     tscd_stage_steps: int | None = _f(None, minimum=1, kind="int?",

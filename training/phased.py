@@ -44,24 +44,25 @@ from .tcd import end_timesteps_of_index
 PHASED_OBJECTIVES = ("pcm", "tscd")
 
 
-def pcm_phase_starts(num_ddim_timesteps: int, phases: int) -> torch.Tensor:
-    """Solver indices where each phase starts: ``floor(linspace(0, N, phases, endpoint=False))``."""
+def pcm_phase_starts(num_ddim_timesteps: int, phases: int, starts=None) -> torch.Tensor:
+    """Solver indices where each phase starts: ``floor(linspace(0, N, phases, endpoint=False))``, or ``starts``
+    (``lcd.phase_starts``: phases of other lengths)."""
     if not 1 <= phases <= num_ddim_timesteps:
         raise ValueError(f"phases must be in [1, {num_ddim_timesteps}] (the solver grid), got {phases}")
     from ..lcm_core.phased_timesteps import pcm_phase_starts as starts_of  # one phase rule for training and sampling
 
-    return torch.tensor(starts_of(phases, num_ddim_timesteps), dtype=torch.int64)
+    return torch.tensor(starts_of(phases, num_ddim_timesteps, starts), dtype=torch.int64)
 
 
-def pcm_phase_of_index(index: torch.Tensor, num_ddim_timesteps: int, phases: int) -> torch.Tensor:
+def pcm_phase_of_index(index: torch.Tensor, num_ddim_timesteps: int, phases: int, starts=None) -> torch.Tensor:
     """The start index e of the phase of each solver index (the largest start ≤ index)."""
-    starts = pcm_phase_starts(num_ddim_timesteps, phases)
+    starts = pcm_phase_starts(num_ddim_timesteps, phases, starts)
     return starts[torch.searchsorted(starts, index.cpu(), right=True) - 1]
 
 
-def pcm_end_timesteps(index: torch.Tensor, solver: DDIMSolver, phases: int) -> torch.Tensor:
+def pcm_end_timesteps(index: torch.Tensor, solver: DDIMSolver, phases: int, starts=None) -> torch.Tensor:
     """PCM's s per sample: the lower edge ``max(τ_e − k, 0)`` of the phase of each solver index (int64, CPU)."""
-    return end_timesteps_of_index(pcm_phase_of_index(index, solver.num_ddim_timesteps, phases), solver)
+    return end_timesteps_of_index(pcm_phase_of_index(index, solver.num_ddim_timesteps, phases, starts), solver)
 
 
 def tscd_stage_segments(step: int, segments, stage_steps: int) -> int:
@@ -101,7 +102,7 @@ def objective_end_timesteps(lcd, index: torch.Tensor, solver: DDIMSolver, step: 
     if lcd.objective == "tcd":
         return sample_end_timesteps(index, solver, lcd.tcd_s_sampling, generator, lcd.tdd_s_ratio, tuple(lcd.tdd_steps))
     if lcd.objective == "pcm":
-        return pcm_end_timesteps(index, solver, lcd.phases)
+        return pcm_end_timesteps(index, solver, lcd.phases, lcd.phase_starts)
     if lcd.objective == "tscd":
         k = tscd_stage_segments(step, lcd.tscd_segments, tscd_stage_steps(lcd, max_steps))
         return tscd_end_timesteps(index, solver, k, generator)

@@ -74,8 +74,22 @@ function readRecipe(meta) {
   const cfgValue = typeof cfgText === "string" && /^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/.test(cfgText)
     ? Number(cfgText) : NaN;
   const cfg = Number.isFinite(cfgValue) && cfgValue >= 0 ? cfgValue : 1;
+  const phaseStarts = objective === "pcm" ? readPhaseStarts(meta["lcm_lora.phase_starts"], phases) : null;
   return { objective, sampler, gamma: Number.isFinite(gamma) ? gamma : defaultGamma,
-           steps: Number.isFinite(steps) ? steps : (phased ? phases : 4), phases, cfg, source: "metadata" };
+           steps: Number.isFinite(steps) ? steps : (phased ? phases : 4), phases, phaseStarts, cfg, source: "metadata" };
+}
+
+// lcm_lora.phase_starts ("0,15,30,41": a PCM adapter distilled on phases of other lengths, lcd.phase_starts), or
+// null for the even split and for text that is not one start per phase, 0 first, increasing, on the 50-point grid
+// (lcm_core/phased_timesteps.check_phase_starts; metadata stays advisory).
+function readPhaseStarts(text, phases) {
+  if (typeof text !== "string" || !text.trim()) return null;
+  const parts = text.split(",").map((v) => v.trim());
+  if (!parts.every((v) => /^[+-]?\d+$/.test(v))) return null;
+  const starts = parts.map(Number);
+  const ok = starts.length === phases && starts[0] === 0 && starts.every((v, i) => i === 0 || v > starts[i - 1])
+    && starts[starts.length - 1] < 50;
+  return ok ? starts : null;
 }
 
 // The recommended cfg of a "normal CFG" adapter (recipe cfg > 1: distilled without guidance), else null.
@@ -103,8 +117,12 @@ function cfgAdvice(recipe) {
          "negative prompts work)";
 }
 
-// The timesteps a phased adapter samples at steps = phases (lcm_core/phased_timesteps._phase_tops).
-function phaseTops(family, phases) {
+// The timesteps a phased adapter samples at steps = phases (lcm_core/phased_timesteps._phase_tops); `starts`:
+// a PCM adapter's own phase starts (edge = start × 20 − 1).
+function phaseTops(family, phases, starts = null) {
+  if (family === "pcm" && Array.isArray(starts)) {
+    return [999, ...starts.slice(1).map((e) => Math.max(e * 20 - 1, 0)).reverse()];
+  }
   const upper = [];
   for (let m = 1; m < phases; m++) {
     if (family === "pcm") upper.push(Math.max(Math.floor(m * (50 / phases)) * 20 - 1, 0)); // DDIM grid, k = 20
@@ -259,7 +277,8 @@ function samplerSettings(graph, node) {
     if (sigmas) {
       const sigType = sigmas.type ?? sigmas.comfyClass;
       if (sigType === "LCMScheduler") {
-        schedule = { scheduler: widgetValue(sigmas, "schedule") ?? "lcm", phases: widgetValue(sigmas, "phases") ?? DEFAULT_PHASES };
+        schedule = { scheduler: widgetValue(sigmas, "schedule") ?? "lcm", phases: widgetValue(sigmas, "phases") ?? DEFAULT_PHASES,
+                     phaseStarts: widgetValue(sigmas, "phase_starts") ?? "" };
         denoise = widgetValue(sigmas, "denoise");
       } else if (STOCK_SCHEDULERS.includes(sigType)) {
         schedule = { stock: sigType };
@@ -293,14 +312,15 @@ function checkGraph(graph = app.graph) {
       if (problems2.length) {
         const r = source.recipe;
         const name = r.objective.toUpperCase();
-        const where = s.ours && s.schedule?.follows ? "" :
-          ` — LCM KSampler in mode auto, or LCM Sampler (auto) + LCM Scheduler (schedule ${r.objective}, phases ${r.phases})`;
+        const where = s.ours && s.schedule?.follows ? "" : (r.phaseStarts
+          ? " — LCM KSampler in mode auto (it follows the adapter's phase starts; the LCM Scheduler steps on PCM's even edges)"
+          : ` — LCM KSampler in mode auto, or LCM Sampler (auto) + LCM Scheduler (schedule ${r.objective}, phases ${r.phases})`);
         warnings.push({ nodeId: node.id, nodeType: node.type, sourceId: source.node.id, objective: r.objective,
                         problems: problems2,
                         message: `${node.title || node.type} (#${node.id}) samples a ${name} adapter (#${source.node.id}, ` +
                                  `${r.phases} phases) with ${problems2.join(", ")}: a ${name} adapter jumps from phase edge ` +
                                  `to phase edge (${PAPERS[r.objective]}), so it wants the tcd sampler at gamma ${r.gamma ?? 0} on its ` +
-                                 `phase edges${where}; steps = phases (${r.phases}: ${phaseTops(r.objective, r.phases).join(", ")}), ` +
+                                 `phase edges${where}; steps = phases (${r.phases}: ${phaseTops(r.objective, r.phases, r.phaseStarts).join(", ")}), ` +
                                  `a divisor or a multiple of them; ${cfgAdvice(r)}.` });
       }
       continue;
@@ -350,6 +370,10 @@ function phasedProblems(s, recipe, problems) {
     out.push(`LCM Scheduler schedule ${sched.scheduler} is not ${recipe.objective}`);
   } else if (sched?.scheduler !== undefined && typeof sched.phases === "number" && sched.phases !== phases) {
     out.push(`LCM Scheduler phases ${sched.phases} is not ${phases}`);
+  } else if (sched?.scheduler === "pcm" && typeof sched.phaseStarts === "string"
+             && !sameStarts(readPhaseStarts(sched.phaseStarts, phases), recipe.phaseStarts)) {
+    const want = recipe.phaseStarts ? recipe.phaseStarts.join(",") : "empty (PCM's even phases)";
+    out.push(`LCM Scheduler phase_starts "${sched.phaseStarts}" is not the adapter's (${want})`);
   }
   if (typeof s.steps === "number" && (sched?.follows || sched?.scheduler === recipe.objective)) {
     const denoise = typeof s.denoise === "number" && s.denoise > 0 ? s.denoise : 1;
@@ -359,6 +383,10 @@ function phasedProblems(s, recipe, problems) {
     }
   }
   return out;
+}
+
+function sameStarts(a, b) {
+  return (a ?? null) === null ? (b ?? null) === null : Array.isArray(b) && a.join(",") === b.join(",");
 }
 
 // -- warnings: badge + toast ---------------------------------------------------------------------
@@ -490,11 +518,13 @@ function updateMergeSlots(node) {
 
 // -- inputs a setting ignores are hidden ------------------------------------------------------------
 // gamma: only mode tcd uses it (auto takes the recipe's γ); eta: tcd and auto; rank: merge method svd;
-// phases: the loader's sampling / the scheduler's schedule pcm / tscd; original_steps: schedule lcm.
+// phases: the loader's sampling / the scheduler's schedule pcm / tscd; phase_starts: schedule pcm;
+// original_steps: schedule lcm.
 const IGNORED = {
   LCMKSampler: (node) => ({ gamma: widgetValue(node, "mode") !== "tcd", eta: widgetValue(node, "mode") === "lcm" }),
   [LOADER]: (node) => ({ phases: !PHASED.includes(widgetValue(node, "sampling")) }),
   LCMScheduler: (node) => ({ phases: !PHASED.includes(widgetValue(node, "schedule") ?? "lcm"),
+                             phase_starts: (widgetValue(node, "schedule") ?? "lcm") !== "pcm",
                              original_steps: PHASED.includes(widgetValue(node, "schedule")) }),
   LCMSampler: (node) => ({ gamma: widgetValue(node, "mode") !== "tcd", eta: widgetValue(node, "mode") === "lcm" }),
   [MERGE]: (node) => ({ rank: widgetValue(node, "method") !== "svd" }),

@@ -127,9 +127,9 @@ def moved_phase_starts(starts: list[int] | None):
         raise SystemExit(f"--phase-starts must start at 0 and increase, got {starts}")
     original = phased_timesteps.pcm_phase_starts
 
-    def moved(phases: int, num_ddim_timesteps: int = 50) -> list[int]:
-        if int(phases) != len(starts):
-            return original(phases, num_ddim_timesteps)
+    def moved(phases: int, num_ddim_timesteps: int = 50, given=None) -> list[int]:
+        if given or int(phases) != len(starts):
+            return original(phases, num_ddim_timesteps, given)
         if starts[-1] >= num_ddim_timesteps:
             raise SystemExit(f"--phase-starts {starts} must lie below the {num_ddim_timesteps}-point solver grid")
         return list(starts)

@@ -322,6 +322,22 @@ try {
       out.recipe_gamma = { gamma: gammaRecipe.gamma,
                            at_05: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0.5 }, gammaRecipe, []),
                            at_0: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0 }, gammaRecipe, []) };
+      // an adapter distilled on phases of other lengths (lcd.phase_starts → lcm_lora.phase_starts)
+      const withStarts = (text) => L.readRecipe({ "lcm_lora.objective": "pcm", "lcm_lora.phases": "4",
+                                                  "lcm_lora.phase_starts": text });
+      const startsRecipe = withStarts("0,15,30,41");
+      out.recipe_starts = {
+        starts: startsRecipe.phaseStarts, tops: L.phaseTops("pcm", 4, startsRecipe.phaseStarts),
+        bad: ["0,15,30", "1,15,30,41", "0,30,15,41", "0,15,30,50", "0,15,x,41", "0,15,30.5,41"].map((t) => withStarts(t).phaseStarts),
+        scheduler: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0,
+                                      schedule: { scheduler: "pcm", phases: 4, phaseStarts: "" } }, startsRecipe, []),
+        scheduler_set: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0,
+                                          schedule: { scheduler: "pcm", phases: 4, phaseStarts: " 0, 15,30,41" } }, startsRecipe, []),
+        even_adapter: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0,
+                                         schedule: { scheduler: "pcm", phases: 4, phaseStarts: "0,15,30,41" } },
+                                       withStarts(""), []),
+        follows: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0, schedule: { follows: true } }, startsRecipe, []),
+      };
       set(sampler, "mode", "lcm");
       out.mode_lcm = problems(custom.id);
       set(sampler, "mode", "auto");

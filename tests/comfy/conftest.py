@@ -87,7 +87,9 @@ SIGMA_CASES = [(1, 50, 1.0), (2, 50, 1.0), (4, 50, 1.0), (8, 50, 1.0), (6, 50, 0
 # LCM Scheduler with its schedule / phases inputs (pcm / tscd phase edges; lcm with any phases = the cases above)
 PHASED_SIGMA_CASES = [(4, 50, 1.0, "pcm", 4), (2, 50, 1.0, "pcm", 4), (8, 50, 1.0, "pcm", 4), (3, 50, 1.0, "pcm", 4),
                       (2, 50, 0.5, "pcm", 4), (4, 50, 1.0, "tscd", 4), (1, 50, 1.0, "tscd", 4), (6, 50, 1.0, "tscd", 2),
-                      (2, 50, 0.5, "tscd", 4), (4, 50, 0.0, "pcm", 4), (4, 50, 1.0, "lcm", 7), (6, 50, 0.5, "lcm", 2)]
+                      (2, 50, 0.5, "tscd", 4), (4, 50, 0.0, "pcm", 4), (4, 50, 1.0, "lcm", 7), (6, 50, 0.5, "lcm", 2),
+                      (4, 50, 1.0, "pcm", 4, "0/15/30/41"), (2, 50, 0.5, "pcm", 4, "0/15/30/41"),
+                      (8, 50, 1.0, "pcm", 4, "0/15/30/41"), (4, 50, 1.0, "lcm", 4, "0/15/30/41")]
 
 
 @pytest.fixture(scope="session")

@@ -191,6 +191,15 @@ def test_warnings_follow_a_phased_recipe(ui):
     assert case["ks_auto_5"] == ["steps 5 is neither a divisor nor a multiple of 4 phases"], case
     assert case["tcd_gamma_03"] == ["gamma 0.3 is not 0"], case
     assert case["recipe_gamma"] == {"gamma": 0.5, "at_05": [], "at_0": ["gamma 0 is not 0.5"]}, case
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+
+    starts = case["recipe_starts"]
+    assert starts["starts"] == [0, 15, 30, 41] and starts["tops"] == phased_timesteps(4, 4, "pcm", starts=[0, 15, 30, 41])
+    assert starts["tops"] == [999, 819, 599, 299] and starts["bad"] == [None] * 6, starts
+    assert starts["scheduler"] == ['LCM Scheduler phase_starts "" is not the adapter\'s (0,15,30,41)'], starts
+    assert starts["scheduler_set"] == [] and starts["follows"] == [], starts
+    assert starts["even_adapter"] == ['LCM Scheduler phase_starts "0,15,30,41" is not the adapter\'s (empty (PCM\'s even '
+                                      "phases))"], starts
     assert case["mode_lcm"] == ["sampler 'lcm' is not TCD"], case
     assert case["ks_tcd"] == ["mode tcd samples LCM timesteps, not the phase edges"], case
     assert case["stock"] == ["sampler 'lcm' is not TCD", "sgm_uniform sigmas are not the phase edges"], case
@@ -207,6 +216,7 @@ def test_warnings_follow_a_phased_recipe(ui):
     assert "phases" not in hidden["loader_pcm"] and "phases" in hidden["loader_auto"]
     assert "original_steps" in hidden["sched_pcm"] and "phases" not in hidden["sched_pcm"]
     assert "phases" in hidden["sched_lcm"] and "original_steps" not in hidden["sched_lcm"]
+    assert "phase_starts" not in hidden["sched_pcm"] and "phase_starts" in hidden["sched_lcm"]  # pcm only
     # metadata read through ComfyUI's /view_metadata route: a 2-phase PCM recipe
     meta = case["metadata"]
     assert meta["recipe"]["objective"] == "pcm" and meta["recipe"]["phases"] == 2 and meta["recipe"]["gamma"] == 0, meta

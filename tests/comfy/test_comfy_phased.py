@@ -18,6 +18,10 @@ edge (TCD at γ 0) on ``lcm_core.phased_timesteps``.
   ComfyUI's own schedule table at ``phased_timesteps``.
 * The loader's ``sampling: pcm`` + ``phases`` choose the recipe for an adapter without metadata
   (released PCM / Hyper-SD LoRAs); the merge keeps and reports the recipe.
+* A PCM adapter trained on phases of other lengths (``lcd.phase_starts``, recorded as
+  ``lcm_lora.phase_starts``): LCM KSampler auto steps on its own edges (999, 819, 599, 299 for starts
+  0, 15, 30, 41) — the stock ddim jumps on the LCM Scheduler's ``phase_starts`` sigmas, which
+  ``test_comfy_scheduler`` checks against ComfyUI's schedule table.
 * ``-m slow`` (16 more UNet evaluations): LCM Sampler auto on LCM Scheduler ``schedule: pcm`` is the
   KSampler's run, explicit modes keep the LCM timesteps, img2img takes the schedule's last steps.
 """
@@ -37,20 +41,24 @@ pytestmark = pytest.mark.comfyui
 
 PCM_LORA = "phased/pcm-meta-lora.safetensors"
 TSCD_LORA = "phased/tscd-meta-lora.safetensors"
+PCM_STARTS_LORA = "phased/pcm-starts-meta-lora.safetensors"
+STARTS = (0, 15, 30, 41)  # lcd.phase_starts: edges 819 / 599 / 299 instead of PCM's even 739 / 499 / 239
 SEED = 11
 
 
-def _write(comfy, name: str, objective: str, phases: int) -> str:
+def _write(comfy, name: str, objective: str, phases: int, starts=None) -> str:
     from lcm_lora.lcm_core.sampling_recipe import recipe_for_objective
 
-    meta = recipe_for_objective(objective, w_range=(3.0, 15.0), phases=phases).to_metadata()
+    meta = recipe_for_objective(objective, w_range=(3.0, 15.0), phases=phases, phase_starts=starts).to_metadata()
     assert meta["lcm_lora.objective"] == objective and meta["lcm_lora.phases"] == str(phases)
+    assert meta.get("lcm_lora.phase_starts") == (",".join(map(str, starts)) if starts else None)
     return G.copy_lora_with_metadata(comfy.loras, LCM_SD15, name, meta)
 
 
 @pytest.fixture(scope="module")
 def phased_loras(comfy) -> dict:
-    return {"pcm": _write(comfy, PCM_LORA, "pcm", 4), "tscd": _write(comfy, TSCD_LORA, "tscd", 4)}
+    return {"pcm": _write(comfy, PCM_LORA, "pcm", 4), "tscd": _write(comfy, TSCD_LORA, "tscd", 4),
+            "pcm_starts": _write(comfy, PCM_STARTS_LORA, "pcm", 4, starts=STARTS)}
 
 
 def comfy_sigma(t: float) -> float:
@@ -144,7 +152,9 @@ def _family_graph(loras: dict, family: str) -> dict:
     g["ks_auto"] = _ksampler(("l", 0), 4)
     _save(g, "save_ks_auto", "ks_auto")
     g["sched"] = {"class_type": "LCMScheduler", "inputs": {"steps": 4, "original_steps": 50, "denoise": 1.0,
-                                                           "schedule": family, "phases": 4}}
+                                                           "schedule": family.split("_")[0], "phases": 4}}
+    if family == "pcm_starts":
+        g["sched"]["inputs"]["phase_starts"] = ",".join(map(str, STARTS))
     g["split"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": ["sched", 0], "step": 3}}
     g["ddim"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}}
     g["first3"] = _custom(("l", 0), ("split", 0), ("ddim", 0))
@@ -163,12 +173,13 @@ def _run_saves(comfy, g: dict, family: str) -> dict:
 def sampled(comfy, phased_loras) -> dict:
     """4-step samples of the pcm / tscd adapters and their stock references (16 UNet evaluations)."""
     out = {}
-    for family in ("pcm", "tscd"):
+    for family in ("pcm", "tscd", "pcm_starts"):
         out.update(_run_saves(comfy, _family_graph(phased_loras, family), family))
     return out
 
 
-@pytest.mark.parametrize("family,timesteps", [("pcm", [999, 739, 499, 239]), ("tscd", [999, 749, 499, 249])])
+@pytest.mark.parametrize("family,timesteps", [("pcm", [999, 739, 499, 239]), ("tscd", [999, 749, 499, 249]),
+                                             ("pcm_starts", [999, 819, 599, 299])])
 def test_ksampler_auto_equals_stock_ddim_on_the_phase_edges(sampled, family, timesteps):
     """LCM KSampler auto = stock ddim jumps on the phase edges + TCD's last step to timestep 0."""
     x3, x0 = sampled[f"{family}_x3"].double(), sampled[f"{family}_x0"].double()
@@ -181,6 +192,7 @@ def test_ksampler_auto_equals_stock_ddim_on_the_phase_edges(sampled, family, tim
 
 def test_pcm_and_tscd_runs_differ(sampled):
     assert G.rel_diff(sampled["pcm_ks_auto"], sampled["tscd_ks_auto"]) > 1e-4  # their edges differ
+    assert G.rel_diff(sampled["pcm_ks_auto"], sampled["pcm_starts_ks_auto"]) > 1e-4  # so do the moved ones
 
 
 @pytest.mark.slow
@@ -216,3 +228,17 @@ def test_ksampler_error_names_the_node(comfy, phased_loras):
     assert result.status == "error" and result.error["node_type"] == "LCMKSampler", result.message()
     msg = result.error["exception_message"]
     assert msg.startswith("LCM KSampler steps") and "pcm" in msg and "1000" in msg, msg
+
+
+def test_scheduler_phase_starts_error_names_the_input(comfy, phased_loras):
+    """A ``phase_starts`` that is not one start per phase, 0 first, increasing, on the grid: the node and the input."""
+    g = {**G.base(SD15_CKPT), "l": G.lcm_loader(phased_loras["pcm_starts"])}
+    g["sched"] = {"class_type": "LCMScheduler", "inputs": {"steps": 4, "original_steps": 50, "denoise": 1.0,
+                                                           "schedule": "pcm", "phases": 4, "phase_starts": "0,15,30"}}
+    g["ddim"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}}
+    g["custom"] = _custom(("l", 0), ("sched", 0), ("ddim", 0))
+    _save(g, "save", "custom")
+    result = comfy.run(g)
+    assert result.status == "error" and result.error["node_type"] == "LCMScheduler", result.message()
+    msg = result.error["exception_message"]
+    assert msg.startswith("LCM Scheduler phase_starts") and "one start per phase (4)" in msg, msg

@@ -49,17 +49,18 @@ def test_denoise_zero_gives_no_steps(node_sigmas):
     assert node_sigmas[(4, 50, 0.0)]["sigmas"] == []
 
 
-def phased_reference(steps, denoise, family, phases):
+def phased_reference(steps, denoise, family, phases, starts=None):
     from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
 
-    return phased_timesteps(steps, phases, family, denoise=denoise)
+    return phased_timesteps(steps, phases, family, denoise=denoise,
+                            starts=[int(v) for v in starts.split("/")] if starts else None)
 
 
 @pytest.mark.parametrize("case", [c for c in PHASED_SIGMA_CASES if c[3] != "lcm" and c[2] > 0])
 def test_phased_schedule_sigmas_are_comfyui_table_entries_at_the_phase_edges(node_sigmas, case):
-    steps, _, denoise, family, phases = case
+    steps, _, denoise, family, phases, *starts = case
     r = node_sigmas[case]
-    expected = phased_reference(steps, denoise, family, phases)
+    expected = phased_reference(steps, denoise, family, phases, *starts)
     assert len(r["sigmas"]) == len(expected) + 1 and r["sigmas"][-1] == 0.0
     assert r["eps_timesteps"] == pytest.approx(expected, abs=1e-3)  # ComfyUI's model sampling maps them back
     assert r["sigmas"][:-1] == pytest.approx(r["eps_table"], rel=1e-6)  # ComfyUI's own table entries
@@ -71,6 +72,14 @@ def test_phased_schedule_four_phases_are_the_papers_edges(node_sigmas):
     assert [round(t) for t in node_sigmas[(4, 50, 1.0, "tscd", 4)]["eps_timesteps"]] == [999, 749, 499, 249]
     assert [round(t) for t in node_sigmas[(1, 50, 1.0, "tscd", 4)]["eps_timesteps"]] == [999]
     assert node_sigmas[(4, 50, 0.0, "pcm", 4)]["sigmas"] == []
+
+
+def test_phase_starts_move_the_pcm_edges(node_sigmas):
+    # an adapter trained with lcd.phase_starts [0, 15, 30, 41]: edge = start·20 − 1 on the 50-step DDIM grid
+    starts = "0/15/30/41"
+    assert [round(t) for t in node_sigmas[(4, 50, 1.0, "pcm", 4, starts)]["eps_timesteps"]] == [999, 819, 599, 299]
+    assert [round(t) for t in node_sigmas[(2, 50, 0.5, "pcm", 4, starts)]["eps_timesteps"]] == [599, 299]
+    assert node_sigmas[(4, 50, 1.0, "lcm", 4, starts)]["sigmas"] == node_sigmas[(4, 50, 1.0)]["sigmas"]  # lcm ignores it
 
 
 def test_lcm_schedule_is_the_old_output_bit_for_bit(node_sigmas):

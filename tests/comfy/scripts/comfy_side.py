@@ -245,9 +245,13 @@ def cmd_sigmas(a) -> dict:
     lcm_ms, eps_ms = LcmSampling(mc), EpsSampling(mc)
     out = []
     for case in a.cases.split(";"):
-        steps, original, denoise, *phased = case.split(",")  # optional schedule,phases (pcm / tscd)
+        steps, original, denoise, *phased = case.split(",")  # optional schedule,phases[,starts a/b/c] (pcm / tscd)
         key = [int(steps), int(original), float(denoise)]
-        if phased:
+        if len(phased) == 3:  # phase_starts, written with "/" (the cases are comma-separated)
+            key += [phased[0], int(phased[1]), phased[2]]
+            sig = scheduler.execute(int(steps), int(original), float(denoise), phased[0], int(phased[1]),
+                                    phased[2].replace("/", ",")).args[0]
+        elif phased:
             key += [phased[0], int(phased[1])]
             sig = scheduler.execute(int(steps), int(original), float(denoise), phased[0], int(phased[1])).args[0]
         else:  # the inputs as an old prompt gives them (no schedule / phases)
