@@ -109,13 +109,13 @@ def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
         except (TypeError, ValueError):
             phases = base.phases
         phases = phases if 1 <= phases <= 1000 else base.phases
-        base = recipe_for_objective(objective, phases=phases)
+        starts = None
         if objective == "pcm" and metadata.get(KEY_PHASE_STARTS):
             try:  # unreadable starts: the even split (advisory, as every key here)
-                starts = tuple(check_phase_starts(metadata[KEY_PHASE_STARTS].split(","), phases))
-                base = recipe_for_objective(objective, phases=phases, phase_starts=starts)
+                starts = check_phase_starts(metadata[KEY_PHASE_STARTS].split(","), phases)
             except ConfigError:
                 pass
+        base = recipe_for_objective(objective, phases=phases, phase_starts=starts)
     try:
         steps = int(metadata.get(KEY_STEPS, base.steps))
         cfg = float(metadata.get(KEY_CFG, base.cfg))

@@ -139,6 +139,6 @@ def read_phase_starts(text, phases: int, node: str = "LCM Scheduler") -> list[in
     if not text:
         return None
     try:
-        return check_phase_starts([v for v in text.replace(" ", "").split(",")], int(phases))
+        return check_phase_starts(text.split(","), int(phases))  # int() takes the spaces around each number
     except ConfigError as e:
         raise ConfigError(f"{node} phase_starts", f"{e.problem} (phases {int(phases)})") from None

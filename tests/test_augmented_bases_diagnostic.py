@@ -178,27 +178,3 @@ def test_student_cfg_predictions_distil_the_students_own_cfg():
     torch.testing.assert_close(got_zero[0], plain_zero[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_zero[1], plain_zero[1], rtol=1e-5, atol=1e-5)
 
-
-def test_moved_phase_starts_move_the_training_and_the_sampling_edges_together():
-    """The trainer's phase end points (``training.phased``) and the sampler's steps (``lcm_core.phased_timesteps``)
-    follow the moved starts together; closed form: phase e's edge is e·k − 1 (k = 1000 / 50), 0 for e = 0."""
-    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
-    from lcm_lora.training.ddim_solver import DDIMSolver
-    from lcm_lora.training.phased import pcm_end_timesteps
-
-    moved = _module().moved_phase_starts
-    solver = DDIMSolver(torch.linspace(0.999, 0.01, 1000, dtype=torch.float64), 50)
-    index = torch.tensor([0, 18, 19, 33, 34, 43, 44, 49])
-    with moved([0, 19, 34, 44]):
-        assert phased_timesteps(4, 4, "pcm") == [999, 879, 679, 379]
-        assert pcm_end_timesteps(index, solver, 4).tolist() == [0, 0, 379, 379, 679, 679, 879, 879]
-        assert phased_timesteps(2, 2, "pcm") == [999, 499]  # another phase count keeps PCM's even split
-    assert phased_timesteps(4, 4, "pcm") == [999, 739, 499, 239]  # restored on exit
-    assert pcm_end_timesteps(index, solver, 4).tolist() == [0, 239, 239, 499, 499, 739, 739, 739]
-    for bad in ([1, 19, 34, 44], [0, 34, 19, 44]):
-        with pytest.raises(SystemExit, match="start at 0 and increase"):
-            with moved(bad):
-                pass
-    with moved([0, 19, 34, 50]), pytest.raises(SystemExit, match="below the 50-point solver grid"):
-        phased_timesteps(4, 4, "pcm")
-    assert phased_timesteps(4, 4, "pcm") == [999, 739, 499, 239]

@@ -68,7 +68,7 @@ def adapter_recipe(cfg):
     lcd = cfg.lcd
     if lcd.objective in PHASED:
         recipe = recipe_for_objective(lcd.objective, w_range=(lcd.w_min, lcd.w_max), phases=adapter_phases(cfg),
-                                      phase_starts=tuple(lcd.phase_starts) if lcd.objective == "pcm" else None)
+                                      phase_starts=lcd.phase_starts)  # [] unless pcm (config rules)
     else:
         gamma = lcd.tdd_s_ratio if (lcd.objective == "tcd" and lcd.tcd_s_sampling == "tdd") else 0.3
         recipe = recipe_for_objective(lcd.objective, w_range=(lcd.w_min, lcd.w_max), steps=4, gamma=gamma)

@@ -24,7 +24,7 @@ Also here, to split goal (d)'s gap into the student's fidelity and the transfer 
 ``--oracle`` distils on the bold fine-tune itself, with its own bold images (an upper bound: no transfer to do);
 ``--override KEY=VALUE --tag NAME`` changes the recipe (e.g. ``lora.targets``, or the guided PCM with
 ``lcd.solver_guidance=true --cfg 1``); ``--student-cfg`` distils a real-CFG student (:func:`student_cfg_predictions`);
-``--phase-starts`` moves PCM's phase edges for training and sampling alike (:func:`moved_phase_starts`).
+``--phase-starts`` moves PCM's phase edges for training and sampling alike (the trainer's ``lcd.phase_starts``).
 """
 from __future__ import annotations
 
@@ -111,36 +111,6 @@ def student_cfg_predictions():
         lcd_step.LcdLoss.predictions = original
 
 
-@contextlib.contextmanager
-def moved_phase_starts(starts: list[int] | None):
-    """While active, a ``len(starts)``-phase PCM adapter's phases start at the solver indices ``starts`` instead of
-    PCM's even split ``floor(linspace(0, N, phases, endpoint=False))``. Training (``training.phased``) and sampling
-    (``lcm_core.phased_timesteps``) both read ``pcm_phase_starts``, so the adapter is distilled and sampled on the
-    same moved edges (an edge is ``e·k − 1``: starts 0, 19, 34, 44 sample at 999 → 879 → 679 → 379 → 0). A
-    diagnostic, not a trainer option: the adapter file does not record them."""
-    from lcm_lora.lcm_core import phased_timesteps
-
-    if not starts:
-        yield
-        return
-    if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
-        raise SystemExit(f"--phase-starts must start at 0 and increase, got {starts}")
-    original = phased_timesteps.pcm_phase_starts
-
-    def moved(phases: int, num_ddim_timesteps: int = 50, given=None) -> list[int]:
-        if given or int(phases) != len(starts):
-            return original(phases, num_ddim_timesteps, given)
-        if starts[-1] >= num_ddim_timesteps:
-            raise SystemExit(f"--phase-starts {starts} must lie below the {num_ddim_timesteps}-point solver grid")
-        return list(starts)
-
-    phased_timesteps.pcm_phase_starts = moved
-    try:
-        yield
-    finally:
-        phased_timesteps.pcm_phase_starts = original
-
-
 def styled_data_folder(folder: Path, work: Path, style: str) -> Path:
     """``folder`` (PNG + ``metadata.jsonl``) with ``apply_style`` applied to every image — the fine-tune's own
     training images (the same split the preset fine-tunes on), cached in ``work``."""
@@ -187,26 +157,26 @@ def main():
                                                                       "preset's, the adapter's recorded cfg)")
     p.add_argument("--phase-starts", default="", metavar="I,I,...",
                    help="distil and sample the PCM adapter with its phases starting at these solver indices "
-                        "(moved_phase_starts), e.g. 0,19,34,44; needs a --tag")
+                        "(lcd.phase_starts), e.g. 0,19,34,44; needs a --tag")
     p.add_argument("--tag", default="", help="names the --override recipe in the adapters' folders and the output")
     args = p.parse_args()
     if args.on_base and args.oracle:
         raise SystemExit("--on-base and --oracle: the oracle is distilled on the fine-tune; measure it there")
     if (args.override or args.student_cfg or args.phase_starts) and not args.tag:
         raise SystemExit("--override, --student-cfg and --phase-starts need a --tag (the adapters are cached by name)")
-    starts = [int(i) for i in args.phase_starts.split(",")] if args.phase_starts else None
-    with moved_phase_starts(starts):
-        run(args)
+    from lcm_lora.lcm_core.errors import ConfigError
+    from lcm_lora.lcm_core.phased_timesteps import check_phase_starts, phased_timesteps
 
-
-def run(args):
+    try:  # before any work, as the other argument checks
+        starts = check_phase_starts(args.phase_starts.split(","), 4, name="--phase-starts") if args.phase_starts else None
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
     torch.set_num_threads(1)
     import tcd_recipes
     from lcm_lora.demo.fused_unet import unet_with
     from lcm_lora.demo.sampler_seeds import sampler_seed
     from lcm_lora.demo.student_sampling import sample_tcd_student
     from lcm_lora.lcm_core.lora import read_adapter
-    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
 
     bench = tcd_recipes.Bench(args.cache, args.work, args.n, 0, args.preset, base_as_finetune=args.on_base)
     cfg = bench.cfg
@@ -220,7 +190,8 @@ def run(args):
     ddim8 = next(r for r in refs["rows"] if r.get("steps") == 8 and "floor" not in r["label"])
     _, aplan = bench._accel_plans(args.n)
     acond, auncond = bench.teacher.embed(aplan.labels)
-    timesteps = phased_timesteps(cfg.accel_steps, 4, "pcm")
+    timesteps = phased_timesteps(cfg.accel_steps, 4, "pcm", starts=starts)
+    overrides = [*args.override, *([f"lcd.phase_starts={starts}"] if starts else [])]
     scale = cfg.guidance_scale if args.cfg is None else args.cfg
 
     def measure(parts: list, **info) -> None:
@@ -234,7 +205,8 @@ def run(args):
 
         def base_fn(sl, k):
             return sample_tcd_student(student, bench.cond[sl], bench.plan.noise[sl], k, gamma=0.0,
-                                      seed=sampler_seed(cfg.seed + sl.start), timesteps=phased_timesteps(k, 4, "pcm"),
+                                      seed=sampler_seed(cfg.seed + sl.start),
+                                      timesteps=phased_timesteps(k, 4, "pcm", starts=starts),
                                       guidance_scale=scale, uncond=bench.uncond[sl])
 
         base = tcd_recipes.sample_rows("student", "pcm", [cfg.accel_steps], base_fn, bench.plan, bench.inst,
@@ -254,7 +226,7 @@ def run(args):
                     (student_cfg_predictions() if args.student_cfg else contextlib.nullcontext()):
                 path, seconds = bench.train(f"ncfg-{args.steps}-{tag}-s{seed}",
                                             [f"train.max_steps={args.steps}", *cfg.pcm_overrides, f"train.seed={seed}",
-                                             *args.override],
+                                             *overrides],
                                             kind="pcm")
             adapters.append(read_adapter(path))
             if not args.soup_only:
