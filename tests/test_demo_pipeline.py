@@ -109,9 +109,9 @@ def test_pcm_is_a_full_preset_flag_and_leaves_other_cache_keys_alone(tmp_path):
     TCD adapter: their cache folders hash the config text, their own overrides and CACHE_VERSION, as before."""
     assert R.PRESETS["full"].pcm and not R.PRESETS["fast"].pcm
     full = R.PRESETS["full"]
-    # PCM's normal-CFG recipe, sampled at the teacher's own CFG
+    # PCM's normal-CFG recipe, sampled at the teacher's own CFG, its phase edges moved toward high noise
     assert full.pcm_overrides == ("lcd.objective=pcm", "lcd.solver_guidance=false", "data.caption_dropout=0.1",
-                                  f"lcd.normal_cfg={full.guidance_scale:g}")
+                                  f"lcd.normal_cfg={full.guidance_scale:g}", "lcd.phase_starts=[0,15,30,41]")
     pcm_extra = list(full.pcm_overrides)
     teacher, data = tmp_path / "teacher-x", tmp_path / "data-y"
     config_text = (R.REPO_ROOT / "configs" / "tiny_cpu.yaml").read_text(encoding="utf-8")
@@ -150,6 +150,10 @@ def test_pcm_adapter_is_distilled_by_the_trainer_with_its_recipe(tmp_path, tiny_
     recipe = phased_recipe(pcm)
     assert (recipe.objective, recipe.phases, recipe.gamma) == ("pcm", 4, 0.0)
     assert recipe.cfg == cfg.guidance_scale  # normal CFG: sampled with real CFG at the teacher's g
-    assert recipe_timesteps(recipe, 4) == phased_timesteps(4, 4, "pcm") == [999, 739, 499, 239]
+    # the moved edges, recorded in the adapter: edge = start·k − 1 on the 50-point grid (k 20), against the even
+    # split's 999 / 739 / 499 / 239
+    assert recipe.phase_starts == (0, 15, 30, 41)
+    assert recipe_timesteps(recipe, 4) == phased_timesteps(4, 4, "pcm", starts=(0, 15, 30, 41)) == [999, 819, 599, 299]
+    assert phased_timesteps(4, 4, "pcm") == [999, 739, 499, 239]
     assert R.distil_pcm(tmp_path, cfg, tiny_teacher, data, progress=False)[1]["cached"]
     assert not any(p.name.startswith(("lcm-", "tcd-")) for p in tmp_path.iterdir())  # trained nothing else

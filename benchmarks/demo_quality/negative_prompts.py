@@ -40,13 +40,17 @@ def main():
     cfg = PRESETS[a.preset]
     teacher = load_teacher(sorted(a.cache.glob("teacher-*"))[0])
     inst = build_instruments(cfg.resolution, cfg.split_seed, cfg.style.style, a.cache / "classifiers", cfg.neg_samples)
+    adapter = read_adapter(a.adapter)
     timesteps = None
     if a.schedule != "tcd":
         from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+        from lcm_lora.lcm_core.sampling_recipe import read_recipe
 
-        timesteps = phased_timesteps(cfg.neg_student_steps, a.phases, a.schedule)
+        recipe = read_recipe(adapter.metadata)  # a pcm adapter's moved edges (lcm_lora.phase_starts), if it has any
+        starts = recipe.phase_starts if recipe is not None and recipe.objective == a.schedule else None
+        timesteps = phased_timesteps(cfg.neg_student_steps, a.phases, a.schedule, starts=starts)
     sample = functools.partial(sample_tcd_student, gamma=a.gamma, timesteps=timesteps)
-    students = {"adapter": (unet_with(teacher.unet, [(read_adapter(a.adapter), 1.0)]), sample, "tcd")}
+    students = {"adapter": (unet_with(teacher.unet, [(adapter, 1.0)]), sample, "tcd")}
     t0 = time.perf_counter()
     out = negative_prompt_study(teacher, students, inst, cfg.neg_samples, cfg.resolution, cfg.seed + 4,
                                 cfg.neg_teacher_steps, cfg.guidance_scale, cfg.neg_student_steps, cfg.neg_configs)

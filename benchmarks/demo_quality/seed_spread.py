@@ -55,8 +55,9 @@ def parse_gammas(text: str, steps: int = 4) -> list[list[float]]:
 
 @torch.no_grad()
 def sample_phased_per_step_gamma(unet, cond, noise, gammas: list[float], seed: int, phases: int = 4,
-                                 timesteps: list[int] | None = None):
-    """The 4-phase student on its phase edges (or on ``timesteps``, e.g. the TCD schedule
+                                 timesteps: list[int] | None = None, starts=None):
+    """The 4-phase student on its phase edges (``starts``: the solver indices its adapter records in
+    ``lcm_lora.phase_starts``, None for PCM's even split; or on ``timesteps``, e.g. the TCD schedule
     ``lcm_core.timesteps.tcd_timesteps``) with the TCD sampler, γ ``gammas[i]`` on step i: one
     ``lcm_core.sampling.sample_tcd`` call per step sharing one noise stream, so equal γs reproduce a single call
     (and the demo's ``sample_tcd_student``) exactly."""
@@ -65,7 +66,7 @@ def sample_phased_per_step_gamma(unet, cond, noise, gammas: list[float], seed: i
     from lcm_lora.lcm_core.sampling import default_noise_sampler, sample_tcd
     from lcm_lora.lcm_core.timesteps import timesteps_to_sigmas
 
-    ts = phased_timesteps(len(gammas), phases, "pcm") if timesteps is None else timesteps
+    ts = phased_timesteps(len(gammas), phases, "pcm", starts=starts) if timesteps is None else timesteps
     sigmas = timesteps_to_sigmas(ts).to(noise.device)
     model, nfe = _denoiser(unet, cond, None, 1.0, None, None, len(gammas), None, list(ts))
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5
@@ -132,13 +133,18 @@ def main():
     from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
     from lcm_lora.demo.teacher_samplers import sample_teacher
     from lcm_lora.lcm_core.lora import read_adapter
+    from lcm_lora.lcm_core.sampling_recipe import read_recipe
 
     seed_fns = _lcm_seed_fns()
     recipes, bench, _ = load_bench(args)
     gamma_rows = parse_gammas(args.gammas)
     teacher = bench.teacher
     lcm = unet_with(teacher.unet, [(read_adapter(args.lcm), 1.0)])
-    students = {str(a): unet_with(teacher.unet, [(read_adapter(a), 1.0)]) for a in args.adapter}
+    students = {}  # path -> (fused UNet, the phase starts its adapter was distilled on; None = the even split)
+    for a in args.adapter:
+        adapter = read_adapter(a)
+        recipe = read_recipe(adapter.metadata)
+        students[str(a)] = (unet_with(teacher.unet, [(adapter, 1.0)]), recipe.phase_starts if recipe else None)
     tcd_students = {str(a): unet_with(teacher.unet, [(read_adapter(a), 1.0)]) for a in args.tcd}
     tcd_gammas = [g[0] for g in gamma_rows if len(set(g)) == 1]
     cfg_text = f" cfg {args.cfg:g}" + (f" on {args.cfg_steps} step(s)" if args.cfg_steps else "") if args.cfg != 1.0 else ""
@@ -169,11 +175,13 @@ def main():
         for seeding in LCM_SEEDINGS[args.lcm_seeding]:
             bars[seeding] = measure(LCM_ROW[seeding], lambda sl, k, fn=seed_fns[seeding]: sample_lcm_student(
                 lcm, bench.cond[sl], plan.noise[sl], k, seed=fn(cfg.seed + sl.start)), seed)
-        for path, unet in students.items():
+        for path, (unet, starts) in students.items():
             for gammas in gamma_rows:
                 name = f"{Path(path).parent.name} γ {','.join(f'{g:g}' for g in gammas)}"
-                measure_adapter(name, lambda sl, k, unet=unet, gammas=gammas: sample_phased_per_step_gamma(
-                    unet, bench.cond[sl], plan.noise[sl], gammas, sampler_seed(cfg.seed + sl.start)), seed, bars, t8)
+                def fn(sl, k, unet=unet, gammas=gammas, starts=starts):
+                    return sample_phased_per_step_gamma(unet, bench.cond[sl], plan.noise[sl], gammas,
+                                                        sampler_seed(cfg.seed + sl.start), starts=starts)
+                measure_adapter(name, fn, seed, bars, t8)
         for path, unet in tcd_students.items():
             for gamma in tcd_gammas:
                 name = f"{Path(path).parent.name} TCD γ {gamma:g}{cfg_text}"

@@ -8,9 +8,10 @@ seed's reference:
 
 * the fine-tune's DDIM 8 at the demo's CFG 2 (the bar);
 * the LCM-LoRA ``--lcm`` on the fine-tune, 4 LCM steps;
-* each 4-phase adapter ``--adapter`` (repeatable) on the fine-tune at 4 steps on its phase edges, TCD γ 0, with
-  real CFG ``--adapter-cfg`` on every step for a normal-CFG adapter (1 = none; one value per ``--adapter``, as the
-  demo samples its normal-CFG PCM adapter at its recipe's cfg 2).
+* each 4-phase adapter ``--adapter`` (repeatable) on the fine-tune at 4 steps on its phase edges (those its
+  metadata records, ``lcm_core.sampling_recipe.recipe_timesteps``; PCM's even split for an adapter without a phased
+  recipe), TCD γ 0, with real CFG ``--adapter-cfg`` on every step for a normal-CFG adapter (1 = none; one value
+  per ``--adapter``, as the demo samples its normal-CFG PCM adapter at its recipe's cfg 2).
 
 One JSON line per (seed, model) with goal (d)'s verdict, then the FDs averaged over the seeds.
 
@@ -47,13 +48,20 @@ def main():
     from lcm_lora.demo.teacher_samplers import sample_teacher
     from lcm_lora.lcm_core.lora import read_adapter
     from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+    from lcm_lora.lcm_core.sampling_recipe import read_recipe, recipe_timesteps
 
     _, bench, _ = load_bench(args)
     cfg, teacher, ft = bench.cfg, bench.teacher, bench.ft
     g, sc, steps = cfg.guidance_scale, teacher.scheduler_config, cfg.accel_steps
-    models = [("LCM-LoRA", unet_with(ft, [(read_adapter(args.lcm), 1.0)]), None)]
-    models += [(f"{a.parent.name} cfg {c:g}", unet_with(ft, [(read_adapter(a), 1.0)]), c)
-               for a, c in zip(args.adapter, args.adapter_cfg)]
+
+    def edges(adapter):  # the phase edges the adapter was distilled on
+        return (recipe_timesteps(read_recipe(adapter.metadata), steps)
+                or phased_timesteps(steps, 4, "pcm"))
+
+    models = [("LCM-LoRA", unet_with(ft, [(read_adapter(args.lcm), 1.0)]), None, None)]
+    for a, c in zip(args.adapter, args.adapter_cfg):
+        adapter = read_adapter(a)
+        models.append((f"{a.parent.name} cfg {c:g}", unet_with(ft, [(adapter, 1.0)]), c, edges(adapter)))
     table: dict[str, list[float]] = {}
 
     def fd_to(ref_stats, images):
@@ -71,12 +79,12 @@ def main():
         ddim8 = fd_to(ref, sample_teacher(ft, cond, uncond, plan.noise, "ddim", 8, sc, g).images)
         table.setdefault("fine-tune DDIM 8", []).append(ddim8)
         print(json.dumps({"seed": seed, "model": "fine-tune DDIM 8", "fd_vs_ft_ddim25": ddim8}), flush=True)
-        for name, unet, c in models:
+        for name, unet, c, timesteps in models:
             if c is None:
                 images = sample_lcm_student(unet, cond, plan.noise, steps, seed=sampler_seed(seed)).images
             else:
                 images = sample_tcd_student(unet, cond, plan.noise, steps, gamma=0.0, seed=sampler_seed(seed),
-                                            timesteps=phased_timesteps(steps, 4, "pcm"), guidance_scale=c,
+                                            timesteps=timesteps, guidance_scale=c,
                                             uncond=uncond if c != 1 else None).images
             fd = fd_to(ref, images)
             table.setdefault(name, []).append(fd)
