@@ -25,6 +25,11 @@ Also here, to split goal (d)'s gap into the student's fidelity and the transfer 
 ``--override KEY=VALUE --tag NAME`` changes the recipe (e.g. ``lora.targets``, or the guided PCM with
 ``lcd.solver_guidance=true --cfg 1``); ``--student-cfg`` distils a real-CFG student (:func:`student_cfg_predictions`);
 ``--phase-starts`` moves PCM's phase edges for training and sampling alike (the trainer's ``lcd.phase_starts``).
+Every adapter is sampled on the phase edges it records (``lcm_lora.objective`` / ``phases`` / ``phase_starts``,
+``lcm_core.sampling_recipe.recipe_timesteps``): the plain recipe is the demo's, whose edges moved with
+``DemoConfig.pcm_overrides`` (2026-12-07); ``--phase-starts 0,12,25,37 --tag even`` is PCM's even split, which
+the adapters cached as ``plain`` before then were trained on. An adapter that records no moved
+edges (cached by the flag's first version) is sampled on ``--phase-starts``, or on the even split.
 """
 from __future__ import annotations
 
@@ -132,6 +137,19 @@ def styled_data_folder(folder: Path, work: Path, style: str) -> Path:
     return out
 
 
+def adapter_edges(metadata, steps: int, starts=None) -> list[int]:
+    """The ``steps`` timesteps on the phase edges an adapter was distilled on: those its ``metadata`` records
+    (``lcm_core.sampling_recipe.recipe_timesteps``), else ``starts`` (``--phase-starts``: adapters cached by the
+    flag's first version record no moved edges), else PCM's even split of 4 phases."""
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+    from lcm_lora.lcm_core.sampling_recipe import read_recipe, recipe_timesteps
+
+    recipe = read_recipe(metadata)
+    if recipe is not None and (recipe.phase_starts or recipe.objective != "pcm" or not starts):
+        return recipe_timesteps(recipe, steps)
+    return phased_timesteps(steps, 4, "pcm", starts=starts)
+
+
 def main():
     p = bench_arguments(__doc__.splitlines()[0])
     p.add_argument("--preset", default="fast")
@@ -165,7 +183,7 @@ def main():
     if (args.override or args.student_cfg or args.phase_starts) and not args.tag:
         raise SystemExit("--override, --student-cfg and --phase-starts need a --tag (the adapters are cached by name)")
     from lcm_lora.lcm_core.errors import ConfigError
-    from lcm_lora.lcm_core.phased_timesteps import check_phase_starts, phased_timesteps
+    from lcm_lora.lcm_core.phased_timesteps import check_phase_starts
 
     try:  # before any work, as the other argument checks
         starts = check_phase_starts(args.phase_starts.split(","), 4, name="--phase-starts") if args.phase_starts else None
@@ -190,12 +208,15 @@ def main():
     ddim8 = next(r for r in refs["rows"] if r.get("steps") == 8 and "floor" not in r["label"])
     _, aplan = bench._accel_plans(args.n)
     acond, auncond = bench.teacher.embed(aplan.labels)
-    timesteps = phased_timesteps(cfg.accel_steps, 4, "pcm", starts=starts)
+    def edges(adapter, k: int) -> list[int]:
+        return adapter_edges(adapter.metadata, k, starts)
+
     overrides = [*args.override, *([f"lcd.phase_starts={starts}"] if starts else [])]
     scale = cfg.guidance_scale if args.cfg is None else args.cfg
 
     def measure(parts: list, **info) -> None:
         """Print goal (d) and the base-teacher row for the adapters ``parts`` ((adapter, strength) pairs) fused."""
+        timesteps = edges(parts[0][0], cfg.accel_steps)
         on_ft = sample_tcd_student(unet_with(bench.ft, parts), acond, aplan.noise, cfg.accel_steps, gamma=0.0,
                                    seed=sampler_seed(cfg.seed), timesteps=timesteps,
                                    guidance_scale=scale, uncond=auncond)
@@ -206,7 +227,7 @@ def main():
         def base_fn(sl, k):
             return sample_tcd_student(student, bench.cond[sl], bench.plan.noise[sl], k, gamma=0.0,
                                       seed=sampler_seed(cfg.seed + sl.start),
-                                      timesteps=phased_timesteps(k, 4, "pcm", starts=starts),
+                                      timesteps=edges(parts[0][0], k),
                                       guidance_scale=scale, uncond=bench.uncond[sl])
 
         base = tcd_recipes.sample_rows("student", "pcm", [cfg.accel_steps], base_fn, bench.plan, bench.inst,
@@ -214,7 +235,7 @@ def main():
         print(json.dumps({**info, "measured_on": "base teacher" if args.on_base else "fine-tune", "cfg": scale,
                           "goal_d_fd": round(row["fd_vs_reference"], 2), "goal_d_accuracy": row["accuracy"],
                           "finetune_ddim8_fd": round(ddim8["fd_vs_reference"], 2), "base_fd": round(base["fd"], 2),
-                          "base_accuracy": base["accuracy"], "n": args.n}), flush=True)
+                          "base_accuracy": base["accuracy"], "n": args.n, "timesteps": timesteps}), flush=True)
 
     seeds = [int(s) for s in args.train_seeds.split(",")]
     for variant in args.variants.split(","):
