@@ -179,7 +179,10 @@ def spec_pcm():
                              "LoRA: its map jumps from phase edge to phase edge, so it is sampled with TCD at gamma 0 "
                              "on the phase edges (999, 739, 499, 239 for 4 PCM phases).\nLoader: sampling pcm (tscd for "
                              "Hyper-SD) and phases = the steps the LoRA was released for; LCM Sampler mode auto; LCM "
-                             "Scheduler schedule pcm with the same phases and steps. Or: LCM KSampler in mode auto.")]
+                             "Scheduler schedule pcm with the same phases and steps. Or: LCM KSampler in mode auto. "
+                             "A PCM adapter trained with lcd.phase_starts (e.g. the demo's, 999/819/599/299): give the "
+                             "LCM Scheduler its phase_starts (lcm-lora inspect shows them, e.g. 0,15,30,41); the LCM "
+                             "KSampler in mode auto reads them from the adapter.")]
     return nodes, links + l2
 
 
