@@ -178,20 +178,3 @@ def test_student_cfg_predictions_distil_the_students_own_cfg():
     torch.testing.assert_close(got_zero[0], plain_zero[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_zero[1], plain_zero[1], rtol=1e-5, atol=1e-5)
 
-
-
-@pytest.mark.parametrize("metadata,starts,want", [
-    # the trainer's metadata wins: moved edges recorded (lcd.phase_starts [0, 15, 30, 41]: edge = start·20 − 1)
-    ({"lcm_lora.objective": "pcm", "lcm_lora.phases": "4", "lcm_lora.phase_starts": "0,15,30,41"}, None,
-     [999, 819, 599, 299]),
-    ({"lcm_lora.objective": "pcm", "lcm_lora.phases": "4", "lcm_lora.phase_starts": "0,15,30,41"}, (0, 19, 34, 44),
-     [999, 819, 599, 299]),
-    # a PCM adapter that records no moved edges: PCM's even split, or --phase-starts (the flag's first version)
-    ({"lcm_lora.objective": "pcm", "lcm_lora.phases": "4"}, None, [999, 739, 499, 239]),
-    ({"lcm_lora.objective": "pcm", "lcm_lora.phases": "4"}, (0, 15, 30, 41), [999, 819, 599, 299]),
-    ({}, None, [999, 739, 499, 239]),
-    # a TSCD adapter: Hyper-SD's 4 segments, diffusers' trailing spacing
-    ({"lcm_lora.objective": "tscd", "lcm_lora.phases": "4"}, None, [999, 749, 499, 249]),
-])
-def test_adapters_are_sampled_on_the_edges_they_were_distilled_on(metadata, starts, want):
-    assert _module().adapter_edges(metadata, 4, starts) == want

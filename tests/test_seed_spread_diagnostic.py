@@ -42,14 +42,14 @@ def _case(seed=0):
     return _emb(torch.rand(3, 1, 4, 4, generator=g) * 2 - 1), torch.randn(3, 1, 4, 4, generator=g)
 
 
-@pytest.mark.parametrize("starts,edges", [(None, EDGES),
-                                          # moved edges (lcd.phase_starts, the demo's PCM adapter): 999/819/599/299
-                                          ((0, 15, 30, 41), [999, 819, 599, 299])])
+@pytest.mark.parametrize("timesteps,edges", [(None, EDGES),
+                                             # moved edges (lcd.phase_starts [0, 15, 30, 41], the demo's PCM adapter)
+                                             ([999, 819, 599, 299], [999, 819, 599, 299])])
 @pytest.mark.parametrize("gammas", [[0.0, 0.3, 0.8, 0.0], [0.5, 0.0, 1.0, 0.2], [0.3, 0.3, 0.3, 0.3]])
-def test_per_step_gamma_is_diffusers_tcd_with_eta_per_step(gammas, starts, edges):
+def test_per_step_gamma_is_diffusers_tcd_with_eta_per_step(gammas, timesteps, edges):
     cond, noise = _case(1)
     unet = ShiftedPointMass()
-    got = _seed_spread().sample_phased_per_step_gamma(unet, cond, noise, gammas, seed=7, starts=starts).images
+    got = _seed_spread().sample_phased_per_step_gamma(unet, cond, noise, gammas, seed=7, timesteps=timesteps).images
     sched = diffusers.TCDScheduler(**SD_CONFIG)
     sched.set_timesteps(timesteps=edges)
     gen = torch.Generator().manual_seed(7)

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts of benchmarks/demo_quality
+from adapter_edges import adapter_edges  # noqa: E402
 from phase_regression import augment_teacher  # noqa: E402
 from phase_swap import bench_arguments  # noqa: E402
 
@@ -135,19 +136,6 @@ def styled_data_folder(folder: Path, work: Path, style: str) -> Path:
         Image.fromarray(to_uint8(apply_style(x[None, None], style))[0], mode="L").save(out / png.name)
     shutil.copy(folder / "metadata.jsonl", out / "metadata.jsonl")
     return out
-
-
-def adapter_edges(metadata, steps: int, starts=None) -> list[int]:
-    """The ``steps`` timesteps on the phase edges an adapter was distilled on: those its ``metadata`` records
-    (``lcm_core.sampling_recipe.recipe_timesteps``), else ``starts`` (``--phase-starts``: adapters cached by the
-    flag's first version record no moved edges), else PCM's even split of 4 phases."""
-    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
-    from lcm_lora.lcm_core.sampling_recipe import read_recipe, recipe_timesteps
-
-    recipe = read_recipe(metadata)
-    if recipe is not None and (recipe.phase_starts or recipe.objective != "pcm" or not starts):
-        return recipe_timesteps(recipe, steps)
-    return phased_timesteps(steps, 4, "pcm", starts=starts)
 
 
 def main():

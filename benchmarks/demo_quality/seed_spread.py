@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts of benchmarks/demo_quality
+from adapter_edges import adapter_edges  # noqa: E402
 from phase_regression import load_bench  # noqa: E402
 from phase_swap import bench_arguments  # noqa: E402
 
@@ -55,9 +56,9 @@ def parse_gammas(text: str, steps: int = 4) -> list[list[float]]:
 
 @torch.no_grad()
 def sample_phased_per_step_gamma(unet, cond, noise, gammas: list[float], seed: int, phases: int = 4,
-                                 timesteps: list[int] | None = None, starts=None):
-    """The 4-phase student on its phase edges (``starts``: the solver indices its adapter records in
-    ``lcm_lora.phase_starts``, None for PCM's even split; or on ``timesteps``, e.g. the TCD schedule
+                                 timesteps: list[int] | None = None):
+    """The 4-phase student on PCM's even phase edges (or on ``timesteps``: the edges its adapter records,
+    ``adapter_edges``, or e.g. the TCD schedule
     ``lcm_core.timesteps.tcd_timesteps``) with the TCD sampler, γ ``gammas[i]`` on step i: one
     ``lcm_core.sampling.sample_tcd`` call per step sharing one noise stream, so equal γs reproduce a single call
     (and the demo's ``sample_tcd_student``) exactly."""
@@ -66,7 +67,7 @@ def sample_phased_per_step_gamma(unet, cond, noise, gammas: list[float], seed: i
     from lcm_lora.lcm_core.sampling import default_noise_sampler, sample_tcd
     from lcm_lora.lcm_core.timesteps import timesteps_to_sigmas
 
-    ts = phased_timesteps(len(gammas), phases, "pcm", starts=starts) if timesteps is None else timesteps
+    ts = phased_timesteps(len(gammas), phases, "pcm") if timesteps is None else timesteps
     sigmas = timesteps_to_sigmas(ts).to(noise.device)
     model, nfe = _denoiser(unet, cond, None, 1.0, None, None, len(gammas), None, list(ts))
     x = noise * (1.0 + sigmas[0] ** 2) ** 0.5
@@ -133,18 +134,16 @@ def main():
     from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
     from lcm_lora.demo.teacher_samplers import sample_teacher
     from lcm_lora.lcm_core.lora import read_adapter
-    from lcm_lora.lcm_core.sampling_recipe import read_recipe
 
     seed_fns = _lcm_seed_fns()
     recipes, bench, _ = load_bench(args)
     gamma_rows = parse_gammas(args.gammas)
     teacher = bench.teacher
     lcm = unet_with(teacher.unet, [(read_adapter(args.lcm), 1.0)])
-    students = {}  # path -> (fused UNet, the phase starts its adapter was distilled on; None = the even split)
+    students = {}  # path -> (fused UNet, its adapter's metadata: the phase edges it was distilled on)
     for a in args.adapter:
         adapter = read_adapter(a)
-        recipe = read_recipe(adapter.metadata)
-        students[str(a)] = (unet_with(teacher.unet, [(adapter, 1.0)]), recipe.phase_starts if recipe else None)
+        students[str(a)] = (unet_with(teacher.unet, [(adapter, 1.0)]), adapter.metadata)
     tcd_students = {str(a): unet_with(teacher.unet, [(read_adapter(a), 1.0)]) for a in args.tcd}
     tcd_gammas = [g[0] for g in gamma_rows if len(set(g)) == 1]
     cfg_text = f" cfg {args.cfg:g}" + (f" on {args.cfg_steps} step(s)" if args.cfg_steps else "") if args.cfg != 1.0 else ""
@@ -175,12 +174,14 @@ def main():
         for seeding in LCM_SEEDINGS[args.lcm_seeding]:
             bars[seeding] = measure(LCM_ROW[seeding], lambda sl, k, fn=seed_fns[seeding]: sample_lcm_student(
                 lcm, bench.cond[sl], plan.noise[sl], k, seed=fn(cfg.seed + sl.start)), seed)
-        for path, (unet, starts) in students.items():
+        for path, (unet, metadata) in students.items():
             for gammas in gamma_rows:
                 name = f"{Path(path).parent.name} γ {','.join(f'{g:g}' for g in gammas)}"
-                def fn(sl, k, unet=unet, gammas=gammas, starts=starts):
+                edges = adapter_edges(metadata, len(gammas))
+
+                def fn(sl, k, unet=unet, gammas=gammas, edges=edges):
                     return sample_phased_per_step_gamma(unet, bench.cond[sl], plan.noise[sl], gammas,
-                                                        sampler_seed(cfg.seed + sl.start), starts=starts)
+                                                        sampler_seed(cfg.seed + sl.start), timesteps=edges)
                 measure_adapter(name, fn, seed, bars, t8)
         for path, unet in tcd_students.items():
             for gamma in tcd_gammas:

@@ -9,9 +9,9 @@ seed's reference:
 * the fine-tune's DDIM 8 at the demo's CFG 2 (the bar);
 * the LCM-LoRA ``--lcm`` on the fine-tune, 4 LCM steps;
 * each 4-phase adapter ``--adapter`` (repeatable) on the fine-tune at 4 steps on its phase edges (those its
-  metadata records, ``lcm_core.sampling_recipe.recipe_timesteps``; PCM's even split for an adapter without a phased
-  recipe), TCD γ 0, with real CFG ``--adapter-cfg`` on every step for a normal-CFG adapter (1 = none; one value
-  per ``--adapter``, as the demo samples its normal-CFG PCM adapter at its recipe's cfg 2).
+  metadata records, ``adapter_edges``; PCM's even split for an adapter without a phased recipe), TCD γ 0, with
+  real CFG ``--adapter-cfg`` on every step for a normal-CFG adapter (1 = none; one value per ``--adapter``, as the
+  demo samples its normal-CFG PCM adapter at its recipe's cfg 2).
 
 One JSON line per (seed, model) with goal (d)'s verdict, then the FDs averaged over the seeds.
 
@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts of benchmarks/demo_quality
+from adapter_edges import adapter_edges  # noqa: E402
 from phase_regression import load_bench  # noqa: E402
 from phase_swap import bench_arguments  # noqa: E402
 from seed_spread import with_seed  # noqa: E402
@@ -47,21 +48,16 @@ def main():
     from lcm_lora.demo.student_sampling import sample_lcm_student, sample_tcd_student
     from lcm_lora.demo.teacher_samplers import sample_teacher
     from lcm_lora.lcm_core.lora import read_adapter
-    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
-    from lcm_lora.lcm_core.sampling_recipe import read_recipe, recipe_timesteps
 
     _, bench, _ = load_bench(args)
     cfg, teacher, ft = bench.cfg, bench.teacher, bench.ft
     g, sc, steps = cfg.guidance_scale, teacher.scheduler_config, cfg.accel_steps
 
-    def edges(adapter):  # the phase edges the adapter was distilled on
-        return (recipe_timesteps(read_recipe(adapter.metadata), steps)
-                or phased_timesteps(steps, 4, "pcm"))
-
     models = [("LCM-LoRA", unet_with(ft, [(read_adapter(args.lcm), 1.0)]), None, None)]
     for a, c in zip(args.adapter, args.adapter_cfg):
         adapter = read_adapter(a)
-        models.append((f"{a.parent.name} cfg {c:g}", unet_with(ft, [(adapter, 1.0)]), c, edges(adapter)))
+        models.append((f"{a.parent.name} cfg {c:g}", unet_with(ft, [(adapter, 1.0)]), c,
+                       adapter_edges(adapter.metadata, steps)))
     table: dict[str, list[float]] = {}
 
     def fd_to(ref_stats, images):
