@@ -312,9 +312,9 @@ function checkGraph(graph = app.graph) {
       if (problems2.length) {
         const r = source.recipe;
         const name = r.objective.toUpperCase();
-        const where = s.ours && s.schedule?.follows ? "" : (r.phaseStarts
-          ? " — LCM KSampler in mode auto (it follows the adapter's phase starts; the LCM Scheduler steps on PCM's even edges)"
-          : ` — LCM KSampler in mode auto, or LCM Sampler (auto) + LCM Scheduler (schedule ${r.objective}, phases ${r.phases})`);
+        const starts = r.phaseStarts ? `, phase_starts ${r.phaseStarts.join(",")}` : "";
+        const where = s.ours && s.schedule?.follows ? "" :
+          ` — LCM KSampler in mode auto, or LCM Sampler (auto) + LCM Scheduler (schedule ${r.objective}, phases ${r.phases}${starts})`;
         warnings.push({ nodeId: node.id, nodeType: node.type, sourceId: source.node.id, objective: r.objective,
                         problems: problems2,
                         message: `${node.title || node.type} (#${node.id}) samples a ${name} adapter (#${source.node.id}, ` +
