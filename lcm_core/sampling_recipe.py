@@ -134,6 +134,10 @@ def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
         steps = base.steps
     if not math.isfinite(cfg) or cfg < 0:  # "nan", "inf", negative: not a cfg to sample with
         cfg = base.cfg
+    if gamma is not None and not (math.isfinite(gamma) and 0.0 <= gamma <= 1.0):  # TCD's γ is a fraction
+        gamma = base.gamma
+    if w_range is not None and not all(math.isfinite(v) for v in w_range):
+        w_range = None
     return SamplingRecipe(objective, sampler, steps, gamma, cfg, ms, w_range, phases, base.phase_starts)
 
 

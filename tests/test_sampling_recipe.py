@@ -35,3 +35,28 @@ def test_unreadable_values_fall_back_to_the_objective_defaults():
     r = read_recipe(md)
     assert (r.sampler, r.model_sampling) == ("tcd", "eps")
     assert isinstance(r, SamplingRecipe)
+
+
+@pytest.mark.parametrize("gamma", ["nan", "inf", "-0.1", "1.5"])
+def test_a_gamma_outside_0_1_falls_back_to_the_objective_default(gamma):
+    """γ is a fraction of the next timestep (TCD, arXiv 2402.19159 §4.2); the samplers refuse anything else,
+    so an adapter whose metadata says otherwise samples at its objective's default instead of failing."""
+    from lcm_lora.lcm_core.sampling import sample_tcd
+
+    for objective, default in (("tcd", 0.3), ("pcm", 0.0)):
+        r = read_recipe({"lcm_lora.objective": objective, "lcm_lora.recommended_gamma": gamma})
+        assert r.gamma == default == recipe_for_objective(objective).gamma
+    import torch
+
+    with pytest.raises(Exception, match="gamma"):  # what the metadata's γ would have met in the sampler
+        sample_tcd(lambda x, s, **kw: x, torch.zeros(1, 1), torch.tensor([1.0, 0.0]), gamma=float(gamma),
+                   disable=True)
+
+
+def test_boundary_gammas_and_a_nonfinite_w_range():
+    for gamma in ("0", "1"):
+        assert read_recipe({"lcm_lora.objective": "tcd", "lcm_lora.recommended_gamma": gamma}).gamma == float(gamma)
+    md = {"lcm_lora.objective": "tcd", "lcm_lora.w_range": "nan,15"}
+    assert read_recipe(md).w_range is None
+    md = {"lcm_lora.objective": "tcd", "lcm_lora.w_range": "3,15"}
+    assert read_recipe(md).w_range == (3.0, 15.0)

@@ -64,19 +64,24 @@ function readRecipe(meta) {
   const phased = PHASED.includes(objective);
   const sampler = ["lcm", "tcd"].includes(meta["lcm_lora.recommended_sampler"]) ? meta["lcm_lora.recommended_sampler"]
     : (phased ? "tcd" : objective);
-  const gamma = Number.parseFloat(meta["lcm_lora.recommended_gamma"]);
   let phases = phased ? Number.parseInt(meta["lcm_lora.phases"], 10) : null;
   if (phased && !(phases >= 1 && phases <= 1000)) phases = DEFAULT_PHASES;
   const steps = Number.parseInt(meta["lcm_lora.recommended_steps"], 10);
   const defaultGamma = objective === "tcd" ? 0.3 : (phased ? 0 : null);
-  // lcm_lora.recommended_cfg: read_recipe takes float(text) and falls back to 1 for text that is no finite cfg >= 0
-  const cfgText = meta["lcm_lora.recommended_cfg"];
-  const cfgValue = typeof cfgText === "string" && /^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/.test(cfgText)
-    ? Number(cfgText) : NaN;
+  // read_recipe takes float(text) and falls back to the objective's default for text that is no finite cfg >= 0,
+  // no γ in [0, 1] (the samplers refuse any other), no step count in [1, 1000]
+  const cfgValue = numberText(meta["lcm_lora.recommended_cfg"]);
   const cfg = Number.isFinite(cfgValue) && cfgValue >= 0 ? cfgValue : 1;
+  const gammaValue = numberText(meta["lcm_lora.recommended_gamma"]);
+  const gamma = Number.isFinite(gammaValue) && gammaValue >= 0 && gammaValue <= 1 ? gammaValue : defaultGamma;
   const phaseStarts = objective === "pcm" ? readPhaseStarts(meta["lcm_lora.phase_starts"], phases) : null;
-  return { objective, sampler, gamma: Number.isFinite(gamma) ? gamma : defaultGamma,
-           steps: Number.isFinite(steps) ? steps : (phased ? phases : 4), phases, phaseStarts, cfg, source: "metadata" };
+  return { objective, sampler, gamma, steps: steps >= 1 && steps <= 1000 ? steps : (phased ? phases : 4), phases,
+           phaseStarts, cfg, source: "metadata" };
+}
+
+// A metadata number as Python's float() reads plain decimal text; NaN for anything else.
+function numberText(text) {
+  return typeof text === "string" && /^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/.test(text) ? Number(text) : NaN;
 }
 
 // lcm_lora.phase_starts ("0,15,30,41": a PCM adapter distilled on phases of other lengths, lcd.phase_starts), or

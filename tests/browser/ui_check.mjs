@@ -22,7 +22,7 @@
 //  * a "normal CFG" adapter (metadata lcm_lora.recommended_cfg > 1: trained without solver guidance; files
 //    given by --normal-lora, a 4-phase PCM recipe at cfg 2, and --normal-lcm-lora, an LCM recipe at cfg 5)
 //    gets no cfg warning up to 2 × its cfg on every step, one above it, and one at cfg <= 1 / cfg_steps 0;
-//    guided adapters keep the cfg > 2 check; readRecipe's cfg for the metadata in --recipe-metas (a JSON
+//    guided adapters keep the cfg > 2 check; readRecipe's cfg and γ for the metadata in --recipe-metas (a JSON
 //    list, compared with lcm_core.sampling_recipe.read_recipe by the pytest wrapper).
 import { chromium } from "playwright-core";
 import fs from "node:fs";
@@ -398,7 +398,8 @@ try {
       const make = (type) => { const n = LiteGraph.createNode(type); graph.add(n); return n; };
       const loader = graph._nodes.find((n) => n.type === "LCMLoraLoader");
       const custom = graph._nodes.find((n) => n.type === "SamplerCustom");
-      const out = { parity: recipeMetas.map((m) => L.readRecipe(m)?.cfg ?? null), factor: L.NORMAL_CFG_FACTOR };
+      const out = { parity: recipeMetas.map((m) => { const r = L.readRecipe(m); return r ? [r.cfg, r.gamma] : null; }),
+                    factor: L.NORMAL_CFG_FACTOR };
       // guided: the example (sampling pcm chosen for a file without metadata) keeps today's cfg > 2 check
       set(custom, "cfg", 3);
       out.guided = { cfg3: problems(custom.id) };

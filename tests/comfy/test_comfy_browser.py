@@ -23,6 +23,8 @@ NORMAL_LORA = "browser/pcm-normal-cfg.safetensors"  # --normal-lora: trained wit
 NORMAL_LCM_LORA = "browser/lcm-normal-cfg.safetensors"  # --normal-lcm-lora: likewise, LCM objective, cfg 5
 # lcm_lora.recommended_cfg texts whose reading the JS mirror must share with lcm_core.sampling_recipe.read_recipe
 CFG_TEXTS = ["2.0", "7.5", " 3 ", "0", "1", "nan", "inf", "-1", "abc", "1e400", "", None]
+# lcm_lora.recommended_gamma texts (a TCD recipe): likewise; outside [0, 1] the default γ 0.3
+GAMMA_TEXTS = ["0.4", " 0.5 ", "0", "1", "-0.1", "1.5", "nan", "inf", "abc", "", None]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,6 +64,12 @@ def _recipe_metas() -> list[dict]:
         meta.pop("lcm_lora.recommended_cfg")
         if text is not None:
             meta["lcm_lora.recommended_cfg"] = text
+        metas.append(meta)
+    for text in GAMMA_TEXTS:
+        meta = recipe_for_objective("tcd").to_metadata()
+        meta.pop("lcm_lora.recommended_gamma", None)
+        if text is not None:
+            meta["lcm_lora.recommended_gamma"] = text
         metas.append(meta)
     return metas
 
@@ -225,10 +233,11 @@ def test_warnings_follow_a_phased_recipe(ui):
     assert "999, 499" in meta["message"], meta
 
 
-def test_js_recipe_cfg_mirrors_read_recipe(ui):
+def test_js_recipe_cfg_and_gamma_mirror_read_recipe(ui):
     from lcm_lora.lcm_core.sampling_recipe import read_recipe
 
-    assert ui["normal_cfg_case"]["parity"] == [read_recipe(m).cfg for m in _recipe_metas()], list(zip(CFG_TEXTS, ui["normal_cfg_case"]["parity"]))
+    expected = [[read_recipe(m).cfg, read_recipe(m).gamma] for m in _recipe_metas()]
+    assert ui["normal_cfg_case"]["parity"] == expected, list(zip(CFG_TEXTS + GAMMA_TEXTS, ui["normal_cfg_case"]["parity"]))
 
 
 def test_cfg_check_follows_a_normal_cfg_recipe(ui):
