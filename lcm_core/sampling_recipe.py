@@ -95,50 +95,51 @@ def recipe_for_objective(objective: str, w_range: tuple[float, float] | None = N
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
+def _metadata_value(metadata: Mapping[str, str], key: str, parse, default, usable):
+    """``parse(metadata[key])`` when it parses and is ``usable``, else ``default`` (key by key: one unreadable
+    value does not drop the others)."""
+    if key not in metadata:
+        return default
+    try:
+        value = parse(metadata[key])
+    except (TypeError, ValueError):
+        return default
+    return value if usable(value) else default
+
+
+def _w_range(text: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in text.split(","))
+    return lo, hi
+
+
 def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
-    """The recipe stored in ``metadata``, or ``None`` when the adapter carries none (or an
-    unreadable one: metadata is advisory, never a reason to refuse an adapter)."""
+    """The recipe stored in ``metadata``, or ``None`` when the adapter carries none. Metadata is advisory, never a
+    reason to refuse an adapter: each unreadable or unusable value falls back to the objective's default (a step
+    or phase count outside [1, 1000], a cfg that is not finite and ≥ 0, a γ outside [0, 1] — the samplers refuse
+    any other —, an unknown sampler or model sampling, phase starts that are not one per phase). A phased
+    adapter's sampler is TCD's whatever the metadata names: its map jumps between phase edges."""
     if not metadata or metadata.get(KEY_OBJECTIVE) not in OBJECTIVES:
         return None
     objective = metadata[KEY_OBJECTIVE]
     base = recipe_for_objective(objective)
-    phases = base.phases
     if objective in PHASED:
-        try:
-            phases = int(metadata.get(KEY_PHASES, base.phases))
-        except (TypeError, ValueError):
-            phases = base.phases
-        phases = phases if 1 <= phases <= 1000 else base.phases
+        phases = _metadata_value(metadata, KEY_PHASES, int, base.phases, lambda v: 1 <= v <= 1000)
         starts = None
         if objective == "pcm" and metadata.get(KEY_PHASE_STARTS):
-            try:  # unreadable starts: the even split (advisory, as every key here)
+            try:
                 starts = check_phase_starts(metadata[KEY_PHASE_STARTS].split(","), phases)
             except ConfigError:
                 pass
         base = recipe_for_objective(objective, phases=phases, phase_starts=starts)
-    try:
-        steps = int(metadata.get(KEY_STEPS, base.steps))
-        cfg = float(metadata.get(KEY_CFG, base.cfg))
-        gamma = float(metadata[KEY_GAMMA]) if KEY_GAMMA in metadata else base.gamma
-        w_range = None
-        if KEY_W_RANGE in metadata:
-            lo, hi = (float(v) for v in metadata[KEY_W_RANGE].split(","))
-            w_range = (lo, hi)
-    except (TypeError, ValueError):
-        return base
-    sampler = metadata.get(KEY_SAMPLER, base.sampler)
+    steps = _metadata_value(metadata, KEY_STEPS, int, base.steps, lambda v: 1 <= v <= 1000)
+    cfg = _metadata_value(metadata, KEY_CFG, float, base.cfg, lambda v: math.isfinite(v) and v >= 0)
+    gamma = _metadata_value(metadata, KEY_GAMMA, float, base.gamma, lambda v: math.isfinite(v) and 0 <= v <= 1)
+    w_range = _metadata_value(metadata, KEY_W_RANGE, _w_range, None, lambda v: all(map(math.isfinite, v)))
+    sampler = base.sampler if objective in PHASED else metadata.get(KEY_SAMPLER, base.sampler)
     sampler = sampler if sampler in SAMPLERS else base.sampler
     ms = metadata.get(KEY_MODEL_SAMPLING, base.model_sampling)
     ms = ms if ms in MODEL_SAMPLINGS else base.model_sampling
-    if not (1 <= steps <= 1000):
-        steps = base.steps
-    if not math.isfinite(cfg) or cfg < 0:  # "nan", "inf", negative: not a cfg to sample with
-        cfg = base.cfg
-    if gamma is not None and not (math.isfinite(gamma) and 0.0 <= gamma <= 1.0):  # TCD's γ is a fraction
-        gamma = base.gamma
-    if w_range is not None and not all(math.isfinite(v) for v in w_range):
-        w_range = None
-    return SamplingRecipe(objective, sampler, steps, gamma, cfg, ms, w_range, phases, base.phase_starts)
+    return SamplingRecipe(objective, sampler, steps, gamma, cfg, ms, w_range, base.phases, base.phase_starts)
 
 
 def recipe_timesteps(recipe: SamplingRecipe | None, steps: int, denoise: float = 1.0) -> list[int] | None:

@@ -67,7 +67,8 @@ class LCMAdapterMerge(io.ComfyNode):
                                tooltip="concat: exact (rank = sum of ranks). svd: re-compressed to 'rank' (approximate; "
                                        "error reported). fuse: each adapter added into the weights at its weight (exact)."),
                 io.Int.Input("rank", default=64, min=1, max=4096,
-                             tooltip="Output rank for method 'svd' (ignored by concat and fuse)."),
+                             tooltip="Output rank for method 'svd', and for the adapter output of 'fuse' when an input "
+                                     "is not a plain LoRA (LoHa / LoKr / full: the svd merge); ignored by concat."),
                 io.Boolean.Input("patch_sampling", default=True, display_name="patch sampling to LCM",
                                  tooltip="Switch the model to LCM sampling, as the LCM-LoRA Loader does (not when an "
                                          "adapter's metadata says it is a TCD, PCM or TSCD adapter: plain eps sampling then)."),

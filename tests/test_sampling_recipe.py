@@ -60,3 +60,24 @@ def test_boundary_gammas_and_a_nonfinite_w_range():
     assert read_recipe(md).w_range is None
     md = {"lcm_lora.objective": "tcd", "lcm_lora.w_range": "3,15"}
     assert read_recipe(md).w_range == (3.0, 15.0)
+
+
+def test_one_unreadable_value_does_not_drop_the_others():
+    """Key by key: a bad w_range keeps the recorded γ, steps and cfg (it used to reset the whole recipe)."""
+    md = {"lcm_lora.objective": "pcm", "lcm_lora.phases": "4", "lcm_lora.recommended_gamma": "0.2",
+          "lcm_lora.w_range": "[3,15]", "lcm_lora.recommended_cfg": "2.0", "lcm_lora.phase_starts": "0,15,30,41"}
+    r = read_recipe(md)
+    assert (r.gamma, r.cfg, r.w_range, r.phases, r.phase_starts) == (0.2, 2.0, None, 4, (0, 15, 30, 41))
+    md = {"lcm_lora.objective": "lcm", "lcm_lora.recommended_cfg": "7.5", "lcm_lora.recommended_steps": "4.0"}
+    r = read_recipe(md)
+    assert (r.cfg, r.steps) == (7.5, 4)
+    md = {"lcm_lora.objective": "pcm", "lcm_lora.phases": "8.0"}  # int() refuses "8.0": the default 4 phases
+    assert read_recipe(md).phases == 4
+
+
+@pytest.mark.parametrize("objective", ["pcm", "tscd"])
+def test_a_phased_adapter_is_sampled_by_tcd_whatever_its_metadata_names(objective):
+    md = {**recipe_for_objective(objective).to_metadata(), "lcm_lora.recommended_sampler": "lcm"}
+    assert read_recipe(md).sampler == "tcd"
+    md = {**recipe_for_objective("tcd").to_metadata(), "lcm_lora.recommended_sampler": "lcm"}
+    assert read_recipe(md).sampler == "lcm"  # not phased: the recorded sampler

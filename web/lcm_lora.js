@@ -62,11 +62,12 @@ function readRecipe(meta) {
   const objective = meta?.["lcm_lora.objective"];
   if (!OBJECTIVES.includes(objective)) return null;
   const phased = PHASED.includes(objective);
-  const sampler = ["lcm", "tcd"].includes(meta["lcm_lora.recommended_sampler"]) ? meta["lcm_lora.recommended_sampler"]
-    : (phased ? "tcd" : objective);
-  let phases = phased ? Number.parseInt(meta["lcm_lora.phases"], 10) : null;
+  // a phased adapter jumps between its phase edges: the TCD sampler, whatever the metadata names (as read_recipe)
+  const sampler = phased ? "tcd"
+    : (["lcm", "tcd"].includes(meta["lcm_lora.recommended_sampler"]) ? meta["lcm_lora.recommended_sampler"] : objective);
+  let phases = phased ? integerText(meta["lcm_lora.phases"]) : null;
   if (phased && !(phases >= 1 && phases <= 1000)) phases = DEFAULT_PHASES;
-  const steps = Number.parseInt(meta["lcm_lora.recommended_steps"], 10);
+  const steps = integerText(meta["lcm_lora.recommended_steps"]);
   const defaultGamma = objective === "tcd" ? 0.3 : (phased ? 0 : null);
   // read_recipe takes float(text) and falls back to the objective's default for text that is no finite cfg >= 0,
   // no γ in [0, 1] (the samplers refuse any other), no step count in [1, 1000]
@@ -79,9 +80,16 @@ function readRecipe(meta) {
            phaseStarts, cfg, source: "metadata" };
 }
 
-// A metadata number as Python's float() reads plain decimal text; NaN for anything else.
+// A metadata number as Python's float() / int() read decimal text (digits may be grouped by "_"); NaN for
+// anything else (Python's "nan" / "inf" are no usable value either).
+const DIGITS = "\\d(?:_?\\d)*";
+const FLOAT_TEXT = new RegExp(`^\\s*[+-]?(${DIGITS}\\.?(${DIGITS})?|\\.${DIGITS})([eE][+-]?${DIGITS})?\\s*$`);
+const INTEGER_TEXT = new RegExp(`^\\s*[+-]?${DIGITS}\\s*$`);
 function numberText(text) {
-  return typeof text === "string" && /^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/.test(text) ? Number(text) : NaN;
+  return typeof text === "string" && FLOAT_TEXT.test(text) ? Number(text.replace(/_/g, "")) : NaN;
+}
+function integerText(text) {
+  return typeof text === "string" && INTEGER_TEXT.test(text) ? Number(text.replace(/_/g, "")) : NaN;
 }
 
 // lcm_lora.phase_starts ("0,15,30,41": a PCM adapter distilled on phases of other lengths, lcd.phase_starts), or
@@ -193,8 +201,13 @@ function lcmSource(graph, node, name = "model", seen = new Set()) {
   const origin = inputOrigin(graph, node, name);
   if (!origin || seen.has(origin.id)) return null;
   seen.add(origin.id);
-  if (origin.mode === 2 || origin.mode === 4) return null; // muted / bypassed
+  if (origin.mode === 2) return null; // muted: nothing reaches the sampler
   const type = origin.type ?? origin.comfyClass;
+  if (origin.mode === 4 || type === "Reroute") {
+    // bypassed: ComfyUI hands its first MODEL input to its MODEL output; a Reroute node passes its one input on
+    const through = type === "Reroute" ? origin.inputs?.[0] : origin.inputs?.find((i) => i.type === "MODEL");
+    return through ? lcmSource(graph, origin, through.name, seen) : null;
+  }
   if (type === LOADER) {
     const recipe = loaderRecipe(origin);
     if (recipe.objective !== "lcm") return { node: origin, objective: recipe.objective, recipe };
@@ -375,23 +388,52 @@ function phasedProblems(s, recipe, problems) {
     out.push(`LCM Scheduler schedule ${sched.scheduler} is not ${recipe.objective}`);
   } else if (sched?.scheduler !== undefined && typeof sched.phases === "number" && sched.phases !== phases) {
     out.push(`LCM Scheduler phases ${sched.phases} is not ${phases}`);
-  } else if (sched?.scheduler === "pcm" && typeof sched.phaseStarts === "string"
-             && !sameStarts(readPhaseStarts(sched.phaseStarts, phases), recipe.phaseStarts)) {
-    const want = recipe.phaseStarts ? recipe.phaseStarts.join(",") : "empty (PCM's even phases)";
-    out.push(`LCM Scheduler phase_starts "${sched.phaseStarts}" is not the adapter's (${want})`);
+  } else if (sched?.scheduler === "pcm" && typeof sched.phaseStarts === "string") {
+    // as nodes/lcm_scheduler.read_phase_starts: empty → the even split; text that is not one start per phase is
+    // an error of the node; starts that give the adapter's edges are the adapter's (the even split spelt out too)
+    const text = sched.phaseStarts.trim();
+    const given = text ? readPhaseStarts(text, phases) : null;
+    if (text && given === null) {
+      out.push(`LCM Scheduler phase_starts "${sched.phaseStarts}" is not ${phases} starts (0 first, increasing, below 50)`);
+    } else if (phaseTops("pcm", phases, given).join(",") !== phaseTops("pcm", phases, recipe.phaseStarts).join(",")) {
+      const want = recipe.phaseStarts ? recipe.phaseStarts.join(",") : "empty (PCM's even phases)";
+      out.push(`LCM Scheduler phase_starts "${sched.phaseStarts}" is not the adapter's (${want})`);
+    }
   }
-  if (typeof s.steps === "number" && (sched?.follows || sched?.scheduler === recipe.objective)) {
+  if (typeof s.steps === "number" && s.steps >= 1 && (sched?.follows || sched?.scheduler === recipe.objective)) {
     const denoise = typeof s.denoise === "number" && s.denoise > 0 ? s.denoise : 1;
     const total = Math.trunc(s.steps / denoise); // the schedule of int(steps / denoise) steps (phased_timesteps)
+    const at = denoise < 1 ? `(${total} at denoise ${denoise}) ` : "";
+    const starts = sched?.follows ? recipe.phaseStarts : readPhaseStarts(sched?.phaseStarts ?? "", phases);
     if (phases % total !== 0 && total % phases !== 0) {
-      out.push(`steps ${s.steps} ${denoise < 1 ? `(${total} at denoise ${denoise}) ` : ""}is neither a divisor nor a multiple of ${phases} phases`);
+      out.push(`steps ${s.steps} ${at}is neither a divisor nor a multiple of ${phases} phases`);
+    } else if (phasedTimesteps(recipe.objective, total, phases, starts) === null) {
+      out.push(`steps ${s.steps} ${at}do not fit between the phase edges (${total / phases} per phase)`);
     }
   }
   return out;
 }
 
-function sameStarts(a, b) {
-  return (a ?? null) === null ? (b ?? null) === null : Array.isArray(b) && a.join(",") === b.join(",");
+// The timesteps of a `total`-step schedule on a phased adapter's edges (lcm_core/phased_timesteps.phased_timesteps at
+// denoise 1): the edges, every (phases / total)-th edge, or each phase cut into equal parts (PCM: on the 50-point
+// DDIM grid, k = 20); null where a multiple does not fit (two equal timesteps: the node refuses it).
+function phasedTimesteps(family, total, phases, starts = null) {
+  const tops = phaseTops(family, phases, starts);
+  if (total === phases) return tops;
+  if (phases % total === 0) return tops.filter((_, i) => i % (phases / total) === 0);
+  const per = total / phases;
+  const out = [];
+  tops.forEach((top, m) => {
+    const low = m + 1 < tops.length ? tops[m + 1] : 0;
+    if (family === "pcm") {
+      const topI = Math.floor((top + 1) / 20) - 1;
+      const lowI = Math.floor((low + 1) / 20) - 1; // low 0 → −1: below the grid
+      for (let j = 0; j < per; j++) out.push((topI - Math.floor((j * (topI - lowI)) / per) + 1) * 20 - 1);
+    } else {
+      for (let j = 0; j < per; j++) out.push(top - Math.floor((j * (top - low)) / per));
+    }
+  });
+  return new Set(out).size === out.length ? out : null;
 }
 
 // -- warnings: badge + toast ---------------------------------------------------------------------
@@ -522,7 +564,8 @@ function updateMergeSlots(node) {
 }
 
 // -- inputs a setting ignores are hidden ------------------------------------------------------------
-// gamma: only mode tcd uses it (auto takes the recipe's γ); eta: tcd and auto; rank: merge method svd;
+// gamma: only mode tcd uses it (auto takes the recipe's γ); eta: tcd and auto; rank: merge methods svd and fuse
+// (fuse's adapter output with LyCORIS inputs is the svd merge at that rank);
 // phases: the loader's sampling / the scheduler's schedule pcm / tscd; phase_starts: schedule pcm;
 // original_steps: schedule lcm.
 const IGNORED = {
@@ -532,7 +575,7 @@ const IGNORED = {
                              phase_starts: (widgetValue(node, "schedule") ?? "lcm") !== "pcm",
                              original_steps: PHASED.includes(widgetValue(node, "schedule")) }),
   LCMSampler: (node) => ({ gamma: widgetValue(node, "mode") !== "tcd", eta: widgetValue(node, "mode") === "lcm" }),
-  [MERGE]: (node) => ({ rank: widgetValue(node, "method") !== "svd" }),
+  [MERGE]: (node) => ({ rank: widgetValue(node, "method") === "concat" }),
 };
 
 // Chain the update onto the mode / method combo's callback (re-checked every time: the front end
@@ -597,6 +640,12 @@ const extension = {
         updateIgnoredInputs(node);
       }
     }, 1000);
+  },
+  // ComfyUI's Refresh (and a save or a finished training run, which call it): the loras folder may have new or
+  // replaced files, so their recipes are read again (the nodes' own cache follows each file's mtime and size)
+  async refreshComboInNodes() {
+    recipes.clear();
+    refreshWarnings();
   },
   // a node restored from a saved workflow: its widget values are in place now
   loadedGraphNode(node) {
@@ -667,7 +716,7 @@ const extension = {
 
 globalThis.LCMLoRA = { checkGraph, cfgOnEveryStep, refreshWarnings, updateMergeSlots, visibleSlots, updateIgnoredInputs, hiddenWidgets,
                        adapterRecipe, readRecipe, recipes, phaseTops, samplerSettings, lcmSource, MAX_CFG, MAX_STEPS,
-                       cfgProblems, cfgAdvice, phasedProblems, NORMAL_CFG_FACTOR };
+                       cfgProblems, cfgAdvice, phasedProblems, phasedTimesteps, NORMAL_CFG_FACTOR };
 
 // The pack may be registered twice when its folder name differs from the project name
 // (ComfyUI serves both WEB_DIRECTORY and pyproject's [tool.comfy] web); register once.

@@ -225,36 +225,55 @@ async function refreshOptions() {
   render();
 }
 
+// Jobs known to be done. A done job not in here finished since the page first listed the jobs — perhaps while the
+// panel was closed and nothing polled — so the loaders' lists are refreshed once for it: its LoRA appears there.
+const knownDone = { ids: null };
+
+function noteDone(jobs) {
+  const done = jobs.filter((j) => j.status === "done").map((j) => j.id);
+  if (knownDone.ids === null) { knownDone.ids = new Set(done); return; } // the first list: nothing new yet
+  const fresh = done.filter((id) => !knownDone.ids.has(id));
+  for (const id of fresh) knownDone.ids.add(id);
+  if (fresh.length) app.refreshComboInNodes?.();
+}
+
 async function refreshJobs() {
   try {
     state.jobs = (await call("/jobs")).jobs;
+    noteDone(state.jobs);
     if (!state.jobId && state.jobs.length) state.jobId = state.jobs[0].id;
   } catch (e) { state.error = String(e.message ?? e); }
 }
 
 async function poll() {
-  if (!state.jobId) return;
+  const id = state.jobId;
+  if (!id) return;
+  state.polling = true;
   try {
-    state.job = await call(`/jobs/${state.jobId}`);
+    const job = await call(`/jobs/${id}`);
+    if (state.jobId !== id) return; // another job was selected meanwhile: its own poll fills the view
+    state.job = job;
     for (;;) {
-      const r = await call(`/jobs/${state.jobId}/events?since=${state.next}`);
+      const r = await call(`/jobs/${id}/events?since=${state.next}`);
+      if (state.jobId !== id) return;
       state.events.push(...r.events);
       state.next = r.next;
       if (r.next >= r.total) break;
     }
-    const i = state.jobs.findIndex((j) => j.id === state.job.id);
-    if (i >= 0 && state.jobs[i].status !== state.job.status) {
-      state.jobs[i] = state.job;
-      if (state.job.status === "done") app.refreshComboInNodes?.(); // the new LoRA appears in every loader
+    const i = state.jobs.findIndex((j) => j.id === job.id);
+    if (i >= 0) state.jobs[i] = job;
+    if (job.status === "done") { // the new LoRA in every loader
+      knownDone.ids ??= new Set();
+      noteDone([job]);
     }
-  } catch (e) { state.error = String(e.message ?? e); }
+  } catch (e) { state.error = String(e.message ?? e); } finally { state.polling = false; }
   render();
 }
 
 function schedule() {
   clearInterval(state.timer);
   state.timer = setInterval(() => {
-    if (!state.root?.isConnected) return;
+    if (!state.root?.isConnected || state.polling) return; // one poll at a time
     if (state.job && !["running", "cancelling"].includes(state.job.status)) return;
     poll();
   }, POLL_MS);
@@ -315,6 +334,7 @@ app.registerExtension({
   commands: [{ id: "LCMLoRA.Trainer.Open", label: "LCM-LoRA Trainer", icon: "pi pi-bolt", function: openPanel }],
   menuCommands: [{ path: ["Extensions"], commands: ["LCMLoRA.Trainer.Open"] }],
   async setup() {
+    call("/jobs").then((r) => noteDone(r.jobs)).catch(() => {}); // the jobs done when the page loaded its lists
     if (app.extensionManager?.registerSidebarTab) {
       app.extensionManager.registerSidebarTab({
         id: TAB_ID, icon: "pi pi-bolt", title: "LCM Trainer", tooltip: "LCM-LoRA Trainer", type: "custom",
@@ -322,6 +342,6 @@ app.registerExtension({
         destroy: () => { clearInterval(state.timer); state.root = null; },
       });
     }
-    globalThis.LCMLoRATrainer = { open: openPanel, state, poll, selectJob, refreshOptions, drawChart };
+    globalThis.LCMLoRATrainer = { open: openPanel, state, poll, selectJob, refreshOptions, refreshJobs, drawChart, knownDone };
   },
 });

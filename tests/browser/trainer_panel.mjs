@@ -134,6 +134,24 @@ try {
   }, `${form.name}.safetensors`, { timeout: 30000 }).then(() => { result.loraloader_lists_it = true; }, () => {
     result.loraloader_lists_it = false;
   });
+  // a job that finished while the panel was closed (nothing polled it to the end): listing the jobs refreshes the
+  // loaders' lists once, and only once
+  result.closed_panel_refresh = await page.evaluate(async () => {
+    const T = globalThis.LCMLoRATrainer;
+    const app = window.comfyAPI.app.app;
+    const original = app.refreshComboInNodes;
+    let calls = 0;
+    app.refreshComboInNodes = async () => { calls++; };
+    try {
+      T.knownDone.ids.delete(T.state.jobId);
+      await T.refreshJobs();
+      const first = calls;
+      await T.refreshJobs();
+      return { first, again: calls - first };
+    } finally {
+      app.refreshComboInNodes = original;
+    }
+  });
   if (screenshot) {
     await page.screenshot({ path: screenshot, fullPage: false });
     result.screenshot = screenshot;

@@ -10,7 +10,8 @@
 //  * the examples raise no LCM warning; an LCM-patched model feeding a KSampler with cfg 7,
 //    20 steps and euler does (badge state on the node + toast in the DOM);
 //  * LCM Adapter Merge shows one empty adapter slot and gains the next one when it is filled;
-//  * inputs a setting ignores are hidden (gamma/eta by mode, the merge's rank by method);
+//  * inputs a setting ignores are hidden (gamma/eta by mode, the merge's rank for concat);
+//  * a bypassed node or a Reroute between an LCM-patched model and a sampler keeps the warnings; a muted one not;
 //  * a TCD adapter (loader `sampling` tcd, or TCD metadata read through /view_metadata, file
 //    given by --tcd-lora) wants the tcd sampler and has no 8-step limit;
 //  * no cfg warning when cfg applies to the first steps only (LCM KSampler / LCM CFG Guider
@@ -22,7 +23,8 @@
 //  * a "normal CFG" adapter (metadata lcm_lora.recommended_cfg > 1: trained without solver guidance; files
 //    given by --normal-lora, a 4-phase PCM recipe at cfg 2, and --normal-lcm-lora, an LCM recipe at cfg 5)
 //    gets no cfg warning up to 2 × its cfg on every step, one above it, and one at cfg <= 1 / cfg_steps 0;
-//    guided adapters keep the cfg > 2 check; readRecipe's cfg and γ for the metadata in --recipe-metas (a JSON
+//    guided adapters keep the cfg > 2 check; readRecipe's cfg, γ, steps, phases, sampler and
+//    phase starts for the metadata in --recipe-metas (a JSON
 //    list, compared with lcm_core.sampling_recipe.read_recipe by the pytest wrapper).
 import { chromium } from "playwright-core";
 import fs from "node:fs";
@@ -171,6 +173,38 @@ try {
     return left.length === 0 && !ks.__lcmWarning;
   }, result.warning_case.ksId);
 
+  // A bypassed node or a Reroute between the loader and the KSampler passes the LCM model on (ComfyUI runs a
+  // bypassed node as a pass-through and drops Reroutes); a muted one stops it.
+  result.pass_through_case = await page.evaluate(async (wf) => {
+    const app = window.comfyAPI.app.app;
+    const LiteGraph = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
+    const { problems, set, load } = window.__lcmCheck;
+    await load(wf);
+    const graph = app.graph;
+    const loader = graph._nodes.find((n) => n.type === "LCMLoraLoader");
+    const make = (type) => { const n = LiteGraph.createNode(type); graph.add(n); return n; };
+    const ks = make("KSampler");
+    set(ks, "cfg", 7);
+    set(ks, "steps", 20);
+    set(ks, "sampler_name", "euler");
+    const middle = make("LoraLoaderModelOnly");
+    loader.connect(0, middle, middle.inputs.findIndex((i) => i.name === "model"));
+    middle.connect(0, ks, ks.inputs.findIndex((i) => i.name === "model"));
+    const out = { direct: problems(ks.id) };
+    middle.mode = 4;
+    out.bypassed = problems(ks.id);
+    middle.mode = 2;
+    out.muted = problems(ks.id);
+    graph.remove(middle);
+    const reroute = make("Reroute");
+    loader.connect(0, reroute, 0);
+    reroute.connect(0, ks, ks.inputs.findIndex((i) => i.name === "model"));
+    out.reroute = problems(ks.id);
+    graph.remove(reroute);
+    graph.remove(ks);
+    return out;
+  }, wfA);
+
   // Ignored inputs hidden, and the TCD recipe in the warnings.
   result.recipe_case = await page.evaluate(async ({ wf, tcdLora }) => {
     const app = window.comfyAPI.app.app;
@@ -197,6 +231,9 @@ try {
     method.value = "svd";
     method.callback?.("svd");
     out.merge_hidden_svd = L.hiddenWidgets(merge).includes("rank");
+    method.value = "fuse";
+    method.callback?.("fuse");
+    out.merge_hidden_fuse = L.hiddenWidgets(merge).includes("rank");
     graph.remove(merge);
 
     const ks = LiteGraph.createNode("KSampler");
@@ -221,6 +258,10 @@ try {
       for (let i = 0; i < 50 && !L.recipes.has(tcdLora); i++) await new Promise((r) => setTimeout(r, 100));
       out.metadata = { recipe: L.recipes.get(tcdLora) ?? null, stock: problems(ks.id), ours_auto: problems(lks.id) };
     }
+    // ComfyUI's Refresh: the loras folder may have changed, so the recipes are read again
+    L.recipes.set("gone.safetensors", null);
+    await app.refreshComboInNodes();
+    out.recipes_after_refresh = { gone: L.recipes.has("gone.safetensors"), size: L.recipes.size };
     graph.remove(ks);
     return out;
   }, { wf: wfA, tcdLora });
@@ -337,6 +378,20 @@ try {
                                          schedule: { scheduler: "pcm", phases: 4, phaseStarts: "0,15,30,41" } },
                                        withStarts(""), []),
         follows: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0, schedule: { follows: true } }, startsRecipe, []),
+        // text the LCM Scheduler refuses; the even split spelt out (the same edges as empty)
+        unreadable: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0,
+                                       schedule: { scheduler: "pcm", phases: 4, phaseStarts: "0,15,30" } }, withStarts(""), []),
+        even_spelt_out: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0,
+                                           schedule: { scheduler: "pcm", phases: 4, phaseStarts: "0,12,25,37" } }, withStarts(""), []),
+        // a multiple of the phases that does not fit between the edges (the node refuses it), and one that does
+        steps_40: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0, steps: 40, schedule: { follows: true } },
+                                   startsRecipe, []),
+        steps_8: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0, steps: 8, schedule: { follows: true } },
+                                  startsRecipe, []),
+        even_denoise_005: L.phasedProblems({ ours: true, samplerName: "tcd", gamma: 0, steps: 4, denoise: 0.05,
+                                             schedule: { follows: true } }, withStarts(""), []),
+        timesteps: [[40, [0, 15, 30, 41]], [8, [0, 15, 30, 41]], [80, null], [12, null], [2, [0, 15, 30, 41]]]
+          .map(([total, st]) => L.phasedTimesteps("pcm", total, 4, st)),
       };
       set(sampler, "mode", "lcm");
       out.mode_lcm = problems(custom.id);
@@ -398,7 +453,10 @@ try {
       const make = (type) => { const n = LiteGraph.createNode(type); graph.add(n); return n; };
       const loader = graph._nodes.find((n) => n.type === "LCMLoraLoader");
       const custom = graph._nodes.find((n) => n.type === "SamplerCustom");
-      const out = { parity: recipeMetas.map((m) => { const r = L.readRecipe(m); return r ? [r.cfg, r.gamma] : null; }),
+      const out = { parity: recipeMetas.map((m) => {
+                      const r = L.readRecipe(m);
+                      return r ? [r.cfg, r.gamma, r.steps, r.phases, r.sampler, r.phaseStarts] : null;
+                    }),
                     factor: L.NORMAL_CFG_FACTOR };
       // guided: the example (sampling pcm chosen for a file without metadata) keeps today's cfg > 2 check
       set(custom, "cfg", 3);

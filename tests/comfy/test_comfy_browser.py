@@ -71,6 +71,17 @@ def _recipe_metas() -> list[dict]:
         if text is not None:
             meta["lcm_lora.recommended_gamma"] = text
         metas.append(meta)
+    # one unreadable value keeps the others; integers as int() reads them; a phased adapter's sampler is TCD's
+    pcm = recipe_for_objective("pcm").to_metadata()
+    metas += [
+        {**pcm, "lcm_lora.recommended_gamma": "0.2", "lcm_lora.w_range": "[3,15]"},
+        {**pcm, "lcm_lora.phases": "8.0"}, {**pcm, "lcm_lora.phases": "8", "lcm_lora.recommended_steps": "8"},
+        {**pcm, "lcm_lora.phases": "1_0"}, {**pcm, "lcm_lora.phases": "6abc"}, {**pcm, "lcm_lora.phases": "1e1"},
+        {**pcm, "lcm_lora.recommended_sampler": "lcm"}, {**pcm, "lcm_lora.phase_starts": "0,15,30,41"},
+        {"lcm_lora.objective": "lcm", "lcm_lora.recommended_cfg": "7.5", "lcm_lora.recommended_steps": "4.0"},
+        {"lcm_lora.objective": "lcm", "lcm_lora.recommended_steps": "5000"},
+        {"lcm_lora.objective": "tcd", "lcm_lora.recommended_steps": " 6 ", "lcm_lora.recommended_sampler": "lcm"},
+    ]
     return metas
 
 
@@ -140,6 +151,18 @@ def test_ignored_inputs_are_hidden(ui):
     assert {"gamma", "eta"} <= set(hidden["lcm"])
     assert "gamma" not in hidden["tcd"] and "eta" not in hidden["tcd"]
     assert ui["recipe_case"]["merge_hidden_concat"] is True and ui["recipe_case"]["merge_hidden_svd"] is False
+    # fuse's adapter output with LyCORIS inputs is the svd merge at `rank` (nodes/adapter_merge.py)
+    assert ui["recipe_case"]["merge_hidden_fuse"] is False
+
+
+def test_a_bypassed_node_or_a_reroute_keeps_the_warnings(ui):
+    case = ui["pass_through_case"]
+    assert case["direct"] and case["bypassed"] == case["direct"] and case["reroute"] == case["direct"], case
+    assert case["muted"] == [], case
+
+
+def test_recipes_are_read_again_after_comfyuis_refresh(ui):
+    assert ui["recipe_case"]["recipes_after_refresh"]["gone"] is False, ui["recipe_case"]["recipes_after_refresh"]
 
 
 def test_warnings_follow_the_sampling_recipe(ui):
@@ -199,7 +222,8 @@ def test_warnings_follow_a_phased_recipe(ui):
     assert case["ks_auto_5"] == ["steps 5 is neither a divisor nor a multiple of 4 phases"], case
     assert case["tcd_gamma_03"] == ["gamma 0.3 is not 0"], case
     assert case["recipe_gamma"] == {"gamma": 0.5, "at_05": [], "at_0": ["gamma 0 is not 0.5"]}, case
-    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+    from lcm_lora.lcm_core.errors import ConfigError
+    from lcm_lora.lcm_core.phased_timesteps import check_phase_starts, phased_timesteps
 
     starts = case["recipe_starts"]
     assert starts["starts"] == [0, 15, 30, 41] and starts["tops"] == phased_timesteps(4, 4, "pcm", starts=[0, 15, 30, 41])
@@ -208,6 +232,26 @@ def test_warnings_follow_a_phased_recipe(ui):
     assert starts["scheduler_set"] == [] and starts["follows"] == [], starts
     assert starts["even_adapter"] == ['LCM Scheduler phase_starts "0,15,30,41" is not the adapter\'s (empty (PCM\'s even '
                                       "phases))"], starts
+    # what the LCM Scheduler node refuses, the warning names; the even split spelt out is the adapter's
+    assert starts["unreadable"] == ['LCM Scheduler phase_starts "0,15,30" is not 4 starts (0 first, increasing, below 50)']
+    with pytest.raises(ConfigError):  # nodes/lcm_scheduler.read_phase_starts' check
+        check_phase_starts("0,15,30".split(","), 4)
+    assert starts["even_spelt_out"] == [] and check_phase_starts("0,12,25,37".split(","), 4) == [0, 12, 25, 37]
+    assert phased_timesteps(4, 4, "pcm", starts=[0, 12, 25, 37]) == phased_timesteps(4, 4, "pcm")
+    # steps that are a multiple of the phases but do not fit between the edges: the node refuses them too
+    assert starts["steps_40"] == ["steps 40 do not fit between the phase edges (10 per phase)"], starts
+    assert starts["steps_8"] == [], starts
+    assert starts["even_denoise_005"] == ["steps 4 (80 at denoise 0.05) do not fit between the phase edges (20 per phase)"]
+    for args in ((40, 4, "pcm", 1.0, [0, 15, 30, 41]), (4, 4, "pcm", 0.05, None)):
+        with pytest.raises(ConfigError, match="do not fit"):
+            phased_timesteps(args[0], args[1], args[2], denoise=args[3], starts=args[4])
+    expected = []
+    for total, st in ((40, [0, 15, 30, 41]), (8, [0, 15, 30, 41]), (80, None), (12, None), (2, [0, 15, 30, 41])):
+        try:
+            expected.append(phased_timesteps(total, 4, "pcm", starts=st))
+        except ConfigError:
+            expected.append(None)
+    assert starts["timesteps"] == expected, starts["timesteps"]
     assert case["mode_lcm"] == ["sampler 'lcm' is not TCD"], case
     assert case["ks_tcd"] == ["mode tcd samples LCM timesteps, not the phase edges"], case
     assert case["stock"] == ["sampler 'lcm' is not TCD", "sgm_uniform sigmas are not the phase edges"], case
@@ -236,8 +280,13 @@ def test_warnings_follow_a_phased_recipe(ui):
 def test_js_recipe_cfg_and_gamma_mirror_read_recipe(ui):
     from lcm_lora.lcm_core.sampling_recipe import read_recipe
 
-    expected = [[read_recipe(m).cfg, read_recipe(m).gamma] for m in _recipe_metas()]
-    assert ui["normal_cfg_case"]["parity"] == expected, list(zip(CFG_TEXTS + GAMMA_TEXTS, ui["normal_cfg_case"]["parity"]))
+    def fields(r):
+        return [r.cfg, r.gamma, r.steps, r.phases, r.sampler, list(r.phase_starts) if r.phase_starts else None]
+
+    metas = _recipe_metas()
+    expected = [fields(read_recipe(m)) for m in metas]
+    got = ui["normal_cfg_case"]["parity"]
+    assert got == expected, [(m, g, e) for m, g, e in zip(metas, got, expected) if g != e]
 
 
 def test_cfg_check_follows_a_normal_cfg_recipe(ui):

@@ -53,6 +53,8 @@ def test_job_from_the_panel_shows_live_loss_and_validation(ui, panel):
     assert final["image_natural"][0] > 0 and final["image_natural"][1] > 0
     assert final["cancel_disabled"]
     assert ui["loraloader_lists_it"]  # the panel refreshed ComfyUI's node definitions
+    # a job that ended while the panel was closed: the next listing refreshes the loaders once
+    assert ui["closed_panel_refresh"] == {"first": 1, "again": 0}, ui["closed_panel_refresh"]
     assert final["lora_name"] == "panel lcm.safetensors" and (panel.loras / final["lora_name"]).is_file()
     ours = [e for e in ui["page_errors"] + ui["console_errors"] if "lcm" in e.lower()]
     refusal = [e for e in ours if e.startswith("Failed to load resource") and e.endswith("/lcm_lora/train/jobs")]
