@@ -81,8 +81,11 @@ def _check(name: str, steps: int, phases: int, num_ddim_timesteps: int, num_trai
 
 
 def _trailing(steps: int, num_train_timesteps: int) -> list[int]:
+    """diffusers' ``timestep_spacing="trailing"``: ``round(T − i·T/steps) − 1``. diffusers takes ``np.arange`` of the
+    float step, which for some counts (61, 103, 121, …) yields one point too many, ending at −1; the first ``steps``
+    points are the schedule."""
     ts = np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / steps)).astype(np.int64) - 1
-    return [int(t) for t in ts]
+    return [int(t) for t in ts[:steps]]
 
 
 def _phase_tops(phases: int, family: str, num_ddim_timesteps: int, num_train_timesteps: int,
@@ -96,8 +99,9 @@ def _phase_tops(phases: int, family: str, num_ddim_timesteps: int, num_train_tim
 
 
 def _split_phases(tops: list[int], per_phase: int, family: str, num_ddim_timesteps: int,
-                  num_train_timesteps: int) -> list[int]:
-    """Each phase [next top, top] cut into ``per_phase`` equal parts (PCM: whole DDIM-grid indices)."""
+                  num_train_timesteps: int) -> list[int] | None:
+    """Each phase [next top, top] cut into ``per_phase`` equal parts (PCM: whole DDIM-grid indices); None where a
+    phase has fewer points than that (two equal timesteps)."""
     k = num_train_timesteps // num_ddim_timesteps
     out = []
     for m, top in enumerate(tops):
@@ -108,9 +112,7 @@ def _split_phases(tops: list[int], per_phase: int, family: str, num_ddim_timeste
             out += [(i + 1) * k - 1 for i in idx]
         else:
             out += [top - (j * (top - low)) // per_phase for j in range(per_phase)]
-    if len(set(out)) != len(out):
-        raise ConfigError("phased_timesteps", f"{per_phase} steps per phase do not fit between the edges {tops}")
-    return out
+    return out if len(set(out)) == len(out) else None
 
 
 def phased_timesteps(steps: int, phases: int, family: str = "pcm", denoise: float = 1.0,
@@ -136,6 +138,8 @@ def phased_timesteps(steps: int, phases: int, family: str = "pcm", denoise: floa
         out = tops[:: phases // total]
     elif total % phases == 0:
         out = _split_phases(tops, total // phases, family, num_ddim_timesteps, num_train_timesteps)
+        if out is None:  # more steps than a phase has grid points: evenly spaced, as any other count
+            out = _trailing(total, num_train_timesteps)
     else:
         out = _trailing(total, num_train_timesteps)
     return out[-steps:]

@@ -35,7 +35,9 @@ from typing import Any, Iterable, Iterator
 
 from .errors import ConfigError
 
-MAX_NAME_BYTES = 255
+FS_NAME_BYTES = 255  # one path component on ext4, XFS, APFS, NTFS
+TEMP_NAME_BYTES = 14  # atomic_write's temporary sibling ".<name>.XXXXXXXX.tmp" adds 1 + 1 + 8 + 4 bytes
+MAX_NAME_BYTES = FS_NAME_BYTES - TEMP_NAME_BYTES  # a name whose temporary sibling fits the file system too
 MAX_NAME_CHARS = 1024  # a client-supplied relative name (several components)
 WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
@@ -68,6 +70,11 @@ def _truncate(name: str, max_bytes: int) -> str:
     budget = max_bytes - (len(ext.encode("utf-8")) + 1 if ext else 0)
     out = stem.encode("utf-8")[:budget].decode("utf-8", "ignore").rstrip(" .")
     return f"{out}.{ext}" if ext else out
+
+
+def shorten_name(name: str, max_bytes: int) -> str:
+    """``name`` cut to at most ``max_bytes`` UTF-8 bytes at a character boundary, its extension kept."""
+    return _truncate(name, max_bytes)
 
 
 def sanitize_filename(name: str, *, max_bytes: int = MAX_NAME_BYTES, replacement: str = "_") -> str:

@@ -19,13 +19,14 @@ import torch
 from comfy_api.latest import io
 
 from ..lcm_core.errors import ConfigError, OutputExistsError
-from ..lcm_core.safe_names import safe_output_path, safe_relative_path
+from ..lcm_core.safe_names import MAX_NAME_BYTES, safe_output_path, safe_relative_path, shorten_name
 from . import comfy_bridge as bridge
 
 AdapterType = io.Custom(bridge.ADAPTER_TYPE)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 NODE = "LCM Adapter Save"
 SUFFIX = ".safetensors"
+COUNTER_BYTES = len("_000000_") + len(SUFFIX)  # ComfyUI's counter (5 digits, 6 past 99999) and the suffix
 MAX_TRIES = 1000
 
 
@@ -47,6 +48,10 @@ def next_free_path(filename_prefix: str, root: str | None = None) -> tuple[str, 
         text = text[: -len(SUFFIX)]
     try:
         rel = safe_relative_path(text)
+        head, _, last = rel.rpartition("/")  # room for the counter and suffix: "<prefix>_NNNNN_.safetensors"
+        rel = "/".join(p for p in (head, shorten_name(last, MAX_NAME_BYTES - COUNTER_BYTES)) if p)
+        # before ComfyUI creates the sub-folder: no symbolic link may lead it out of the loras folder
+        safe_output_path(root, rel, suffix=SUFFIX)
         # ComfyUI's own counter and %year%/%month%/… variables (it also creates the sub-folder)
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(rel, root)
     except ConfigError as e:
@@ -78,8 +83,8 @@ class LCMAdapterSave(io.ComfyNode):
                 AdapterType.Input("adapter", tooltip="The adapter to save (from LCM Adapter Merge or LCM-LoRA Loader)."),
                 io.String.Input("filename_prefix", default="lcm_lora/merged",
                                 tooltip="Name inside the loras folder; a counter and '.safetensors' are added "
-                                        "(<prefix>_00001_.safetensors). Sub-folders and %date:…% style variables "
-                                        "(%year%, %month%, %day%) as in Save Image."),
+                                        "(<prefix>_00001_.safetensors). Sub-folders, and the variables %year%, "
+                                        "%month%, %day%, %hour%, %minute%, %second% as in Save Image."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="fp16",
                                tooltip="Tensor precision of the saved file (released LCM-LoRAs use fp16)."),
             ],

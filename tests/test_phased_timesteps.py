@@ -63,6 +63,32 @@ def test_divisors_multiples_and_fallback():
     assert phased_timesteps(3, 4, "pcm") == [999, 666, 332]  # diffusers trailing spacing for 3 steps
 
 
+@pytest.mark.parametrize("steps", [61, 103, 121, 3, 8, 16])
+def test_trailing_fallback_has_exactly_steps_points(steps):
+    """diffusers' trailing spacing (``np.arange`` of the float step) gives 62 points for 61 steps, the last −1; the
+    fallback keeps its first ``steps`` (8 steps of 4 phases at denoise 0.13 used to start at 114 and end at −1)."""
+    from diffusers import DDIMScheduler
+
+    ref = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    ref.set_timesteps(steps)
+    phases = 7 if steps % 7 else 5  # neither a divisor nor a multiple: the fallback
+    ts = phased_timesteps(steps, phases, "tscd")
+    assert ts == ref.timesteps.tolist()[:steps] and len(ts) == steps and min(ts) >= 0
+    assert phased_timesteps(8, 4, "pcm", denoise=0.13) == [130, 114, 97, 81, 65, 48, 32, 15]
+
+
+def test_a_multiple_that_does_not_fit_falls_back_like_any_other_count():
+    """4 steps at denoise 0.04 / 0.05 (50 / 80 steps: 20 per phase, more than PCM's 13-point first phase) sample the
+    evenly spaced tail like 0.03 / 0.06 do, instead of an error only at those two values."""
+    for denoise in (0.03, 0.04, 0.05, 0.06):
+        total = int(4 / denoise)
+        ts = phased_timesteps(4, 4, "pcm", denoise=denoise)
+        assert len(ts) == 4 and len(set(ts)) == 4 and min(ts) >= 0
+        if total % 4 == 0 and total // 4 > 13:
+            assert ts == phased_timesteps(total, 13, "tscd")[-4:]  # the trailing tail (13: neither divisor nor multiple)
+    assert phased_timesteps(40, 4, "pcm", starts=[0, 15, 30, 41])[:3] == [999, 974, 949]
+
+
 def test_denoise_keeps_the_tail_like_comfyui_ksampler():
     assert phased_timesteps(2, 4, "pcm", denoise=0.5) == phased_timesteps(4, 4, "pcm")[-2:]
     with pytest.raises(ConfigError, match="denoise"):

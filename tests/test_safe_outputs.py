@@ -258,9 +258,17 @@ def test_benign_names_are_unchanged(name):
         assert sanitize_filename(name) == name
 
 
-def test_long_names_keep_their_extension():
+def test_long_names_keep_their_extension(tmp_path):
     out = sanitize_filename("ü" * 400 + ".safetensors")
     assert out.endswith(".safetensors") and len(out.encode("utf-8")) <= MAX_NAME_BYTES
+    # the atomic write's temporary sibling ".<name>.XXXXXXXX.tmp" fits the file system's 255 bytes too
+    from lcm_lora.lcm_core.atomic_write import atomic_file
+
+    for name in (out, sanitize_filename("b" * 400)):
+        with atomic_file(tmp_path / name) as tmp:
+            assert len(tmp.name.encode("utf-8")) <= 255
+            tmp.write_bytes(b"x")
+        assert (tmp_path / name).read_bytes() == b"x"
     rel = safe_relative_path("x" * 1000, suffix=".safetensors")
     assert rel.endswith(".safetensors") and len(rel.encode("utf-8")) <= MAX_NAME_BYTES
 

@@ -117,3 +117,16 @@ def test_on_cuda_the_stream_is_unchanged():
 
     kw = dict(extra_args={"seed": SEED}, disable=True, gamma=0.3, eta=1.0, schedule=SCHEDULE)
     assert torch.equal(sample_tcd_comfyui(model, x, sigmas, **kw), sample_tcd(model, x, sigmas, **kw))
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, 2**64 - INDEPENDENT_NOISE_SEED_OFFSET, 0])
+def test_every_seed_comfyui_allows_samples(seed):
+    """ComfyUI's seed widget goes up to 2⁶⁴ − 1 and torch generators take seeds below 2⁶⁴: the offset wraps
+    (seeds from 2⁶⁴ − 1 000 003 up used to fail with "Overflow when unpacking long long", even at γ 0)."""
+    assert 0 <= independent_noise_seed(seed) < 2**64
+    assert independent_noise_seed(seed) == (seed + INDEPENDENT_NOISE_SEED_OFFSET) - (2**64 if seed >= 2**64 - INDEPENDENT_NOISE_SEED_OFFSET else 0)
+    sigmas = timesteps_to_sigmas(lcm_timesteps(2), SCHEDULE)
+    x = torch.randn(1, 4, 8, 8)
+    out = sample_tcd_comfyui(zero_model, x, sigmas, extra_args={"seed": seed}, disable=True, gamma=0.3,
+                             schedule=SCHEDULE)
+    assert torch.isfinite(out).all()

@@ -416,7 +416,8 @@ function phasedProblems(s, recipe, problems) {
 
 // The timesteps of a `total`-step schedule on a phased adapter's edges (lcm_core/phased_timesteps.phased_timesteps at
 // denoise 1): the edges, every (phases / total)-th edge, or each phase cut into equal parts (PCM: on the 50-point
-// DDIM grid, k = 20); null where a multiple does not fit (two equal timesteps: the node refuses it).
+// DDIM grid, k = 20); null where a multiple does not fit (a phase with fewer grid points than steps: the nodes then
+// sample evenly spaced timesteps, which the adapter was not trained on).
 function phasedTimesteps(family, total, phases, starts = null) {
   const tops = phaseTops(family, phases, starts);
   if (total === phases) return tops;

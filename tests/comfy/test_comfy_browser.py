@@ -223,7 +223,8 @@ def test_warnings_follow_a_phased_recipe(ui):
     assert case["tcd_gamma_03"] == ["gamma 0.3 is not 0"], case
     assert case["recipe_gamma"] == {"gamma": 0.5, "at_05": [], "at_0": ["gamma 0 is not 0.5"]}, case
     from lcm_lora.lcm_core.errors import ConfigError
-    from lcm_lora.lcm_core.phased_timesteps import check_phase_starts, phased_timesteps
+    from lcm_lora.lcm_core.phased_timesteps import (_phase_tops, _split_phases, _trailing, check_phase_starts,
+                                                    phased_timesteps)
 
     starts = case["recipe_starts"]
     assert starts["starts"] == [0, 15, 30, 41] and starts["tops"] == phased_timesteps(4, 4, "pcm", starts=[0, 15, 30, 41])
@@ -238,19 +239,20 @@ def test_warnings_follow_a_phased_recipe(ui):
         check_phase_starts("0,15,30".split(","), 4)
     assert starts["even_spelt_out"] == [] and check_phase_starts("0,12,25,37".split(","), 4) == [0, 12, 25, 37]
     assert phased_timesteps(4, 4, "pcm", starts=[0, 12, 25, 37]) == phased_timesteps(4, 4, "pcm")
-    # steps that are a multiple of the phases but do not fit between the edges: the node refuses them too
+    # steps that are a multiple of the phases but do not fit between the edges: the nodes sample evenly spaced
+    # ("trailing") timesteps instead, as for any other count — the adapter was not trained on them, so it is warned
     assert starts["steps_40"] == ["steps 40 do not fit between the phase edges (10 per phase)"], starts
     assert starts["steps_8"] == [], starts
     assert starts["even_denoise_005"] == ["steps 4 (80 at denoise 0.05) do not fit between the phase edges (20 per phase)"]
-    for args in ((40, 4, "pcm", 1.0, [0, 15, 30, 41]), (4, 4, "pcm", 0.05, None)):
-        with pytest.raises(ConfigError, match="do not fit"):
-            phased_timesteps(args[0], args[1], args[2], denoise=args[3], starts=args[4])
-    expected = []
+    assert phased_timesteps(40, 4, "pcm", starts=[0, 15, 30, 41]) == _trailing(40, 1000)
+    assert phased_timesteps(4, 4, "pcm", denoise=0.05) == _trailing(80, 1000)[-4:]
+    expected = []  # the JS mirror: the split, or null where the nodes fall back
     for total, st in ((40, [0, 15, 30, 41]), (8, [0, 15, 30, 41]), (80, None), (12, None), (2, [0, 15, 30, 41])):
-        try:
-            expected.append(phased_timesteps(total, 4, "pcm", starts=st))
-        except ConfigError:
-            expected.append(None)
+        tops = _phase_tops(4, "pcm", 50, 1000, st)
+        split = tops[:: 4 // total] if 4 % total == 0 else _split_phases(tops, total // 4, "pcm", 50, 1000)
+        expected.append(split)
+        assert split is None or phased_timesteps(total, 4, "pcm", starts=st) == split
+    assert expected[0] is None and expected[2] is None and None not in expected[1::2], expected
     assert starts["timesteps"] == expected, starts["timesteps"]
     assert case["mode_lcm"] == ["sampler 'lcm' is not TCD"], case
     assert case["ks_tcd"] == ["mode tcd samples LCM timesteps, not the phase edges"], case

@@ -119,6 +119,39 @@ def test_save_counts_up_never_overwrites_and_lists_the_file(comfy, probes):
     assert not (comfy.loras.parent / "escape_00001_.safetensors").exists()
 
 
+@pytest.mark.parametrize("stem", ["b" * 240, "漢" * 80])
+def test_a_long_prefix_is_shortened_and_keeps_its_counter(comfy, probes, stem):
+    """A prefix past the file system's 255 bytes (with the counter, the suffix and the atomic write's temporary
+    ".<name>.XXXXXXXX.tmp" sibling) is shortened at a character boundary: both saves land, numbered 1 and 2."""
+    tag = uuid.uuid4().hex[:6]
+    names = []
+    for dtype in ("fp16", "bf16"):  # two prompts: an identical one would be served from ComfyUI's cache
+        r = comfy.run(save_prompt(f"long/{tag}{stem}", dtype))
+        assert r.status == "success", r.message()
+        names += r.outputs["save"]["lcm_saved"]
+    assert [n.rsplit("_", 2)[1] for n in names] == ["00001", "00002"], names
+    for n in names:
+        leaf = n.split("/")[-1]
+        assert leaf.startswith(tag) and len((".%s.XXXXXXXX.tmp" % leaf).encode()) <= 255, leaf
+        assert (comfy.loras / n).is_file()
+
+
+def test_a_refused_save_creates_no_folder_outside_the_loras_folder(comfy, probes, tmp_path):
+    """A symbolic link inside the loras folder that leads out of it: the save is refused before ComfyUI's
+    get_save_image_path creates the sub-folders."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = comfy.loras / f"link_{uuid.uuid4().hex[:6]}"
+    link.symlink_to(outside, target_is_directory=True)
+    try:
+        r = comfy.run(save_prompt(f"{link.name}/newdir/deeper/x", "fp16"))
+        assert r.status == "error"
+        assert "filename_prefix" in r.error["exception_message"], r.error["exception_message"]
+        assert list(outside.iterdir()) == []
+    finally:
+        link.unlink()
+
+
 def test_saved_merge_loaded_by_stock_lora_loader_reproduces_the_merge(comfy, probes):
     name = f"saved/merge_fp32_{uuid.uuid4().hex[:8]}"
     saved = comfy.run(save_prompt(name, "fp32"))
