@@ -205,6 +205,8 @@ def _adversarial_info(metadata) -> dict | None:
         value: float | str = float(weight)
     except ValueError:
         value = weight
+    if isinstance(value, float) and not math.isfinite(value):  # "nan" / "inf": kept as text, --json stays valid JSON
+        value = weight
     return {"weight": value, "real": metadata.get("lcm_lora.adversarial_real")}
 
 
@@ -320,7 +322,7 @@ def run_merge(args: argparse.Namespace) -> int:
         if args.base is None:
             raise ConfigError("merge", "--method fuse bakes the adapters into a checkpoint: give it with --base CKPT "
                                        "(the output is then a checkpoint, as `lcm-lora fuse CKPT FILE:WEIGHT...`)")
-        return _fuse(args.base, specs, args.output, args.force, None, args.allow_unknown_arch)
+        return _fuse(args.base, specs, args.output, args.force, None, args.allow_unknown_arch, as_json=args.json)
     adapters = [_read(path, args.allow_unknown_arch) for path, _ in specs]
     base = _base_weights(args.base, adapters)
     if base is not None:
@@ -356,12 +358,16 @@ def run_fuse(args: argparse.Namespace) -> int:
                  args.allow_unknown_arch)
 
 
-def _fuse(checkpoint, specs, output, force, arch, allow_unknown_arch) -> int:
+def _fuse(checkpoint, specs, output, force, arch, allow_unknown_arch, as_json: bool = False) -> int:
     from ..lcm_core.fuse_checkpoint import fuse_checkpoint
 
     _check_output(output, force)
     adapters = [_read(path, allow_unknown_arch) for path, _ in specs]
     result = fuse_checkpoint(checkpoint, adapters, [w for _, w in specs], [p for p, _ in specs],
                              output, overwrite=force, arch=arch)
-    print(f"wrote {output} ({result['architecture']}, {result['fused_weights']} weights changed)")
+    if as_json:  # merge --method fuse --json
+        print(json.dumps({"output": output, "architecture": result["architecture"],
+                          "fused_weights": result["fused_weights"], "method": "fuse"}, indent=2, sort_keys=True))
+    else:
+        print(f"wrote {output} ({result['architecture']}, {result['fused_weights']} weights changed)")
     return 0

@@ -24,6 +24,8 @@ def export_tiny_assets(out_dir: str | os.PathLike, force: bool = False) -> dict[
     from .teacher_assets import DEFAULT_ASSET, materialize_teacher
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(out, "is a file, not a folder: give --export a folder")
     teacher, data = out / "teacher", out / "data"
     for path in (teacher, data):
         if path.exists() and not force:

@@ -19,6 +19,9 @@ import torch
 
 from .errors import AdapterFileError, ConfigError
 from .lora.adapter import LoraAdapter, LoraModule
+from .lora.validate import has_nonfinite
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 KeyMap = Mapping[str, str] | Callable[[str], "str | None"]
 
@@ -36,6 +39,8 @@ def _check_strengths(adapters, strengths, names):
     for n, s in zip(names, strengths):
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(float(s)):
             raise ConfigError(n, f"strength must be a finite number, got {s!r}")
+        if abs(float(s)) > FLOAT32_MAX:  # ΔW is added in float32
+            raise ConfigError(n, f"strength {s!r} is beyond float32's range (|s| ≤ {FLOAT32_MAX:.3g})")
 
 
 def _lookup(key: str, weights: Mapping[str, torch.Tensor], key_map: KeyMap | None) -> str | None:
@@ -112,7 +117,12 @@ def _fused(theta, contributions, key, wkey) -> torch.Tensor:
             acc = module.apply_to(acc, float(strength))
         else:
             acc.add_(module.delta_weight(torch.float32).to(theta.device).reshape(theta.shape), alpha=float(strength))
-    return acc.to(theta.dtype)
+    fused = acc.to(theta.dtype)
+    if has_nonfinite(fused) and not has_nonfinite(theta):
+        sources = ", ".join(f"{source} at {strength:g}" for source, strength, _ in contributions)
+        raise ConfigError(wkey, f"fusing {sources} gives values beyond {str(theta.dtype).replace('torch.', '')}'s range "
+                                "(Inf): lower the strength; nothing was written")
+    return fused
 
 
 def fuse_into_weights(

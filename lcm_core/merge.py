@@ -32,6 +32,8 @@ from .merge_factors import factors_to_module, product_frobenius_norm, stack_weig
 from .merge_kron import kron_error_sq, kron_rerank
 from .merge_svd import svd_dense, svd_rerank
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
 METHODS = ("concat", "svd")
 RECIPE_METADATA_KEY = "lcm_lora.merge_recipe"
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -93,6 +95,8 @@ def _validate(adapters, weights, method, rank, energy, names):
     for name, w in zip(names, weights):
         if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(float(w)):
             raise ConfigError(name, f"merge weight must be a finite number, got {w!r}")
+        if abs(float(w)) > FLOAT32_MAX:  # the factors are float32: w·ΔW would be Inf
+            raise ConfigError(name, f"merge weight {w!r} is beyond float32's range (|w| ≤ {FLOAT32_MAX:.3g})")
     if method == "concat" and (rank is not None or energy is not None):
         raise ConfigError("merge", "rank/energy apply to method 'svd' only ('concat' is exact, rank Σ r_i)")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):

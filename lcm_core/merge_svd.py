@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ConfigError
+
 
 @dataclass
 class SvdRerank:
@@ -59,6 +61,8 @@ def svd_rerank(U: torch.Tensor, D: torch.Tensor, rank: int | None = None, energy
     q_u, r_u = torch.linalg.qr(U)  # (out, k_u), (k_u, R)
     q_d, r_d = torch.linalg.qr(D.T)  # (n, k_d), (k_d, R)
     core = r_u.to(torch.float64) @ r_d.to(torch.float64).T  # (k_u, k_d)
+    if not torch.isfinite(core).all():  # weights so large that w·ΔW overflowed float32 in the factors
+        raise ConfigError("svd merge", "the weighted factors hold Inf or NaN (weights too large for float32): lower them")
     uc, s, vch = torch.linalg.svd(core, full_matrices=False)
     r = choose_rank(s, rank, energy)
     root = s[:r].sqrt()

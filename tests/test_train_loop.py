@@ -75,6 +75,23 @@ def test_new_run_refuses_a_folder_with_checkpoints(assets, tmp_path):
         train(TINY, out, resume=True, overrides=_overrides(assets, max_steps=2, **{"lcd.w_min": 4}), progress=False)
 
 
+@pytest.mark.parametrize("earlier", ["adapter", "config"])
+def test_new_run_never_overwrites_an_earlier_runs_adapter_or_config(assets, tmp_path, earlier):
+    """A folder without checkpoints (checkpoint.every 0, or deleted) but with an earlier run's adapter or config, or
+    --output pointed at a loras folder: refused, the files untouched."""
+    out = tmp_path / "run"
+    out.mkdir()
+    name = "lcm_lora.safetensors" if earlier == "adapter" else "config.yaml"
+    (out / name).write_bytes(b"earlier run")
+    with pytest.raises(OutputExistsError, match=f"earlier run .*{name}"):
+        train(TINY, out, overrides=_overrides(assets, max_steps=1), progress=False)
+    assert (out / name).read_bytes() == b"earlier run" and sorted(p.name for p in out.iterdir()) == [name]
+    a_file = tmp_path / "a.safetensors"
+    a_file.write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match="not a folder"):
+        train(TINY, a_file, overrides=_overrides(assets, max_steps=1), progress=False)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeypatch):
     from lcm_lora.training import lcd_step
 

@@ -214,3 +214,24 @@ def test_trainer_prints_the_estimate_and_warns_when_memory_is_short(tmp_path, mo
     assert "memory estimate (custom, 16x16 px, batch 2 per process, device cpu)" in capsys.readouterr().out
     events = [e for e in read_events(tmp_path / "run") if e["event"] == "memory_estimate"]
     assert len(events) == 1 and events[0]["total_bytes"] > 0
+
+
+def test_estimate_of_a_run_folder_and_bad_process_counts(tmp_path, capsys):
+    """``--output RUN --resume --estimate-memory`` reads the run's config.yaml (it was a TypeError traceback); a
+    folder without one, ``--nproc 0`` and a multi-process config error are one line each, exit 2."""
+    run = tmp_path / "run"
+    run.mkdir()
+    assert train_main(["--output", str(run), "--resume", "--estimate-memory"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {run / 'config.yaml'}: no config.yaml of a run here; give --config"
+    (run / "config.yaml").write_text((ROOT / "configs" / "sd15_8gb.yaml").read_text())
+    assert train_main(["--output", str(run), "--resume", "--estimate-memory", "train.device=cpu"]) == 0
+    assert "sd1," in capsys.readouterr().out
+    for n in ("0", "-3"):
+        assert train_main(["--config", str(ROOT / "configs" / "tiny_cpu.yaml"), "--nproc", n]) == 2
+        assert capsys.readouterr().err.strip() == f"error: --nproc: must be >= 1 (processes to start), got {n}"
+    for bad, key in (("lora.rank=0", "lora.rank"), ("batch_size=4", "train.batch_size")):
+        code = train_main(["--config", str(ROOT / "configs" / "tiny_cpu.yaml"), "--nproc", "3", bad,
+                           "--output", str(tmp_path / "never")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and f"key '{key}'" in err[0], err
+        assert not (tmp_path / "never").exists()  # no process was started

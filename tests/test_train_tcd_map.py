@@ -141,6 +141,17 @@ def test_invalid_objective_combinations_name_the_key(overrides, key):
         load_config({}, overrides)
 
 
+@pytest.mark.parametrize("objective", ["lcm", "tcd", "pcm"])
+def test_a_coarse_solver_grid_is_a_valid_config(objective):
+    """num_ddim_timesteps below TDD's default [4, 8] steps: fine wherever tdd_steps is not used (it was refused for
+    every objective, and setting tdd_steps then was refused as a TDD-only key)."""
+    cfg = load_config({}, [f"lcd.objective={objective}", "lcd.num_ddim_timesteps=4"]
+                      + (["lcd.phases=2"] if objective == "pcm" else []))
+    assert cfg.lcd.num_ddim_timesteps == 4
+    with pytest.raises(ConfigError, match="key 'lcd.tdd_steps'"):  # where it is used, it still must fit the grid
+        load_config({}, ["lcd.objective=tcd", "lcd.tcd_s_sampling=tdd", "lcd.num_ddim_timesteps=4"])
+
+
 def test_objective_keys_and_trajectory():
     tcd = load_config({"lcd": {"objective": "tcd", "tcd_s_sampling": "tdd", "tdd_s_ratio": 0.2, "tdd_steps": [2, 6]}})
     assert (tcd.lcd.objective, tcd.lcd.tcd_s_sampling, tcd.lcd.tdd_s_ratio, tcd.lcd.tdd_steps) == ("tcd", "tdd", 0.2, [2, 6])

@@ -120,6 +120,21 @@ def _estimate(config, overrides) -> int:
     return EXIT_OK
 
 
+def _config_problem(config, overrides, nproc: int) -> str | None:
+    """What the config of a new multi-process run gets wrong (the checks every process would make), or None."""
+    from ..lcm_core.errors import LcmLoraError
+    from .config import load_config
+
+    try:
+        cfg = load_config(config, overrides)
+    except LcmLoraError as e:
+        return str(e)
+    if cfg.train.batch_size % nproc:
+        return (f"{cfg.source}: key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by the number of "
+                f"processes ({nproc})")
+    return None
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run the ``train`` sub-command; returns the exit status."""
     if getattr(args, "print_schema", False):
@@ -130,8 +145,15 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.config and not (args.resume and args.output):
         print("error: --config is required (or --output RUN --resume to continue a run, or --print-schema)", file=sys.stderr)
         return EXIT_ERROR
+    if args.nproc < 1:
+        print(f"error: --nproc: must be >= 1 (processes to start), got {args.nproc}", file=sys.stderr)
+        return EXIT_ERROR
     if getattr(args, "estimate_memory", False):
-        return _estimate(args.config, list(args.overrides))
+        config = args.config or Path(args.output) / "config.yaml"  # --output RUN --resume: the run's own config
+        if not args.config and not config.is_file():
+            print(f"error: {config}: no config.yaml of a run here; give --config", file=sys.stderr)
+            return EXIT_ERROR
+        return _estimate(config, list(args.overrides))
     output = args.output or os.fspath(Path("runs") / Path(args.config).stem)
     from ..lcm_core.cpu_threads import apply_thread_default
 
@@ -148,6 +170,11 @@ def run_train(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.nproc > 1:
         from .distributed import spawn_local
+
+        problem = _config_problem(args.config, overrides, args.nproc) if not args.resume else None
+        if problem:  # said once here, not once per process
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_ERROR
 
         try:
             spawn_local(args.nproc, _spawned, (args.config, output, args.resume, overrides, progress))

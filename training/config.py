@@ -57,7 +57,10 @@ def read_config_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, "config file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, f"is not UTF-8 text ({e.reason} at byte {e.start}): save the config as UTF-8") from None
     try:
         if path.suffix.lower() == ".toml":
             import tomllib
@@ -69,7 +72,12 @@ def read_config_file(path: str | os.PathLike) -> dict:
             data = yaml.safe_load(text)
     except Exception as e:  # yaml.YAMLError / tomllib.TOMLDecodeError carry line numbers
         raise ConfigError(path, f"cannot parse: {e}") from None
-    return data or {}
+    if data is None:  # an empty file: every default
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, f"must hold sections of keys (e.g. 'train:' with 'max_steps: 300'), got {type(data).__name__} "
+                                f"{data!r:.40}")
+    return data
 
 
 def resolve_override_key(key: str, source: str = "override") -> str:
@@ -103,10 +111,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     kind = field_meta(dotted)["kind"].rstrip("?")
     if kind == "str":
         return dotted, (raw if raw.strip() else None)
+    if not raw.strip():
+        return dotted, None
+    if not raw.strip().startswith("["):
+        # numbers, booleans and comma lists are read by coerce_value from the text itself: YAML would take
+        # "a photo #1" for "a photo" plus a comment, and 1 for an integer that a boolean key refuses
+        return dotted, raw
     try:
         import yaml
 
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw)
     except Exception:
         value = raw
     return dotted, value

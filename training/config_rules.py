@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 
 from ..lcm_core.errors import ConfigError
 from .config_schema import (GUIDANCE_INTERVAL_ALL, NORMAL_CFG_DEFAULT, NUM_TRAIN_TIMESTEPS, SECTION_CLASSES, TrainConfig,
@@ -31,12 +32,14 @@ def validate_config(cfg: TrainConfig) -> None:
             items = value if isinstance(value, list) else [value]
             for item in items:
                 if isinstance(item, (int, float)) and not isinstance(item, bool):
-                    if item != item and (meta["minimum"] is not None or meta["maximum"] is not None):
-                        raise ConfigError(src, f"key '{key}' must be a number in its range, got nan")  # nan passes < / >
+                    if not math.isfinite(item):  # nan passes < / >; inf reaches the loss as NaN, far from its key
+                        raise ConfigError(src, f"key '{key}' must be a finite number, got {item}")
                     if meta["minimum"] is not None and item < meta["minimum"]:
                         raise ConfigError(src, f"key '{key}' must be >= {meta['minimum']}, got {item}")
                     if meta["maximum"] is not None and item > meta["maximum"]:
                         raise ConfigError(src, f"key '{key}' must be <= {meta['maximum']}, got {item}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.train.device):
+        raise ConfigError(src, f"key 'train.device' must be auto, cpu, cuda, cuda:N or mps, got {cfg.train.device!r}")
     if cfg.lcd.w_min > cfg.lcd.w_max:
         raise ConfigError(src, f"key 'lcd.w_min' ({cfg.lcd.w_min}) must not exceed 'lcd.w_max' ({cfg.lcd.w_max})")
     _validate_objective(cfg)
@@ -146,8 +149,9 @@ def _validate_objective(cfg: TrainConfig) -> None:
             if getattr(lcd, name) != default:
                 raise ConfigError(src, f"key 'lcd.{name}' applies only with the adversarial loss on (lcd.adversarial_weight "
                                   "> 0, e.g. 0.1 as PCM's --adv_weight); remove it or set lcd.adversarial_weight")
-    steps = lcd.tdd_steps
-    if len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= lcd.num_ddim_timesteps:
+    steps = lcd.tdd_steps  # checked where it is used: a coarse solver grid (num_ddim_timesteps < 8) is fine otherwise
+    if (lcd.objective == "tcd" and lcd.tcd_s_sampling == "tdd"
+            and (len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= lcd.num_ddim_timesteps)):
         raise ConfigError(src, f"key 'lcd.tdd_steps' must be [min, max] step counts with 1 <= min <= max <= "
                           f"lcd.num_ddim_timesteps ({lcd.num_ddim_timesteps}), got {steps}")
 

@@ -200,7 +200,8 @@ class TrainSection:
     cast_base_weights: bool = _f(True, kind="bool", doc="store frozen UNet/text weights in the mixed-precision dtype")
     gradient_checkpointing: bool = _f(False, kind="bool")
     allow_tf32: bool = _f(True, kind="bool")
-    seed: int = _f(0, kind="int", panel=_panel("seed", minimum=0, maximum=2**31 - 1))
+    seed: int = _f(0, minimum=0, maximum=2**64 - 1, kind="int", doc="torch generators take seeds below 2**64",
+                   panel=_panel("seed", minimum=0, maximum=2**31 - 1))
     device: str = _f("auto", kind="str", doc="auto | cpu | cuda | cuda:N | mps", panel=_panel("device", choices=("auto", "cpu", "cuda", "mps")))
     num_workers: int = _f(0, minimum=0, kind="int", doc="image decoding worker threads")
     offload_encoders: bool = _f(True, kind="bool", doc="with cache_text and cache_latents on, release the text encoders and the VAE "

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..lcm_core.errors import ConfigError
+
 
 @dataclass
 class DistContext:
@@ -66,7 +68,17 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError("train.device", f"key 'train.device' must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device", f"key 'train.device' is {name!r} but this torch sees no CUDA device "
+                          f"(torch {torch.__version__}): use auto or cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ConfigError("train.device", f"key 'train.device' is {name!r} but MPS is not available here: use auto or cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError("train.device", f"key 'train.device' must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return device

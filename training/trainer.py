@@ -116,9 +116,16 @@ class _StopFlag:
 
 
 def _prepare_output(output_dir: Path, cfg: TrainConfig, resuming: bool, is_main: bool, record: dict | None = None) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputExistsError(output_dir, "is a file, not a folder: give --output a folder for the run")
     output_dir.mkdir(parents=True, exist_ok=True)
     if not resuming and ckpt.list_checkpoints(output_dir):
         raise OutputExistsError(output_dir, "already holds checkpoints of a run: pass --resume to continue it, or use a new folder")
+    if not resuming:  # a finished (or checkpoint-less) earlier run: its adapter and config are never overwritten
+        earlier = [n for n in ("config.yaml", cfg.output.name) if (output_dir / n).exists()]
+        if earlier:
+            raise OutputExistsError(output_dir, f"already holds an earlier run ({', '.join(earlier)}): use a new folder; "
+                                                "nothing was overwritten")
     if is_main and not (resuming and (output_dir / "config.yaml").is_file()):
         _write_config(output_dir, cfg, record)
 

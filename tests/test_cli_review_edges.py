@@ -1,0 +1,123 @@
+"""Odd but possible CLI and config input (a review of stop 37): each gets exit 2 and one line naming the file
+and the problem, valid JSON, or the value the user typed — never a traceback or a silently changed value."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lcm_lora.lcm_core.errors import ConfigError
+from lcm_lora.training.config import load_config, read_config_file
+from test_cli import SD1_MODULES, kohya_tensors, run_cli, sd1_file, sd1_file_b  # noqa: F401 (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("override,key,expected", [
+    ("validation.prompts=a photo #1 of a cat", "prompts", ["a photo #1 of a cat"]),  # YAML read '#1…' as a comment
+    ("validation.prompts=#hashtag art", "prompts", ["#hashtag art"]),  # … and this as null
+    ("validation.prompts=yes", "prompts", ["yes"]),  # … and this as a boolean (refused)
+    ("validation.prompts=a cat, a dog", "prompts", ["a cat", "a dog"]),
+    ("validation.prompts=[a cat, a dog]", "prompts", ["a cat", "a dog"]),
+    ("data.cache_latents=1", "cache_latents", True),  # YAML's integer 1 was refused for a boolean key
+    ("data.cache_latents=off", "cache_latents", False),
+    ("max_steps=1_000", "max_steps", 1000),
+    ("learning_rate=1e-4", "learning_rate", 1e-4),
+])
+def test_override_values_are_read_as_typed(override, key, expected):
+    cfg = load_config({}, [override])
+    section = {"prompts": cfg.validation, "cache_latents": cfg.data, "max_steps": cfg.train,
+               "learning_rate": cfg.optim}[key]
+    assert getattr(section, key) == expected
+
+
+@pytest.mark.parametrize("override,key", [
+    ("learning_rate=inf", "optim.learning_rate"), ("learning_rate=1e999", "optim.learning_rate"),
+    ("lora.alpha=inf", "lora.alpha"), ("lcd.w_max=inf", "lcd.w_max"), ("lcd.huber_c=inf", "lcd.huber_c"),
+    ("train.seed=99999999999999999999999", "train.seed"), ("train.seed=-1", "train.seed"),
+    ("train.device=banana", "train.device"), ("train.device=cuda:x", "train.device"),
+])
+def test_values_the_run_cannot_use_are_config_errors_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        load_config({}, [override])
+
+
+def test_config_files_that_are_not_utf8_or_not_sections(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("train:\n  max_steps: 3 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_config_file(bad)
+    for text in ("0", "[]", "false", "just text"):
+        f = tmp_path / "scalar.yaml"
+        f.write_text(text)
+        with pytest.raises(ConfigError, match="sections"):
+            read_config_file(f)
+    (tmp_path / "empty.yaml").write_text("")
+    assert read_config_file(tmp_path / "empty.yaml") == {}
+
+
+def test_cli_config_errors_are_one_line(capsys, tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"train:\n  max_steps: 3 # caf\xe9\n")
+    code, _, err = run_cli(capsys, "train", "--config", str(bad), "--output", str(tmp_path / "run"))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {bad}: is not UTF-8 text ("), err
+    assert lines[0].endswith("save the config as UTF-8") and not (tmp_path / "run").exists()
+
+
+def _messages(err: str) -> list[str]:
+    """stderr without the progress bar's lines."""
+    return [line for line in err.strip().splitlines() if "%|" not in line]
+
+
+def test_weights_beyond_float32_are_refused_naming_the_file(capsys, tmp_path, sd1_file, sd1_file_b):
+    for method in ("svd", "concat"):
+        code, _, err = run_cli(capsys, "merge", f"{sd1_file}:1e39", f"{sd1_file_b}:1", "--method", method,
+                               "-o", str(tmp_path / f"m_{method}.safetensors"))
+        assert code == 2 and len(_messages(err)) == 1 and "float32" in err and str(sd1_file) in err, err
+    # representable weights whose product overflows float32 in the factors: the svd merge says so
+    code, _, err = run_cli(capsys, "merge", f"{sd1_file}:3e38", f"{sd1_file_b}:3e38", "--method", "svd",
+                           "-o", str(tmp_path / "m_big.safetensors"))
+    assert code == 2 and _messages(err) == ["error: svd merge: the weighted factors hold Inf or NaN (weights too large "
+                                            "for float32): lower them"], err
+    assert not (tmp_path / "m_big.safetensors").exists()
+
+
+def test_fuse_refuses_an_overflowing_fp16_checkpoint(capsys, tmp_path):
+    to_k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    sd1_file = tmp_path / "to_k.safetensors"
+    save_file(kohya_tensors({to_k: SD1_MODULES[to_k]}, rank=4, alpha=4.0, seed=5), sd1_file)
+    g = torch.Generator().manual_seed(0)
+    ckpt = {"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
+            torch.randn(320, 768, generator=g).half()}
+    base, out = tmp_path / "base16.safetensors", tmp_path / "f16.safetensors"
+    save_file(ckpt, base)
+    code, _, err = run_cli(capsys, "fuse", str(base), f"{sd1_file}:1e6", "--arch", "sd1", "-o", str(out))
+    assert code == 2 and "float16's range" in err and "attn2.to_k" in err and len(_messages(err)) == 1, err
+    assert not out.exists()
+    code, _, err = run_cli(capsys, "fuse", str(base), f"{sd1_file}:1e39", "--arch", "sd1", "-o", str(out))
+    assert code == 2 and "float32" in err, err
+    code, _, err = run_cli(capsys, "fuse", str(base), f"{sd1_file}:0.5", "--arch", "sd1", "-o", str(out))
+    assert code == 0, err
+    assert torch.isfinite(next(iter(load_file(out).values())).float()).all()
+
+
+def test_inspect_json_stays_valid_with_a_nonfinite_metadata_number(capsys, tmp_path):
+    path = tmp_path / "adv.safetensors"
+    save_file(kohya_tensors(SD1_MODULES, rank=4, alpha=4.0, seed=3), path,
+              metadata={"lcm_lora.objective": "pcm", "lcm_lora.adversarial_weight": "nan"})
+    code, out, err = run_cli(capsys, "inspect", str(path), "--json")
+    assert code == 0, err
+    info = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert info["adversarial"]["weight"] == "nan"
+
+
+def test_demo_export_onto_a_file_is_one_line(capsys, tmp_path):
+    target = tmp_path / "a.safetensors"
+    target.write_bytes(b"x")
+    code, _, err = run_cli(capsys, "demo", "--export", str(target))
+    assert code == 2 and err.strip() == f"error: {target}: is a file, not a folder: give --export a folder", err
+    assert target.read_bytes() == b"x"
