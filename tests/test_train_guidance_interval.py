@@ -131,7 +131,7 @@ def test_interval_reaches_the_loss_metadata_and_not_the_old_hash():
 @pytest.mark.parametrize("overrides,needle", [
     (["lcd.guidance_interval=700,200"], "must be [lo, hi] timesteps with 0 <= lo <= hi <= 999"),
     (["lcd.guidance_interval=200,1000"], "must be [lo, hi] timesteps"),
-    (["lcd.guidance_interval=200"], "must be a list"),
+    (["lcd.guidance_interval=200"], "must be [lo, hi] timesteps"),  # one number reads as the list [200], as "200,700" as two
     (["lcd.guidance_interval=1,2,3"], "must be [lo, hi] timesteps"),
     (["lcd.guidance_interval=-5,700"], "lcd.guidance_interval"),
     (["lcd.guidance_interval=200,700", "lcd.solver_guidance=false"], "which 'lcd.solver_guidance: false' turns off"),

@@ -14,6 +14,10 @@ from .config_schema import (GUIDANCE_INTERVAL_ALL, NORMAL_CFG_DEFAULT, NUM_TRAIN
 from .config_values import coerce_value
 
 
+# Keys whose own rule below refuses a non-finite value with a message that says what the value is for.
+OWN_FINITE_RULE = ("lcd.normal_cfg",)
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Range / choice / cross-field checks; every error names the config source and the key."""
     src = cfg.source
@@ -32,8 +36,8 @@ def validate_config(cfg: TrainConfig) -> None:
             items = value if isinstance(value, list) else [value]
             for item in items:
                 if isinstance(item, (int, float)) and not isinstance(item, bool):
-                    if not math.isfinite(item):  # nan passes < / >; inf reaches the loss as NaN, far from its key
-                        raise ConfigError(src, f"key '{key}' must be a finite number, got {item}")
+                    if not math.isfinite(item) and key not in OWN_FINITE_RULE:  # nan passes < / >; inf reaches
+                        raise ConfigError(src, f"key '{key}' must be a finite number, got {item}")  # the loss as NaN
                     if meta["minimum"] is not None and item < meta["minimum"]:
                         raise ConfigError(src, f"key '{key}' must be >= {meta['minimum']}, got {item}")
                     if meta["maximum"] is not None and item > meta["maximum"]:

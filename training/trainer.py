@@ -115,7 +115,9 @@ class _StopFlag:
         self._old = {}
 
 
-def _prepare_output(output_dir: Path, cfg: TrainConfig, resuming: bool, is_main: bool, record: dict | None = None) -> None:
+def _prepare_output(output_dir: Path, cfg: TrainConfig, resuming: bool) -> None:
+    """Create the run folder, or refuse one that holds another run. Every process checks the folder as it was
+    before any of them writes (a barrier follows), so all of them agree."""
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputExistsError(output_dir, "is a file, not a folder: give --output a folder for the run")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -126,8 +128,6 @@ def _prepare_output(output_dir: Path, cfg: TrainConfig, resuming: bool, is_main:
         if earlier:
             raise OutputExistsError(output_dir, f"already holds an earlier run ({', '.join(earlier)}): use a new folder; "
                                                 "nothing was overwritten")
-    if is_main and not (resuming and (output_dir / "config.yaml").is_file()):
-        _write_config(output_dir, cfg, record)
 
 
 def _write_config(output_dir: Path, cfg: TrainConfig, record: dict | None) -> None:
@@ -513,7 +513,11 @@ class TrainingSession:
 def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, ctx: DistContext,
            record: dict | None = None) -> TrainResult:
     resume_path = ckpt.resolve_resume(output_dir, resume)
-    _prepare_output(output_dir, cfg, resume_path is not None or bool(resume), ctx.is_main, record)
+    resuming = resume_path is not None or bool(resume)
+    _prepare_output(output_dir, cfg, resuming)
+    ctx.barrier()  # every process has checked the folder before the main one writes the config
+    if ctx.is_main and not (resuming and (output_dir / "config.yaml").is_file()):
+        _write_config(output_dir, cfg, record)
     ctx.barrier()
     log = RunLog(output_dir, cfg.logging.backend, enabled=ctx.is_main, progress=progress and cfg.logging.progress,
                  max_steps=cfg.train.max_steps)
