@@ -254,3 +254,18 @@ def test_merge_and_fuse_use_the_candidates_of_unknown_adapters(tmp_path):
                         progress=False)
     assert "expected sd1, found sdxl or ssd1b" in str(info.value)
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_configured_teacher_arch_is_checked_against_a_single_file_checkpoint():
+    """teacher.arch set (not auto) skipped the detection, so an SD1.5 file with arch sdxl failed deep in diffusers'
+    conversion; now a recognised file must match, and an unrecognised one is forced to the configured arch."""
+    from types import SimpleNamespace
+
+    from lcm_lora.lcm_core.errors import ArchitectureMismatchError
+    from lcm_lora.training.single_file import detect_arch
+
+    state = {k: SimpleNamespace(shape=s) for k, s in ldm_checkpoint("sd1").items()}
+    assert detect_arch(state, "auto", "x.safetensors") == detect_arch(state, "sd1", "x.safetensors") == "sd1"
+    with pytest.raises(ArchitectureMismatchError, match="expected sdxl, found sd1"):
+        detect_arch(state, "sdxl", "x.safetensors")
+    assert detect_arch({"odd.weight": SimpleNamespace(shape=(3,))}, "sd2", "x.safetensors") == "sd2"

@@ -217,3 +217,131 @@ def test_flipped_crop_reports_its_position_in_the_mirrored_image(tmp_path, crop)
             assert np.array_equal(got, plain), (seed, top, left)
             seen_plain = True
     assert seen_flip and seen_plain
+
+
+def test_damaged_cache_entries_are_rebuilt(sd_teacher, tmp_path):
+    """A cache entry cut short (a full disk, an interrupted copy) counts as missing and is rebuilt, where it used
+    to fail every later run with safetensors' "header too small" traceback."""
+    data = write_tiny_dataset(tmp_path / "d", n=4, size=16)
+    over = [f"teacher={sd_teacher}", f"data={data}", *FAST, "data.crop=center", "data.random_flip=false",
+            "data.cache_latents=true", "data.cache_text=true", f"data.cache_dir={tmp_path / 'cache'}"]
+    first = train(TINY, tmp_path / "a", overrides=over, progress=False)
+    latent = sorted((tmp_path / "cache" / "latents").glob("*.safetensors"))[0]
+    text = sorted((tmp_path / "cache" / "text").glob("*.safetensors"))[0]
+    latent.write_bytes(b"")
+    text.write_bytes(text.read_bytes()[:50])
+    again = train(TINY, tmp_path / "b", overrides=over, progress=False)  # the rebuilt entry: encoded alone now
+    torch.testing.assert_close(torch.tensor(again.losses), torch.tensor(first.losses), rtol=1e-4, atol=1e-6)
+    from lcm_lora.training.cache import readable
+
+    assert readable(latent) and readable(text)
+
+
+def test_captions_with_a_bom_latin1_text_and_non_object_lines(tmp_path):
+    """Excel's "CSV UTF-8" and Notepad write a BOM: it is not part of the first field or caption. Text that is not
+    UTF-8, and a JSONL line that is not an object, are errors naming the file (they were tracebacks)."""
+    csv_dir = write_tiny_dataset(tmp_path / "csv", n=2, size=8, captions="jsonl")
+    rows = [json.loads(line) for line in (csv_dir / "metadata.jsonl").read_text().splitlines()]
+    (csv_dir / "metadata.jsonl").unlink()
+    (csv_dir / "metadata.csv").write_text("\ufefffile_name,text\n" + "".join(f"{r['file_name']},{r['text']}\n" for r in rows),
+                                          encoding="utf-8")
+    assert [r.captions for r in scan_image_folder(_data_cfg(csv_dir))] == [[r["text"]] for r in rows]
+    txt = write_tiny_dataset(tmp_path / "txt", n=2, size=8)
+    first = sorted(txt.glob("*.txt"))[0]
+    first.write_text("\ufeffa bold digit", encoding="utf-8")
+    assert scan_image_folder(_data_cfg(txt))[0].captions == ["a bold digit"]
+    first.write_bytes("a caf\xe9 digit".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text") as e:
+        scan_image_folder(_data_cfg(txt))
+    assert str(first) in str(e.value)
+    jsonl = write_tiny_dataset(tmp_path / "jsonl", n=2, size=8, captions="jsonl")
+    (jsonl / "metadata.jsonl").write_text('"abc"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="line 1: must be a JSON object"):
+        scan_image_folder(_data_cfg(jsonl))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\ufeffa cat\na dog\n", encoding="utf-8")
+    assert read_prompts(prompts) == ["a cat", "a dog"]
+    (tmp_path / "p.jsonl").write_text("3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="line 1: must be a JSON object"):
+        read_prompts(tmp_path / "p.jsonl")
+
+
+def test_hidden_folders_exif_rotation_and_16_bit_grey(tmp_path):
+    """.ipynb_checkpoints / __MACOSX copies are not training images; a phone photo stored sideways with EXIF
+    orientation 6 trains upright at its shown size; a 16-bit grey PNG keeps its grey (convert("RGB") clipped it to
+    white)."""
+    import random as _random
+
+    import numpy as np
+    from PIL import Image
+
+    from lcm_lora.training.data import load_image
+
+    data = write_tiny_dataset(tmp_path / "d", n=2, size=8)
+    for hidden in (".ipynb_checkpoints", "__MACOSX"):
+        (data / hidden).mkdir()
+        Image.new("RGB", (8, 8)).save(data / hidden / "copy.png")  # no caption: would be an error if scanned
+    assert len(scan_image_folder(_data_cfg(data))) == 2
+
+    rot = tmp_path / "rot"
+    rot.mkdir()
+    left_half_red = np.zeros((20, 40, 3), np.uint8)
+    left_half_red[:, :20, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90° clockwise: 20 wide, 40 high, red on top
+    Image.fromarray(left_half_red).save(rot / "a.jpg", exif=exif.tobytes(), quality=95)
+    (rot / "a.txt").write_text("a photo")
+    record = scan_image_folder(_data_cfg(rot))[0]
+    assert (record.width, record.height) == (20, 40)
+    x, time_ids = load_image(record, (20, 40), 3, "center", False, _random.Random(0))
+    assert time_ids[:2] == (40, 20) and x.shape == (3, 40, 20)
+    assert x[0, :20].mean() > 0.5 and x[0, 20:].mean() < -0.5  # red on top, as shown
+
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(grey / "g.png")
+    (grey / "g.txt").write_text("grey")
+    x, _ = load_image(scan_image_folder(_data_cfg(grey))[0], (8, 8), 3, "center", False, _random.Random(0))
+    expected = round(30000 / 257) / 127.5 - 1  # 8-bit grey 117, in [-1, 1]
+    torch.testing.assert_close(x, torch.full_like(x, expected), atol=1e-6, rtol=0)
+
+
+def test_a_latent_teacher_folder_without_its_vae_is_refused(sd_teacher, tmp_path):
+    """A diffusers folder copied without vae/ trained silently on raw pixels; now it is an error naming the folder."""
+    import shutil
+
+    from lcm_lora.training.teacher import load_teacher_folder
+    from lcm_lora.training.teacher_common import TeacherError
+
+    broken = tmp_path / "novae"
+    shutil.copytree(sd_teacher, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(TeacherError, match="missing 'vae/'") as e:
+        load_teacher_folder(broken)
+    assert str(broken) in str(e.value)
+    assert load_teacher_folder(sd_teacher).vae is not None
+
+
+def test_a_teacher_vae_with_nan_weights_is_named_not_the_learning_rate(sd_teacher, tmp_path):
+    """NaN in the VAE reached the loss and stopped the run as a divergence ("lower the learning rate", exit 3), after
+    writing NaN latents into the cache; now the encoding is refused naming the teacher, and nothing is cached."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lcm_lora.training.teacher_common import TeacherError
+
+    broken = tmp_path / "nanvae"
+    shutil.copytree(sd_teacher, broken)
+    weights = next((broken / "vae").glob("*.safetensors"))
+    sd = load_file(weights)
+    key = next(k for k in sd if "encoder.conv_in.weight" in k)
+    sd[key][0, 0, 0, 0] = float("nan")
+    save_file(sd, weights)
+    data = write_tiny_dataset(tmp_path / "d", n=4, size=16)
+    cache = tmp_path / "cache"
+    over = [f"teacher={broken}", f"data={data}", *FAST, "data.cache_latents=true", f"data.cache_dir={cache}"]
+    with pytest.raises(TeacherError, match="NaN/Inf latents") as e:
+        train(TINY, tmp_path / "run", overrides=over, progress=False)
+    assert str(broken) in str(e.value)
+    assert not list(cache.rglob("latents/*.safetensors"))

@@ -75,21 +75,30 @@ def test_new_run_refuses_a_folder_with_checkpoints(assets, tmp_path):
         train(TINY, out, resume=True, overrides=_overrides(assets, max_steps=2, **{"lcd.w_min": 4}), progress=False)
 
 
-@pytest.mark.parametrize("earlier", ["adapter", "config"])
-def test_new_run_never_overwrites_an_earlier_runs_adapter_or_config(assets, tmp_path, earlier):
-    """A folder without checkpoints (checkpoint.every 0, or deleted) but with an earlier run's adapter or config, or
-    --output pointed at a loras folder: refused, the files untouched."""
+def test_new_run_never_overwrites_an_earlier_runs_adapter(assets, tmp_path):
+    """A folder without checkpoints (checkpoint.every 0, or deleted) but with an earlier run's adapter, or --output
+    pointed at a loras folder: refused, the files untouched. A run that stopped before it wrote an adapter (its
+    data was refused, say) left only a config.yaml: the same command then runs there."""
     out = tmp_path / "run"
     out.mkdir()
-    name = "lcm_lora.safetensors" if earlier == "adapter" else "config.yaml"
-    (out / name).write_bytes(b"earlier run")
-    with pytest.raises(OutputExistsError, match=f"earlier run .*{name}"):
+    (out / "lcm_lora.safetensors").write_bytes(b"earlier run")
+    (out / "config.yaml").write_bytes(b"earlier config")
+    with pytest.raises(OutputExistsError, match="earlier run's adapter lcm_lora.safetensors"):
         train(TINY, out, overrides=_overrides(assets, max_steps=1), progress=False)
-    assert (out / name).read_bytes() == b"earlier run" and sorted(p.name for p in out.iterdir()) == [name]
+    assert (out / "lcm_lora.safetensors").read_bytes() == b"earlier run"
+    assert (out / "config.yaml").read_bytes() == b"earlier config"
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "lcm_lora.safetensors"]
     a_file = tmp_path / "a.safetensors"
     a_file.write_bytes(b"x")
     with pytest.raises(OutputExistsError, match="not a folder"):
         train(TINY, a_file, overrides=_overrides(assets, max_steps=1), progress=False)
+    failed = tmp_path / "failed"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no images found"):
+        train(TINY, failed, overrides=_overrides(assets, max_steps=1, data=tmp_path / "empty"), progress=False)
+    assert (failed / "config.yaml").is_file() and not (failed / "lcm_lora.safetensors").exists()
+    res = train(TINY, failed, overrides=_overrides(assets, max_steps=1), progress=False)
+    assert res.status == "finished" and (failed / "lcm_lora.safetensors").is_file()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeypatch):

@@ -35,6 +35,19 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, os.fspath(tmp), metadata=metadata)
 
 
+def readable(path: Path) -> bool:
+    """Whether ``path`` is a cache entry safetensors can open (its header only). A damaged entry (a disk full,
+    a copy cut short) counts as missing, so it is rebuilt instead of failing every later run."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            f.keys()
+        return True
+    except Exception:
+        return False
+
+
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
@@ -53,7 +66,7 @@ class LatentCache:
         return self.folder / f"{_digest(os.path.abspath(image), st.st_size, int(st.st_mtime), bucket, crop, self.teacher_identity)}.safetensors"
 
     def missing(self, items: Iterable[tuple[int, str, tuple]], crop: str) -> list[int]:
-        return [i for i, image, bucket in items if not self.path(image, bucket, crop).is_file()]
+        return [i for i, image, bucket in items if not readable(self.path(image, bucket, crop))]
 
     def store(self, image: str, bucket, crop: str, mean: torch.Tensor, std: torch.Tensor, time_ids) -> None:
         save_tensors(
@@ -78,7 +91,7 @@ class TextCache:
         return self.folder / f"{_digest(caption, self.teacher_identity)}.safetensors"
 
     def build(self, captions: list[str], encode: Callable[[list[str]], dict], batch_size: int = 32, progress=None) -> None:
-        todo = sorted({c for c in captions if not self.path(c).is_file()})
+        todo = sorted({c for c in captions if not readable(self.path(c))})
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             encoded = encode(chunk)

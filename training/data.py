@@ -43,14 +43,32 @@ class Record:
     extra: dict = field(default_factory=dict)
 
 
+EXIF_ORIENTATION = 0x0112  # 5–8: stored rotated by 90° (phone photos); exif_transpose turns them upright
+
+
 def _image_size(path: Path) -> tuple[int, int]:
+    """The size the image is shown at: EXIF orientations 5–8 swap width and height (``load_image`` applies them)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return im.size
+            w, h = im.size
+            return (h, w) if im.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8) else (w, h)
     except Exception as e:
         raise ConfigError(path, f"cannot read image ({type(e).__name__}: {e})") from None
+
+
+def _read_text(path: Path) -> str:
+    """A caption, metadata or prompt file as text: UTF-8, with or without the BOM that Excel and Notepad write."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, f"is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    """Under a hidden folder or a macOS resource folder (.ipynb_checkpoints, .git, __MACOSX)."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.relative_to(root).parts)
 
 
 def _as_captions(value, source, key) -> list[str]:
@@ -64,16 +82,21 @@ def _as_captions(value, source, key) -> list[str]:
 def _metadata_rows(path: Path, kind: str) -> list[tuple[int, dict]]:
     rows = []
     if kind == "jsonl":
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(_read_text(path).splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append((n, json.loads(line)))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ConfigError(path, f"line {n}: invalid JSON ({e})") from None
-    else:
-        with open(path, newline="", encoding="utf-8") as f:
-            for n, row in enumerate(csv.DictReader(f), 2):
+                if not isinstance(row, dict):
+                    raise ConfigError(path, f"line {n}: must be a JSON object such as "
+                                            f'{{"file_name": "a.png", "text": "a photo"}}, got {line.strip()[:60]}')
                 rows.append((n, row))
+    else:
+        import io
+
+        for n, row in enumerate(csv.DictReader(io.StringIO(_read_text(path), newline="")), 2):
+            rows.append((n, row))
     return rows
 
 
@@ -100,12 +123,13 @@ def scan_image_folder(data_cfg) -> list[Record]:
             w, h = _image_size(image)
             records.append(Record(captions=captions, width=w, height=h, image=os.fspath(image)))
     else:
-        images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        images = sorted(p for p in root.rglob("*")
+                        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _hidden(p, root))
         for image in images:
             txt = image.with_suffix(".txt")
             if not txt.is_file():
                 raise ConfigError(image, f"no caption: expected {txt.name} next to it (or a metadata.jsonl/csv)")
-            lines = [line.strip() for line in txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+            lines = [line.strip() for line in _read_text(txt).splitlines() if line.strip()]
             w, h = _image_size(image)
             records.append(Record(captions=lines or [""], width=w, height=h, image=os.fspath(image)))
     if not records:
@@ -126,10 +150,22 @@ def read_prompts(path: str | os.PathLike, column: str = "text") -> list[str]:
                 raise ConfigError(path, f"line {n}: needs a string field '{column}'")
             prompts.append(row[column])
     else:
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+        prompts = [line.strip() for line in _read_text(path).splitlines() if line.strip() and not line.startswith("#")]
     if not prompts:
         raise ConfigError(path, "no prompts in the file")
     return prompts
+
+
+def _upright_8bit(im):
+    """``im`` turned as its EXIF orientation says, and 16-bit grey scaled to 8 bits (PIL's convert("RGB") clips
+    16-bit values to 255: a white image)."""
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8), mode="L")
+    return im
 
 
 def load_image(
@@ -144,7 +180,7 @@ def load_image(
 
     try:
         with Image.open(record.image) as im:
-            im = im.convert(_PIL_MODES[channels])
+            im = _upright_8bit(im).convert(_PIL_MODES[channels])
             (rw, rh), (left, top) = resize_and_crop_box(im.width, im.height, bucket, crop, rng)
             im = im.resize((rw, rh), Image.BILINEAR).crop((left, top, left + bucket[0], top + bucket[1]))
             if flip and rng.random() < 0.5:

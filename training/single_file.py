@@ -65,7 +65,9 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     except TeacherError:
         raise
     except Exception as e:
-        raise TeacherError(path, f"cannot read checkpoint ({type(e).__name__}: {e}); convert it to .safetensors") from None
+        advice = ("the file is damaged or cut short: download or copy it again" if suffix == ".safetensors"
+                  else "convert it to .safetensors")
+        raise TeacherError(path, f"cannot read checkpoint ({type(e).__name__}: {e}); {advice}") from None
     raise TeacherError(path, f"unknown checkpoint extension {suffix!r} (expected .safetensors or .ckpt)")
 
 
@@ -120,7 +122,9 @@ def detect_arch(state: dict[str, torch.Tensor], wanted: str, source) -> str:
 
     found = detect_checkpoint_architecture({k: tuple(v.shape) for k, v in state.items()}).arch
     if wanted != "auto":
-        check_arch(found, wanted, source)
+        if found in ("sd1", "sd2", "sdxl", "ssd1b"):  # recognised: it must be the configured one
+            check_arch(found, wanted, source)
+        return wanted  # not recognised: teacher.arch forces it
     if found not in ("sd1", "sd2", "sdxl", "ssd1b"):
         raise TeacherError(source, "not a recognised SD 1.x / SD 2.x / SDXL / SSD-1B checkpoint (set teacher.arch to force one)")
     return found
@@ -134,7 +138,7 @@ def load_teacher_single_file(path: Path, cfg, dtype: torch.dtype = torch.float32
 
 
     state = read_checkpoint(path)
-    arch = detect_arch(state, cfg.arch, path) if cfg.arch == "auto" else cfg.arch
+    arch = detect_arch(state, cfg.arch, path)  # a configured arch is checked against the file (or forces it)
     tokenizers = load_tokenizers(arch, cfg.tokenizer, cfg.tokenizer_2, path)
     with tempfile.TemporaryDirectory(prefix="lcm_lora_teacher_") as tmp:
         skeleton = Path(tmp)

@@ -74,6 +74,16 @@ def unet_config_get(config, key):
     return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
 
 
+def _needs_vae(folder: Path, arch: str) -> bool:
+    """A Stable Diffusion layout, or a tiny teacher whose ``lcm_lora_tiny.json`` says it is not pixel-space."""
+    if arch in ("sd1", "sd2", "sdxl", "ssd1b"):
+        return True
+    try:
+        return json.loads((folder / "lcm_lora_tiny.json").read_text(encoding="utf-8")).get("pixel_space") is False
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str = "auto", dtype: torch.dtype | None = None) -> Teacher:
     """Load a diffusers-format teacher folder (local files only); the UNet is loaded directly in
     ``dtype`` (no float32 copy of it is ever held), text encoders and VAE as stored."""
@@ -97,6 +107,9 @@ def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str =
         raise TeacherError(folder, f"cannot load the diffusers folder: {e}") from None
     found = detect_folder_arch(unet.config)
     check_arch(found, arch, folder)
+    if vae is None and _needs_vae(folder, found):
+        raise TeacherError(folder, f"missing 'vae/': a {found} teacher works in the VAE's latent space (without it the "
+                                   "run would train on raw pixels)")
     pred = scheduler.config.prediction_type if prediction_type == "auto" else prediction_type
     image_channels = 3 if vae is not None else int(unet.config.in_channels)
     scaling = float(vae.config.scaling_factor) if vae is not None else 1.0

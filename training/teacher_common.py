@@ -111,7 +111,12 @@ class Teacher:
 
             raise EncodersReleased("the VAE encoder was released after caching (train.offload_encoders); an image is not in the latent cache")
         dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
-        return (dist.mean.float() * self.scaling_factor, dist.std.float() * self.scaling_factor)
+        mean, std = dist.mean.float() * self.scaling_factor, dist.std.float() * self.scaling_factor
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):  # before any cache or loss sees them
+            raise TeacherError(self.source, f"its VAE encodes these images to NaN/Inf latents (VAE in {self.vae.dtype}): "
+                                            "its weights hold NaN/Inf, or it overflows in this precision (SDXL's VAE does in "
+                                            "float16: use an fp16-fix VAE, or train.mixed_precision bf16 / no)")
+        return mean, std
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -123,11 +123,11 @@ def _prepare_output(output_dir: Path, cfg: TrainConfig, resuming: bool) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     if not resuming and ckpt.list_checkpoints(output_dir):
         raise OutputExistsError(output_dir, "already holds checkpoints of a run: pass --resume to continue it, or use a new folder")
-    if not resuming:  # a finished (or checkpoint-less) earlier run: its adapter and config are never overwritten
-        earlier = [n for n in ("config.yaml", cfg.output.name) if (output_dir / n).exists()]
-        if earlier:
-            raise OutputExistsError(output_dir, f"already holds an earlier run ({', '.join(earlier)}): use a new folder; "
-                                                "nothing was overwritten")
+    if not resuming and (output_dir / cfg.output.name).exists():
+        # a finished earlier run (checkpoint.every 0, or its checkpoints deleted), or a loras folder: its adapter is
+        # never overwritten. A run that stopped before writing one (bad data, say) left only logs: they are replaced
+        raise OutputExistsError(output_dir, f"already holds an earlier run's adapter {cfg.output.name}: use a new folder "
+                                            "(or --resume to continue that run); nothing was overwritten")
 
 
 def _write_config(output_dir: Path, cfg: TrainConfig, record: dict | None) -> None:
