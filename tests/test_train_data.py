@@ -345,3 +345,27 @@ def test_a_teacher_vae_with_nan_weights_is_named_not_the_learning_rate(sd_teache
         train(TINY, tmp_path / "run", overrides=over, progress=False)
     assert str(broken) in str(e.value)
     assert not list(cache.rglob("latents/*.safetensors"))
+
+
+def test_empty_metadata_json_prompts_and_a_same_second_edit(tmp_path):
+    """An empty metadata.jsonl says so (it said "no images found" beside the images); a .json prompt file is refused
+    naming .jsonl (it was read as lines of text); an image edited within the same second, size unchanged, gets a new
+    latent cache entry (the key used whole seconds)."""
+    import os
+
+    from lcm_lora.training.cache import LatentCache
+
+    jsonl = write_tiny_dataset(tmp_path / "jsonl", n=2, size=8, captions="jsonl")
+    (jsonl / "metadata.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="metadata.jsonl: has no rows"):
+        scan_image_folder(_data_cfg(jsonl))
+    (tmp_path / "p.json").write_text('["a cat", "a dog"]', encoding="utf-8")
+    with pytest.raises(ConfigError, match="use .jsonl"):
+        read_prompts(tmp_path / "p.json")
+    image = sorted(jsonl.glob("*.png"))[0]
+    cache = LatentCache(tmp_path / "cache", "teacher")
+    second = 1_700_000_000 * 10**9
+    os.utime(image, ns=(second, second))
+    before = cache.path(os.fspath(image), (8, 8), "center")
+    os.utime(image, ns=(second, second + 500_000_000))  # the same second, another instant
+    assert cache.path(os.fspath(image), (8, 8), "center") != before

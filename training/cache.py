@@ -63,7 +63,8 @@ class LatentCache:
 
     def path(self, image: str, bucket, crop: str) -> Path:
         st = os.stat(image)
-        return self.folder / f"{_digest(os.path.abspath(image), st.st_size, int(st.st_mtime), bucket, crop, self.teacher_identity)}.safetensors"
+        # st_mtime_ns: an edit that keeps the size within the same second is a new entry too
+        return self.folder / f"{_digest(os.path.abspath(image), st.st_size, st.st_mtime_ns, bucket, crop, self.teacher_identity)}.safetensors"
 
     def missing(self, items: Iterable[tuple[int, str, tuple]], crop: str) -> list[int]:
         return [i for i, image, bucket in items if not readable(self.path(image, bucket, crop))]

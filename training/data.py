@@ -113,7 +113,11 @@ def scan_image_folder(data_cfg) -> list[Record]:
         meta = root / f"metadata.{kind}"
         if not meta.is_file():
             raise ConfigError(meta, "caption file not found")
-        for n, row in _metadata_rows(meta, kind):
+        rows = _metadata_rows(meta, kind)
+        if not rows:
+            raise ConfigError(meta, "has no rows: one per image, e.g. "
+                                    + ('{"file_name": "a.png", "text": "a photo"}' if kind == "jsonl" else "a.png,a photo"))
+        for n, row in rows:
             if data_cfg.image_column not in row or data_cfg.caption_column not in row:
                 raise ConfigError(meta, f"line {n}: needs the fields '{data_cfg.image_column}' and '{data_cfg.caption_column}'")
             image = root / str(row[data_cfg.image_column])
@@ -138,11 +142,15 @@ def scan_image_folder(data_cfg) -> list[Record]:
 
 
 def read_prompts(path: str | os.PathLike, column: str = "text") -> list[str]:
-    """Prompt list for prompts-only mode: ``.txt`` (one per line), ``.jsonl`` (``text`` field) or ``.csv``."""
+    """Prompt list for prompts-only mode: ``.txt`` (one per line; blank lines and lines starting with ``#`` are
+    skipped), ``.jsonl`` (``text`` field) or ``.csv``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, "prompt file not found")
     suffix = path.suffix.lower()
+    if suffix == ".json":  # one JSON document would otherwise be read as lines of text
+        raise ConfigError(path, "a .json file is not a prompt list: use .jsonl (one {\"text\": ...} object per line), "
+                                ".csv or .txt (one prompt per line)")
     if suffix in (".jsonl", ".csv"):
         prompts = []
         for n, row in _metadata_rows(path, suffix[1:]):
