@@ -19,9 +19,7 @@ import torch
 
 from .errors import AdapterFileError, ConfigError
 from .lora.adapter import LoraAdapter, LoraModule
-from .lora.validate import has_nonfinite
-
-FLOAT32_MAX = torch.finfo(torch.float32).max
+from .lora.validate import FLOAT32_MAX, has_nonfinite
 
 KeyMap = Mapping[str, str] | Callable[[str], "str | None"]
 

@@ -28,11 +28,10 @@ import torch
 
 from .errors import AdapterFileError, ConfigError
 from .lora.adapter import LoraAdapter, LoraModule
+from .lora.validate import FLOAT32_MAX
 from .merge_factors import factors_to_module, product_frobenius_norm, stack_weighted
 from .merge_kron import kron_error_sq, kron_rerank
 from .merge_svd import svd_dense, svd_rerank
-
-FLOAT32_MAX = torch.finfo(torch.float32).max
 
 METHODS = ("concat", "svd")
 RECIPE_METADATA_KEY = "lcm_lora.merge_recipe"

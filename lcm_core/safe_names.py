@@ -61,7 +61,8 @@ def _drop_invisible(text: str) -> str:
     return "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs"))
 
 
-def _truncate(name: str, max_bytes: int) -> str:
+def shorten_name(name: str, max_bytes: int) -> str:
+    """``name`` cut to at most ``max_bytes`` UTF-8 bytes at a character boundary, its extension kept."""
     if len(name.encode("utf-8")) <= max_bytes:
         return name
     stem, dot, ext = name.rpartition(".")
@@ -70,11 +71,6 @@ def _truncate(name: str, max_bytes: int) -> str:
     budget = max_bytes - (len(ext.encode("utf-8")) + 1 if ext else 0)
     out = stem.encode("utf-8")[:budget].decode("utf-8", "ignore").rstrip(" .")
     return f"{out}.{ext}" if ext else out
-
-
-def shorten_name(name: str, max_bytes: int) -> str:
-    """``name`` cut to at most ``max_bytes`` UTF-8 bytes at a character boundary, its extension kept."""
-    return _truncate(name, max_bytes)
 
 
 def sanitize_filename(name: str, *, max_bytes: int = MAX_NAME_BYTES, replacement: str = "_") -> str:
@@ -90,9 +86,9 @@ def sanitize_filename(name: str, *, max_bytes: int = MAX_NAME_BYTES, replacement
     name = unicodedata.normalize("NFC", _drop_invisible(name))
     name = _FORBIDDEN.sub(replacement, name)
     name = _EDGES.sub("", name)  # no hidden files, no '..', no tail Windows would drop
-    name = _EDGES.sub("", _truncate(name, max_bytes))
+    name = _EDGES.sub("", shorten_name(name, max_bytes))
     if name.split(".", 1)[0].rstrip(" ").upper() in WINDOWS_RESERVED:
-        name = _EDGES.sub("", _truncate(replacement + name, max_bytes))
+        name = _EDGES.sub("", shorten_name(replacement + name, max_bytes))
     if not name:
         raise ConfigError(repr(original)[:80], "file name is empty after removing unsafe characters")
     return name
@@ -122,7 +118,7 @@ def safe_relative_path(name: str, *, suffix: str | None = None, allow_subfolders
     clean = [sanitize_filename(p) for p in parts[:-1]]
     last = sanitize_filename(parts[-1], max_bytes=MAX_NAME_BYTES)
     if suffix and not last.lower().endswith(suffix.lower()):  # shortened or cleaned away: put it back
-        last = _truncate(last, MAX_NAME_BYTES - len(suffix.encode("utf-8"))) + suffix
+        last = shorten_name(last, MAX_NAME_BYTES - len(suffix.encode("utf-8"))) + suffix
     return "/".join([*clean, last])
 
 

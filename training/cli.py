@@ -124,14 +124,12 @@ def _config_problem(config, overrides, nproc: int) -> str | None:
     """What the config of a new multi-process run gets wrong (the checks every process would make), or None."""
     from ..lcm_core.errors import LcmLoraError
     from .config import load_config
+    from .config_rules import check_process_count
 
     try:
-        cfg = load_config(config, overrides)
+        check_process_count(load_config(config, overrides), nproc)
     except LcmLoraError as e:
         return str(e)
-    if cfg.train.batch_size % nproc:
-        return (f"{cfg.source}: key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by the number of "
-                f"processes ({nproc})")
     return None
 
 

@@ -18,6 +18,13 @@ from .config_values import coerce_value
 OWN_FINITE_RULE = ("lcd.normal_cfg",)
 
 
+def check_process_count(cfg: TrainConfig, world: int) -> None:
+    """Each of ``world`` processes takes an equal share of the batch."""
+    if cfg.train.batch_size % world:
+        raise ConfigError(cfg.source, f"key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by the number "
+                                      f"of processes ({world})")
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Range / choice / cross-field checks; every error names the config source and the key."""
     src = cfg.source

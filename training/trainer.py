@@ -44,7 +44,7 @@ from . import checkpoint as ckpt
 from .batch_plan import BatchPlan
 from .batches import TrainingData
 from .config import TrainConfig, config_hash, dump_config, trajectory_dict
-from .config_rules import guidance_interval, require_inputs
+from .config_rules import check_process_count, guidance_interval, require_inputs
 from .ddim_solver import DDIMSolver
 from .distributed import DistContext, init_distributed, no_sync, wrap_ddp
 from .ema import LoraEma
@@ -218,8 +218,7 @@ class TrainingSession:
     # ---------------------------------------------------------------- setup
     def setup(self, resume_path: Path | None = None) -> "TrainingSession":
         cfg, device, ctx = self.cfg, self.device, self.ctx
-        if cfg.train.batch_size % ctx.world:
-            raise ConfigError(cfg.source, f"key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by the number of processes ({ctx.world})")
+        check_process_count(cfg, ctx.world)
         if cfg.data.random_flip and cfg.data.cache_latents:
             raise ConfigError(cfg.source, "keys 'data.random_flip' and 'data.cache_latents' cannot be combined (cached latents are unflipped)")
         if device.type == "cuda" and cfg.train.allow_tf32:

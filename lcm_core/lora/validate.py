@@ -15,6 +15,8 @@ from ..errors import AdapterFileError
 from .adapter import LoraAdapter, LoraModule
 from .module_table import ModuleSpec, architecture_modules
 
+FLOAT32_MAX = torch.finfo(torch.float32).max  # the largest weight that w·ΔW in float32 can carry
+
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
