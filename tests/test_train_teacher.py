@@ -57,3 +57,36 @@ def test_tokenizer_from_a_folder_and_sdxl_second_tokenizer_pads_with_bang(tmp_pa
     assert first.pad_token == "<|endoftext|>" and second.pad_token == "!"
     ids = second(["a red circle"], padding="max_length", max_length=77).input_ids[0]
     assert len(ids) == 77 and ids[-1] == second.convert_tokens_to_ids("!")
+
+
+def test_cache_identity_follows_what_the_checkpoint_does_not_hold(tmp_path):
+    """The text / prompts-only caches are keyed by the teacher identity: for a single file it must change with the
+    tokenizer folder, a forced arch and the prediction type (none of them is in the file), and for a folder with a
+    prediction-type override."""
+    import os
+
+    from lcm_lora.training.single_file import single_file_identity, tokenizer_folders
+    from lcm_lora.training.tiny_models import write_tiny_tokenizer
+
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"weights")
+    write_tiny_tokenizer(tmp_path / "tok_a", model_max_length=77)
+    write_tiny_tokenizer(tmp_path / "tok_b", model_max_length=77)
+    merges = tmp_path / "tok_b" / "merges.txt"
+    merges.write_text(merges.read_text() + "\n")  # another tokenizer: same file names, other content
+    folders_a = tokenizer_folders("sd1", str(tmp_path / "tok_a"), None, ckpt)
+    assert folders_a == [tmp_path / "tok_a"]
+    assert tokenizer_folders("sdxl", str(tmp_path / "tok_a"), str(tmp_path / "tok_b"), ckpt) == [tmp_path / "tok_a", tmp_path / "tok_b"]
+    base = single_file_identity(ckpt, "sd1", "epsilon", folders_a)
+    assert base == single_file_identity(ckpt, "sd1", "epsilon", folders_a)
+    assert base != single_file_identity(ckpt, "sd1", "epsilon", tokenizer_folders("sd1", str(tmp_path / "tok_b"), None, ckpt))
+    assert base != single_file_identity(ckpt, "sd1", "v_prediction", folders_a)
+    assert base != single_file_identity(ckpt, "sd2", "epsilon", folders_a)
+    stat = ckpt.stat()
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1000))  # same size, edited within the same second
+    assert base != single_file_identity(ckpt, "sd1", "epsilon", folders_a)
+
+    folder = build_tiny_teacher(tmp_path / "t", block_out_channels=(16, 32))
+    auto = load_teacher(load_config({"teacher": {"path": str(folder)}}).teacher).identity
+    forced = load_teacher(load_config({"teacher": {"path": str(folder), "prediction_type": "v_prediction"}}).teacher).identity
+    assert auto != forced

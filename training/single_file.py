@@ -96,9 +96,8 @@ def _comfy_tokenizer_dir() -> Path | None:
     return None
 
 
-def load_tokenizers(arch: str, tokenizer_dir: str | None, tokenizer_2_dir: str | None, source) -> list:
-    from transformers import CLIPTokenizer
-
+def tokenizer_folders(arch: str, tokenizer_dir: str | None, tokenizer_2_dir: str | None, source) -> list[Path]:
+    """The tokenizer folder(s) a single-file teacher uses: ``teacher.tokenizer`` (``_2`` for SDXL's second), else ComfyUI's."""
     first = Path(tokenizer_dir) if tokenizer_dir else _comfy_tokenizer_dir()
     if first is None or not (first / "vocab.json").is_file() or not (first / "merges.txt").is_file():
         raise ConfigError(
@@ -107,14 +106,29 @@ def load_tokenizers(arch: str, tokenizer_dir: str | None, tokenizer_2_dir: str |
             "merges.txt (e.g. the tokenizer/ folder of any SD 1.5 diffusers model, or ComfyUI's comfy/sd1_tokenizer), "
             "or set COMFYUI_PATH",
         )
-    tokenizers = [CLIPTokenizer(vocab=os.fspath(first / "vocab.json"), merges=os.fspath(first / "merges.txt"), model_max_length=77)]
     if arch in ("sdxl", "ssd1b"):
-        second = Path(tokenizer_2_dir) if tokenizer_2_dir else first
+        return [first, Path(tokenizer_2_dir) if tokenizer_2_dir else first]
+    return [first]
+
+
+def load_tokenizers(arch: str, tokenizer_dir: str | None, tokenizer_2_dir: str | None, source) -> list:
+    from transformers import CLIPTokenizer
+
+    folders = tokenizer_folders(arch, tokenizer_dir, tokenizer_2_dir, source)
+    tokenizers = [CLIPTokenizer(vocab=os.fspath(folders[0] / "vocab.json"), merges=os.fspath(folders[0] / "merges.txt"), model_max_length=77)]
+    if len(folders) == 2:
         # SDXL tokenizer_2 (OpenCLIP bigG) pads with "!" (id 0) instead of <|endoftext|>.
         tokenizers.append(
-            CLIPTokenizer(vocab=os.fspath(second / "vocab.json"), merges=os.fspath(second / "merges.txt"), pad_token="!", model_max_length=77)
+            CLIPTokenizer(vocab=os.fspath(folders[1] / "vocab.json"), merges=os.fspath(folders[1] / "merges.txt"), pad_token="!", model_max_length=77)
         )
     return tokenizers
+
+
+def single_file_identity(path: Path, arch: str, prediction: str, tokenizers: list[Path]) -> str:
+    """Cache identity of a single-file teacher: the file, and what the file does not hold (tokenizers, a forced arch,
+    the prediction type), so changing ``teacher.tokenizer`` or ``teacher.prediction_type`` rebuilds the text and
+    prompts-only caches instead of reusing entries made with the old setting."""
+    return "|".join([file_identity(path), arch, prediction, *(file_identity(folder) for folder in tokenizers)])
 
 
 def detect_arch(state: dict[str, torch.Tensor], wanted: str, source) -> str:
@@ -182,7 +196,7 @@ def load_teacher_single_file(path: Path, cfg, dtype: torch.dtype = torch.float32
         source=os.fspath(path),
         image_channels=3,
         scaling_factor=float(vae.config.scaling_factor) if vae is not None else 1.0,
-        identity=file_identity(path),
+        identity=single_file_identity(path, arch, prediction, tokenizer_folders(arch, cfg.tokenizer, cfg.tokenizer_2, path)),
     )
 
 

@@ -124,7 +124,7 @@ def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str =
         source=os.fspath(folder),
         image_channels=image_channels,
         scaling_factor=scaling,
-        identity=file_identity(folder),
+        identity=f"{file_identity(folder)}|{pred}",  # the prediction type may be overridden: prompts-only samples depend on it
     )
 
 

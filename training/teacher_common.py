@@ -152,7 +152,7 @@ def file_identity(path: Path) -> str:
     paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for p in paths:
         st = p.stat()
-        items.append(f"{p.relative_to(path) if path.is_dir() else p.name}:{st.st_size}:{int(st.st_mtime)}")
+        items.append(f"{p.relative_to(path) if path.is_dir() else p.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha1((os.fspath(path.resolve()) + "|" + "|".join(items)).encode()).hexdigest()[:16]
 
 
