@@ -97,11 +97,15 @@ def parse_weighted(spec: str) -> tuple[str, float]:
 
 
 def _check_output(output: str, force: bool) -> None:
-    """Refuse an existing output before doing any work (the atomic write checks again at the end)."""
+    """Refuse an existing output, or one whose folder does not exist, before doing any work (the atomic write
+    checks again at the end)."""
     from ..lcm_core.errors import OutputExistsError
 
     if not force and os.path.lexists(output):
         raise OutputExistsError(output, "already exists; pass --force to replace it")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise ConfigError(output, f"output folder {folder} does not exist")
 
 
 def _read(path: str, allow_unknown_arch: bool = False):
@@ -347,6 +351,10 @@ def run_merge(args: argparse.Namespace) -> int:
               f"rank {summary['output_rank_min']}–{summary['output_rank_max']})")
         print(f"relative error: {report.total_relative_error:.3e} "
               f"(max per module {summary['max_module_relative_error']:.3e})")
+        if report.sampling_objective:
+            print(f"sampling recipe: {report.sampling_objective} (kept from the inputs' metadata)")
+        for note in report.notes:
+            print(f"note: {note}")
     return 0
 
 

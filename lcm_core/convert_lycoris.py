@@ -67,13 +67,9 @@ def to_plain_lora(adapter: LoraAdapter, source, *, rank: int | None = None, ener
     sub = LoraAdapter(modules=other, metadata={}, architecture=adapter.architecture)
     if mult:
         sub = effective_full(sub, base, source)
-    notes = []
-    dropped = [k for k, m in sub.modules.items() if getattr(m, "diff_b", None) is not None]
-    if dropped:
-        notes.append(f"{len(dropped)} bias diff(s) (diff_b) cannot be held by a LoRA and were left out, "
-                     f"e.g. {dropped[0]}; `lcm-lora fuse` applies them")
     merged, report = merge_adapters([sub], [1.0], method="svd", rank=rank, energy=energy, progress=progress,
                                     names=[str(source)])
+    notes = list(report.notes)  # e.g. bias diffs (diff_b) a LoRA cannot hold
     modules = {k: (merged.modules[k] if k in other else m) for k, m in adapter.modules.items()}
     out = LoraAdapter(modules=modules, metadata=dict(adapter.metadata), source_format=adapter.source_format,
                       architecture=adapter.architecture)

@@ -19,6 +19,7 @@ import torch
 
 from .errors import AdapterFileError, ConfigError
 from .lora.adapter import LoraAdapter, LoraModule
+from .lora.keys import module_name_in
 from .lora.validate import FLOAT32_MAX, has_nonfinite
 
 KeyMap = Mapping[str, str] | Callable[[str], "str | None"]
@@ -173,7 +174,7 @@ def fuse_into_module(
     """In place: add ``strength`` · ΔW to the weights of ``module`` (a diffusers UNet or a
     transformers text encoder) for the adapter's ``<component>.*`` modules.
 
-    Module paths are ``named_modules()`` names (the canonical key minus ``component.``).
+    Module paths are ``named_modules()`` names (the canonical key minus ``component.``, ``module_name_in``).
     Returns the fused canonical keys; other components' keys are ignored; keys of this
     component that are missing in ``module`` are skipped (``strict=True``: error).
     """
@@ -184,7 +185,7 @@ def fuse_into_module(
     for key, lora in adapter.modules.items():
         if not key.startswith(prefix):
             continue
-        target = submodules.get(key[len(prefix):])
+        target = submodules.get(module_name_in(module, key[len(prefix):]))  # transformers 5: no text_model level
         weight = getattr(target, "weight", None) if target is not None else None
         if not isinstance(weight, torch.Tensor):
             missing.append(key)

@@ -12,10 +12,11 @@ import os
 from pathlib import Path
 
 from .lora.architecture import detect_adapter_architecture, detect_checkpoint_architecture, require_architecture
-from .errors import AdapterFileError, OutputExistsError
+from .errors import AdapterFileError, ConfigError, OutputExistsError
 from .fuse import fuse_into_weights
 from .lora.adapter import LoraAdapter
 from .lora.keys import canonical_to_ldm_weight
+from .lora.validate import has_nonfinite
 from .safetensors_io import read_safetensors, read_shapes, write_safetensors
 
 FUSED_METADATA_KEY = "lcm_lora.fused_adapters"
@@ -121,7 +122,12 @@ def _fuse_bias_diffs(tensors, refs, adapters, strengths, names, arch, checkpoint
             if bkey not in tensors:
                 raise AdapterFileError(name, f"module {key}: diff_b but {bkey} is not in the checkpoint {checkpoint}")
             b = tensors[bkey]
-            tensors[bkey] = (b.to(torch.float32) + float(strength) * diff_b.to(torch.float32)).to(b.dtype)
+            fused = (b.to(torch.float32) + float(strength) * diff_b.to(torch.float32)).to(b.dtype)
+            if has_nonfinite(fused) and not has_nonfinite(b):  # as the weights (fuse._fused)
+                raise ConfigError(bkey, f"fusing the bias diff of {name} at {strength:g} gives values beyond "
+                                        f"{str(b.dtype).replace('torch.', '')}'s range (Inf): lower the strength; "
+                                        "nothing was written")
+            tensors[bkey] = fused
             changed += 1
     return changed
 

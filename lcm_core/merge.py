@@ -28,10 +28,12 @@ import torch
 
 from .errors import AdapterFileError, ConfigError
 from .lora.adapter import LoraAdapter, LoraModule
+from .lora.metadata import BASE_ARCHITECTURE_KEY
 from .lora.validate import FLOAT32_MAX
 from .merge_factors import factors_to_module, product_frobenius_norm, stack_weighted
 from .merge_kron import kron_error_sq, kron_rerank
 from .merge_svd import svd_dense, svd_rerank
+from .sampling_recipe import merged_recipe
 
 METHODS = ("concat", "svd")
 RECIPE_METADATA_KEY = "lcm_lora.merge_recipe"
@@ -58,6 +60,8 @@ class MergeReport:
     per_module: dict[str, float] = field(default_factory=dict)
     per_module_rank: dict[str, int] = field(default_factory=dict)
     partial_modules: list[str] = field(default_factory=list)  # keys missing from some adapters
+    sampling_objective: str | None = None  # the sampling recipe the output keeps (``merged_recipe``), if any input records one
+    notes: list[str] = field(default_factory=list)  # e.g. inputs recording different sampling recipes
     total_relative_error: float = 0.0
     seconds: float = 0.0
     _abs_error_sq: float = field(default=0.0, repr=False)
@@ -80,8 +84,28 @@ class MergeReport:
             "total_relative_error": self.total_relative_error,
             "max_module_relative_error": worst[0][1] if worst else 0.0,
             "worst_modules": [{"module": k, "relative_error": v} for k, v in worst],
+            "sampling_objective": self.sampling_objective,
+            "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
         }
+
+
+def _kept_metadata(adapters, names, report: MergeReport) -> dict[str, str]:
+    """Input metadata the merged file keeps: the sampling recipe (``merged_recipe``: without it the loader's ``auto``
+    would sample a merged TCD / PCM adapter as LCM) and ``lcm_lora.base_architecture`` when the inputs that record it
+    agree (``custom`` tells the reader a trainer-written adapter of a model of its own from a damaged file)."""
+    metadatas = [a.metadata or {} for a in adapters]
+    recipe, note = merged_recipe(metadatas, names)
+    kept = {}
+    if recipe is not None:
+        kept.update(recipe.to_metadata())
+        report.sampling_objective = recipe.objective
+    if note:
+        report.notes.append(note)
+    archs = {md[BASE_ARCHITECTURE_KEY] for md in metadatas if md.get(BASE_ARCHITECTURE_KEY)}
+    if len(archs) == 1:
+        kept[BASE_ARCHITECTURE_KEY] = archs.pop()
+    return kept
 
 
 def _validate(adapters, weights, method, rank, energy, names):
@@ -209,6 +233,11 @@ def merge_adapters(
         method=method, rank=rank, energy=None if energy is None else float(energy), names=names,
         weights=[float(w) for w in weights], output_dtype=str(out_dtype).replace("torch.", ""),
     )
+    with_bias = [f"{n}: {k}" for n, a in zip(names, adapters) for k, m in a.modules.items()
+                 if getattr(m, "diff_b", None) is not None]
+    if with_bias:  # full-module diffs (LyCORIS "full") may carry one; the merged LoRA factors cannot
+        report.notes.append(f"{len(with_bias)} bias diff(s) (diff_b) cannot be held by a LoRA and were left out, "
+                            f"e.g. {with_bias[0]}; `lcm-lora fuse` applies them")
     merged: dict[str, LoraModule] = {}
     for key in tqdm(keys, desc=f"merge ({method})", unit="module", disable=not progress):
         contributions = [(n, float(w), a.modules[key]) for n, w, a in zip(names, weights, adapters) if key in a.modules]
@@ -268,7 +297,7 @@ def merge_adapters(
     }
     out = LoraAdapter(
         modules=merged,
-        metadata={RECIPE_METADATA_KEY: json.dumps(recipe)},
+        metadata={RECIPE_METADATA_KEY: json.dumps(recipe), **_kept_metadata(adapters, names, report)},
         source_format=None,
         architecture=architecture,
     )

@@ -134,8 +134,16 @@ def stack_weighted(
             dense = part if dense is None else dense + part
             continue
         U, D = factors
-        Us.append(U * (float(weight) * module.scale))
-        Ds.append(D)
+        c = float(weight) * module.scale
+        # c·U·D with a power of two k moved from D to U so both factors get about the norm √(|c|‖U‖‖D‖): the
+        # product is the same bit for bit (k is exact), and a concat written in fp16 / bf16 neither overflows nor
+        # underflows where ΔW itself fits (c all in U could)
+        u_norm, d_norm = float(torch.linalg.vector_norm(U)), float(torch.linalg.vector_norm(D))
+        k = 1.0
+        if c != 0.0 and u_norm > 0.0 and d_norm > 0.0 and math.isfinite(u_norm * d_norm):
+            k = 2.0 ** round(0.5 * math.log2(d_norm / (abs(c) * u_norm)))
+        Us.append(U * (c * k))
+        Ds.append(D / k)
     out_dim, n = shape[0], math.prod(shape[1:])
     if not Us:
         Us, Ds = [torch.zeros(out_dim, 0, dtype=dtype)], [torch.zeros(0, n, dtype=dtype)]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from .errors import ConfigError
 from .phased_timesteps import check_phase_starts, phased_timesteps
@@ -140,6 +140,22 @@ def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
     ms = metadata.get(KEY_MODEL_SAMPLING, base.model_sampling)
     ms = ms if ms in MODEL_SAMPLINGS else base.model_sampling
     return SamplingRecipe(objective, sampler, steps, gamma, cfg, ms, w_range, base.phases, base.phase_starts)
+
+
+def merged_recipe(metadatas: Sequence[Mapping[str, str] | None], names: Sequence[str]
+                  ) -> tuple[SamplingRecipe | None, str | None]:
+    """The sampling recipe a merge of these adapters keeps: the first input's that records one (a style LoRA merged
+    with a TCD / PCM adapter is sampled as that adapter), and a note when a later input records a different one."""
+    recipes = [(name, read_recipe(md)) for name, md in zip(names, metadatas)]
+    recorded = [(name, recipe) for name, recipe in recipes if recipe is not None]
+    if not recorded:
+        return None, None
+    (kept_name, kept), others = recorded[0], [(n, r) for n, r in recorded[1:] if r != recorded[0][1]]
+    if not others:
+        return kept, None
+    ignored = ", ".join(f"{n} ({r.objective})" for n, r in others)
+    return kept, (f"the inputs record different sampling recipes: the merge keeps {kept_name}'s ({kept.objective}) "
+                  f"and ignores {ignored}; choose one with the loader's sampling input if that is not the one")
 
 
 def recipe_timesteps(recipe: SamplingRecipe | None, steps: int, denoise: float = 1.0) -> list[int] | None:

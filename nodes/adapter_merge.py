@@ -25,6 +25,7 @@ from comfy_api.latest import io
 
 from ..lcm_core.errors import ConfigError
 from . import comfy_bridge as bridge
+from ..lcm_core.sampling_recipe import merged_recipe
 from . import recipe_follow
 
 MAX_ADAPTERS = 8
@@ -123,12 +124,11 @@ class LCMAdapterMerge(io.ComfyNode):
             patches = bridge.adapter_patches("merged adapter", merged, arch, model=model, clip=clip)
             new_model, new_clip = bridge.apply_patches(patches, model, clip, 1.0, 1.0)
         # the sampling recipe of the first adapter that records one (e.g. a TCD / PCM / TSCD adapter), else LCM;
-        # the merged adapter's metadata keeps it (phases included) and the report says it
-        recipe, source = next((recipe_follow.resolve(a.metadata) for a in adapters
-                               if recipe_follow.read_recipe(a.metadata) is not None),
-                              recipe_follow.resolve(None))
-        if source == "adapter metadata":
-            merged.metadata.update(recipe.to_metadata())
+        # the merged adapter's metadata keeps it (phases included) and the report says it, and which it ignored
+        kept, conflict = merged_recipe([a.metadata for a in adapters], names)
+        recipe, source = (kept, "adapter metadata") if kept is not None else recipe_follow.resolve(None)
+        if kept is not None:
+            merged.metadata.update(kept.to_metadata())  # (merge_adapters keeps it too; fuse's empty output does not)
         if patch_sampling and recipe.model_sampling == "lcm":
             new_model = bridge.patch_lcm_sampling(new_model)
         new_model = recipe_follow.attach(new_model, recipe)
@@ -138,6 +138,9 @@ class LCMAdapterMerge(io.ComfyNode):
         text = _report_text(method, names, weights, summary) + (f"\n{note}" if note else "")
         if source == "adapter metadata":
             text += "\n" + recipe_follow.describe(recipe, source)
+        notes = list(report.notes) + ([conflict] if conflict and conflict not in report.notes else [])
+        for extra in notes:  # e.g. inputs recording different recipes, bias diffs a LoRA cannot hold
+            text += f"\nnote: {extra}"
         return io.NodeOutput(new_model, new_clip, merged, text, ui={"text": [text], "lcm_merge": [summary]})
 
 
@@ -167,6 +170,7 @@ def _merged_adapter(merge_adapters, method, adapters, weights, rank, names):
 
 class _EmptyReport:
     total_relative_error = 0.0
+    notes: tuple = ()
 
     def summary(self) -> dict:
         return {"modules": 0, "output_rank_min": None, "output_rank_max": None, "total_relative_error": 0.0}

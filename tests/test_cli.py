@@ -288,3 +288,19 @@ def test_real_process_exit_code_and_debug_traceback(tmp_path):
     assert plain.stderr.startswith(f"error: {bad}: ") and "Traceback" not in plain.stderr
     debug = subprocess.run([str(script), "--debug", "inspect", str(bad)], capture_output=True, text=True)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_merge_keeps_the_tcd_recipe_of_an_input(capsys, tmp_path, sd1_file):
+    """`lcm-lora merge style + TCD adapter` writes the TCD recipe into the file (the loader's auto samples it as TCD)."""
+    from lcm_lora.lcm_core.lora import read_adapter
+    from lcm_lora.lcm_core.sampling_recipe import read_recipe, recipe_for_objective
+
+    tcd = tmp_path / "tcd.safetensors"
+    recipe = recipe_for_objective("tcd", w_range=(3.0, 13.0), gamma=0.3)
+    save_file(kohya_tensors(SD1_MODULES, rank=8, alpha=8.0, seed=2), tcd, metadata=recipe.to_metadata())
+    for method in ("concat", "svd"):
+        out = tmp_path / f"merged_{method}.safetensors"
+        code, text, err = run_cli(capsys, "merge", f"{sd1_file}:0.8", f"{tcd}:1.0", "--method", method, "-o", str(out))
+        assert code == 0, err
+        assert "sampling recipe: tcd" in text
+        assert read_recipe(read_adapter(out).metadata) == recipe

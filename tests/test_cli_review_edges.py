@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from lcm_lora.lcm_core.errors import ConfigError
 from lcm_lora.training.config import load_config, read_config_file
-from test_cli import SD1_MODULES, kohya_tensors, run_cli, sd1_file, sd1_file_b  # noqa: F401 (fixtures)
+from test_cli import SD1_MODULES, dense_delta, kohya_tensors, run_cli, sd1_file, sd1_file_b  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,12 +78,16 @@ def test_weights_beyond_float32_are_refused_naming_the_file(capsys, tmp_path, sd
         code, _, err = run_cli(capsys, "merge", f"{sd1_file}:1e39", f"{sd1_file_b}:1", "--method", method,
                                "-o", str(tmp_path / f"m_{method}.safetensors"))
         assert code == 2 and len(_messages(err)) == 1 and "float32" in err and str(sd1_file) in err, err
-    # representable weights whose product overflows float32 in the factors: the svd merge says so
-    code, _, err = run_cli(capsys, "merge", f"{sd1_file}:3e38", f"{sd1_file_b}:3e38", "--method", "svd",
-                           "-o", str(tmp_path / "m_big.safetensors"))
-    assert code == 2 and _messages(err) == ["error: svd merge: the weighted factors hold Inf or NaN (weights too large "
-                                            "for float32): lower them"], err
-    assert not (tmp_path / "m_big.safetensors").exists()
+    # representable weights whose ΔW still fits float32 (max |ΔW| ≈ 5e37): λ used to go all into the up factors,
+    # which overflowed; it is split between both factors (merge_factors.stack_weighted), so the merge is exact
+    out = tmp_path / "m_big.safetensors"
+    code, _, err = run_cli(capsys, "merge", f"{sd1_file}:3e38", f"{sd1_file_b}:3e38", "--method", "concat", "-o", str(out))
+    assert code == 0, err
+    a, b, merged = load_file(sd1_file), load_file(sd1_file_b), load_file(out)
+    for name in SD1_MODULES:
+        expected = 3e38 * (dense_delta(a, name).double() + dense_delta(b, name).double())
+        got = merged[f"{name}.lora_up.weight"].double().flatten(1) @ merged[f"{name}.lora_down.weight"].double().flatten(1)
+        assert float(expected.abs().max()) < 3.4e38 and (got.reshape(expected.shape) - expected).norm() / expected.norm() < 1e-6
 
 
 def test_fuse_refuses_an_overflowing_fp16_checkpoint(capsys, tmp_path):
@@ -105,6 +109,22 @@ def test_fuse_refuses_an_overflowing_fp16_checkpoint(capsys, tmp_path):
     assert torch.isfinite(next(iter(load_file(out).values())).float()).all()
 
 
+def test_fuse_refuses_an_overflowing_fp16_bias_diff(capsys, tmp_path):
+    """A LyCORIS full module's bias diff (diff_b) is checked as the weights are: Inf in fp16 is refused, nothing written."""
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+    full = tmp_path / "full.safetensors"
+    save_file({f"{conv}.diff": torch.full((320, 320, 3, 3), 1e-6), f"{conv}.diff_b": torch.ones(320)}, full)
+    prefix = "model.diffusion_model.input_blocks.1.0.in_layers.2"
+    base, out = tmp_path / "base16.safetensors", tmp_path / "f16.safetensors"
+    save_file({f"{prefix}.weight": torch.zeros(320, 320, 3, 3).half(), f"{prefix}.bias": torch.zeros(320).half()}, base)
+    code, _, err = run_cli(capsys, "fuse", str(base), f"{full}:100000", "--arch", "sd1", "-o", str(out))
+    assert code == 2 and "float16's range" in err and f"{prefix}.bias" in err and len(_messages(err)) == 1, err
+    assert not out.exists()
+    code, _, err = run_cli(capsys, "fuse", str(base), f"{full}:2", "--arch", "sd1", "-o", str(out))
+    assert code == 0, err
+    assert torch.equal(load_file(out)[f"{prefix}.bias"], torch.full((320,), 2.0).half())
+
+
 def test_inspect_json_stays_valid_with_a_nonfinite_metadata_number(capsys, tmp_path):
     path = tmp_path / "adv.safetensors"
     save_file(kohya_tensors(SD1_MODULES, rank=4, alpha=4.0, seed=3), path,
@@ -121,3 +141,16 @@ def test_demo_export_onto_a_file_is_one_line(capsys, tmp_path):
     code, _, err = run_cli(capsys, "demo", "--export", str(target))
     assert code == 2 and err.strip() == f"error: {target}: is a file, not a folder: give --export a folder", err
     assert target.read_bytes() == b"x"
+
+
+def test_an_output_in_a_missing_folder_is_refused_before_any_work(capsys, tmp_path, sd1_file, sd1_file_b, monkeypatch):
+    """merge / convert / fuse check the output's folder first (it used to fail only at write time, after the work)."""
+    import lcm_lora.cli.adapter_commands as commands
+
+    monkeypatch.setattr(commands, "_read", lambda *a, **k: pytest.fail("read the inputs before checking the output"))
+    out = tmp_path / "missing" / "out.safetensors"
+    for argv in (["merge", f"{sd1_file}:1", f"{sd1_file_b}:1", "-o", str(out)],
+                 ["convert", str(sd1_file), "--to", "diffusers", "-o", str(out)],
+                 ["fuse", str(sd1_file), f"{sd1_file_b}:1", "-o", str(out)]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and _messages(err) == [f"error: {out}: output folder {out.parent} does not exist"], (argv, err)

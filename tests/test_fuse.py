@@ -155,3 +155,31 @@ def test_fuse_into_module_matches_peft_injected_unet():
     assert sorted(fused) == sorted(adapter.modules)
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5)
     assert fuse_into_module(plain, LoraAdapter(modules={"text_encoder.x": adapter.modules[fused[0]]})) == []
+
+
+def test_fuse_into_module_finds_text_encoder_modules_of_any_transformers_layout():
+    """Canonical text-encoder keys are ``text_encoder.text_model.…``; transformers ≥ 5's CLIPTextModel has no
+    ``text_model`` level (``keys.module_name_in``): the fuse must still reach them, as peft's injection does."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.CLIPTextConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, max_position_embeddings=16)
+    torch.manual_seed(0)
+    for cls in (transformers.CLIPTextModel, transformers.CLIPTextModelWithProjection):
+        model = cls(cfg).eval()
+        reference = cls(cfg).eval()
+        reference.load_state_dict(model.state_dict())
+        reference = get_peft_model(reference, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "fc1"],
+                                                        init_lora_weights=False))
+        modules = {}
+        for name, layer in reference.named_modules():
+            if isinstance(layer, LoraLayer):
+                path = name[len("base_model.model."):]
+                path = path if path.startswith("text_model.") else "text_model." + path
+                modules[f"text_encoder.{path}"] = LoraModule(down=layer.lora_A["default"].weight.detach().clone(),
+                                                             up=layer.lora_B["default"].weight.detach().clone(), alpha=4.0)
+        assert len(modules) == 4
+        ids = torch.tensor([[1, 5, 7, 2]])
+        fused = fuse_into_module(model, LoraAdapter(modules=modules), component="text_encoder", strict=True)
+        assert sorted(fused) == sorted(modules)
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).last_hidden_state, reference(ids).last_hidden_state, rtol=1e-4, atol=1e-5)

@@ -338,3 +338,20 @@ def test_fuzz_style_lycoris_damage_is_named():
         with pytest.raises(AdapterFileError) as info:
             adapter_from_state_dict(sd, "bad.safetensors", require_fit=True)
         assert str(info.value).startswith("bad.safetensors: ") and needle in str(info.value), (what, str(info.value))
+
+
+def test_bias_diffs_left_out_by_merge_and_convert_are_said(tmp_path, capsys):
+    """A LoRA cannot hold LyCORIS "full" modules' bias diffs (diff_b): `merge --method svd` and `convert` say they were
+    left out (ComfyUI and `lcm-lora fuse` apply them), instead of reporting an exact result silently."""
+    mods = {k: s for k, s in _small("sd1", 12, ("unet",)).items() if not k.endswith((".to_q", ".to_k", ".to_v"))}
+    sd, _ = make_lycoris("sd1", "full", modules=dict(list(mods.items())[:3]))
+    assert any(k.endswith(".diff_b") for k in sd)
+    full = tmp_path / "full.safetensors"
+    save_file(sd, full)
+    merged = tmp_path / "merged.safetensors"
+    assert cli(["merge", f"{full}:1.0", "--method", "svd", "--rank", "4096", "-o", str(merged)]) == 0
+    out = capsys.readouterr().out
+    assert "note: 3 bias diff(s) (diff_b) cannot be held by a LoRA and were left out" in out
+    assert not any("bias" in k for k in read_adapter(merged, require_fit=False).modules)
+    assert cli(["convert", str(full), "--to", "kohya", "--rank", "64", "-o", str(tmp_path / "conv.safetensors")]) == 0
+    assert "note: 3 bias diff(s) (diff_b)" in capsys.readouterr().out

@@ -309,3 +309,50 @@ def test_bad_arguments(kwargs):
         merge_adapters(adapters, progress=False, **args)
     with pytest.raises(LcmLoraError):
         merge_adapters([], [], progress=False)
+
+
+@pytest.mark.parametrize("method", ["concat", "svd"])
+def test_merge_keeps_the_recorded_sampling_recipe_and_base_architecture(method):
+    """A style LoRA merged with a PCM adapter is sampled as that adapter: the output records its recipe (read back by
+    ``read_recipe``, as the loader's ``auto`` does) and the base architecture the inputs agree on."""
+    from lcm_lora.lcm_core.sampling_recipe import read_recipe, recipe_for_objective
+
+    style, pcm, _ = mixed_adapters()
+    pcm_recipe = recipe_for_objective("pcm", w_range=(3.0, 13.0), phases=4, phase_starts=(0, 15, 30, 41))
+    pcm.metadata = {**pcm_recipe.to_metadata(), "lcm_lora.base_architecture": "custom"}
+    style.metadata = {"ss_network_dim": "4"}
+    merged, report = merge_adapters([style, pcm], [0.8, 1.0], method=method, progress=False, names=["style", "pcm"])
+    assert read_recipe(merged.metadata) == pcm_recipe
+    assert merged.metadata["lcm_lora.base_architecture"] == "custom"
+    assert report.sampling_objective == "pcm" and report.notes == []
+    assert json.loads(json.dumps(report.summary()))["sampling_objective"] == "pcm"
+
+
+def test_merge_of_inputs_with_different_recipes_keeps_the_first_and_says_so():
+    from lcm_lora.lcm_core.sampling_recipe import read_recipe, recipe_for_objective
+
+    lcm, tcd, _ = mixed_adapters()
+    lcm.metadata = {**recipe_for_objective("lcm").to_metadata(), "lcm_lora.base_architecture": "sd1"}
+    tcd.metadata = {**recipe_for_objective("tcd", gamma=0.5).to_metadata(), "lcm_lora.base_architecture": "custom"}
+    merged, report = merge_adapters([lcm, tcd], [1.0, 1.0], progress=False, names=["lcm.safetensors", "tcd.safetensors"])
+    assert read_recipe(merged.metadata) == recipe_for_objective("lcm")
+    assert "lcm_lora.base_architecture" not in merged.metadata  # the inputs disagree: none is claimed
+    assert len(report.notes) == 1 and "keeps lcm.safetensors's (lcm)" in report.notes[0]
+    assert "tcd.safetensors (tcd)" in report.notes[0]
+    same, report = merge_adapters([lcm, lcm], [1.0, 1.0], progress=False)
+    assert report.notes == [] and read_recipe(same.metadata) == recipe_for_objective("lcm")
+    none, report = merge_adapters([mixed_adapters()[0]], [1.0], progress=False)
+    assert read_recipe(none.metadata) is None and report.sampling_objective is None
+
+
+def test_svd_merge_of_nearly_cancelling_inputs_is_exact_in_float64():
+    """A − A′ with A′ = A + 1e-4·δ: float32 QRs of the stacked factors lose the small difference (true error 3e-3,
+    reported 0); the merge redoes them in float64, so the result is the difference to float32 output rounding."""
+    g = torch.Generator().manual_seed(0)
+    up, down = torch.randn(64, 8, generator=g), torch.randn(8, 48, generator=g)
+    a = LoraAdapter(modules={"unet.x": LoraModule(down=down.clone(), up=up.clone(), alpha=8.0)})
+    b = LoraAdapter(modules={"unet.x": LoraModule(down=down + 1e-4 * torch.randn(8, 48, generator=g), up=up.clone(), alpha=8.0)})
+    merged, report = merge_adapters([a, b], [1.0, -1.0], method="svd", rank=16, progress=False)
+    exact = a.modules["unet.x"].delta_weight(torch.float64) - b.modules["unet.x"].delta_weight(torch.float64)
+    assert rel(merged.modules["unet.x"].delta_weight(torch.float64), exact) < 1e-6
+    assert report.total_relative_error < 1e-6

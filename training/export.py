@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..lcm_core.lora import LoraAdapter, LoraModule
+from ..lcm_core.lora.metadata import BASE_ARCHITECTURE_KEY
 from .config_rules import guidance_interval
 from .config_schema import NORMAL_CFG_DEFAULT
 
@@ -90,7 +91,7 @@ def training_metadata(arch: str, rank: int, alpha: float, steps: int, config_has
                "pcm": "PCM-LoRA (phased consistency distillation)",
                "tscd": "TSCD-LoRA (trajectory segmented consistency distillation)"}[objective]
     meta = {
-        "lcm_lora.base_architecture": arch,
+        BASE_ARCHITECTURE_KEY: arch,
         "lcm_lora.rank": str(rank),
         "lcm_lora.alpha": str(alpha),
         "lcm_lora.steps": str(steps),

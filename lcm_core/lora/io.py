@@ -26,7 +26,7 @@ from .key_parsing import (ALPHA, BARE, COMFY, DIFFUSERS, DOWN, KOHYA, MAGNITUDE,
                           is_adapter_key, split_role)
 from .lycoris_modules import LYCORIS_ROLES, build_lycoris_module, check_dora_scale
 from .keys import KOHYA_TE1, KOHYA_TE2, KOHYA_UNET, decode_underscored, is_ldm_unet_path
-from .metadata import alpha_none_keys, build_metadata
+from .metadata import BASE_ARCHITECTURE_KEY, alpha_none_keys, build_metadata
 from .module_table import architecture_modules, known_kinds, module_kind
 from .unet_names import UnetLayout
 from .validate import alpha_from_tensor, check_against_architecture, check_finite, check_module
@@ -285,7 +285,7 @@ def check_one_architecture(source, adapter: LoraAdapter, det=None, names: dict |
     best, fit, foreign = _architecture.foreign_modules(shapes)
     names = names or {}
     shown = ", ".join(names.get(k, k) for k in foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
-    if (adapter.metadata or {}).get("lcm_lora.base_architecture") == "custom":
+    if (adapter.metadata or {}).get(BASE_ARCHITECTURE_KEY) == "custom":
         # written by lcm-lora train for a teacher that is no SD architecture (e.g. the demo's digit teacher)
         why = ("its metadata says lcm_lora.base_architecture: custom — lcm-lora train wrote it for a model of its own "
                "(e.g. the demo's digit teacher), not a damaged file; --allow-unknown-arch reads it")

@@ -23,6 +23,7 @@ from .adapter import LoraAdapter
 
 FORMAT_VERSION = "1"
 ALPHA_NONE_KEY = "lcm_lora.alpha_none"
+BASE_ARCHITECTURE_KEY = "lcm_lora.base_architecture"  # sd1 / sd2 / sdxl / ssd1b, or custom (a model of its own)
 _STALE = {"lora_adapter_metadata", "format", ALPHA_NONE_KEY}
 SS_BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "ssd1b": "sdxl_base_v1-0"}
 
