@@ -9,7 +9,7 @@ folder as ``lcm_lora`` whatever ComfyUI called it.
 Files: every job lives in ``<ComfyUI output>/lcm_lora_training/<job id>/`` — ``job.json`` (the
 request and state), ``config.yaml`` (the merged trainer config: the shipped config, the resolved
 paths and the request's overrides, built by :func:`.trainer_requests.job_config` and written by the
-trainer's own ``dump_config``), ``train.log`` (the child's stdout/stderr), ``prompts.txt`` (prompts-only
+trainer's own ``dump_config``), ``train.log`` (the child's stdout/stderr), ``prompts.jsonl`` (prompts-only
 mode) and ``run/`` (the trainer's output folder: ``events.jsonl``, ``metrics.csv``,
 ``validation/step-*.png``, checkpoints, the adapter). Progress is read from ``run/events.jsonl``
 (:mod:`lcm_lora.training.run_log` format), incrementally. On success the adapter is copied into
@@ -156,8 +156,15 @@ class Job:
     created: float = field(default_factory=time.time)
     ended: float | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
-    events: list = field(default_factory=list, repr=False)
+    # progress of run/events.jsonl, read incrementally: where each event line starts (an events request reads its
+    # page back from the file) and what the summary shows; a job of a million steps used to keep every parsed
+    # event in memory (1.3 GB) and rescan them all at each poll
+    _line_starts: list = field(default_factory=list, repr=False)
     _offset: int = field(default=0, repr=False)
+    _last_step: dict = field(default_factory=dict, repr=False)
+    _phase: str | None = field(default=None, repr=False)
+    _checkpoints: list = field(default_factory=list, repr=False)
+    end_event: dict | None = field(default=None, repr=False)  # the trainer's last "end" event
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -168,27 +175,60 @@ class Job:
     def log_path(self) -> Path:
         return self.folder / "train.log"
 
-    def read_events(self) -> list[dict]:
-        """New complete lines of ``run/events.jsonl`` since the last call (a half-written line waits)."""
-        path = self.run_dir / "events.jsonl"
+    @property
+    def events_path(self) -> Path:
+        return self.run_dir / "events.jsonl"
+
+    @staticmethod
+    def _parse(line: bytes) -> dict | None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return None
+        return event if isinstance(event, dict) else None
+
+    def scan_events(self) -> int:
+        """Read the complete lines of ``run/events.jsonl`` written since the last call (a half-written line waits),
+        update the progress the summary shows, and return how many events the file holds."""
         with self._lock:
             try:
-                with open(path, "rb") as f:
+                with open(self.events_path, "rb") as f:
                     f.seek(self._offset)
                     chunk = f.read()
             except FileNotFoundError:
-                return self.events
+                return len(self._line_starts)
             end = chunk.rfind(b"\n")
-            if end >= 0:
-                for line in chunk[: end + 1].splitlines():
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(event, dict):
-                        self.events.append(event)
-                self._offset += end + 1
-            return self.events
+            position = self._offset
+            for line in chunk[: end + 1].splitlines(keepends=True):
+                event = self._parse(line)
+                if event is not None:
+                    self._line_starts.append(position)
+                    kind = event.get("event")
+                    if kind == "step":
+                        self._last_step = event
+                    elif kind == "checkpoint":
+                        self._checkpoints.append(os.path.basename(str(event.get("path"))))
+                    if kind in ("setup", "start", "end"):
+                        self._phase = kind
+                    if kind == "end":
+                        self.end_event = event
+                position += len(line)
+            self._offset += end + 1
+            return len(self._line_starts)
+
+    def read_events(self, since: int = 0, limit: int | None = None) -> list[dict]:
+        """Events ``since`` … ``since + limit`` (all from ``since`` without a limit), read back from the file."""
+        total = self.scan_events()
+        with self._lock:
+            starts = self._line_starts[since: total if limit is None else since + limit]
+        if not starts:
+            return []
+        with open(self.events_path, "rb") as f:
+            events = []
+            for start in starts:
+                f.seek(start)
+                events.append(self._parse(f.readline()))
+        return [e for e in events if e is not None]
 
     def log_tail(self, n: int = LOG_TAIL_BYTES) -> str:
         try:
@@ -199,17 +239,15 @@ class Job:
             return ""
 
     def summary(self, with_log: bool = False) -> dict:
-        events = self.read_events()
-        steps = [e for e in events if e.get("event") == "step"]
-        phase = next((e.get("event") for e in reversed(events) if e.get("event") in ("setup", "start", "end")), None)
-        last = steps[-1] if steps else {}
+        self.scan_events()
+        last = self._last_step
         out = {
             "id": self.id, "status": self.status, "pid": self.pid, "returncode": self.returncode,
             "message": self.message, "lora_name": self.lora_name, "created": self.created, "ended": self.ended,
-            "phase": {"setup": "loading", "start": "training", "end": "ended"}.get(phase, "starting"),
+            "phase": {"setup": "loading", "start": "training", "end": "ended"}.get(self._phase, "starting"),
             "step": last.get("step", 0), "max_steps": last.get("max_steps") or (self.request.get("overrides") or {}).get("max_steps"),
             "loss": last.get("loss"), "eta_s": last.get("eta_s"),
-            "checkpoints": [os.path.basename(str(e.get("path"))) for e in events if e.get("event") == "checkpoint"],
+            "checkpoints": list(self._checkpoints),
             "images": self.images(), "request": self.request,
         }
         if with_log:
@@ -226,6 +264,26 @@ class Job:
         state = {k: getattr(self, k) for k in ("id", "status", "pid", "returncode", "message", "lora_name", "created", "ended", "request")}
         with atomic_file(self.folder / "job.json", overwrite=True) as tmp:
             tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+
+def _reap_if_our_child(pid) -> None:
+    """After ComfyUI re-executed itself in place (same pid), the trainer of a job it ran is still our child: it stops
+    on its own (its lifeline closed), and a thread collects its exit status so it does not stay a zombie."""
+    if os.name != "posix" or not isinstance(pid, int) or pid <= 0:
+        return
+    try:
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return  # already ended: collected now
+    except (ChildProcessError, OSError):
+        return  # not our child (ComfyUI started afresh)
+
+    def wait() -> None:
+        try:
+            os.waitpid(pid, 0)
+        except (ChildProcessError, OSError):
+            pass
+
+    threading.Thread(target=wait, name=f"lcm-lora-reap-{pid}", daemon=True).start()
 
 
 def _trainer_python() -> str:
@@ -299,10 +357,10 @@ class JobManager:
 
     def events(self, job_id: Any, since: int = 0, limit: int = 5000) -> dict:
         job = self.get(job_id)
-        events = job.read_events()
         since = max(0, int(since))
-        chunk = events[since: since + limit]
-        return {"id": job.id, "status": job.status, "events": chunk, "next": since + len(chunk), "total": len(events)}
+        chunk = job.read_events(since, limit)
+        total = job.scan_events()
+        return {"id": job.id, "status": job.status, "events": chunk, "next": since + len(chunk), "total": total}
 
     def image_path(self, job_id: Any, name: Any) -> Path:
         """A validation image of a job: ``step-XXXXXXXX.png`` inside ``run/validation`` only."""
@@ -362,7 +420,7 @@ class JobManager:
         req = parse_start_request(body)
         config, teacher, data, target = self._resolve(req)
         # the merged config is checked before any folder or process exists (the trainer's own messages)
-        job_config(req, config, teacher=teacher, data=data, prompts_file=Path("prompts.txt") if req.prompts else None,
+        job_config(req, config, teacher=teacher, data=data, prompts_file=Path("prompts.jsonl") if req.prompts else None,
                    tokenizer=self.tokenizer(req.teacher_type), adapter_name=ADAPTER_FILE)
         python = self.python or _trainer_python()
         missing = missing_trainer_modules(python)
@@ -385,9 +443,9 @@ class JobManager:
         try:
             prompts_file = None
             if req.prompts:
-                prompts_file = folder / "prompts.txt"
+                prompts_file = folder / "prompts.jsonl"  # JSON lines: read back exactly ('#', spaces, U+2028 kept)
                 with atomic_file(prompts_file) as tmp:
-                    tmp.write_text("\n".join(req.prompts) + "\n", encoding="utf-8")
+                    tmp.write_text("".join(json.dumps({"text": p}) + "\n" for p in req.prompts), encoding="utf-8")
             cfg = job_config(req, config, teacher=teacher, data=data, prompts_file=prompts_file,
                              tokenizer=self.tokenizer(req.teacher_type), adapter_name=ADAPTER_FILE)
             from ..training.config import dump_config
@@ -401,8 +459,11 @@ class JobManager:
             with open(job.log_path, "ab") as log:
                 log.write(("$ " + " ".join(cmd) + "\n").encode())
                 log.flush()
+                # stdin is the launcher's lifeline: our end of the pipe closes when ComfyUI exits, is killed or
+                # re-executes itself in place (os.execv keeps the pid; the pipe is close-on-exec), and the
+                # launcher then stops the trainer (checkpoint first)
                 job.proc = subprocess.Popen(cmd, cwd=str(folder), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env)
+                                            stdin=subprocess.PIPE, env=env)
             job.pid = job.proc.pid
             job.save()
         except Exception as e:
@@ -419,8 +480,9 @@ class JobManager:
     def cancel(self, job_id: Any) -> dict:
         job = self.get(job_id)
         with self._lock:
-            if job.status not in ("running", "cancelling") or job.proc is None:
-                raise RequestError("job", f"job {job.id} is {job.status}; nothing to cancel", status=409)
+            if job.status not in ("running", "cancelling") or job.proc is None or job.returncode is not None:
+                state = job.status if job.returncode is None else "ending"
+                raise RequestError("job", f"job {job.id} is {state}; nothing to cancel", status=409)
             first = job.status == "running"
             job.status = "cancelling"
         if first and job.proc.poll() is None:
@@ -464,12 +526,18 @@ class JobManager:
     # -- completion
     def _watch(self, job: Job, target: Path) -> None:
         rc = job.proc.wait()
-        events = job.read_events()
-        end = next((e for e in reversed(events) if e.get("event") == "end"), None)
-        job.returncode = rc
+        try:
+            job.proc.stdin.close()  # the lifeline of a trainer that has ended
+        except (AttributeError, OSError):
+            pass
+        with self._lock:  # from here on cancel() refuses the job (its check and write are under this lock too)
+            job.returncode = rc
+            cancelling = job.status == "cancelling"
+        job.scan_events()
+        end = job.end_event
         job.ended = time.time()
         finished = rc == 0 and end and end.get("status") == "finished" and end.get("adapter")
-        if job.status == "cancelling" and not finished:  # a run that finished as the cancel came in still counts
+        if cancelling and not finished:  # a run that finished as the cancel came in still counts
             job.status = "cancelled"
             ckpt = end.get("checkpoint") if end else None
             job.message = (job.message + "; " if job.message else "") + (
@@ -530,4 +598,5 @@ class JobManager:
                 continue
             if job.status in ("running", "cancelling"):
                 job.status, job.message = "failed", "ComfyUI stopped while this job ran (resume it with lcm-lora train --resume)"
+                _reap_if_our_child(job.pid)
             self.jobs[job.id] = job

@@ -6,13 +6,15 @@ python, registers the pack folder as the package ``lcm_lora`` (``importlib`` spe
 ``submodule_search_locations``, before anything else can import an installed ``lcm_lora``) and
 then runs the same entry point as ``lcm-lora train`` (:func:`lcm_lora.training.cli.main`).
 
-It also watches its parent: if ComfyUI dies without cancelling the job, the trainer gets
-SIGTERM (checkpoint, then exit) instead of running on as an orphan. Standard library only; it
+It also watches its parent: if ComfyUI dies without cancelling the job, or re-executes itself in
+place, the trainer gets SIGTERM (checkpoint, then exit) instead of running on as an orphan (the
+parent's pid changing, or end of file on stdin: a pipe whose other end only ComfyUI holds). Standard library only; it
 is a script, not a module of the package (no relative imports).
 """
 import importlib.util
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -42,6 +44,24 @@ def _watch_parent(parent: int, period: float = 2.0) -> None:
             return
 
 
+def _watch_lifeline() -> None:
+    """ComfyUI holds the other end of our stdin pipe: end of file means it exited, was killed, or re-executed itself
+    in place (ComfyUI-Manager's restart: os.execv keeps the pid, so the parent check alone does not see it)."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        return
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stdin_is_a_pipe() -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(0).st_mode)
+    except OSError:
+        return False
+
+
 def main(argv) -> int:
     if len(argv) < 2:
         print("usage: trainer_launch.py PACK_DIR [lcm-lora train arguments ...]", file=sys.stderr)
@@ -59,6 +79,8 @@ def main(argv) -> int:
     quiet_libraries("--debug" in argv)
     if os.name == "posix":
         threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+        if _stdin_is_a_pipe():
+            threading.Thread(target=_watch_lifeline, daemon=True).start()
     from lcm_lora.training.cli import main as train_main
 
     return train_main(list(argv[2:]))

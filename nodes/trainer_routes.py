@@ -118,7 +118,7 @@ async def get_job(request: web.Request) -> web.Response:
 @_guard
 async def get_events(request: web.Request) -> web.Response:
     raw = request.query.get("since", "0")
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:  # isdigit alone takes "²", which int() refuses
         raise RequestError("since", f"must be a non-negative integer, got {raw[:20]!r}")
     return web.json_response(await _in_thread(manager().events, request.match_info["job_id"], int(raw)))
 

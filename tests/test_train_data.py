@@ -369,3 +369,19 @@ def test_empty_metadata_json_prompts_and_a_same_second_edit(tmp_path):
     before = cache.path(os.fspath(image), (8, 8), "center")
     os.utime(image, ns=(second, second + 500_000_000))  # the same second, another instant
     assert cache.path(os.fspath(image), (8, 8), "center") != before
+
+
+def test_metadata_file_names_must_stay_inside_the_data_folder(tmp_path):
+    """A metadata row naming an absolute path or '..' is refused (Hugging Face imagefolder's rule; the ComfyUI trainer
+    panel confines a job's data to its input folder), before the file is looked at; a subfolder path is fine."""
+    d = write_tiny_dataset(tmp_path / "d", n=2, size=8, captions="jsonl")
+    outside = write_tiny_dataset(tmp_path / "outside", n=1, size=8)
+    (d / "sub").mkdir()
+    (d / "img_0000.png").rename(d / "sub" / "img_0000.png")
+    for name in (str(outside / "img_0000.png"), "../outside/img_0000.png", "sub/../../outside/img_0000.png",
+                 "/etc/hostname"):
+        (d / "metadata.jsonl").write_text(json.dumps({"file_name": name, "text": "x"}) + "\n")
+        with pytest.raises(ConfigError, match=r"metadata\.jsonl: line 1: file_name .* must be a path inside the data folder"):
+            scan_image_folder(_data_cfg(d))
+    (d / "metadata.jsonl").write_text(json.dumps({"file_name": "sub/./../sub/img_0000.png", "text": "x"}) + "\n")
+    assert [r.captions for r in scan_image_folder(_data_cfg(d))] == [["x"]]

@@ -226,3 +226,83 @@ def test_missing_trainer_modules_give_the_exact_install_command(tmp_path):
         m.start(_body(teacher="t", teacher_type="diffusers", data="d"))
     assert e.value.status == 503 and TJ.install_command(str(bare), missing) in str(e.value)
     assert not (tmp_path / "out").exists()  # nothing created
+
+
+def test_events_are_read_back_from_the_file_page_by_page(tmp_path):
+    """The job keeps where each event line starts, not the events: pages read back equal the file's events
+    (non-object and broken lines skipped, a half-written last line waits), and the summary follows the last ones."""
+    job = TJ.Job("20260101-000000-abcdef", tmp_path / "job", {"overrides": {"max_steps": 9}})
+    job.run_dir.mkdir(parents=True)
+    events = [{"event": "setup"}, {"event": "start"}] + [{"event": "step", "step": i, "loss": 1.0 / i, "max_steps": 9}
+                                                         for i in range(1, 8)]
+    events.insert(5, {"event": "checkpoint", "path": "/x/checkpoints/step-00000003"})
+    lines = [json.dumps(e) for e in events]
+    lines.insert(3, "[1, 2]")  # not an object
+    lines.insert(6, "{broken")
+    job.events_path.write_text("\n".join(lines) + "\n" + '{"event": "step", "st')  # the trainer is mid-line
+    assert job.scan_events() == len(events)
+    assert job.read_events() == events
+    assert job.read_events(3, 4) == events[3:7] and job.read_events(len(events)) == []
+    summary = job.summary()
+    assert summary["step"] == 7 and summary["loss"] == 1.0 / 7 and summary["phase"] == "training"
+    assert summary["checkpoints"] == ["step-00000003"]
+    with open(job.events_path, "a") as f:
+        f.write('ep": 8, "max_steps": 9}\n{"event": "end", "status": "finished", "step": 8}\n')
+    assert job.read_events(len(events)) == [{"event": "step", "step": 8, "max_steps": 9},
+                                            {"event": "end", "status": "finished", "step": 8}]
+    assert job.summary()["phase"] == "ended" and job.end_event["status"] == "finished"
+    assert not hasattr(job, "events")  # no copy of every event in memory
+
+
+def test_a_job_whose_trainer_has_exited_cannot_be_cancelled_any_more(tmp_path):
+    """cancel() and the completion watcher decide under one lock: once the exit code is recorded, cancel says 409
+    (a cancel slipping between them used to leave the job 'cancelling' for good, blocking every new job)."""
+    f = TJ.ComfyFolders(checkpoints=[], diffusers=[], loras=[], input=str(tmp_path), output=str(tmp_path / "out"))
+    m = TJ.JobManager(f, pack_dir=ROOT)
+    job = TJ.Job("20260101-000000-abcdef", tmp_path / "job", {})
+    job.run_dir.mkdir(parents=True)
+    job.proc = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
+    job.proc.wait()
+    m.jobs[job.id] = job
+    job.returncode = 0  # what _watch records under the lock right after the trainer exits
+    with pytest.raises(TJ.RequestError, match="is ending; nothing to cancel"):
+        m.cancel(job.id)
+    assert job.status == "running"
+
+
+def test_the_launcher_stops_the_trainer_when_comfyui_closes_its_lifeline(tmp_path):
+    """The trainer's stdin is a pipe only ComfyUI holds: its end of file (ComfyUI exited, or re-executed itself in
+    place with the same pid) sends the trainer SIGTERM, on which it checkpoints and exits."""
+    if os.name != "posix":
+        pytest.skip("POSIX signals")
+    probe = ("import runpy, signal, sys, threading, time; m = runpy.run_path(sys.argv[1], run_name='probe');"
+             "signal.signal(signal.SIGTERM, lambda *a: (print('SIGTERM', flush=True), sys.exit(7)));"
+             "assert m['_stdin_is_a_pipe']();"
+             "threading.Thread(target=m['_watch_lifeline'], daemon=True).start(); print('ready', flush=True);"
+             "[time.sleep(0.05) for _ in range(400)]; print('still running')")
+    proc = subprocess.Popen([sys.executable, "-c", probe, str(ROOT / "nodes" / "trainer_launch.py")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.stdin.close()
+    assert proc.wait(timeout=15) == 7 and proc.stdout.read().strip() == "SIGTERM"
+
+
+def test_a_trainer_left_by_an_in_place_restart_is_reaped(tmp_path):
+    """An in-place restart keeps the pid, so the old trainer is still our child: it is waited for, not left a zombie."""
+    if os.name != "posix":
+        pytest.skip("POSIX processes")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    TJ._reap_if_our_child(child.pid)
+    import time
+
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child.pid, 0)  # a zombie still answers
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the child was not reaped")
+    TJ._reap_if_our_child(os.getpid())  # not our child: nothing happens
+    child.returncode = 0  # (Popen's own wait would find it gone)

@@ -120,7 +120,13 @@ def scan_image_folder(data_cfg) -> list[Record]:
         for n, row in rows:
             if data_cfg.image_column not in row or data_cfg.caption_column not in row:
                 raise ConfigError(meta, f"line {n}: needs the fields '{data_cfg.image_column}' and '{data_cfg.caption_column}'")
-            image = root / str(row[data_cfg.image_column])
+            name = str(row[data_cfg.image_column])
+            image = root / name
+            if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir:
+                # as Hugging Face's imagefolder: file names are relative to the folder (and the ComfyUI trainer
+                # panel confines a job's data to its input folder: a row must not reach files outside it)
+                raise ConfigError(meta, f"line {n}: {data_cfg.image_column} {name!r} must be a path inside the data "
+                                        "folder (relative, no '..' out of it)")
             if not image.is_file():
                 raise ConfigError(meta, f"line {n}: image {image} not found")
             captions = _as_captions(row[data_cfg.caption_column], meta, data_cfg.caption_column)

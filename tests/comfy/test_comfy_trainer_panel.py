@@ -214,17 +214,19 @@ def test_normal_cfg_reaches_the_jobs_config(panel, finished_job):
 def test_cancel_saves_a_checkpoint_and_stops_the_process(panel, finished_job):
     """A long prompts-only run (the teacher makes its own training images first), cancelled after its first step."""
     loras_before = sorted(os.listdir(panel.loras))
-    prompts = ["a red circle", "a blue square, on a dark background"]
+    prompts = ["a red circle", "# a blue square,\u2028on a dark background ", " a #3 digit"]  # read back exactly
     job = panel.start(config=CONFIG, teacher=TEACHER, teacher_type="diffusers", prompts=prompts, output_name="never published",
                       overrides={"max_steps": 100000, "batch_size": 4, "rank": 4, "validation_every": 0, "checkpoint_every": 0,
                                  "samples_per_prompt": 2})
     panel.wait(job["id"], until=lambda j: j["step"] >= 1, timeout=300)
     folder = panel.jobs_root / job["id"]
-    assert (folder / "prompts.txt").read_text().splitlines() == prompts
+    from lcm_lora.training.data import read_prompts
+
+    assert read_prompts(folder / "prompts.jsonl") == prompts
     import yaml
 
     run_cfg = yaml.safe_load((folder / "run" / "config.yaml").read_text())
-    assert run_cfg["data"]["prompts"] == str(folder / "prompts.txt") and run_cfg["data"]["path"] is None
+    assert run_cfg["data"]["prompts"] == str(folder / "prompts.jsonl") and run_cfg["data"]["path"] is None
     assert any((folder / "run" / "teacher_samples").rglob("*")), "prompts-only mode made no teacher samples"
     status, out = panel.post(f"/lcm_lora/train/jobs/{job['id']}/cancel", {})
     assert status == 200 and out["status"] in ("cancelling", "cancelled"), out
