@@ -481,7 +481,7 @@ class JobManager:
         job = self.get(job_id)
         with self._lock:
             if job.status not in ("running", "cancelling") or job.proc is None or job.returncode is not None:
-                state = job.status if job.returncode is None else "ending"
+                state = "ending" if job.status in ("running", "cancelling") else job.status  # exited, not yet recorded
                 raise RequestError("job", f"job {job.id} is {state}; nothing to cancel", status=409)
             first = job.status == "running"
             job.status = "cancelling"

@@ -24,7 +24,7 @@ def test_two_processes_match_one_process_with_the_whole_batch(tmp_path):
                  # differences of the all-reduce are not amplified the way lr·g/|g| amplifies them for tiny g.
                  "optim.learning_rate=1", "optim.eps=1"]
     # fork (no re-import) is safe here: one intra-op thread, no OpenMP pool exists yet in this process
-    spawn_local(2, train, (TINY, tmp_path / "two", None, overrides, False), start_method="fork")
+    assert spawn_local(2, train, (TINY, tmp_path / "two", None, overrides, False), start_method="fork") == [0, 0]
     one = train(TINY, tmp_path / "one", overrides=overrides, progress=False)
 
     two_losses = [e["loss"] for e in read_events(tmp_path / "two") if e["event"] == "step"]

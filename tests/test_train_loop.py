@@ -75,6 +75,23 @@ def test_new_run_refuses_a_folder_with_checkpoints(assets, tmp_path):
         train(TINY, out, resume=True, overrides=_overrides(assets, max_steps=2, **{"lcd.w_min": 4}), progress=False)
 
 
+def test_a_refused_resume_is_said_before_the_setup_and_a_trailing_slash_is_the_same_path(assets, tmp_path, monkeypatch):
+    """The resume check reads the checkpoint's trainer_state.json first: a changed lora.rank is refused before the
+    teacher is loaded or a cache filled. "teacher/" and "teacher" are one folder, not a changed teacher.path."""
+    from lcm_lora.training import trainer as trainer_module
+
+    out = tmp_path / "run"
+    train(TINY, out, overrides=_overrides(assets, max_steps=1), progress=False)
+    monkeypatch.setattr(trainer_module.TrainingSession, "setup", lambda *a, **k: pytest.fail("set up before refusing"))
+    with pytest.raises(ConfigError, match=r"different configuration \(lora.rank 4 -> 8\)"):
+        train(TINY, out, resume=True, overrides=_overrides(assets, max_steps=2, **{"lora.rank": 8}), progress=False)
+    monkeypatch.undo()
+    root, teacher, data = assets
+    slashed = _overrides(assets, max_steps=2)
+    slashed[0] = f"teacher={teacher}/"
+    assert train(TINY, out, resume=True, overrides=slashed, progress=False).final_step == 2
+
+
 def test_new_run_never_overwrites_an_earlier_runs_adapter(assets, tmp_path):
     """A folder without checkpoints (checkpoint.every 0, or deleted) but with an earlier run's adapter, or --output
     pointed at a loras folder: refused, the files untouched. A run that stopped before it wrote an adapter (its
@@ -99,6 +116,63 @@ def test_new_run_never_overwrites_an_earlier_runs_adapter(assets, tmp_path):
     assert (failed / "config.yaml").is_file() and not (failed / "lcm_lora.safetensors").exists()
     res = train(TINY, failed, overrides=_overrides(assets, max_steps=1), progress=False)
     assert res.status == "finished" and (failed / "lcm_lora.safetensors").is_file()
+
+
+def test_resume_without_a_checkpoint_never_replaces_a_finished_adapter(assets, tmp_path):
+    """`--resume` on a finished run whose checkpoints are gone would start again from step 0 and overwrite its
+    adapter: refused, files untouched. A run that stopped before its first checkpoint starts at 0, with a warning."""
+    out = tmp_path / "run"
+    train(TINY, out, overrides=_overrides(assets, max_steps=1), progress=False)
+    import shutil
+
+    shutil.rmtree(out / "checkpoints")  # (the last step is always checkpointed: deleted, say, to save space)
+    adapter = (out / "lcm_lora.safetensors").read_bytes()
+    with pytest.raises(OutputExistsError, match="no checkpoint to continue that run from .*--resume would start again "
+                                                "from step 0 and replace it; use a new folder; nothing was overwritten"):
+        train(TINY, out, resume=True, overrides=_overrides(assets, max_steps=2), progress=False)
+    assert (out / "lcm_lora.safetensors").read_bytes() == adapter
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    with pytest.warns(ckpt.CheckpointWarning, match="found no checkpoint .*starting from step 0"):
+        res = train(TINY, stopped, resume=True, overrides=_overrides(assets, max_steps=1), progress=False)
+    assert res.status == "finished" and res.start_step == 0
+
+
+def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside(assets, tmp_path):
+    """Resume from step 2 of a 4-step run (say, after a divergence, with a lower learning rate): steps 3 and 4 of the
+    abandoned run move to checkpoints/abandoned-*/ (kept, not deleted), so a later plain --resume continues the
+    resumed run, and pruning (keep 2) removes that run's oldest, not the abandoned run's newest."""
+    out = tmp_path / "run"
+    every = {"checkpoint.every": 1, "checkpoint.keep": 5}
+    train(TINY, out, overrides=_overrides(assets, max_steps=4, **every), progress=False)
+    abandoned_4 = (out / "checkpoints" / "step-00000004" / "lora.safetensors").read_bytes()
+    branch = out / "checkpoints" / "step-00000002"
+    with pytest.warns(ckpt.CheckpointWarning, match="the 2 later checkpoint.*step-00000003, step-00000004.*moved to"):
+        train(TINY, out, resume=str(branch), overrides=_overrides(
+            assets, max_steps=3, **{"optim.learning_rate": 5e-4, "checkpoint.every": 1, "checkpoint.keep": 2}),
+            progress=False)
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [2, 3]
+    (aside,) = [p for p in (out / "checkpoints").iterdir() if p.name.startswith("abandoned-")]
+    assert sorted(p.name for p in aside.iterdir()) == ["step-00000003", "step-00000004"]
+    assert (aside / "step-00000004" / "lora.safetensors").read_bytes() == abandoned_4
+    assert ckpt.resolve_resume(out, True) == out / "checkpoints" / "step-00000003"
+    res = train(TINY, out, resume=True, overrides=_overrides(assets, max_steps=4), progress=False)
+    assert res.start_step == 3 and res.final_step == 4
+
+
+def test_a_changed_max_steps_under_a_shaped_schedule_is_warned_about(assets, tmp_path):
+    """A cosine schedule is shaped by max_steps: continuing a 3-step run to 6 steps is a different learning-rate
+    curve than 6 steps straight (the rate jumps back up), so the resume says so; a constant schedule is exact."""
+    cosine = {"optim.lr_scheduler": "cosine", "optim.lr_warmup_steps": 1, "checkpoint.every": 1}
+    train(TINY, tmp_path / "cos", overrides=_overrides(assets, max_steps=3, **cosine), progress=False)
+    with pytest.warns(ckpt.CheckpointWarning, match="max_steps 3 -> 6: the cosine learning-rate schedule is shaped"):
+        train(TINY, tmp_path / "cos", resume=True, overrides=_overrides(assets, max_steps=6, **cosine), progress=False)
+    train(TINY, tmp_path / "const", overrides=_overrides(assets, max_steps=3), progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ckpt.CheckpointWarning)
+        train(TINY, tmp_path / "const", resume=True, overrides=_overrides(assets, max_steps=4), progress=False)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeypatch):
@@ -324,6 +398,25 @@ def test_sigterm_while_loading_ends_cleanly(assets, tmp_path, monkeypatch):
     events = read_events(tmp_path / "early")
     assert [e["event"] for e in events] == ["setup", "end"] and events[-1]["status"] == "interrupted"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_inside_an_image_read_is_an_interruption_not_a_bad_image(assets, tmp_path, monkeypatch):
+    """The signal can land inside code that catches Exception (the image reader says "cannot read image" for any):
+    the cancel must still end the run as interrupted, not blame the user's image."""
+    import PIL.Image
+
+    original, calls = PIL.Image.open, {"n": 0}
+
+    def opened(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGTERM)  # the panel's Cancel while the images are scanned
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", opened)
+    result = train(TINY, tmp_path / "scan", overrides=_overrides(assets), progress=False)
+    assert calls["n"] >= 3 and result.status == "interrupted" and result.adapter_path is None
+    assert read_events(tmp_path / "scan")[-1]["status"] == "interrupted"
 
 
 def test_errors_are_recorded_in_the_event_stream(assets, tmp_path):

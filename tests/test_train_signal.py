@@ -52,3 +52,36 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     done = subprocess.run(resume_args, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "lcm_lora.safetensors").is_file()
+
+
+def _nproc_command(tmp_path, *extra):
+    teacher, data = tiny_teacher_and_data(tmp_path, n=8, size=16)
+    return [sys.executable, "-m", "lcm_lora.training", "--config", str(TINY), "--output", str(tmp_path / "run"),
+            "--nproc", "2", "--no-progress", f"teacher={teacher}", f"data={data}", "batch_size=4", "lora.rank=4",
+            "validation.every=0", "checkpoint.every=0", *extra]
+
+
+def test_nproc_exit_codes_are_those_of_one_process(tmp_path):
+    """`--nproc 2` returns what one process would: 130 after a Ctrl-C to the terminal's process group (every
+    process checkpoints first; it used to return 0), 3 when the run diverges (it used to return 2)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(_nproc_command(tmp_path / "int", "max_steps=100000"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True, start_new_session=True)
+    out = tmp_path / "int" / "run"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if sum(e["event"] == "step" for e in read_events(out)) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    assert read_events(out)[-1]["status"] == "interrupted" and ckpt.list_checkpoints(out)
+    diverged = subprocess.run(_nproc_command(tmp_path / "nan", "max_steps=20", "optim.learning_rate=1e30"),
+                              capture_output=True, text=True, env=env, timeout=300)
+    assert diverged.returncode == 3, diverged.stderr[-3000:]

@@ -36,6 +36,7 @@ import os
 import random
 import re
 import shutil
+import time
 import warnings
 import zipfile
 import zlib
@@ -61,7 +62,8 @@ class CheckpointError(LcmLoraError):
 
 
 class CheckpointWarning(UserWarning):
-    """A damaged checkpoint was skipped while looking for the newest usable one."""
+    """About the run's checkpoints: a damaged one skipped for the newest usable one, later ones set aside on a
+    resume from an earlier one, a resume that found none, a resume with changed settings."""
 
 
 @dataclass
@@ -321,6 +323,38 @@ def save_checkpoint(
     return target
 
 
+def _verifies(path: Path) -> bool:
+    try:
+        verify_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def set_aside_newer(output_dir: str | os.PathLike, step: int) -> Path | None:
+    """Resuming from step ``step`` abandons the run's usable checkpoints after it (a resume from an older checkpoint,
+    e.g. after a divergence): they move to ``checkpoints/abandoned-<time>/`` — nothing is deleted — so that "latest"
+    (``--resume``) and pruning follow the resumed run. Damaged ones stay: "latest" skips them, and the resumed run
+    replaces each when it reaches its step (the same-step overwrite of :func:`save_checkpoint`). Returns that folder,
+    or None when nothing was moved."""
+    newer = [path for s, path in list_checkpoints(output_dir) if s > step and _verifies(path)]
+    if not newer:
+        return None
+    root = checkpoints_dir(output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = next(root / name for name in [f"abandoned-{stamp}"] + [f"abandoned-{stamp}-{i}" for i in range(2, 1000)]
+                if not (root / name).exists())
+    dest.mkdir()
+    for path in newer:
+        name = path.name if _NAME.match(path.name) else _REPLACED.match(path.name).group(1)
+        os.replace(path, dest / name)
+    _fsync(root, directory=True)
+    warnings.warn(f"resuming from step {step}: the {len(newer)} later checkpoint(s) of the run it continues "
+                  f"({', '.join(p.name for p in newer)}) were moved to {dest}; --resume now follows this run",
+                  CheckpointWarning, stacklevel=2)
+    return dest
+
+
 def resolve_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bool | None) -> Path | None:
     """``True``/``"latest"`` → newest *usable* checkpoint of ``output_dir`` (None if there is none;
     damaged ones are skipped with a :class:`CheckpointWarning`; :class:`CheckpointError` if all are
@@ -341,6 +375,14 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bo
 def checkpoint_step(path: str | os.PathLike) -> int:
     """The optimizer step a checkpoint folder was saved at."""
     return int(json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))["step"])
+
+
+def read_state(path: str | os.PathLike) -> dict:
+    """A checkpoint's ``trainer_state.json`` alone (the resume check runs on it before the run's setup)."""
+    try:
+        return json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(Path(path) / STATE_FILE, f"cannot read ({type(e).__name__}: {e})") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

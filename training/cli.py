@@ -83,7 +83,8 @@ def _run_one(config, output, resume, overrides, progress) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     if result.status == "interrupted":
-        print(f"interrupted at step {result.final_step}; checkpoint {result.checkpoint}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # the process that wrote the checkpoint says where it is
+            print(f"interrupted at step {result.final_step}; checkpoint {result.checkpoint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if result.adapter_path is not None:
         print(f"wrote {result.adapter_path} (step {result.final_step})")
@@ -92,8 +93,22 @@ def _run_one(config, output, resume, overrides, progress) -> int:
 
 def _spawned(config, output, resume, overrides, progress) -> None:
     code = _run_one(config, output, resume, overrides, progress and int(os.environ.get("RANK", "0")) == 0)
-    if code not in (EXIT_OK, EXIT_INTERRUPTED):
-        raise SystemExit(code)
+    if code != EXIT_OK:
+        raise SystemExit(code)  # the parent combines the processes' codes (_combined_exit)
+
+
+def _combined_exit(codes: list[int]) -> int:
+    """One exit code for ``--nproc N``, as one process's: diverged (3) if any process diverged, interrupted (130) if
+    every one that stopped early was interrupted, else an error (2)."""
+    if all(code == EXIT_OK for code in codes):
+        return EXIT_OK
+    if EXIT_DIVERGED in codes:
+        return EXIT_DIVERGED
+    if all(code in (EXIT_OK, EXIT_INTERRUPTED) for code in codes):
+        return EXIT_INTERRUPTED
+    print(f"error: a training process failed (exit codes {', '.join(map(str, codes))}; its error is above)",
+          file=sys.stderr)
+    return EXIT_ERROR
 
 
 def _estimate(config, overrides) -> int:
@@ -174,12 +189,9 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_ERROR
 
-        try:
-            spawn_local(args.nproc, _spawned, (args.config, output, args.resume, overrides, progress))
-        except Exception as e:  # a child failed; it printed its own error
-            print(f"error: a training process failed: {e}", file=sys.stderr)
-            return EXIT_ERROR
-        return EXIT_OK
+        codes = spawn_local(args.nproc, _spawned, (args.config, output, args.resume, overrides, progress),
+                            stopping_codes=(EXIT_OK, EXIT_INTERRUPTED))
+        return _combined_exit(codes)
     return _run_one(args.config, output, args.resume, overrides, progress)
 
 

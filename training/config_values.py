@@ -67,5 +67,5 @@ def set_value(cfg: TrainConfig, dotted: str, value: Any, source: str, base_dir: 
     meta = field_meta(dotted)
     value = coerce_value(value, meta["kind"], dotted, source)
     if meta["path"] and value is not None and base_dir is not None:
-        value = os.fspath(Path(base_dir, os.path.expanduser(value))) if not os.path.isabs(os.path.expanduser(value)) else os.path.expanduser(value)
+        value = os.fspath(Path(base_dir, os.path.expanduser(value)))  # (Path: "teacher/" and "teacher" are one path)
     setattr(getattr(cfg, section), name, value)

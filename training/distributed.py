@@ -142,8 +142,59 @@ def _spawn_entry(local_rank: int, world: int, port: int, fn, args) -> None:
     fn(*args)
 
 
-def spawn_local(nprocs: int, fn, args: tuple = (), start_method: str = "spawn") -> None:
-    """Run ``fn(*args)`` in ``nprocs`` local processes forming one process group (CPU or one GPU each)."""
+def spawn_local(nprocs: int, fn, args: tuple = (), start_method: str = "spawn", stopping_codes: tuple = (0,),
+                grace_period: float = 30.0) -> list[int]:
+    """Run ``fn(*args)`` in ``nprocs`` local processes forming one process group (CPU or one GPU each); returns
+    their exit codes.
+
+    Unlike ``torch.multiprocessing``'s own join, a process that exits with one of ``stopping_codes`` (finished, or
+    interrupted after its checkpoint) lets the others stop on their own, so every exit code is known; after any
+    other exit the rest get ``grace_period`` seconds, then SIGTERM (a dead peer would leave them waiting in a
+    collective). A SIGINT / SIGTERM to this process is passed on to them as SIGTERM (they checkpoint and stop; a
+    terminal's Ctrl-C reaches them already, and SIGTERM after it does not count as a second Ctrl-C).
+    """
+    import multiprocessing.connection
+    import signal
+    import threading
+    import time
+
     import torch.multiprocessing as mp
 
-    mp.start_processes(_spawn_entry, args=(nprocs, _free_port(), fn, args), nprocs=nprocs, join=True, start_method=start_method)
+    context = mp.start_processes(_spawn_entry, args=(nprocs, _free_port(), fn, args), nprocs=nprocs, join=False,
+                                 start_method=start_method)
+    processes = context.processes
+
+    def terminate_alive(*_):
+        for process in processes:
+            if process.is_alive():
+                try:
+                    os.kill(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, terminate_alive) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        pending = {process.sentinel: process for process in processes}
+        deadline = None
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = multiprocessing.connection.wait(list(pending), timeout=timeout)
+            if not ready:  # the grace period is over
+                terminate_alive()
+                for process in pending.values():
+                    process.join(grace_period)
+                    if process.is_alive():
+                        process.kill()
+                        process.join()
+                break
+            for sentinel in ready:
+                process = pending.pop(sentinel)
+                process.join()
+                if process.exitcode not in stopping_codes and deadline is None:
+                    deadline = time.monotonic() + grace_period
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return [process.exitcode for process in processes]

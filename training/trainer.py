@@ -44,6 +44,7 @@ from . import checkpoint as ckpt
 from .batch_plan import BatchPlan
 from .batches import TrainingData
 from .config import TrainConfig, config_hash, dump_config, trajectory_dict
+from .config_schema import all_keys, field_meta
 from .config_rules import check_process_count, guidance_interval, require_inputs
 from .ddim_solver import DDIMSolver
 from .distributed import DistContext, init_distributed, no_sync, wrap_ddp
@@ -79,8 +80,10 @@ def step_seed(seed: int, step: int, micro: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-class _Cancelled(Exception):
-    """SIGTERM/SIGINT while loading the teacher or filling caches (nothing to checkpoint yet)."""
+class _Cancelled(BaseException):
+    """SIGTERM/SIGINT while loading the teacher or filling caches (nothing to checkpoint yet). A BaseException, as
+    KeyboardInterrupt: the `except Exception` of image readers, caches and lazy importers must not turn it into
+    "cannot read image" or an import error."""
 
 
 class _StopFlag:
@@ -115,19 +118,25 @@ class _StopFlag:
         self._old = {}
 
 
-def _prepare_output(output_dir: Path, cfg: TrainConfig, resuming: bool) -> None:
+def _prepare_output(output_dir: Path, cfg: TrainConfig, resume_requested: bool, checkpoint: Path | None) -> None:
     """Create the run folder, or refuse one that holds another run. Every process checks the folder as it was
-    before any of them writes (a barrier follows), so all of them agree."""
+    before any of them writes (a barrier follows), so all of them agree. ``--resume`` without a checkpoint to
+    continue from starts at step 0: refused where that would replace a finished run's adapter, else warned."""
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputExistsError(output_dir, "is a file, not a folder: give --output a folder for the run")
     output_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming and ckpt.list_checkpoints(output_dir):
+    if not resume_requested and ckpt.list_checkpoints(output_dir):
         raise OutputExistsError(output_dir, "already holds checkpoints of a run: pass --resume to continue it, or use a new folder")
-    if not resuming and (output_dir / cfg.output.name).exists():
+    if checkpoint is None and (output_dir / cfg.output.name).exists():
         # a finished earlier run (checkpoint.every 0, or its checkpoints deleted), or a loras folder: its adapter is
         # never overwritten. A run that stopped before writing one (bad data, say) left only logs: they are replaced
-        raise OutputExistsError(output_dir, f"already holds an earlier run's adapter {cfg.output.name}: use a new folder "
-                                            "(or --resume to continue that run); nothing was overwritten")
+        what = "--resume would start again from step 0 and replace it" if resume_requested else "it cannot be replaced"
+        raise OutputExistsError(output_dir, f"already holds an earlier run's adapter {cfg.output.name} and no checkpoint "
+                                            f"to continue that run from (checkpoint.every 0, or its checkpoints were "
+                                            f"deleted): {what}; use a new folder; nothing was overwritten")
+    if resume_requested and checkpoint is None:
+        warnings.warn(f"{output_dir}: --resume found no checkpoint (the run stopped before its first one): "
+                      "starting from step 0", ckpt.CheckpointWarning, stacklevel=3)
 
 
 def _write_config(output_dir: Path, cfg: TrainConfig, record: dict | None) -> None:
@@ -305,13 +314,7 @@ class TrainingSession:
     def _restore(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path)
         saved, now = state.state.get("trajectory") or {}, _jsonable(trajectory_dict(self.cfg))
-        changed = {k for k in RESUME_MAY_CHANGE if _get(saved, k) != _get(now, k)}
-        if _without(saved, RESUME_MAY_CHANGE) != _without(now, RESUME_MAY_CHANGE):
-            differ = _differing_keys(_without(saved, RESUME_MAY_CHANGE), _without(now, RESUME_MAY_CHANGE))
-            raise ConfigError(path, "the checkpoint was trained with a different configuration "
-                              f"({', '.join(f'{k} {_get(saved, k)!r} -> {_get(now, k)!r}' for k in differ[:4]) or 'teacher, data, lcd, lora, optim or train settings differ'}); "
-                              "resume with the run's own config (--output RUN --resume; "
-                              f"only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume)")
+        changed = resume_changes(path, saved, self.cfg)
         with torch.no_grad():
             for name, p in self.named_params:
                 p.copy_(state.tensors[name])
@@ -335,6 +338,12 @@ class TrainingSession:
             if state.state.get("discriminator_scaler"):
                 self.d_scaler.load_state_dict(state.state["discriminator_scaler"])
         self.lr_scheduler.load_state_dict(state.state["lr_scheduler"])
+        saved_steps = _get(state.state.get("config") or {}, "train.max_steps")
+        if self.cfg.optim.lr_scheduler not in ("constant", "constant_with_warmup") and saved_steps not in (None, self.cfg.train.max_steps):
+            warnings.warn(f"resuming {path} with train.max_steps {saved_steps} -> {self.cfg.train.max_steps}: the "
+                          f"{self.cfg.optim.lr_scheduler} learning-rate schedule is shaped by max_steps, so from step "
+                          f"{state.step} on it follows a {self.cfg.train.max_steps}-step schedule (it is not the run it "
+                          "would have been; a constant schedule is)", ckpt.CheckpointWarning, stacklevel=2)
         if "optim.learning_rate" in changed:
             self._rescale_learning_rate(float(_get(saved, "optim.learning_rate")), path)
         if changed:
@@ -513,7 +522,9 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
            record: dict | None = None) -> TrainResult:
     resume_path = ckpt.resolve_resume(output_dir, resume)
     resuming = resume_path is not None or bool(resume)
-    _prepare_output(output_dir, cfg, resuming)
+    _prepare_output(output_dir, cfg, resuming, resume_path)
+    if resume_path is not None:  # a refused resume is said before the teacher is loaded and the caches are filled
+        resume_changes(resume_path, ckpt.read_state(resume_path).get("trajectory") or {}, cfg)
     ctx.barrier()  # every process has checked the folder before the main one writes the config
     if ctx.is_main and not (resuming and (output_dir / "config.yaml").is_file()):
         _write_config(output_dir, cfg, record)
@@ -531,6 +542,8 @@ def _train(cfg: TrainConfig, output_dir: Path, resume, progress: bool, on_step, 
         stop.immediate = False
         if resume and ctx.is_main:
             _write_config(output_dir, cfg, record)
+        if resume_path is not None and ctx.is_main:  # the restore was accepted: later checkpoints are abandoned
+            ckpt.set_aside_newer(output_dir, session.step_count)
         with training_threads(session.unet, session.device):
             return _loop(session, log, resume_path, on_step, stop)
     except _Cancelled as e:
@@ -658,6 +671,32 @@ def _export(unet, teacher: Teacher, cfg: TrainConfig, step: int, thash: str, out
 # Keys a resumed run may change: the usual fix after a divergence is a lower learning rate, and
 # the gradient-clipping threshold. Everything else in the trajectory must match the checkpoint.
 RESUME_MAY_CHANGE = ("optim.learning_rate", "optim.max_grad_norm")
+
+
+def resume_changes(path: Path, saved: dict, cfg: TrainConfig) -> set[str]:
+    """The keys of ``RESUME_MAY_CHANGE`` that differ between the checkpoint's trajectory ``saved`` and ``cfg``;
+    a ConfigError naming the keys when anything else differs."""
+    now = _jsonable(trajectory_dict(cfg))
+    saved, now = _same_path_spelling(saved), _same_path_spelling(now)  # runs written before paths were normalised
+    if _without(saved, RESUME_MAY_CHANGE) != _without(now, RESUME_MAY_CHANGE):
+        differ = _differing_keys(_without(saved, RESUME_MAY_CHANGE), _without(now, RESUME_MAY_CHANGE))
+        raise ConfigError(path, "the checkpoint was trained with a different configuration "
+                          f"({', '.join(f'{k} {_get(saved, k)!r} -> {_get(now, k)!r}' for k in differ[:4]) or 'teacher, data, lcd, lora, optim or train settings differ'}); "
+                          "resume with the run's own config (--output RUN --resume; "
+                          f"only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume)")
+    return {k for k in RESUME_MAY_CHANGE if _get(saved, k) != _get(now, k)}
+
+
+def _same_path_spelling(trajectory: dict) -> dict:
+    """``trajectory`` with its path keys spelled as ``Path`` does ("teacher/" and "teacher" are one folder)."""
+    paths = {key for key in all_keys() if field_meta(key)["path"]}
+    out = {section: dict(body) if isinstance(body, dict) else body for section, body in trajectory.items()}
+    for section, body in out.items():
+        if isinstance(body, dict):
+            for name, value in body.items():
+                if f"{section}.{name}" in paths and isinstance(value, str) and value:
+                    body[name] = os.fspath(Path(value))
+    return out
 
 
 def _get(d: dict, dotted: str):
