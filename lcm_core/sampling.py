@@ -153,6 +153,9 @@ def sample_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, n
         denoised = model(x, sigma * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        if sigma <= 0:  # a repeated final 0 (hand-made or concatenated sigmas): already clean, as sample_lcm
+            x = denoised
+            continue
         eps = (x - denoised) / sigma
         # diffusers: torch.floor((1 - eta) * prev_timestep) with a long tensor -> float32 arithmetic
         t_s = torch.floor((1 - gamma) * _tcd_timestep(sigma_next, schedule).float())
@@ -180,5 +183,20 @@ def sample_tcd_comfyui(model, x, sigmas, extra_args=None, callback=None, disable
     """:func:`sample_tcd` as the nodes hand it to ComfyUI: re-noising from :func:`comfyui_tcd_noise_sampler`
     (on the CPU a stream independent of ComfyUI's initial noise); ``options`` go to :func:`sample_tcd`."""
     noise_sampler = comfyui_tcd_noise_sampler(x, (extra_args or {}).get("seed"), noise_sampler)
-    return sample_tcd(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                      noise_sampler=noise_sampler, **options)
+    mask = (extra_args or {}).get("denoise_mask")
+    if mask is None or float(sigmas[-1]) > 0:
+        return sample_tcd(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                          noise_sampler=noise_sampler, **options)
+    # Inpainting (ComfyUI's denoise_mask): the model wrapper returns the input latent as ``denoised`` where the mask
+    # keeps it, and ComfyUI's samplers end on ``denoised``; TCD's final latent adds σ(0)·ε̂ (diffusers' last step),
+    # which would change the kept area. So the kept area takes the last ``denoised``, as with ComfyUI's samplers.
+    last = {}
+
+    def remember(step):
+        last["denoised"] = step["denoised"]
+        if callback is not None:
+            callback(step)
+
+    x = sample_tcd(model, x, sigmas, extra_args=extra_args, callback=remember, disable=disable,
+                   noise_sampler=noise_sampler, **options)
+    return x * mask + last["denoised"] * (1 - mask) if "denoised" in last else x

@@ -48,6 +48,18 @@ def _betas(num_train_timesteps: int, beta_start: float, beta_end: float, beta_sc
     return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=dtype)
 
 
+def _rescale_zero_terminal_snr_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    """Zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps Are Flawed",
+    Algorithm 1) on a σ table, as ComfyUI's ``rescale_zero_terminal_snr_sigmas`` (its ``zsnr`` models): √ᾱ shifted so
+    the last is 0 and scaled so the first is unchanged; the last ᾱ is then set to 4.8973451890853435e-08 (σ ≈ 4519)."""
+    alphas_bar_sqrt = (1 / (sigmas * sigmas + 1)).sqrt()
+    first, last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
+    alphas_bar = alphas_bar_sqrt ** 2
+    alphas_bar[-1] = 4.8973451890853435e-08
+    return ((1 - alphas_bar) / alphas_bar) ** 0.5
+
+
 class DiscreteSchedule:
     """SD's discrete DDPM schedule (default: scaled_linear 0.00085 -> 0.012, 1000 steps).
 
@@ -62,9 +74,13 @@ class DiscreteSchedule:
         beta_end: float = SD_BETA_END,
         beta_schedule: str = "scaled_linear",
         convention: str = "diffusers",
+        zero_terminal_snr: bool = False,
     ):
         if convention not in _CONVENTIONS:
             raise ConfigError("DiscreteSchedule", f"convention must be one of {_CONVENTIONS}, got {convention!r}")
+        if zero_terminal_snr and convention != "comfyui":
+            raise ConfigError("DiscreteSchedule", "zero_terminal_snr needs convention 'comfyui': diffusers' rescaled "
+                                                  "schedule has ᾱ = 0 at the last timestep (an infinite σ)")
         if beta_schedule not in _BETA_SCHEDULES:
             raise ConfigError("DiscreteSchedule", f"beta_schedule must be one of {_BETA_SCHEDULES}, got {beta_schedule!r}")
         if int(num_train_timesteps) < 2:
@@ -81,6 +97,11 @@ class DiscreteSchedule:
         betas = _betas(self.num_train_timesteps, beta_start, beta_end, beta_schedule, dtype)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.zero_terminal_snr = bool(zero_terminal_snr)
+        if self.zero_terminal_snr:
+            sigmas = _rescale_zero_terminal_snr_sigmas(sigmas)
+            alphas_cumprod = 1 / (sigmas * sigmas + 1)
+            betas = 1 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
         self.betas = betas.float()
         self.alphas_cumprod = alphas_cumprod.float()
         # log taken before the float32 cast, as ModelSamplingDiscrete.set_sigmas does
@@ -102,7 +123,8 @@ class DiscreteSchedule:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_train_timesteps={self.num_train_timesteps}, beta_start={self.beta_start}, "
-            f"beta_end={self.beta_end}, beta_schedule={self.beta_schedule!r}, convention={self.convention!r})"
+            f"beta_end={self.beta_end}, beta_schedule={self.beta_schedule!r}, convention={self.convention!r}"
+            + (", zero_terminal_snr=True)" if self.zero_terminal_snr else ")")
         )
 
     # -- conversions (ComfyUI ModelSamplingDiscrete.timestep / .sigma) --------------------

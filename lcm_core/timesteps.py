@@ -21,6 +21,7 @@ float32, trailing 0); :func:`sigmas_to_timesteps` is the reverse.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Sequence
 
 import numpy as np
@@ -93,6 +94,32 @@ def _check_common(name, num_inference_steps, timesteps, strength):
         raise ConfigError(name, "pass exactly one of num_inference_steps or timesteps (got both)")
     if not 0.0 <= float(strength) <= 1.0:
         raise ConfigError(name, f"strength/denoise must be in [0, 1], got {strength}")
+
+
+def check_lcm_inputs(steps: int, original_steps: int, denoise: float, node: str = "LCM Scheduler") -> None:
+    """The checks of diffusers' ``LCMScheduler.set_timesteps``, worded with the node's input names
+    (steps, original_steps, denoise) instead of diffusers' (num_inference_steps, …)."""
+    steps, original_steps, denoise = int(steps), int(original_steps), float(denoise)
+    if not 0.0 <= denoise <= 1.0:
+        raise ConfigError(f"{node} denoise", f"must be between 0 and 1, got {denoise:g}")
+    if not 1 <= original_steps <= 1000:
+        raise ConfigError(f"{node} original_steps", f"must be between 1 and 1000, got {original_steps}")
+    if steps < 1:
+        raise ConfigError(f"{node} steps", f"must be at least 1, got {steps}")
+    grid = int(original_steps * denoise)
+    if denoise > 0 and steps > grid:
+        # the smallest denoise on the 0.01 grid that fits, found by trying as the check does (int(original × denoise)):
+        # float rounding makes ceil(steps / original, 2 decimals) miss both ways (29 of 50: 0.58 gives 28; 7: 0.15)
+        need = math.floor(steps / original_steps * 100) / 100
+        while int(original_steps * need) < steps:
+            need = round(need + 0.01, 2)
+        fix = f"lower steps to at most {grid}" if grid >= 1 else "raise denoise"
+        if need <= 1.0:
+            fix += f" or raise denoise to at least {need:g}"
+        raise ConfigError(
+            f"{node} steps",
+            f"{steps} steps need {steps} timesteps of the distillation grid, but original_steps × denoise = "
+            f"{original_steps} × {denoise:g} leaves {grid}: {fix}")
 
 
 def lcm_timesteps(

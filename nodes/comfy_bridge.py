@@ -32,6 +32,7 @@ import folder_paths
 
 from ..lcm_core.errors import AdapterFileError, ArchitectureMismatchError, ConfigError
 from ..lcm_core.lora import LoraAdapter
+from ..lcm_core.schedule import DiscreteSchedule
 
 
 CATEGORY = "LCM-LoRA"
@@ -372,21 +373,59 @@ def apply_patches(patches: dict, model, clip, strength_model: float, strength_cl
     return new_model, new_clip
 
 
-@functools.lru_cache(maxsize=1)
-def _lcm_model_sampling_class():
+@functools.lru_cache(maxsize=2)
+def _lcm_model_sampling_class(v_prediction: bool = False):
+    import comfy.model_sampling
     from comfy_extras.nodes_model_advanced import LCM, ModelSamplingDiscreteDistilled
 
-    class ModelSamplingLCM(ModelSamplingDiscreteDistilled, LCM):
-        """What ``ModelSamplingDiscrete(sampling="lcm")`` builds: 50-step distilled grid + LCM boundary."""
+    if not v_prediction:
+        class ModelSamplingLCM(ModelSamplingDiscreteDistilled, LCM):
+            """What ``ModelSamplingDiscrete(sampling="lcm")`` builds: 50-step distilled grid + LCM boundary."""
 
-    return ModelSamplingLCM
+        return ModelSamplingLCM
+
+    class LCMVPrediction(comfy.model_sampling.V_PREDICTION):
+        """LCM's boundary condition (c_skip, c_out at timestep × 10, σ_data 0.5, as ComfyUI's ``LCM``) on a
+        v-prediction model's x̂0, as diffusers' ``LCMScheduler(prediction_type="v_prediction")``: ComfyUI's
+        ``LCM`` reads every model output as ε, which is wrong for a v model (SD 2.x 768, v-pred SDXL fine-tunes)."""
+
+        def calculate_denoised(self, sigma, model_output, model_input):
+            x0 = super().calculate_denoised(sigma, model_output, model_input)
+            timestep = self.timestep(sigma).view(sigma.shape[:1] + (1,) * (model_output.ndim - 1))
+            scaled_timestep = timestep * 10.0
+            c_skip = 0.25 / (scaled_timestep ** 2 + 0.25)
+            c_out = scaled_timestep / (scaled_timestep ** 2 + 0.25) ** 0.5
+            return c_out * x0 + c_skip * model_input
+
+    class ModelSamplingLCMVPrediction(ModelSamplingDiscreteDistilled, LCMVPrediction):
+        """The distilled 50-step grid + LCM boundary for a v-prediction model."""
+
+    return ModelSamplingLCMVPrediction
 
 
 def patch_lcm_sampling(model):
-    """Clone of ``model`` with ComfyUI's LCM model sampling (= ``ModelSamplingDiscrete`` "lcm")."""
+    """Clone of ``model`` with LCM model sampling: for an ε model exactly ComfyUI's ``ModelSamplingDiscrete``
+    "lcm"; a v-prediction model keeps reading its output as v (ComfyUI's "lcm" assumes ε), and a zero-terminal-SNR
+    model keeps its schedule (ComfyUI's node takes zsnr as an input; the loader takes it from the model)."""
+    import comfy.model_sampling
+
+    current = model.get_model_object("model_sampling")
+    v_prediction = isinstance(current, comfy.model_sampling.V_PREDICTION) and not isinstance(current, comfy.model_sampling.EDM)
+    zsnr = bool(getattr(current, "zsnr", False))
     patched = model.clone()
-    patched.add_object_patch("model_sampling", _lcm_model_sampling_class()(model.model.model_config, zsnr=False))
+    patched.add_object_patch("model_sampling", _lcm_model_sampling_class(v_prediction)(model.model.model_config, zsnr=zsnr))
     return patched
+
+
+def schedule_of(model_sampling) -> DiscreteSchedule:
+    """The σ ↔ timestep table a ComfyUI model samples with: SD's (ComfyUI's float64 convention), rescaled to zero
+    terminal SNR when the model's sampling is ``zsnr`` (ComfyUI's ModelSamplingDiscrete node; v-pred fine-tunes)."""
+    return DiscreteSchedule(convention="comfyui", zero_terminal_snr=bool(getattr(model_sampling, "zsnr", False)))
+
+
+def model_schedule(model) -> DiscreteSchedule:
+    """:func:`schedule_of` a MODEL (``None``: SD's table, for a node whose model input is not connected)."""
+    return schedule_of(None if model is None else model.get_model_object("model_sampling"))
 
 
 def describe(adapter: LoraAdapter, fmt: str | None = None) -> str:

@@ -78,9 +78,11 @@ class LCMKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, mode, gamma, eta, denoise, positive, negative, latent_image,
                 cfg_steps=EVERY_STEP) -> io.NodeOutput:
-        sigmas = recipe_follow.recipe_sigmas(recipe_follow.from_model(model), steps, denoise) if mode == "auto" else None
+        table = bridge.model_schedule(model)  # the model's σ table (zero terminal SNR), else SD's
+        sigmas = (recipe_follow.recipe_sigmas(recipe_follow.from_model(model), steps, denoise, schedule=table)
+                  if mode == "auto" else None)
         if sigmas is None:  # LCM / TCD recipe, no recipe, or an explicit mode: the LCM timesteps
-            sigmas = scheduler_sigmas(steps, 50, denoise, node="LCM KSampler")
+            sigmas = scheduler_sigmas(steps, 50, denoise, node="LCM KSampler", schedule=table)
         out = latent_image.copy()
         if len(sigmas) <= 1:  # denoise 0: nothing to do
             return io.NodeOutput(out)

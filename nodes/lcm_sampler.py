@@ -47,13 +47,31 @@ def picked(mode: str, model_options=None, gamma: float = DEFAULT_GAMMA) -> tuple
     return "lcm", float(gamma)
 
 
+def _model_sampling(model):
+    """The model sampling of the model ComfyUI hands a sampler function (KSamplerX0Inpaint → guider → patcher), as
+    ComfyUI's own samplers find it; None when the wrapper is not ComfyUI's."""
+    try:
+        return model.inner_model.model_patcher.get_model_object("model_sampling")
+    except AttributeError:
+        return None
+
+
+def sample_tcd_node(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None,
+                    schedule: DiscreteSchedule | None = None, **options):
+    """``sample_tcd_comfyui`` on the σ table of the model being sampled (``comfy_bridge.schedule_of``: SD's, or its
+    zero-terminal-SNR rescale), unless a schedule is given."""
+    schedule = schedule or bridge.schedule_of(_model_sampling(model))
+    return sample_tcd_comfyui(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                              noise_sampler=noise_sampler, schedule=schedule, **options)
+
+
 def sample_auto(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None,
                 gamma: float = DEFAULT_GAMMA, eta: float = 1.0, schedule: DiscreteSchedule | None = None):
     """``mode: auto``: the sampler the model's recipe asks for (``extra_args["model_options"]``)."""
     sampler, gamma = picked("auto", (extra_args or {}).get("model_options"), gamma)
     if sampler == "tcd":
-        return sample_tcd_comfyui(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                                  noise_sampler=noise_sampler, gamma=gamma, eta=eta, schedule=schedule)
+        return sample_tcd_node(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                               noise_sampler=noise_sampler, gamma=gamma, eta=eta, schedule=schedule)
     return k_diffusion_sampling.sample_lcm(model, x, sigmas, extra_args=extra_args, callback=callback,
                                            disable=disable, noise_sampler=noise_sampler)
 
@@ -61,17 +79,18 @@ def sample_auto(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 def build_sampler(mode: str, gamma: float = 0.3, eta: float = 1.0):
     """The ComfyUI SAMPLER object for ``mode``.
 
-    TCD needs σ ↔ timestep on the full 1000-step SD schedule; ComfyUI's float64-derived table
-    (``convention="comfyui"``) is the one its model sampling uses. TCD (``tcd``, and ``auto`` when it
+    TCD needs σ ↔ timestep on the model's full 1000-step schedule: ComfyUI's float64-derived SD table
+    (``convention="comfyui"``), zero-terminal-SNR rescaled for a zsnr model (read when sampling,
+    ``sample_tcd_node``). TCD (``tcd``, and ``auto`` when it
     picks tcd) runs ``sample_tcd_comfyui``: when ComfyUI gives no noise sampler and the latent is on the
     CPU, the re-noising stream is seeded with ``independent_noise_seed(seed)``, not with the seed of the
     initial noise (on the CPU that stream would re-inject the initial noise); other devices unchanged.
     """
     if mode == "lcm":
         return comfy.samplers.ksampler("lcm")
-    options = {"gamma": float(gamma), "eta": float(eta), "schedule": DiscreteSchedule(convention="comfyui")}
+    options = {"gamma": float(gamma), "eta": float(eta)}
     if mode == "tcd":
-        return comfy.samplers.KSAMPLER(sample_tcd_comfyui, extra_options=options)
+        return comfy.samplers.KSAMPLER(sample_tcd_node, extra_options=options)
     if mode == "auto":
         return comfy.samplers.KSAMPLER(sample_auto, extra_options=options)
     raise ConfigError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")

@@ -20,7 +20,6 @@ metadata). Pair with LCM Sampler in mode auto (a pcm / tscd recipe: TCD at γ 0)
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from comfy_api.latest import io
@@ -29,45 +28,26 @@ from ..lcm_core.errors import ConfigError
 from ..lcm_core.phased_timesteps import FAMILIES, check_phase_starts, phased_timesteps
 from ..lcm_core.sampling_recipe import DEFAULT_PHASES
 from ..lcm_core.schedule import DiscreteSchedule
-from ..lcm_core.timesteps import lcm_sigmas, timesteps_to_sigmas
+from ..lcm_core.timesteps import check_lcm_inputs, lcm_sigmas, timesteps_to_sigmas
 from . import comfy_bridge as bridge
 
 SCHEDULES = ("lcm", *FAMILIES)  # lcm (also right for TCD: diffusers' TCDScheduler picks from the same grid), pcm, tscd
 MAX_PHASES = 50  # PCM's phases split the 50-step DDIM grid
 
 
-def check_inputs(steps: int, original_steps: int, denoise: float, node: str = "LCM Scheduler") -> None:
-    """The checks of diffusers' ``LCMScheduler.set_timesteps``, worded with the node's input names
-    (steps, original_steps, denoise) instead of diffusers' (num_inference_steps, …)."""
-    steps, original_steps, denoise = int(steps), int(original_steps), float(denoise)
-    if not 0.0 <= denoise <= 1.0:
-        raise ConfigError(f"{node} denoise", f"must be between 0 and 1, got {denoise:g}")
-    if not 1 <= original_steps <= 1000:
-        raise ConfigError(f"{node} original_steps", f"must be between 1 and 1000, got {original_steps}")
-    if steps < 1:
-        raise ConfigError(f"{node} steps", f"must be at least 1, got {steps}")
-    grid = int(original_steps * denoise)
-    if denoise > 0 and steps > grid:
-        need = math.ceil(steps / original_steps * 100) / 100
-        fix = f"lower steps to at most {grid}" if grid >= 1 else "raise denoise"
-        if need <= 1.0:
-            fix += f" or raise denoise to at least {need:g}"
-        raise ConfigError(
-            f"{node} steps",
-            f"{steps} steps need {steps} timesteps of the distillation grid, but original_steps × denoise = "
-            f"{original_steps} × {denoise:g} leaves {grid}: {fix}")
-
-
-def scheduler_sigmas(steps: int, original_steps: int = 50, denoise: float = 1.0, node: str = "LCM Scheduler"):
-    """LCM SIGMAS; denoise 0 gives no steps (an empty SIGMAS, as ComfyUI's BasicScheduler)."""
-    check_inputs(steps, original_steps, denoise, node)
+def scheduler_sigmas(steps: int, original_steps: int = 50, denoise: float = 1.0, node: str = "LCM Scheduler",
+                     schedule: DiscreteSchedule | None = None):
+    """LCM SIGMAS on ``schedule`` (default SD's, ComfyUI's convention; a model's: ``comfy_bridge.model_schedule``);
+    denoise 0 gives no steps (an empty SIGMAS, as ComfyUI's BasicScheduler)."""
+    check_lcm_inputs(steps, original_steps, denoise, node)
     if float(denoise) <= 0.0:
         return torch.zeros(0, dtype=torch.float32)
-    return lcm_sigmas(int(steps), int(original_steps), float(denoise), schedule=DiscreteSchedule(convention="comfyui"))
+    return lcm_sigmas(int(steps), int(original_steps), float(denoise),
+                      schedule=schedule or DiscreteSchedule(convention="comfyui"))
 
 
 def phased_sigmas(family: str, phases: int, steps: int, denoise: float = 1.0, node: str = "LCM Scheduler",
-                  starts=None):
+                  starts=None, schedule: DiscreteSchedule | None = None):
     """SIGMAS at ``phased_timesteps(steps, phases, family, denoise, starts=starts)`` on ComfyUI's schedule
     table (``starts``: a PCM adapter's recorded phase starts); denoise 0 gives no steps (an empty SIGMAS, as
     ComfyUI's BasicScheduler)."""
@@ -87,7 +67,7 @@ def phased_sigmas(family: str, phases: int, steps: int, denoise: float = 1.0, no
     except ConfigError as e:
         raise ConfigError(f"{node} steps", f"{steps} steps at denoise {denoise:g} with {phases} {family} phases: "
                                            f"{e.problem}") from None  # lcm_core's words, the node's input names first
-    return timesteps_to_sigmas(timesteps, schedule=DiscreteSchedule(convention="comfyui"))
+    return timesteps_to_sigmas(timesteps, schedule=schedule or DiscreteSchedule(convention="comfyui"))
 
 
 class LCMScheduler(io.ComfyNode):
@@ -119,17 +99,22 @@ class LCMScheduler(io.ComfyNode):
                                 tooltip="schedule pcm: empty for PCM's even phases (every released PCM adapter). An adapter "
                                         "trained with lcd.phase_starts: its starts, e.g. 0,15,30,41 (999, 819, 599, 299 for "
                                         "4 steps; lcm-lora inspect shows them). Ignored by lcm and tscd."),
+                io.Model.Input("model", optional=True,
+                               tooltip="Optional: the model to sample. Connect it for a zero-terminal-SNR model (zsnr in "
+                                       "ModelSamplingDiscrete, v-pred fine-tunes): its σ table differs from SD's. Other "
+                                       "models give the same sigmas with or without it."),
             ],
             outputs=[io.Sigmas.Output(display_name="SIGMAS", tooltip="Descending sigmas ending in 0, for SamplerCustom.")],
         )
 
     @classmethod
     def execute(cls, steps=4, original_steps=50, denoise=1.0, schedule="lcm", phases=DEFAULT_PHASES,
-                phase_starts="") -> io.NodeOutput:
+                phase_starts="", model=None) -> io.NodeOutput:
+        table = bridge.model_schedule(model)  # the model's σ table (zero terminal SNR), else SD's
         if schedule == "lcm":
-            return io.NodeOutput(scheduler_sigmas(steps, original_steps, denoise))
+            return io.NodeOutput(scheduler_sigmas(steps, original_steps, denoise, schedule=table))
         starts = read_phase_starts(phase_starts, phases) if schedule == "pcm" else None
-        return io.NodeOutput(phased_sigmas(schedule, phases, steps, denoise, starts=starts))
+        return io.NodeOutput(phased_sigmas(schedule, phases, steps, denoise, starts=starts, schedule=table))
 
 
 def read_phase_starts(text, phases: int, node: str = "LCM Scheduler") -> list[int] | None:

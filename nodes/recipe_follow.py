@@ -58,7 +58,8 @@ def resolve(metadata: Mapping[str, str] | None, choice: str = "auto",
     return recipe_for_objective(choice), f"chosen ({choice})"
 
 
-def recipe_sigmas(recipe: SamplingRecipe | None, steps: int, denoise: float = 1.0, node: str = "LCM KSampler"):
+def recipe_sigmas(recipe: SamplingRecipe | None, steps: int, denoise: float = 1.0, node: str = "LCM KSampler",
+                  schedule=None):
     """SIGMAS on the phase edges a pcm / tscd recipe samples on (``recipe_timesteps``, mapped with
     ComfyUI's own schedule table as the LCM Scheduler does); ``None`` for lcm / tcd / no recipe.
     denoise 0 gives an empty SIGMAS (nothing to sample, as ComfyUI's BasicScheduler)."""
@@ -67,7 +68,7 @@ def recipe_sigmas(recipe: SamplingRecipe | None, steps: int, denoise: float = 1.
     from .lcm_scheduler import phased_sigmas
 
     return phased_sigmas(recipe.objective, recipe.phases or DEFAULT_PHASES, steps, denoise, node=node,
-                         starts=recipe.phase_starts)
+                         starts=recipe.phase_starts, schedule=schedule)
 
 
 def attach(model, recipe: SamplingRecipe):

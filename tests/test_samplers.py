@@ -211,6 +211,18 @@ def test_tcd_clean_final_returns_denoised():
     assert torch.allclose(final, AC[0].sqrt() * clean + (1 - AC[0]).sqrt() * eps_hat, atol=1e-5)
 
 
+def test_tcd_after_the_final_zero_sigma_stays_clean():
+    """Sigmas ending in several zeros (hand-made, or two schedules concatenated): a step from σ = 0 used to divide by
+    it (all NaN); it returns the model's denoised, as ComfyUI's sample_lcm does."""
+    sigmas = timesteps_to_sigmas(tcd_timesteps(2), SCHED)
+    x = _initial((1, 4, 8, 8), sigmas[0], 1.0)
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    twice = torch.cat([sigmas, sigmas.new_zeros(2)])
+    for gamma in (0.0, 0.3, 1.0):
+        out = sample_tcd(_const_model(x0), x, twice, extra_args={"seed": 1}, disable=True, gamma=gamma)
+        assert torch.isfinite(out).all() and torch.equal(out, x0)
+
+
 @pytest.mark.parametrize("kwargs", [dict(gamma=1.5), dict(gamma=-0.1), dict(eta=2.0), dict(eta=float("nan"))])
 def test_tcd_rejects_bad_options(kwargs):
     with pytest.raises(ConfigError, match="sample_tcd"):

@@ -113,3 +113,28 @@ def test_bad_arguments_raise_config_error(kwargs):
         DiscreteSchedule(**kwargs)
     with pytest.raises(ConfigError, match="original_inference_steps"):
         DiscreteSchedule().distilled(0)
+
+
+def test_zero_terminal_snr_matches_diffusers_rescale():
+    """Lin et al. 2024 Algorithm 1 (diffusers' ``rescale_zero_terminal_snr`` on the betas): the same σ at every
+    timestep but the last, where diffusers' ᾱ is 0 (σ = ∞) and ComfyUI's (ours) is 4.8973e-08 (σ ≈ 4519)."""
+    import pytest
+    import torch
+    from diffusers.schedulers.scheduling_lcm import rescale_zero_terminal_snr
+
+    from lcm_lora.lcm_core.errors import ConfigError
+    from lcm_lora.lcm_core.schedule import DiscreteSchedule
+
+    ours = DiscreteSchedule(convention="comfyui", zero_terminal_snr=True)
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - rescale_zero_terminal_snr(betas), 0)
+    assert float(abar[-1]) == 0.0
+    ref = ((1 - abar[:-1]) / abar[:-1]).sqrt()
+    torch.testing.assert_close(ours.sigmas[:-1].double(), ref, rtol=1e-5, atol=0)
+    assert float(ours.sigma_max) == pytest.approx(((1 - 4.8973451890853435e-08) / 4.8973451890853435e-08) ** 0.5, rel=1e-6)
+    torch.testing.assert_close(ours.alphas_cumprod.double(), 1 / (ours.sigmas.double() ** 2 + 1), rtol=1e-5, atol=0)
+    assert torch.equal(ours.timestep_to_sigma(torch.tensor(999.0)), ours.sigma_max)
+    plain = DiscreteSchedule(convention="comfyui")
+    assert float(plain.sigma_max) < 15 and not plain.zero_terminal_snr
+    with pytest.raises(ConfigError, match="zero_terminal_snr needs convention 'comfyui'"):
+        DiscreteSchedule(zero_terminal_snr=True)

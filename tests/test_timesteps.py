@@ -146,3 +146,24 @@ def test_random_arguments_match_diffusers():
         assert _ours(tcd_timesteps, **kwargs) == _ref(diffusers.TCDScheduler, **kwargs), kwargs
 
     check()
+
+
+@pytest.mark.parametrize("original", [50, 100])
+def test_the_suggested_denoise_is_the_smallest_that_fits(original):
+    """When steps do not fit original_steps × denoise, the LCM Scheduler suggests a denoise: it must be accepted by
+    diffusers' LCMScheduler (strength) and be the smallest on the 0.01 grid (29 of 50 used to get 0.58, which
+    gives int(50 × 0.58) = 28 timesteps)."""
+    import re
+
+    from lcm_lora.lcm_core.timesteps import check_lcm_inputs
+
+    for steps in range(2, original + 1):
+        with pytest.raises(ConfigError) as refused:
+            check_lcm_inputs(steps, original, 0.01)
+        need = float(re.search(r"raise denoise to at least ([0-9.]+)", str(refused.value)).group(1))
+        check_lcm_inputs(steps, original, need)
+        ref = diffusers.LCMScheduler(original_inference_steps=original)
+        ref.set_timesteps(steps, strength=need)
+        assert len(ref.timesteps) == steps
+        with pytest.raises(ConfigError):
+            check_lcm_inputs(steps, original, round(need - 0.01, 2))
