@@ -20,6 +20,11 @@ Writes DIR/report.md, report.html, results.json, image grids and plots. Models a
 (--cache-dir), so a second run only evaluates."""
 
 
+# the top-level modules of the demo extra and what it pulls in (pyproject.toml: demo = train + these)
+DEMO_EXTRA_MODULES = {"sklearn", "matplotlib", "PIL", "threadpoolctl", "diffusers", "transformers", "peft",
+                      "accelerate", "scipy", "safetensors", "yaml", "tqdm", "numpy"}
+
+
 def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``demo`` sub-command to an ``argparse`` sub-parser collection."""
     p = subparsers.add_parser("demo", help="end-to-end CPU demo: teacher → LCM-LoRA → steps-vs-quality report",
@@ -36,7 +41,9 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
                    help="torch CPU threads, split between the two processes of --jobs 2 (default: one per process "
                         "with --jobs 2; with --jobs 1, 1 while training the small UNet and one per core while evaluating; "
                         "idle threads sleep, see BENCHMARKS.md 'CPU threads')")
-    p.add_argument("--seed", type=int, default=None, help="sampling / training seed (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the adapters' training and of every sample plan (default 0); the teacher, the style "
+                        "LoRA and the fine-tune keep theirs")
     p.add_argument("--jobs", type=int, default=None, choices=(1, 2), metavar="N",
                    help="processes: 2 runs independent stages side by side, one torch thread each (default with 2+ "
                         "cores), 1 runs everything in this process; the results are the same")
@@ -64,9 +71,11 @@ def run_demo(args) -> int:
             apply_thread_default(args.threads)
         except ValueError as e:
             raise LcmLoraError("--threads", str(e)) from None
-        if getattr(args, "export", None):
+        if getattr(args, "export", None) is not None:
             from .export_assets import export_tiny_assets
 
+            if not args.export.strip():
+                raise LcmLoraError("--export", "give the folder to write teacher/ and data/ into")
             paths = export_tiny_assets(args.export, force=getattr(args, "force", False))
             print(f"wrote {paths['teacher']} and {paths['data']}\n"
                   f"next: lcm-lora train --config configs/tiny_cpu.yaml teacher={paths['teacher']} data={paths['data']}")
@@ -80,6 +89,12 @@ def run_demo(args) -> int:
                 raise LcmLoraError("--samples", f"need at least 20 images per configuration for FD, got {args.samples}")
             changes["n_samples"] = args.samples
         if args.seed is not None:
+            from .goal_d import REFERENCE_SEED_OFFSET  # the largest offset of a sample plan's seed
+
+            top = 2 ** 64 - 1 - REFERENCE_SEED_OFFSET  # torch generators take seeds up to 2**64 - 1
+            if not 0 <= args.seed <= top:
+                raise LcmLoraError("--seed", f"must be between 0 and {top} (the demo's sample plans use the seed + "
+                                             f"up to {REFERENCE_SEED_OFFSET}), got {args.seed}")
             changes["seed"] = args.seed
         if changes:
             cfg = dataclasses.replace(cfg, **changes)
@@ -92,7 +107,13 @@ def run_demo(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ImportError as e:
+        if (e.name or "").split(".")[0] not in DEMO_EXTRA_MODULES:
+            raise  # not a missing package: a bug, whose traceback is what a report needs
         print(f"error: the demo needs the 'demo' extra (pip install 'comfyui-lcm-lora[demo]'): {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path of --out / --cache-dir / --export that is a file, unwritable, …
+        where = e.filename if e.filename is not None else "demo"
+        print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
         return 2
     if not args.quiet:
         print(f"report: {args.out}/report.md")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -129,7 +130,8 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="only compare; exit 1 if a block differs")
     p.add_argument("--append", action="store_true", help="append a block to files that have none")
     a = p.parse_args(argv)
-    src = Path(a.results).as_posix()
+    root = Path(__file__).resolve().parents[1]  # markers hold repository-relative paths, whatever the current folder
+    src = Path(os.path.relpath(Path(a.results).resolve(), root)).as_posix()
     results = json.loads(Path(a.results).read_text(encoding="utf-8"))
     bad = 0
     for f in map(Path, a.files):
@@ -138,11 +140,10 @@ def main(argv=None) -> int:
             if not a.append:
                 print(f"error: {f}: no demo-results block (use --append to add one)", file=sys.stderr)
                 return 2
-            text = text.rstrip("\n") + "\n\n" + render_results_block(results, src) + "\n"
-            new = text
+            new = text.rstrip("\n") + "\n\n" + render_results_block(results, src) + "\n"
         else:
-            new = update_text(text, lambda s: results if s == src else json.loads(Path(s).read_text(encoding="utf-8")))
-        if new != text or a.append:
+            new = update_text(text, lambda s: results if s == src else json.loads((root / s).read_text(encoding="utf-8")))
+        if new != text:
             if a.check:
                 print(f"{f}: demo-results block differs from {src}", file=sys.stderr)
                 bad = 1

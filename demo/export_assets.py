@@ -28,16 +28,19 @@ def export_tiny_assets(out_dir: str | os.PathLike, force: bool = False) -> dict[
         raise OutputExistsError(out, "is a file, not a folder: give --export a folder")
     teacher, data = out / "teacher", out / "data"
     for path in (teacher, data):
+        if path.is_symlink() or (path.exists() and not path.is_dir()):  # --force replaces folders an export wrote
+            raise OutputExistsError(path, "is a file or a link, not a folder an export wrote: remove or rename it")
         if path.exists() and not force:
             raise OutputExistsError(path, "already exists; pass --force to replace it")
     out.mkdir(parents=True, exist_ok=True)
-    materialize_teacher(teacher, DEFAULT_ASSET, overwrite=force)
     staging = out / ".export-data.tmp"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
     try:
+        # both are built before either target is touched: a failure leaves the folder as it was
         folder = export_training_data(staging, PRESETS["full"])  # the demo's own data export (atomic)
+        materialize_teacher(teacher, DEFAULT_ASSET, overwrite=force)
         if data.exists():
             shutil.rmtree(data)
         os.replace(folder, data)

@@ -55,11 +55,13 @@ def _timed_in_worker(fn, args, kwargs):
         return _timed(fn, args, kwargs)
     except LcmLoraError as e:
         return _WorkerError(e.source, e.problem)
+    except KeyboardInterrupt:  # a Ctrl-C reached the worker too (one process group): the caller stops as well
+        return _WorkerError(None, None, interrupted=True)
 
 
 class _WorkerError:
-    def __init__(self, source, problem):
-        self.source, self.problem = source, problem
+    def __init__(self, source, problem, interrupted: bool = False):
+        self.source, self.problem, self.interrupted = source, problem, interrupted
 
 
 class _Inline:
@@ -97,16 +99,31 @@ class SideProcess:
             return _Inline(fn, args, kwargs)
         return _Future(self._pool.submit(_timed_in_worker, fn, args, kwargs))
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, abort: bool = False) -> None:
+        """Wait for the running job, or with ``abort`` (an error or Ctrl-C in this process) stop the worker now:
+        a side job of minutes (a distillation, the fine-tune) would otherwise run on to its end."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if not abort:
+            pool.shutdown(wait=True, cancel_futures=True)
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor has no public handle
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        self.close(abort=exc_type is not None)
 
 
 class _Future:
@@ -116,6 +133,8 @@ class _Future:
     def result(self):
         out = self._fut.result()
         if isinstance(out, _WorkerError):
+            if out.interrupted:
+                raise KeyboardInterrupt
             from ..lcm_core.errors import LcmLoraError
 
             raise LcmLoraError(out.source, out.problem)

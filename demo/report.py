@@ -89,11 +89,12 @@ class Doc:
 
 
 def _inline(text: str) -> str:
-    """Escape, then render `code` and **bold** spans."""
+    """Escape, then render `code`, **bold** and [links](target) (the Markdown report's relative links)."""
     import re
 
     t = html.escape(text)
     t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    t = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', t)
     return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
 
 

@@ -200,6 +200,8 @@ def distil_adapter(cache_dir: Path, cfg: DemoConfig, teacher_folder: Path, data_
         t0 = time.perf_counter()
         res = train(config_file, work, overrides=overrides + [f"output.name={filename}"], progress=progress)
         seconds = time.perf_counter() - t0
+        if res.status == "interrupted":  # the trainer took the Ctrl-C / SIGTERM (its checkpoint is of no use here)
+            raise KeyboardInterrupt
         if res.status != "finished" or res.adapter_path is None:
             from ..lcm_core.errors import LcmLoraError
 

@@ -43,3 +43,14 @@ def test_the_block_follows_the_numbers(tmp_path):
     assert main([str(tmp_path / "r.json"), str(doc)]) == 0
     assert "12345.6" in doc.read_text() and doc.read_text().startswith("intro\n")
     assert main([str(tmp_path / "r.json"), str(doc), "--check"]) == 0
+
+
+def test_the_docs_check_runs_from_any_folder_and_append_on_a_current_file_is_no_change(tmp_path, monkeypatch):
+    """Markers hold repository-relative paths: `--check` from another folder with absolute paths reads them from the
+    repository (it raised FileNotFoundError), and `--check --append` on an up-to-date file reports no difference."""
+    from lcm_lora.demo.docs import main
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    assert main([str(root / "demo" / "results" / "full.json"), str(root / "demo" / "README.md"), "--check"]) == 0
+    assert main([str(root / "demo" / "results" / "full.json"), str(root / "demo" / "README.md"), "--check", "--append"]) == 0

@@ -32,3 +32,20 @@ def test_export_writes_teacher_and_data_and_never_overwrites(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "teacher" in err and "--force" in err and len(err.strip().splitlines()) == 1
     assert main(["demo", "--export", str(out), "--force"]) == 0
+
+
+def test_export_force_never_follows_a_link_or_replaces_a_file(tmp_path, capsys):
+    """--force replaces the folders an export wrote; a file or a symlink in their place is refused before anything
+    is written (it used to replace teacher/, then fail on data/, or fail after writing through the link)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    for name, make in (("data", lambda p: p.write_text("a file")), ("teacher", lambda p: p.symlink_to(elsewhere))):
+        out = tmp_path / f"ex_{name}"
+        out.mkdir()
+        make(out / name)
+        assert main(["demo", "--export", str(out), "--force"]) == 2
+        err = capsys.readouterr().err
+        assert f"{name}: is a file or a link" in err and len(err.strip().splitlines()) == 1
+        assert sorted(p.name for p in out.iterdir()) == [name]
+    assert (elsewhere / "keep.txt").read_text() == "mine" and sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]

@@ -89,3 +89,37 @@ def test_side_process_keeps_the_clis_quiet_setting(quiet):
         assert in_worker is quiet
     finally:
         logger.filters[:] = before
+
+
+def test_an_error_or_ctrl_c_stops_the_side_process_at_once():
+    """Leaving the SideProcess block on an exception (an error, Ctrl-C) terminates the worker and its running job:
+    a distillation or the fine-tune of minutes used to run on to its end before the demo exited."""
+    import time as _time
+
+    from lcm_lora.demo.parallel import SideProcess
+
+    t0 = _time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        with SideProcess(jobs=2) as side:
+            job = side.submit(_time.sleep, 120)
+            _time.sleep(1.0)  # the worker has started the job
+            processes = list(side._pool._processes.values())
+            raise KeyboardInterrupt
+    assert _time.perf_counter() - t0 < 60 and processes and not any(p.is_alive() for p in processes)
+    with SideProcess(jobs=2) as side:  # without an exception the running job is waited for, as before
+        job = side.submit(_time.sleep, 0.2)
+    assert job._fut.done()
+
+
+def test_an_interrupted_distillation_is_an_interruption(monkeypatch, tmp_path):
+    """The trainer takes the Ctrl-C itself (status interrupted): the demo stops as interrupted (the CLI's "error:
+    interrupted", 130), not with "LCM-LoRA distillation did not finish"."""
+    import lcm_lora.training as training
+    from lcm_lora.training.trainer import TrainResult
+
+    monkeypatch.setattr(training, "train", lambda *a, **k: TrainResult(
+        adapter_path=None, final_step=3, status="interrupted", output_dir=tmp_path, checkpoint=None, start_step=0))
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "data").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        R.distil_adapter(tmp_path / "cache", R.PRESETS["fast"], tmp_path / "teacher", tmp_path / "data", False)

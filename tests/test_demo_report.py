@@ -165,6 +165,8 @@ def test_fail_claims_are_explained_with_a_link_and_labels_are_honest(tmp_path):
     assert (tmp_path / readme).resolve() == (Path(__file__).resolve().parent.parent / "demo" / "README.md")
     assert "| TCD adapter TCD γ 0.3 | 4 | 4 | 0.996 | 31.0 | 2.0 |" in md
     assert "holds in classifier FD but not in pixel FD" in md
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")  # the HTML report links it too (it showed "](")
+    assert f'<a href="{readme}#why-a-claim-fails">demo/README.md</a>' in page and "](" not in page
 
 
 def _with_pcm(pcm_fd=(45.0, 29.5, 30.0, 31.0), se=2.0, pcm_acc=1.0, merged=(0.86, 1.0)):

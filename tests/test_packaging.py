@@ -66,6 +66,7 @@ def test_wheel_carries_package_data_and_console_script(wheel):
     assert any(n.startswith("lcm_lora/web/") and n.endswith(".js") for n in names)
     assert any(n.startswith("lcm_lora/web/docs/") and n.endswith(".md") for n in names)
     assert any(n.startswith("lcm_lora/example_workflows/") and n.endswith(".json") for n in names)
+    assert "lcm_lora/demo/README.md" in names  # the demo report's "Why" links point into it
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = wheel.read(entry_points).decode()
     assert re.search(r"^lcm-lora\s*=\s*lcm_lora\.cli\.main:main$", text, re.M), text

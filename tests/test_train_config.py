@@ -145,3 +145,20 @@ def test_printed_schema_is_a_valid_config_with_the_defaults():
     from lcm_lora.training.config_schema import schema_text
 
     assert load_config(yaml.safe_load(schema_text())).to_dict() == TrainConfig().to_dict()
+
+
+def test_a_shipped_config_is_found_from_any_folder(tmp_path, monkeypatch):
+    """`--config configs/tiny_cpu.yaml` (README, the demo's "next:" line) works outside a checkout's root and from a
+    pip install: a name that is no file here but a config the package ships is that config; a file here wins."""
+    from lcm_lora.training.config import SHIPPED_CONFIGS, config_path, load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert config_path("configs/tiny_cpu.yaml") == SHIPPED_CONFIGS / "tiny_cpu.yaml"
+    assert config_path("tiny_cpu.yaml") == SHIPPED_CONFIGS / "tiny_cpu.yaml"
+    assert load_config("configs/tiny_cpu.yaml").train.max_steps == load_config(SHIPPED_CONFIGS / "tiny_cpu.yaml").train.max_steps
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny_cpu.yaml").write_text("train:\n  max_steps: 7\n")
+    assert load_config("configs/tiny_cpu.yaml").train.max_steps == 7  # the user's own file wins
+    assert config_path("other/tiny_cpu.yaml") == Path("other/tiny_cpu.yaml")  # only configs/NAME or NAME
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config("configs/nope.yaml")

@@ -126,6 +126,20 @@ def parse_override(text: str) -> tuple[str, Any]:
     return dotted, value
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_path(source: str | os.PathLike) -> Path:
+    """``source``; or, when no such file exists and it names a config this package ships (``configs/NAME`` or
+    ``NAME``), the shipped one: the README's and the demo's ``--config configs/tiny_cpu.yaml`` then works from any
+    folder and from a pip install, not only from a checkout's root."""
+    path = Path(source)
+    if path.is_file() or path.is_absolute() or path.parent not in (Path("."), Path("configs")):
+        return path
+    shipped = SHIPPED_CONFIGS / path.name
+    return shipped if shipped.is_file() else path
+
+
 def load_config(
     source: "TrainConfig | Mapping | str | os.PathLike",
     overrides: Iterable[str] = (),
@@ -137,7 +151,7 @@ def load_config(
         cfg = TrainConfig(source="<dict>")
         _apply_mapping(cfg, source, "<dict>", None)
     else:
-        path = Path(source)
+        path = config_path(source)
         cfg = TrainConfig(source=os.fspath(path))
         _apply_mapping(cfg, read_config_file(path), os.fspath(path), path.resolve().parent)
     for text in overrides:

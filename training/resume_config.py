@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..lcm_core.errors import ConfigError
-from .config import TrainConfig, load_config, parse_override
+from .config import TrainConfig, config_path, load_config, parse_override
 from .config_rules import validate_config
 from .config_values import set_value
 
@@ -41,7 +41,7 @@ def source_record(config) -> dict | None:
     """What the config file alone gave (recorded at the start of a run); None for in-memory configs."""
     if isinstance(config, (TrainConfig, Mapping)) or config is None:
         return None
-    return {"file": os.fspath(Path(config).resolve()), "values": flat_values(load_config(config))}
+    return {"file": os.fspath(config_path(config).resolve()), "values": flat_values(load_config(config))}
 
 
 def record_for_run(config, output_dir, resume) -> dict | None:
