@@ -17,14 +17,10 @@ from tiny_training import tiny_teacher_and_data
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    teacher, data = tiny_teacher_and_data(tmp_path, n=8, size=16)
-    out = tmp_path / "run"
-    common = [sys.executable, "-m", "lcm_lora.training", "--config", str(TINY), "--output", str(out), "--no-progress",
-              f"teacher={teacher}", f"data={data}", "batch_size=2", "lora.rank=4", "validation.every=0", "checkpoint.every=0"]
-    args = common + ["max_steps=100000"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+def _signal_after_two_steps(args, env, out, send):
+    """Start the trainer (its own process group), ``send(proc)`` once it logged two steps; (proc, stderr)."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                            start_new_session=True)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
@@ -32,11 +28,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        proc.send_signal(signal.SIGTERM)
+        send(proc)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc, err
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    teacher, data = tiny_teacher_and_data(tmp_path, n=8, size=16)
+    out = tmp_path / "run"
+    common = [sys.executable, "-m", "lcm_lora.training", "--config", str(TINY), "--output", str(out), "--no-progress",
+              f"teacher={teacher}", f"data={data}", "batch_size=2", "lora.rank=4", "validation.every=0", "checkpoint.every=0"]
+    args = common + ["max_steps=100000"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc, err = _signal_after_two_steps(args, env, out, lambda p: p.send_signal(signal.SIGTERM))
     assert proc.returncode == 130, err[-3000:]
     events = read_events(out)
     end = events[-1]
@@ -65,21 +72,9 @@ def test_nproc_exit_codes_are_those_of_one_process(tmp_path):
     """`--nproc 2` returns what one process would: 130 after a Ctrl-C to the terminal's process group (every
     process checkpoints first; it used to return 0), 3 when the run diverges (it used to return 2)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(_nproc_command(tmp_path / "int", "max_steps=100000"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, text=True, start_new_session=True)
     out = tmp_path / "int" / "run"
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if sum(e["event"] == "step" for e in read_events(out)) >= 2:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc, err = _signal_after_two_steps(_nproc_command(tmp_path / "int", "max_steps=100000"), env, out,
+                                        lambda p: os.killpg(p.pid, signal.SIGINT))  # Ctrl-C: the whole process group
     assert proc.returncode == 130, err[-3000:]
     assert read_events(out)[-1]["status"] == "interrupted" and ckpt.list_checkpoints(out)
     diverged = subprocess.run(_nproc_command(tmp_path / "nan", "max_steps=20", "optim.learning_rate=1e30"),
