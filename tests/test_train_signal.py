@@ -80,3 +80,29 @@ def test_nproc_exit_codes_are_those_of_one_process(tmp_path):
     diverged = subprocess.run(_nproc_command(tmp_path / "nan", "max_steps=20", "optim.learning_rate=1e30"),
                               capture_output=True, text=True, env=env, timeout=300)
     assert diverged.returncode == 3, diverged.stderr[-3000:]
+
+
+def test_a_crash_in_one_of_nproc_processes_shows_its_traceback(monkeypatch, capsys):
+    """torch's spawn wrapper keeps a child's traceback in a file and turns KeyboardInterrupt into exit 0: each
+    process prints its own traceback and exits 1 on a crash, 130 on a second Ctrl-C."""
+    import pytest
+
+    from lcm_lora.training import cli
+
+    def crash(*a, **k):
+        raise RuntimeError("a bug in the trainer")
+
+    monkeypatch.setattr(cli, "_run_one", crash)
+    with pytest.raises(SystemExit) as stopped:
+        cli._spawned("c.yaml", "out", None, [], False)
+    assert stopped.value.code == 1 and "RuntimeError: a bug in the trainer" in capsys.readouterr().err
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run_one", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        cli._spawned("c.yaml", "out", None, [], False)
+    assert stopped.value.code == 130
+    assert cli._combined_exit([0, 130]) == 130 and cli._combined_exit([3, 130]) == 3 and cli._combined_exit([0, 0]) == 0
+    assert cli._combined_exit([1, 130]) == 2 and "exit codes 1, 130" in capsys.readouterr().err

@@ -92,7 +92,17 @@ def _run_one(config, output, resume, overrides, progress) -> int:
 
 
 def _spawned(config, output, resume, overrides, progress) -> None:
-    code = _run_one(config, output, resume, overrides, progress and int(os.environ.get("RANK", "0")) == 0)
+    """One process of ``--nproc N``. Its exit code is what one process would return; torch's spawn wrapper would
+    turn a KeyboardInterrupt into 0 and keep a crash's traceback in a file, so both are handled here."""
+    try:
+        code = _run_one(config, output, resume, overrides, progress and int(os.environ.get("RANK", "0")) == 0)
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped without waiting for the checkpoint
+        code = EXIT_INTERRUPTED
+    except Exception:  # noqa: BLE001 — a bug: its traceback, where the user sees it
+        import traceback
+
+        traceback.print_exc()
+        code = 1
     if code != EXIT_OK:
         raise SystemExit(code)  # the parent combines the processes' codes (_combined_exit)
 
