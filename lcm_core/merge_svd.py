@@ -65,7 +65,7 @@ def _qr_core(U: torch.Tensor, D: torch.Tensor):
 def _rounding_bound(U: torch.Tensor, D: torch.Tensor, core: torch.Tensor) -> float:
     """Relative rounding of the QRs in U's dtype: eps · ‖U‖_F‖D‖_F / ‖U D‖_F (‖U D‖_F = ‖core‖_F)."""
     norm = float(torch.linalg.matrix_norm(core))
-    scale = float(torch.linalg.matrix_norm(U.to(torch.float64))) * float(torch.linalg.matrix_norm(D.to(torch.float64)))
+    scale = float(torch.linalg.vector_norm(U)) * float(torch.linalg.vector_norm(D))  # a bound: U's dtype is enough
     return math.inf if norm == 0.0 and scale > 0.0 else (0.0 if norm == 0.0 else torch.finfo(U.dtype).eps * scale / norm)
 
 
