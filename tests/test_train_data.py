@@ -385,3 +385,68 @@ def test_metadata_file_names_must_stay_inside_the_data_folder(tmp_path):
             scan_image_folder(_data_cfg(d))
     (d / "metadata.jsonl").write_text(json.dumps({"file_name": "sub/./../sub/img_0000.png", "text": "x"}) + "\n")
     assert [r.captions for r in scan_image_folder(_data_cfg(d))] == [["x"]]
+
+
+def test_bucket_list_is_symmetric_and_small_resolutions_keep_their_budget():
+    """Every wide bucket has its tall transpose (kohya's make_bucket_resolutions adds both: a 1:2 image lost 12.5 %
+    of its height to a 768×1344 bucket while 2:1 got 1408×704); a resolution below the step is its own square
+    (it became step × step: 4× the pixel budget at 32 / 64)."""
+    for resolution, step in ((1024, 64), (768, 64), (1024, 32), (512, 64)):
+        buckets = set(make_buckets(resolution, step, 2.0))
+        assert all((h, w) in buckets for w, h in buckets), (resolution, step)
+        assert all(w * h <= resolution ** 2 and w % step == 0 and h % step == 0 for w, h in buckets)
+    assert nearest_bucket(704, 1408, make_buckets(1024, 64, 2.0)) == (704, 1408)
+    assert make_buckets(32, 64) == [(32, 32)]
+
+
+def test_square_preprocessing_is_torchvisions_resize_and_center_crop(tmp_path):
+    """Without buckets an image is what the reference scripts' torchvision Resize(res) + CenterCrop(res) make of it,
+    run here in ComfyUI's venv (torchvision is not a dependency of the project): the same pixels and the same SDXL
+    crop offsets (the long side was rounded, not truncated, and the offset floored: 1000×1006 had crop_top 1, not 2)."""
+    import os
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    from lcm_lora.training.data import Record, load_image
+
+    python = os.environ.get("COMFYUI_PYTHON")
+    if not python:
+        pytest.skip("COMFYUI_PYTHON not set: torchvision (the reference preprocessing) is not installed here; "
+                    "square preprocessing NOT compared")
+    rng = np.random.default_rng(0)
+    sizes = [(1000, 1006), (1000, 1003), (1000, 1501), (640, 480), (700, 515), (512, 512), (513, 700)]
+    for w, h in sizes:
+        smooth = np.kron(rng.integers(0, 256, (h // 10 + 1, w // 10 + 1, 3)), np.ones((10, 10, 1)))[:h, :w]
+        Image.fromarray(smooth.astype(np.uint8)).save(tmp_path / f"{w}x{h}.png")
+    script = (
+        "import json, sys, numpy as np\nfrom PIL import Image\nfrom torchvision import transforms\n"
+        "R = 512\nout = {}\n"
+        "for name in sys.argv[1:]:\n"
+        "    image = Image.open(name).convert('RGB')\n"
+        "    resized = transforms.Resize(R, interpolation=transforms.InterpolationMode.BILINEAR)(image)\n"
+        "    top, left = int(round((resized.height - R) / 2.0)), int(round((resized.width - R) / 2.0))\n"
+        "    np.save(name + '.ref.npy', np.asarray(transforms.CenterCrop(R)(resized)))\n"
+        "    out[name] = [top, left]\n"
+        "print(json.dumps(out))\n")
+    names = [str(tmp_path / f"{w}x{h}.png") for w, h in sizes]
+    done = subprocess.run([python, "-c", script, *names], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = json.loads(done.stdout.strip().splitlines()[-1])
+    for (w, h), name in zip(sizes, names):
+        tensor, time_ids = load_image(Record(captions=["x"], width=w, height=h, image=name), (512, 512), 3, "center",
+                                      False, random.Random(0))
+        assert list(time_ids[2:4]) == reference[name], (name, time_ids)
+        ours = ((tensor.permute(1, 2, 0) + 1.0) * 127.5).round().numpy()
+        assert np.abs(ours - np.load(name + ".ref.npy").astype(np.float64)).max() <= 1, name
+
+
+def test_a_prediction_type_override_reaches_the_folder_teachers_scheduler(tmp_path):
+    """The DDIM solver and prompts-only sampling read the scheduler's config: an override (for a folder whose
+    scheduler config is wrong) must be in it, as the single-file loader does."""
+    from lcm_lora.training.teacher import load_teacher
+
+    folder = build_tiny_teacher(tmp_path / "t", block_out_channels=(16, 32))
+    teacher = load_teacher(load_config({"teacher": {"path": str(folder), "prediction_type": "v_prediction"}}).teacher)
+    assert teacher.prediction_type == teacher.noise_scheduler.config.prediction_type == "v_prediction"

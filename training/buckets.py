@@ -13,14 +13,19 @@ import random
 
 
 def make_buckets(resolution: int, step: int = 64, max_aspect: float = 2.0) -> list[tuple[int, int]]:
-    """Sorted list of (width, height) buckets, always including the square one."""
+    """Sorted list of (width, height) buckets, always including the square one; every wide bucket has its tall
+    transpose (kohya's ``make_bucket_resolutions`` adds both). A resolution below ``step`` gets only its square
+    (a ``step``-sized one would break the resolution² budget)."""
+    if resolution < step:
+        return [(resolution, resolution)]
     max_area = resolution * resolution
-    buckets = {(resolution - resolution % step or step, resolution - resolution % step or step)}
+    side = resolution - resolution % step
+    buckets = {(side, side)}
     width = step
     while width <= resolution * max_aspect:
         height = (max_area // width) // step * step
         if height >= step and max(width / height, height / width) <= max_aspect + 1e-9:
-            buckets.add((width, height))
+            buckets.update({(width, height), (height, width)})
         width += step
     return sorted(buckets)
 
@@ -34,13 +39,24 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> t
 def resize_and_crop_box(
     width: int, height: int, bucket: tuple[int, int], crop: str = "center", rng: random.Random | None = None
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Return ``((resized_w, resized_h), (left, top))``: scale to cover the bucket, then crop it out."""
+    """Return ``((resized_w, resized_h), (left, top))``: scale to cover the bucket, then crop it out.
+
+    A square bucket is torchvision's ``Resize(side)`` + ``CenterCrop(side)`` / ``RandomCrop`` exactly, as the
+    reference scripts preprocess: the short side becomes ``side``, the long one ``int(side · long / short)``
+    (truncated), the centre offset ``int(round(excess / 2))``. Other buckets scale to cover (rounded) and centre
+    with the same offset rule."""
     bw, bh = bucket
-    scale = max(bw / width, bh / height)
-    rw, rh = max(bw, round(width * scale)), max(bh, round(height * scale))
+    if bw == bh:
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(bw * long / short)
+        rw, rh = (bw, new_long) if width <= height else (new_long, bw)
+    else:
+        scale = max(bw / width, bh / height)
+        rw, rh = round(width * scale), round(height * scale)
+    rw, rh = max(bw, rw), max(bh, rh)
     if crop == "random":
         rng = rng or random.Random(0)
         left, top = rng.randint(0, rw - bw), rng.randint(0, rh - bh)
     else:
-        left, top = (rw - bw) // 2, (rh - bh) // 2
+        left, top = int(round((rw - bw) / 2.0)), int(round((rh - bh) / 2.0))
     return (rw, rh), (left, top)

@@ -24,6 +24,10 @@ import torch
 from ..lcm_core.atomic_write import atomic_file
 
 
+PREPROCESSING = "torchvision-resize"  # how an image becomes the bucket's pixels (buckets.resize_and_crop_box); a change
+# of that rule changes this, so latents cached with the old one are not reused
+
+
 def _digest(*parts) -> str:
     return hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8")).hexdigest()[:24]
 
@@ -64,7 +68,7 @@ class LatentCache:
     def path(self, image: str, bucket, crop: str) -> Path:
         st = os.stat(image)
         # st_mtime_ns: an edit that keeps the size within the same second is a new entry too
-        return self.folder / f"{_digest(os.path.abspath(image), st.st_size, st.st_mtime_ns, bucket, crop, self.teacher_identity)}.safetensors"
+        return self.folder / f"{_digest(os.path.abspath(image), st.st_size, st.st_mtime_ns, bucket, crop, PREPROCESSING, self.teacher_identity)}.safetensors"
 
     def missing(self, items: Iterable[tuple[int, str, tuple]], crop: str) -> list[int]:
         return [i for i, image, bucket in items if not readable(self.path(image, bucket, crop))]

@@ -111,6 +111,7 @@ def load_teacher_folder(folder: Path, arch: str = "auto", prediction_type: str =
         raise TeacherError(folder, f"missing 'vae/': a {found} teacher works in the VAE's latent space (without it the "
                                    "run would train on raw pixels)")
     pred = scheduler.config.prediction_type if prediction_type == "auto" else prediction_type
+    scheduler.register_to_config(prediction_type=pred)  # the solver and prompts-only sampling read the scheduler's
     image_channels = 3 if vae is not None else int(unet.config.in_channels)
     scaling = float(vae.config.scaling_factor) if vae is not None else 1.0
     return Teacher(
