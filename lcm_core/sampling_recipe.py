@@ -38,6 +38,8 @@ OBJECTIVES = ("lcm", "tcd", "pcm", "tscd")
 PHASED = ("pcm", "tscd")  # objectives whose map ends at a phase edge (``lcm_core.phased_timesteps``)
 SAMPLERS = ("lcm", "tcd")
 DEFAULT_PHASES = 4
+# the most phases a phased adapter can be sampled with: PCM's split the 50-point DDIM grid, TSCD's the 1000 timesteps
+MAX_PHASES = {"pcm": 50, "tscd": 1000}
 MODEL_SAMPLINGS = ("lcm", "eps")
 
 KEY_OBJECTIVE = "lcm_lora.objective"
@@ -115,7 +117,7 @@ def _w_range(text: str) -> tuple[float, float]:
 def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
     """The recipe stored in ``metadata``, or ``None`` when the adapter carries none. Metadata is advisory, never a
     reason to refuse an adapter: each unreadable or unusable value falls back to the objective's default (a step
-    or phase count outside [1, 1000], a cfg that is not finite and ≥ 0, a γ outside [0, 1] — the samplers refuse
+    or phase count outside [1, 1000] (PCM phases: [1, 50]), a cfg that is not finite and ≥ 0, a γ outside [0, 1] — the samplers refuse
     any other —, an unknown sampler or model sampling, phase starts that are not one per phase). A phased
     adapter's sampler is TCD's whatever the metadata names: its map jumps between phase edges."""
     if not metadata or metadata.get(KEY_OBJECTIVE) not in OBJECTIVES:
@@ -123,7 +125,7 @@ def read_recipe(metadata: Mapping[str, str] | None) -> SamplingRecipe | None:
     objective = metadata[KEY_OBJECTIVE]
     base = recipe_for_objective(objective)
     if objective in PHASED:
-        phases = _metadata_value(metadata, KEY_PHASES, int, base.phases, lambda v: 1 <= v <= 1000)
+        phases = _metadata_value(metadata, KEY_PHASES, int, base.phases, lambda v: 1 <= v <= MAX_PHASES[objective])
         starts = None
         if objective == "pcm" and metadata.get(KEY_PHASE_STARTS):
             try:

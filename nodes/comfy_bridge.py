@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
+import sys
 import threading
 from collections import OrderedDict
 
@@ -98,6 +100,8 @@ def cache_bytes_from_env(default: int = DEFAULT_CACHE_BYTES) -> int:
         logging.warning("[LCM-LoRA] %s=%r is not a number of megabytes >= 0; using the default %d MB",
                         CACHE_ENV, raw, default // 1_000_000)
         return default
+    if not math.isfinite(mb) or mb * 1_000_000 > sys.maxsize:  # "inf" (or 1e400): no bound
+        return sys.maxsize
     return int(mb * 1_000_000)
 
 

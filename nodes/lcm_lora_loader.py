@@ -13,6 +13,8 @@ without that metadata, e.g. a released PCM / Hyper-SD LoRA).
 """
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
 from ..lcm_core.errors import ConfigError
@@ -97,6 +99,12 @@ class LCMLoraLoader(io.ComfyNode):
             new_model = bridge.patch_lcm_sampling(new_model)
         new_model = recipe_follow.attach(new_model, recipe)
         text = f"{lora_name}: {bridge.describe(adapter)}\n{recipe_follow.describe(recipe, source)}"
+        text_encoder = sum(not key.startswith("unet.") for key in adapter.modules)
+        if text_encoder and clip is None and strength_clip != 0:  # LoraLoaderModelOnly logs each such key
+            note = (f"{text_encoder} text-encoder module(s) not applied: the clip input is not connected "
+                    "(connect it, or set strength_clip 0 to silence this)")
+            logging.warning("[LCM-LoRA] %s: %s", lora_name, note)
+            text += f"\nnote: {note}"
         return io.NodeOutput(new_model, new_clip, adapter, ui={"text": [text]})
 
 

@@ -2,6 +2,7 @@
 without it (the released LCM-LoRAs) read as None."""
 import pytest
 
+from lcm_lora.lcm_core.errors import ConfigError
 from lcm_lora.lcm_core.sampling_recipe import SamplingRecipe, read_recipe, recipe_for_objective
 
 
@@ -81,3 +82,18 @@ def test_a_phased_adapter_is_sampled_by_tcd_whatever_its_metadata_names(objectiv
     assert read_recipe(md).sampler == "tcd"
     md = {**recipe_for_objective("tcd").to_metadata(), "lcm_lora.recommended_sampler": "lcm"}
     assert read_recipe(md).sampler == "lcm"  # not phased: the recorded sampler
+
+
+@pytest.mark.parametrize("objective, top", [("pcm", 50), ("tscd", 1000)])
+def test_a_phase_count_the_samplers_cannot_use_falls_back(objective, top):
+    """PCM's phases split the 50-point DDIM grid (TSCD's the 1000 timesteps): a PCM adapter recording 51 phases
+    could not be sampled (the KSampler's auto mode failed, and the loader's phases input could not override it)."""
+    from lcm_lora.lcm_core.phased_timesteps import phased_timesteps
+
+    base = recipe_for_objective(objective).to_metadata()
+    assert read_recipe({**base, "lcm_lora.phases": str(top)}).phases == top
+    phased_timesteps(top, top, objective)  # the largest usable count samples
+    fallback = read_recipe({**base, "lcm_lora.phases": str(top + 1), "lcm_lora.recommended_steps": "4"})
+    assert fallback.phases == 4
+    with pytest.raises(ConfigError):
+        phased_timesteps(4, top + 1, objective)

@@ -66,7 +66,8 @@ function readRecipe(meta) {
   const sampler = phased ? "tcd"
     : (["lcm", "tcd"].includes(meta["lcm_lora.recommended_sampler"]) ? meta["lcm_lora.recommended_sampler"] : objective);
   let phases = phased ? integerText(meta["lcm_lora.phases"]) : null;
-  if (phased && !(phases >= 1 && phases <= 1000)) phases = DEFAULT_PHASES;
+  // PCM's phases split the 50-point DDIM grid, TSCD's the 1000 timesteps (sampling_recipe.MAX_PHASES)
+  if (phased && !(phases >= 1 && phases <= (objective === "pcm" ? 50 : 1000))) phases = DEFAULT_PHASES;
   const steps = integerText(meta["lcm_lora.recommended_steps"]);
   const defaultGamma = objective === "tcd" ? 0.3 : (phased ? 0 : null);
   // read_recipe takes float(text) and falls back to the objective's default for text that is no finite cfg >= 0,

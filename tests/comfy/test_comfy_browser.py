@@ -78,6 +78,8 @@ def _recipe_metas() -> list[dict]:
         {**pcm, "lcm_lora.phases": "8.0"}, {**pcm, "lcm_lora.phases": "8", "lcm_lora.recommended_steps": "8"},
         {**pcm, "lcm_lora.phases": "1_0"}, {**pcm, "lcm_lora.phases": "6abc"}, {**pcm, "lcm_lora.phases": "1e1"},
         {**pcm, "lcm_lora.recommended_sampler": "lcm"}, {**pcm, "lcm_lora.phase_starts": "0,15,30,41"},
+        {**pcm, "lcm_lora.phases": "51"}, {**pcm, "lcm_lora.phases": "50"},
+        {**recipe_for_objective("tscd").to_metadata(), "lcm_lora.phases": "51"},
         {"lcm_lora.objective": "lcm", "lcm_lora.recommended_cfg": "7.5", "lcm_lora.recommended_steps": "4.0"},
         {"lcm_lora.objective": "lcm", "lcm_lora.recommended_steps": "5000"},
         {"lcm_lora.objective": "tcd", "lcm_lora.recommended_steps": " 6 ", "lcm_lora.recommended_sampler": "lcm"},

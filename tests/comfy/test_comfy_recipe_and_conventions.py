@@ -153,8 +153,12 @@ def test_clip_output_without_clip_input_says_what_to_connect(comfy):
     assert "clip input" in msg and "CLIP output" in msg and "checkpoint" in msg, msg
     assert "your checkpoint does not contain" not in msg
     # connected: the text encoder part is applied; unused CLIP output: no clip input needed
-    assert comfy.run(clip_graph(connect_clip=True, use_clip_output=True)).status == "success"
-    assert comfy.run(clip_graph(connect_clip=False, use_clip_output=False)).status == "success"
+    connected = comfy.run(clip_graph(connect_clip=True, use_clip_output=True))
+    assert connected.status == "success" and "not applied" not in connected.outputs["l"]["text"][0]
+    unused = comfy.run(clip_graph(connect_clip=False, use_clip_output=False))
+    assert unused.status == "success"
+    # the style LoRA's text-encoder modules are not applied without CLIP: the loader says so (it said nothing)
+    assert "text-encoder module(s) not applied: the clip input is not connected" in unused.outputs["l"]["text"][0]
 
 
 # -- LCM Scheduler errors in the node's words ------------------------------------------------------
@@ -195,6 +199,9 @@ def test_adapter_cache_is_bounded_in_bytes(comfy, comfy_env):
     facts = json.loads(proc.stdout.strip().splitlines()[-1])
     assert facts["default_bytes"] == 400_000_000  # one SDXL LCM-LoRA (393.5 MB of fp16 tensors)
     assert facts["env_bytes"] == 1_500_000  # LCM_LORA_ADAPTER_CACHE_MB=1.5
+    # "inf" means no bound (it raised OverflowError at import: the whole pack failed to load); bad values: the default
+    assert facts["env_values"] == {"inf": "maxsize", "1e400": "maxsize", "nan": 400_000_000, "abc": 400_000_000,
+                                   "-1": 400_000_000, "0": 0}
     assert facts["nbytes"] == sizes
     names = [str(p.resolve()) for p in files]
     assert facts["after_two"] == names[:2]  # both fit

@@ -27,6 +27,15 @@ def main() -> None:
     bridge = _import_pack(a.repo).nodes.comfy_bridge
     files = [os.path.realpath(f) for f in a.files]
     out = {"default_bytes": bridge.DEFAULT_CACHE_BYTES, "env_bytes": bridge.ADAPTERS.max_bytes}
+    saved, out["env_values"] = os.environ.get(bridge.CACHE_ENV), {}
+    for raw in ("inf", "1e400", "nan", "abc", "-1", "0"):  # what the pack does at import with each
+        os.environ[bridge.CACHE_ENV] = raw
+        value = bridge.cache_bytes_from_env()
+        out["env_values"][raw] = "maxsize" if value == sys.maxsize else value
+    if saved is None:
+        os.environ.pop(bridge.CACHE_ENV, None)
+    else:
+        os.environ[bridge.CACHE_ENV] = saved
     cache = bridge._AdapterCache(max_bytes=a.bound)
     first = cache.get(files[0])
     out["nbytes"] = [bridge.adapter_nbytes(cache.get(f)) for f in files[:1]]
