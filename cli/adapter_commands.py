@@ -31,6 +31,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--rank", type=int, help="LyCORIS/DoRA/OFT modules: LoRA rank of the SVD (plain LoRA modules are kept)")
     p.add_argument("--energy", type=float, help="LyCORIS/DoRA/OFT modules: keep the smallest rank holding this fraction of Σσ²")
     p.add_argument("--base", metavar="CKPT", help="single-file base checkpoint (needed for DoRA / OFT modules)")
+    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "ssd1b"),
+                   help="the adapter's architecture, for a partial adapter that fits several whose ComfyUI / LDM "
+                        "names differ (default: detected)")
     p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     _add_arch_flag(p)
@@ -116,10 +119,10 @@ def _read(path: str, allow_unknown_arch: bool = False):
     return read_adapter(path, require_fit=not allow_unknown_arch)
 
 
-def _write(adapter, output: str, fmt: str, force: bool, extra_metadata=None) -> None:
+def _write(adapter, output: str, fmt: str, force: bool, extra_metadata=None, arch: str | None = None) -> None:
     from ..lcm_core.lora import write_adapter
 
-    write_adapter(adapter, output, format=fmt, overwrite=force, extra_metadata=extra_metadata)
+    write_adapter(adapter, output, format=fmt, overwrite=force, extra_metadata=extra_metadata, arch=arch)
 
 
 def _size_bytes(path: Path) -> int:
@@ -294,10 +297,21 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.energy is not None and not 0.0 < args.energy <= 1.0:
         raise ConfigError("convert", f"--energy must be in (0, 1], got {args.energy}")
     adapter = _read(args.file, args.allow_unknown_arch)
+    if args.arch:  # it settles an ambiguous detection; it never overrules a clear one
+        from ..lcm_core.lora.architecture import detect_adapter_architecture, require_architecture
+
+        require_architecture(detect_adapter_architecture(adapter), args.arch, args.file)
     base = _base_weights(args.base, [adapter])
     adapter, report, notes = to_plain_lora(adapter, args.file, rank=args.rank, energy=args.energy, base=base,
                                            progress=not args.json)
-    _write(adapter, args.output, args.to, args.force)
+    if args.to in ("diffusers", "peft"):  # they hold no lora_mid: a Tucker LoCon folds into a conv LoRA, exactly
+        from ..lcm_core.convert_lycoris import fold_tucker
+
+        adapter, folded = fold_tucker(adapter)
+        if folded:
+            notes.append(f"{folded} Tucker LoCon module(s) (lora_mid) folded into conv LoRA factors of the same "
+                         "rank (exact)")
+    _write(adapter, args.output, args.to, args.force, arch=args.arch)
     summary = {"output": args.output, "format": args.to, "modules": len(adapter), "notes": notes}
     if report is not None:
         summary.update(converted_modules=len(report.per_module), total_relative_error=report.total_relative_error,

@@ -47,6 +47,23 @@ def effective_full(adapter: LoraAdapter, base: dict, source, strength: float = 1
                        architecture=adapter.architecture)
 
 
+def fold_tucker(adapter: LoraAdapter) -> tuple[LoraAdapter, int]:
+    """``(adapter, count)`` with every Tucker LoCon module (``lora_mid``) folded into an ordinary conv LoRA of the
+    same rank, exactly: down' = mid ∘ down, (r, in, kh, kw), ΔW = up · down' (diffusers / peft hold no ``lora_mid``)."""
+    modules, count = {}, 0
+    for key, m in adapter.modules.items():
+        if isinstance(m, LoraModule) and m.mid is not None:
+            down = torch.einsum("abhw,bi->aihw", m.mid.to(torch.float32),
+                                m.down.to(torch.float32).reshape(m.rank, -1)).to(m.down.dtype)
+            m = LoraModule(down=down, up=m.up, alpha=m.alpha, dora_scale=m.dora_scale)
+            count += 1
+        modules[key] = m
+    if not count:
+        return adapter, 0
+    return LoraAdapter(modules=modules, metadata=dict(adapter.metadata), source_format=adapter.source_format,
+                       architecture=adapter.architecture), count
+
+
 def to_plain_lora(adapter: LoraAdapter, source, *, rank: int | None = None, energy: float | None = None,
                   base: dict | None = None, progress: bool = True):
     """``(plain LoRA adapter, report or None, notes)``: LoRA modules pass through unchanged; every

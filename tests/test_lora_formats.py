@@ -107,6 +107,22 @@ def test_kohya_naming_styles_and_tucker(tmp_path, arch, unet_names):
         with pytest.raises(ConfigError, match="lora_mid"):
             write_adapter(src, tmp_path / f"x_{fmt}", fmt)
         assert not (tmp_path / f"x_{fmt}").exists()
+    # `lcm-lora convert --to diffusers/peft` folds each Tucker module into a conv LoRA of the same rank, exactly
+    from lcm_lora.cli.main import main
+
+    for fmt in ("diffusers", "peft"):
+        out = tmp_path / (f"f_{fmt}.safetensors" if fmt == "diffusers" else f"f_{fmt}")
+        args = ["convert", str(tmp_path / "k.safetensors"), "--to", fmt, "-o", str(out)]
+        if src.components() != {"unet"} and fmt == "peft":
+            continue  # peft folders hold one component (tested elsewhere)
+        assert main(args) == 0
+        folded = read_adapter(out)
+        assert all(m.mid is None for m in folded.modules.values()) and folded.modules.keys() == src.modules.keys()
+        for key, m in src.modules.items():  # exact up to storing the folded factor in the module's own dtype
+            assert folded.modules[key].rank == m.rank and folded.modules[key].down.dtype == m.down.dtype
+            want = m.delta_weight(torch.float64)
+            err = float((folded.modules[key].delta_weight(torch.float64) - want).norm() / want.norm())
+            assert err <= 4 * torch.finfo(m.down.dtype).eps, (key, m.down.dtype, err)
 
 
 def test_known_names_in_each_format():
@@ -448,3 +464,83 @@ def test_keys_of_two_architectures_in_one_file(tmp_path):
     assert read_adapter(tmp_path / "mix.safetensors").architecture is None
     with pytest.raises(AdapterFileError, match="cannot determine the base architecture: no supported"):
         read_adapter(tmp_path / "mix.safetensors", require_known_arch=True)
+
+
+def test_reads_peft_dora_save_pretrained_on_the_output_axis(tmp_path):
+    """A peft DoRA adapter (use_dora=True) read from its save_pretrained folder — it was refused — applies as peft's
+    merge_and_unload does. peft stores a Conv2d's magnitude as (1, out, 1, 1): it is per output channel (it was
+    read as an input-axis scale: 77 % off where in == out, refused where in != out). ΔW is kept small so that
+    ComfyUI's DoRA convention (the norm of the weight before the update, which ours follows) is within 1e-5 of peft's."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_tiny_unet(), LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "conv1", "conv2"],
+                                                    use_dora=True, init_lora_weights=False))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(1e-5)
+            elif "lora_magnitude_vector" in name:
+                p.mul_(torch.linspace(0.5, 2.0, p.numel())[torch.randperm(p.numel(), generator=g)].reshape(p.shape))
+    base = {n: m.weight.detach().clone() for n, m in _tiny_unet().named_modules() if hasattr(m, "weight") and m.weight is not None}
+    model.save_pretrained(tmp_path / "dora")
+    merged = dict(model.merge_and_unload().named_modules())
+    adapter = read_adapter(tmp_path / "dora")
+    shapes = {}
+    for key, m in adapter.modules.items():
+        path = key[len("unet."):]
+        assert m.dora_scale is not None and m.dora_scale.shape[0] == base[path].shape[0]
+        shapes[len(base[path].shape), base[path].shape[0] == base[path].shape[1]] = True
+        torch.testing.assert_close(m.apply_to(base[path].clone(), 1.0), merged[path].weight.detach(), rtol=0, atol=1e-5)
+    assert set(shapes) == {(2, True), (4, True), (4, False)}  # Linear, conv in == out, conv in != out
+
+
+def test_a_one_dimensional_dora_scale_is_refused_by_name(tmp_path, capsys):
+    """LyCORIS' dora_scale is (out, 1, …) or (1, in, …); a 1-D one was accepted, then crashed the fuse (or gave
+    nonsense on a square weight). ComfyUI's weight_decompose fails on it too."""
+    from lcm_lora.cli.main import main
+
+    K = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    path = tmp_path / "dora1d.safetensors"
+    write_safetensors(path, {f"{K}.lora_down.weight": torch.randn(4, 320), f"{K}.lora_up.weight": torch.randn(320, 4),
+                             f"{K}.dora_scale": torch.rand(320)})
+    with pytest.raises(AdapterFileError, match=r"dora_scale: shape \(320,\) fits neither the output"):
+        read_adapter(path)
+    assert main(["inspect", str(path)]) == 2 and "dora_scale" in capsys.readouterr().err
+
+
+def test_comfy_names_of_an_adapter_that_fits_several_architectures(tmp_path, capsys):
+    """An adapter fitting SD1 and SD2 (a few modules) was named with the SDXL block numbering, which ComfyUI skips
+    silently (SD1's up_blocks.0 upsampler is output_blocks.2.1, SDXL's 2.2): it takes the candidates' common
+    numbering; where they differ (only that upsampler: SD1/SD2/SDXL/SSD-1B) it asks for --arch."""
+    from lcm_lora.cli.main import main
+    from lcm_lora.lcm_core.lora.keys import canonical_to_ldm
+
+    table = architecture_modules("sd1")
+    g = torch.Generator().manual_seed(0)
+
+    def lora_file(path, keys):
+        sd = {}
+        for k in keys:
+            shape = table[k].shape
+            name = "lora_unet_" + k[len("unet."):].replace(".", "_")
+            sd[f"{name}.lora_down.weight"] = torch.randn(4, *shape[1:], generator=g)
+            sd[f"{name}.lora_up.weight"] = torch.randn(shape[0], 4, *([1, 1] if len(shape) == 4 else []), generator=g)
+        write_safetensors(path, sd)
+
+    keys = ["unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+            "unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "unet.up_blocks.0.upsamplers.0.conv"]
+    lora_file(tmp_path / "sd12.safetensors", keys)
+    assert main(["convert", str(tmp_path / "sd12.safetensors"), "--to", "comfy", "-o", str(tmp_path / "c.safetensors")]) == 0
+    written = {k.rsplit(".lora_", 1)[0] for k in read_safetensors(tmp_path / "c.safetensors")[0] if ".lora_" in k}
+    assert written == {canonical_to_ldm(k, "sd1") for k in keys}
+    assert "diffusion_model.output_blocks.2.1.conv" in written
+    capsys.readouterr()
+    lora_file(tmp_path / "any.safetensors", ["unet.up_blocks.0.upsamplers.0.conv"])
+    assert main(["convert", str(tmp_path / "any.safetensors"), "--to", "comfy", "-o", str(tmp_path / "a.safetensors")]) == 2
+    assert "names of its UNet modules differ: give the architecture" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "any.safetensors"), "--to", "comfy", "--arch", "sdxl",
+                 "-o", str(tmp_path / "a.safetensors")]) == 0
+    assert any("output_blocks.2.2.conv" in k for k in read_safetensors(tmp_path / "a.safetensors")[0])
+    assert main(["convert", str(tmp_path / "sd12.safetensors"), "--to", "comfy", "--arch", "sdxl",
+                 "-o", str(tmp_path / "x.safetensors")]) == 2  # --arch settles an ambiguity, never overrules

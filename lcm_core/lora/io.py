@@ -188,6 +188,11 @@ def adapter_from_state_dict(
     if family in (DIFFUSERS, PEFT, BARE) and not configs:
         configs = diffusers_format.configs_from_metadata(source, metadata)
     if configs:
+        for comp, cfg in configs.items():  # peft writes a DoRA adapter's magnitudes (lora_magnitude_vector) with it
+            mine = [m for k, m in modules.items() if k.split(".", 1)[0] == comp]
+            if cfg.get("use_dora") and mine and not any(getattr(m, "dora_scale", None) is not None for m in mine):
+                raise AdapterFileError(source, f"{comp}: its LoraConfig says use_dora, but the file holds no DoRA "
+                                               "magnitude (lora_magnitude_vector): damaged or mislabelled")
         for key, m in modules.items():
             comp, path = key.split(".", 1)
             cfg = configs.get(comp)
@@ -260,7 +265,9 @@ def _build_module(source, name: str, g: dict, key: str, arch: str | None):
             raise AdapterFileError(source, f"{name}: has both dora_scale and lora_magnitude_vector")
         mag = roles.pop(MAGNITUDE)
         ndim = roles[DOWN].dim() if DOWN in roles else 2
-        roles["dora_scale"] = mag.reshape(mag.shape[0], *[1] * (ndim - 1)) if mag.dim() == 1 else mag
+        # peft's magnitude is always per output channel: (out,) for a Linear, (1, out, 1, 1) for a Conv2d (its
+        # conv weight norm is transposed, peft/tuners/lora/dora.py) — never the input axis a (1, in, …) dora_scale means
+        roles["dora_scale"] = mag.reshape(-1, *[1] * (ndim - 1))
     lyco = build_lycoris_module(source, name, {r: t for r, t in roles.items() if r in LYCORIS_ROLES}, alpha)
     if lyco is not None:
         plain = [r for r in (DOWN, UP, MID) if r in roles]
@@ -403,6 +410,8 @@ def adapter_to_state_dict(
     """
     arch = _resolve_arch(adapter, arch)
     layout = UnetLayout.from_config(unet_config) if unet_config is not None else None
+    if arch is None and layout is None and (format == "comfy" or (format == "kohya" and unet_names == "ldm")):
+        arch = _naming_architecture(adapter, format, unet_names)
     if format in ("diffusers", "peft"):
         _require_plain(adapter, format)
     if format == "kohya":
@@ -424,6 +433,23 @@ def adapter_to_state_dict(
             out[f"{peft_format.PEFT_PREFIX}{path}.lora_B.weight"] = m.up
         return out
     raise ValueError(f"unknown LoRA format {format!r}; expected one of {', '.join(FORMATS)}")
+
+
+def _naming_architecture(adapter: LoraAdapter, fmt: str, unet_names: str) -> str | None:
+    """The architecture whose ComfyUI / LDM block numbering names an adapter that fits several (a partial SD1 / SD2
+    one, say): any of them when their names agree (SD1 and SD2 number alike), else an error — SD1's
+    ``output_blocks.2.1.conv`` is SDXL's ``2.2``, and a name of the wrong one is skipped by ComfyUI without a word
+    (the SDXL numbering used to be taken for any adapter without a known architecture)."""
+    candidates = _architecture.detect_adapter_architecture(adapter).candidates
+    names = {}
+    for cand in candidates:
+        sd = (comfy_format.to_state_dict(adapter, cand) if fmt == "comfy"
+              else kohya.to_state_dict(adapter, cand, unet_names=unet_names))
+        names.setdefault(frozenset(sd), []).append(cand)
+    if len(names) > 1:
+        raise ValueError(f"the adapter fits {', '.join(candidates)}, whose {fmt} names of its UNet modules differ: give "
+                         "the architecture (lcm-lora convert --arch)")
+    return candidates[0] if candidates else None
 
 
 def _require_plain(adapter: LoraAdapter, fmt: str) -> None:

@@ -92,11 +92,13 @@ def check_dora_scale(source, name: str, dora_scale: torch.Tensor | None, weight_
     out = weight_shape[0]
     inn = weight_shape[1] if len(weight_shape) > 1 and weight_shape[1] > 0 else None
     n = dora_scale.numel()
-    on_out = dora_scale.shape[0] == out and n == out
+    # (out, 1, …): a 1-D (out,) is no LyCORIS layout (ComfyUI's weight_decompose fails on it and skips the module)
+    on_out = dora_scale.dim() >= 2 and dora_scale.shape[0] == out and n == out
     on_in = dora_scale.dim() >= 2 and dora_scale.shape[0] == 1 and (inn is None or n == inn)
     if not (on_out or on_in):
+        layouts = " (DoRA scales are (out, 1, …) or (1, in, …); a 1-D one names no axis)" if dora_scale.dim() == 1 else ""
         raise AdapterFileError(source, f"{name}.dora_scale: shape {_shape(dora_scale)} fits neither the output "
-                                       f"({out}) nor the input axis of the weight {tuple(weight_shape)}")
+                                       f"({out}) nor the input axis of the weight {tuple(weight_shape)}{layouts}")
 
 
 class _Base:

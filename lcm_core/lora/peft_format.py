@@ -125,8 +125,6 @@ def _pattern_lookup(source, field: str, patterns: dict, name: str):
 
 def alpha_from_config(source, config: dict, path: str, rank: int) -> float:
     """Effective kohya-style alpha of module ``path`` under a peft config (scale = alpha / rank)."""
-    if config.get("use_dora"):
-        raise AdapterFileError(source, "DoRA adapters (use_dora=true) are not supported")
     names = [path]
     if path.startswith("text_model."):
         names.append(path[len("text_model."):])
