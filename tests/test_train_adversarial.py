@@ -227,6 +227,24 @@ def test_noise_travel_and_adversarial_timesteps():
     assert int(off.min()) == 0 and int(off.max()) == 249 and len(set(off.tolist())) == 250
 
 
+def test_adversarial_timesteps_stay_in_the_phase_of_uneven_phase_starts():
+    """With lcd.phase_starts the phases are uneven (0, 299, 599, 819 for 0,15,30,41): t is uniform over the sample's
+    own phase [s, next edge) — the even width T // phases piled 28 % of the top phase's draws on 999, spilled 12 % of
+    the 599 phase into the next, and never drew the top 50 timesteps of the two lower phases."""
+    from lcm_lora.lcm_core.phased_timesteps import pcm_phase_edges
+    from lcm_lora.training.adversarial import sample_adversarial_randomness
+
+    edges = pcm_phase_edges(4, 50, 1000, [0, 15, 30, 41])
+    assert edges == [0, 299, 599, 819]
+    s = torch.tensor(edges * 4000)
+    adv = sample_adversarial_randomness((len(s), 1, 1, 1), s, 4, 1000, torch.Generator().manual_seed(2), edges)
+    for lower, upper in zip(edges, edges[1:] + [1000]):
+        drawn = adv.t[s == lower]
+        assert int(drawn.min()) == lower and int(drawn.max()) == upper - 1  # the whole phase, nothing above it
+        counts = torch.bincount(drawn - lower, minlength=upper - lower).double()
+        assert float(counts.max() / counts.mean()) < 2.0  # no point mass (the clamp to 999 gave 28 % at one value)
+
+
 # ------------------------------------------------------------------------------------------- the loop
 def test_resume_across_a_discriminator_generator_boundary_metadata_and_inspect(assets, tmp_path, capsys):
     import signal

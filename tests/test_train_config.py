@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import os
 from pathlib import Path
 
@@ -162,3 +163,18 @@ def test_a_shipped_config_is_found_from_any_folder(tmp_path, monkeypatch):
     assert config_path("other/tiny_cpu.yaml") == Path("other/tiny_cpu.yaml")  # only configs/NAME or NAME
     with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
         load_config("configs/nope.yaml")
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["lcd.huber_c=0"], "'lcd.huber_c' must be > 0 with 'lcd.loss: huber'"),
+    (["lcd.objective=tscd", "lcd.num_ddim_timesteps=8"], "'lcd.tscd_segments': 8 segments are 125 timesteps wide, "
+                                                         "not wider than one solver step (125"),
+    (["lcd.objective=tscd", "lcd.tscd_segments=[50]"], "50 segments are 20 timesteps wide"),
+])
+def test_combinations_that_train_nothing_or_nan_are_refused(overrides, fragment):
+    """pseudo-Huber at c = 0 has a NaN gradient where a difference is 0 (a finite loss, NaN weights); TSCD segments
+    no wider than a solver step make every row cross an edge (the stage distils one teacher step, no segment)."""
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_config({}, overrides)
+    load_config({}, ["lcd.huber_c=0", "lcd.loss=l2"])  # c is unused by l2
+    load_config({}, ["lcd.objective=tscd", "lcd.num_ddim_timesteps=8", "lcd.tscd_segments=[4,2,1]"])

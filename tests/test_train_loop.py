@@ -386,6 +386,49 @@ def test_adapter_switch_gives_the_teacher_and_restores_the_student(assets):
     assert all(p.requires_grad for _, p in named)
 
 
+def test_non_finite_gradients_of_a_finite_loss_stop_without_updating(assets, tmp_path, monkeypatch):
+    """A finite loss can have NaN gradients (pseudo-Huber at c = 0 where a difference is exactly 0): the trainer
+    checked only the loss, so AdamW wrote NaN weights and the run failed a step later saying "without updating"."""
+    from lcm_lora.training import lcd_step
+
+    original, calls = lcd_step.LcdLoss.__call__, {"n": 0}
+
+    def nan_gradient(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        calls["n"] += 1
+        return loss + (loss * 0).sqrt() if calls["n"] == 2 else loss  # value unchanged, d/dloss = NaN
+
+    monkeypatch.setattr(lcd_step.LcdLoss, "__call__", nan_gradient)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="non-finite loss or gradients .* at step 2; stopped without updating"):
+        train(TINY, out, overrides=_overrides(assets, max_steps=4, **{"checkpoint.every": 1}), progress=False)
+    (saved,) = ckpt.list_checkpoints(out)
+    assert saved[0] == 1 and all(torch.isfinite(t).all() for t in ckpt.load_checkpoint(saved[1]).tensors.values())
+
+
+def test_a_step_gradscaler_skips_leaves_the_schedule_and_the_ema_alone():
+    """fp16: GradScaler skips a step with inf gradients (and lowers its scale); the LR schedule and the EMA target
+    used to advance anyway. accelerate's scheduler (the reference scripts) does not step on a skipped step."""
+    import types
+
+    from lcm_lora.training.trainer import TrainingSession
+
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([p], lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / 10)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    updates = []
+    session = types.SimpleNamespace(scaler=scaler, optimizer=optimizer, params=[p], lr_scheduler=schedule,
+                                    cfg=types.SimpleNamespace(optim=types.SimpleNamespace(max_grad_norm=1.0)),
+                                    ema=types.SimpleNamespace(update=lambda: updates.append("ema")), export_ema=None)
+    scaler.scale((p * float("inf")).sum()).backward()
+    assert TrainingSession._lora_update(session) is True
+    assert torch.equal(p.data, torch.ones(3)) and schedule.last_epoch == 0 and updates == []
+    scaler.scale(p.sum()).backward()  # a finite step: everything advances
+    assert TrainingSession._lora_update(session) is True
+    assert not torch.equal(p.data, torch.ones(3)) and schedule.last_epoch == 1 and updates == ["ema"]
+
+
 def test_sigterm_while_loading_ends_cleanly(assets, tmp_path, monkeypatch):
     from lcm_lora.training import batches
 

@@ -20,7 +20,9 @@ is ``DDPMScheduler.noise_travel`` of their ``scheduling_ddpm_modified.py``.
   teacher, as the reference's ``Discriminator(teacher_unet)``.
 * **Adversarial timestep** per sample, uniform over the integers ``[s, s + T // phases)`` with s the PCM
   end timestep of the sample's phase (ref.: ``torch.randint(end_timesteps[i], end_timesteps[i] +
-  num_train_timesteps // multiphase)``); clamped to T − 1 (never reached with T = 1000 and N = 50).
+  num_train_timesteps // multiphase)``); clamped to T − 1 (never reached with T = 1000 and N = 50). With
+  ``lcd.phase_starts`` (uneven phases, which the reference does not have) t is uniform over the sample's own
+  phase, ``[s, next edge)``.
 * **fake** = the student's phase-end prediction transported from s to that timestep,
   ``sqrt(ᾱ_t/ᾱ_s)·x + sqrt(1 − ᾱ_t/ᾱ_s)·ε'`` (``noise_travel``); **real** = the consistency target
   transported the same way with its own noise (``adversarial_real: target``, the reference), or the
@@ -181,11 +183,21 @@ class AdversarialRandomness:
 
 
 def sample_adversarial_randomness(shape: tuple[int, ...], s: torch.Tensor, phases: int, num_train_timesteps: int,
-                                  generator: torch.Generator) -> AdversarialRandomness:
+                                  generator: torch.Generator, edges: list[int] | None = None) -> AdversarialRandomness:
     """Draw, for a global batch, t uniform in ``[s, s + T // phases)`` (clamped to T − 1) and three noises;
-    drawn after everything else of the step, so runs without the adversarial loss draw what they drew before."""
-    width = num_train_timesteps // phases
-    t = (s.cpu() + torch.randint(0, width, (shape[0],), generator=generator, dtype=torch.int64)).clamp_max(num_train_timesteps - 1)
+    drawn after everything else of the step, so runs without the adversarial loss draw what they drew before.
+
+    ``edges`` (the ascending phase edges of a PCM adapter with ``lcd.phase_starts``: uneven phases) makes t uniform
+    over the sample's own phase, ``[s, next edge)`` (``[s, T)`` for the top one): the reference's even width would
+    pile a quarter of the top phase's draws on T − 1 and leave parts of the lower phases undrawn."""
+    if edges is None:
+        width = num_train_timesteps // phases
+        t = torch.randint(0, width, (shape[0],), generator=generator, dtype=torch.int64)
+    else:
+        upper = torch.tensor([*edges[1:], num_train_timesteps], dtype=torch.int64)
+        width = upper[torch.searchsorted(torch.tensor(edges, dtype=torch.int64), s.cpu(), right=True) - 1] - s.cpu()
+        t = (torch.rand(shape[0], generator=generator, dtype=torch.float64) * width).floor().to(torch.int64)
+    t = (s.cpu() + t).clamp_max(num_train_timesteps - 1)
     noise_fake = torch.randn(shape, generator=generator, dtype=torch.float32)
     noise_real = torch.randn(shape, generator=generator, dtype=torch.float32)
     noise_data = torch.randn(shape, generator=generator, dtype=torch.float32)

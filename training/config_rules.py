@@ -144,6 +144,15 @@ def _validate_objective(cfg: TrainConfig) -> None:
         if bad:
             raise ConfigError(src, f"key 'lcd.tscd_segments': every segment count must be >= 1 and divide the "
                               f"{NUM_TRAIN_TIMESTEPS} training timesteps, got {bad[0]} in {lcd.tscd_segments}")
+        skip = NUM_TRAIN_TIMESTEPS // lcd.num_ddim_timesteps
+        narrow = [k for k in lcd.tscd_segments if k > 1 and NUM_TRAIN_TIMESTEPS // k <= skip]
+        if narrow:  # every solver step would cross a segment edge: the stage distils one teacher step, no segment
+            raise ConfigError(src, f"key 'lcd.tscd_segments': {narrow[0]} segments are {NUM_TRAIN_TIMESTEPS // narrow[0]} "
+                              f"timesteps wide, not wider than one solver step ({skip}, lcd.num_ddim_timesteps "
+                              f"{lcd.num_ddim_timesteps}): use fewer segments or more solver steps")
+    if lcd.loss == "huber" and lcd.huber_c <= 0:
+        raise ConfigError(src, "key 'lcd.huber_c' must be > 0 with 'lcd.loss: huber' (at 0 the pseudo-Huber gradient is "
+                          "NaN wherever a difference is exactly 0): use e.g. 0.001, or lcd.loss: l2")
     if lcd.objective == "tcd":
         if lcd.tcd_s_sampling != "tdd":
             for name in _TDD_ONLY_KEYS:

@@ -281,6 +281,12 @@ class TrainingSession:
             from .adversarial import AdversarialLoss
 
             self.adversarial = AdversarialLoss(self.lcd, self.discriminator, cfg.lcd.adversarial_weight, cfg.lcd.adversarial_real)
+        self.adversarial_edges = None  # uneven PCM phases: the adversarial t stays in the sample's own phase
+        if self.adversarial is not None and cfg.lcd.phase_starts:
+            from ..lcm_core.phased_timesteps import pcm_phase_edges
+
+            self.adversarial_edges = pcm_phase_edges(cfg.lcd.phases, cfg.lcd.num_ddim_timesteps,
+                                                     self.solver.num_train_timesteps, cfg.lcd.phase_starts)
 
         records = _records(cfg, teacher, self.output_dir, device, self.autocast, ctx, self.progress_factory)
         from .validation import validation_prompts
@@ -405,7 +411,8 @@ class TrainingSession:
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             return loss_value
-        self._lora_update()
+        if not self._lora_update():
+            return math.nan  # finite loss, non-finite gradients: stopped as a divergence, nothing updated
         self.step_count += 1
         return loss_value
 
@@ -425,19 +432,34 @@ class TrainingSession:
         rnd.tcd_s = objective_end_timesteps(cfg.lcd, rnd.index, self.solver, step, gen, cfg.train.max_steps)
         return latents, cond, uncond, rnd, gen, global_shape
 
-    def _lora_update(self) -> None:
-        """Clip, step the LoRA's optimizer and LR schedule, clear gradients, update the EMA target."""
-        if self.cfg.optim.max_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.max_grad_norm)
+    def _lora_update(self) -> bool:
+        """Clip, step the LoRA's optimizer and LR schedule, clear gradients, update the EMA target.
+
+        Returns False, changing nothing, when the gradients of a run without a GradScaler are not finite (a finite
+        loss can have them: pseudo-Huber at c → 0 where a difference is exactly 0); the caller stops as for a
+        non-finite loss. A step GradScaler skips (fp16 overflow) leaves the LR schedule and the EMAs where they were,
+        as accelerate's scheduler does in the reference scripts."""
+        scaled = self.scaler.is_enabled()
+        max_norm = self.cfg.optim.max_grad_norm
+        if max_norm > 0 or not scaled:
+            if scaled:
+                self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm > 0 else math.inf)
+            if not scaled and not math.isfinite(float(norm)):
+                self.optimizer.zero_grad(set_to_none=True)
+                return False
+        scale = float(self.scaler.get_scale()) if scaled else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if scaled and float(self.scaler.get_scale()) < scale:  # GradScaler skipped this step
+            return True
+        self.lr_scheduler.step()
         if self.ema is not None:
             self.ema.update()
         if self.export_ema is not None:
             self.export_ema.update()
+        return True
 
     def _adversarial_step(self, step: int, accum: int) -> float:
         """One optimizer step with PCM's adversarial consistency loss (:mod:`.adversarial`): the discriminator's
@@ -449,7 +471,8 @@ class TrainingSession:
         total = 0.0
         for micro in range(accum):
             latents, cond, uncond, rnd, gen, global_shape = self._micro_batch(step, micro)
-            adv = sample_adversarial_randomness(global_shape, rnd.tcd_s, cfg.lcd.phases, self.solver.num_train_timesteps, gen)
+            adv = sample_adversarial_randomness(global_shape, rnd.tcd_s, cfg.lcd.phases, self.solver.num_train_timesteps, gen,
+                                                self.adversarial_edges)
             rnd, adv = rnd.select(self.rows), adv.select(self.rows)
             models = (self._student, self._teacher, self._target, latents, cond, uncond, rnd, adv)
             if d_step:
@@ -480,8 +503,8 @@ class TrainingSession:
             self.d_scaler.step(self.d_optimizer)
             self.d_scaler.update()
             self.d_optimizer.zero_grad(set_to_none=True)
-        else:
-            self._lora_update()  # the reference steps its scheduler in the generator branch only
+        elif not self._lora_update():  # the reference steps its scheduler in the generator branch only
+            return math.nan
         self.step_count += 1
         return loss_value
 
@@ -609,7 +632,7 @@ def _loop(session: TrainingSession, log: RunLog, resume_path: Path | None, on_st
         step = session.step_count
         if not math.isfinite(loss_value):
             status = "diverged"
-            message = (f"non-finite loss ({loss_value}) at step {step + 1}; stopped without updating. "
+            message = (f"non-finite loss or gradients (loss {loss_value}) at step {step + 1}; stopped without updating. "
                        f"Last good checkpoint: {last_ckpt or 'none'}. Resume from it with a lower rate: --resume optim.learning_rate=... (or mixed_precision: bf16/no in a new run).")
             log.event("end", step=step, status=status, adapter=None, message=message,
                       checkpoint=None if last_ckpt is None else os.fspath(last_ckpt))
