@@ -54,7 +54,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--rank", type=int, help="svd: target rank (default: the largest input rank per module)")
     p.add_argument("--energy", type=float, help="svd: keep the smallest rank holding this fraction of Σσ² (0-1]")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--to", choices=OUTPUT_FORMATS, default="kohya", help="output format (default kohya)")
+    p.add_argument("--to", choices=OUTPUT_FORMATS, default=None,
+                   help="output format (default kohya; not with --method fuse, whose output is a checkpoint)")
     p.add_argument("--json", action="store_true", help="print the merge report as JSON")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     _add_arch_flag(p)
@@ -271,7 +272,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         print("metadata:")
         for k, v in sorted(info["metadata"].items()):
             v = v if len(v) <= 100 else v[:97] + "..."
-            print(f"  {k}: {v}")
+            # one line per key, and printable whatever the file holds (a lone surrogate cannot be encoded)
+            line = f"  {k}: {v}".replace("\n", "\\n")
+            print(line.encode("utf-8", "backslashreplace").decode("utf-8"))
     print("per module (algorithm, rank, factors):")
     for key, d in info["module_details"].items():
         print(f"  {key}: {d['algorithm']}, rank {d['rank']}, {d['factors']}")
@@ -337,6 +340,8 @@ def run_merge(args: argparse.Namespace) -> int:
     if args.method in ("concat", "fuse") and (args.rank is not None or args.energy is not None):
         raise ConfigError("merge", "--rank/--energy only apply to --method svd")
     if args.method == "fuse":
+        if args.to is not None:
+            raise ConfigError("merge", "--to does not apply to --method fuse: its output is a single-file checkpoint")
         if args.base is None:
             raise ConfigError("merge", "--method fuse bakes the adapters into a checkpoint: give it with --base CKPT "
                                        "(the output is then a checkpoint, as `lcm-lora fuse CKPT FILE:WEIGHT...`)")
@@ -355,6 +360,7 @@ def run_merge(args: argparse.Namespace) -> int:
         energy=args.energy,
         names=[path for path, _ in specs],
     )
+    args.to = args.to or "kohya"
     _write(merged, args.output, args.to, args.force)
     summary = report.summary()
     summary["output"] = args.output

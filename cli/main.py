@@ -87,11 +87,19 @@ def _main(argv: list[str], debug: bool) -> int:
 
             take_late_overrides(parser, args, extra)
         code = int(args.func(args) or 0)
-        sys.stdout.flush()  # a broken pipe surfaces here, inside the handler, not at exit
+        if sys.stdout is not None:  # None when started with stdout closed (>&-): print() then writes nothing
+            sys.stdout.flush()  # a broken pipe surfaces here, inside the handler, not at exit
         return code
     except BrokenPipeError:
         _quiet_stdout_after_broken_pipe()
         return EXIT_BROKEN_PIPE
+    except OSError as error:  # e.g. stdout on a full disk (> /dev/full); the commands turn their own file errors
+        if debug:               # into LcmLoraErrors, so what reaches here is the output stream's
+            traceback.print_exc()
+        _quiet_stdout_after_broken_pipe()  # nothing more to write there, not even at exit
+        where = error.filename if error.filename is not None else "standard output"
+        print(f"error: {where}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except LcmLoraError as error:
         if debug:
             traceback.print_exc()

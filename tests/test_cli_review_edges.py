@@ -154,3 +154,82 @@ def test_an_output_in_a_missing_folder_is_refused_before_any_work(capsys, tmp_pa
                  ["fuse", str(sd1_file), f"{sd1_file_b}:1", "-o", str(out)]):
         code, _, err = run_cli(capsys, *argv)
         assert code == 2 and _messages(err) == [f"error: {out}: output folder {out.parent} does not exist"], (argv, err)
+
+
+def _raw_safetensors(path, tensors: dict, metadata_json: str) -> None:
+    """A .safetensors file whose metadata is given as raw JSON text (e.g. an escaped lone surrogate)."""
+    import struct
+
+    header, offset, blobs = {}, 0, []
+    for name, t in tensors.items():
+        data = t.contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    text = json.dumps(header)[:-1] + ', "__metadata__": ' + metadata_json + "}"
+    raw = text.encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
+
+
+def test_inspect_output_problems_are_one_line_errors(capsys, tmp_path, sd1_file, monkeypatch):
+    """A metadata value with a lone surrogate is printed escaped (it was a UnicodeEncodeError traceback); stdout on a
+    full disk or closed is an error line, not a traceback; an unreadable adapter folder is one line too."""
+    import subprocess
+    import sys
+
+    odd = tmp_path / "odd.safetensors"
+    _raw_safetensors(odd, load_file(sd1_file), '{"note": "bad \\ud800 surrogate", "two": "a\\nb"}')
+    code, out, err = run_cli(capsys, "inspect", str(odd))
+    assert code == 0, err
+    assert "  note: bad \\ud800 surrogate" in out and "  two: a\\nb" in out
+    cli = [sys.executable, "-m", "lcm_lora.cli.main", "inspect", str(sd1_file)]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(cli, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == ["error: standard output: No space left on device"]
+    closed = subprocess.run(["sh", "-c", " ".join(f"'{a}'" for a in cli) + " >&-"], capture_output=True, text=True,
+                            timeout=120)
+    assert "Traceback" not in closed.stderr, closed.stderr
+    folder = tmp_path / "peft"
+    folder.mkdir()
+    import lcm_lora.lcm_core.lora.io as io_module
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(io_module.os, "listdir", denied)
+    code, _, err = run_cli(capsys, "inspect", str(folder))
+    assert code == 2 and _messages(err) == [f"error: {folder}: cannot read the folder: Permission denied"], err
+
+
+def test_dora_magnitudes_count_as_parameters(capsys, tmp_path):
+    """inspect's parameter count is every trained tensor: LoRA + DoRA left out the magnitudes (LoHa + DoRA did not)."""
+    K = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    tensors = {f"{K}.lora_down.weight": torch.randn(4, 320), f"{K}.lora_up.weight": torch.randn(320, 4),
+               f"{K}.dora_scale": torch.rand(320, 1)}
+    path = tmp_path / "dora.safetensors"
+    save_file(tensors, path)
+    code, out, err = run_cli(capsys, "inspect", str(path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["parameters"] == sum(t.numel() for t in tensors.values())
+
+
+def test_merge_fuse_refuses_to_and_force_never_replaces_a_foreign_folder(capsys, tmp_path, sd1_file, sd1_file_b):
+    """--method fuse writes a checkpoint: a --to (e.g. peft) was silently ignored. --force with --to peft replaces
+    the whole output folder: a folder holding anything but a peft adapter is refused (its files were deleted)."""
+    code, _, err = run_cli(capsys, "merge", f"{sd1_file}:1", "--method", "fuse", "--base", str(sd1_file), "--to", "peft",
+                           "-o", str(tmp_path / "x"))
+    assert code == 2 and "--to does not apply to --method fuse" in err, err
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "keep.txt").write_text("keep")
+    (mine / "adapter_config.json").write_text("{}")
+    code, _, err = run_cli(capsys, "merge", f"{sd1_file}:1", f"{sd1_file_b}:1", "--to", "peft", "--force",
+                           "-o", str(mine))
+    assert code == 2 and "holding more than a peft adapter (e.g. sub)" in err, err
+    assert (mine / "sub" / "keep.txt").read_text() == "keep"
+    code, _, err = run_cli(capsys, "merge", f"{sd1_file}:1", f"{sd1_file_b}:1", "--to", "peft", "-o", str(tmp_path / "p"))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "merge", f"{sd1_file}:0.5", f"{sd1_file_b}:1", "--to", "peft", "--force",
+                           "-o", str(tmp_path / "p"))
+    assert code == 0, err  # an adapter folder it wrote is replaced

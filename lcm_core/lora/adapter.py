@@ -95,7 +95,8 @@ class LoraModule:
 
     def num_parameters(self) -> int:
         n = self.down.numel() + self.up.numel()
-        return n + (self.mid.numel() if self.mid is not None else 0)
+        n += self.mid.numel() if self.mid is not None else 0
+        return n + (self.dora_scale.numel() if self.dora_scale is not None else 0)  # as LyCORIS modules count theirs
 
     def delta_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dense ΔW = scale · up ∘ [mid] ∘ down, shaped like the base weight."""

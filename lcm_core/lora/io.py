@@ -17,7 +17,7 @@ import torch
 
 from . import architecture as _architecture
 from ..atomic_write import atomic_dir
-from ..errors import AdapterFileError, ArchitectureMismatchError, ConfigError, LcmLoraError
+from ..errors import AdapterFileError, ArchitectureMismatchError, ConfigError, LcmLoraError, OutputExistsError
 from ..model_configs import ARCHITECTURES
 from ..safetensors_io import read_safetensors, write_safetensors
 from . import comfy_format, diffusers_format, kohya, peft_format
@@ -354,6 +354,11 @@ def read_adapter(
     kw = dict(expected_arch=expected_arch, unet_config=unet_config, check_values=check_values,
               require_known_arch=require_known_arch, require_fit=require_fit and unet_config is None)
     if p.is_dir():
+        try:
+            os.listdir(p)
+            (p / peft_format.CONFIG_NAME).is_file()
+        except OSError as e:  # a folder that cannot be listed or entered (permissions)
+            raise AdapterFileError(p, f"cannot read the folder: {e.strerror or e}") from None
         if (p / peft_format.CONFIG_NAME).is_file() and (p / peft_format.WEIGHTS_NAME).is_file():
             return _read_peft_folder(p, p, component, max_bytes=max_bytes, **kw)
         subs = [c for c in COMPONENTS if (p / c / peft_format.CONFIG_NAME).is_file()
@@ -521,10 +526,26 @@ def _write_peft(adapter: LoraAdapter, path: Path, md: dict[str, str], overwrite:
         raise LcmLoraError(path, f"{e.problem} (writing {Path(e.source).name})") from None
 
 
+def _check_replaceable_peft_folder(path: Path) -> None:
+    """``--force`` replaces a peft adapter folder (its config and weights, per component or not), never a folder
+    holding anything else: the whole folder is replaced, and other files in it would be lost."""
+    adapter_files = {peft_format.CONFIG_NAME, peft_format.WEIGHTS_NAME}
+    for child in path.iterdir():
+        if child.name in adapter_files and child.is_file():
+            continue
+        if child.name in COMPONENTS and child.is_dir() and not child.is_symlink() and all(
+                c.name in adapter_files and c.is_file() for c in child.iterdir()):
+            continue
+        raise OutputExistsError(path, f"is a folder holding more than a peft adapter (e.g. {child.name}): not "
+                                      "replaced, even with --force (the whole folder would be); choose another output")
+
+
 def _write_peft_folders(adapter: LoraAdapter, path: Path, md: dict[str, str], overwrite: bool) -> None:
     import json
 
     comps = [c for c in COMPONENTS if c in adapter.components()]
+    if overwrite and path.is_dir() and not path.is_symlink():
+        _check_replaceable_peft_folder(path)
     with atomic_dir(path, overwrite=overwrite) as tmp:
         for comp in comps:
             folder = tmp if len(comps) == 1 else tmp / comp
