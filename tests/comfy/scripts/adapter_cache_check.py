@@ -27,15 +27,16 @@ def main() -> None:
     bridge = _import_pack(a.repo).nodes.comfy_bridge
     files = [os.path.realpath(f) for f in a.files]
     out = {"default_bytes": bridge.DEFAULT_CACHE_BYTES, "env_bytes": bridge.ADAPTERS.max_bytes}
-    saved, out["env_values"] = os.environ.get(bridge.CACHE_ENV), {}
+    assert bridge.CACHE_ENV == "LCM_LORA_ADAPTER_CACHE_MB"
+    saved, out["env_values"] = os.environ.get("LCM_LORA_ADAPTER_CACHE_MB"), {}
     for raw in ("inf", "1e400", "nan", "abc", "-1", "0"):  # what the pack does at import with each
-        os.environ[bridge.CACHE_ENV] = raw
+        os.environ["LCM_LORA_ADAPTER_CACHE_MB"] = raw
         value = bridge.cache_bytes_from_env()
         out["env_values"][raw] = "maxsize" if value == sys.maxsize else value
     if saved is None:
-        os.environ.pop(bridge.CACHE_ENV, None)
+        os.environ.pop("LCM_LORA_ADAPTER_CACHE_MB", None)
     else:
-        os.environ[bridge.CACHE_ENV] = saved
+        os.environ["LCM_LORA_ADAPTER_CACHE_MB"] = saved
     cache = bridge._AdapterCache(max_bytes=a.bound)
     first = cache.get(files[0])
     out["nbytes"] = [bridge.adapter_nbytes(cache.get(f)) for f in files[:1]]
