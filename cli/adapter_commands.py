@@ -112,18 +112,20 @@ def _check_output(output: str, force: bool) -> None:
         raise ConfigError(output, f"output folder {folder} does not exist")
 
 
-def _read(path: str, allow_unknown_arch: bool = False):
+def _read(path: str, allow_unknown_arch: bool = False, arch: str | None = None):
+    """The adapter at ``path``; ``arch`` (``convert --arch``) settles an ambiguous detection, never overrules a
+    clear one (read_adapter's ``expected_arch``)."""
     from ..lcm_core.lora import read_adapter
 
     if not os.path.exists(path):
         raise ConfigError(path, "no such file or folder")
-    return read_adapter(path, require_fit=not allow_unknown_arch)
+    return read_adapter(path, require_fit=not allow_unknown_arch, expected_arch=arch)
 
 
-def _write(adapter, output: str, fmt: str, force: bool, extra_metadata=None, arch: str | None = None) -> None:
+def _write(adapter, output: str, fmt: str, force: bool, extra_metadata=None) -> None:
     from ..lcm_core.lora import write_adapter
 
-    write_adapter(adapter, output, format=fmt, overwrite=force, extra_metadata=extra_metadata, arch=arch)
+    write_adapter(adapter, output, format=fmt, overwrite=force, extra_metadata=extra_metadata)
 
 
 def _size_bytes(path: Path) -> int:
@@ -299,11 +301,7 @@ def run_convert(args: argparse.Namespace) -> int:
         raise ConfigError("convert", f"--rank must be a positive integer, got {args.rank}")
     if args.energy is not None and not 0.0 < args.energy <= 1.0:
         raise ConfigError("convert", f"--energy must be in (0, 1], got {args.energy}")
-    adapter = _read(args.file, args.allow_unknown_arch)
-    if args.arch:  # it settles an ambiguous detection; it never overrules a clear one
-        from ..lcm_core.lora.architecture import detect_adapter_architecture, require_architecture
-
-        require_architecture(detect_adapter_architecture(adapter), args.arch, args.file)
+    adapter = _read(args.file, args.allow_unknown_arch, args.arch)
     base = _base_weights(args.base, [adapter])
     adapter, report, notes = to_plain_lora(adapter, args.file, rank=args.rank, energy=args.energy, base=base,
                                            progress=not args.json)
@@ -314,7 +312,7 @@ def run_convert(args: argparse.Namespace) -> int:
         if folded:
             notes.append(f"{folded} Tucker LoCon module(s) (lora_mid) folded into conv LoRA factors of the same "
                          "rank (exact)")
-    _write(adapter, args.output, args.to, args.force, arch=args.arch)
+    _write(adapter, args.output, args.to, args.force)
     summary = {"output": args.output, "format": args.to, "modules": len(adapter), "notes": notes}
     if report is not None:
         summary.update(converted_modules=len(report.per_module), total_relative_error=report.total_relative_error,
@@ -360,14 +358,14 @@ def run_merge(args: argparse.Namespace) -> int:
         energy=args.energy,
         names=[path for path, _ in specs],
     )
-    args.to = args.to or "kohya"
-    _write(merged, args.output, args.to, args.force)
+    fmt = args.to or "kohya"
+    _write(merged, args.output, fmt, args.force)
     summary = report.summary()
     summary["output"] = args.output
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        print(f"wrote {args.output} ({args.to}, {summary['modules']} modules, "
+        print(f"wrote {args.output} ({fmt}, {summary['modules']} modules, "
               f"rank {summary['output_rank_min']}–{summary['output_rank_max']})")
         print(f"relative error: {report.total_relative_error:.3e} "
               f"(max per module {summary['max_module_relative_error']:.3e})")

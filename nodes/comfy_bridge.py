@@ -424,7 +424,12 @@ def patch_lcm_sampling(model):
 def schedule_of(model_sampling) -> DiscreteSchedule:
     """The σ ↔ timestep table a ComfyUI model samples with: SD's (ComfyUI's float64 convention), rescaled to zero
     terminal SNR when the model's sampling is ``zsnr`` (ComfyUI's ModelSamplingDiscrete node; v-pred fine-tunes)."""
-    return DiscreteSchedule(convention="comfyui", zero_terminal_snr=bool(getattr(model_sampling, "zsnr", False)))
+    return _comfyui_schedule(bool(getattr(model_sampling, "zsnr", False)))
+
+
+@functools.lru_cache(maxsize=2)
+def _comfyui_schedule(zero_terminal_snr: bool) -> DiscreteSchedule:  # built once: every sampling call asks for it
+    return DiscreteSchedule(convention="comfyui", zero_terminal_snr=zero_terminal_snr)
 
 
 def model_schedule(model) -> DiscreteSchedule:

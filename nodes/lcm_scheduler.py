@@ -26,13 +26,13 @@ from comfy_api.latest import io
 
 from ..lcm_core.errors import ConfigError
 from ..lcm_core.phased_timesteps import FAMILIES, check_phase_starts, phased_timesteps
-from ..lcm_core.sampling_recipe import DEFAULT_PHASES
+from ..lcm_core.sampling_recipe import DEFAULT_PHASES, MAX_PHASES as RECIPE_MAX_PHASES
 from ..lcm_core.schedule import DiscreteSchedule
 from ..lcm_core.timesteps import check_lcm_inputs, lcm_sigmas, timesteps_to_sigmas
 from . import comfy_bridge as bridge
 
 SCHEDULES = ("lcm", *FAMILIES)  # lcm (also right for TCD: diffusers' TCDScheduler picks from the same grid), pcm, tscd
-MAX_PHASES = 50  # PCM's phases split the 50-step DDIM grid
+MAX_PHASES = RECIPE_MAX_PHASES["pcm"]  # PCM's phases split the 50-step DDIM grid
 
 
 def scheduler_sigmas(steps: int, original_steps: int = 50, denoise: float = 1.0, node: str = "LCM Scheduler",
@@ -42,8 +42,7 @@ def scheduler_sigmas(steps: int, original_steps: int = 50, denoise: float = 1.0,
     check_lcm_inputs(steps, original_steps, denoise, node)
     if float(denoise) <= 0.0:
         return torch.zeros(0, dtype=torch.float32)
-    return lcm_sigmas(int(steps), int(original_steps), float(denoise),
-                      schedule=schedule or DiscreteSchedule(convention="comfyui"))
+    return lcm_sigmas(int(steps), int(original_steps), float(denoise), schedule=schedule or bridge.schedule_of(None))
 
 
 def phased_sigmas(family: str, phases: int, steps: int, denoise: float = 1.0, node: str = "LCM Scheduler",
@@ -67,7 +66,7 @@ def phased_sigmas(family: str, phases: int, steps: int, denoise: float = 1.0, no
     except ConfigError as e:
         raise ConfigError(f"{node} steps", f"{steps} steps at denoise {denoise:g} with {phases} {family} phases: "
                                            f"{e.problem}") from None  # lcm_core's words, the node's input names first
-    return timesteps_to_sigmas(timesteps, schedule=schedule or DiscreteSchedule(convention="comfyui"))
+    return timesteps_to_sigmas(timesteps, schedule=schedule or bridge.schedule_of(None))
 
 
 class LCMScheduler(io.ComfyNode):

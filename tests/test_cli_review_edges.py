@@ -192,12 +192,14 @@ def test_inspect_output_problems_are_one_line_errors(capsys, tmp_path, sd1_file,
     assert "Traceback" not in closed.stderr, closed.stderr
     folder = tmp_path / "peft"
     folder.mkdir()
-    import lcm_lora.lcm_core.lora.io as io_module
+    real_is_file = Path.is_file
 
-    def denied(path):
-        raise PermissionError(13, "Permission denied", str(path))
+    def denied(path, *args, **kwargs):  # as for a folder without search permission (chmod 000; root bypasses it)
+        if path.parent == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_file(path, *args, **kwargs)
 
-    monkeypatch.setattr(io_module.os, "listdir", denied)
+    monkeypatch.setattr(Path, "is_file", denied)
     code, _, err = run_cli(capsys, "inspect", str(folder))
     assert code == 2 and _messages(err) == [f"error: {folder}: cannot read the folder: Permission denied"], err
 

@@ -374,7 +374,7 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | bo
 
 def checkpoint_step(path: str | os.PathLike) -> int:
     """The optimizer step a checkpoint folder was saved at."""
-    return int(json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))["step"])
+    return int(read_state(path)["step"])
 
 
 def read_state(path: str | os.PathLike) -> dict:

@@ -112,9 +112,12 @@ def tokenizer_folders(arch: str, tokenizer_dir: str | None, tokenizer_2_dir: str
 
 
 def load_tokenizers(arch: str, tokenizer_dir: str | None, tokenizer_2_dir: str | None, source) -> list:
+    return _tokenizers_from(tokenizer_folders(arch, tokenizer_dir, tokenizer_2_dir, source))
+
+
+def _tokenizers_from(folders: list[Path]) -> list:
     from transformers import CLIPTokenizer
 
-    folders = tokenizer_folders(arch, tokenizer_dir, tokenizer_2_dir, source)
     tokenizers = [CLIPTokenizer(vocab=os.fspath(folders[0] / "vocab.json"), merges=os.fspath(folders[0] / "merges.txt"), model_max_length=77)]
     if len(folders) == 2:
         # SDXL tokenizer_2 (OpenCLIP bigG) pads with "!" (id 0) instead of <|endoftext|>.
@@ -153,7 +156,8 @@ def load_teacher_single_file(path: Path, cfg, dtype: torch.dtype = torch.float32
 
     state = read_checkpoint(path)
     arch = detect_arch(state, cfg.arch, path)  # a configured arch is checked against the file (or forces it)
-    tokenizers = load_tokenizers(arch, cfg.tokenizer, cfg.tokenizer_2, path)
+    folders = tokenizer_folders(arch, cfg.tokenizer, cfg.tokenizer_2, path)
+    tokenizers = _tokenizers_from(folders)
     with tempfile.TemporaryDirectory(prefix="lcm_lora_teacher_") as tmp:
         skeleton = Path(tmp)
         _write_skeleton(skeleton, arch)
@@ -196,7 +200,7 @@ def load_teacher_single_file(path: Path, cfg, dtype: torch.dtype = torch.float32
         source=os.fspath(path),
         image_channels=3,
         scaling_factor=float(vae.config.scaling_factor) if vae is not None else 1.0,
-        identity=single_file_identity(path, arch, prediction, tokenizer_folders(arch, cfg.tokenizer, cfg.tokenizer_2, path)),
+        identity=single_file_identity(path, arch, prediction, folders),
     )
 
 

@@ -355,9 +355,8 @@ def read_adapter(
               require_known_arch=require_known_arch, require_fit=require_fit and unet_config is None)
     if p.is_dir():
         try:
-            os.listdir(p)
-            (p / peft_format.CONFIG_NAME).is_file()
-        except OSError as e:  # a folder that cannot be listed or entered (permissions)
+            (p / peft_format.CONFIG_NAME).is_file()  # raises for a folder that cannot be entered (permissions)
+        except OSError as e:
             raise AdapterFileError(p, f"cannot read the folder: {e.strerror or e}") from None
         if (p / peft_format.CONFIG_NAME).is_file() and (p / peft_format.WEIGHTS_NAME).is_file():
             return _read_peft_folder(p, p, component, max_bytes=max_bytes, **kw)
